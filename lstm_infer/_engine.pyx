@@ -1,0 +1,287 @@
+# Cython wrapper of the C kernels: ISA selection, compiled cells, the whole-sequence driver
+# and the streaming stack step. Arguments are checked once here; each call into C then runs
+# in one `with nogil:` block. Compiler directives are set in setup.py.
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from libc.stddef cimport ptrdiff_t
+from libc.string cimport memset
+from scipy.linalg.cython_blas cimport sgemm
+
+cimport numpy as cnp
+import numpy as np
+
+from lstm_infer._kernels cimport (
+    LI_BLOCK, LI_CELL_GRU, LI_CELL_LSTM, LI_CELL_RNN, LI_ISA_COUNT, li_cell, li_kernels,
+    li_kernels_for, li_run_direction, li_direction_scratch_floats, li_sgemm_fn,
+    li_stack_step, li_stack_step_scratch_floats, li_usable_isas,
+)
+
+cnp.import_array()
+
+BLOCK = LI_BLOCK
+ISA_NAMES = ("scalar", "avx2", "avx512")
+CELL_CODES = {"rnn": LI_CELL_RNN, "lstm": LI_CELL_LSTM, "gru": LI_CELL_GRU}
+
+cdef const li_kernels *_active = NULL
+cdef int _active_isa = -1
+
+
+def available_isas():
+    """Names of the kernel variants this CPU and OS can run, lowest first."""
+    cdef unsigned bits = li_usable_isas()
+    return [ISA_NAMES[i] for i in range(LI_ISA_COUNT)
+            if bits & (1u << i) and li_kernels_for(i) != NULL]
+
+
+def set_isa(str name):
+    """Select the kernel variant used from now on (process-wide)."""
+    global _active, _active_isa
+    if name not in ISA_NAMES:
+        raise ValueError(f"unknown ISA {name!r}; expected one of {list(ISA_NAMES)}")
+    if name not in available_isas():
+        raise ValueError(f"ISA {name!r} is not usable on this machine; "
+                         f"available: {available_isas()}")
+    cdef int idx = ISA_NAMES.index(name)
+    _active = li_kernels_for(idx)
+    _active_isa = idx
+
+
+def isa():
+    """Name of the active kernel variant."""
+    return ISA_NAMES[_active_isa]
+
+
+def activation_array(str kind, cnp.ndarray x, str isa_name=None):
+    """Apply an ISA's vectorised sigmoid or tanh to a float32 array (accuracy tests)."""
+    cdef const li_kernels *k = _active
+    if isa_name is not None:
+        if isa_name not in available_isas():
+            raise ValueError(f"ISA {isa_name!r} is not usable on this machine")
+        k = li_kernels_for(ISA_NAMES.index(isa_name))
+    cdef int code
+    if kind == "sigmoid":
+        code = 2
+    elif kind == "tanh":
+        code = 1
+    else:
+        raise ValueError(f"kind must be 'sigmoid' or 'tanh', got {kind!r}")
+    cdef float[::1] xs = np.ascontiguousarray(x, dtype=np.float32).ravel()
+    out = np.empty(xs.shape[0], dtype=np.float32)
+    cdef float[::1] ys = out
+    if xs.shape[0]:
+        with nogil:
+            k.activation_array(code, &xs[0], &ys[0], xs.shape[0])
+    return out.reshape(np.shape(x))
+
+
+cdef inline const float *_ptr(object arr):
+    """Data pointer of a C-contiguous float32 array, or NULL for None."""
+    if arr is None:
+        return NULL
+    return <const float *>cnp.PyArray_DATA(<cnp.ndarray>arr)
+
+
+cdef class CellPlan:
+    """One direction of one recurrent layer, compiled: packed weights and the C descriptor.
+
+    Built by lstm_infer._plan from a RecurrentLayer; the arrays it is given must be C-contiguous
+    float32 and are kept alive here for as long as the C struct points at them.
+    """
+    cdef li_cell c
+    cdef dict _arrays
+
+    def __init__(self, str cell, int input_size, int hidden_size, int state_size,
+                 dict arrays, float clip, bint input_forget, bint linear_before_reset,
+                 bint default_activations, list activations):
+        for key, arr in arrays.items():
+            if arr is not None and not (
+                isinstance(arr, np.ndarray) and arr.dtype == np.float32
+                and arr.flags.c_contiguous
+            ):
+                raise TypeError(f"CellPlan array {key!r} must be C-contiguous float32")
+        self._arrays = dict(arrays)
+        memset(&self.c, 0, sizeof(li_cell))
+        self.c.cell = CELL_CODES[cell]
+        self.c.gates = {"rnn": 1, "lstm": 4, "gru": 3}[cell]
+        self.c.input_size = input_size
+        self.c.hidden_size = hidden_size
+        self.c.state_size = state_size
+        self.c.hidden_padded = (hidden_size + LI_BLOCK - 1) // LI_BLOCK * LI_BLOCK
+        self.c.w = _ptr(arrays["w"])
+        self.c.w_packed = _ptr(arrays["w_packed"])
+        self.c.r = _ptr(arrays["r"])
+        self.c.r_packed = _ptr(arrays["r_packed"])
+        self.c.rn_packed = _ptr(arrays.get("rn_packed"))
+        self.c.bias = _ptr(arrays["bias"])
+        self.c.bias_packed = _ptr(arrays["bias_packed"])
+        self.c.bias_rn = _ptr(arrays.get("bias_rn"))
+        self.c.peephole = _ptr(arrays.get("peephole"))
+        self.c.proj = _ptr(arrays.get("proj"))
+        self.c.proj_packed = _ptr(arrays.get("proj_packed"))
+        self.c.clip = clip
+        self.c.input_forget = input_forget
+        self.c.linear_before_reset = linear_before_reset
+        self.c.default_activations = default_activations
+        if len(activations) > 3:
+            raise ValueError("at most 3 activations per direction")
+        for i, (kind, alpha, beta) in enumerate(activations):
+            self.c.act[i].kind = kind
+            self.c.act[i].alpha = alpha
+            self.c.act[i].beta = beta
+
+    @property
+    def input_size(self):
+        return self.c.input_size
+
+    @property
+    def hidden_size(self):
+        return self.c.hidden_size
+
+    @property
+    def state_size(self):
+        return self.c.state_size
+
+
+def run_direction(CellPlan plan, const float[:, :, ::1] x, object lens, bint reverse,
+                  float[:, ::1] h, object c, float[:, :, :] y):
+    """Run one direction over a whole sequence; h (and c) are updated in place.
+
+    x: (T, B, I) input; lens: int32 (B,) or None; h: (B, Hr); c: (B, H) for LSTM or None;
+    y: (T, B, Hr) output view whose last axis is contiguous (e.g. one direction's slice of a
+    (T, B, D, Hr) array). Steps past a row's length are not written.
+    """
+    cdef int T = x.shape[0], B = x.shape[1]
+    if x.shape[2] != plan.c.input_size:
+        raise ValueError(f"input has {x.shape[2]} features, the layer expects "
+                         f"{plan.c.input_size}")
+    if h.shape[0] != B or h.shape[1] != plan.c.state_size:
+        raise ValueError(f"h must have shape ({B}, {plan.c.state_size})")
+    if y.shape[0] != T or y.shape[1] != B or y.shape[2] != plan.c.state_size or (
+            y.strides[2] != sizeof(float)):
+        raise ValueError(f"y must have shape ({T}, {B}, {plan.c.state_size}), last axis dense")
+    cdef float[:, ::1] cv
+    cdef float *cptr = NULL
+    if plan.c.cell == LI_CELL_LSTM:
+        if c is None:
+            raise ValueError("an LSTM needs a cell state")
+        cv = c
+        if cv.shape[0] != B or cv.shape[1] != plan.c.hidden_size:
+            raise ValueError(f"c must have shape ({B}, {plan.c.hidden_size})")
+        cptr = &cv[0, 0]
+    cdef int[::1] lens_v
+    cdef const int *lens_ptr = NULL
+    if lens is not None:
+        lens_v = lens
+        if lens_v.shape[0] != B:
+            raise ValueError(f"sequence_lens must have {B} entries")
+        lens_ptr = &lens_v[0]
+    if T == 0 or B == 0:
+        return
+    cdef size_t n_scratch = li_direction_scratch_floats(&plan.c, T, B)
+    cdef float[::1] scratch = np.empty(n_scratch, dtype=np.float32)
+    cdef int rc
+    cdef ptrdiff_t y_ts = y.strides[0] // sizeof(float), y_bs = y.strides[1] // sizeof(float)
+    with nogil:
+        rc = li_run_direction(&plan.c, _active, <li_sgemm_fn>sgemm, T, B, &x[0, 0, 0],
+                              x.shape[2], lens_ptr, reverse, &h[0, 0], cptr, &y[0, 0, 0],
+                              y_ts, y_bs, &scratch[0])
+    if rc != 0:
+        raise ValueError(f"recurrent kernel rejected its arguments (code {rc})")
+
+
+cdef class StackStepper:
+    """Steps a stack of unidirectional layers one timestep at a time, state kept here.
+
+    All buffers are allocated in the constructor; `step` allocates nothing when given `out`.
+    """
+    cdef const li_cell **cells
+    cdef float **h_ptrs
+    cdef float **c_ptrs
+    cdef int n_layers, batch, in_size, out_size
+    cdef readonly list plans
+    cdef readonly list h
+    cdef readonly list c
+    cdef float[::1] scratch
+
+    def __cinit__(self, list plans, int batch):
+        self.n_layers = len(plans)
+        self.cells = <const li_cell **>PyMem_Malloc(max(1, self.n_layers) * sizeof(li_cell *))
+        self.h_ptrs = <float **>PyMem_Malloc(max(1, self.n_layers) * sizeof(float *))
+        self.c_ptrs = <float **>PyMem_Malloc(max(1, self.n_layers) * sizeof(float *))
+        if self.cells == NULL or self.h_ptrs == NULL or self.c_ptrs == NULL:
+            raise MemoryError()
+
+    def __init__(self, list plans, int batch):
+        if batch <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch}")
+        if not plans:
+            raise ValueError("a stream needs at least one layer")
+        self.plans = list(plans)
+        self.batch = batch
+        self.h = []
+        self.c = []
+        cdef CellPlan p
+        cdef float[:, ::1] hv, cv
+        for i, p in enumerate(plans):
+            hv = np.zeros((batch, p.c.state_size), dtype=np.float32)
+            self.h.append(hv.base)
+            self.h_ptrs[i] = &hv[0, 0]
+            if p.c.cell == LI_CELL_LSTM:
+                cv = np.zeros((batch, p.c.hidden_size), dtype=np.float32)
+                self.c.append(cv.base)
+                self.c_ptrs[i] = &cv[0, 0]
+            else:
+                self.c.append(None)
+                self.c_ptrs[i] = NULL
+            self.cells[i] = &p.c
+        self.in_size = (<CellPlan>plans[0]).c.input_size
+        self.out_size = (<CellPlan>plans[len(plans) - 1]).c.state_size
+        self.scratch = np.zeros(li_stack_step_scratch_floats(self.cells, self.n_layers, batch),
+                                dtype=np.float32)
+
+    def __dealloc__(self):
+        PyMem_Free(self.cells)
+        PyMem_Free(self.h_ptrs)
+        PyMem_Free(self.c_ptrs)
+
+    @property
+    def batch(self):
+        return self.batch
+
+    @property
+    def input_size(self):
+        return self.in_size
+
+    @property
+    def output_size(self):
+        return self.out_size
+
+    def step(self, const float[:, ::1] x, float[:, ::1] out):
+        """One timestep: x (B, I) -> out (B, Hr_last); states advance in place."""
+        if x.shape[0] != self.batch or x.shape[1] != self.in_size:
+            raise ValueError(f"expected input of shape ({self.batch}, {self.in_size}), "
+                             f"got ({x.shape[0]}, {x.shape[1]})")
+        if out.shape[0] != self.batch or out.shape[1] != self.out_size:
+            raise ValueError(f"out must have shape ({self.batch}, {self.out_size})")
+        cdef int rc
+        with nogil:
+            rc = li_stack_step(self.cells, self.n_layers, _active, self.batch, &x[0, 0],
+                               self.h_ptrs, self.c_ptrs, &out[0, 0], &self.scratch[0])
+        if rc != 0:
+            raise ValueError(f"recurrent kernel rejected its arguments (code {rc})")
+
+
+def _init_isa():
+    import os
+    avail = available_isas()
+    forced = os.environ.get("LSTM_INFER_ISA", "").strip().lower()
+    if forced:
+        if forced not in ISA_NAMES:
+            raise ImportError(f"LSTM_INFER_ISA={forced!r} is not one of {list(ISA_NAMES)}")
+        # Forcing can only lower the ISA: an unusable one falls back to the best usable below it.
+        allowed = [n for n in avail if ISA_NAMES.index(n) <= ISA_NAMES.index(forced)]
+        set_isa(allowed[len(allowed) - 1])
+    else:
+        set_isa(avail[len(avail) - 1])
+
+
+_init_isa()

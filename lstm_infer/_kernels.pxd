@@ -1,0 +1,65 @@
+# Declarations of the C kernel API in src_c/li_kernels.h. Pure declarations, no code.
+
+cdef extern from "li_kernels.h" nogil:
+    enum:
+        LI_BLOCK
+        LI_ISA_SCALAR
+        LI_ISA_AVX2
+        LI_ISA_AVX512
+        LI_ISA_COUNT
+        LI_CELL_RNN
+        LI_CELL_LSTM
+        LI_CELL_GRU
+
+    ctypedef struct li_activation:
+        int kind
+        float alpha
+        float beta
+
+    ctypedef struct li_cell:
+        int cell
+        int gates
+        int input_size
+        int hidden_size
+        int state_size
+        int hidden_padded
+        const float *w
+        const float *w_packed
+        const float *r
+        const float *r_packed
+        const float *rn_packed
+        const float *bias
+        const float *bias_packed
+        const float *bias_rn
+        const float *peephole
+        const float *proj
+        const float *proj_packed
+        float clip
+        int input_forget
+        int linear_before_reset
+        int default_activations
+        li_activation act[3]
+
+    ctypedef void (*li_activation_array_fn)(int kind, const float *x, float *y, size_t n)
+
+    ctypedef struct li_kernels:
+        const char *name
+        li_activation_array_fn activation_array
+
+    ctypedef void (*li_sgemm_fn)(char *transa, char *transb, int *m, int *n, int *k,
+                                 float *alpha, float *a, int *lda, float *b, int *ldb,
+                                 float *beta, float *c, int *ldc)
+
+    unsigned li_usable_isas()
+    const li_kernels *li_kernels_for(int isa)
+
+    size_t li_direction_scratch_floats(const li_cell *cell, int T, int B)
+    int li_run_direction(const li_cell *cell, const li_kernels *kern, li_sgemm_fn sgemm, int T,
+                         int B, const float *x, int ldx, const int *lens, int reverse,
+                         float *h, float *c, float *y, ptrdiff_t y_ts, ptrdiff_t y_bs,
+                         float *scratch)
+
+    size_t li_stack_step_scratch_floats(const li_cell *const *cells, int n_layers, int B)
+    int li_stack_step(const li_cell *const *cells, int n_layers, const li_kernels *kern, int B,
+                      const float *x, float *const *h, float *const *c, float *y,
+                      float *scratch)

@@ -1,0 +1,103 @@
+"""Compile the internal model description into kernel plans: packed weights, C descriptors.
+
+Runs once per model at load time; nothing here is on the per-step path.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lstm_infer import _engine
+from lstm_infer._spec import GATES, DirectionWeights, RecurrentLayer
+
+BLOCK = _engine.BLOCK
+
+
+def _aligned_empty(shape: tuple[int, ...]) -> np.ndarray:
+    """A C-contiguous float32 array whose data starts on a 64-byte boundary."""
+    n = int(np.prod(shape))
+    raw = np.empty(n + 16, dtype=np.float32)
+    offset = (-raw.ctypes.data % 64) // 4
+    return raw[offset : offset + n].reshape(shape)
+
+
+def pack_gate_blocks(m: np.ndarray, gates: int) -> np.ndarray:
+    """Pack a (G*H, K) matrix into [ceil(H/BLOCK)][K][G][BLOCK], zero padded.
+
+    The layout the packed matvec streams: one block holds every gate of BLOCK units.
+    """
+    gh, k = m.shape
+    h = gh // gates
+    hp = -(-h // BLOCK) * BLOCK
+    padded = np.zeros((gates, hp, k), dtype=np.float32)
+    padded[:, :h, :] = m.reshape(gates, h, k)
+    blocks = padded.reshape(gates, hp // BLOCK, BLOCK, k).transpose(1, 3, 0, 2)
+    out = _aligned_empty(blocks.shape)
+    out[...] = blocks
+    return out
+
+
+def _pad_gate_vector(v: np.ndarray, gates: int) -> np.ndarray:
+    """(G*H,) -> (G*Hp,) with each gate's units zero padded to a whole number of blocks."""
+    h = v.shape[0] // gates
+    hp = -(-h // BLOCK) * BLOCK
+    out = np.zeros((gates, hp), dtype=np.float32)
+    out[:, :h] = v.reshape(gates, h)
+    return out.reshape(-1)
+
+
+def _f32(a: np.ndarray | None) -> np.ndarray | None:
+    return None if a is None else np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _is_fast_path(layer: RecurrentLayer, dw: DirectionWeights) -> bool:
+    """True when the ISA kernels' built-in activations match the direction's."""
+    names = tuple(a.name for a in dw.activations)
+    if layer.cell == "rnn":
+        return names in (("Tanh",), ("Relu",))
+    if layer.cell == "lstm":
+        return names == ("Sigmoid", "Tanh", "Tanh")
+    return names == ("Sigmoid", "Tanh")
+
+
+def compile_direction(layer: RecurrentLayer, d: int) -> _engine.CellPlan:
+    """Build the CellPlan of direction ``d`` of ``layer``."""
+    dw = layer.directions[d]
+    g = GATES[layer.cell]
+    h = layer.hidden_size
+    w, r = _f32(dw.w), _f32(dw.r)
+    arrays: dict[str, np.ndarray | None] = {
+        "w": w,
+        "w_packed": pack_gate_blocks(w, g),
+        "r": r,
+        "bias": _f32(dw.bias),
+        "bias_packed": _pad_gate_vector(_f32(dw.bias), g),
+        "peephole": _f32(dw.peephole),
+        "proj": _f32(dw.proj),
+        "proj_packed": None if dw.proj is None else pack_gate_blocks(_f32(dw.proj), 1),
+        "bias_rn": _f32(dw.bias_rn) if layer.linear_before_reset else None,
+    }
+    if layer.cell == "gru":
+        # z and r share one pass over h; n needs its own (it may read r * h).
+        arrays["r_packed"] = pack_gate_blocks(np.ascontiguousarray(r[: 2 * h]), 2)
+        arrays["rn_packed"] = pack_gate_blocks(np.ascontiguousarray(r[2 * h :]), 1)
+    else:
+        arrays["r_packed"] = pack_gate_blocks(r, g)
+    acts = [(a.code, a.alpha, a.beta) for a in dw.activations]
+    return _engine.CellPlan(
+        layer.cell,
+        layer.input_size,
+        h,
+        layer.state_size,
+        arrays,
+        float(layer.clip) if layer.clip else 0.0,
+        bool(layer.input_forget),
+        bool(layer.linear_before_reset),
+        _is_fast_path(layer, dw),
+        acts,
+    )
+
+
+def compile_layer(layer: RecurrentLayer) -> list[_engine.CellPlan]:
+    """One CellPlan per direction."""
+    return [compile_direction(layer, d) for d in range(layer.num_directions)]

@@ -1,0 +1,260 @@
+"""The internal model description every importer produces and the engine compiles.
+
+Importers (ONNX, PyTorch, native file, numpy constructor) convert their weights once into these
+classes: gate order and bias layout are the kernels' own, so nothing downstream knows where a
+model came from.
+
+Internal gate orders: LSTM ``i, f, g, o``; GRU ``z, r, n``; RNN one gate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from lstm_infer.errors import ModelFormatError
+
+CELLS = ("rnn", "lstm", "gru")
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+DIRECTIONS = ("forward", "reverse", "bidirectional")
+
+# ONNX activation names in the order of enum li_activation_kind (src_c/li_kernels.h).
+ACTIVATIONS = (
+    "Relu",
+    "Tanh",
+    "Sigmoid",
+    "Affine",
+    "LeakyRelu",
+    "ThresholdedRelu",
+    "ScaledTanh",
+    "HardSigmoid",
+    "Elu",
+    "Softsign",
+    "Softplus",
+)
+# ONNX defaults for activation_alpha / activation_beta where the function uses them.
+ACTIVATION_DEFAULTS = {
+    "Affine": (1.0, 0.0),
+    "LeakyRelu": (0.01, 0.0),
+    "ThresholdedRelu": (1.0, 0.0),
+    "ScaledTanh": (1.0, 1.0),
+    "HardSigmoid": (0.2, 0.5),
+    "Elu": (1.0, 0.0),
+}
+# Activations per direction (f, g, h) and the defaults of each cell.
+ACTIVATION_SLOTS = {"rnn": 1, "lstm": 3, "gru": 2}
+DEFAULT_ACTIVATIONS = {
+    "rnn": ("Tanh",),
+    "lstm": ("Sigmoid", "Tanh", "Tanh"),
+    "gru": ("Sigmoid", "Tanh"),
+}
+
+
+@dataclass(frozen=True)
+class Activation:
+    """One ONNX activation function with its alpha and beta."""
+
+    name: str
+    alpha: float = 0.0
+    beta: float = 0.0
+
+    @classmethod
+    def make(cls, name: str, alpha: float | None = None, beta: float | None = None) -> Activation:
+        """Build from a case-insensitive name, filling ONNX's default alpha/beta."""
+        canonical = {a.lower(): a for a in ACTIVATIONS}.get(str(name).lower())
+        if canonical is None:
+            raise ModelFormatError(
+                f"unsupported activation {name!r}; supported: {', '.join(ACTIVATIONS)}"
+            )
+        da, db = ACTIVATION_DEFAULTS.get(canonical, (0.0, 0.0))
+        return cls(
+            canonical,
+            float(da if alpha is None else alpha),
+            float(db if beta is None else beta),
+        )
+
+    @property
+    def code(self) -> int:
+        return ACTIVATIONS.index(self.name)
+
+
+def default_activations(cell: str) -> tuple[Activation, ...]:
+    return tuple(Activation.make(n) for n in DEFAULT_ACTIVATIONS[cell])
+
+
+@dataclass
+class DirectionWeights:
+    """Weights of one direction of a layer, internal gate order, float32.
+
+    Shapes: ``w`` (G*H, I); ``r`` (G*H, Hr); ``bias`` (G*H,) added to the input projection
+    (input and recurrent biases folded together wherever the equations allow);
+    ``bias_rn`` (H,) the GRU's recurrent n-gate bias when ``linear_before_reset`` keeps it
+    inside the reset product, else None; ``peephole`` (3, H) for i, f, o or None;
+    ``proj`` (Hr, H) for an LSTM with projection or None.
+    """
+
+    w: np.ndarray
+    r: np.ndarray
+    bias: np.ndarray
+    activations: tuple[Activation, ...]
+    bias_rn: np.ndarray | None = None
+    peephole: np.ndarray | None = None
+    proj: np.ndarray | None = None
+
+
+@dataclass
+class RecurrentLayer:
+    """One RNN/LSTM/GRU layer: one or two directions of the same cell."""
+
+    cell: str
+    input_size: int
+    hidden_size: int
+    direction: str
+    directions: list[DirectionWeights]
+    proj_size: int = 0
+    clip: float | None = None
+    input_forget: bool = False
+    linear_before_reset: bool = False
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.direction == "bidirectional" else 1
+
+    @property
+    def state_size(self) -> int:
+        """Size of the h this layer emits and feeds back (proj_size when projecting)."""
+        return self.proj_size or self.hidden_size
+
+    @property
+    def output_size(self) -> int:
+        return self.num_directions * self.state_size
+
+    def validate(self) -> None:
+        """Check every shape against the sizes; raise ModelFormatError naming the bad one."""
+        if self.cell not in CELLS:
+            raise ModelFormatError(f"unknown cell {self.cell!r}; expected one of {CELLS}")
+        if self.direction not in DIRECTIONS:
+            raise ModelFormatError(f"unknown direction {self.direction!r}")
+        for name, v in (("input_size", self.input_size), ("hidden_size", self.hidden_size)):
+            if not (isinstance(v, int) and 0 < v <= 1 << 20):
+                raise ModelFormatError(f"{name} must be an int in [1, 2**20], got {v!r}")
+        if self.proj_size and (self.cell != "lstm" or not 0 < self.proj_size < self.hidden_size):
+            raise ModelFormatError(
+                f"proj_size={self.proj_size} needs an LSTM and 0 < proj_size < hidden_size"
+            )
+        if len(self.directions) != self.num_directions:
+            raise ModelFormatError(
+                f"direction {self.direction!r} needs {self.num_directions} weight sets, "
+                f"got {len(self.directions)}"
+            )
+        G, H, Hr, In = GATES[self.cell], self.hidden_size, self.state_size, self.input_size
+        for d, dw in enumerate(self.directions):
+            expect = {"w": (G * H, In), "r": (G * H, Hr), "bias": (G * H,)}
+            if dw.bias_rn is not None:
+                expect["bias_rn"] = (H,)
+            if dw.peephole is not None:
+                expect["peephole"] = (3, H)
+            if dw.proj is not None:
+                expect["proj"] = (Hr, H)
+            for name, shape in expect.items():
+                arr = getattr(dw, name)
+                if arr.shape != shape:
+                    raise ModelFormatError(
+                        f"{self.cell} layer direction {d}: {name} has shape {arr.shape}, "
+                        f"expected {shape} (hidden_size={H}, input_size={In})"
+                    )
+            if bool(self.proj_size) != (dw.proj is not None):
+                raise ModelFormatError("proj weights must be given exactly when proj_size > 0")
+            if len(dw.activations) != ACTIVATION_SLOTS[self.cell]:
+                raise ModelFormatError(
+                    f"a {self.cell} direction takes {ACTIVATION_SLOTS[self.cell]} activations, "
+                    f"got {len(dw.activations)}"
+                )
+
+
+@dataclass
+class DenseLayer:
+    """A dense layer after the recurrent stack: y = act(x W^T + b). W is (out, in)."""
+
+    weight: np.ndarray
+    bias: np.ndarray | None = None
+    activation: str | None = None  # None, "relu", "tanh", "sigmoid", "softmax", "log_softmax"
+
+
+HEAD_ACTIVATIONS = (None, "relu", "tanh", "sigmoid", "softmax", "log_softmax")
+
+
+@dataclass
+class TensorInfo:
+    """Name, shape (ints, or strings for symbolic dims) and dtype of a model input/output."""
+
+    name: str
+    shape: tuple[int | str, ...]
+    dtype: str
+
+    def __repr__(self) -> str:
+        return f"TensorInfo(name={self.name!r}, shape={self.shape}, dtype={self.dtype!r})"
+
+
+@dataclass
+class Signature:
+    """How a model's named inputs and outputs map onto the engine's tensors.
+
+    ``style`` "onnx_node": the ONNX RNN/LSTM/GRU operator's own tensors (one layer): Y is
+    (T, D, B, Hr) for layout 0 and (B, T, D, Hr) for layout 1; Y_h/Y_c are (D, B, H) or
+    (B, D, H). ``style`` "sequence": a stack as PyTorch runs it: output (T, B, F) or batch-first
+    (B, T, F); states (L*D, B, H) whatever the layout.
+
+    ``inputs`` / ``outputs`` map a role ("x", "sequence_lens", "initial_h", "initial_c" /
+    "y", "y_h", "y_c") to the user-facing name; ``constants`` holds roles baked into the model
+    (e.g. an initial_h initializer).
+    """
+
+    style: str = "onnx_node"
+    layout: int = 0
+    inputs: dict[str, str] = field(default_factory=lambda: {"x": "X"})
+    outputs: dict[str, str] = field(default_factory=lambda: {"y": "Y", "y_h": "Y_h"})
+    constants: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class ModelSpec:
+    """A whole model: optional embedding, a stack of recurrent layers, an optional dense head."""
+
+    layers: list[RecurrentLayer]
+    signature: Signature
+    embedding: np.ndarray | None = None  # (vocab, dim)
+    head: list[DenseLayer] = field(default_factory=list)
+    source: str = ""
+
+    def validate(self) -> None:
+        if not self.layers:
+            raise ModelFormatError("a model needs at least one recurrent layer")
+        for layer in self.layers:
+            layer.validate()
+        if self.embedding is not None:
+            if self.embedding.ndim != 2 or self.embedding.shape[1] != self.layers[0].input_size:
+                raise ModelFormatError(
+                    f"embedding has shape {self.embedding.shape}, expected (vocab, "
+                    f"{self.layers[0].input_size})"
+                )
+        for i, (prev, nxt) in enumerate(zip(self.layers, self.layers[1:])):
+            if nxt.input_size != prev.output_size:
+                raise ModelFormatError(
+                    f"layer {i + 1} expects {nxt.input_size} inputs but layer {i} emits "
+                    f"{prev.output_size}"
+                )
+        width = self.layers[-1].output_size
+        for i, dense in enumerate(self.head):
+            if dense.weight.ndim != 2 or dense.weight.shape[1] != width:
+                raise ModelFormatError(
+                    f"head layer {i}: weight shape {dense.weight.shape}, expected (out, {width})"
+                )
+            if dense.bias is not None and dense.bias.shape != (dense.weight.shape[0],):
+                raise ModelFormatError(f"head layer {i}: bias shape {dense.bias.shape}")
+            if dense.activation not in HEAD_ACTIVATIONS:
+                raise ModelFormatError(f"head layer {i}: unknown activation {dense.activation!r}")
+            width = dense.weight.shape[0]
+        if self.signature.style == "onnx_node" and (len(self.layers) != 1 or self.head):
+            raise ModelFormatError("an onnx_node signature describes exactly one layer")

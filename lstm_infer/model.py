@@ -1,0 +1,612 @@
+"""Model: a compiled recurrent network with onnxruntime-style ``run`` and stateful streams."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from lstm_infer import _engine
+from lstm_infer._plan import compile_layer
+from lstm_infer._spec import DenseLayer, ModelSpec, RecurrentLayer, Signature, TensorInfo
+from lstm_infer.errors import InputError, InputTypeError, StreamError
+
+__all__ = ["Model", "Stream"]
+
+
+def _as_float_input(name: str, value: Any) -> np.ndarray:
+    """float32 C-contiguous copy/view of a feed; clear errors for non-numeric data."""
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "fiub":
+        raise InputTypeError(f"input {name!r} must be numeric, got dtype {arr.dtype}")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def _check_rank(name: str, arr: np.ndarray, rank: int, what: str) -> None:
+    if arr.ndim != rank:
+        raise InputError(
+            f"input {name!r} must have rank {rank} {what}, got shape {tuple(arr.shape)}"
+        )
+
+
+def _apply_head(y: np.ndarray, head: Sequence[DenseLayer]) -> np.ndarray:
+    """Dense layers + activations on the last axis (float32 throughout)."""
+    for dense in head:
+        y = y @ dense.weight.T
+        if dense.bias is not None:
+            y = y + dense.bias
+        act = dense.activation
+        if act == "relu":
+            y = np.maximum(y, 0)
+        elif act == "tanh":
+            y = np.tanh(y)
+        elif act == "sigmoid":
+            y = 1.0 / (1.0 + np.exp(-y))
+        elif act in ("softmax", "log_softmax"):
+            shifted = y - y.max(axis=-1, keepdims=True)
+            if act == "softmax":
+                e = np.exp(shifted)
+                y = e / e.sum(axis=-1, keepdims=True)
+            else:
+                y = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+        y = np.asarray(y, dtype=np.float32)
+    return y
+
+
+class Model:
+    """A recurrent model compiled for this CPU.
+
+    Build one with :func:`lstm_infer.load` (ONNX, PyTorch checkpoint, native file), with
+    :meth:`from_onnx_weights` (numpy arrays in the ONNX operator's conventions), or from an
+    internal :class:`~lstm_infer._spec.ModelSpec`.
+
+    ``run`` takes and returns dicts keyed by the source model's own tensor names, like
+    onnxruntime's ``InferenceSession.run``; ``stream`` returns a :class:`Stream` that keeps the
+    recurrent state between calls.
+    """
+
+    def __init__(self, spec: ModelSpec) -> None:
+        spec.validate()
+        self._spec = spec
+        self._plans = [compile_layer(layer) for layer in spec.layers]
+
+    # ---- construction ------------------------------------------------------------------------
+
+    @classmethod
+    def from_onnx_weights(
+        cls,
+        cell: str,
+        W: np.ndarray,
+        R: np.ndarray,
+        B: np.ndarray | None = None,
+        P: np.ndarray | None = None,
+        *,
+        initial_h: np.ndarray | None = None,
+        initial_c: np.ndarray | None = None,
+        direction: str = "forward",
+        activations: Sequence[str] | None = None,
+        activation_alpha: Sequence[float] | None = None,
+        activation_beta: Sequence[float] | None = None,
+        clip: float | None = None,
+        input_forget: int = 0,
+        linear_before_reset: int = 0,
+        layout: int = 0,
+    ) -> Model:
+        """Build a one-layer model from numpy weights in the ONNX operator's conventions.
+
+        Parameters
+        ----------
+        cell : {"rnn", "lstm", "gru"}
+        W, R, B, P : numpy arrays
+            Shapes and gate orders exactly as the ONNX RNN/LSTM/GRU operators define them:
+            W ``(D, G*H, I)``, R ``(D, G*H, H)``, B ``(D, 2*G*H)``, P ``(D, 3*H)`` (LSTM only),
+            with gates ``iofc`` (LSTM), ``zrh`` (GRU).
+        initial_h, initial_c : numpy arrays, optional
+            Baked-in initial state ``(D, B, H)``; otherwise ``initial_h``/``initial_c`` are
+            optional inputs of ``run`` (zeros when not fed).
+        direction, activations, activation_alpha, activation_beta, clip, input_forget,
+        linear_before_reset, layout
+            The ONNX attributes.
+
+        Returns
+        -------
+        Model
+            Inputs ``X``, ``sequence_lens``, ``initial_h`` (and ``initial_c`` for LSTM);
+            outputs ``Y``, ``Y_h`` (and ``Y_c``), shaped as the ONNX operator shapes them.
+        """
+        from lstm_infer._onnx_weights import layer_from_onnx
+
+        layer = layer_from_onnx(
+            cell,
+            W,
+            R,
+            B,
+            P,
+            direction=direction,
+            activations=activations,
+            activation_alpha=activation_alpha,
+            activation_beta=activation_beta,
+            clip=clip,
+            input_forget=input_forget,
+            linear_before_reset=linear_before_reset,
+        )
+        if layout not in (0, 1):
+            raise ValueError(f"layout must be 0 or 1, got {layout}")
+        inputs = {"x": "X", "sequence_lens": "sequence_lens", "initial_h": "initial_h"}
+        outputs = {"y": "Y", "y_h": "Y_h"}
+        if layer.cell == "lstm":
+            inputs["initial_c"] = "initial_c"
+            outputs["y_c"] = "Y_c"
+        constants = {}
+        for role, value in (("initial_h", initial_h), ("initial_c", initial_c)):
+            if value is not None:
+                constants[role] = np.ascontiguousarray(value, dtype=np.float32)
+                inputs.pop(role, None)
+        sig = Signature("onnx_node", layout, inputs, outputs, constants)
+        return cls(ModelSpec([layer], sig, source="numpy"))
+
+    # ---- description -------------------------------------------------------------------------
+
+    @property
+    def spec(self) -> ModelSpec:
+        """The internal model description (layers, weights in kernel order)."""
+        return self._spec
+
+    @property
+    def layers(self) -> list[RecurrentLayer]:
+        return self._spec.layers
+
+    def _dims(self) -> dict[str, Any]:
+        s = self._spec
+        first, last = s.layers[0], s.layers[-1]
+        feat = s.head[-1].weight.shape[0] if s.head else last.output_size
+        return {
+            "I": first.input_size,
+            "D": last.num_directions,
+            "Hr": last.state_size,
+            "H": last.hidden_size,
+            "F": feat,
+            "L": sum(layer.num_directions for layer in s.layers),
+        }
+
+    @property
+    def inputs(self) -> list[TensorInfo]:
+        """Names, shapes (symbolic dims as strings) and dtypes of the inputs."""
+        sig, d = self._spec.signature, self._dims()
+        t_b = ("seq_len", "batch") if sig.layout == 0 else ("batch", "seq_len")
+        infos = []
+        for role, name in sig.inputs.items():
+            if role == "x":
+                if self._spec.embedding is not None:
+                    infos.append(TensorInfo(name, t_b, "int64"))
+                else:
+                    infos.append(TensorInfo(name, (*t_b, d["I"]), "float32"))
+            elif role == "sequence_lens":
+                infos.append(TensorInfo(name, ("batch",), "int32"))
+            else:
+                size = d["Hr"] if role == "initial_h" else d["H"]
+                infos.append(TensorInfo(name, self._state_shape(size), "float32"))
+        return infos
+
+    def _state_shape(self, size: int) -> tuple[int | str, ...]:
+        sig, d = self._spec.signature, self._dims()
+        if sig.style == "onnx_node":
+            return (d["D"], "batch", size) if sig.layout == 0 else ("batch", d["D"], size)
+        return (d["L"], "batch", size)
+
+    @property
+    def outputs(self) -> list[TensorInfo]:
+        """Names, shapes (symbolic dims as strings) and dtypes of the outputs."""
+        sig, d = self._spec.signature, self._dims()
+        infos = []
+        for role, name in sig.outputs.items():
+            if role == "y":
+                if sig.style == "onnx_node":
+                    shape = (
+                        ("seq_len", d["D"], "batch", d["Hr"])
+                        if sig.layout == 0
+                        else ("batch", "seq_len", d["D"], d["Hr"])
+                    )
+                else:
+                    shape = (
+                        ("seq_len", "batch", d["F"])
+                        if sig.layout == 0
+                        else ("batch", "seq_len", d["F"])
+                    )
+                infos.append(TensorInfo(name, shape, "float32"))
+            else:
+                size = d["Hr"] if role == "y_h" else d["H"]
+                infos.append(TensorInfo(name, self._state_shape(size), "float32"))
+        return infos
+
+    def __repr__(self) -> str:
+        parts = []
+        for layer in self._spec.layers:
+            proj = f", proj={layer.proj_size}" if layer.proj_size else ""
+            parts.append(
+                f"{layer.cell.upper()}({layer.input_size}->{layer.hidden_size}{proj}, "
+                f"{layer.direction})"
+            )
+        return f"<lstm_infer.Model {' -> '.join(parts)} isa={_engine.isa()}>"
+
+    # ---- running -----------------------------------------------------------------------------
+
+    def _sequence_input(self, feeds: Mapping[str, Any]) -> np.ndarray:
+        """The main input as a time-major (T, B, I) float32 array (embedding applied)."""
+        sig = self._spec.signature
+        name = sig.inputs["x"]
+        if name not in feeds:
+            raise InputError(f"missing input {name!r}; the model's inputs are {self.input_names}")
+        emb = self._spec.embedding
+        if emb is not None:
+            tokens = np.asarray(feeds[name])
+            if tokens.dtype.kind not in "iu":
+                raise InputTypeError(f"input {name!r} holds token ids and must be integer, "
+                                     f"got dtype {tokens.dtype}")
+            _check_rank(name, tokens, 2, "(seq_len, batch)" if sig.layout == 0 else
+                        "(batch, seq_len)")
+            if tokens.size and (tokens.min() < 0 or tokens.max() >= emb.shape[0]):
+                raise InputError(
+                    f"input {name!r}: token ids must be in [0, {emb.shape[0]}), got range "
+                    f"[{tokens.min()}, {tokens.max()}]"
+                )
+            x = emb[tokens if sig.layout == 0 else tokens.T]
+            return np.ascontiguousarray(x, dtype=np.float32)
+        x = _as_float_input(name, feeds[name])
+        layout_desc = "(seq_len, batch, input_size)" if sig.layout == 0 else (
+            "(batch, seq_len, input_size)")
+        _check_rank(name, x, 3, layout_desc)
+        want = self._spec.layers[0].input_size
+        if x.shape[2] != want:
+            raise InputError(
+                f"input {name!r} must have shape {layout_desc} with input_size={want}, got "
+                f"{tuple(x.shape)}"
+            )
+        if sig.layout == 1:
+            x = np.ascontiguousarray(x.transpose(1, 0, 2))
+        return x
+
+    @property
+    def input_names(self) -> list[str]:
+        return list(self._spec.signature.inputs.values())
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self._spec.signature.outputs.values())
+
+    def _lens(self, feeds: Mapping[str, Any], T: int, B: int) -> np.ndarray | None:
+        sig = self._spec.signature
+        name = sig.inputs.get("sequence_lens")
+        value = sig.constants.get("sequence_lens")
+        if name is not None and feeds.get(name) is not None:
+            value = feeds[name]
+        if value is None:
+            return None
+        lens = np.asarray(value)
+        label = name or "sequence_lens"
+        if lens.dtype.kind not in "iu":
+            raise InputTypeError(f"input {label!r} must be integer, got dtype {lens.dtype}")
+        if lens.shape != (B,):
+            raise InputError(f"input {label!r} must have shape ({B},), got {tuple(lens.shape)}")
+        if lens.size and (lens.min() < 0 or lens.max() > T):
+            raise InputError(
+                f"input {label!r}: every length must be in [0, {T}], got {lens.tolist()}"
+            )
+        lens = np.ascontiguousarray(lens, dtype=np.int32)
+        return None if bool(np.all(lens == T)) else lens
+
+    def _initial_states(
+        self, feeds: Mapping[str, Any], role: str, B: int
+    ) -> list[np.ndarray | None]:
+        """Per-layer initial state, each (D, B, size) float32 (a fresh writable copy)."""
+        sig = self._spec.signature
+        layers = self._spec.layers
+        name = sig.inputs.get(role)
+        value = sig.constants.get(role)
+        if name is not None and feeds.get(name) is not None:
+            value = feeds[name]
+        out: list[np.ndarray | None] = []
+        if role == "initial_c" and all(layer.cell != "lstm" for layer in layers):
+            return [None] * len(layers)
+        sizes = [
+            (layer.state_size if role == "initial_h" else layer.hidden_size) for layer in layers
+        ]
+        if value is None:
+            for layer, size in zip(layers, sizes):
+                if role == "initial_c" and layer.cell != "lstm":
+                    out.append(None)
+                else:
+                    out.append(np.zeros((layer.num_directions, B, size), np.float32))
+            return out
+        label = name or role
+        arr = _as_float_input(label, value)
+        _check_rank(label, arr, 3, "")
+        if sig.style == "onnx_node":
+            d, size = layers[0].num_directions, sizes[0]
+            want = (d, B, size) if sig.layout == 0 else (B, d, size)
+            if arr.shape != want:
+                raise InputError(f"input {label!r} must have shape {want}, got {arr.shape}")
+            if sig.layout == 1:
+                arr = arr.transpose(1, 0, 2)
+            return [np.array(arr, dtype=np.float32, order="C")]
+        total = sum(layer.num_directions for layer in layers)
+        if len(set(sizes)) != 1:
+            raise InputError(f"input {label!r}: layers have different state sizes {sizes}")
+        want = (total, B, sizes[0])
+        if arr.shape != want:
+            raise InputError(f"input {label!r} must have shape {want}, got {arr.shape}")
+        i = 0
+        for layer in layers:
+            n = layer.num_directions
+            out.append(None if role == "initial_c" and layer.cell != "lstm" else
+                       np.array(arr[i : i + n], dtype=np.float32, order="C"))
+            i += n
+        return out
+
+    def _forward(
+        self,
+        x: np.ndarray,
+        lens: np.ndarray | None,
+        h0: list[np.ndarray | None],
+        c0: list[np.ndarray | None],
+    ) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray | None]]:
+        """Run the stack. x (T, B, I); states updated in place in h0/c0 (fresh copies)."""
+        T, B = x.shape[0], x.shape[1]
+        y4 = None
+        for layer, plans, h, c in zip(self._spec.layers, self._plans, h0, c0):
+            D, Hr = layer.num_directions, layer.state_size
+            y4 = (np.zeros if lens is not None else np.empty)((T, B, D, Hr), np.float32)
+            for d, plan in enumerate(plans):
+                reverse = layer.direction == "reverse" or d == 1
+                _engine.run_direction(
+                    plan, x, lens, reverse, h[d], None if c is None else c[d], y4[:, :, d, :]
+                )
+            x = y4.reshape(T, B, D * Hr)
+        return y4, h0, c0
+
+    def run(
+        self, feeds: Mapping[str, Any], output_names: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Run whole sequences.
+
+        Parameters
+        ----------
+        feeds : mapping of input name -> array
+            The model's inputs (see :attr:`inputs`); optional ones may be omitted or None.
+            float64 and non-contiguous arrays are converted.
+        output_names : sequence of str, optional
+            Subset of outputs to return (default: all).
+
+        Returns
+        -------
+        dict of output name -> float32 array
+        """
+        if not isinstance(feeds, Mapping):
+            raise InputTypeError(f"feeds must be a dict of name -> array, got {type(feeds)}")
+        unknown = set(feeds) - set(self.input_names)
+        if unknown:
+            raise InputError(
+                f"unknown input name(s) {sorted(unknown)}; the model's inputs are "
+                f"{self.input_names}"
+            )
+        wanted = list(output_names) if output_names is not None else self.output_names
+        bad = [n for n in wanted if n not in self.output_names]
+        if bad:
+            raise InputError(f"unknown output name(s) {bad}; outputs are {self.output_names}")
+        sig = self._spec.signature
+        x = self._sequence_input(feeds)
+        T, B = x.shape[0], x.shape[1]
+        lens = self._lens(feeds, T, B)
+        h = self._initial_states(feeds, "initial_h", B)
+        c = self._initial_states(feeds, "initial_c", B)
+        y4, h, c = self._forward(x, lens, h, c)
+
+        results: dict[str, np.ndarray] = {}
+        by_name = {name: role for role, name in sig.outputs.items()}
+        for name in wanted:
+            role = by_name[name]
+            if role == "y":
+                results[name] = self._format_y(y4)
+            else:
+                states = h if role == "y_h" else c
+                results[name] = self._format_state([s for s in states if s is not None])
+        return results
+
+    def _format_y(self, y4: np.ndarray) -> np.ndarray:
+        sig = self._spec.signature
+        if sig.style == "onnx_node":
+            order = (0, 2, 1, 3) if sig.layout == 0 else (1, 0, 2, 3)
+            return np.ascontiguousarray(y4.transpose(order))
+        T, B = y4.shape[:2]
+        y = _apply_head(y4.reshape(T, B, -1), self._spec.head)
+        return np.ascontiguousarray(y if sig.layout == 0 else y.transpose(1, 0, 2))
+
+    def _format_state(self, states: list[np.ndarray]) -> np.ndarray:
+        sig = self._spec.signature
+        if sig.style == "onnx_node":
+            s = states[0]
+            return s if sig.layout == 0 else np.ascontiguousarray(s.transpose(1, 0, 2))
+        return np.concatenate(states, axis=0)
+
+    # ---- streaming ---------------------------------------------------------------------------
+
+    def stream(self, batch_size: int = 1) -> Stream:
+        """A :class:`Stream` over this model for ``batch_size`` independent sequences."""
+        return Stream(self, batch_size)
+
+    # ---- native format -----------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the model in the native format (safetensors + JSON metadata)."""
+        from lstm_infer.native_format import save_spec
+
+        save_spec(self._spec, path)
+
+
+class Stream:
+    """Runs a unidirectional model one timestep (or chunk) at a time, keeping the state.
+
+    ``step(x_t)`` takes one timestep ``(batch, input_size)`` (or token ids ``(batch,)`` for a
+    model with an embedding) and returns that step's output ``(batch, features)``: for an ONNX
+    operator model the ``Y`` slice of that timestep, after any dense head otherwise.
+    ``feed(x_chunk)`` takes several timesteps in the model's layout and returns their outputs.
+    A failed call leaves the state unchanged. A stream must not be used by two threads at once:
+    that raises :class:`~lstm_infer.errors.StreamError`.
+    """
+
+    def __init__(self, model: Model, batch_size: int = 1) -> None:
+        if not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        bidir = [i for i, layer in enumerate(model.layers) if layer.num_directions != 1]
+        if bidir:
+            raise StreamError(
+                f"layer {bidir[0]} is bidirectional: its backward direction needs the whole "
+                "sequence, so it cannot be streamed; use model.run on whole sequences"
+            )
+        self._model = model
+        self._batch = int(batch_size)
+        self._plans = [plans[0] for plans in model._plans]
+        self._core = _engine.StackStepper(self._plans, self._batch)
+        self._out = np.empty((self._batch, self._core.output_size), np.float32)
+        self._lock = threading.Lock()
+        self.reset()
+
+    @property
+    def batch_size(self) -> int:
+        return self._batch
+
+    def reset(self) -> None:
+        """Return to the model's initial state (zeros, or its baked-in initial state)."""
+        consts = self._model.spec.signature.constants
+        for role, bufs in (("initial_h", self._core.h), ("initial_c", self._core.c)):
+            init = consts.get(role)
+            for i, buf in enumerate(bufs):
+                if buf is None:
+                    continue
+                if init is None:
+                    buf[...] = 0.0
+                else:
+                    src = init[0] if init.ndim == 3 else init
+                    buf[...] = np.broadcast_to(src, buf.shape)
+
+    @property
+    def state(self) -> dict[str, list[np.ndarray]]:
+        """Copies of the recurrent state: {"h": [per layer (batch, Hr)], "c": [...]}.
+
+        ``c`` lists only the LSTM layers' cell states (None for other layers). Assign a dict
+        of the same structure to restore; shapes are checked and nothing changes on error.
+        """
+        return {
+            "h": [h.copy() for h in self._core.h],
+            "c": [None if c is None else c.copy() for c in self._core.c],
+        }
+
+    @state.setter
+    def state(self, value: Mapping[str, Sequence[np.ndarray | None]]) -> None:
+        if not isinstance(value, Mapping) or "h" not in value:
+            raise InputError("state must be a dict with keys 'h' (and 'c' for LSTM layers)")
+        staged = []
+        for key, bufs in (("h", self._core.h), ("c", self._core.c)):
+            given = value.get(key)
+            if given is None:
+                if any(b is not None for b in bufs):
+                    raise InputError(f"state[{key!r}] is required for this model")
+                continue
+            if len(given) != len(bufs):
+                raise InputError(
+                    f"state[{key!r}] must list {len(bufs)} layer(s), got {len(given)}"
+                )
+            for i, (buf, g) in enumerate(zip(bufs, given)):
+                if buf is None:
+                    continue
+                arr = _as_float_input(f"state[{key!r}][{i}]", g)
+                if arr.shape != buf.shape:
+                    raise InputError(
+                        f"state[{key!r}][{i}] must have shape {buf.shape}, got {arr.shape}"
+                    )
+                staged.append((buf, arr))
+        for buf, arr in staged:
+            buf[...] = arr
+
+    def _step_input(self, x_t: Any) -> np.ndarray:
+        emb = self._model.spec.embedding
+        if emb is not None:
+            tokens = np.asarray(x_t)
+            if tokens.dtype.kind not in "iu":
+                raise InputTypeError(f"token ids must be integers, got dtype {tokens.dtype}")
+            tokens = tokens.reshape(-1) if tokens.ndim <= 1 else tokens
+            if tokens.shape != (self._batch,):
+                raise InputError(
+                    f"step input must be {self._batch} token id(s), got shape {tokens.shape}"
+                )
+            if tokens.min() < 0 or tokens.max() >= emb.shape[0]:
+                raise InputError(f"token ids must be in [0, {emb.shape[0]}), got {tokens}")
+            return np.ascontiguousarray(emb[tokens])
+        x = np.asarray(x_t)
+        if x.dtype != np.float32 or not x.flags.c_contiguous:
+            x = _as_float_input("x_t", x)
+        size = self._core.input_size
+        if x.ndim == 1 and self._batch == 1:
+            x = x.reshape(1, -1)
+        if x.shape != (self._batch, size):
+            raise InputError(
+                f"step input must have shape ({self._batch}, {size}), got {tuple(x.shape)}"
+            )
+        return x
+
+    def step(self, x_t: Any, out: np.ndarray | None = None) -> np.ndarray:
+        """Advance one timestep and return its output ``(batch, features)``.
+
+        ``out`` (float32, C-contiguous, the output's shape) is filled and returned instead of
+        a new array, for models without a dense head.
+        """
+        x = self._step_input(x_t)
+        head = self._model.spec.head
+        if not self._lock.acquire(blocking=False):
+            raise StreamError("this stream is being stepped by another thread")
+        try:
+            target = out if (out is not None and not head) else self._out
+            self._core.step(x, target)
+            if head:
+                return _apply_head(target, head)
+            return target if out is not None else target.copy()
+        finally:
+            self._lock.release()
+
+    def feed(self, x_chunk: Any) -> np.ndarray:
+        """Advance over several timesteps; returns their outputs.
+
+        ``x_chunk`` is ``(T, batch, input_size)`` for a time-major model and
+        ``(batch, T, input_size)`` for a batch-first one (token ids without the last axis);
+        the result has the same leading layout with the output features last.
+        """
+        sig = self._model.spec.signature
+        name = sig.inputs["x"]
+        x = self._model._sequence_input({name: x_chunk})
+        if x.shape[1] != self._batch:
+            raise InputError(
+                f"input {name!r} has batch {x.shape[1]}, this stream's batch is {self._batch}"
+            )
+        if not self._lock.acquire(blocking=False):
+            raise StreamError("this stream is being used by another thread")
+        try:
+            T = x.shape[0]
+            # Work on copies so a failure leaves the stream's state untouched.
+            h = [hb.copy() for hb in self._core.h]
+            c = [None if cb is None else cb.copy() for cb in self._core.c]
+            for plan, hl, cl in zip(self._plans, h, c):
+                y = np.empty((T, self._batch, plan.state_size), np.float32)
+                _engine.run_direction(plan, x, None, False, hl, cl, y)
+                x = y
+            for dst, src in zip(self._core.h, h):
+                dst[...] = src
+            for dst, src in zip(self._core.c, c):
+                if dst is not None:
+                    dst[...] = src
+        finally:
+            self._lock.release()
+        y = _apply_head(x, self._model.spec.head)
+        return np.ascontiguousarray(y if sig.layout == 0 else y.transpose(1, 0, 2))

@@ -1,0 +1,170 @@
+"""The native file format: safetensors tensors + one JSON metadata entry.
+
+Weights are stored in the internal (kernel) gate order, so loading is exact and needs no
+conversion. The metadata key ``lstm_infer`` holds the architecture and the I/O signature.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from lstm_infer._spec import (
+    Activation,
+    DenseLayer,
+    DirectionWeights,
+    ModelSpec,
+    RecurrentLayer,
+    Signature,
+)
+from lstm_infer.errors import ModelFormatError
+from lstm_infer.safetensors_io import read_safetensors, write_safetensors
+
+FORMAT_NAME = "lstm_infer"
+FORMAT_VERSION = 1
+_DIRECTION_ARRAYS = ("w", "r", "bias", "bias_rn", "peephole", "proj")
+
+
+def save_spec(spec: ModelSpec, path: str | os.PathLike[str]) -> None:
+    """Write ``spec`` to ``path`` (conventionally ``*.safetensors``)."""
+    tensors: dict[str, np.ndarray] = {}
+    layers_meta = []
+    for li, layer in enumerate(spec.layers):
+        dirs_meta = []
+        for d, dw in enumerate(layer.directions):
+            for key in _DIRECTION_ARRAYS:
+                arr = getattr(dw, key)
+                if arr is not None:
+                    tensors[f"layers.{li}.{d}.{key}"] = np.asarray(arr, np.float32)
+            dirs_meta.append([[a.name, a.alpha, a.beta] for a in dw.activations])
+        layers_meta.append(
+            {
+                "cell": layer.cell,
+                "input_size": layer.input_size,
+                "hidden_size": layer.hidden_size,
+                "proj_size": layer.proj_size,
+                "direction": layer.direction,
+                "clip": layer.clip,
+                "input_forget": layer.input_forget,
+                "linear_before_reset": layer.linear_before_reset,
+                "activations": dirs_meta,
+            }
+        )
+    head_meta = []
+    for i, dense in enumerate(spec.head):
+        tensors[f"head.{i}.weight"] = np.asarray(dense.weight, np.float32)
+        if dense.bias is not None:
+            tensors[f"head.{i}.bias"] = np.asarray(dense.bias, np.float32)
+        head_meta.append({"activation": dense.activation})
+    if spec.embedding is not None:
+        tensors["embedding"] = np.asarray(spec.embedding, np.float32)
+    sig = spec.signature
+    for role, value in sig.constants.items():
+        tensors[f"constants.{role}"] = np.asarray(value)
+    meta = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "layers": layers_meta,
+        "head": head_meta,
+        "signature": {
+            "style": sig.style,
+            "layout": sig.layout,
+            "inputs": sig.inputs,
+            "outputs": sig.outputs,
+        },
+        "source": spec.source,
+    }
+    write_safetensors(path, tensors, {FORMAT_NAME: json.dumps(meta)})
+
+
+def is_native(metadata: dict[str, Any]) -> bool:
+    return FORMAT_NAME in metadata
+
+
+def spec_from_safetensors(tensors: dict[str, np.ndarray], metadata: dict[str, Any]) -> ModelSpec:
+    """Rebuild a ModelSpec from a native file's tensors and metadata."""
+    try:
+        meta = json.loads(metadata[FORMAT_NAME])
+    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise ModelFormatError(f"native metadata is missing or not JSON: {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+        raise ModelFormatError("not an lstm_infer native file")
+    if meta.get("version") != FORMAT_VERSION:
+        raise ModelFormatError(
+            f"native format version {meta.get('version')!r}; this lstm_infer reads "
+            f"version {FORMAT_VERSION}"
+        )
+
+    def tensor(key: str, required: bool = True) -> np.ndarray | None:
+        if key not in tensors:
+            if required:
+                raise ModelFormatError(f"native file lacks tensor {key!r}")
+            return None
+        return tensors[key]
+
+    try:
+        layers = []
+        for li, lm in enumerate(meta["layers"]):
+            dirs = []
+            for d, acts in enumerate(lm["activations"]):
+                arrays = {
+                    key: tensor(f"layers.{li}.{d}.{key}", key in ("w", "r", "bias"))
+                    for key in _DIRECTION_ARRAYS
+                }
+                dirs.append(
+                    DirectionWeights(
+                        activations=tuple(Activation.make(n, a, b) for n, a, b in acts),
+                        **arrays,
+                    )
+                )
+            layers.append(
+                RecurrentLayer(
+                    cell=str(lm["cell"]),
+                    input_size=int(lm["input_size"]),
+                    hidden_size=int(lm["hidden_size"]),
+                    proj_size=int(lm["proj_size"]),
+                    direction=str(lm["direction"]),
+                    directions=dirs,
+                    clip=None if lm["clip"] is None else float(lm["clip"]),
+                    input_forget=bool(lm["input_forget"]),
+                    linear_before_reset=bool(lm["linear_before_reset"]),
+                )
+            )
+        head = [
+            DenseLayer(
+                weight=tensor(f"head.{i}.weight"),
+                bias=tensor(f"head.{i}.bias", False),
+                activation=hm["activation"],
+            )
+            for i, hm in enumerate(meta["head"])
+        ]
+        sm = meta["signature"]
+        constants = {
+            key.split(".", 1)[1]: value
+            for key, value in tensors.items()
+            if key.startswith("constants.")
+        }
+        sig = Signature(
+            str(sm["style"]), int(sm["layout"]), dict(sm["inputs"]), dict(sm["outputs"]),
+            constants,
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, ModelFormatError):
+            raise
+        raise ModelFormatError(f"native metadata is malformed: {exc!r}") from exc
+    spec = ModelSpec(
+        layers, sig, embedding=tensor("embedding", False), head=head,
+        source=str(meta.get("source", "")),
+    )
+    spec.validate()
+    return spec
+
+
+def load_native(source: str | os.PathLike[str] | bytes) -> ModelSpec:
+    tensors, metadata = read_safetensors(source)
+    if not is_native(metadata):
+        raise ModelFormatError("safetensors file has no lstm_infer metadata")
+    return spec_from_safetensors(tensors, metadata)

@@ -1,0 +1,259 @@
+"""Import ONNX models whose graph is one RNN, LSTM or GRU node.
+
+The node's weights (initializers, or Constant nodes) are converted once into the internal
+model description; the node's optional inputs that are graph inputs stay inputs of ``run``,
+and those that are initializers are baked in. Output names are the graph's own.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from lstm_infer._onnx_weights import layer_from_onnx
+from lstm_infer._spec import ModelSpec, Signature
+from lstm_infer.errors import MissingDependencyError, ModelFormatError, UnsupportedModelError
+
+RECURRENT_OPS = {"RNN": "rnn", "LSTM": "lstm", "GRU": "gru"}
+# Positions of the ONNX operator inputs.
+INPUT_ROLES = {
+    "rnn": ("X", "W", "R", "B", "sequence_lens", "initial_h"),
+    "lstm": ("X", "W", "R", "B", "sequence_lens", "initial_h", "initial_c", "P"),
+    "gru": ("X", "W", "R", "B", "sequence_lens", "initial_h"),
+}
+OUTPUT_ROLES = {"rnn": ("y", "y_h"), "lstm": ("y", "y_h", "y_c"), "gru": ("y", "y_h")}
+
+
+def _require_onnx() -> Any:
+    try:
+        import onnx
+    except ImportError as exc:  # pragma: no cover - exercised only without onnx installed
+        raise MissingDependencyError(
+            "loading ONNX files needs the 'onnx' package: pip install 'lstm_infer[onnx]'"
+        ) from exc
+    return onnx
+
+
+def load_onnx_proto(source: Any, base_dir: str | None = None) -> Any:
+    """A ModelProto from a path, bytes or ModelProto; external data resolved safely."""
+    onnx = _require_onnx()
+    if isinstance(source, onnx.ModelProto):
+        return source
+    try:
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            model = onnx.load_model_from_string(bytes(source))
+        else:
+            path = os.fspath(source)
+            model = onnx.load(path, load_external_data=False)
+            base_dir = os.path.dirname(os.path.abspath(path))
+    except (OSError, ValueError):
+        raise
+    except Exception as exc:  # protobuf DecodeError and friends
+        raise ModelFormatError(f"not a valid ONNX model: {exc}") from exc
+    _load_external_data(model, base_dir)
+    return model
+
+
+def _load_external_data(model: Any, base_dir: str | None) -> None:
+    """Read initializers stored in side files, refusing locations outside base_dir."""
+    onnx = _require_onnx()
+    from onnx.external_data_helper import uses_external_data
+
+    tensors = [t for t in _all_initializers(model.graph) if uses_external_data(t)]
+    if not tensors:
+        return
+    if base_dir is None:
+        raise ModelFormatError(
+            "this model keeps weights in external data files; load it from its path so the "
+            "files can be found"
+        )
+    root = os.path.realpath(base_dir)
+    for t in tensors:
+        info = {e.key: e.value for e in t.external_data}
+        location = info.get("location", "")
+        full = os.path.realpath(os.path.join(root, location))
+        if os.path.isabs(location) or os.path.commonpath([root, full]) != root:
+            raise ModelFormatError(
+                f"initializer {t.name!r}: external data location {location!r} points outside "
+                "the model's folder; refused"
+            )
+        if not os.path.isfile(full):
+            raise ModelFormatError(
+                f"initializer {t.name!r}: external data file {location!r} is missing"
+            )
+        offset = int(info.get("offset", 0) or 0)
+        length = info.get("length")
+        size = os.path.getsize(full)
+        n = size - offset if length is None else int(length)
+        if offset < 0 or n < 0 or offset + n > size:
+            raise ModelFormatError(
+                f"initializer {t.name!r}: external data range [{offset}, {offset + n}) exceeds "
+                f"the {size}-byte file {location!r}"
+            )
+        with open(full, "rb") as fh:
+            fh.seek(offset)
+            t.raw_data = fh.read(n)
+        del t.external_data[:]
+        t.data_location = onnx.TensorProto.DEFAULT
+
+
+def _all_initializers(graph: Any) -> list[Any]:
+    out = list(graph.initializer)
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                out.append(attr.t)
+    return out
+
+
+def tensor_to_numpy(tensor: Any) -> np.ndarray:
+    """An ONNX TensorProto as a numpy array; floating types become float32."""
+    from onnx import numpy_helper
+
+    try:
+        arr = numpy_helper.to_array(tensor)
+    except Exception as exc:
+        raise ModelFormatError(f"tensor {tensor.name!r} cannot be decoded: {exc}") from exc
+    if arr.dtype.kind == "f" or arr.dtype.name == "bfloat16":
+        arr = arr.astype(np.float32)
+    return arr
+
+
+def _attributes(node: Any) -> dict[str, Any]:
+    from onnx import helper
+
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _constants(graph: Any) -> dict[str, np.ndarray]:
+    """Initializers and Constant-node outputs by name."""
+    values = {t.name: tensor_to_numpy(t) for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            attrs = _attributes(node)
+            if "value" not in attrs:
+                raise UnsupportedModelError(
+                    f"Constant node {node.name!r}: only the 'value' attribute is supported"
+                )
+            values[node.output[0]] = tensor_to_numpy(attrs["value"])
+    return values
+
+
+def import_single_node(model: Any) -> ModelSpec:
+    """Lower a graph made of one RNN/LSTM/GRU node (plus Constants) to a ModelSpec."""
+    graph = model.graph
+    consts = _constants(graph)
+    nodes = [n for n in graph.node if n.op_type != "Constant"]
+    rec = [n for n in nodes if n.op_type in RECURRENT_OPS]
+    if len(nodes) != 1 or len(rec) != 1:
+        kinds = [f"{n.op_type} ({n.name or 'unnamed'})" for n in nodes]
+        raise UnsupportedModelError(
+            f"expected a graph with one RNN/LSTM/GRU node, found nodes: {kinds}"
+        )
+    node = rec[0]
+    if node.domain not in ("", "ai.onnx"):
+        raise UnsupportedModelError(f"node {node.name!r}: domain {node.domain!r} not supported")
+    cell = RECURRENT_OPS[node.op_type]
+    attrs = _attributes(node)
+    known = {
+        "activations", "activation_alpha", "activation_beta", "clip", "direction",
+        "hidden_size", "input_forget", "linear_before_reset", "layout",
+    }
+    unknown = set(attrs) - known
+    if unknown:
+        raise UnsupportedModelError(
+            f"node {node.name!r} ({node.op_type}): unsupported attribute(s) {sorted(unknown)}"
+        )
+    graph_inputs = {i.name for i in graph.input} - set(consts)
+    roles = INPUT_ROLES[cell]
+    named: dict[str, str] = {}
+    for pos, name in enumerate(node.input):
+        if name:
+            if pos >= len(roles):
+                raise ModelFormatError(
+                    f"node {node.name!r} ({node.op_type}) has {len(node.input)} inputs; "
+                    f"at most {len(roles)}"
+                )
+            named[roles[pos]] = name
+
+    def const(role: str) -> np.ndarray | None:
+        name = named.get(role)
+        if name is None:
+            return None
+        if name not in consts:
+            raise UnsupportedModelError(
+                f"node {node.name!r} ({node.op_type}): {role} ({name!r}) must be an "
+                "initializer or Constant (weights fed at run time are not supported)"
+            )
+        return consts[name]
+
+    for role in ("W", "R"):
+        if role not in named:
+            raise ModelFormatError(f"node {node.name!r} ({node.op_type}) has no {role} input")
+
+    def decoded(key: str) -> Any:
+        v = attrs.get(key)
+        if isinstance(v, bytes):
+            return v.decode()
+        if isinstance(v, list):
+            return [s.decode() if isinstance(s, bytes) else s for s in v]
+        return v
+
+    try:
+        layer = layer_from_onnx(
+            cell,
+            const("W"),
+            const("R"),
+            const("B"),
+            const("P"),
+            hidden_size=attrs.get("hidden_size"),
+            direction=decoded("direction") or "forward",
+            activations=decoded("activations"),
+            activation_alpha=attrs.get("activation_alpha"),
+            activation_beta=attrs.get("activation_beta"),
+            clip=attrs.get("clip"),
+            input_forget=attrs.get("input_forget", 0),
+            linear_before_reset=attrs.get("linear_before_reset", 0),
+        )
+    except ModelFormatError as exc:
+        raise type(exc)(f"node {node.name!r} ({node.op_type}): {exc}") from exc
+    layout = int(attrs.get("layout", 0))
+    if layout not in (0, 1):
+        raise ModelFormatError(f"node {node.name!r}: layout must be 0 or 1, got {layout}")
+
+    inputs: dict[str, str] = {}
+    constants: dict[str, np.ndarray] = {}
+    for role in ("X", "sequence_lens", "initial_h", "initial_c"):
+        name = named.get(role)
+        if name is None:
+            continue
+        key = "x" if role == "X" else role
+        if name in consts:
+            if role == "X":
+                raise UnsupportedModelError(f"node {node.name!r}: X is a constant")
+            constants[key] = consts[name]
+        elif name in graph_inputs:
+            inputs[key] = name
+        else:
+            raise ModelFormatError(
+                f"node {node.name!r}: input {name!r} is neither a graph input nor a constant"
+            )
+    if "x" not in inputs:
+        raise ModelFormatError(f"node {node.name!r} has no X input")
+    graph_outputs = {o.name for o in graph.output}
+    outputs: dict[str, str] = {}
+    for role, name in zip(OUTPUT_ROLES[cell], node.output):
+        if name and name in graph_outputs:
+            outputs[role] = name
+    if not outputs:
+        raise ModelFormatError(f"node {node.name!r}: none of its outputs is a graph output")
+    sig = Signature("onnx_node", layout, inputs, outputs, constants)
+    return ModelSpec([layer], sig, source="onnx")
+
+
+def import_onnx(source: Any) -> ModelSpec:
+    """Load and lower an ONNX model (path, bytes or ModelProto)."""
+    model = load_onnx_proto(source)
+    return import_single_node(model)

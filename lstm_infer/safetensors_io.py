@@ -1,0 +1,134 @@
+"""A strict reader and a writer of the safetensors format, numpy only.
+
+The header is validated (length against the file size, JSON, dtypes, shapes, offsets that tile
+the data area exactly) before any tensor is allocated, so a truncated or hostile file raises
+ModelFormatError instead of crashing or allocating absurd sizes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from typing import Any
+
+import numpy as np
+
+from lstm_infer.errors import ModelFormatError
+
+_DTYPES = {
+    "F64": np.dtype("<f8"),
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "BF16": np.dtype("<u2"),  # widened to float32 on read
+    "I64": np.dtype("<i8"),
+    "I32": np.dtype("<i4"),
+    "I16": np.dtype("<i2"),
+    "I8": np.dtype("i1"),
+    "U8": np.dtype("u1"),
+    "BOOL": np.dtype("?"),
+}
+_NAMES = {np.dtype("<f4"): "F32", np.dtype("<i8"): "I64", np.dtype("<i4"): "I32"}
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
+def bf16_to_f32(raw: np.ndarray) -> np.ndarray:
+    """uint16 bfloat16 bit patterns -> float32 (bf16 is the top half of an f32)."""
+    return (raw.astype(np.uint32) << 16).view(np.float32)
+
+
+def is_safetensors(data: bytes) -> bool:
+    """True when the first bytes look like a safetensors header."""
+    if len(data) < 10:
+        return False
+    (n,) = struct.unpack("<Q", data[:8])
+    return 2 <= n <= MAX_HEADER_BYTES and data[8:9] == b"{"
+
+
+def read_safetensors(source: str | os.PathLike[str] | bytes) -> tuple[dict[str, np.ndarray], dict]:
+    """Read every tensor (floating ones as float32) and the ``__metadata__`` dict."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        label = "<bytes>"
+    else:
+        label = os.fspath(source)
+        with open(label, "rb") as fh:
+            data = fh.read()
+    if len(data) < 8:
+        raise ModelFormatError(f"{label}: too short for a safetensors file ({len(data)} bytes)")
+    (n,) = struct.unpack("<Q", data[:8])
+    if n > len(data) - 8 or n > MAX_HEADER_BYTES:
+        raise ModelFormatError(
+            f"{label}: safetensors header length {n} exceeds the file ({len(data)} bytes)"
+        )
+    try:
+        header = json.loads(data[8 : 8 + n].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFormatError(f"{label}: safetensors header is not valid JSON: {exc}") from exc
+    if not isinstance(header, dict):
+        raise ModelFormatError(f"{label}: safetensors header must be a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict):
+        raise ModelFormatError(f"{label}: __metadata__ must be an object")
+    body = memoryview(data)[8 + n :]
+    tensors: dict[str, np.ndarray] = {}
+    for name, entry in header.items():
+        try:
+            dtype_name = entry["dtype"]
+            shape = [int(s) for s in entry["shape"]]
+            start, end = (int(v) for v in entry["data_offsets"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelFormatError(f"{label}: malformed header entry for {name!r}") from exc
+        if dtype_name not in _DTYPES:
+            raise ModelFormatError(f"{label}: tensor {name!r} has unsupported dtype {dtype_name}")
+        dtype = _DTYPES[dtype_name]
+        if any(s < 0 for s in shape):
+            raise ModelFormatError(f"{label}: tensor {name!r} has a negative dimension {shape}")
+        count = 1
+        for s in shape:
+            count *= s
+        if not 0 <= start <= end <= len(body) or end - start != count * dtype.itemsize:
+            raise ModelFormatError(
+                f"{label}: tensor {name!r} ({dtype_name}{shape}) data range [{start}, {end}) "
+                f"does not fit the {len(body)}-byte data area"
+            )
+        arr = np.frombuffer(body[start:end], dtype=dtype).reshape(shape)
+        if dtype_name == "BF16":
+            arr = bf16_to_f32(arr)
+        elif dtype.kind == "f":
+            arr = arr.astype(np.float32)
+        else:
+            arr = arr.copy()
+        tensors[name] = arr
+    return tensors, metadata
+
+
+def write_safetensors(
+    path: str | os.PathLike[str], tensors: dict[str, np.ndarray], metadata: dict[str, str]
+) -> None:
+    """Write float32/int32/int64 tensors and string metadata as a safetensors file."""
+    header: dict[str, Any] = {"__metadata__": metadata}
+    chunks = []
+    offset = 0
+    for name in sorted(tensors):
+        arr = np.ascontiguousarray(tensors[name])
+        if arr.dtype.newbyteorder("<") not in _NAMES:
+            arr = arr.astype(np.float32)
+        arr = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
+        raw = arr.tobytes()
+        header[name] = {
+            "dtype": _NAMES[arr.dtype],
+            "shape": list(arr.shape),
+            "data_offsets": [offset, offset + len(raw)],
+        }
+        chunks.append(raw)
+        offset += len(raw)
+    head = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    head += b" " * (-len(head) % 8)  # align the data area to 8 bytes
+    tmp = os.fspath(path) + ".tmp"
+    with open(tmp, "wb") as fh:
+        fh.write(struct.pack("<Q", len(head)))
+        fh.write(head)
+        for raw in chunks:
+            fh.write(raw)
+    os.replace(tmp, path)

@@ -1,0 +1,71 @@
+"""Build: one Cython extension (lstm_infer._engine) plus the C kernels in src_c/.
+
+The portable sources get no -m flags. Each per-ISA kernel file is compiled on its own with
+exactly the flags of its ISA, and linked into the same extension; the CPU is checked at
+import time (src_c/cpu_dispatch.c) before any of that code runs. Never -march=native.
+"""
+
+import os
+import platform
+
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+PORTABLE_SOURCES = [
+    "src_c/cell_update_generic.c",
+    "src_c/kernels_scalar.c",
+    "src_c/cpu_dispatch.c",
+    "src_c/recurrent_driver.c",
+]
+X86_ISA_SOURCES = {
+    "src_c/kernels_avx2.c": ["-mavx2", "-mfma"],
+    "src_c/kernels_avx512.c": ["-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl", "-mfma"],
+}
+COMMON_CFLAGS = ["-O3", "-std=c11", "-fno-math-errno", "-Wall", "-Wno-unused-function"]
+
+IS_X86_64 = platform.machine().lower() in ("x86_64", "amd64")
+# LSTM_INFER_CYTHON_CHECKS=1 turns bounds and wraparound checks back on for debugging.
+CHECKS = os.environ.get("LSTM_INFER_CYTHON_CHECKS", "") == "1"
+
+
+class BuildWithIsaKernels(build_ext):
+    """Compile each per-ISA kernel file with its own flags, then link them in."""
+
+    def build_extension(self, ext):
+        if IS_X86_64:
+            objects = []
+            for source, flags in X86_ISA_SOURCES.items():
+                objects += self.compiler.compile(
+                    [source],
+                    output_dir=self.build_temp,
+                    include_dirs=["src_c"],
+                    extra_postargs=COMMON_CFLAGS + flags,
+                )
+            ext.extra_objects = list(ext.extra_objects or []) + objects
+        super().build_extension(ext)
+
+
+engine = Extension(
+    "lstm_infer._engine",
+    sources=["lstm_infer/_engine.pyx", *PORTABLE_SOURCES],
+    include_dirs=["src_c", np.get_include()],
+    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
+    + ([("LI_HAVE_X86_KERNELS", "1")] if IS_X86_64 else []),
+    extra_compile_args=COMMON_CFLAGS,
+)
+
+setup(
+    ext_modules=cythonize(
+        [engine],
+        compiler_directives={
+            "language_level": "3",
+            "boundscheck": CHECKS,
+            "wraparound": CHECKS,
+            "initializedcheck": CHECKS,
+            "cdivision": True,
+        },
+    ),
+    cmdclass={"build_ext": BuildWithIsaKernels},
+)

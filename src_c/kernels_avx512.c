@@ -1,0 +1,33 @@
+/* AVX-512 (F + DQ + BW + VL) kernels: the vector vocabulary for 16-lane zmm registers. */
+#include <immintrin.h>
+
+#include "li_kernels.h"
+
+typedef __m512 vf;
+#define VW 16
+#define v_load(p) _mm512_loadu_ps(p)
+#define v_store(p, v) _mm512_storeu_ps((p), (v))
+#define v_lane_mask(n) ((__mmask16)((1u << (n)) - 1u))
+#define v_load_n(p, n) _mm512_maskz_loadu_ps(v_lane_mask(n), (p))
+#define v_store_n(p, v, n) _mm512_mask_storeu_ps((p), v_lane_mask(n), (v))
+#define v_set1 _mm512_set1_ps
+#define v_zero _mm512_setzero_ps
+#define v_add _mm512_add_ps
+#define v_sub _mm512_sub_ps
+#define v_mul _mm512_mul_ps
+#define v_div _mm512_div_ps
+#define v_min _mm512_min_ps
+#define v_max _mm512_max_ps
+#define v_fmadd _mm512_fmadd_ps
+#define v_fnmadd _mm512_fnmadd_ps
+#define v_round(x) _mm512_roundscale_ps((x), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+static inline vf v_pow2i(vf n) {
+    const __m512i e = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(e, 23));
+}
+/* 32 zmm registers: G*R accumulators + R broadcasts + 1 weight fit for R = 4 at any G. */
+#define MV_MAX_ROWS(G) 4
+
+#include "simd_kernels_template.h"
+
+const li_kernels li_kernels_avx512 = LI_SIMD_TABLE("avx512");

@@ -1,0 +1,246 @@
+/*
+ * Drivers: the time loop of one layer-direction over a whole sequence, and one timestep of a
+ * stack of layers (streaming). Portable C, no -m flags: all arithmetic goes through the
+ * kernel table (or BLAS sgemm), so this file is compiled once for every ISA.
+ *
+ * Whole sequence: one sgemm computes the input projection W x + b for every timestep and
+ * batch row; then each step computes R h, fused block by block with the pointwise update
+ * when the batch is small (packed weights, block still in L1), or as one sgemm over the
+ * batch when it is large enough for BLAS to win.
+ */
+#include <string.h>
+
+#include "li_kernels.h"
+
+/* Batches up to this size use the packed matvec for R h; larger ones use sgemm. */
+#define LI_PACKED_MAX_ROWS 8
+
+static int round_up_block(int n) { return (n + LI_BLOCK - 1) / LI_BLOCK * LI_BLOCK; }
+
+/* Per-step buffers, carved from the caller's scratch. Shapes in comments. */
+typedef struct {
+    float *rec;   /* [B][G*Hp] recurrent product R h (gate stride Hp or H) */
+    float *rec_n; /* [B][Hp]   GRU: R_n h or R_n (r*h) */
+    float *zr;    /* [B][2H]   GRU: z and r activations */
+    float *rh;    /* [B][Hp]   GRU: r * h_prev */
+    float *hfull; /* [B][Hp]   new unprojected h */
+    float *hnext; /* [B][Hrp]  new state h (projected when the cell projects) */
+    int *row_t;   /* [B]       time index of each row at this step, -1 when inactive */
+} step_buffers;
+
+static size_t step_buffer_floats(const li_cell *cell, int B) {
+    const size_t Hp = (size_t)cell->hidden_padded, Hrp = (size_t)round_up_block(cell->state_size);
+    const size_t G = (size_t)cell->gates, H = (size_t)cell->hidden_size;
+    return (size_t)B * (G * Hp + Hp + 2 * H + Hp + Hp + Hrp + 1) + 64;
+}
+
+static step_buffers carve_step_buffers(const li_cell *cell, int B, float *scratch) {
+    const size_t Hp = (size_t)cell->hidden_padded, Hrp = (size_t)round_up_block(cell->state_size);
+    const size_t G = (size_t)cell->gates, H = (size_t)cell->hidden_size;
+    step_buffers s;
+    s.rec = scratch;
+    s.rec_n = s.rec + B * G * Hp;
+    s.zr = s.rec_n + B * Hp;
+    s.rh = s.zr + B * 2 * H;
+    s.hfull = s.rh + B * Hp;
+    s.hnext = s.hfull + B * Hp;
+    s.row_t = (int *)(s.hnext + B * Hrp);
+    return s;
+}
+
+/* Where row b's input projection for this step lives. */
+typedef struct {
+    const float *base; /* xp of row 0 at time 0 */
+    ptrdiff_t ts, bs;  /* time stride, row stride (floats) */
+    int gs;            /* gate stride */
+} xproj_view;
+
+static inline const float *xp_row(const xproj_view *v, int t, int b) {
+    return v->base + t * v->ts + b * v->bs;
+}
+
+static void sgemm_rows(li_sgemm_fn sgemm, const float *wt, int n_out, int K, const float *x,
+                       int ldx, int rows, float *out, int ldo) {
+    /* out[b][j] = sum_k W[j][k] x[b][k]: column-major out^T = W^T(op T) x^T. */
+    char ta = 'T', tb = 'N';
+    float one = 1.0f, zero = 0.0f;
+    int m = n_out, n = rows, k = K, lda = K, ldb = ldx, ldc = ldo;
+    sgemm(&ta, &tb, &m, &n, &k, &one, (float *)wt, &lda, (float *)x, &ldb, &zero, out, &ldc);
+}
+
+/*
+ * One timestep for rows whose row_t >= 0. Reads h (state, [B][Hr]) and c; writes c in place
+ * and the new state into s->hnext ([B][Hrp]); the caller commits hnext into h.
+ * sgemm NULL selects the packed matvec.
+ */
+static void recurrent_step(const li_cell *cell, const li_kernels *kern, li_sgemm_fn sgemm,
+                           int B, const xproj_view *xv, const float *h, float *c,
+                           const step_buffers *s) {
+    const int G = cell->gates, H = cell->hidden_size, Hr = cell->state_size;
+    const int Hp = cell->hidden_padded, Hrp = round_up_block(Hr);
+    const int nblk = Hp / LI_BLOCK;
+    const int dflt = cell->default_activations;
+    const int packed = sgemm == 0;
+    const int rgs = packed ? Hp : H; /* gate stride of rec */
+    const int rrow = packed ? G * Hp : G * H;
+
+    if (cell->cell == LI_CELL_GRU) {
+        li_gru_gates_fn gates = dflt ? kern->gru_gates : li_gru_gates_generic;
+        li_gru_output_fn output = dflt ? kern->gru_output : li_gru_output_generic;
+        if (packed)
+            kern->matvec_packed(cell->r_packed, Hr, 2, 0, nblk, h, Hr, B, 0, 0, s->rec, rgs, rrow);
+        else
+            sgemm_rows(sgemm, cell->r, 2 * H, Hr, h, Hr, B, s->rec, rrow);
+        for (int b = 0; b < B; ++b) {
+            if (s->row_t[b] < 0) continue;
+            gates(cell, 0, H, xp_row(xv, s->row_t[b], b), xv->gs, s->rec + (size_t)b * rrow, rgs,
+                  h + (size_t)b * Hr, s->zr + (size_t)b * 2 * H, s->rh + (size_t)b * Hp);
+        }
+        const float *n_in = cell->linear_before_reset ? h : s->rh;
+        const int n_ld = cell->linear_before_reset ? Hr : Hp;
+        if (packed)
+            kern->matvec_packed(cell->rn_packed, Hr, 1, 0, nblk, n_in, n_ld, B, 0, 0, s->rec_n,
+                                Hp, Hp);
+        else
+            sgemm_rows(sgemm, cell->r + (size_t)2 * H * Hr, H, Hr, n_in, n_ld, B, s->rec_n, Hp);
+        for (int b = 0; b < B; ++b) {
+            if (s->row_t[b] < 0) continue;
+            output(cell, 0, H, xp_row(xv, s->row_t[b], b) + 2 * xv->gs, s->rec_n + (size_t)b * Hp,
+                   s->zr + (size_t)b * 2 * H, h + (size_t)b * Hr, s->hnext + (size_t)b * Hrp);
+        }
+        return;
+    }
+
+    /* RNN and LSTM: R h block by block, each block's pointwise update right after it. */
+    const int lstm = cell->cell == LI_CELL_LSTM;
+    li_lstm_pointwise_fn lstm_pw = dflt ? kern->lstm_pointwise : li_lstm_pointwise_generic;
+    li_rnn_pointwise_fn rnn_pw = dflt ? kern->rnn_pointwise : li_rnn_pointwise_generic;
+    float *hout = cell->proj ? s->hfull : s->hnext;
+    const int hout_ld = cell->proj ? Hp : Hrp;
+    const int step_blocks = packed ? 1 : nblk; /* sgemm: one pass over every block */
+    for (int blk = 0; blk < nblk; blk += step_blocks) {
+        const int u0 = blk * LI_BLOCK;
+        const int u1 = packed ? (u0 + LI_BLOCK < H ? u0 + LI_BLOCK : H) : H;
+        if (packed)
+            kern->matvec_packed(cell->r_packed, Hr, G, blk, blk + 1, h, Hr, B, 0, 0, s->rec, rgs,
+                                rrow);
+        else
+            sgemm_rows(sgemm, cell->r, G * H, Hr, h, Hr, B, s->rec, rrow);
+        for (int b = 0; b < B; ++b) {
+            if (s->row_t[b] < 0) continue;
+            const float *xp = xp_row(xv, s->row_t[b], b);
+            const float *rec = s->rec + (size_t)b * rrow;
+            float *hb = hout + (size_t)b * hout_ld;
+            if (lstm)
+                lstm_pw(cell, u0, u1, xp, xv->gs, rec, rgs, c + (size_t)b * H, hb);
+            else
+                rnn_pw(cell, u0, u1, xp, rec, hb);
+        }
+    }
+    if (cell->proj) {
+        /* Rows inactive this step project stale but finite values (hfull starts zeroed);
+         * their hnext is never committed. */
+        kern->matvec_packed(cell->proj_packed, H, 1, 0, Hrp / LI_BLOCK, s->hfull, Hp, B, 0, 0,
+                            s->hnext, Hrp, Hrp);
+    }
+}
+
+size_t li_direction_scratch_floats(const li_cell *cell, int T, int B) {
+    return (size_t)T * B * cell->gates * cell->hidden_size + step_buffer_floats(cell, B);
+}
+
+int li_run_direction(const li_cell *cell, const li_kernels *kern, li_sgemm_fn sgemm, int T,
+                     int B, const float *x, int ldx, const int *lens, int reverse, float *h,
+                     float *c, float *y, ptrdiff_t y_ts, ptrdiff_t y_bs, float *scratch) {
+    if (!cell || !kern || !sgemm || T < 0 || B <= 0 || !x || !h || !scratch) return -1;
+    if (cell->cell == LI_CELL_LSTM && !c) return -2;
+    const int G = cell->gates, H = cell->hidden_size, I = cell->input_size;
+    const int Hr = cell->state_size, Hrp = round_up_block(Hr);
+    if (T == 0) return 0;
+
+    /* Input projection for every (t, b): xproj = b + W x, one sgemm. */
+    float *xproj = scratch;
+    const size_t rows = (size_t)T * B;
+    for (size_t r = 0; r < rows; ++r) memcpy(xproj + r * G * H, cell->bias, sizeof(float) * G * H);
+    {
+        char ta = 'T', tb = 'N';
+        float one = 1.0f;
+        int m = G * H, n = (int)rows, k = I, lda = I, ldb = ldx, ldc = G * H;
+        sgemm(&ta, &tb, &m, &n, &k, &one, (float *)cell->w, &lda, (float *)x, &ldb, &one, xproj,
+              &ldc);
+    }
+    const size_t step_floats = step_buffer_floats(cell, B);
+    float *step_scratch = xproj + rows * G * H;
+    memset(step_scratch, 0, sizeof(float) * step_floats);
+    step_buffers s = carve_step_buffers(cell, B, step_scratch);
+    const xproj_view xv = {xproj, (ptrdiff_t)B * G * H, (ptrdiff_t)G * H, H};
+    li_sgemm_fn rec_gemm = B <= LI_PACKED_MAX_ROWS ? 0 : sgemm;
+
+    int max_len = 0;
+    for (int b = 0; b < B; ++b) {
+        const int len = lens ? lens[b] : T;
+        if (len < 0 || len > T) return -3;
+        if (len > max_len) max_len = len;
+    }
+    for (int step = 0; step < max_len; ++step) {
+        for (int b = 0; b < B; ++b) {
+            const int len = lens ? lens[b] : T;
+            s.row_t[b] = step < len ? (reverse ? len - 1 - step : step) : -1;
+        }
+        recurrent_step(cell, kern, rec_gemm, B, &xv, h, c, &s);
+        for (int b = 0; b < B; ++b) {
+            const int t = s.row_t[b];
+            if (t < 0) continue;
+            const float *hn = s.hnext + (size_t)b * Hrp;
+            memcpy(h + (size_t)b * Hr, hn, sizeof(float) * Hr);
+            if (y) memcpy(y + t * y_ts + b * y_bs, hn, sizeof(float) * Hr);
+        }
+    }
+    return 0;
+}
+
+size_t li_stack_step_scratch_floats(const li_cell *const *cells, int n_layers, int B) {
+    size_t most = 0;
+    for (int l = 0; l < n_layers; ++l) {
+        const li_cell *cell = cells[l];
+        const size_t need = (size_t)B * cell->gates * cell->hidden_padded +
+                            (size_t)B * round_up_block(cell->state_size) +
+                            step_buffer_floats(cell, B);
+        if (need > most) most = need;
+    }
+    return 2 * most + 64;
+}
+
+int li_stack_step(const li_cell *const *cells, int n_layers, const li_kernels *kern, int B,
+                  const float *x, float *const *h, float *const *c, float *y, float *scratch) {
+    if (!cells || n_layers <= 0 || !kern || B <= 0 || !x || !h || !y || !scratch) return -1;
+    const float *in = x;
+    int in_ld = cells[0]->input_size;
+    /* Two halves of scratch alternate between layers so a layer's input (the previous
+     * layer's output) is never overwritten while it is being read. */
+    const size_t half = (li_stack_step_scratch_floats(cells, n_layers, B) - 64) / 2;
+    for (int l = 0; l < n_layers; ++l) {
+        const li_cell *cell = cells[l];
+        const int G = cell->gates, Hp = cell->hidden_padded, Hr = cell->state_size;
+        const int Hrp = round_up_block(Hr);
+        if (cell->cell == LI_CELL_LSTM && !c[l]) return -2;
+        float *base = scratch + (l % 2) * half;
+        float *xp = base;
+        float *out = xp + (size_t)B * G * Hp;
+        float *step_scratch = out + (size_t)B * Hrp;
+        step_buffers s = carve_step_buffers(cell, B, step_scratch);
+        for (int b = 0; b < B; ++b) s.row_t[b] = 0;
+        kern->matvec_packed(cell->w_packed, cell->input_size, G, 0, Hp / LI_BLOCK, in, in_ld, B,
+                            cell->bias_packed, Hp, xp, Hp, G * Hp);
+        const xproj_view xv = {xp, 0, (ptrdiff_t)G * Hp, Hp};
+        recurrent_step(cell, kern, 0, B, &xv, h[l], c[l], &s);
+        for (int b = 0; b < B; ++b) {
+            memcpy(h[l] + (size_t)b * Hr, s.hnext + (size_t)b * Hrp, sizeof(float) * Hr);
+            memcpy(out + (size_t)b * Hr, s.hnext + (size_t)b * Hrp, sizeof(float) * Hr);
+        }
+        in = out;
+        in_ld = Hr;
+    }
+    memcpy(y, in, sizeof(float) * (size_t)B * in_ld);
+    return 0;
+}

@@ -1,0 +1,216 @@
+/*
+ * The SIMD kernels, written once over a small vector vocabulary. A per-ISA translation unit
+ * (kernels_avx2.c, kernels_avx512.c) defines that vocabulary for its registers, includes this
+ * file, and exports the resulting table. Only those files are compiled with -m flags.
+ *
+ * Vocabulary each ISA file provides before including this header:
+ *   vf                     the float vector type, VW lanes (LI_BLOCK must be a multiple of VW)
+ *   v_load(p) v_store(p,v) unaligned full-width load / store
+ *   v_load_n(p,n) v_store_n(p,v,n)   first n lanes only (0 < n < VW), others zero / untouched
+ *   v_set1 v_zero v_add v_sub v_mul v_div v_min v_max
+ *   v_fmadd(a,b,c) = a*b+c   v_fnmadd(a,b,c) = c-a*b
+ *   v_round(x)             round to nearest integer (as float)
+ *   v_pow2i(n)             2^n for integer-valued n in [-126, 127]
+ *   MV_MAX_ROWS(G)         rows per register tile of the packed matvec, for G gates
+ */
+#include <math.h>
+
+#define V_PER_BLOCK (LI_BLOCK / VW)
+
+static inline vf ld(const float *p, int n) { return n >= VW ? v_load(p) : v_load_n(p, n); }
+static inline void st(float *p, vf v, int n) {
+    if (n >= VW)
+        v_store(p, v);
+    else
+        v_store_n(p, v, n);
+}
+
+/* ---- activations -------------------------------------------------------------------------
+ * exp: Cephes-style. x = n ln2 + r with |r| <= ln2/2 (ln2 split in two for an exact
+ * reduction), exp(r) by a degree-7 polynomial, scaled by 2^n through the exponent bits.
+ * Inputs are clamped to [-87, 88] so 2^n stays a normal float; sigmoid and tanh saturate long
+ * before that. Measured (tests/test_activations.py, dense grid over [-30, 30] plus
+ * the saturated tails, against float64):
+ *   sigmoid: max abs error 1.2e-7     tanh: max abs error 2.4e-7
+ */
+static inline vf v_exp(vf x) {
+    x = v_min(v_max(x, v_set1(-87.0f)), v_set1(88.0f));
+    const vf n = v_round(v_mul(x, v_set1(1.44269504088896341f)));
+    vf r = v_fnmadd(n, v_set1(0.693359375f), x);
+    r = v_fnmadd(n, v_set1(-2.12194440e-4f), r);
+    vf p = v_set1(1.9875691500e-4f);
+    p = v_fmadd(p, r, v_set1(1.3981999507e-3f));
+    p = v_fmadd(p, r, v_set1(8.3334519073e-3f));
+    p = v_fmadd(p, r, v_set1(4.1665795894e-2f));
+    p = v_fmadd(p, r, v_set1(1.6666665459e-1f));
+    p = v_fmadd(p, r, v_set1(5.0000001201e-1f));
+    p = v_fmadd(p, v_mul(r, r), v_add(r, v_set1(1.0f)));
+    return v_mul(p, v_pow2i(n));
+}
+
+/* sigmoid(x) = 1 / (1 + exp(-x)); exact division. */
+static inline vf v_sigmoid(vf x) {
+    return v_div(v_set1(1.0f), v_add(v_set1(1.0f), v_exp(v_sub(v_zero(), x))));
+}
+
+/* tanh(x) = 2 sigmoid(2x) - 1: absolute error stays ~1 ulp of 1 near zero, which is what the
+ * 1e-5 absolute output tolerance needs (relative accuracy near zero is not required). */
+static inline vf v_tanh(vf x) {
+    const vf two = v_set1(2.0f);
+    return v_sub(v_div(two, v_add(v_set1(1.0f), v_exp(v_mul(v_set1(-2.0f), x)))),
+                 v_set1(1.0f));
+}
+
+static void activation_array_simd(int kind, const float *x, float *y, size_t n) {
+    for (size_t i = 0; i < n; i += VW) {
+        const int m = (n - i) >= (size_t)VW ? VW : (int)(n - i);
+        const vf v = ld(x + i, m);
+        st(y + i, kind == LI_ACT_SIGMOID ? v_sigmoid(v) : v_tanh(v), m);
+    }
+}
+
+/* The clip bound as a vector pair; +inf when the cell has no clip. */
+static inline float clip_bound(const li_cell *cell) { return cell->clip > 0.0f ? cell->clip : INFINITY; }
+#define CLIP(v) v_min(v_max((v), clip_lo), clip_hi)
+
+/* ---- packed matvec -----------------------------------------------------------------------
+ * One register tile: G gates x LI_BLOCK units x R rows. Always inlined with constant G and R
+ * so the accumulators become registers; weights stream once per tile, straight from memory. */
+static inline __attribute__((always_inline)) void mv_tile(const float *wb, int K, const int G,
+                                                          const int R, const float *x, int ldx,
+                                                          const float *bias, int bgs,
+                                                          float *out, int ogs, int ldo) {
+    vf acc[4][4][V_PER_BLOCK];
+    for (int b = 0; b < R; ++b)
+        for (int g = 0; g < G; ++g)
+            for (int v = 0; v < V_PER_BLOCK; ++v)
+                acc[b][g][v] = bias ? v_load(bias + (size_t)g * bgs + v * VW) : v_zero();
+    for (int k = 0; k < K; ++k) {
+        const float *wk = wb + (size_t)k * G * LI_BLOCK;
+        vf xs[4];
+        for (int b = 0; b < R; ++b) xs[b] = v_set1(x[(size_t)b * ldx + k]);
+        for (int g = 0; g < G; ++g)
+            for (int v = 0; v < V_PER_BLOCK; ++v) {
+                const vf w = v_load(wk + g * LI_BLOCK + v * VW);
+                for (int b = 0; b < R; ++b) acc[b][g][v] = v_fmadd(w, xs[b], acc[b][g][v]);
+            }
+    }
+    for (int b = 0; b < R; ++b)
+        for (int g = 0; g < G; ++g)
+            for (int v = 0; v < V_PER_BLOCK; ++v)
+                v_store(out + (size_t)b * ldo + (size_t)g * ogs + v * VW, acc[b][g][v]);
+}
+
+#define MV_CASE(G, R)                                                                          \
+    case (G) * 8 + (R): mv_tile(wb, K, G, R, x, ldx, bias, bgs, out, ogs, ldo); break;
+#define MV_CASES(G) MV_CASE(G, 1) MV_CASE(G, 2) MV_CASE(G, 3) MV_CASE(G, 4)
+
+static void mv_tile_dispatch(const float *wb, int K, int G, int R, const float *x, int ldx,
+                             const float *bias, int bgs, float *out, int ogs, int ldo) {
+    switch (G * 8 + R) {
+        MV_CASES(1)
+        MV_CASES(2)
+        MV_CASES(3)
+        MV_CASES(4)
+    default: break;
+    }
+}
+
+static void matvec_packed_simd(const float *packed, int K, int G, int blk0, int blk1,
+                               const float *x, int ldx, int rows, const float *bias, int bgs,
+                               float *out, int ogs, int ldo) {
+    const size_t block_floats = (size_t)K * G * LI_BLOCK;
+    const int max_rows = MV_MAX_ROWS(G);
+    for (int blk = blk0; blk < blk1; ++blk) {
+        const float *wb = packed + (size_t)blk * block_floats;
+        const int u0 = blk * LI_BLOCK;
+        for (int b = 0; b < rows; b += max_rows) {
+            const int r = rows - b < max_rows ? rows - b : max_rows;
+            mv_tile_dispatch(wb, K, G, r, x + (size_t)b * ldx, ldx, bias ? bias + u0 : 0, bgs,
+                             out + (size_t)b * ldo + u0, ogs, ldo);
+        }
+    }
+}
+
+/* ---- pointwise cell updates (default activations) ---------------------------------------- */
+
+static void rnn_pointwise_simd(const li_cell *cell, int u0, int u1, const float *xp,
+                               const float *rec, float *h_out) {
+    const vf clip_hi = v_set1(clip_bound(cell)), clip_lo = v_set1(-clip_bound(cell));
+    const int relu = cell->act[0].kind == LI_ACT_RELU;
+    for (int u = u0; u < u1; u += VW) {
+        const int n = u1 - u;
+        const vf pre = CLIP(v_add(ld(xp + u, n), ld(rec + u, n)));
+        st(h_out + u, relu ? v_max(pre, v_zero()) : v_tanh(pre), n);
+    }
+}
+
+static void lstm_pointwise_simd(const li_cell *cell, int u0, int u1, const float *xp, int xgs,
+                                const float *rec, int rgs, float *c, float *h_out) {
+    const vf clip_hi = v_set1(clip_bound(cell)), clip_lo = v_set1(-clip_bound(cell));
+    const vf one = v_set1(1.0f);
+    const float *p = cell->peephole;
+    const int H = cell->hidden_size;
+    for (int u = u0; u < u1; u += VW) {
+        const int n = u1 - u;
+        const vf c_prev = ld(c + u, n);
+        vf pi = v_add(ld(xp + u, n), ld(rec + u, n));
+        vf pf = v_add(ld(xp + xgs + u, n), ld(rec + rgs + u, n));
+        const vf pg = v_add(ld(xp + 2 * xgs + u, n), ld(rec + 2 * rgs + u, n));
+        vf po = v_add(ld(xp + 3 * xgs + u, n), ld(rec + 3 * rgs + u, n));
+        if (p) {
+            pi = v_fmadd(ld(p + u, n), c_prev, pi);
+            pf = v_fmadd(ld(p + H + u, n), c_prev, pf);
+        }
+        const vf i = v_sigmoid(CLIP(pi));
+        const vf f = cell->input_forget ? v_sub(one, i) : v_sigmoid(CLIP(pf));
+        const vf g = v_tanh(CLIP(pg));
+        const vf c_new = v_fmadd(f, c_prev, v_mul(i, g));
+        if (p) po = v_fmadd(ld(p + 2 * H + u, n), c_new, po);
+        const vf o = v_sigmoid(CLIP(po));
+        st(c + u, c_new, n);
+        st(h_out + u, v_mul(o, v_tanh(c_new)), n);
+    }
+}
+
+static void gru_gates_simd(const li_cell *cell, int u0, int u1, const float *xp, int xgs,
+                           const float *rec, int rgs, const float *h_prev, float *zr,
+                           float *rh) {
+    const vf clip_hi = v_set1(clip_bound(cell)), clip_lo = v_set1(-clip_bound(cell));
+    const int H = cell->hidden_size;
+    for (int u = u0; u < u1; u += VW) {
+        const int n = u1 - u;
+        const vf z = v_sigmoid(CLIP(v_add(ld(xp + u, n), ld(rec + u, n))));
+        const vf r = v_sigmoid(CLIP(v_add(ld(xp + xgs + u, n), ld(rec + rgs + u, n))));
+        st(zr + u, z, n);
+        st(zr + H + u, r, n);
+        st(rh + u, v_mul(r, ld(h_prev + u, n)), n);
+    }
+}
+
+static void gru_output_simd(const li_cell *cell, int u0, int u1, const float *xp_n,
+                            const float *rec_n, const float *zr, const float *h_prev,
+                            float *h_out) {
+    const vf clip_hi = v_set1(clip_bound(cell)), clip_lo = v_set1(-clip_bound(cell));
+    const int H = cell->hidden_size;
+    const int lbr = cell->linear_before_reset;
+    const float *rb = cell->bias_rn;
+    for (int u = u0; u < u1; u += VW) {
+        const int n = u1 - u;
+        const vf z = ld(zr + u, n);
+        vf rec = ld(rec_n + u, n);
+        if (lbr) {
+            if (rb) rec = v_add(rec, ld(rb + u, n));
+            rec = v_mul(ld(zr + H + u, n), rec);
+        }
+        const vf cand = v_tanh(CLIP(v_add(ld(xp_n + u, n), rec)));
+        const vf hp = ld(h_prev + u, n);
+        st(h_out + u, v_fmadd(z, v_sub(hp, cand), cand), n);
+    }
+}
+
+#define LI_SIMD_TABLE(NAME)                                                                    \
+    {                                                                                          \
+        NAME, matvec_packed_simd, rnn_pointwise_simd, lstm_pointwise_simd, gru_gates_simd,     \
+            gru_output_simd, activation_array_simd                                             \
+    }
