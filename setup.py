@@ -5,6 +5,7 @@ exactly the flags of its ISA, and linked into the same extension; the CPU is che
 import time (src_c/cpu_dispatch.c) before any of that code runs. Never -march=native.
 """
 
+import glob
 import os
 import platform
 
@@ -23,6 +24,7 @@ X86_ISA_SOURCES = {
     "src_c/kernels_avx2.c": ["-mavx2", "-mfma"],
     "src_c/kernels_avx512.c": ["-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl", "-mfma"],
 }
+HEADERS = sorted(glob.glob("src_c/*.h"))
 COMMON_CFLAGS = ["-O3", "-std=c11", "-fno-math-errno", "-Wall", "-Wno-unused-function"]
 
 IS_X86_64 = platform.machine().lower() in ("x86_64", "amd64")
@@ -42,6 +44,7 @@ class BuildWithIsaKernels(build_ext):
                     output_dir=self.build_temp,
                     include_dirs=["src_c"],
                     extra_postargs=COMMON_CFLAGS + flags,
+                    depends=HEADERS,
                 )
             ext.extra_objects = list(ext.extra_objects or []) + objects
         super().build_extension(ext)
@@ -54,6 +57,7 @@ engine = Extension(
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
     + ([("LI_HAVE_X86_KERNELS", "1")] if IS_X86_64 else []),
     extra_compile_args=COMMON_CFLAGS,
+    depends=HEADERS,
 )
 
 setup(

@@ -1,10 +1,10 @@
 """lstm_infer: fast CPU inference for trained RNN, LSTM and GRU models.
 
-    import lstm_infer
-    model = lstm_infer.load("model.onnx")          # or a native .safetensors file
-    outs = model.run({"X": x})                     # dict keyed by the model's output names
-    stream = model.stream(batch_size=1)            # stateful, one timestep per call
-    y_t = stream.step(x_t)
+import lstm_infer
+model = lstm_infer.load("model.onnx")          # or a native .safetensors file
+outs = model.run({"X": x})                     # dict keyed by the model's output names
+stream = model.stream(batch_size=1)            # stateful, one timestep per call
+y_t = stream.step(x_t)
 """
 
 from __future__ import annotations

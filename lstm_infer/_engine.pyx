@@ -167,7 +167,7 @@ def run_direction(CellPlan plan, const float[:, :, ::1] x, object lens, bint rev
         if cv.shape[0] != B or cv.shape[1] != plan.c.hidden_size:
             raise ValueError(f"c must have shape ({B}, {plan.c.hidden_size})")
         cptr = &cv[0, 0]
-    cdef int[::1] lens_v
+    cdef const int[::1] lens_v
     cdef const int *lens_ptr = NULL
     if lens is not None:
         lens_v = lens

@@ -96,7 +96,9 @@ def layer_from_onnx(
         raise ModelFormatError(f"cell must be 'rnn', 'lstm' or 'gru', got {cell!r}")
     direction = direction.decode() if isinstance(direction, bytes) else str(direction)
     if direction not in ("forward", "reverse", "bidirectional"):
-        raise ModelFormatError(f"direction must be forward, reverse or bidirectional: {direction!r}")
+        raise ModelFormatError(
+            f"direction must be forward, reverse or bidirectional, got {direction!r}"
+        )
     nd = 2 if direction == "bidirectional" else 1
     g = GATES[cell]
     W = _as_f32("W", W)
@@ -167,4 +169,3 @@ def layer_from_onnx(
     )
     layer.validate()
     return layer
-

@@ -209,6 +209,11 @@ class Signature:
     ``inputs`` / ``outputs`` map a role ("x", "sequence_lens", "initial_h", "initial_c" /
     "y", "y_h", "y_c") to the user-facing name; ``constants`` holds roles baked into the model
     (e.g. an initial_h initializer).
+
+    ``weight_inputs`` (onnx_node only) maps the operator's formal weight names ("W", "R", "B",
+    "P") to graph input names when the graph feeds weights at run time, as the ONNX backend
+    conformance models do; ``node_attributes`` then keeps the operator's attributes so the
+    layer can be rebuilt from the fed weights.
     """
 
     style: str = "onnx_node"
@@ -216,6 +221,8 @@ class Signature:
     inputs: dict[str, str] = field(default_factory=lambda: {"x": "X"})
     outputs: dict[str, str] = field(default_factory=lambda: {"y": "Y", "y_h": "Y_h"})
     constants: dict[str, np.ndarray] = field(default_factory=dict)
+    weight_inputs: dict[str, str] = field(default_factory=dict)
+    node_attributes: dict = field(default_factory=dict)
 
 
 @dataclass

@@ -11,7 +11,7 @@ import numpy as np
 
 from lstm_infer import _engine
 from lstm_infer._plan import compile_layer
-from lstm_infer._spec import DenseLayer, ModelSpec, RecurrentLayer, Signature, TensorInfo
+from lstm_infer._spec import GATES, DenseLayer, ModelSpec, RecurrentLayer, Signature, TensorInfo
 from lstm_infer.errors import InputError, InputTypeError, StreamError
 
 __all__ = ["Model", "Stream"]
@@ -186,10 +186,23 @@ class Model:
                     infos.append(TensorInfo(name, (*t_b, d["I"]), "float32"))
             elif role == "sequence_lens":
                 infos.append(TensorInfo(name, ("batch",), "int32"))
+            elif role in sig.weight_inputs:
+                infos.append(TensorInfo(name, self._weight_input_shape(role), "float32"))
             else:
                 size = d["Hr"] if role == "initial_h" else d["H"]
                 infos.append(TensorInfo(name, self._state_shape(size), "float32"))
         return infos
+
+    def _weight_input_shape(self, role: str) -> tuple[int, ...]:
+        """Shape of an ONNX weight tensor (W, R, B, P) that the graph feeds at run time."""
+        layer = self._spec.layers[0]
+        D, H, G = layer.num_directions, layer.hidden_size, GATES[layer.cell]
+        return {
+            "W": (D, G * H, layer.input_size),
+            "R": (D, G * H, H),
+            "B": (D, 2 * G * H),
+            "P": (D, 3 * H),
+        }[role]
 
     def _state_shape(self, size: int) -> tuple[int | str, ...]:
         sig, d = self._spec.signature, self._dims()
@@ -244,10 +257,12 @@ class Model:
         if emb is not None:
             tokens = np.asarray(feeds[name])
             if tokens.dtype.kind not in "iu":
-                raise InputTypeError(f"input {name!r} holds token ids and must be integer, "
-                                     f"got dtype {tokens.dtype}")
-            _check_rank(name, tokens, 2, "(seq_len, batch)" if sig.layout == 0 else
-                        "(batch, seq_len)")
+                raise InputTypeError(
+                    f"input {name!r} holds token ids and must be integer, got dtype {tokens.dtype}"
+                )
+            _check_rank(
+                name, tokens, 2, "(seq_len, batch)" if sig.layout == 0 else "(batch, seq_len)"
+            )
             if tokens.size and (tokens.min() < 0 or tokens.max() >= emb.shape[0]):
                 raise InputError(
                     f"input {name!r}: token ids must be in [0, {emb.shape[0]}), got range "
@@ -256,8 +271,9 @@ class Model:
             x = emb[tokens if sig.layout == 0 else tokens.T]
             return np.ascontiguousarray(x, dtype=np.float32)
         x = _as_float_input(name, feeds[name])
-        layout_desc = "(seq_len, batch, input_size)" if sig.layout == 0 else (
-            "(batch, seq_len, input_size)")
+        layout_desc = (
+            "(seq_len, batch, input_size)" if sig.layout == 0 else ("(batch, seq_len, input_size)")
+        )
         _check_rank(name, x, 3, layout_desc)
         want = self._spec.layers[0].input_size
         if x.shape[2] != want:
@@ -341,8 +357,11 @@ class Model:
         i = 0
         for layer in layers:
             n = layer.num_directions
-            out.append(None if role == "initial_c" and layer.cell != "lstm" else
-                       np.array(arr[i : i + n], dtype=np.float32, order="C"))
+            out.append(
+                None
+                if role == "initial_c" and layer.cell != "lstm"
+                else np.array(arr[i : i + n], dtype=np.float32, order="C")
+            )
             i += n
         return out
 
@@ -365,6 +384,13 @@ class Model:
                     plan, x, lens, reverse, h[d], None if c is None else c[d], y4[:, :, d, :]
                 )
             x = y4.reshape(T, B, D * Hr)
+        if lens is not None and not lens.all():
+            # onnxruntime reports a zero final state for rows of length 0 (not the initial
+            # state); we match it.
+            empty = lens == 0
+            for state in (*h0, *c0):
+                if state is not None:
+                    state[:, empty] = 0.0
         return y4, h0, c0
 
     def run(
@@ -397,6 +423,11 @@ class Model:
         if bad:
             raise InputError(f"unknown output name(s) {bad}; outputs are {self.output_names}")
         sig = self._spec.signature
+        if sig.weight_inputs:
+            return self._with_fed_weights(feeds).run(
+                {k: v for k, v in feeds.items() if k not in sig.weight_inputs.values()},
+                output_names,
+            )
         x = self._sequence_input(feeds)
         T, B = x.shape[0], x.shape[1]
         lens = self._lens(feeds, T, B)
@@ -414,6 +445,37 @@ class Model:
                 states = h if role == "y_h" else c
                 results[name] = self._format_state([s for s in states if s is not None])
         return results
+
+    def _with_fed_weights(self, feeds: Mapping[str, Any]) -> Model:
+        """The model rebuilt from weights given as feeds (ONNX graphs that input W/R/B/P)."""
+        from lstm_infer._onnx_weights import layer_from_onnx
+
+        sig = self._spec.signature
+        attrs = dict(sig.node_attributes)
+        cell = attrs.pop("cell")
+        weights: dict[str, Any] = {}
+        for role, name in sig.weight_inputs.items():
+            if feeds.get(name) is None:
+                raise InputError(f"missing input {name!r} (the operator's {role} weights)")
+            weights[role] = feeds[name]
+        layer = self._spec.layers[0]
+        if "W" not in weights or "R" not in weights:
+            raise InputError("W and R must both be fed when either is a graph input")
+        new_layer = layer_from_onnx(
+            cell, weights["W"], weights["R"], weights.get("B"), weights.get("P"), **attrs
+        )
+        if (new_layer.hidden_size, new_layer.input_size) != (
+            layer.hidden_size,
+            layer.input_size,
+        ):
+            raise InputError(
+                f"fed weights describe hidden_size={new_layer.hidden_size}, input_size="
+                f"{new_layer.input_size}; the graph declares {layer.hidden_size}, "
+                f"{layer.input_size}"
+            )
+        inputs = {r: n for r, n in sig.inputs.items() if r not in sig.weight_inputs}
+        fixed = Signature(sig.style, sig.layout, inputs, dict(sig.outputs), dict(sig.constants))
+        return Model(ModelSpec([new_layer], fixed, source=self._spec.source))
 
     def _format_y(self, y4: np.ndarray) -> np.ndarray:
         sig = self._spec.signature
@@ -460,6 +522,11 @@ class Stream:
     def __init__(self, model: Model, batch_size: int = 1) -> None:
         if not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if model.spec.signature.weight_inputs:
+            raise StreamError(
+                "this model takes its weights as run-time inputs; freeze them into "
+                "initializers to stream it"
+            )
         bidir = [i for i, layer in enumerate(model.layers) if layer.num_directions != 1]
         if bidir:
             raise StreamError(
@@ -480,17 +547,12 @@ class Stream:
 
     def reset(self) -> None:
         """Return to the model's initial state (zeros, or its baked-in initial state)."""
-        consts = self._model.spec.signature.constants
         for role, bufs in (("initial_h", self._core.h), ("initial_c", self._core.c)):
-            init = consts.get(role)
-            for i, buf in enumerate(bufs):
-                if buf is None:
-                    continue
-                if init is None:
-                    buf[...] = 0.0
-                else:
-                    src = init[0] if init.ndim == 3 else init
-                    buf[...] = np.broadcast_to(src, buf.shape)
+            # Per layer (1, batch, size): zeros, or the model's constant initial state.
+            initial = self._model._initial_states({}, role, self._batch)
+            for buf, init in zip(bufs, initial):
+                if buf is not None:
+                    buf[...] = init[0]
 
     @property
     def state(self) -> dict[str, list[np.ndarray]]:
@@ -516,9 +578,7 @@ class Stream:
                     raise InputError(f"state[{key!r}] is required for this model")
                 continue
             if len(given) != len(bufs):
-                raise InputError(
-                    f"state[{key!r}] must list {len(bufs)} layer(s), got {len(given)}"
-                )
+                raise InputError(f"state[{key!r}] must list {len(bufs)} layer(s), got {len(given)}")
             for i, (buf, g) in enumerate(zip(bufs, given)):
                 if buf is None:
                     continue

@@ -148,7 +148,10 @@ def spec_from_safetensors(tensors: dict[str, np.ndarray], metadata: dict[str, An
             if key.startswith("constants.")
         }
         sig = Signature(
-            str(sm["style"]), int(sm["layout"]), dict(sm["inputs"]), dict(sm["outputs"]),
+            str(sm["style"]),
+            int(sm["layout"]),
+            dict(sm["inputs"]),
+            dict(sm["outputs"]),
             constants,
         )
     except (KeyError, TypeError, ValueError) as exc:
@@ -156,7 +159,10 @@ def spec_from_safetensors(tensors: dict[str, np.ndarray], metadata: dict[str, An
             raise
         raise ModelFormatError(f"native metadata is malformed: {exc!r}") from exc
     spec = ModelSpec(
-        layers, sig, embedding=tensor("embedding", False), head=head,
+        layers,
+        sig,
+        embedding=tensor("embedding", False),
+        head=head,
         source=str(meta.get("source", "")),
     )
     spec.validate()

@@ -158,8 +158,15 @@ def import_single_node(model: Any) -> ModelSpec:
     cell = RECURRENT_OPS[node.op_type]
     attrs = _attributes(node)
     known = {
-        "activations", "activation_alpha", "activation_beta", "clip", "direction",
-        "hidden_size", "input_forget", "linear_before_reset", "layout",
+        "activations",
+        "activation_alpha",
+        "activation_beta",
+        "clip",
+        "direction",
+        "hidden_size",
+        "input_forget",
+        "linear_before_reset",
+        "layout",
     }
     unknown = set(attrs) - known
     if unknown:
@@ -178,16 +185,23 @@ def import_single_node(model: Any) -> ModelSpec:
                 )
             named[roles[pos]] = name
 
+    weight_inputs: dict[str, str] = {}
+
     def const(role: str) -> np.ndarray | None:
         name = named.get(role)
         if name is None:
             return None
-        if name not in consts:
-            raise UnsupportedModelError(
-                f"node {node.name!r} ({node.op_type}): {role} ({name!r}) must be an "
-                "initializer or Constant (weights fed at run time are not supported)"
-            )
-        return consts[name]
+        if name in consts:
+            return consts[name]
+        if name in graph_inputs:
+            # Weights fed at run time: compile a placeholder of the declared shape now; run()
+            # rebuilds the layer from the fed values.
+            weight_inputs[role] = name
+            return np.zeros(_static_shape(graph, name, node), np.float32)
+        raise ModelFormatError(
+            f"node {node.name!r} ({node.op_type}): {role} ({name!r}) is neither an "
+            "initializer, a Constant nor a graph input"
+        )
 
     for role in ("W", "R"):
         if role not in named:
@@ -249,8 +263,43 @@ def import_single_node(model: Any) -> ModelSpec:
             outputs[role] = name
     if not outputs:
         raise ModelFormatError(f"node {node.name!r}: none of its outputs is a graph output")
-    sig = Signature("onnx_node", layout, inputs, outputs, constants)
+    for role, name in weight_inputs.items():
+        inputs[role] = name
+    node_attributes = {
+        "cell": cell,
+        "hidden_size": attrs.get("hidden_size"),
+        "direction": decoded("direction") or "forward",
+        "activations": decoded("activations"),
+        "activation_alpha": attrs.get("activation_alpha"),
+        "activation_beta": attrs.get("activation_beta"),
+        "clip": attrs.get("clip"),
+        "input_forget": attrs.get("input_forget", 0),
+        "linear_before_reset": attrs.get("linear_before_reset", 0),
+    }
+    sig = Signature(
+        "onnx_node",
+        layout,
+        inputs,
+        outputs,
+        constants,
+        weight_inputs=weight_inputs,
+        node_attributes=node_attributes if weight_inputs else {},
+    )
     return ModelSpec([layer], sig, source="onnx")
+
+
+def _static_shape(graph: Any, name: str, node: Any) -> tuple[int, ...]:
+    """The fully static declared shape of graph input ``name``."""
+    for vi in graph.input:
+        if vi.name == name:
+            dims = vi.type.tensor_type.shape.dim
+            if dims and all(d.HasField("dim_value") for d in dims):
+                return tuple(int(d.dim_value) for d in dims)
+            break
+    raise UnsupportedModelError(
+        f"node {node.name!r} ({node.op_type}): weight input {name!r} is fed at run time but "
+        "its declared shape is not fully static"
+    )
 
 
 def import_onnx(source: Any) -> ModelSpec:

@@ -29,12 +29,12 @@ static inline void st(float *p, vf v, int n) {
  * exp: Cephes-style. x = n ln2 + r with |r| <= ln2/2 (ln2 split in two for an exact
  * reduction), exp(r) by a degree-7 polynomial, scaled by 2^n through the exponent bits.
  * Inputs are clamped to [-87, 88] so 2^n stays a normal float; sigmoid and tanh saturate long
- * before that. Measured (tests/test_activations.py, dense grid over [-30, 30] plus
- * the saturated tails, against float64):
- *   sigmoid: max abs error 1.2e-7     tanh: max abs error 2.4e-7
+ * before that. Measured (tests/test_activations.py: 2M-point grid over [-30, 30], the tails to
+ * +-200 and +-1e30, against float64), AVX2 and AVX-512 alike:
+ *   sigmoid: max abs error 8.9e-8      tanh: max abs error 1.8e-7
  */
 static inline vf v_exp(vf x) {
-    x = v_min(v_max(x, v_set1(-87.0f)), v_set1(88.0f));
+    x = v_min(v_set1(88.0f), v_max(v_set1(-87.0f), x)); /* operand order lets NaN through */
     const vf n = v_round(v_mul(x, v_set1(1.44269504088896341f)));
     vf r = v_fnmadd(n, v_set1(0.693359375f), x);
     r = v_fnmadd(n, v_set1(-2.12194440e-4f), r);
@@ -71,7 +71,8 @@ static void activation_array_simd(int kind, const float *x, float *y, size_t n) 
 
 /* The clip bound as a vector pair; +inf when the cell has no clip. */
 static inline float clip_bound(const li_cell *cell) { return cell->clip > 0.0f ? cell->clip : INFINITY; }
-#define CLIP(v) v_min(v_max((v), clip_lo), clip_hi)
+/* x86 min/max return the second operand when either is NaN: this order lets NaN through. */
+#define CLIP(v) v_min(clip_hi, v_max(clip_lo, (v)))
 
 /* ---- packed matvec -----------------------------------------------------------------------
  * One register tile: G gates x LI_BLOCK units x R rows. Always inlined with constant G and R
@@ -141,7 +142,7 @@ static void rnn_pointwise_simd(const li_cell *cell, int u0, int u1, const float 
     for (int u = u0; u < u1; u += VW) {
         const int n = u1 - u;
         const vf pre = CLIP(v_add(ld(xp + u, n), ld(rec + u, n)));
-        st(h_out + u, relu ? v_max(pre, v_zero()) : v_tanh(pre), n);
+        st(h_out + u, relu ? v_max(v_zero(), pre) : v_tanh(pre), n);
     }
 }
 
