@@ -1,0 +1,69 @@
+"""Shared pytest helpers: ``require``, the ``isa`` fixture and a seeded ``rng``.
+
+Test modules import helpers from this directory directly (``from conftest import require``,
+``from reference import lstm_ref``, ``import onnx_builders``); the directory is put on
+``sys.path`` here so that works under any pytest import mode.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+_TESTS_DIR = str(Path(__file__).resolve().parent)
+if _TESTS_DIR not in sys.path:
+    sys.path.insert(0, _TESTS_DIR)
+
+REQUIRE_ALL_ENV = "LSTM_INFER_REQUIRE_ALL"
+ISAS: tuple[str, ...] = ("scalar", "avx2", "avx512")
+
+
+def require_all() -> bool:
+    """Whether missing optional modules must fail tests instead of skipping them."""
+    return os.environ.get(REQUIRE_ALL_ENV, "") == "1"
+
+
+def require(module_name: str) -> ModuleType:
+    """Import ``module_name``; skip the caller if it is missing.
+
+    With ``LSTM_INFER_REQUIRE_ALL=1`` a missing module is an error instead (the test, or the
+    collection of a module calling this at import time, fails rather than skips).
+    """
+    if not require_all():
+        return pytest.importorskip(module_name, exc_type=ImportError)
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ImportError(
+            f"{module_name!r} is required because {REQUIRE_ALL_ENV}=1: {exc}"
+        ) from exc
+
+
+@pytest.fixture(params=ISAS)
+def isa(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run the test with each SIMD variant the CPU supports active; restore the previous one."""
+    lstm_infer = require("lstm_infer")
+    name: str = request.param
+    if name not in lstm_infer.available_isas():
+        pytest.skip(f"ISA {name!r} not available here ({lstm_infer.available_isas()})")
+    previous = lstm_infer.isa()
+    lstm_infer.set_isa(name)
+    try:
+        assert lstm_infer.isa() == name
+        yield name
+    finally:
+        lstm_infer.set_isa(previous)
+
+
+@pytest.fixture
+def rng(request: pytest.FixtureRequest) -> np.random.Generator:
+    """Return a numpy Generator seeded from the test's node id (stable across runs)."""
+    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
