@@ -15,6 +15,17 @@ class UnsupportedModelError(ModelFormatError):
     """The model is well-formed but uses an operator or option lstm_infer cannot run."""
 
 
+class CheckpointFormatError(ModelFormatError):
+    """A checkpoint is truncated, corrupt, ambiguous or of an unsupported layout."""
+
+
+class UnsafeCheckpointError(ModelFormatError):
+    """A checkpoint's pickle asks for a global outside the allow-list (it could run code).
+
+    Nothing from the file was executed.
+    """
+
+
 class InputError(LstmInferError, ValueError):
     """A feed has the wrong name, shape or value (names the input, expected and received)."""
 

@@ -59,7 +59,7 @@ def read_safetensors(source: str | os.PathLike[str] | bytes) -> tuple[dict[str, 
     (n,) = struct.unpack("<Q", data[:8])
     if n > len(data) - 8 or n > MAX_HEADER_BYTES:
         raise ModelFormatError(
-            f"{label}: safetensors header length {n} exceeds the file ({len(data)} bytes)"
+            f"{label}: safetensors header length {n} exceeds the file size ({len(data)} bytes)"
         )
     try:
         header = json.loads(data[8 : 8 + n].decode("utf-8"))
@@ -87,10 +87,17 @@ def read_safetensors(source: str | os.PathLike[str] | bytes) -> tuple[dict[str, 
         count = 1
         for s in shape:
             count *= s
-        if not 0 <= start <= end <= len(body) or end - start != count * dtype.itemsize:
+        if not 0 <= start <= end:
+            raise ModelFormatError(f"{label}: tensor {name!r} has bad data_offsets")
+        if end > len(body):
             raise ModelFormatError(
-                f"{label}: tensor {name!r} ({dtype_name}{shape}) data range [{start}, {end}) "
-                f"does not fit the {len(body)}-byte data area"
+                f"{label}: tensor {name!r} needs data range [{start}, {end}) but the data area "
+                f"holds {len(body)} bytes; the file is truncated"
+            )
+        if end - start != count * dtype.itemsize:
+            raise ModelFormatError(
+                f"{label}: tensor {name!r}: shape {dtype_name}{shape} does not match its "
+                f"{end - start} data bytes"
             )
         arr = np.frombuffer(body[start:end], dtype=dtype).reshape(shape)
         if dtype_name == "BF16":

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import _compat_pickle
 import io
-import json
 import math
 import os
 import pickle
@@ -49,13 +48,8 @@ from numpy.lib.stride_tricks import as_strided
 __all__ = ["CheckpointFormatError", "UnsafeCheckpointError", "read_checkpoint"]
 
 
-class CheckpointFormatError(ValueError):
-    """The data is not a readable checkpoint: truncated, corrupt, or of an unsupported layout."""
-
-
-class UnsafeCheckpointError(ValueError):
-    """The checkpoint's pickle asks for a global outside the allow-list (it could run code)."""
-
+from lstm_infer.errors import CheckpointFormatError, ModelFormatError, UnsafeCheckpointError
+from lstm_infer.safetensors_io import read_safetensors
 
 # Keys a training script typically stores the model's weights under, in order of preference.
 _PREFERRED_KEYS = ("state_dict", "model_state_dict", "model", "net")
@@ -64,8 +58,6 @@ _PREFERRED_KEYS = ("state_dict", "model_state_dict", "model", "net")
 _LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL_VERSION = 1001
 
-# safetensors refuses headers above 100 MB; so do we, before allocating anything.
-_MAX_SAFETENSORS_HEADER = 100_000_000
 # torch supports at most 64 dimensions.
 _MAX_NDIM = 64
 # A deflated stream cannot expand by more than ~1032x; larger claims are a zip bomb.
@@ -149,26 +141,6 @@ _STORAGE_CLASSES = {
     "ComplexFloatStorage": "complex64",
     "ComplexDoubleStorage": "complex128",
 }
-
-_SAFETENSORS_DTYPES = {
-    "F64": "float64",
-    "F32": "float32",
-    "F16": "float16",
-    "BF16": "bfloat16",
-    "I64": "int64",
-    "I32": "int32",
-    "I16": "int16",
-    "I8": "int8",
-    "U8": "uint8",
-    "U16": "uint16",
-    "U32": "uint32",
-    "U64": "uint64",
-    "BOOL": "bool",
-    "F8_E4M3": "float8_e4m3fn",
-    "F8_E5M2": "float8_e5m2",
-    "C64": "complex64",
-}
-
 
 # --------------------------------------------------------------------------------------------
 # What the unpickler may build
@@ -700,56 +672,12 @@ def _read_legacy(source: _Source, key: str | None) -> dict[str, np.ndarray]:
 
 
 def _read_safetensors(source: _Source) -> dict[str, np.ndarray]:
-    (header_length,) = struct.unpack("<Q", source.read_at(0, 8))
-    if header_length > source.size - 8:
-        raise CheckpointFormatError(
-            f"safetensors header length {header_length} exceeds the file size {source.size}"
-        )
-    if header_length > _MAX_SAFETENSORS_HEADER:
-        raise CheckpointFormatError(f"safetensors header length {header_length} is absurd")
+    """The floating-point tensors of a flat safetensors file (shared strict parser)."""
     try:
-        header = json.loads(bytes(source.read_at(8, header_length)))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointFormatError(f"safetensors header is not valid JSON: {exc}") from exc
-    if not isinstance(header, dict):
-        raise CheckpointFormatError("safetensors header is not a JSON object")
-
-    data_start = 8 + header_length
-    data_size = source.size - data_start
-    result: dict[str, np.ndarray] = {}
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        if not isinstance(entry, dict) or not isinstance(entry.get("dtype"), str):
-            raise CheckpointFormatError(f"safetensors entry {_brief(name)} is malformed")
-        type_name = _SAFETENSORS_DTYPES.get(entry["dtype"])
-        if type_name is None:
-            raise CheckpointFormatError(
-                f"safetensors tensor {_brief(name)} has unknown dtype {_brief(entry['dtype'])}"
-            )
-        element_type = _ELEMENT_TYPES[type_name]
-        shape = _index_tuple(entry.get("shape"), f"shape of {_brief(name)}")
-        offsets = _index_tuple(entry.get("data_offsets"), f"data_offsets of {_brief(name)}")
-        if len(offsets) != 2 or offsets[0] > offsets[1]:
-            raise CheckpointFormatError(f"safetensors tensor {_brief(name)} has bad data_offsets")
-        begin, end = offsets
-        if end > data_size:
-            raise CheckpointFormatError(
-                f"safetensors tensor {_brief(name)} needs data bytes [{begin}, {end}) but the file "
-                f"holds only {data_size}; it is truncated"
-            )
-        if math.prod(shape) * element_type.itemsize != end - begin:
-            raise CheckpointFormatError(
-                f"safetensors tensor {_brief(name)}: shape {shape} does not match "
-                f"{end - begin} bytes"
-            )
-        if element_type.kind == "skip":
-            continue
-        _check_supported(name, element_type)
-        raw = source.read_at(data_start + begin, end - begin)
-        flat = np.frombuffer(raw, dtype=element_type.numpy_dtype("little"))
-        result[name] = _as_float32(flat.reshape(shape), element_type)
-    return result
+        tensors, _ = read_safetensors(bytes(source.read_at(0, source.size)))
+    except ModelFormatError as exc:
+        raise CheckpointFormatError(str(exc)) from exc
+    return {name: arr for name, arr in tensors.items() if arr.dtype == np.float32}
 
 
 # --------------------------------------------------------------------------------------------
