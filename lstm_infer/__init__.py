@@ -35,43 +35,66 @@ def load(source: Any, **options: Any) -> Model:
 
     Parameters
     ----------
-    source : path, bytes or onnx.ModelProto
-        An ONNX model (``.onnx`` path, its bytes, or a ``ModelProto``) or a native
-        lstm_infer file written by :meth:`Model.save`.
+    source : path, bytes, onnx.ModelProto, torch module or state_dict
+        An ONNX model (``.onnx`` path, its bytes, or a ``ModelProto``); a native lstm_infer
+        file written by :meth:`Model.save`; a PyTorch checkpoint written by ``torch.save``
+        (``.pt``/``.pth``/``.bin``/``.ckpt``, zip or legacy format, read without torch and
+        without running any code from the file) or a ``.safetensors`` state_dict; or, with torch
+        installed, a live ``nn.Module`` or ``state_dict``.
+    **options
+        For PyTorch weights: ``key`` (which entry of a training checkpoint dict holds the
+        state_dict), ``prefix`` (use only parameters under this key prefix), ``nonlinearity``
+        ("tanh"/"relu" for nn.RNN), ``batch_first``, ``head_activation`` /
+        ``head_activations`` (after the Linear head). See :mod:`lstm_infer.torch_import`.
 
     Returns
     -------
     Model
     """
     from lstm_infer.errors import ModelFormatError
-    from lstm_infer.native_format import load_native
-    from lstm_infer.safetensors_io import is_safetensors
+    from lstm_infer.native_format import spec_from_safetensors
+    from lstm_infer.safetensors_io import is_safetensors, read_safetensors
+    from lstm_infer.torch_import import import_torch, is_torch_checkpoint, spec_from_state_dict
+
+    def no_options(kind: str) -> None:
+        if options:
+            raise TypeError(f"options {sorted(options)} do not apply to {kind}")
 
     if isinstance(source, Model):
+        no_options("a Model")
         return source
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        head = bytes(source[:16])
-        if is_safetensors(head):
-            return Model(load_native(bytes(source)))
-        from lstm_infer.onnx_import import import_onnx
-
-        return Model(import_onnx(bytes(source)))
+    path = None
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no such model file: {path!r}")
         with open(path, "rb") as fh:
             head = fh.read(16)
-        if is_safetensors(head):
-            return Model(load_native(path))
-        from lstm_infer.onnx_import import import_onnx
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        source = bytes(source)
+        head = source[:16]
+    else:
+        if type(source).__name__ == "ModelProto":
+            from lstm_infer.onnx_import import import_onnx
 
-        return Model(import_onnx(path))
-    if type(source).__name__ == "ModelProto":
-        from lstm_infer.onnx_import import import_onnx
+            no_options("ONNX models")
+            return Model(import_onnx(source))
+        if hasattr(source, "state_dict") or isinstance(source, dict):
+            return Model(import_torch(source, **options))
+        raise ModelFormatError(
+            f"cannot load a model from {type(source).__name__}; pass a path, bytes, an "
+            "onnx.ModelProto, a torch module or a state_dict"
+        )
+    if is_safetensors(head):
+        tensors, metadata = read_safetensors(source)
+        if "lstm_infer" in metadata:
+            no_options("native lstm_infer files")
+            return Model(spec_from_safetensors(tensors, metadata))
+        floats = {k: v for k, v in tensors.items() if v.dtype == "float32"}
+        return Model(spec_from_state_dict(floats, **options))
+    if is_torch_checkpoint(head, path):
+        return Model(import_torch(source, **options))
+    from lstm_infer.onnx_import import import_onnx
 
-        return Model(import_onnx(source))
-    raise ModelFormatError(
-        f"cannot load a model from {type(source).__name__}; pass a path, bytes or an "
-        "onnx.ModelProto"
-    )
+    no_options("ONNX models")
+    return Model(import_onnx(source))
