@@ -25,8 +25,9 @@ static inline vf v_pow2i(vf n) {
     const __m512i e = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
     return _mm512_castsi512_ps(_mm512_slli_epi32(e, 23));
 }
-/* 32 zmm registers: G*R accumulators + R broadcasts + 1 weight fit for R = 4 at any G. */
-#define MV_MAX_ROWS(G) 4
+/* 32 zmm registers hold G*R accumulators plus the G weight vectors of one input (x is
+ * broadcast straight from memory): R = 6 rows at G = 4, 8 rows below. */
+#define MV_MAX_ROWS(G) ((G) >= 4 ? 6 : 8)
 
 #include "simd_kernels_template.h"
 

@@ -13,7 +13,7 @@
 #include "li_kernels.h"
 
 /* Batches up to this size use the packed matvec for R h; larger ones use sgemm. */
-#define LI_PACKED_MAX_ROWS 8
+#define LI_PACKED_MAX_ROWS 1024
 
 static int round_up_block(int n) { return (n + LI_BLOCK - 1) / LI_BLOCK * LI_BLOCK; }
 

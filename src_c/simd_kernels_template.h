@@ -81,14 +81,14 @@ static inline __attribute__((always_inline)) void mv_tile(const float *wb, int K
                                                           const int R, const float *x, int ldx,
                                                           const float *bias, int bgs,
                                                           float *out, int ogs, int ldo) {
-    vf acc[4][4][V_PER_BLOCK];
+    vf acc[8][4][V_PER_BLOCK]; /* [row][gate][vector]: R <= 8, G <= 4 */
     for (int b = 0; b < R; ++b)
         for (int g = 0; g < G; ++g)
             for (int v = 0; v < V_PER_BLOCK; ++v)
                 acc[b][g][v] = bias ? v_load(bias + (size_t)g * bgs + v * VW) : v_zero();
     for (int k = 0; k < K; ++k) {
         const float *wk = wb + (size_t)k * G * LI_BLOCK;
-        vf xs[4];
+        vf xs[8];
         for (int b = 0; b < R; ++b) xs[b] = v_set1(x[(size_t)b * ldx + k]);
         for (int g = 0; g < G; ++g)
             for (int v = 0; v < V_PER_BLOCK; ++v) {
@@ -103,12 +103,14 @@ static inline __attribute__((always_inline)) void mv_tile(const float *wb, int K
 }
 
 #define MV_CASE(G, R)                                                                          \
-    case (G) * 8 + (R): mv_tile(wb, K, G, R, x, ldx, bias, bgs, out, ogs, ldo); break;
-#define MV_CASES(G) MV_CASE(G, 1) MV_CASE(G, 2) MV_CASE(G, 3) MV_CASE(G, 4)
+    case (G) * 16 + (R): mv_tile(wb, K, G, R, x, ldx, bias, bgs, out, ogs, ldo); break;
+#define MV_CASES(G)                                                                            \
+    MV_CASE(G, 1) MV_CASE(G, 2) MV_CASE(G, 3) MV_CASE(G, 4) MV_CASE(G, 5) MV_CASE(G, 6)         \
+        MV_CASE(G, 7) MV_CASE(G, 8)
 
 static void mv_tile_dispatch(const float *wb, int K, int G, int R, const float *x, int ldx,
                              const float *bias, int bgs, float *out, int ogs, int ldo) {
-    switch (G * 8 + R) {
+    switch (G * 16 + R) {
         MV_CASES(1)
         MV_CASES(2)
         MV_CASES(3)
