@@ -11,7 +11,9 @@
 float li_activation_scalar(const li_activation *act, float x) {
     const float a = act->alpha, b = act->beta;
     switch (act->kind) {
-    case LI_ACT_RELU: return x > 0.0f ? x : 0.0f;
+    /* `x < 0 ? 0 : x`, not `x > 0 ? x : 0`: NaN must propagate, as it does in the SIMD
+     * kernels' max(0, x) and in numpy's reference (the other form maps NaN to 0). */
+    case LI_ACT_RELU: return x < 0.0f ? 0.0f : x;
     case LI_ACT_TANH: return tanhf(x);
     case LI_ACT_SIGMOID: return 1.0f / (1.0f + expf(-x));
     case LI_ACT_AFFINE: return a * x + b;
