@@ -88,7 +88,8 @@ def spec_from_safetensors(tensors: dict[str, np.ndarray], metadata: dict[str, An
     """Rebuild a ModelSpec from a native file's tensors and metadata."""
     try:
         meta = json.loads(metadata[FORMAT_NAME])
-    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+    except (KeyError, TypeError, json.JSONDecodeError, RecursionError) as exc:
+        # RecursionError: deeply nested brackets exhaust json's recursion limit.
         raise ModelFormatError(f"native metadata is missing or not JSON: {exc}") from exc
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
         raise ModelFormatError("not an lstm_infer native file")
@@ -154,7 +155,8 @@ def spec_from_safetensors(tensors: dict[str, np.ndarray], metadata: dict[str, An
             dict(sm["outputs"]),
             constants,
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        # OverflowError: int() of a JSON 1e999 (parsed as float inf), e.g. as hidden_size.
         if isinstance(exc, ModelFormatError):
             raise
         raise ModelFormatError(f"native metadata is malformed: {exc!r}") from exc

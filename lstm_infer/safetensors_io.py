@@ -30,6 +30,7 @@ _DTYPES = {
 }
 _NAMES = {np.dtype("<f4"): "F32", np.dtype("<i8"): "I64", np.dtype("<i4"): "I32"}
 MAX_HEADER_BYTES = 100 * 1024 * 1024
+_MAX_NDIM = 32  # numpy's limit is 32 (numpy 1.x) or 64 (2.x)
 
 
 def bf16_to_f32(raw: np.ndarray) -> np.ndarray:
@@ -63,7 +64,8 @@ def read_safetensors(source: str | os.PathLike[str] | bytes) -> tuple[dict[str, 
         )
     try:
         header = json.loads(data[8 : 8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        # RecursionError: a header of deeply nested brackets exhausts json's recursion limit.
         raise ModelFormatError(f"{label}: safetensors header is not valid JSON: {exc}") from exc
     if not isinstance(header, dict):
         raise ModelFormatError(f"{label}: safetensors header must be a JSON object")
@@ -77,11 +79,15 @@ def read_safetensors(source: str | os.PathLike[str] | bytes) -> tuple[dict[str, 
             dtype_name = entry["dtype"]
             shape = [int(s) for s in entry["shape"]]
             start, end = (int(v) for v in entry["data_offsets"])
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            # OverflowError: JSON numbers like 1e999 parse as float inf, which int() refuses.
             raise ModelFormatError(f"{label}: malformed header entry for {name!r}") from exc
-        if dtype_name not in _DTYPES:
+        # A non-string dtype (e.g. a JSON list) is unhashable: check before the dict lookup.
+        if not isinstance(dtype_name, str) or dtype_name not in _DTYPES:
             raise ModelFormatError(f"{label}: tensor {name!r} has unsupported dtype {dtype_name}")
         dtype = _DTYPES[dtype_name]
+        if len(shape) > _MAX_NDIM:  # numpy would raise its own ValueError at reshape
+            raise ModelFormatError(f"{label}: tensor {name!r} has {len(shape)} dimensions")
         if any(s < 0 for s in shape):
             raise ModelFormatError(f"{label}: tensor {name!r} has a negative dimension {shape}")
         count = 1
