@@ -625,3 +625,50 @@ def test_fuzz_torch_zip_pickle(data: Any) -> None:
         weights = read_checkpoint(blob)
         assert all(isinstance(v, np.ndarray) and v.dtype == np.float32 for v in weights.values())
     load_or_refuse(lambda: lstm_infer.load(blob))
+
+
+@functools.cache
+def state_dict_blob() -> bytes:
+    """A plain safetensors state_dict with PyTorch's names (nn.LSTM(3, 5, 2) + Linear(5, 2))."""
+    from lstm_infer.safetensors_io import write_safetensors
+
+    rng = np.random.default_rng(9)
+    tensors: dict[str, np.ndarray] = {}
+    for layer, inputs in ((0, 3), (1, 5)):
+        tensors[f"lstm.weight_ih_l{layer}"] = rng.uniform(-0.4, 0.4, (20, inputs))
+        tensors[f"lstm.weight_hh_l{layer}"] = rng.uniform(-0.4, 0.4, (20, 5))
+        tensors[f"lstm.bias_ih_l{layer}"] = rng.uniform(-0.4, 0.4, 20)
+        tensors[f"lstm.bias_hh_l{layer}"] = rng.uniform(-0.4, 0.4, 20)
+    tensors["fc.weight"] = rng.uniform(-0.4, 0.4, (2, 5))
+    tensors["fc.bias"] = rng.uniform(-0.4, 0.4, 2)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "sd.safetensors"
+        write_safetensors(path, {k: v.astype(np.float32) for k, v in tensors.items()}, {})
+        return path.read_bytes()
+
+
+def test_valid_state_dict_safetensors_loads_and_runs() -> None:
+    assert load_or_refuse(lambda: lstm_infer.load(state_dict_blob()))
+
+
+@st.composite
+def header_mutations(draw: Any, blob: bytes) -> bytes:
+    """A safetensors file with 1..3 values in its JSON header made hostile."""
+    (n,) = struct.unpack("<Q", blob[:8])
+    header, body = json.loads(blob[8 : 8 + n]), blob[8 + n :]
+    for _ in range(draw(st.integers(1, 3))):
+        path = draw(st.sampled_from(_json_paths(header)))
+        target = header
+        for part in path[:-1]:
+            target = target[part]
+        target[path[-1]] = draw(_HOSTILE_JSON)
+    return raw_safetensors(json.dumps(header).encode(), body)
+
+
+@FUZZ
+@hypothesis.given(data=st.data(), structured=st.booleans())
+def test_fuzz_state_dict_safetensors(data: Any, structured: bool) -> None:
+    blob = state_dict_blob()
+    blob = data.draw(header_mutations(blob) if structured else byte_mutations(blob))
+    if len(blob) >= 16 and blob[8:9] == b"{":
+        load_or_refuse(lambda: lstm_infer.load(blob))
