@@ -16,6 +16,7 @@ from lstm_infer import errors
 from lstm_infer._engine import available_isas, isa, set_isa
 from lstm_infer._spec import TensorInfo
 from lstm_infer.model import Model, Stream
+from lstm_infer.validate import validate
 
 __version__ = "0.1.0"
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "isa",
     "load",
     "set_isa",
+    "validate",
 ]
 
 

@@ -10,7 +10,8 @@ cimport numpy as cnp
 import numpy as np
 
 from lstm_infer._kernels cimport (
-    LI_BLOCK, LI_CELL_GRU, LI_CELL_LSTM, LI_CELL_RNN, LI_ISA_COUNT, li_cell, li_kernels,
+    LI_BLOCK, LI_CELL_GRU, LI_CELL_LSTM, LI_CELL_RNN, LI_ISA_COUNT, LI_WEIGHTS_BF16,
+    LI_WEIGHTS_F32, LI_WEIGHTS_I8, li_cell, li_kernels,
     li_kernels_for, li_run_direction, li_direction_scratch_floats, li_sgemm_fn,
     li_stack_step, li_stack_step_scratch_floats, li_usable_isas,
 )
@@ -74,32 +75,50 @@ def activation_array(str kind, cnp.ndarray x, str isa_name=None):
 
 
 cdef inline const float *_ptr(object arr):
-    """Data pointer of a C-contiguous float32 array, or NULL for None."""
+    """Data pointer of a C-contiguous array, or NULL for None."""
     if arr is None:
         return NULL
     return <const float *>cnp.PyArray_DATA(<cnp.ndarray>arr)
+
+
+WEIGHT_FORMATS = {"float32": LI_WEIGHTS_F32, "bfloat16": LI_WEIGHTS_BF16, "int8": LI_WEIGHTS_I8}
+_PACKED_DTYPES = {"float32": np.float32, "bfloat16": np.uint16, "int8": np.int8}
 
 
 cdef class CellPlan:
     """One direction of one recurrent layer, compiled: packed weights and the C descriptor.
 
     Built by lstm_infer._plan from a RecurrentLayer; the arrays it is given must be C-contiguous
-    float32 and are kept alive here for as long as the C struct points at them.
+    (float32, the packed ones of the weight format's dtype) and are kept alive here for as long
+    as the C struct points at them.
     """
     cdef li_cell c
     cdef dict _arrays
 
     def __init__(self, str cell, int input_size, int hidden_size, int state_size,
                  dict arrays, float clip, bint input_forget, bint linear_before_reset,
-                 bint default_activations, list activations):
+                 bint default_activations, list activations, str weight_format="float32"):
+        if weight_format not in WEIGHT_FORMATS:
+            raise ValueError(f"weight_format must be one of {list(WEIGHT_FORMATS)}")
         for key, arr in arrays.items():
+            want = _PACKED_DTYPES[weight_format] if key.endswith("_packed") and key != (
+                "bias_packed") else np.float32
             if arr is not None and not (
-                isinstance(arr, np.ndarray) and arr.dtype == np.float32
-                and arr.flags.c_contiguous
+                isinstance(arr, np.ndarray) and arr.dtype == want and arr.flags.c_contiguous
             ):
-                raise TypeError(f"CellPlan array {key!r} must be C-contiguous float32")
+                raise TypeError(f"CellPlan array {key!r} must be C-contiguous {np.dtype(want)}")
+        if weight_format == "int8" and any(
+            arrays.get(k + "_packed") is not None and arrays.get(k + "_scale") is None
+            for k in ("w", "r", "rn", "proj")
+        ):
+            raise ValueError("int8 weights need their per-row scales")
         self._arrays = dict(arrays)
         memset(&self.c, 0, sizeof(li_cell))
+        self.c.weight_format = WEIGHT_FORMATS[weight_format]
+        self.c.w_scale = _ptr(arrays.get("w_scale"))
+        self.c.r_scale = _ptr(arrays.get("r_scale"))
+        self.c.rn_scale = _ptr(arrays.get("rn_scale"))
+        self.c.proj_scale = _ptr(arrays.get("proj_scale"))
         self.c.cell = CELL_CODES[cell]
         self.c.gates = {"rnn": 1, "lstm": 4, "gru": 3}[cell]
         self.c.input_size = input_size

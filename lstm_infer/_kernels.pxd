@@ -10,6 +10,9 @@ cdef extern from "li_kernels.h" nogil:
         LI_CELL_RNN
         LI_CELL_LSTM
         LI_CELL_GRU
+        LI_WEIGHTS_F32
+        LI_WEIGHTS_BF16
+        LI_WEIGHTS_I8
 
     ctypedef struct li_activation:
         int kind
@@ -23,17 +26,22 @@ cdef extern from "li_kernels.h" nogil:
         int hidden_size
         int state_size
         int hidden_padded
+        int weight_format
         const float *w
-        const float *w_packed
+        const void *w_packed
         const float *r
-        const float *r_packed
-        const float *rn_packed
+        const void *r_packed
+        const void *rn_packed
+        const float *w_scale
+        const float *r_scale
+        const float *rn_scale
+        const float *proj_scale
         const float *bias
         const float *bias_packed
         const float *bias_rn
         const float *peephole
         const float *proj
-        const float *proj_packed
+        const void *proj_packed
         float clip
         int input_forget
         int linear_before_reset

@@ -9,19 +9,21 @@ import numpy as np
 
 from lstm_infer import _engine
 from lstm_infer._spec import GATES, DirectionWeights, RecurrentLayer
+from lstm_infer.quantize import int8_rows, to_bf16_bits
 
 BLOCK = _engine.BLOCK
 
 
-def _aligned_empty(shape: tuple[int, ...]) -> np.ndarray:
-    """A C-contiguous float32 array whose data starts on a 64-byte boundary."""
+def _aligned_empty(shape: tuple[int, ...], dtype: type = np.float32) -> np.ndarray:
+    """A C-contiguous array whose data starts on a 64-byte boundary."""
     n = int(np.prod(shape))
-    raw = np.empty(n + 16, dtype=np.float32)
-    offset = (-raw.ctypes.data % 64) // 4
+    size = np.dtype(dtype).itemsize
+    raw = np.empty(n + 64 // size, dtype=dtype)
+    offset = (-raw.ctypes.data % 64) // size
     return raw[offset : offset + n].reshape(shape)
 
 
-def pack_gate_blocks(m: np.ndarray, gates: int) -> np.ndarray:
+def pack_gate_blocks(m: np.ndarray, gates: int, dtype: type = np.float32) -> np.ndarray:
     """Pack a (G*H, K) matrix into [ceil(H/BLOCK)][K][G][BLOCK], zero padded.
 
     The layout the packed matvec streams: one block holds every gate of BLOCK units.
@@ -29,10 +31,10 @@ def pack_gate_blocks(m: np.ndarray, gates: int) -> np.ndarray:
     gh, k = m.shape
     h = gh // gates
     hp = -(-h // BLOCK) * BLOCK
-    padded = np.zeros((gates, hp, k), dtype=np.float32)
+    padded = np.zeros((gates, hp, k), dtype=dtype)
     padded[:, :h, :] = m.reshape(gates, h, k)
     blocks = padded.reshape(gates, hp // BLOCK, BLOCK, k).transpose(1, 3, 0, 2)
-    out = _aligned_empty(blocks.shape)
+    out = _aligned_empty(blocks.shape, dtype)
     out[...] = blocks
     return out
 
@@ -60,29 +62,42 @@ def _is_fast_path(layer: RecurrentLayer, dw: DirectionWeights) -> bool:
     return names == ("Sigmoid", "Tanh")
 
 
+def _pack(m: np.ndarray, gates: int, fmt: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Packed weights in format ``fmt`` and, for int8, the padded per-row scales."""
+    if fmt == "int8":
+        q, scale = int8_rows(m)
+        return pack_gate_blocks(q, gates, np.int8), _pad_gate_vector(scale, gates)
+    packed = pack_gate_blocks(m, gates)
+    if fmt == "bfloat16":
+        return to_bf16_bits(packed), None
+    return packed, None
+
+
 def compile_direction(layer: RecurrentLayer, d: int) -> _engine.CellPlan:
     """Build the CellPlan of direction ``d`` of ``layer``."""
     dw = layer.directions[d]
     g = GATES[layer.cell]
     h = layer.hidden_size
+    fmt = layer.weight_format
     w, r = _f32(dw.w), _f32(dw.r)
     arrays: dict[str, np.ndarray | None] = {
         "w": w,
-        "w_packed": pack_gate_blocks(w, g),
         "r": r,
         "bias": _f32(dw.bias),
         "bias_packed": _pad_gate_vector(_f32(dw.bias), g),
         "peephole": _f32(dw.peephole),
         "proj": _f32(dw.proj),
-        "proj_packed": None if dw.proj is None else pack_gate_blocks(_f32(dw.proj), 1),
         "bias_rn": _f32(dw.bias_rn) if layer.linear_before_reset else None,
     }
+    arrays["w_packed"], arrays["w_scale"] = _pack(w, g, fmt)
+    if dw.proj is not None:
+        arrays["proj_packed"], arrays["proj_scale"] = _pack(_f32(dw.proj), 1, fmt)
     if layer.cell == "gru":
         # z and r share one pass over h; n needs its own (it may read r * h).
-        arrays["r_packed"] = pack_gate_blocks(np.ascontiguousarray(r[: 2 * h]), 2)
-        arrays["rn_packed"] = pack_gate_blocks(np.ascontiguousarray(r[2 * h :]), 1)
+        arrays["r_packed"], arrays["r_scale"] = _pack(np.ascontiguousarray(r[: 2 * h]), 2, fmt)
+        arrays["rn_packed"], arrays["rn_scale"] = _pack(np.ascontiguousarray(r[2 * h :]), 1, fmt)
     else:
-        arrays["r_packed"] = pack_gate_blocks(r, g)
+        arrays["r_packed"], arrays["r_scale"] = _pack(r, g, fmt)
     acts = [(a.code, a.alpha, a.beta) for a in dw.activations]
     return _engine.CellPlan(
         layer.cell,
@@ -95,6 +110,7 @@ def compile_direction(layer: RecurrentLayer, d: int) -> _engine.CellPlan:
         bool(layer.linear_before_reset),
         _is_fast_path(layer, dw),
         acts,
+        fmt,
     )
 
 

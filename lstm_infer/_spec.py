@@ -116,6 +116,9 @@ class RecurrentLayer:
     clip: float | None = None
     input_forget: bool = False
     linear_before_reset: bool = False
+    # "float32", "bfloat16" or "int8": how the kernels store w, r and proj (lstm_infer.quantize).
+    # The arrays above always hold the (dequantized) float32 values.
+    weight_format: str = "float32"
 
     @property
     def num_directions(self) -> int:
@@ -134,6 +137,8 @@ class RecurrentLayer:
         """Check every shape against the sizes; raise ModelFormatError naming the bad one."""
         if self.cell not in CELLS:
             raise ModelFormatError(f"unknown cell {self.cell!r}; expected one of {CELLS}")
+        if self.weight_format not in ("float32", "bfloat16", "int8"):
+            raise ModelFormatError(f"unknown weight_format {self.weight_format!r}")
         if self.direction not in DIRECTIONS:
             raise ModelFormatError(f"unknown direction {self.direction!r}")
         for name, v in (("input_size", self.input_size), ("hidden_size", self.hidden_size)):
@@ -214,6 +219,15 @@ class Signature:
     "P") to graph input names when the graph feeds weights at run time, as the ONNX backend
     conformance models do; ``node_attributes`` then keeps the operator's attributes so the
     layer can be rebuilt from the fed weights.
+
+    ``state_groups`` ("sequence" only) splits the stack into consecutive runs of layers that
+    each have their own state tensors, as a model built from several recurrent modules has:
+    the number of layers in each run (empty: one run of every layer). The state roles of run
+    ``g > 0`` carry the suffix ``:g`` ("initial_h:1", "y_c:1"); see :func:`state_role`.
+
+    ``declared`` maps input/output names to the (shape, dtype) the source graph declares,
+    reported by ``Model.inputs``/``outputs`` instead of the derived ones. Roles starting with
+    ``unused:`` name graph inputs the model accepts and ignores.
     """
 
     style: str = "onnx_node"
@@ -223,6 +237,24 @@ class Signature:
     constants: dict[str, np.ndarray] = field(default_factory=dict)
     weight_inputs: dict[str, str] = field(default_factory=dict)
     node_attributes: dict = field(default_factory=dict)
+    state_groups: list[int] = field(default_factory=list)
+    declared: dict[str, tuple[tuple[int | str, ...], str]] = field(default_factory=dict)
+
+
+STATE_ROLES = ("initial_h", "initial_c", "y_h", "y_c")
+
+
+def state_role(base: str, group: int) -> str:
+    """The signature role of state ``base`` ("initial_h", "y_c", ...) of state group ``group``."""
+    return base if group == 0 else f"{base}:{group}"
+
+
+def parse_state_role(role: str) -> tuple[str, int]:
+    """Inverse of :func:`state_role`: ("y_h:2") -> ("y_h", 2); other roles give group 0."""
+    base, _, group = role.partition(":")
+    if base in STATE_ROLES and group.isdigit():
+        return base, int(group)
+    return role, 0
 
 
 @dataclass
@@ -263,5 +295,23 @@ class ModelSpec:
             if dense.activation not in HEAD_ACTIVATIONS:
                 raise ModelFormatError(f"head layer {i}: unknown activation {dense.activation!r}")
             width = dense.weight.shape[0]
-        if self.signature.style == "onnx_node" and (len(self.layers) != 1 or self.head):
+        sig = self.signature
+        if sig.style == "onnx_node" and (len(self.layers) != 1 or self.head):
             raise ModelFormatError("an onnx_node signature describes exactly one layer")
+        if sig.state_groups:
+            if sig.style != "sequence" or any(
+                not isinstance(n, int) or n <= 0 for n in sig.state_groups
+            ):
+                raise ModelFormatError(
+                    f"state_groups {sig.state_groups} must be positive layer counts of a "
+                    "sequence signature"
+                )
+            if sum(sig.state_groups) != len(self.layers):
+                raise ModelFormatError(
+                    f"state_groups {sig.state_groups} cover {sum(sig.state_groups)} layers; the "
+                    f"model has {len(self.layers)}"
+                )
+        for role in (*sig.inputs, *sig.outputs, *sig.constants):
+            base, group = parse_state_role(role)
+            if base in STATE_ROLES and group >= max(1, len(sig.state_groups)):
+                raise ModelFormatError(f"signature role {role!r} names a missing state group")

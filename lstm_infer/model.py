@@ -11,7 +11,16 @@ import numpy as np
 
 from lstm_infer import _engine
 from lstm_infer._plan import compile_layer
-from lstm_infer._spec import GATES, DenseLayer, ModelSpec, RecurrentLayer, Signature, TensorInfo
+from lstm_infer._spec import (
+    GATES,
+    DenseLayer,
+    ModelSpec,
+    RecurrentLayer,
+    Signature,
+    TensorInfo,
+    parse_state_role,
+    state_role,
+)
 from lstm_infer.errors import InputError, InputTypeError, StreamError
 
 __all__ = ["Model", "Stream"]
@@ -174,12 +183,23 @@ class Model:
 
     @property
     def inputs(self) -> list[TensorInfo]:
-        """Names, shapes (symbolic dims as strings) and dtypes of the inputs."""
+        """Names, shapes (symbolic dims as strings) and dtypes of the inputs.
+
+        For an imported graph these are the shapes and dtypes the graph declares.
+        """
+        return self._input_infos(declared=True)
+
+    def _input_infos(self, declared: bool) -> list[TensorInfo]:
+        """Input descriptions; with ``declared`` False, derived from the layers only (symbolic
+        dims named "batch" and "seq_len", whatever the source graph calls them)."""
         sig, d = self._spec.signature, self._dims()
         t_b = ("seq_len", "batch") if sig.layout == 0 else ("batch", "seq_len")
         infos = []
         for role, name in sig.inputs.items():
-            if role == "x":
+            if declared and name in sig.declared:
+                shape, dtype = sig.declared[name]
+                infos.append(TensorInfo(name, tuple(shape), dtype))
+            elif role == "x":
                 if self._spec.embedding is not None:
                     infos.append(TensorInfo(name, t_b, "int64"))
                 else:
@@ -188,9 +208,11 @@ class Model:
                 infos.append(TensorInfo(name, ("batch",), "int32"))
             elif role in sig.weight_inputs:
                 infos.append(TensorInfo(name, self._weight_input_shape(role), "float32"))
+            elif role.startswith("unused:"):
+                shape, dtype = sig.declared.get(name, ((), "float32"))
+                infos.append(TensorInfo(name, tuple(shape), dtype))
             else:
-                size = d["Hr"] if role == "initial_h" else d["H"]
-                infos.append(TensorInfo(name, self._state_shape(size), "float32"))
+                infos.append(TensorInfo(name, self._state_shape(role), "float32"))
         return infos
 
     def _weight_input_shape(self, role: str) -> tuple[int, ...]:
@@ -204,11 +226,37 @@ class Model:
             "P": (D, 3 * H),
         }[role]
 
-    def _state_shape(self, size: int) -> tuple[int | str, ...]:
+    def _state_groups(self) -> list[tuple[int, int]]:
+        """Layer index ranges [lo, hi) of the state groups (one group by default)."""
+        counts = self._spec.signature.state_groups or [len(self._spec.layers)]
+        ranges, lo = [], 0
+        for n in counts:
+            ranges.append((lo, lo + n))
+            lo += n
+        return ranges
+
+    def _state_carriers(self, base: str, group: int) -> list[int]:
+        """Indices of the layers of ``group`` that hold state ``base`` (c: LSTM layers only)."""
+        lo, hi = self._state_groups()[group]
+        layers = self._spec.layers
+        if base in ("initial_c", "y_c"):
+            return [i for i in range(lo, hi) if layers[i].cell == "lstm"]
+        return list(range(lo, hi))
+
+    def _state_size(self, base: str, layer: RecurrentLayer) -> int:
+        return layer.state_size if base in ("initial_h", "y_h") else layer.hidden_size
+
+    def _state_shape(self, role: str) -> tuple[int | str, ...]:
         sig, d = self._spec.signature, self._dims()
+        base, group = parse_state_role(role)
         if sig.style == "onnx_node":
+            size = d["Hr"] if base in ("initial_h", "y_h") else d["H"]
             return (d["D"], "batch", size) if sig.layout == 0 else ("batch", d["D"], size)
-        return (d["L"], "batch", size)
+        layers = [self._spec.layers[i] for i in self._state_carriers(base, group)]
+        if not layers:
+            return (0, "batch", 0)
+        count = sum(layer.num_directions for layer in layers)
+        return (count, "batch", self._state_size(base, layers[0]))
 
     @property
     def outputs(self) -> list[TensorInfo]:
@@ -216,7 +264,10 @@ class Model:
         sig, d = self._spec.signature, self._dims()
         infos = []
         for role, name in sig.outputs.items():
-            if role == "y":
+            if name in sig.declared:
+                shape, _ = sig.declared[name]
+                infos.append(TensorInfo(name, tuple(shape), "float32"))
+            elif role == "y":
                 if sig.style == "onnx_node":
                     shape = (
                         ("seq_len", d["D"], "batch", d["Hr"])
@@ -231,8 +282,7 @@ class Model:
                     )
                 infos.append(TensorInfo(name, shape, "float32"))
             else:
-                size = d["Hr"] if role == "y_h" else d["H"]
-                infos.append(TensorInfo(name, self._state_shape(size), "float32"))
+                infos.append(TensorInfo(name, self._state_shape(role), "float32"))
         return infos
 
     def __repr__(self) -> str:
@@ -317,53 +367,70 @@ class Model:
     def _initial_states(
         self, feeds: Mapping[str, Any], role: str, B: int
     ) -> list[np.ndarray | None]:
-        """Per-layer initial state, each (D, B, size) float32 (a fresh writable copy)."""
+        """Per-layer initial state, each (D, B, size) float32 (a fresh writable copy).
+
+        ``role`` is "initial_h" or "initial_c"; each state group reads its own tensor (a feed,
+        else a constant, else zeros). Layers without that state (c of a GRU) get None.
+        """
         sig = self._spec.signature
         layers = self._spec.layers
+        if sig.style == "onnx_node":
+            return [self._onnx_node_initial_state(feeds, role, B)]
+        out: list[np.ndarray | None] = [None] * len(layers)
+        for group in range(len(self._state_groups())):
+            carriers = self._state_carriers(role, group)
+            if not carriers:
+                continue
+            sizes = [self._state_size(role, layers[i]) for i in carriers]
+            role_g = state_role(role, group)
+            name = sig.inputs.get(role_g)
+            value = sig.constants.get(role_g)
+            if name is not None and feeds.get(name) is not None:
+                value = feeds[name]
+            if value is None:
+                for i, size in zip(carriers, sizes):
+                    out[i] = np.zeros((layers[i].num_directions, B, size), np.float32)
+                continue
+            label = name or role_g
+            arr = _as_float_input(label, value)
+            _check_rank(label, arr, 3, "")
+            if len(set(sizes)) != 1:
+                raise InputError(f"input {label!r}: layers have different state sizes {sizes}")
+            want = (sum(layers[i].num_directions for i in carriers), B, sizes[0])
+            if arr.shape != want:
+                raise InputError(f"input {label!r} must have shape {want}, got {arr.shape}")
+            k = 0
+            for i in carriers:
+                n = layers[i].num_directions
+                out[i] = np.array(arr[k : k + n], dtype=np.float32, order="C")
+                k += n
+        return out
+
+    def _onnx_node_initial_state(
+        self, feeds: Mapping[str, Any], role: str, B: int
+    ) -> np.ndarray | None:
+        """The one layer's initial state of an ONNX-operator model, (D, B, size)."""
+        sig = self._spec.signature
+        layer = self._spec.layers[0]
+        if role == "initial_c" and layer.cell != "lstm":
+            return None
+        size = self._state_size(role, layer)
+        d = layer.num_directions
         name = sig.inputs.get(role)
         value = sig.constants.get(role)
         if name is not None and feeds.get(name) is not None:
             value = feeds[name]
-        out: list[np.ndarray | None] = []
-        if role == "initial_c" and all(layer.cell != "lstm" for layer in layers):
-            return [None] * len(layers)
-        sizes = [
-            (layer.state_size if role == "initial_h" else layer.hidden_size) for layer in layers
-        ]
         if value is None:
-            for layer, size in zip(layers, sizes):
-                if role == "initial_c" and layer.cell != "lstm":
-                    out.append(None)
-                else:
-                    out.append(np.zeros((layer.num_directions, B, size), np.float32))
-            return out
+            return np.zeros((d, B, size), np.float32)
         label = name or role
         arr = _as_float_input(label, value)
         _check_rank(label, arr, 3, "")
-        if sig.style == "onnx_node":
-            d, size = layers[0].num_directions, sizes[0]
-            want = (d, B, size) if sig.layout == 0 else (B, d, size)
-            if arr.shape != want:
-                raise InputError(f"input {label!r} must have shape {want}, got {arr.shape}")
-            if sig.layout == 1:
-                arr = arr.transpose(1, 0, 2)
-            return [np.array(arr, dtype=np.float32, order="C")]
-        total = sum(layer.num_directions for layer in layers)
-        if len(set(sizes)) != 1:
-            raise InputError(f"input {label!r}: layers have different state sizes {sizes}")
-        want = (total, B, sizes[0])
+        want = (d, B, size) if sig.layout == 0 else (B, d, size)
         if arr.shape != want:
             raise InputError(f"input {label!r} must have shape {want}, got {arr.shape}")
-        i = 0
-        for layer in layers:
-            n = layer.num_directions
-            out.append(
-                None
-                if role == "initial_c" and layer.cell != "lstm"
-                else np.array(arr[i : i + n], dtype=np.float32, order="C")
-            )
-            i += n
-        return out
+        if sig.layout == 1:
+            arr = arr.transpose(1, 0, 2)
+        return np.array(arr, dtype=np.float32, order="C")
 
     def _forward(
         self,
@@ -442,8 +509,7 @@ class Model:
             if role == "y":
                 results[name] = self._format_y(y4)
             else:
-                states = h if role == "y_h" else c
-                results[name] = self._format_state([s for s in states if s is not None])
+                results[name] = self._format_state(h, c, role)
         return results
 
     def _with_fed_weights(self, feeds: Mapping[str, Any]) -> Model:
@@ -486,18 +552,39 @@ class Model:
         y = _apply_head(y4.reshape(T, B, -1), self._spec.head)
         return np.ascontiguousarray(y if sig.layout == 0 else y.transpose(1, 0, 2))
 
-    def _format_state(self, states: list[np.ndarray]) -> np.ndarray:
+    def _format_state(
+        self,
+        h: Sequence[np.ndarray | None],
+        c: Sequence[np.ndarray | None],
+        role: str,
+    ) -> np.ndarray:
+        """Output ``role`` ("y_h", "y_c:1", ...) from per-layer (D, B, size) states."""
         sig = self._spec.signature
+        base, group = parse_state_role(role)
+        states = h if base == "y_h" else c
         if sig.style == "onnx_node":
             s = states[0]
             return s if sig.layout == 0 else np.ascontiguousarray(s.transpose(1, 0, 2))
-        return np.concatenate(states, axis=0)
+        return np.concatenate([states[i] for i in self._state_carriers(base, group)], axis=0)
 
     # ---- streaming ---------------------------------------------------------------------------
 
     def stream(self, batch_size: int = 1) -> Stream:
         """A :class:`Stream` over this model for ``batch_size`` independent sequences."""
         return Stream(self, batch_size)
+
+    # ---- quantization ------------------------------------------------------------------------
+
+    def quantize(self, weight_format: str) -> Model:
+        """A new model whose recurrent weights are stored as ``"bf16"`` or ``"int8"``.
+
+        Weight-only quantization (fp32 activations and accumulation); see
+        :mod:`lstm_infer.quantize`. Streaming reads half (bf16) or a quarter (int8) of the
+        weight bytes per step. The result saves and loads in the native format.
+        """
+        from lstm_infer.quantize import quantize_spec
+
+        return Model(quantize_spec(self._spec, weight_format))
 
     # ---- native format -----------------------------------------------------------------------
 
@@ -545,14 +632,53 @@ class Stream:
     def batch_size(self) -> int:
         return self._batch
 
-    def reset(self) -> None:
-        """Return to the model's initial state (zeros, or its baked-in initial state)."""
+    def reset(self, initial: Mapping[str, Any] | None = None) -> None:
+        """Return to the model's initial state, or to the one ``initial`` gives.
+
+        Parameters
+        ----------
+        initial : mapping of name -> array, optional
+            Values for the model's state inputs, by the model's own names and shapes (those
+            ``run`` takes, e.g. ``{"h0": (layers, batch, hidden)}``); states not given start
+            from the model's default (zeros, or its baked-in initial state). Nothing changes
+            when a value is rejected.
+        """
+        feeds = dict(initial or {})
+        sig = self._model.spec.signature
+        allowed = {
+            name
+            for role, name in sig.inputs.items()
+            if parse_state_role(role)[0] in ("initial_h", "initial_c")
+        }
+        unknown = sorted(set(feeds) - allowed)
+        if unknown:
+            raise InputError(
+                f"unknown state input(s) {unknown}; this model's state inputs are {sorted(allowed)}"
+            )
+        staged = []
         for role, bufs in (("initial_h", self._core.h), ("initial_c", self._core.c)):
-            # Per layer (1, batch, size): zeros, or the model's constant initial state.
-            initial = self._model._initial_states({}, role, self._batch)
-            for buf, init in zip(bufs, initial):
+            # Per layer (1, batch, size): the given value, the model's constant, or zeros.
+            initial_states = self._model._initial_states(feeds, role, self._batch)
+            for buf, init in zip(bufs, initial_states):
                 if buf is not None:
-                    buf[...] = init[0]
+                    staged.append((buf, init[0]))
+        for buf, value in staged:
+            buf[...] = value
+
+    def state_outputs(self) -> dict[str, np.ndarray]:
+        """The current state as the model's state outputs, by the model's own names.
+
+        After stepping through a sequence this equals what ``run`` returns for those outputs
+        (e.g. ``{"hn": ..., "cn": ...}``, or ``Y_h``/``Y_c`` for an ONNX-operator model).
+        """
+        sig = self._model.spec.signature
+        h = [buf[None].copy() for buf in self._core.h]
+        c = [None if buf is None else buf[None].copy() for buf in self._core.c]
+        return {
+            name: self._model._format_state(h, c, role)
+            for role, name in sig.outputs.items()
+            if role != "y"
+        }
 
     @property
     def state(self) -> dict[str, list[np.ndarray]]:

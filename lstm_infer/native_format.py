@@ -21,7 +21,7 @@ from lstm_infer._spec import (
     Signature,
 )
 from lstm_infer.errors import ModelFormatError
-from lstm_infer.safetensors_io import read_safetensors, write_safetensors
+from lstm_infer.safetensors_io import write_safetensors
 
 FORMAT_NAME = "lstm_infer"
 FORMAT_VERSION = 1
@@ -50,6 +50,7 @@ def save_spec(spec: ModelSpec, path: str | os.PathLike[str]) -> None:
                 "clip": layer.clip,
                 "input_forget": layer.input_forget,
                 "linear_before_reset": layer.linear_before_reset,
+                "weight_format": layer.weight_format,
                 "activations": dirs_meta,
             }
         )
@@ -74,6 +75,10 @@ def save_spec(spec: ModelSpec, path: str | os.PathLike[str]) -> None:
             "layout": sig.layout,
             "inputs": sig.inputs,
             "outputs": sig.outputs,
+            "state_groups": sig.state_groups,
+            "declared": {
+                name: [list(shape), dtype] for name, (shape, dtype) in sig.declared.items()
+            },
         },
         "source": spec.source,
     }
@@ -132,6 +137,7 @@ def spec_from_safetensors(tensors: dict[str, np.ndarray], metadata: dict[str, An
                     clip=None if lm["clip"] is None else float(lm["clip"]),
                     input_forget=bool(lm["input_forget"]),
                     linear_before_reset=bool(lm["linear_before_reset"]),
+                    weight_format=str(lm.get("weight_format", "float32")),
                 )
             )
         head = [
@@ -154,6 +160,11 @@ def spec_from_safetensors(tensors: dict[str, np.ndarray], metadata: dict[str, An
             dict(sm["inputs"]),
             dict(sm["outputs"]),
             constants,
+            state_groups=[int(n) for n in sm.get("state_groups") or []],
+            declared={
+                str(name): (tuple(d if isinstance(d, str) else int(d) for d in shape), str(dtype))
+                for name, (shape, dtype) in dict(sm.get("declared") or {}).items()
+            },
         )
     except (KeyError, TypeError, ValueError, OverflowError) as exc:
         # OverflowError: int() of a JSON 1e999 (parsed as float inf), e.g. as hidden_size.
@@ -169,10 +180,3 @@ def spec_from_safetensors(tensors: dict[str, np.ndarray], metadata: dict[str, An
     )
     spec.validate()
     return spec
-
-
-def load_native(source: str | os.PathLike[str] | bytes) -> ModelSpec:
-    tensors, metadata = read_safetensors(source)
-    if not is_native(metadata):
-        raise ModelFormatError("safetensors file has no lstm_infer metadata")
-    return spec_from_safetensors(tensors, metadata)

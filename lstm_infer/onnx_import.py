@@ -1,8 +1,10 @@
-"""Import ONNX models whose graph is one RNN, LSTM or GRU node.
+"""Import ONNX models: one RNN/LSTM/GRU node, or the graphs exporters write around them.
 
-The node's weights (initializers, or Constant nodes) are converted once into the internal
-model description; the node's optional inputs that are graph inputs stay inputs of ``run``,
-and those that are initializers are baked in. Output names are the graph's own.
+A graph of one recurrent node: the node's weights (initializers, or Constant nodes) are
+converted once into the internal model description; the node's optional inputs that are graph
+inputs stay inputs of ``run``, and those that are initializers are baked in. Any other graph is
+lowered into the same description by :mod:`lstm_infer.onnx_graph`. Output names are the
+graph's own. External data (weights in side files) is read from the model's folder only.
 """
 
 from __future__ import annotations
@@ -302,7 +304,22 @@ def _static_shape(graph: Any, name: str, node: Any) -> tuple[int, ...]:
     )
 
 
+def is_single_node(model: Any) -> bool:
+    """Whether the graph is one RNN/LSTM/GRU node (plus Constant nodes) and nothing else."""
+    nodes = [n for n in model.graph.node if n.op_type != "Constant"]
+    return len(nodes) == 1 and nodes[0].op_type in RECURRENT_OPS
+
+
 def import_onnx(source: Any) -> ModelSpec:
-    """Load and lower an ONNX model (path, bytes or ModelProto)."""
+    """Load and lower an ONNX model (path, bytes or ModelProto).
+
+    A graph of one recurrent node maps onto the operator's own tensors ("onnx_node"
+    signature); any other graph (what exporters write: embedding, stacked layers, layout
+    glue, a dense head) is lowered by :func:`lstm_infer.onnx_graph.lower_graph`.
+    """
     model = load_onnx_proto(source)
-    return import_single_node(model)
+    if is_single_node(model):
+        return import_single_node(model)
+    from lstm_infer.onnx_graph import lower_graph
+
+    return lower_graph(model)

@@ -96,27 +96,12 @@ def evaluate(model: CharLM, data: np.ndarray, seq: int = 256, limit: int = 200_0
     return float(nn.functional.cross_entropy(logits.reshape(-1, len(VOCAB)), y.reshape(-1)))
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--minutes", type=float, default=15.0, help="training time budget")
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--seq", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads")
-    ap.add_argument("--out", type=Path, default=HERE)
-    args = ap.parse_args(argv)
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(args.threads)
-    train_files, val_files = corpus_files()
-    train, val = read_files(train_files), read_files(val_files)
-    print(f"train {len(train):,} chars from {len(train_files)} files; val {len(val):,}")
-
-    model = CharLM(len(VOCAB))
+def train(model: CharLM, data: np.ndarray, args: argparse.Namespace) -> int:
+    """Adam with a cosine-decayed rate for ``args.minutes``; returns the number of steps."""
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     budget = args.minutes * 60
     start = time.time()
-    gen = batches(train, args.batch, args.seq, np.random.default_rng(args.seed))
+    gen = batches(data, args.batch, args.seq, np.random.default_rng(args.seed))
     step = 0
     zeros = torch.zeros(2, args.batch, 256)
     while time.time() - start < budget:
@@ -133,11 +118,42 @@ def main(argv: list[str] | None = None) -> None:
         step += 1
         if step % 50 == 0:
             print(f"step {step} loss {loss.item():.3f} ({time.time() - start:.0f}s)", flush=True)
+    return step
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--minutes", type=float, default=15.0, help="training time budget")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads")
+    ap.add_argument(
+        "--export-only",
+        type=int,
+        metavar="STEPS",
+        default=None,
+        help="skip training: re-export char_lm.pt (trained for STEPS steps) and rewrite the card",
+    )
+    ap.add_argument("--out", type=Path, default=HERE)
+    args = ap.parse_args(argv)
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    train_files, val_files = corpus_files()
+    train_data, val_data = read_files(train_files), read_files(val_files)
+    print(f"train {len(train_data):,} chars from {len(train_files)} files; val {len(val_data):,}")
+
+    model = CharLM(len(VOCAB))
+    if args.export_only is not None:
+        model.load_state_dict(torch.load(args.out / "char_lm.pt", weights_only=True))
+        step = args.export_only
+    else:
+        step = train(model, train_data, args)
     model.eval()
-    val_loss = evaluate(model, val)
-    train_loss = evaluate(model, train)
+    val_loss = evaluate(model, val_data)
+    train_loss = evaluate(model, train_data)
     print(f"done: {step} steps, train loss {train_loss:.4f}, val loss {val_loss:.4f} nats/char")
-    export(model, args.out)
     card = {
         "name": "char_lm",
         "architecture": "Embedding(98, 64) -> LSTM(64, 256, num_layers=2) -> Linear(256, 98)",
@@ -147,29 +163,35 @@ def main(argv: list[str] | None = None) -> None:
             "license": "Python Software Foundation License (the standard library's own)",
             "train_files": [os.path.basename(f) for f in train_files],
             "val_files": [os.path.basename(f) for f in val_files],
-            "train_chars": int(len(train)),
-            "val_chars": int(len(val)),
+            "train_chars": int(len(train_data)),
+            "val_chars": int(len(val_data)),
         },
         "training": {
-            "command": "python models/train_char_lm.py " + " ".join(argv or sys.argv[1:]),
+            "command": (
+                f"python models/train_char_lm.py --minutes {args.minutes:g} --threads "
+                f"{args.threads} --batch {args.batch} --seq {args.seq} --seed {args.seed}"
+            ),
             "steps": step,
             "batch": args.batch,
             "seq": args.seq,
             "lr": args.lr,
             "seed": args.seed,
-            "seconds": round(time.time() - start),
+            "minutes": args.minutes,
+            "threads": args.threads,
             "torch": torch.__version__,
         },
         "loss_nats_per_char": {"train": round(train_loss, 4), "val": round(val_loss, 4)},
         "parameters": sum(p.numel() for p in model.parameters()),
     }
     (args.out / "char_lm.json").write_text(json.dumps(card, indent=1) + "\n")
+    export(model, args.out, save_state_dict=args.export_only is None)
 
 
-def export(model: CharLM, out: Path) -> None:
+def export(model: CharLM, out: Path, save_state_dict: bool = True) -> None:
     """Write the ONNX, state_dict and native versions of the trained model."""
     out.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), out / "char_lm.pt")
+    if save_state_dict:
+        torch.save(model.state_dict(), out / "char_lm.pt")
     tokens = torch.zeros(1, 8, dtype=torch.int64)
     h0 = torch.zeros(2, 1, 256)
     torch.onnx.export(
@@ -189,6 +211,7 @@ def export(model: CharLM, out: Path) -> None:
         opset_version=17,
         dynamo=False,
     )
+    sys.path.insert(0, str(HERE.parent))  # a source checkout with an in-place build works too
     import lstm_infer
 
     native = lstm_infer.load(out / "char_lm.pt", batch_first=True)

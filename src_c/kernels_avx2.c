@@ -1,5 +1,6 @@
 /* AVX2 + FMA kernels: the vector vocabulary for 8-lane ymm registers. */
 #include <immintrin.h>
+#include <stdint.h>
 
 #include "li_kernels.h"
 
@@ -26,6 +27,13 @@ static const int lane_mask_window[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0
 static inline vf v_pow2i(vf n) {
     const __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
     return _mm256_castsi256_ps(_mm256_slli_epi32(e, 23));
+}
+static inline vf v_load_bf16(const uint16_t *p) { /* bf16 is the top half of an f32 */
+    const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+}
+static inline vf v_load_i8(const int8_t *p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
 }
 /* 16 ymm registers: a tile needs 2*G*R accumulators + R broadcasts + 1 weight. */
 #define MV_MAX_ROWS(G) ((G) >= 4 ? 1 : (G) >= 2 ? 2 : 4)

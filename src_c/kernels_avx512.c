@@ -1,5 +1,6 @@
 /* AVX-512 (F + DQ + BW + VL) kernels: the vector vocabulary for 16-lane zmm registers. */
 #include <immintrin.h>
+#include <stdint.h>
 
 #include "li_kernels.h"
 
@@ -24,6 +25,13 @@ typedef __m512 vf;
 static inline vf v_pow2i(vf n) {
     const __m512i e = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
     return _mm512_castsi512_ps(_mm512_slli_epi32(e, 23));
+}
+static inline vf v_load_bf16(const uint16_t *p) { /* bf16 is the top half of an f32 */
+    const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+}
+static inline vf v_load_i8(const int8_t *p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
 }
 /* 32 zmm registers hold G*R accumulators plus the G weight vectors of one input (x is
  * broadcast straight from memory): R = 6 rows at G = 4, 8 rows below. */

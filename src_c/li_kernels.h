@@ -24,6 +24,15 @@ extern "C" {
 
 enum li_cell_kind { LI_CELL_RNN = 0, LI_CELL_LSTM = 1, LI_CELL_GRU = 2 };
 
+/* Element type of the packed weights. Quantized weights are widened to fp32 in registers;
+ * int8 carries one fp32 scale per output row (gate x unit), laid out [G][Hp] like biases. */
+enum li_weight_format {
+    LI_WEIGHTS_F32 = 0,
+    LI_WEIGHTS_BF16 = 1,
+    LI_WEIGHTS_I8 = 2,
+    LI_WEIGHT_FORMAT_COUNT = 3
+};
+
 /* The ONNX activation functions, in the order of lstm_infer/_spec.py ACTIVATIONS. */
 enum li_activation_kind {
     LI_ACT_RELU = 0,
@@ -56,17 +65,22 @@ typedef struct {
     int state_size;    /* Hr: size of the h fed back and emitted (H, or proj_size) */
     int hidden_padded; /* Hp: H rounded up to LI_BLOCK */
 
-    const float *w;         /* [G*H][I]   input weights (whole-sequence sgemm) */
-    const float *w_packed;  /* packed G x H x I  (streaming input projection) */
-    const float *r;         /* [G*H][Hr]  recurrent weights (large-batch sgemm) */
-    const float *r_packed;  /* packed over Hr: all G gates, or z,r only for GRU */
-    const float *rn_packed; /* GRU: packed n gate (1 x H x Hr); NULL otherwise */
+    int weight_format;      /* enum li_weight_format of every *_packed matrix */
+    const float *w;         /* [G*H][I]   input weights, fp32 (whole-sequence sgemm) */
+    const void *w_packed;   /* packed G x H x I  (streaming input projection) */
+    const float *r;         /* [G*H][Hr]  recurrent weights, fp32 (large-batch sgemm) */
+    const void *r_packed;   /* packed over Hr: all G gates, or z,r only for GRU */
+    const void *rn_packed;  /* GRU: packed n gate (1 x H x Hr); NULL otherwise */
+    const float *w_scale;   /* int8 only: [G][Hp] per-row scales of w_packed */
+    const float *r_scale;   /* int8 only: [G'][Hp] of r_packed (G' = 2 for GRU) */
+    const float *rn_scale;  /* int8 only: [Hp] of rn_packed */
+    const float *proj_scale; /* int8 only: [Hrp] of proj_packed */
     const float *bias;      /* [G*H] added to the input projection (Wb + Rb folded) */
     const float *bias_packed; /* [G][Hp] the same, padded, for the streaming projection */
     const float *bias_rn;   /* GRU with linear_before_reset: [H] recurrent n bias; or NULL */
     const float *peephole;  /* LSTM: [3][H] for i, f, o; or NULL */
     const float *proj;      /* LSTM projection [Hr][H]; NULL without projection */
-    const float *proj_packed; /* packed 1 x Hr x H */
+    const void *proj_packed; /* packed 1 x Hr x H */
 
     float clip;              /* |pre-activation| bound; 0 or negative: no clip */
     int input_forget;        /* LSTM: f = 1 - i */
@@ -77,12 +91,14 @@ typedef struct {
 
 /* ---- the per-ISA kernel table ---------------------------------------------------------- */
 
-/* out[b][g*ogs + u] = (bias ? bias[g*bgs + u] : 0) + sum_k x[b*ldx + k] * W[g][u][k]
+/* out[b][g*ogs + u] = (bias ? bias[g*bgs + u] : 0)
+ *                    + (scale ? scale[g*bgs + u] : 1) * sum_k x[b*ldx + k] * W[g][u][k]
  * for the units of blocks [blk0, blk1), rows b in [0, rows). Stores whole blocks (padding
- * lanes included), so ogs must be >= the padded unit count. */
-typedef void (*li_matvec_packed_fn)(const float *packed, int K, int G, int blk0, int blk1,
+ * lanes included), so ogs must be >= the padded unit count. One entry per weight format;
+ * only the int8 one reads scale. */
+typedef void (*li_matvec_packed_fn)(const void *packed, int K, int G, int blk0, int blk1,
                                     const float *x, int ldx, int rows, const float *bias,
-                                    int bgs, float *out, int ogs, int ldo);
+                                    const float *scale, int bgs, float *out, int ogs, int ldo);
 
 /* Pointwise cell updates on units [u0, u1) of one batch row, with default activations.
  * xp: input projection incl. bias, gate stride xgs. rec: recurrent product, gate stride rgs. */
@@ -104,7 +120,7 @@ typedef void (*li_activation_array_fn)(int kind, const float *x, float *y, size_
 
 typedef struct {
     const char *name;
-    li_matvec_packed_fn matvec_packed;
+    li_matvec_packed_fn matvec_packed[LI_WEIGHT_FORMAT_COUNT]; /* by li_weight_format */
     li_rnn_pointwise_fn rnn_pointwise;
     li_lstm_pointwise_fn lstm_pointwise;
     li_gru_gates_fn gru_gates;

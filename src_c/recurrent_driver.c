@@ -83,12 +83,13 @@ static void recurrent_step(const li_cell *cell, const li_kernels *kern, li_sgemm
     const int packed = sgemm == 0;
     const int rgs = packed ? Hp : H; /* gate stride of rec */
     const int rrow = packed ? G * Hp : G * H;
+    const li_matvec_packed_fn mv = kern->matvec_packed[cell->weight_format];
 
     if (cell->cell == LI_CELL_GRU) {
         li_gru_gates_fn gates = dflt ? kern->gru_gates : li_gru_gates_generic;
         li_gru_output_fn output = dflt ? kern->gru_output : li_gru_output_generic;
         if (packed)
-            kern->matvec_packed(cell->r_packed, Hr, 2, 0, nblk, h, Hr, B, 0, 0, s->rec, rgs, rrow);
+            mv(cell->r_packed, Hr, 2, 0, nblk, h, Hr, B, 0, cell->r_scale, Hp, s->rec, rgs, rrow);
         else
             sgemm_rows(sgemm, cell->r, 2 * H, Hr, h, Hr, B, s->rec, rrow);
         for (int b = 0; b < B; ++b) {
@@ -99,8 +100,8 @@ static void recurrent_step(const li_cell *cell, const li_kernels *kern, li_sgemm
         const float *n_in = cell->linear_before_reset ? h : s->rh;
         const int n_ld = cell->linear_before_reset ? Hr : Hp;
         if (packed)
-            kern->matvec_packed(cell->rn_packed, Hr, 1, 0, nblk, n_in, n_ld, B, 0, 0, s->rec_n,
-                                Hp, Hp);
+            mv(cell->rn_packed, Hr, 1, 0, nblk, n_in, n_ld, B, 0, cell->rn_scale, Hp, s->rec_n, Hp,
+               Hp);
         else
             sgemm_rows(sgemm, cell->r + (size_t)2 * H * Hr, H, Hr, n_in, n_ld, B, s->rec_n, Hp);
         for (int b = 0; b < B; ++b) {
@@ -122,8 +123,8 @@ static void recurrent_step(const li_cell *cell, const li_kernels *kern, li_sgemm
         const int u0 = blk * LI_BLOCK;
         const int u1 = packed ? (u0 + LI_BLOCK < H ? u0 + LI_BLOCK : H) : H;
         if (packed)
-            kern->matvec_packed(cell->r_packed, Hr, G, blk, blk + 1, h, Hr, B, 0, 0, s->rec, rgs,
-                                rrow);
+            mv(cell->r_packed, Hr, G, blk, blk + 1, h, Hr, B, 0, cell->r_scale, Hp, s->rec, rgs,
+               rrow);
         else
             sgemm_rows(sgemm, cell->r, G * H, Hr, h, Hr, B, s->rec, rrow);
         for (int b = 0; b < B; ++b) {
@@ -140,8 +141,8 @@ static void recurrent_step(const li_cell *cell, const li_kernels *kern, li_sgemm
     if (cell->proj) {
         /* Rows inactive this step project stale but finite values (hfull starts zeroed);
          * their hnext is never committed. */
-        kern->matvec_packed(cell->proj_packed, H, 1, 0, Hrp / LI_BLOCK, s->hfull, Hp, B, 0, 0,
-                            s->hnext, Hrp, Hrp);
+        mv(cell->proj_packed, H, 1, 0, Hrp / LI_BLOCK, s->hfull, Hp, B, 0, cell->proj_scale, Hrp,
+           s->hnext, Hrp, Hrp);
     }
 }
 
@@ -230,8 +231,9 @@ int li_stack_step(const li_cell *const *cells, int n_layers, const li_kernels *k
         float *step_scratch = out + (size_t)B * Hrp;
         step_buffers s = carve_step_buffers(cell, B, step_scratch);
         for (int b = 0; b < B; ++b) s.row_t[b] = 0;
-        kern->matvec_packed(cell->w_packed, cell->input_size, G, 0, Hp / LI_BLOCK, in, in_ld, B,
-                            cell->bias_packed, Hp, xp, Hp, G * Hp);
+        kern->matvec_packed[cell->weight_format](cell->w_packed, cell->input_size, G, 0,
+                                                 Hp / LI_BLOCK, in, in_ld, B, cell->bias_packed,
+                                                 cell->w_scale, Hp, xp, Hp, G * Hp);
         const xproj_view xv = {xp, 0, (ptrdiff_t)G * Hp, Hp};
         recurrent_step(cell, kern, 0, B, &xv, h[l], c[l], &s);
         for (int b = 0; b < B; ++b) {

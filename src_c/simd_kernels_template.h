@@ -11,9 +11,12 @@
  *   v_fmadd(a,b,c) = a*b+c   v_fnmadd(a,b,c) = c-a*b
  *   v_round(x)             round to nearest integer (as float)
  *   v_pow2i(n)             2^n for integer-valued n in [-126, 127]
+ *   v_load_bf16(p)         VW bfloat16 values (uint16_t) widened to floats
+ *   v_load_i8(p)           VW int8 values converted to floats
  *   MV_MAX_ROWS(G)         rows per register tile of the packed matvec, for G gates
  */
 #include <math.h>
+#include <stdint.h>
 
 #define V_PER_BLOCK (LI_BLOCK / VW)
 
@@ -74,66 +77,37 @@ static inline float clip_bound(const li_cell *cell) { return cell->clip > 0.0f ?
 /* x86 min/max return the second operand when either is NaN: this order lets NaN through. */
 #define CLIP(v) v_min(clip_hi, v_max(clip_lo, (v)))
 
-/* ---- packed matvec -----------------------------------------------------------------------
- * One register tile: G gates x LI_BLOCK units x R rows. Always inlined with constant G and R
- * so the accumulators become registers; weights stream once per tile, straight from memory. */
-static inline __attribute__((always_inline)) void mv_tile(const float *wb, int K, const int G,
-                                                          const int R, const float *x, int ldx,
-                                                          const float *bias, int bgs,
-                                                          float *out, int ogs, int ldo) {
-    vf acc[8][4][V_PER_BLOCK]; /* [row][gate][vector]: R <= 8, G <= 4 */
-    for (int b = 0; b < R; ++b)
-        for (int g = 0; g < G; ++g)
-            for (int v = 0; v < V_PER_BLOCK; ++v)
-                acc[b][g][v] = bias ? v_load(bias + (size_t)g * bgs + v * VW) : v_zero();
-    for (int k = 0; k < K; ++k) {
-        const float *wk = wb + (size_t)k * G * LI_BLOCK;
-        vf xs[8];
-        for (int b = 0; b < R; ++b) xs[b] = v_set1(x[(size_t)b * ldx + k]);
-        for (int g = 0; g < G; ++g)
-            for (int v = 0; v < V_PER_BLOCK; ++v) {
-                const vf w = v_load(wk + g * LI_BLOCK + v * VW);
-                for (int b = 0; b < R; ++b) acc[b][g][v] = v_fmadd(w, xs[b], acc[b][g][v]);
-            }
-    }
-    for (int b = 0; b < R; ++b)
-        for (int g = 0; g < G; ++g)
-            for (int v = 0; v < V_PER_BLOCK; ++v)
-                v_store(out + (size_t)b * ldo + (size_t)g * ogs + v * VW, acc[b][g][v]);
-}
+/* ---- packed matvec, one instantiation per weight format ------------------------------- */
 
-#define MV_CASE(G, R)                                                                          \
-    case (G) * 16 + (R): mv_tile(wb, K, G, R, x, ldx, bias, bgs, out, ogs, ldo); break;
-#define MV_CASES(G)                                                                            \
-    MV_CASE(G, 1) MV_CASE(G, 2) MV_CASE(G, 3) MV_CASE(G, 4) MV_CASE(G, 5) MV_CASE(G, 6)         \
-        MV_CASE(G, 7) MV_CASE(G, 8)
+#define MV_NAME(x) x##_f32
+#define MV_WTYPE float
+#define MV_WLOAD(p) v_load(p)
+#define MV_SCALED 0
+#include "simd_matvec_template.h"
+#undef MV_NAME
+#undef MV_WTYPE
+#undef MV_WLOAD
+#undef MV_SCALED
 
-static void mv_tile_dispatch(const float *wb, int K, int G, int R, const float *x, int ldx,
-                             const float *bias, int bgs, float *out, int ogs, int ldo) {
-    switch (G * 16 + R) {
-        MV_CASES(1)
-        MV_CASES(2)
-        MV_CASES(3)
-        MV_CASES(4)
-    default: break;
-    }
-}
+#define MV_NAME(x) x##_bf16
+#define MV_WTYPE uint16_t
+#define MV_WLOAD(p) v_load_bf16(p)
+#define MV_SCALED 0
+#include "simd_matvec_template.h"
+#undef MV_NAME
+#undef MV_WTYPE
+#undef MV_WLOAD
+#undef MV_SCALED
 
-static void matvec_packed_simd(const float *packed, int K, int G, int blk0, int blk1,
-                               const float *x, int ldx, int rows, const float *bias, int bgs,
-                               float *out, int ogs, int ldo) {
-    const size_t block_floats = (size_t)K * G * LI_BLOCK;
-    const int max_rows = MV_MAX_ROWS(G);
-    for (int blk = blk0; blk < blk1; ++blk) {
-        const float *wb = packed + (size_t)blk * block_floats;
-        const int u0 = blk * LI_BLOCK;
-        for (int b = 0; b < rows; b += max_rows) {
-            const int r = rows - b < max_rows ? rows - b : max_rows;
-            mv_tile_dispatch(wb, K, G, r, x + (size_t)b * ldx, ldx, bias ? bias + u0 : 0, bgs,
-                             out + (size_t)b * ldo + u0, ogs, ldo);
-        }
-    }
-}
+#define MV_NAME(x) x##_i8
+#define MV_WTYPE int8_t
+#define MV_WLOAD(p) v_load_i8(p)
+#define MV_SCALED 1
+#include "simd_matvec_template.h"
+#undef MV_NAME
+#undef MV_WTYPE
+#undef MV_WLOAD
+#undef MV_SCALED
 
 /* ---- pointwise cell updates (default activations) ---------------------------------------- */
 
@@ -214,6 +188,6 @@ static void gru_output_simd(const li_cell *cell, int u0, int u1, const float *xp
 
 #define LI_SIMD_TABLE(NAME)                                                                    \
     {                                                                                          \
-        NAME, matvec_packed_simd, rnn_pointwise_simd, lstm_pointwise_simd, gru_gates_simd,     \
-            gru_output_simd, activation_array_simd                                             \
+        NAME, {matvec_packed_f32, matvec_packed_bf16, matvec_packed_i8}, rnn_pointwise_simd,   \
+            lstm_pointwise_simd, gru_gates_simd, gru_output_simd, activation_array_simd        \
     }

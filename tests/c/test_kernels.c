@@ -1,0 +1,831 @@
+/*
+ * Standalone test of the C kernels: every ISA this CPU and OS can run, against the scalar
+ * table and against naive C references written here (double accumulation, plain libm).
+ *
+ * Built and run by tests/test_c_kernels_sanitized.py with
+ *   gcc -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer
+ * linking every src_c/ .c file directly (each per-ISA file with its own -m flags, as setup.py does).
+ * Every buffer handed to a kernel is allocated at exactly the size the kernel's contract
+ * allows, so AddressSanitizer turns any out-of-bounds access into a report; regions a kernel
+ * must not write are filled with a canary and checked afterwards.
+ *
+ * Covered:
+ *   matvec_packed        every weight format (f32, bf16, int8 + per-row scales), G 1..4,
+ *                        rows 1..9, awkward K and H, block sub-ranges, strides, bias
+ *   rnn/lstm/gru kernels default activations; peephole, clip, input_forget, lbr, NaN
+ *   li_run_direction     RNN/LSTM/GRU (+ peephole, clip, CIFG, lbr, projection, custom
+ *                        activations), every weight format, ragged lens incl. 0, reverse,
+ *                        strided x and y, the packed and the sgemm (very large batch)
+ *                        recurrent paths; the sgemm is a naive one written here
+ *   li_stack_step        a 4-layer mixed stack over several steps, every weight format
+ * Quantized weights are drawn exactly representable in their format (bf16-exact floats;
+ * int8 codes times a per-row scale), so the float references see the same weights.
+ * Exit status: 0 when everything matches, 1 on any mismatch (details on stderr).
+ */
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "li_kernels.h"
+
+static int g_failures = 0;
+static int g_checks = 0;
+static const char *g_isa = "?";
+static const float CANARY = -12345.678f;
+
+#define FAIL(...)                                                                              \
+    do {                                                                                       \
+        if (g_failures < 40) {                                                                 \
+            fprintf(stderr, "FAIL [%s] %s:%d: ", g_isa, __func__, __LINE__);                 \
+            fprintf(stderr, __VA_ARGS__);                                                      \
+            fputc('\n', stderr);                                                               \
+        }                                                                                      \
+        ++g_failures;                                                                          \
+    } while (0)
+
+/* ---- helpers ------------------------------------------------------------------------------ */
+
+static uint64_t g_rng = 0x9E3779B97F4A7C15ull;
+
+/* Uniform in [lo, hi): xorshift64*, deterministic across runs. */
+static float frand(float lo, float hi) {
+    g_rng ^= g_rng >> 12;
+    g_rng ^= g_rng << 25;
+    g_rng ^= g_rng >> 27;
+    const uint64_t r = g_rng * 2685821657736338717ull;
+    return lo + (hi - lo) * (float)((r >> 40) / (double)(1ull << 24));
+}
+
+static float *alloc_floats(size_t n) {
+    /* n == 0 still returns a unique pointer ASan tracks (any access is an overflow). */
+    float *p = malloc((n ? n : 1) * sizeof(float));
+    if (!p) {
+        fprintf(stderr, "out of memory\n");
+        exit(2);
+    }
+    return p;
+}
+
+static float *random_floats(size_t n, float lo, float hi) {
+    float *p = alloc_floats(n);
+    for (size_t i = 0; i < n; ++i) p[i] = frand(lo, hi);
+    return p;
+}
+
+static float *copy_floats(const float *src, size_t n) {
+    float *p = alloc_floats(n);
+    memcpy(p, src, n * sizeof(float));
+    return p;
+}
+
+static void fill(float *p, size_t n, float v) {
+    for (size_t i = 0; i < n; ++i) p[i] = v;
+}
+
+static int round_up(int n) { return (n + LI_BLOCK - 1) / LI_BLOCK * LI_BLOCK; }
+
+/* |got - want| <= atol + rtol * |want|, NaN only where NaN is expected. */
+static int close_enough(float got, double want, double atol, double rtol) {
+    ++g_checks;
+    if (isnan(want)) return isnan(got);
+    if (isnan(got)) return 0;
+    return fabs((double)got - want) <= atol + rtol * fabs(want);
+}
+
+static const char *const FORMAT_NAMES[LI_WEIGHT_FORMAT_COUNT] = {"f32", "bf16", "i8"};
+static const size_t FORMAT_BYTES[LI_WEIGHT_FORMAT_COUNT] = {4, 2, 1};
+
+static uint32_t float_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+static float bits_float(uint32_t u) {
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* A (rows, K) matrix of weights exactly representable in `format`. For int8, `row_scale`
+ * receives one scale per row and every value is (code * scale) with an integer code. */
+static float *random_weights(int format, int rows, int K, float lo, float hi,
+                             float **row_scale) {
+    float *m = random_floats((size_t)rows * K, lo, hi);
+    *row_scale = 0;
+    if (format == LI_WEIGHTS_BF16) {
+        for (size_t i = 0; i < (size_t)rows * K; ++i)
+            m[i] = bits_float(float_bits(m[i]) & 0xFFFF0000u);
+    } else if (format == LI_WEIGHTS_I8) {
+        *row_scale = alloc_floats((size_t)rows);
+        for (int r = 0; r < rows; ++r) {
+            const float scale = frand(0.5f, 1.0f) * (hi - lo) / 254.0f;
+            (*row_scale)[r] = scale;
+            for (int k = 0; k < K; ++k) {
+                const float code = nearbyintf(frand(-127.0f, 127.0f));
+                m[(size_t)r * K + k] = code * scale;
+            }
+        }
+    }
+    return m;
+}
+
+/* Pack a (G*H, K) row-major matrix as [ceil(H/16)][K][G][16] elements of `format`, zero
+ * padded (as _plan.py does). For int8 also build the [G][Hp] scale array from row_scale. */
+static void *pack_gate_blocks(const float *m, int G, int H, int K, int format,
+                              const float *row_scale, float **scale_out) {
+    const int Hp = round_up(H), nblk = Hp / LI_BLOCK;
+    const size_t n = (size_t)nblk * K * G * LI_BLOCK;
+    unsigned char *p = malloc(n * FORMAT_BYTES[format] + (n == 0));
+    if (!p) exit(2);
+    for (int blk = 0; blk < nblk; ++blk)
+        for (int k = 0; k < K; ++k)
+            for (int g = 0; g < G; ++g)
+                for (int l = 0; l < LI_BLOCK; ++l) {
+                    const int u = blk * LI_BLOCK + l;
+                    const size_t at = (((size_t)blk * K + k) * G + g) * LI_BLOCK + l;
+                    const float v = u < H ? m[((size_t)g * H + u) * K + k] : 0.0f;
+                    if (format == LI_WEIGHTS_F32) {
+                        memcpy(p + at * 4, &v, 4);
+                    } else if (format == LI_WEIGHTS_BF16) {
+                        const uint16_t top = (uint16_t)(float_bits(v) >> 16);
+                        memcpy(p + at * 2, &top, 2);
+                    } else {
+                        const float scale = u < H ? row_scale[(size_t)g * H + u] : 1.0f;
+                        ((int8_t *)p)[at] = (int8_t)lrintf(v / scale);
+                    }
+                }
+    if (scale_out) {
+        *scale_out = 0;
+        if (format == LI_WEIGHTS_I8) {
+            *scale_out = alloc_floats((size_t)G * Hp);
+            for (int g = 0; g < G; ++g)
+                for (int u = 0; u < Hp; ++u)
+                    (*scale_out)[(size_t)g * Hp + u] = u < H ? row_scale[(size_t)g * H + u] : 1.0f;
+        }
+    }
+    return p;
+}
+
+/* ---- naive references --------------------------------------------------------------------- */
+
+static double ref_act(const li_activation *a, double x) {
+    switch (a->kind) {
+    case LI_ACT_RELU: return x > 0 ? x : 0;
+    case LI_ACT_TANH: return tanh(x);
+    case LI_ACT_SIGMOID: return 1.0 / (1.0 + exp(-x));
+    case LI_ACT_AFFINE: return a->alpha * x + a->beta;
+    case LI_ACT_LEAKY_RELU: return x >= 0 ? x : a->alpha * x;
+    case LI_ACT_THRESHOLDED_RELU: return x > a->alpha ? x : 0;
+    case LI_ACT_SCALED_TANH: return a->alpha * tanh(a->beta * x);
+    case LI_ACT_HARD_SIGMOID: {
+        const double y = a->alpha * x + a->beta;
+        return y < 0 ? 0 : (y > 1 ? 1 : y);
+    }
+    case LI_ACT_ELU: return x >= 0 ? x : a->alpha * (exp(x) - 1);
+    case LI_ACT_SOFTSIGN: return x / (1 + fabs(x));
+    case LI_ACT_SOFTPLUS: return log1p(exp(x));
+    default: return NAN;
+    }
+}
+
+static double ref_clip(const li_cell *cell, double v) {
+    if (cell->clip > 0) {
+        if (v > cell->clip) return cell->clip;
+        if (v < -cell->clip) return -cell->clip;
+    }
+    return v;
+}
+
+/* Column-major Fortran sgemm, the subset the driver uses: C = alpha op(A) op(B) + beta C. */
+static void naive_sgemm(char *transa, char *transb, int *m, int *n, int *k, float *alpha,
+                        float *a, int *lda, float *b, int *ldb, float *beta, float *c, int *ldc) {
+    const int ta = *transa == 'T' || *transa == 't', tb = *transb == 'T' || *transb == 't';
+    for (int j = 0; j < *n; ++j)
+        for (int i = 0; i < *m; ++i) {
+            double acc = 0;
+            for (int p = 0; p < *k; ++p) {
+                const float av = ta ? a[p + (size_t)i * *lda] : a[i + (size_t)p * *lda];
+                const float bv = tb ? b[j + (size_t)p * *ldb] : b[p + (size_t)j * *ldb];
+                acc += (double)av * bv;
+            }
+            float *cij = c + i + (size_t)j * *ldc;
+            /* BLAS: beta == 0 means C is not read (it may hold NaN). */
+            *cij = (float)(*alpha * acc + (*beta == 0.0f ? 0.0 : (double)*beta * *cij));
+        }
+}
+
+/* A test cell: the unpacked weights (internal gate order) plus the packed li_cell. */
+typedef struct {
+    li_cell c;
+    float *w, *r, *bias, *bias_rn, *peephole, *proj; /* unpacked fp32, owned */
+    void *w_packed, *r_packed, *rn_packed, *proj_packed; /* in the cell's format, owned */
+    float *bias_packed, *w_scale, *r_scale, *rn_scale, *proj_scale; /* owned (scales: int8) */
+} test_cell;
+
+typedef struct {
+    int cell, I, H, proj; /* proj: 0 or the projected state size */
+    int peephole, input_forget, lbr, relu;
+    float clip;
+    int custom_acts; /* 1: non-default activations (generic path on every ISA) */
+} cell_config;
+
+static test_cell make_cell(const cell_config *cfg, int format) {
+    test_cell t;
+    memset(&t, 0, sizeof t);
+    const int G = cfg->cell == LI_CELL_LSTM ? 4 : cfg->cell == LI_CELL_GRU ? 3 : 1;
+    const int H = cfg->H, I = cfg->I, Hr = cfg->proj ? cfg->proj : H, Hp = round_up(H);
+    li_cell *c = &t.c;
+    c->cell = cfg->cell;
+    c->gates = G;
+    c->input_size = I;
+    c->hidden_size = H;
+    c->state_size = Hr;
+    c->hidden_padded = Hp;
+    c->weight_format = format;
+    c->clip = cfg->clip;
+    c->input_forget = cfg->input_forget;
+    c->linear_before_reset = cfg->lbr;
+    c->default_activations = !cfg->custom_acts;
+
+    float *w_rows = 0, *r_rows = 0, *proj_rows = 0;
+    t.w = random_weights(format, G * H, I, -0.5f, 0.5f, &w_rows);
+    t.r = random_weights(format, G * H, Hr, -0.5f, 0.5f, &r_rows);
+    t.bias = random_floats((size_t)G * H, -0.3f, 0.3f);
+    t.w_packed = pack_gate_blocks(t.w, G, H, I, format, w_rows, &t.w_scale);
+    if (cfg->cell == LI_CELL_GRU) {
+        t.r_packed = pack_gate_blocks(t.r, 2, H, Hr, format, r_rows, &t.r_scale);
+        t.rn_packed = pack_gate_blocks(t.r + (size_t)2 * H * Hr, 1, H, Hr, format,
+                                       r_rows ? r_rows + 2 * H : 0, &t.rn_scale);
+        if (cfg->lbr) t.bias_rn = random_floats((size_t)H, -0.3f, 0.3f);
+    } else {
+        t.r_packed = pack_gate_blocks(t.r, G, H, Hr, format, r_rows, &t.r_scale);
+    }
+    t.bias_packed = alloc_floats((size_t)G * Hp);
+    fill(t.bias_packed, (size_t)G * Hp, 0.0f);
+    for (int g = 0; g < G; ++g)
+        memcpy(t.bias_packed + (size_t)g * Hp, t.bias + (size_t)g * H, sizeof(float) * H);
+    if (cfg->peephole) t.peephole = random_floats((size_t)3 * H, -0.5f, 0.5f);
+    if (cfg->proj) {
+        t.proj = random_weights(format, Hr, H, -0.5f, 0.5f, &proj_rows);
+        t.proj_packed = pack_gate_blocks(t.proj, 1, Hr, H, format, proj_rows, &t.proj_scale);
+    }
+    free(w_rows);
+    free(r_rows);
+    free(proj_rows);
+    c->w = t.w;
+    c->w_packed = t.w_packed;
+    c->r = t.r;
+    c->r_packed = t.r_packed;
+    c->rn_packed = t.rn_packed;
+    c->w_scale = t.w_scale;
+    c->r_scale = t.r_scale;
+    c->rn_scale = t.rn_scale;
+    c->proj_scale = t.proj_scale;
+    c->bias = t.bias;
+    c->bias_packed = t.bias_packed;
+    c->bias_rn = t.bias_rn;
+    c->peephole = t.peephole;
+    c->proj = t.proj;
+    c->proj_packed = t.proj_packed;
+
+    if (cfg->cell == LI_CELL_RNN) {
+        c->act[0] = (li_activation){cfg->relu ? LI_ACT_RELU : LI_ACT_TANH, 0, 0};
+        if (cfg->custom_acts) c->act[0] = (li_activation){LI_ACT_LEAKY_RELU, 0.1f, 0};
+    } else if (cfg->custom_acts) {
+        c->act[0] = (li_activation){LI_ACT_HARD_SIGMOID, 0.2f, 0.5f};
+        c->act[1] = (li_activation){LI_ACT_SCALED_TANH, 1.5f, 0.7f};
+        c->act[2] = (li_activation){LI_ACT_SOFTSIGN, 0, 0};
+    } else {
+        c->act[0] = (li_activation){LI_ACT_SIGMOID, 0, 0};
+        c->act[1] = (li_activation){LI_ACT_TANH, 0, 0};
+        c->act[2] = (li_activation){LI_ACT_TANH, 0, 0};
+    }
+    return t;
+}
+
+static void free_cell(test_cell *t) {
+    void *all[] = {t->w,        t->r,          t->bias,        t->bias_rn,  t->peephole,
+                   t->proj,     t->w_packed,   t->r_packed,    t->rn_packed, t->proj_packed,
+                   t->bias_packed, t->w_scale, t->r_scale,     t->rn_scale, t->proj_scale};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; ++i) free(all[i]);
+}
+
+/* One timestep of one row, straight from the equations. x [I], h [Hr], c [H] updated. */
+static void ref_cell_step(const test_cell *t, const float *x, double *h, double *c) {
+    const li_cell *cell = &t->c;
+    const int G = cell->gates, H = cell->hidden_size, I = cell->input_size;
+    const int Hr = cell->state_size;
+    double *xp = calloc((size_t)G * H, sizeof(double));
+    double *rec = calloc((size_t)G * H, sizeof(double));
+    double *hfull = calloc((size_t)H, sizeof(double));
+    double *rh = calloc((size_t)Hr, sizeof(double));
+    for (int j = 0; j < G * H; ++j) {
+        double a = t->bias[j], b = 0;
+        for (int k = 0; k < I; ++k) a += (double)t->w[(size_t)j * I + k] * x[k];
+        for (int k = 0; k < Hr; ++k) b += (double)t->r[(size_t)j * Hr + k] * h[k];
+        xp[j] = a;
+        rec[j] = b;
+    }
+    const li_activation *fa = &cell->act[0], *ga = &cell->act[1], *ha = &cell->act[2];
+    if (cell->cell == LI_CELL_RNN) {
+        for (int u = 0; u < H; ++u) hfull[u] = ref_act(fa, ref_clip(cell, xp[u] + rec[u]));
+    } else if (cell->cell == LI_CELL_LSTM) {
+        const float *p = t->peephole;
+        for (int u = 0; u < H; ++u) {
+            double pi = xp[u] + rec[u], pf = xp[H + u] + rec[H + u];
+            const double pg = xp[2 * H + u] + rec[2 * H + u];
+            double po = xp[3 * H + u] + rec[3 * H + u];
+            if (p) {
+                pi += p[u] * c[u];
+                pf += p[H + u] * c[u];
+            }
+            const double i = ref_act(fa, ref_clip(cell, pi));
+            const double f = cell->input_forget ? 1 - i : ref_act(fa, ref_clip(cell, pf));
+            const double g = ref_act(ga, ref_clip(cell, pg));
+            const double cn = f * c[u] + i * g;
+            if (p) po += p[2 * H + u] * cn;
+            const double o = ref_act(fa, ref_clip(cell, po));
+            c[u] = cn;
+            hfull[u] = o * ref_act(ha, cn);
+        }
+    } else { /* GRU */
+        double *z = calloc((size_t)H, sizeof(double)), *r = calloc((size_t)H, sizeof(double));
+        for (int u = 0; u < H; ++u) {
+            z[u] = ref_act(fa, ref_clip(cell, xp[u] + rec[u]));
+            r[u] = ref_act(fa, ref_clip(cell, xp[H + u] + rec[H + u]));
+            rh[u] = r[u] * h[u];
+        }
+        for (int u = 0; u < H; ++u) {
+            double pre;
+            if (cell->linear_before_reset) {
+                pre = xp[2 * H + u] + r[u] * (rec[2 * H + u] + (t->bias_rn ? t->bias_rn[u] : 0));
+            } else {
+                double acc = 0;
+                for (int k = 0; k < Hr; ++k)
+                    acc += (double)t->r[(size_t)(2 * H + u) * Hr + k] * rh[k];
+                pre = xp[2 * H + u] + acc;
+            }
+            const double n = ref_act(ga, ref_clip(cell, pre));
+            hfull[u] = (1 - z[u]) * n + z[u] * h[u];
+        }
+        free(z);
+        free(r);
+    }
+    if (t->proj) {
+        for (int j = 0; j < Hr; ++j) {
+            double acc = 0;
+            for (int u = 0; u < H; ++u) acc += (double)t->proj[(size_t)j * H + u] * hfull[u];
+            h[j] = acc;
+        }
+    } else {
+        for (int u = 0; u < H; ++u) h[u] = hfull[u];
+    }
+    free(xp);
+    free(rec);
+    free(hfull);
+    free(rh);
+}
+
+/* ---- matvec_packed ------------------------------------------------------------------------ */
+
+static void check_matvec_case(const li_kernels *kern, int format, int G, int H, int K,
+                              int rows, int blk0, int blk1, int use_bias, int ldx_pad,
+                              int ogs_pad, int ldo_pad) {
+    const int Hp = round_up(H);
+    const int ldx = K + ldx_pad, ogs = Hp + ogs_pad, ldo = G * ogs + ldo_pad, bgs = Hp;
+    float *row_scale = 0, *scale = 0;
+    float *m = random_weights(format, G * H, K, -1.0f, 1.0f, &row_scale);
+    void *packed = pack_gate_blocks(m, G, H, K, format, row_scale, &scale);
+    /* Exactly the bytes the contract lets the kernel read / write. */
+    const size_t x_len = (size_t)(rows - 1) * ldx + K, out_len = (size_t)(rows - 1) * ldo + G * ogs;
+    float *x = random_floats(x_len, -1.0f, 1.0f);
+    float *bias = use_bias ? random_floats((size_t)G * bgs, -1.0f, 1.0f) : 0;
+    float *out = alloc_floats(out_len);
+    fill(out, out_len, CANARY);
+    kern->matvec_packed[format](packed, K, G, blk0, blk1, x, ldx, rows, bias, scale, bgs, out,
+                                ogs, ldo);
+    for (int b = 0; b < rows; ++b)
+        for (int g = 0; g < G; ++g)
+            for (int u = 0; u < ogs; ++u) {
+                const float got = out[(size_t)b * ldo + (size_t)g * ogs + u];
+                if (u < blk0 * LI_BLOCK || u >= blk1 * LI_BLOCK) {
+                    ++g_checks;
+                    if (got != CANARY)
+                        FAIL("%s G=%d H=%d K=%d rows=%d blocks[%d,%d): wrote outside its "
+                             "blocks at b=%d g=%d u=%d",
+                             FORMAT_NAMES[format], G, H, K, rows, blk0, blk1, b, g, u);
+                    continue;
+                }
+                double want = bias ? bias[(size_t)g * bgs + u] : 0.0, mag = fabs(want);
+                if (u < H)
+                    for (int k = 0; k < K; ++k) {
+                        const double term = (double)m[((size_t)g * H + u) * K + k] *
+                                            x[(size_t)b * ldx + k];
+                        want += term;
+                        mag += fabs(term);
+                    }
+                if (!close_enough(got, want, 1e-5 * (1.0 + mag), 0.0))
+                    FAIL("%s G=%d H=%d K=%d rows=%d bias=%d: out[%d][%d][%d] = %.8g, want %.8g",
+                         FORMAT_NAMES[format], G, H, K, rows, use_bias, b, g, u, got, want);
+            }
+    /* Padding between rows (ldo_pad) must be untouched too. */
+    for (int b = 0; b + 1 < rows; ++b)
+        for (int j = G * ogs; j < ldo; ++j) {
+            ++g_checks;
+            if (out[(size_t)b * ldo + j] != CANARY) FAIL("wrote into the row padding");
+        }
+    free(m);
+    free(row_scale);
+    free(scale);
+    free(packed);
+    free(x);
+    free(bias);
+    free(out);
+}
+
+static void test_matvec(const li_kernels *kern) {
+    static const int Hs[] = {1, 5, 16, 17, 33};
+    static const int Ks[] = {1, 3, 16, 19, 40};
+    for (int format = 0; format < LI_WEIGHT_FORMAT_COUNT; ++format)
+        for (int G = 1; G <= 4; ++G)
+            for (int rows = 1; rows <= 9; ++rows)
+                for (size_t hi = 0; hi < sizeof Hs / sizeof Hs[0]; ++hi)
+                    for (size_t ki = 0; ki < sizeof Ks / sizeof Ks[0]; ++ki) {
+                        const int H = Hs[hi], K = Ks[ki], nblk = round_up(H) / LI_BLOCK;
+                        const int variant = (int)(rows + hi + ki) % 4;
+                        check_matvec_case(kern, format, G, H, K, rows, 0, nblk, variant != 0,
+                                          variant == 2 ? 3 : 0, variant == 3 ? 16 : 0,
+                                          variant == 1 ? 5 : 0);
+                        if (nblk > 1) /* a sub-range of blocks, as the recurrence calls it */
+                            check_matvec_case(kern, format, G, H, K, rows, 1, nblk, 1, 1, 0, 2);
+                    }
+}
+
+/* ---- pointwise kernels -------------------------------------------------------------------- */
+
+static void compare_arrays(const char *what, const float *got, const float *want, size_t n,
+                           double tol) {
+    for (size_t i = 0; i < n; ++i)
+        if (!close_enough(got[i], want[i], tol, tol)) {
+            FAIL("%s[%zu] = %.8g, scalar says %.8g", what, i, got[i], want[i]);
+            return;
+        }
+}
+
+static const int POINTWISE_RANGES[][2] = {{0, 1}, {0, 7}, {0, 16}, {0, 23}, {16, 33}, {3, 40}};
+#define N_RANGES (sizeof POINTWISE_RANGES / sizeof POINTWISE_RANGES[0])
+
+static void test_rnn_pointwise(const li_kernels *kern) {
+    for (int relu = 0; relu <= 1; ++relu)
+        for (int clipped = 0; clipped <= 1; ++clipped)
+            for (size_t ri = 0; ri < N_RANGES; ++ri) {
+                const int u0 = POINTWISE_RANGES[ri][0], u1 = POINTWISE_RANGES[ri][1];
+                cell_config cfg = {LI_CELL_RNN, 3, u1, 0, 0, 0, 0, relu, clipped ? 0.7f : 0.0f,
+                                   0};
+                test_cell t = make_cell(&cfg, LI_WEIGHTS_F32);
+                float *xp = random_floats((size_t)u1, -3, 3), *rec = random_floats(u1, -3, 3);
+                if (u1 > u0 + 1) xp[u0 + 1] = NAN; /* NaN must propagate, not crash */
+                float *h_simd = alloc_floats(u1), *h_ref = alloc_floats(u1);
+                fill(h_simd, u1, CANARY);
+                fill(h_ref, u1, CANARY);
+                kern->rnn_pointwise(&t.c, u0, u1, xp, rec, h_simd);
+                li_kernels_scalar.rnn_pointwise(&t.c, u0, u1, xp, rec, h_ref);
+                compare_arrays("rnn h", h_simd, h_ref, u1, 2e-6);
+                free(xp);
+                free(rec);
+                free(h_simd);
+                free(h_ref);
+                free_cell(&t);
+            }
+}
+
+static void test_lstm_pointwise(const li_kernels *kern) {
+    for (int flags = 0; flags < 8; ++flags)
+        for (size_t ri = 0; ri < N_RANGES; ++ri) {
+            const int u0 = POINTWISE_RANGES[ri][0], u1 = POINTWISE_RANGES[ri][1];
+            const int peep = flags & 1, cifg = (flags >> 1) & 1, clipped = (flags >> 2) & 1;
+            const int H = u1, xgs = H + 2, rgs = round_up(H);
+            cell_config cfg = {LI_CELL_LSTM, 2, H, 0, peep, cifg, 0, 0, clipped ? 1.1f : 0.0f,
+                               0};
+            test_cell t = make_cell(&cfg, LI_WEIGHTS_F32);
+            /* Gate o of the last unit is the furthest element the kernel may read. */
+            float *xp = random_floats((size_t)3 * xgs + H, -3, 3);
+            float *rec = random_floats((size_t)3 * rgs + H, -3, 3);
+            if (u1 > u0 + 2) rec[u0 + 2] = NAN;
+            float *c_simd = random_floats(H, -2, 2), *c_ref = copy_floats(c_simd, H);
+            float *h_simd = alloc_floats(H), *h_ref = alloc_floats(H);
+            fill(h_simd, H, CANARY);
+            fill(h_ref, H, CANARY);
+            kern->lstm_pointwise(&t.c, u0, u1, xp, xgs, rec, rgs, c_simd, h_simd);
+            li_kernels_scalar.lstm_pointwise(&t.c, u0, u1, xp, xgs, rec, rgs, c_ref, h_ref);
+            compare_arrays("lstm c", c_simd, c_ref, H, 2e-6);
+            compare_arrays("lstm h", h_simd, h_ref, H, 2e-6);
+            free(xp);
+            free(rec);
+            free(c_simd);
+            free(c_ref);
+            free(h_simd);
+            free(h_ref);
+            free_cell(&t);
+        }
+}
+
+static void test_gru_pointwise(const li_kernels *kern) {
+    for (int flags = 0; flags < 4; ++flags)
+        for (size_t ri = 0; ri < N_RANGES; ++ri) {
+            const int u0 = POINTWISE_RANGES[ri][0], u1 = POINTWISE_RANGES[ri][1];
+            const int lbr = flags & 1, clipped = (flags >> 1) & 1;
+            const int H = u1, xgs = H + 1, rgs = round_up(H) + 16;
+            cell_config cfg = {LI_CELL_GRU, 2, H, 0, 0, 0, lbr, 0, clipped ? 0.9f : 0.0f, 0};
+            test_cell t = make_cell(&cfg, LI_WEIGHTS_F32);
+            float *xp = random_floats((size_t)2 * xgs + H, -3, 3);
+            float *rec = random_floats((size_t)rgs + H, -3, 3);
+            float *h_prev = random_floats(H, -1, 1);
+            if (u1 > u0 + 1) h_prev[u0 + 1] = NAN;
+            float *zr_simd = alloc_floats((size_t)2 * H), *zr_ref = alloc_floats((size_t)2 * H);
+            float *rh_simd = alloc_floats(H), *rh_ref = alloc_floats(H);
+            fill(zr_simd, 2 * H, CANARY);
+            fill(zr_ref, 2 * H, CANARY);
+            fill(rh_simd, H, CANARY);
+            fill(rh_ref, H, CANARY);
+            kern->gru_gates(&t.c, u0, u1, xp, xgs, rec, rgs, h_prev, zr_simd, rh_simd);
+            li_kernels_scalar.gru_gates(&t.c, u0, u1, xp, xgs, rec, rgs, h_prev, zr_ref, rh_ref);
+            compare_arrays("gru zr", zr_simd, zr_ref, 2 * H, 2e-6);
+            compare_arrays("gru rh", rh_simd, rh_ref, H, 2e-6);
+            /* Phase 2 from the same (scalar) gates so only the output kernel differs. */
+            float *rec_n = random_floats(H, -3, 3);
+            float *h_simd = alloc_floats(H), *h_ref = alloc_floats(H);
+            fill(h_simd, H, CANARY);
+            fill(h_ref, H, CANARY);
+            kern->gru_output(&t.c, u0, u1, xp + 2 * xgs, rec_n, zr_ref, h_prev, h_simd);
+            li_kernels_scalar.gru_output(&t.c, u0, u1, xp + 2 * xgs, rec_n, zr_ref, h_prev,
+                                         h_ref);
+            compare_arrays("gru h", h_simd, h_ref, H, 2e-6);
+            free(xp);
+            free(rec);
+            free(h_prev);
+            free(zr_simd);
+            free(zr_ref);
+            free(rh_simd);
+            free(rh_ref);
+            free(rec_n);
+            free(h_simd);
+            free(h_ref);
+            free_cell(&t);
+        }
+}
+
+static void test_activation_array(const li_kernels *kern) {
+    static const size_t sizes[] = {1, 7, 8, 15, 16, 17, 100};
+    for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; ++si) {
+        const size_t n = sizes[si];
+        float *x = random_floats(n, -20, 20), *y = alloc_floats(n);
+        x[0] = si % 2 ? INFINITY : -INFINITY;
+        for (int kind = LI_ACT_TANH; kind <= LI_ACT_SIGMOID; ++kind) {
+            const li_activation act = {kind, 0, 0};
+            kern->activation_array(kind, x, y, n);
+            for (size_t i = 0; i < n; ++i)
+                if (!close_enough(y[i], ref_act(&act, x[i]), 5e-7, 0.0))
+                    FAIL("activation %d at x=%g: %.9g vs %.9g", kind, x[i], y[i],
+                         ref_act(&act, x[i]));
+        }
+        free(x);
+        free(y);
+    }
+}
+
+/* ---- li_run_direction --------------------------------------------------------------------- */
+
+static void check_run_direction(const li_kernels *kern, const cell_config *cfg, int format,
+                                int T, int B, int reverse, int ragged) {
+    test_cell t = make_cell(cfg, format);
+    const li_cell *cell = &t.c;
+    const int I = cell->input_size, H = cell->hidden_size, Hr = cell->state_size;
+    const int lstm = cell->cell == LI_CELL_LSTM;
+    const int ldx = I + 2;
+    /* y laid out like one direction of a (T, B, 2, Hr) bidirectional output. */
+    const ptrdiff_t y_bs = 2 * Hr, y_ts = (ptrdiff_t)B * y_bs;
+    const size_t x_len = (size_t)(T * B - 1) * ldx + I, y_len = (size_t)T * y_ts;
+    float *x = random_floats(x_len, -1.5f, 1.5f);
+    int *lens = malloc(sizeof(int) * B);
+    for (int b = 0; b < B; ++b) lens[b] = ragged ? (b * 7 + 3) % (T + 1) : T;
+    if (ragged && B > 1) lens[1] = 0; /* an empty row keeps its initial state */
+    if (ragged) lens[0] = T;
+    float *h = random_floats((size_t)B * Hr, -0.5f, 0.5f);
+    float *c = lstm ? random_floats((size_t)B * H, -0.5f, 0.5f) : 0;
+    double *h_ref = malloc(sizeof(double) * B * Hr), *c_ref = malloc(sizeof(double) * B * H);
+    for (int i = 0; i < B * Hr; ++i) h_ref[i] = h[i];
+    for (int i = 0; i < B * H; ++i) c_ref[i] = lstm ? c[i] : 0;
+    float *y = alloc_floats(y_len);
+    fill(y, y_len, CANARY);
+    double *y_ref = malloc(sizeof(double) * y_len);
+    for (size_t i = 0; i < y_len; ++i) y_ref[i] = CANARY;
+
+    float *scratch = alloc_floats(li_direction_scratch_floats(cell, T, B));
+    const int rc = li_run_direction(cell, kern, naive_sgemm, T, B, x, ldx, ragged ? lens : 0,
+                                    reverse, h, c, y, y_ts, y_bs, scratch);
+    if (rc != 0) FAIL("li_run_direction returned %d", rc);
+
+    for (int b = 0; b < B; ++b)
+        for (int s = 0; s < lens[b]; ++s) {
+            const int tt = reverse ? lens[b] - 1 - s : s;
+            ref_cell_step(&t, x + (size_t)(tt * B + b) * ldx, h_ref + (size_t)b * Hr,
+                          c_ref + (size_t)b * H);
+            for (int j = 0; j < Hr; ++j) y_ref[tt * y_ts + b * y_bs + j] = h_ref[b * Hr + j];
+        }
+    const double tol = 5e-5;
+    for (size_t i = 0; i < y_len; ++i)
+        if (!close_enough(y[i], y_ref[i], tol, tol)) {
+            FAIL("%s cell=%d T=%d B=%d rev=%d ragged=%d proj=%d acts=%d: y[%zu] = %.8g, "
+                 "want %.8g",
+                 FORMAT_NAMES[format], cell->cell, T, B, reverse, ragged, cfg->proj,
+                 cfg->custom_acts, i, y[i], y_ref[i]);
+            break;
+        }
+    for (int i = 0; i < B * Hr; ++i)
+        if (!close_enough(h[i], h_ref[i], tol, tol)) {
+            FAIL("%s cell=%d T=%d B=%d: final h[%d] = %.8g, want %.8g", FORMAT_NAMES[format],
+                 cell->cell, T, B, i, h[i], h_ref[i]);
+            break;
+        }
+    for (int i = 0; lstm && i < B * H; ++i)
+        if (!close_enough(c[i], c_ref[i], tol, tol)) {
+            FAIL("T=%d B=%d: final c[%d] = %.8g, want %.8g", T, B, i, c[i], c_ref[i]);
+            break;
+        }
+    free(x);
+    free(lens);
+    free(h);
+    free(c);
+    free(h_ref);
+    free(c_ref);
+    free(y);
+    free(y_ref);
+    free(scratch);
+    free_cell(&t);
+}
+
+static void test_run_direction(const li_kernels *kern) {
+    /* cell, I, H, proj, peephole, input_forget, lbr, relu, clip, custom_acts */
+    const cell_config configs[] = {
+        {LI_CELL_RNN, 3, 5, 0, 0, 0, 0, 0, 0.0f, 0},
+        {LI_CELL_RNN, 4, 17, 0, 0, 0, 0, 1, 0.0f, 0},
+        {LI_CELL_RNN, 2, 9, 0, 0, 0, 0, 0, 0.0f, 1},
+        {LI_CELL_LSTM, 3, 7, 0, 0, 0, 0, 0, 0.0f, 0},
+        {LI_CELL_LSTM, 5, 18, 0, 1, 0, 0, 0, 0.8f, 0},
+        {LI_CELL_LSTM, 4, 9, 0, 1, 1, 0, 0, 0.0f, 0},
+        {LI_CELL_LSTM, 3, 20, 6, 0, 0, 0, 0, 0.0f, 0},
+        {LI_CELL_LSTM, 3, 6, 0, 1, 0, 0, 0, 2.0f, 1},
+        {LI_CELL_GRU, 3, 7, 0, 0, 0, 0, 0, 0.0f, 0},
+        {LI_CELL_GRU, 4, 17, 0, 0, 0, 1, 0, 0.0f, 0},
+        {LI_CELL_GRU, 2, 5, 0, 0, 0, 1, 0, 0.6f, 1},
+        {LI_CELL_GRU, 3, 33, 0, 0, 0, 0, 0, 0.0f, 1},
+    };
+    static const int batches[] = {1, 3, 9, 11}; /* row tiles of 1..8 and their remainders */
+    for (int format = 0; format < LI_WEIGHT_FORMAT_COUNT; ++format)
+        for (size_t ci = 0; ci < sizeof configs / sizeof configs[0]; ++ci)
+            for (size_t bi = 0; bi < sizeof batches / sizeof batches[0]; ++bi)
+                for (int variant = 0; variant < 3; ++variant)
+                    check_run_direction(kern, &configs[ci], format, 5, batches[bi], variant == 1,
+                                        variant == 2 || (variant == 1 && bi % 2));
+    /* A batch large enough that the recurrence goes through sgemm, not the packed matvec
+     * (the driver's LI_PACKED_MAX_ROWS; well above any plausible setting). */
+    for (size_t ci = 0; ci < sizeof configs / sizeof configs[0]; ci += 3)
+        check_run_direction(kern, &configs[ci], (int)(ci % LI_WEIGHT_FORMAT_COUNT), 3, 1100,
+                            ci % 2, 1);
+    /* Edge cases: T = 0 writes nothing; bad lens are refused before any state changes. */
+    test_cell t = make_cell(&configs[3], LI_WEIGHTS_F32);
+    float h[7] = {0}, c[7] = {0}, y[7], x[3] = {0}, scratch[4096];
+    int bad_len = 9;
+    if (li_run_direction(&t.c, kern, naive_sgemm, 0, 1, x, 3, 0, 0, h, c, y, 7, 7, scratch))
+        FAIL("T=0 must succeed");
+    if (li_run_direction(&t.c, kern, naive_sgemm, 1, 1, x, 3, &bad_len, 0, h, c, y, 7, 7,
+                         scratch) >= 0)
+        FAIL("a length past T must be refused");
+    if (li_run_direction(&t.c, kern, naive_sgemm, 1, 1, x, 3, 0, 0, h, 0, y, 7, 7, scratch) >= 0)
+        FAIL("an LSTM without a cell state must be refused");
+    for (int i = 0; i < 7; ++i)
+        if (h[i] != 0.0f || c[i] != 0.0f) FAIL("a refused call changed the state");
+    free_cell(&t);
+}
+
+/* ---- li_stack_step ------------------------------------------------------------------------ */
+
+static void check_stack_step(const li_kernels *kern, int format) {
+    /* LSTM with peephole + projection -> GRU (lbr) -> RNN relu, then a custom-act GRU. */
+    const cell_config cfgs[] = {
+        {LI_CELL_LSTM, 5, 19, 7, 1, 0, 0, 0, 0.0f, 0},
+        {LI_CELL_GRU, 7, 12, 0, 0, 0, 1, 0, 0.0f, 0},
+        {LI_CELL_RNN, 12, 17, 0, 0, 0, 0, 1, 3.0f, 0},
+        {LI_CELL_GRU, 17, 4, 0, 0, 0, 0, 0, 0.0f, 1},
+    };
+    enum { L = sizeof cfgs / sizeof cfgs[0], STEPS = 4 };
+    static const int batches[] = {1, 4, 9};
+    for (size_t bi = 0; bi < sizeof batches / sizeof batches[0]; ++bi) {
+        const int B = batches[bi];
+        test_cell cells[L];
+        const li_cell *ptrs[L];
+        float *h[L], *c[L];
+        double *h_ref[L], *c_ref[L];
+        for (int l = 0; l < L; ++l) {
+            cells[l] = make_cell(&cfgs[l], format);
+            ptrs[l] = &cells[l].c;
+            const int Hr = cells[l].c.state_size, H = cells[l].c.hidden_size;
+            h[l] = random_floats((size_t)B * Hr, -0.5f, 0.5f);
+            c[l] = cells[l].c.cell == LI_CELL_LSTM ? random_floats((size_t)B * H, -1, 1) : 0;
+            h_ref[l] = malloc(sizeof(double) * B * Hr);
+            c_ref[l] = calloc((size_t)B * H, sizeof(double));
+            for (int i = 0; i < B * Hr; ++i) h_ref[l][i] = h[l][i];
+            for (int i = 0; c[l] && i < B * H; ++i) c_ref[l][i] = c[l][i];
+        }
+        const int I0 = cfgs[0].I, out_size = cells[L - 1].c.state_size;
+        float *scratch = alloc_floats(li_stack_step_scratch_floats(ptrs, L, B));
+        float *x = alloc_floats((size_t)B * I0), *y = alloc_floats((size_t)B * out_size);
+        float xin[32];
+        for (int step = 0; step < STEPS; ++step) {
+            for (int i = 0; i < B * I0; ++i) x[i] = frand(-1.5f, 1.5f);
+            const int rc = li_stack_step(ptrs, L, kern, B, x, h, c, y, scratch);
+            if (rc != 0) FAIL("li_stack_step returned %d", rc);
+            for (int b = 0; b < B; ++b) {
+                for (int i = 0; i < I0; ++i) xin[i] = x[b * I0 + i];
+                for (int l = 0; l < L; ++l) {
+                    const int Hr = cells[l].c.state_size, H = cells[l].c.hidden_size;
+                    ref_cell_step(&cells[l], xin, h_ref[l] + (size_t)b * Hr,
+                                  c_ref[l] + (size_t)b * H);
+                    for (int j = 0; j < Hr; ++j) xin[j] = (float)h_ref[l][b * Hr + j];
+                }
+                for (int j = 0; j < out_size; ++j)
+                    if (!close_enough(y[b * out_size + j], xin[j], 5e-5, 5e-5)) {
+                        FAIL("%s B=%d step %d: y[%d][%d] = %.8g, want %.8g",
+                             FORMAT_NAMES[format], B, step, b, j, y[b * out_size + j], xin[j]);
+                        break;
+                    }
+            }
+            for (int l = 0; l < L; ++l) {
+                const int Hr = cells[l].c.state_size, H = cells[l].c.hidden_size;
+                for (int i = 0; i < B * Hr; ++i)
+                    if (!close_enough(h[l][i], h_ref[l][i], 5e-5, 5e-5)) {
+                        FAIL("B=%d step %d layer %d: h[%d] = %.8g, want %.8g", B, step, l, i,
+                             h[l][i], h_ref[l][i]);
+                        break;
+                    }
+                for (int i = 0; c[l] && i < B * H; ++i)
+                    if (!close_enough(c[l][i], c_ref[l][i], 5e-5, 5e-5)) {
+                        FAIL("B=%d step %d layer %d: c[%d] mismatch", B, step, l, i);
+                        break;
+                    }
+                /* Resynchronise so errors cannot compound over steps. */
+                for (int i = 0; i < B * Hr; ++i) h_ref[l][i] = h[l][i];
+                for (int i = 0; c[l] && i < B * H; ++i) c_ref[l][i] = c[l][i];
+            }
+        }
+        for (int l = 0; l < L; ++l) {
+            free(h[l]);
+            free(c[l]);
+            free(h_ref[l]);
+            free(c_ref[l]);
+            free_cell(&cells[l]);
+        }
+        free(scratch);
+        free(x);
+        free(y);
+    }
+}
+
+static void test_stack_step(const li_kernels *kern) {
+    for (int format = 0; format < LI_WEIGHT_FORMAT_COUNT; ++format) check_stack_step(kern, format);
+}
+
+/* ---- main --------------------------------------------------------------------------------- */
+
+int main(void) {
+    static const char *names[LI_ISA_COUNT] = {"scalar", "avx2", "avx512"};
+    const unsigned usable = li_usable_isas();
+    int tested = 0;
+    for (int isa = 0; isa < LI_ISA_COUNT; ++isa) {
+        const li_kernels *kern = li_kernels_for(isa);
+        if (!(usable & (1u << isa)) || !kern) {
+            printf("%-7s skipped (not usable here)\n", names[isa]);
+            continue;
+        }
+        g_isa = kern->name;
+        const int before = g_failures, checks_before = g_checks;
+        test_matvec(kern);
+        test_rnn_pointwise(kern);
+        test_lstm_pointwise(kern);
+        test_gru_pointwise(kern);
+        test_activation_array(kern);
+        test_run_direction(kern);
+        test_stack_step(kern);
+        printf("%-7s %s (%d checks, %d failures)\n", kern->name,
+               g_failures == before ? "ok" : "FAILED", g_checks - checks_before,
+               g_failures - before);
+        ++tested;
+    }
+    printf("tested %d ISA(s): %s\n", tested, g_failures ? "FAILED" : "all ok");
+    return g_failures ? 1 : 0;
+}

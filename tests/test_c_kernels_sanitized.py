@@ -1,0 +1,96 @@
+"""The C kernels' own test program, built with AddressSanitizer and UBSan, run on every ISA.
+
+``tests/c/test_kernels.c`` checks every usable ISA's kernel table against the scalar table
+and naive C references (matvec, pointwise cells, whole-sequence driver, stack step). Here it
+is compiled from ``src_c/`` exactly as ``setup.py`` compiles the extension — the portable
+files without ``-m`` flags, each per-ISA file with its own — plus the sanitizers, then run.
+Any mismatch or sanitizer report fails the test. Skipped only when gcc is missing, and even
+then not under ``LSTM_INFER_REQUIRE_ALL=1``.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import platform
+import shutil
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from conftest import require_all
+
+ROOT = Path(__file__).resolve().parents[1]
+TEST_SOURCE = ROOT / "tests" / "c" / "test_kernels.c"
+SANITIZE = ["-O1", "-g", "-fsanitize=address,undefined", "-fno-omit-frame-pointer"]
+# Any of these on stderr is a sanitizer finding, whatever the exit status.
+SANITIZER_MARKERS = ("runtime error:", "AddressSanitizer", "LeakSanitizer", "SUMMARY:")
+
+
+def _setup_constants() -> dict[str, object]:
+    """PORTABLE_SOURCES, X86_ISA_SOURCES and COMMON_CFLAGS, read from setup.py's literals."""
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    wanted = {"PORTABLE_SOURCES", "X86_ISA_SOURCES", "COMMON_CFLAGS"}
+    found: dict[str, object] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target = node.targets[0]
+            if isinstance(target, ast.Name) and target.id in wanted:
+                found[target.id] = ast.literal_eval(node.value)
+    missing = wanted - set(found)
+    assert not missing, f"setup.py no longer defines {sorted(missing)} as literals"
+    return found
+
+
+def _gcc() -> str:
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        if require_all():
+            pytest.fail("gcc is required (LSTM_INFER_REQUIRE_ALL=1) to build the C kernel test")
+        pytest.skip("gcc not found")
+    return gcc
+
+
+def _compile(gcc: str, args: list[str], cwd: Path) -> None:
+    result = subprocess.run([gcc, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"gcc {' '.join(args)}\n{result.stderr}"
+
+
+def test_kernels_under_sanitizers(tmp_path: Path) -> None:
+    """Build tests/c/test_kernels.c + src_c with ASan/UBSan and require a clean run."""
+    gcc = _gcc()
+    consts = _setup_constants()
+    # setup.py's warnings and language flags, with its -O level replaced by the sanitizer's.
+    common = [f for f in consts["COMMON_CFLAGS"] if not f.startswith("-O")]  # type: ignore[union-attr]
+    base = [*SANITIZE, *common, f"-I{ROOT / 'src_c'}"]
+    is_x86_64 = platform.machine().lower() in ("x86_64", "amd64")
+    # (source, extra flags) per translation unit: only the per-ISA files get -m flags.
+    units = [(ROOT / s, []) for s in consts["PORTABLE_SOURCES"]]  # type: ignore[union-attr]
+    units.append((TEST_SOURCE, []))
+    if is_x86_64:
+        base.append("-DLI_HAVE_X86_KERNELS=1")
+        for source, flags in consts["X86_ISA_SOURCES"].items():  # type: ignore[union-attr]
+            units.append((ROOT / source, list(flags)))
+    objects = [tmp_path / f"{i}_{src.stem}.o" for i, (src, _) in enumerate(units)]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        list(
+            pool.map(
+                lambda job: _compile(
+                    gcc, [*base, *job[0][1], "-c", str(job[0][0]), "-o", str(job[1])], tmp_path
+                ),
+                zip(units, objects),
+            )
+        )
+    exe = tmp_path / "test_kernels"
+    _compile(gcc, [*SANITIZE, *map(str, objects), "-lm", "-o", str(exe)], tmp_path)
+
+    env = dict(os.environ)
+    env["ASAN_OPTIONS"] = "detect_leaks=1:halt_on_error=1:abort_on_error=0"
+    env["UBSAN_OPTIONS"] = "print_stacktrace=1:halt_on_error=1"
+    result = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300, env=env)
+    report = f"exit status {result.returncode}\n{result.stdout}\n{result.stderr}"
+    assert result.returncode == 0, report
+    assert not any(m in result.stderr for m in SANITIZER_MARKERS), report
+    assert "all ok" in result.stdout, report
+    assert "scalar  ok" in result.stdout, report
