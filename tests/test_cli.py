@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +17,16 @@ import lstm_infer
 
 
 def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m lstm_infer ARGS`` run from a scratch folder: ``-m`` puts the working
+    directory first on sys.path, and a source checkout there would shadow the installed
+    package (whose compiled extension the checkout lacks)."""
     return subprocess.run(
         [sys.executable, "-m", "lstm_infer", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
+        cwd=tempfile.gettempdir(),
     )
 
 

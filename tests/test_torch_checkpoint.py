@@ -688,6 +688,7 @@ def test_reads_without_torch_in_a_fresh_interpreter(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=60,
+        cwd=tmp_path,  # not the source checkout: `-c` puts the cwd first on sys.path
     )
     assert result.returncode == 0, result.stderr
     assert "loaded 2" in result.stdout
