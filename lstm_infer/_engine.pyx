@@ -274,19 +274,34 @@ cdef class StackStepper:
     def output_size(self):
         return self.out_size
 
-    def step(self, const float[:, ::1] x, float[:, ::1] out):
-        """One timestep: x (B, I) -> out (B, Hr_last); states advance in place."""
-        if x.shape[0] != self.batch or x.shape[1] != self.in_size:
-            raise ValueError(f"expected input of shape ({self.batch}, {self.in_size}), "
-                             f"got ({x.shape[0]}, {x.shape[1]})")
-        if out.shape[0] != self.batch or out.shape[1] != self.out_size:
-            raise ValueError(f"out must have shape ({self.batch}, {self.out_size})")
+    def step(self, cnp.ndarray x, cnp.ndarray out):
+        """One timestep: x (B, I) -> out (B, Hr_last); states advance in place.
+
+        Plain ndarray arguments checked by hand: typed memoryviews would allocate a view
+        object per call, and this is the per-step path.
+        """
+        if not _is_f32_matrix(x, self.batch, self.in_size):
+            raise ValueError(f"expected a C-contiguous float32 input of shape ({self.batch}, "
+                             f"{self.in_size}), got {x.dtype} {np.shape(x)}")
+        if not _is_f32_matrix(out, self.batch, self.out_size) or not cnp.PyArray_ISWRITEABLE(
+                out):
+            raise ValueError(f"out must be a writable C-contiguous float32 array of shape "
+                             f"({self.batch}, {self.out_size})")
+        cdef const float *xp = <const float *>cnp.PyArray_DATA(x)
+        cdef float *op = <float *>cnp.PyArray_DATA(out)
+        cdef float *sp = &self.scratch[0]
         cdef int rc
         with nogil:
-            rc = li_stack_step(self.cells, self.n_layers, _active, self.batch, &x[0, 0],
-                               self.h_ptrs, self.c_ptrs, &out[0, 0], &self.scratch[0])
+            rc = li_stack_step(self.cells, self.n_layers, _active, self.batch, xp,
+                               self.h_ptrs, self.c_ptrs, op, sp)
         if rc != 0:
             raise ValueError(f"recurrent kernel rejected its arguments (code {rc})")
+
+
+cdef inline bint _is_f32_matrix(cnp.ndarray a, Py_ssize_t rows, Py_ssize_t cols):
+    return (cnp.PyArray_TYPE(a) == cnp.NPY_FLOAT32 and cnp.PyArray_NDIM(a) == 2
+            and cnp.PyArray_IS_C_CONTIGUOUS(a) and cnp.PyArray_DIM(a, 0) == rows
+            and cnp.PyArray_DIM(a, 1) == cols)
 
 
 def _init_isa():
