@@ -240,6 +240,32 @@ class Signature:
     state_groups: list[int] = field(default_factory=list)
     declared: dict[str, tuple[tuple[int | str, ...], str]] = field(default_factory=dict)
 
+    def validate(self) -> None:
+        """Check the invariants every model relies on (files can say anything)."""
+        if self.style not in ("onnx_node", "sequence"):
+            raise ModelFormatError(f"unknown signature style {self.style!r}")
+        if self.layout not in (0, 1) or isinstance(self.layout, bool):
+            raise ModelFormatError(f"signature layout must be 0 or 1, got {self.layout!r}")
+        for what, table in (("inputs", self.inputs), ("outputs", self.outputs)):
+            if not isinstance(table, dict) or not table:
+                raise ModelFormatError(f"signature {what} must be a non-empty mapping")
+            for role, name in table.items():
+                if not isinstance(role, str) or not isinstance(name, str) or not name:
+                    raise ModelFormatError(
+                        f"signature {what}: role {role!r} -> name {name!r} must both be "
+                        "non-empty strings"
+                    )
+        if "x" not in self.inputs:
+            raise ModelFormatError("signature inputs lack the sequence input (role 'x')")
+        for role in self.inputs:
+            base, _ = parse_state_role(role)
+            known = base in ("x", "sequence_lens", "initial_h", "initial_c", "W", "R", "B", "P")
+            if not known and not role.startswith("unused:"):
+                raise ModelFormatError(f"signature inputs: unknown role {role!r}")
+        for role in self.outputs:
+            if parse_state_role(role)[0] not in ("y", "y_h", "y_c"):
+                raise ModelFormatError(f"signature outputs: unknown role {role!r}")
+
 
 STATE_ROLES = ("initial_h", "initial_c", "y_h", "y_c")
 
@@ -268,6 +294,7 @@ class ModelSpec:
     source: str = ""
 
     def validate(self) -> None:
+        self.signature.validate()
         if not self.layers:
             raise ModelFormatError("a model needs at least one recurrent layer")
         for layer in self.layers:

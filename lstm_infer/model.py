@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,26 @@ def _check_rank(name: str, arr: np.ndarray, rank: int, what: str) -> None:
         raise InputError(
             f"input {name!r} must have rank {rank} {what}, got shape {tuple(arr.shape)}"
         )
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _thread_pool(threads: int) -> ThreadPoolExecutor:
+    """A process-wide pool per thread count (created once, reused by every model)."""
+    with _POOLS_LOCK:
+        pool = _POOLS.get(threads)
+        if pool is None:
+            pool = _POOLS[threads] = ThreadPoolExecutor(threads, "lstm_infer")
+        return pool
+
+
+def _batch_slices(batch: int, parts: int) -> list[slice]:
+    """Split range(batch) into at most ``parts`` contiguous, nearly equal slices."""
+    parts = max(1, min(parts, batch))
+    edges = [batch * i // parts for i in range(parts + 1)]
+    return [slice(a, b) for a, b in zip(edges, edges[1:]) if b > a]
 
 
 def _apply_head(y: np.ndarray, head: Sequence[DenseLayer]) -> np.ndarray:
@@ -438,18 +459,42 @@ class Model:
         lens: np.ndarray | None,
         h0: list[np.ndarray | None],
         c0: list[np.ndarray | None],
+        threads: int = 1,
     ) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray | None]]:
-        """Run the stack. x (T, B, I); states updated in place in h0/c0 (fresh copies)."""
+        """Run the stack. x (T, B, I); states updated in place in h0/c0 (fresh copies).
+
+        With ``threads > 1`` each layer's work is split into independent jobs (the two
+        directions, and slices of the batch: rows never interact) run on a thread pool; the
+        kernels release the GIL.
+        """
         T, B = x.shape[0], x.shape[1]
         y4 = None
         for layer, plans, h, c in zip(self._spec.layers, self._plans, h0, c0):
             D, Hr = layer.num_directions, layer.state_size
             y4 = (np.zeros if lens is not None else np.empty)((T, B, D, Hr), np.float32)
+            slices = _batch_slices(B, max(1, threads // D) if T * B >= 64 else 1)
+            jobs = []
             for d, plan in enumerate(plans):
                 reverse = layer.direction == "reverse" or d == 1
-                _engine.run_direction(
-                    plan, x, lens, reverse, h[d], None if c is None else c[d], y4[:, :, d, :]
-                )
+                for rows in slices:
+                    jobs.append(
+                        (
+                            plan,
+                            x if len(slices) == 1 else np.ascontiguousarray(x[:, rows]),
+                            None if lens is None else lens[rows],
+                            reverse,
+                            h[d, rows],
+                            None if c is None else c[d, rows],
+                            y4[:, rows, d, :],
+                        )
+                    )
+            if len(jobs) == 1 or threads <= 1:
+                for job in jobs:
+                    _engine.run_direction(*job)
+            else:
+                pool = _thread_pool(threads)
+                for future in [pool.submit(_engine.run_direction, *job) for job in jobs]:
+                    future.result()
             x = y4.reshape(T, B, D * Hr)
         if lens is not None and not lens.all():
             # onnxruntime reports a zero final state for rows of length 0 (not the initial
@@ -460,8 +505,23 @@ class Model:
                     state[:, empty] = 0.0
         return y4, h0, c0
 
+    @property
+    def threads(self) -> int:
+        """Threads ``run`` uses by default (1). Work is split by direction and batch rows."""
+        return getattr(self, "_threads", 1)
+
+    @threads.setter
+    def threads(self, value: int) -> None:
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"threads must be a positive int, got {value!r}")
+        self._threads = int(value)
+
     def run(
-        self, feeds: Mapping[str, Any], output_names: Sequence[str] | None = None
+        self,
+        feeds: Mapping[str, Any],
+        output_names: Sequence[str] | None = None,
+        *,
+        threads: int | None = None,
     ) -> dict[str, np.ndarray]:
         """Run whole sequences.
 
@@ -472,6 +532,9 @@ class Model:
             float64 and non-contiguous arrays are converted.
         output_names : sequence of str, optional
             Subset of outputs to return (default: all).
+        threads : int, optional
+            Threads for this call (default :attr:`threads`): the directions of a
+            bidirectional layer and slices of the batch run in parallel.
 
         Returns
         -------
@@ -494,13 +557,18 @@ class Model:
             return self._with_fed_weights(feeds).run(
                 {k: v for k, v in feeds.items() if k not in sig.weight_inputs.values()},
                 output_names,
+                threads=self.threads if threads is None else threads,
             )
         x = self._sequence_input(feeds)
         T, B = x.shape[0], x.shape[1]
         lens = self._lens(feeds, T, B)
         h = self._initial_states(feeds, "initial_h", B)
         c = self._initial_states(feeds, "initial_c", B)
-        y4, h, c = self._forward(x, lens, h, c)
+        if threads is None:
+            threads = self.threads
+        elif not isinstance(threads, (int, np.integer)) or threads < 1:
+            raise ValueError(f"threads must be a positive int, got {threads!r}")
+        y4, h, c = self._forward(x, lens, h, c, int(threads))
 
         results: dict[str, np.ndarray] = {}
         by_name = {name: role for role, name in sig.outputs.items()}
@@ -548,8 +616,8 @@ class Model:
         if sig.style == "onnx_node":
             order = (0, 2, 1, 3) if sig.layout == 0 else (1, 0, 2, 3)
             return np.ascontiguousarray(y4.transpose(order))
-        T, B = y4.shape[:2]
-        y = _apply_head(y4.reshape(T, B, -1), self._spec.head)
+        T, B, D, Hr = y4.shape
+        y = _apply_head(y4.reshape(T, B, D * Hr), self._spec.head)
         return np.ascontiguousarray(y if sig.layout == 0 else y.transpose(1, 0, 2))
 
     def _format_state(
@@ -662,8 +730,17 @@ class Stream:
             for buf, init in zip(bufs, initial_states):
                 if buf is not None:
                     staged.append((buf, init[0]))
-        for buf, value in staged:
-            buf[...] = value
+        self._commit(staged)
+
+    def _commit(self, staged: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Write validated state values, unless another thread is inside step/feed."""
+        if not self._lock.acquire(blocking=False):
+            raise StreamError("this stream is being stepped by another thread")
+        try:
+            for buf, value in staged:
+                buf[...] = value
+        finally:
+            self._lock.release()
 
     def state_outputs(self) -> dict[str, np.ndarray]:
         """The current state as the model's state outputs, by the model's own names.
@@ -714,8 +791,7 @@ class Stream:
                         f"state[{key!r}][{i}] must have shape {buf.shape}, got {arr.shape}"
                     )
                 staged.append((buf, arr))
-        for buf, arr in staged:
-            buf[...] = arr
+        self._commit(staged)
 
     def _step_input(self, x_t: Any) -> np.ndarray:
         emb = self._model.spec.embedding

@@ -82,3 +82,23 @@ def test_empty_sequence_and_nan_propagation(lstm_model):
     y = lstm_model.run({"X": x})["Y"]
     assert np.isnan(y[1:, 0, 0]).all()  # forward direction, row 0, from t=1 on
     assert np.isfinite(y[:, :, 1]).all()  # row 1 is untouched
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_threads_split_directions_and_batch_rows(rng, threads):
+    W = rng.uniform(-0.3, 0.3, (2, 12, 5)).astype(np.float32)
+    R = rng.uniform(-0.3, 0.3, (2, 12, 4)).astype(np.float32)
+    model = lstm_infer.Model.from_onnx_weights("gru", W, R, direction="bidirectional")
+    x = rng.standard_normal((9, 17, 5)).astype(np.float32)
+    lens = rng.integers(0, 10, 17).astype(np.int32)
+    one = model.run({"X": x, "sequence_lens": lens})
+    many = model.run({"X": x, "sequence_lens": lens}, threads=threads)
+    model.threads = threads
+    default = model.run({"X": x, "sequence_lens": lens})
+    for name in one:
+        np.testing.assert_allclose(many[name], one[name], atol=1e-6, rtol=0)
+        np.testing.assert_array_equal(default[name], many[name])
+    with pytest.raises(ValueError, match="threads"):
+        model.threads = 0
+    with pytest.raises(ValueError, match="threads"):
+        model.run({"X": x}, threads=-1)

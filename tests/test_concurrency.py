@@ -133,12 +133,6 @@ def _mutators(stream: lstm_infer.Stream) -> dict[str, Callable[[], object]]:
     return {"reset": stream.reset, "set_state": lambda: setattr(stream, "state", snap)}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="model.py Stream.reset() and the Stream.state setter do not take the stream's "
-    "lock: called while another thread is inside step()/feed(), they rewrite the h/c "
-    "buffers the kernel is reading and writing (neither StreamError nor serialized)",
-)
 @pytest.mark.parametrize("mutator", ["reset", "set_state"])
 def test_state_changes_during_a_step_are_detected_or_serialized(mutator: str) -> None:
     model = make_model("lstm")

@@ -341,12 +341,6 @@ def test_native_size_of_infinity_is_a_format_error() -> None:
     refused(lambda: lstm_infer.load(blob), match="hidden_size|malformed")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="native_format.spec_from_safetensors does not validate the signature: a missing "
-    "'x' role, layout 7, an unknown style or non-string names load, and the model then fails "
-    "with KeyError or silently treats them as defaults at run time",
-)
 @pytest.mark.parametrize(
     ("field", "value"),
     [("inputs", {"initial_h": "h0"}), ("layout", 7), ("style", "weird"), ("inputs", {"x": 5})],
@@ -582,28 +576,7 @@ def test_fuzz_native_file_bytes(data: Any, kind: str) -> None:
 @hypothesis.given(data=st.data(), kind=st.sampled_from(["gru", "lstm", "sequence"]))
 def test_fuzz_native_file_json_values(data: Any, kind: str) -> None:
     blob = data.draw(json_mutations(native_blob(kind)))
-    # Known bug, see test_native_signature_is_validated_at_load (xfail): skip those mutants.
-    _, meta, _ = split_native(blob) if b'"lstm_infer"' in blob else (None, None, None)
-    hypothesis.assume(not _has_known_native_bug(meta))
     load_or_refuse(lambda: lstm_infer.load(blob))
-
-
-def _has_known_native_bug(meta: Any) -> bool:
-    """Mutants that hit the xfail'd native_format bug (the signature is not validated)."""
-    if not isinstance(meta, dict) or not isinstance(meta.get("signature"), dict):
-        return False
-    sig = meta["signature"]
-    inputs, outputs = sig.get("inputs"), sig.get("outputs")
-    if not isinstance(inputs, dict) or not isinstance(outputs, dict):
-        return True
-    return (
-        "x" not in inputs
-        or not all(isinstance(v, str) for v in (*inputs.values(), *outputs.values()))
-        or sig.get("layout") not in (0, 1)
-        or sig.get("style") not in ("onnx_node", "sequence")
-        or not set(outputs) <= {"y", "y_h", "y_c"}
-        or not set(inputs) <= {"x", "sequence_lens", "initial_h", "initial_c"}
-    )
 
 
 @FUZZ

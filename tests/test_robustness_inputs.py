@@ -226,12 +226,6 @@ def test_nan_propagates_through_relu_on_every_isa(isa: str) -> None:
     assert np.isnan(model.run({"X": x})["Y"]).all()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="model.py Model._format_y: y4.reshape(T, B, -1) cannot infer -1 when T or B is 0, "
-    "so a 'sequence'-style model (PyTorch import, embedding/head) raises numpy's "
-    "'cannot reshape array of size 0' for an empty sequence or an empty batch",
-)
 @pytest.mark.parametrize("shape", [(0, 2), (3, 0)])
 def test_sequence_model_runs_an_empty_sequence(shape: tuple[int, int]) -> None:
     out = embedding_model().run({"tokens": np.zeros(shape, np.int64)})
@@ -460,8 +454,6 @@ def test_fuzz_stream_with_random_arrays(
 @hypothesis.given(tokens=random_arrays(), batch=st.integers(1, 3))
 def test_fuzz_token_models_with_random_arrays(tokens: np.ndarray, batch: int) -> None:
     model = MODELS["embedding"]
-    # Known bug, see test_sequence_model_runs_an_empty_sequence (xfail): skip empty sequences.
-    hypothesis.assume(not (tokens.ndim == 2 and 0 in tokens.shape and tokens.dtype.kind in "iu"))
     ok, out = _attempt(lambda: model.run({"tokens": tokens}))
     if ok:
         assert isinstance(out, dict) and np.isfinite(out["logits"]).all()

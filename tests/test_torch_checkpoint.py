@@ -689,6 +689,7 @@ def test_reads_without_torch_in_a_fresh_interpreter(tmp_path: Path) -> None:
         text=True,
         timeout=60,
         cwd=tmp_path,  # not the source checkout: `-c` puts the cwd first on sys.path
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
     )
     assert result.returncode == 0, result.stderr
     assert "loaded 2" in result.stdout
