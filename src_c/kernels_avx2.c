@@ -36,6 +36,8 @@ static inline vf v_load_i8(const int8_t *p) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
 }
 /* 16 ymm registers: a tile needs 2*G*R accumulators + R broadcasts + 1 weight. */
+/* Accumulator registers a tile may use when it splits k in two (see the matvec). */
+#define MV_ACC_BUDGET 8
 #define MV_MAX_ROWS(G) ((G) >= 4 ? 1 : (G) >= 2 ? 2 : 4)
 
 #include "simd_kernels_template.h"

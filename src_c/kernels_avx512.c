@@ -35,6 +35,8 @@ static inline vf v_load_i8(const int8_t *p) {
 }
 /* 32 zmm registers hold G*R accumulators plus the G weight vectors of one input (x is
  * broadcast straight from memory): R = 6 rows at G = 4, 8 rows below. */
+/* Accumulator registers a tile may use when it splits k in two (see the matvec). */
+#define MV_ACC_BUDGET 16
 #define MV_MAX_ROWS(G) ((G) >= 4 ? 6 : 8)
 
 #include "simd_kernels_template.h"

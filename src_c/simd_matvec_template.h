@@ -14,26 +14,48 @@
 static inline __attribute__((always_inline)) void MV_NAME(mv_tile)(
     const MV_WTYPE *wb, int K, const int G, const int R, const float *x, int ldx,
     const float *bias, const float *scale, int bgs, float *out, int ogs, int ldo) {
-    vf acc[8][4][V_PER_BLOCK]; /* [row][gate][vector]: R <= 8, G <= 4 */
-    for (int b = 0; b < R; ++b)
-        for (int g = 0; g < G; ++g)
-            for (int v = 0; v < V_PER_BLOCK; ++v)
-                acc[b][g][v] = (!MV_SCALED && bias) ? v_load(bias + (size_t)g * bgs + v * VW)
-                                                    : v_zero();
-    for (int k = 0; k < K; ++k) {
+    /* Small tiles (batch 1-2) would wait on FMA latency with one accumulator per output:
+     * they keep two sets, for even and odd k, when both fit the ISA's register budget. */
+    const int S = 2 * R * G * V_PER_BLOCK <= MV_ACC_BUDGET ? 2 : 1;
+    vf acc[2][8][4][V_PER_BLOCK]; /* [k parity][row][gate][vector]: R <= 8, G <= 4 */
+    for (int s = 0; s < S; ++s)
+        for (int b = 0; b < R; ++b)
+            for (int g = 0; g < G; ++g)
+                for (int v = 0; v < V_PER_BLOCK; ++v)
+                    acc[s][b][g][v] = (s == 0 && !MV_SCALED && bias)
+                                          ? v_load(bias + (size_t)g * bgs + v * VW)
+                                          : v_zero();
+    int k = 0;
+    for (; k + S <= K; k += S)
+        for (int s = 0; s < S; ++s) {
+            const MV_WTYPE *wk = wb + (size_t)(k + s) * G * LI_BLOCK;
+            vf xs[8];
+            for (int b = 0; b < R; ++b) xs[b] = v_set1(x[(size_t)b * ldx + k + s]);
+            for (int g = 0; g < G; ++g)
+                for (int v = 0; v < V_PER_BLOCK; ++v) {
+                    const vf w = MV_WLOAD(wk + g * LI_BLOCK + v * VW);
+                    for (int b = 0; b < R; ++b)
+                        acc[s][b][g][v] = v_fmadd(w, xs[b], acc[s][b][g][v]);
+                }
+        }
+    for (; k < K; ++k) { /* odd K with two sets: the last input */
         const MV_WTYPE *wk = wb + (size_t)k * G * LI_BLOCK;
-        vf xs[8];
-        for (int b = 0; b < R; ++b) xs[b] = v_set1(x[(size_t)b * ldx + k]);
         for (int g = 0; g < G; ++g)
             for (int v = 0; v < V_PER_BLOCK; ++v) {
                 const vf w = MV_WLOAD(wk + g * LI_BLOCK + v * VW);
-                for (int b = 0; b < R; ++b) acc[b][g][v] = v_fmadd(w, xs[b], acc[b][g][v]);
+                for (int b = 0; b < R; ++b)
+                    acc[0][b][g][v] = v_fmadd(w, v_set1(x[(size_t)b * ldx + k]), acc[0][b][g][v]);
             }
     }
+    if (S == 2)
+        for (int b = 0; b < R; ++b)
+            for (int g = 0; g < G; ++g)
+                for (int v = 0; v < V_PER_BLOCK; ++v)
+                    acc[0][b][g][v] = v_add(acc[0][b][g][v], acc[1][b][g][v]);
     for (int b = 0; b < R; ++b)
         for (int g = 0; g < G; ++g)
             for (int v = 0; v < V_PER_BLOCK; ++v) {
-                vf r = acc[b][g][v];
+                vf r = acc[0][b][g][v];
                 if (MV_SCALED) {
                     const size_t at = (size_t)g * bgs + v * VW;
                     r = v_fmadd(r, v_load(scale + at), bias ? v_load(bias + at) : v_zero());
