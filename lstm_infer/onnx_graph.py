@@ -96,9 +96,6 @@ class Dim:
         return "*".join(parts)
 
 
-DimLike = "int | Dim"
-
-
 def _norm_dim(d: Any) -> Any:
     if isinstance(d, Dim):
         if d.coef == 0:
@@ -209,16 +206,12 @@ class Roles:
 # ---- stages of the plan ----------------------------------------------------------------------
 
 
-_stage_ids = itertools.count()
-
-
 @dataclass(eq=False)
 class Stage:
     """A step of the plan; ``features`` are the roles of its output's feature axis."""
 
     parent: Stage | None
     features: tuple[str, ...]
-    id: int = field(default_factory=lambda: next(_stage_ids))
 
 
 @dataclass(eq=False)
@@ -550,6 +543,10 @@ class GraphLowering:
         )
         return Seq(stage, axes)
 
+    def _input_axis(self, stage: InputStage, k: int) -> str:
+        """The role of axis ``k`` of a float graph input, as first created."""
+        return self.values[stage.name].axes[k][0]
+
     def _visit(self, node: Any) -> None:
         if node.domain not in ("", "ai.onnx"):
             raise UnsupportedModelError(
@@ -741,6 +738,8 @@ class GraphLowering:
             return Fill(v.value, tuple(v.dims[p] for p in perm))
         if isinstance(v, FinalState) and perm != list(range(rank)):
             raise _Unsupported("transposing a final recurrent state is not supported")
+        if isinstance(v, Hidden) and v.cell.steps == 1:
+            v = self._single_step_sequence(v)  # to batch-first: it is the output sequence
         return self._with_axes(v, [v.axes[p] for p in perm])
 
     def _squeeze_axes(self, node: Any, ins: list[Any], attrs: dict[str, Any]) -> list[int] | None:
@@ -925,9 +924,13 @@ class GraphLowering:
             return Fill(values.pop(), tuple(dims))
         if all(isinstance(v, Hidden) for v in parts):
             cells = {id(v.cell) for v in parts}
-            if len(cells) == 1 and len(parts) > 1:
+            if len(cells) == 1 and (len(parts) > 1 or parts[0].cell.steps == 1):
                 return self._hidden_sequence(parts, axis)
-            parts = [self._as_final_state(v) for v in parts]
+            if len(parts) == 2 and axis == rank - 1 and all(v.cell.steps == 1 for v in parts):
+                # Unrolled over one step, the two directions' outputs are their last steps.
+                parts = [self._single_step_sequence(v) for v in parts]
+            else:
+                parts = [self._as_final_state(v) for v in parts]
         if all(isinstance(v, (Hidden, FinalState)) for v in parts):
             return self._concat_states([self._as_final_state(v) for v in parts], axis)
         if all(isinstance(v, Seq) for v in parts) and len(parts) == 2:
@@ -1004,7 +1007,17 @@ class GraphLowering:
         for a, (s, e, st) in spec.items():
             size = dims[a]
             roles = [r for r in v.axes[a] if not _is_one(self._role_size(v, r))]
-            if st == 1 and _covers(size, s, e):
+            if len(v.axes[a]) == 1:
+                roles = list(v.axes[a])
+            # [0:1] of a one-long input axis is still one timestep (an RNN unrolled over a
+            # single step) or one state row; other slices keeping the whole axis do nothing.
+            row = (
+                len(roles) == 1
+                and _is_one(size)
+                and (s, e) == (0, 1)
+                and self.roles.kind_of(roles[0]) in ("axis", "time")
+            )
+            if st == 1 and _covers(size, s, e) and not row:
                 continue
             if len(roles) != 1 or len(v.axes[a]) != 1:
                 raise _Unsupported(f"slices axis {a} that merges several dimensions")
@@ -1201,6 +1214,8 @@ class GraphLowering:
 
     def _dense(self, node: Any, a: Any, weight: np.ndarray, bias: np.ndarray | None) -> Any:
         """x W^T (+ b) on a sequence, or the recurrent product of an unrolled RNN."""
+        if isinstance(a, Hidden) and a.cell.steps == 1:
+            a = self._single_step_sequence(a)  # the next layer's input, not a recurrence
         if isinstance(a, Hidden):
             if a.axes and self.roles.size_of(a.axes[-1][-1]) != weight.shape[1]:
                 raise _Unsupported(
@@ -1420,7 +1435,7 @@ class GraphLowering:
         if len(axes) != 3 or any(len(ax) != 1 for ax in axes):
             raise _Unsupported("the initial state must be a (layers, batch, hidden) input")
         s_ax, b_ax = (axes[0][0], axes[1][0]) if layout == 0 else (axes[1][0], axes[0][0])
-        if (s_ax, b_ax) != (stage_axis(self, stage, 0), stage_axis(self, stage, 1)):
+        if (s_ax, b_ax) != (self._input_axis(stage, 0), self._input_axis(stage, 1)):
             raise _Unsupported(
                 f"graph input {stage.name!r} must be used as (layers, batch, hidden), unpermuted"
             )
@@ -1466,7 +1481,7 @@ class GraphLowering:
             return None
         if parent.usage == "sequence":
             return None
-        rows = stage_axis(self, parent, 0)
+        rows = self._input_axis(parent, 0)
         if v.windows:
             w = v.windows[0]
             if w.stage is not parent or w.stop - w.start != 1 or w.role != rows:
@@ -1477,7 +1492,7 @@ class GraphLowering:
         else:
             return None
         parent.usage = "state"
-        self.roles.bind(stage_axis(self, parent, 1), "B")
+        self.roles.bind(self._input_axis(parent, 1), "B")
         return RecProd(("input", parent.name, index), stage.weight, stage.bias, v.axes)
 
     def _unrolled_sum(self, a: Any, b: Any) -> PreAct | None:
@@ -1613,6 +1628,15 @@ class GraphLowering:
         axes[-1] = (feat_role,)
         return Seq(cell.stage, tuple(axes))
 
+    def _single_step_sequence(self, h: Hidden) -> Seq:
+        """The output sequence of a direction unrolled over one step: its only Hidden."""
+        units = [
+            k for k, ax in enumerate(h.axes) if all(_is_one(self.roles.size_of(r)) for r in ax)
+        ]
+        if len(h.axes) != 3 or 0 not in units:
+            raise _Unsupported("the single unrolled step is not shaped (1, batch, hidden)")
+        return self._hidden_sequence([h], 0)
+
     def _check_projection_input(self, cell: UnrolledCell) -> None:
         parent = cell.proj.parent
         if isinstance(parent, InputStage):
@@ -1620,7 +1644,7 @@ class GraphLowering:
                 raise _Unsupported(f"graph input {parent.name!r} is used as a state and as X")
             parent.usage = "sequence"
             if not parent.features:
-                parent.features = (stage_axis(self, parent, 2),)
+                parent.features = (self._input_axis(parent, 2),)
 
     def _concat_directions(self, fwd: Seq, bwd: Seq, axis: int) -> Seq:
         """[forward ; reverse] outputs of two unrolled directions: one bidirectional layer."""
@@ -1689,11 +1713,15 @@ class GraphLowering:
     def _assemble(self) -> ModelSpec:
         seq_out: tuple[str, Seq] | None = None
         state_outs: list[tuple[str, FinalState]] = []
-        for vi in self.graph.output:
+        for k, vi in enumerate(self.graph.output):
             v = self.values.get(vi.name)
             where = self._where(vi.name)
             try:
-                if isinstance(v, Hidden):
+                if isinstance(v, Hidden) and k == 0 and v.cell.steps == 1:
+                    # Unrolled over one step, the output sequence and the final state are
+                    # the same tensor; exporters list the sequence first.
+                    v = self._single_step_sequence(v)
+                elif isinstance(v, Hidden):
                     v = self._as_final_state(v)
             except _Unsupported as exc:
                 raise UnsupportedModelError(f"{where}: {exc}") from None
@@ -1948,7 +1976,7 @@ class GraphLowering:
                     f"(layer, direction) {expected}, got {pairs}"
                 )
             if io == "in":
-                declared = self.roles.size_of(stage_axis(self, self.input_stages[name], 0))
+                declared = self.roles.size_of(self._input_axis(self.input_stages[name], 0))
                 if isinstance(declared, int) and declared != len(pairs):
                     raise UnsupportedModelError(
                         f"{where}: declares {declared} rows; the layers use {len(pairs)}"
@@ -2031,12 +2059,6 @@ class GraphLowering:
 
 
 # ---- helpers used by the interpreter -----------------------------------------------------------
-
-
-def stage_axis(low: GraphLowering, stage: InputStage, k: int) -> str:
-    """The role of axis ``k`` of a float graph input, as first created."""
-    value = low.values[stage.name]
-    return value.axes[k][0]
 
 
 def _depth(stage: Stage) -> int:

@@ -81,9 +81,17 @@ def test_static_dims_keep_the_graphs_sizes() -> None:
 
 def test_single_node_model_with_sequence_lens_and_state_inputs() -> None:
     case = onnx_builders.RecurrentCase(
-        "GRU", 4, 3, 2, 5, direction="bidirectional", initial_state="input",
-        lengths=(4, 2, 1), linear_before_reset=1, symbolic_dims=True,
-    )  # fmt: skip
+        "GRU",
+        4,
+        3,
+        2,
+        5,
+        direction="bidirectional",
+        initial_state="input",
+        lengths=(4, 2, 1),
+        linear_before_reset=1,
+        symbolic_dims=True,
+    )
     report = lstm_infer.validate(case.build().model.SerializeToString(), batch=3, seq_len=6)
     assert report.passed, str(report)
     assert [o.name for o in report.outputs] == ["Y", "Y_h"]

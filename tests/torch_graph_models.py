@@ -99,9 +99,7 @@ def build_net(case: GraphCase) -> Any:
                 self.rnn = torch.nn.RNN(INPUT, HIDDEN, **kwargs)
             else:
                 self.rnn = getattr(torch.nn, case.cell.upper())(INPUT, HIDDEN, **kwargs)
-            self.head = (
-                torch.nn.Linear(case.directions * HIDDEN, OUT) if case.head else None
-            )
+            self.head = torch.nn.Linear(case.directions * HIDDEN, OUT) if case.head else None
 
         def forward(self, x: Any, h0: Any = None, c0: Any = None) -> Any:
             if self.embedding is not None:
