@@ -25,6 +25,7 @@ layers -> dense head (+ activation). Anything the interpreter cannot place raise
 
 from __future__ import annotations
 
+import heapq
 import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -235,7 +236,7 @@ class DenseStage(Stage):
     weight: np.ndarray | None = None
     bias: np.ndarray | None = None
     activation: str | None = None
-    node: str = ""
+    node: str = ""  # the node that made it, as errors name it
 
 
 @dataclass(eq=False)
@@ -416,9 +417,6 @@ def _axis(axis: int, rank: int) -> int:
     return axis % rank
 
 
-_ACT_NAMES = {"Relu": "relu", "Tanh": "tanh", "Sigmoid": "sigmoid"}
-
-
 # ---- the interpreter -------------------------------------------------------------------------
 
 
@@ -436,7 +434,7 @@ class GraphLowering:
         self.values: dict[str, Any] = {}
         self.producer: dict[str, Any] = {}
         self.input_stages: dict[str, InputStage] = {}
-        self.cells: list[UnrolledCell] = []
+        self.unused_inputs: list[str] = []  # graph inputs no output depends on
 
     # ---- entry -----------------------------------------------------------------------------
 
@@ -452,7 +450,6 @@ class GraphLowering:
         needed = self._needed_nodes()
         used_inputs = {i for n in needed for i in n.input if i}
         used_inputs |= {o.name for o in self.graph.output}
-        self.unused_inputs: list[str] = []
         for vi in self.graph.input:
             if vi.name in self.values:
                 continue
@@ -484,24 +481,36 @@ class GraphLowering:
                 continue
             needed[id(node)] = node
             stack.extend(i for i in node.input if i)
+        # Kahn's algorithm, keeping the file's order among ready nodes.
+        available = {t.name for t in self.graph.initializer} | {i.name for i in self.graph.input}
+        nodes = [n for n in self.graph.node if id(n) in needed]
+        waiting: dict[int, int] = {}
+        consumers: dict[str, list[int]] = {}
+        for k, n in enumerate(nodes):
+            missing = {i for i in n.input if i and i not in available}
+            waiting[k] = len(missing)
+            for i in missing:
+                consumers.setdefault(i, []).append(k)
+        ready = [k for k, count in waiting.items() if count == 0]
+        heapq.heapify(ready)
         order: list[Any] = []
-        done: set[str] = {t.name for t in self.graph.initializer}
-        done |= {i.name for i in self.graph.input}
-        pending = [n for n in self.graph.node if id(n) in needed]
-        while pending:
-            progress = [n for n in pending if all(i in done or not i for i in n.input)]
-            if not progress:
-                n = pending[0]
-                missing = [i for i in n.input if i and i not in done]
-                raise ModelFormatError(
-                    f"node {n.name!r} ({n.op_type}): input(s) {missing} are produced by no node "
-                    "(or the graph has a cycle)"
-                )
-            for n in progress:
-                order.append(n)
-                done.update(o for o in n.output if o)
-            ids = {id(n) for n in progress}
-            pending = [n for n in pending if id(n) not in ids]
+        while ready:
+            k = heapq.heappop(ready)
+            order.append(nodes[k])
+            for o in nodes[k].output:
+                for j in consumers.pop(o, []) if o else []:
+                    waiting[j] -= 1
+                    if waiting[j] == 0:
+                        heapq.heappush(ready, j)
+        if len(order) != len(nodes):
+            done = {id(n) for n in order}
+            n = next(n for n in nodes if id(n) not in done)
+            produced = {o for m in order for o in m.output}
+            missing = [i for i in n.input if i and i not in available and i not in produced]
+            raise ModelFormatError(
+                f"node {n.name!r} ({n.op_type}): input(s) {missing} are produced by no node "
+                "(or the graph has a cycle)"
+            )
         return order
 
     def _input_value(self, vi: Any) -> Any:
@@ -1161,7 +1170,7 @@ class GraphLowering:
             base = np.eye(width, dtype=np.float32) if weight is None else weight
             weight = (base * scale[:, None]).astype(np.float32)
             bias = None if bias is None else (bias * scale).astype(np.float32)
-        new = DenseStage(parent, feats, weight=weight, bias=bias, node=node.name)
+        new = DenseStage(parent, feats, weight=weight, bias=bias, node=_label(node))
         windows = tuple(
             Window(w.role, w.start, w.stop, new) if w.stage is stage else w for w in v.windows
         )
@@ -1242,7 +1251,7 @@ class GraphLowering:
             raise _Unsupported("the last axis is not the features of the sequence")
         feat = self.roles.new("feat", weight.shape[0], "dense")
         new = DenseStage(
-            stage, (feat,), weight=np.ascontiguousarray(weight), bias=bias, node=node.name
+            stage, (feat,), weight=np.ascontiguousarray(weight), bias=bias, node=_label(node)
         )
         return Seq(new, (*a.axes[:-1], (feat,)), a.windows)
 
@@ -1262,10 +1271,10 @@ class GraphLowering:
                 weight=stage.weight,
                 bias=stage.bias,
                 activation=act,
-                node=node.name,
+                node=_label(node),
             )
         else:
-            new = DenseStage(stage, stage.features, activation=act, node=node.name)
+            new = DenseStage(stage, stage.features, activation=act, node=_label(node))
         return Seq(new, v.axes)
 
     def _op_Relu(self, node: Any, ins: list[Any], attrs: dict[str, Any]) -> Any:
@@ -1358,7 +1367,7 @@ class GraphLowering:
                 setattr(c_, f"init_{kind}", src)
         d_role = self.roles.new("dir", D)
         h_role = self.roles.new("feat", layer.state_size, "h")
-        stage = LayerStage(parent, (d_role, h_role), layer=layer, cells=cells, node=node.name)
+        stage = LayerStage(parent, (d_role, h_role), layer=layer, cells=cells, node=_label(node))
         if layout == 0:
             y_axes = (("T",), (d_role,), ("B",), (h_role,))
         else:
@@ -1526,7 +1535,6 @@ class GraphLowering:
             if not isinstance(steps, int):
                 raise _Unsupported("an unrolled recurrence over a symbolic number of steps")
             cell = UnrolledCell(proj, reverse, act, steps, window.role)
-            self.cells.append(cell)
             self.roles.bind(window.role, "T")
             others = [
                 r
@@ -1870,7 +1878,7 @@ class GraphLowering:
                 with_act = [d for d in after if d.activation is not None]
                 if with_act:
                     raise UnsupportedModelError(
-                        f"node {with_act[0].node!r}: a dense layer with activation "
+                        f"{with_act[0].node}: a dense layer with activation "
                         f"{with_act[0].activation!r} before a recurrent layer is not supported"
                     )
                 layers.append(_fold_dense(st.layer, after) if after else st.layer)
@@ -1892,8 +1900,8 @@ class GraphLowering:
         for i, (a, b) in enumerate(zip(layers, layers[1:])):
             if b.input_size != a.output_size:
                 raise UnsupportedModelError(
-                    f"node {layer_stages[i + 1].node!r}: input_size {b.input_size} does not "
-                    f"match the previous layer's output {a.output_size}"
+                    f"{layer_stages[i + 1].node or 'a recurrent layer'}: input_size "
+                    f"{b.input_size} does not match the previous layer's output {a.output_size}"
                 )
         return layers, layer_stages, head
 
@@ -2059,6 +2067,11 @@ class GraphLowering:
 
 
 # ---- helpers used by the interpreter -----------------------------------------------------------
+
+
+def _label(node: Any) -> str:
+    """How errors name a node: ``node 'name' (OpType)``."""
+    return f"node {node.name!r} ({node.op_type})"
 
 
 def _depth(stage: Stage) -> int:

@@ -9,6 +9,8 @@ seconds per model).
 
 from __future__ import annotations
 
+import io
+import itertools
 import os
 from typing import Any
 
@@ -85,6 +87,15 @@ def test_exported_graph_matches_torch_and_onnxruntime(case: tg.GraphCase) -> Non
         _close(other_outs, tg.ort_run(exported, other), "onnxruntime, other sizes")
     if not case.bidirectional:
         _check_stream(model, case, feeds, outs)
+
+
+def test_the_ci_subset_covers_every_pair_of_options() -> None:
+    keys = list(tg.FULL_MATRIX)
+    chosen = {tuple(getattr(c, k) for k in keys) for c in tg.pairwise_cases()}
+    for i, j in itertools.combinations(range(len(keys)), 2):
+        for a, b in itertools.product(tg.FULL_MATRIX[keys[i]], tg.FULL_MATRIX[keys[j]]):
+            assert any(row[i] == a and row[j] == b for row in chosen), (keys[i], a, keys[j], b)
+    assert len(chosen) < len(tg.all_cases()) // 20
 
 
 def test_dynamo_unrolled_rnn_lowers_to_one_rnn_layer() -> None:
@@ -218,8 +229,6 @@ def test_flattened_gemm_head_and_shape_arithmetic() -> None:
 
 
 def _export_bytes(net: Any, args: tuple, **kwargs: Any) -> bytes:
-    import io
-
     buf = io.BytesIO()
     torch.onnx.export(net, args, buf, input_names=["x"], output_names=["y"], dynamo=False, **kwargs)
     return buf.getvalue()
@@ -453,13 +462,20 @@ def _glue_graph() -> tuple[Any, dict[str, np.ndarray]]:
     graph = helper.make_graph(
         nodes,
         "glue",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", I])],
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", I]),
+            # An input no output depends on: accepted and ignored, as onnxruntime does.
+            helper.make_tensor_value_info("unused", TensorProto.FLOAT, [1]),
+        ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", O])],
         inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    feeds = {"x": rng.standard_normal((2, 5, I)).astype(np.float32)}
+    feeds = {
+        "x": rng.standard_normal((2, 5, I)).astype(np.float32),
+        "unused": np.ones(1, np.float32),
+    }
     return model, feeds
 
 
@@ -468,8 +484,13 @@ def test_hand_written_glue_graph_matches_onnxruntime() -> None:
     onnx.checker.check_model(model)
     ours = lstm_infer.load(model)
     assert ours.spec.signature.layout == 1 and [d.activation for d in ours.spec.head] == ["softmax"]
+    assert [(i.name, i.shape) for i in ours.inputs] == [
+        ("x", ("batch", "seq", 3)),
+        ("unused", (1,)),
+    ]
     want = tg.ort_run(model.SerializeToString(), feeds)
     _close(ours.run(feeds), want, "onnxruntime")
+    _close(ours.run({"x": feeds["x"]}), want, "without the unused input")
     report = lstm_infer.validate(model, batch=3, seq_len=7)
     assert report.passed, str(report)
 
@@ -519,3 +540,41 @@ def test_imported_graph_native_round_trip_is_exact(tmp_path: Any) -> None:
     assert got.keys() == expected.keys()
     for name in expected:
         np.testing.assert_array_equal(got[name], expected[name])
+
+
+class LinearBeforeLstm(torch.nn.Module):
+    """Linear -> (optional tanh) -> scaled -> LSTM without bias -> Linear, divided by 3."""
+
+    def __init__(self, activation: bool) -> None:
+        super().__init__()
+        self.pre = torch.nn.Linear(4, 6)
+        self.rnn = torch.nn.LSTM(6, 5, bias=False)
+        self.post = torch.nn.Linear(5, 2, bias=False)
+        self.activation = activation
+
+    def forward(self, x: Any) -> Any:
+        z = self.pre(x)
+        if self.activation:
+            z = torch.tanh(z)
+        return self.post(self.rnn(z * 0.5)[0]) / 3.0
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_affine_maps_before_a_layer_fold_into_it(dynamo: bool) -> None:
+    torch.manual_seed(0)
+    net = LinearBeforeLstm(activation=False).eval()
+    x = torch.randn(3, 2, 4)
+    buf = io.BytesIO()
+    torch.onnx.export(net, (x,), buf, input_names=["x"], output_names=["y"], dynamo=dynamo)
+    model = lstm_infer.load(buf.getvalue())
+    assert [(la.input_size, la.hidden_size) for la in model.layers] == [(4, 5)]
+    with torch.no_grad():
+        np.testing.assert_allclose(model.run({"x": x.numpy()})["y"], net(x).numpy(), atol=ATOL)
+
+    net = LinearBeforeLstm(activation=True).eval()
+    buf = io.BytesIO()
+    torch.onnx.export(net, (x,), buf, input_names=["x"], output_names=["y"], dynamo=dynamo)
+    with pytest.raises(
+        UnsupportedModelError, match=r"node '.*' \(Tanh\): a dense layer with activation 'tanh'"
+    ):
+        lstm_infer.load(buf.getvalue())
