@@ -141,3 +141,16 @@ def test_convert_quantize_writes_a_quantized_native_file(gru_file: Path, tmp_pat
     assert "int8 weights" in res.stdout
     res = run_cli("convert", str(gru_file), "-o", str(out), "--quantize", "int4")
     assert res.returncode == 2 and "invalid choice" in res.stderr
+
+
+def test_validate_passes_on_the_bundled_onnx_model_and_fails_on_garbage(tmp_path: Path) -> None:
+    require("onnxruntime")
+    from lstm_infer.bundled import model_path
+
+    res = run_cli("validate", str(model_path("char_lm.onnx")), "--seq-len", "8", "--trials", "1")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "logits" in res.stdout and "PASSED" in res.stdout
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not an onnx file")
+    res = run_cli("validate", str(garbage))
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
