@@ -49,6 +49,23 @@ __all__ = ["lower_graph"]
 
 RECURRENT_OPS = {"RNN": "rnn", "LSTM": "lstm", "GRU": "gru"}
 MIN_OPSET = 7
+# Constant subgraphs are evaluated at load time; none in a recurrent model is anywhere near
+# this big (a shape vector, a zero state), so a larger one is refused before it is allocated.
+MAX_CONSTANT_ELEMENTS = 1 << 24
+# Inputs each handled operator needs (opset-dependent ones at their newest arity).
+MIN_INPUTS = {
+    **dict.fromkeys(
+        ("Identity", "Dropout", "Cast", "Shape", "Size", "ConstantOfShape", "Transpose"), 1
+    ),
+    **dict.fromkeys(("Squeeze", "Flatten", "Concat", "Split", "Relu", "Tanh", "Sigmoid"), 1),
+    **dict.fromkeys(("Softmax", "LogSoftmax"), 1),
+    **dict.fromkeys(("Expand", "Reshape", "Gather", "Add", "Sub", "Mul", "Div"), 2),
+    **dict.fromkeys(("MatMul", "Gemm"), 2),
+    **dict.fromkeys(("RNN", "LSTM", "GRU"), 3),
+}
+REQUIRED_ATTRIBUTES = {"Cast": ("to",), "Concat": ("axis",)}
+# Constant operators whose output size depends on input values: sized before evaluation.
+_VALUE_SIZED = {"Range", "Tile", "Pad", "OneHot", "Resize", "Upsample", "ConstantOfShape"}
 # Slice ends at or beyond this mean "to the end" (exporters write INT64_MAX or INT32_MAX).
 _HUGE = 1 << 30
 
@@ -259,6 +276,7 @@ class LayerStage(Stage):
     layer: RecurrentLayer | None = None
     cells: list[Cell] = field(default_factory=list)
     node: str = ""
+    layout: int = 0  # the recurrent node's layout attribute (its X, Y and state tensors)
 
 
 @dataclass(eq=False)
@@ -441,7 +459,9 @@ class GraphLowering:
     def lower(self) -> ModelSpec:
         from lstm_infer.onnx_import import tensor_to_numpy
 
-        if self.opset and self.opset < MIN_OPSET:
+        if not self.opset:
+            raise ModelFormatError("the model imports no opset of the default ONNX domain")
+        if self.opset < MIN_OPSET:
             raise UnsupportedModelError(
                 f"opset {self.opset} is older than the oldest supported ({MIN_OPSET})"
             )
@@ -564,6 +584,8 @@ class GraphLowering:
             )
         handler = getattr(self, f"_op_{node.op_type}", None)
         ins = [self.values[i] if i else None for i in node.input]
+        label = f"node {node.name!r} ({node.op_type})"
+        self._check_arity(node, ins, label)
         try:
             if handler is None:
                 if (
@@ -579,9 +601,15 @@ class GraphLowering:
             else:
                 outs = handler(node, ins, _attrs(node))
         except _Unsupported as exc:
-            raise UnsupportedModelError(f"node {node.name!r} ({node.op_type}): {exc}") from None
+            raise UnsupportedModelError(f"{label}: {exc}") from None
         except ModelFormatError as exc:
-            raise type(exc)(f"node {node.name!r} ({node.op_type}): {exc}") from exc
+            raise type(exc)(f"{label}: {exc}") from exc
+        except (IndexError, KeyError, TypeError, ValueError) as exc:
+            # A node that contradicts its operator's definition (out-of-range indices,
+            # inconsistent shapes...): the file is malformed.
+            raise ModelFormatError(
+                f"{label}: malformed node ({type(exc).__name__}: {exc})"
+            ) from exc
         if not isinstance(outs, list):
             outs = [outs]
         for name, value in zip(node.output, outs):
@@ -593,21 +621,63 @@ class GraphLowering:
                 self.values[name] = None
                 self.producer[name] = node
 
+    def _check_arity(self, node: Any, ins: list[Any], label: str) -> None:
+        """Refuse a node missing the inputs or attributes its operator requires."""
+        need = MIN_INPUTS.get(node.op_type, 0)
+        if node.op_type == "Slice" and self.opset >= 10:
+            need = 3
+        if node.op_type == "Unsqueeze" and self.opset >= 13:
+            need = 2
+        present = [v for v in ins[:need] if v is not None]
+        if len(present) < need:
+            raise ModelFormatError(f"{label}: takes at least {need} input(s), got {len(present)}")
+        names = {a.name for a in node.attribute}
+        required = REQUIRED_ATTRIBUTES.get(node.op_type, ())
+        if node.op_type == "Slice" and self.opset < 10:
+            required = ("starts", "ends")
+        missing = [a for a in required if a not in names]
+        if missing:
+            raise ModelFormatError(f"{label}: lacks the required attribute(s) {missing}")
+        if any(a.type in (a.GRAPH, a.GRAPHS) for a in node.attribute):
+            raise UnsupportedModelError(
+                f"{label}: control flow (subgraphs) is not supported in a recurrent model"
+            )
+
     def _fold_with_reference(self, node: Any, ins: list[Any]) -> list[Const]:
         """Evaluate a node of constants with onnx's reference implementation."""
         from onnx import helper
         from onnx.reference import ReferenceEvaluator
 
+        if node.op_type in _VALUE_SIZED:
+            _check_elements(self._value_sized_elements(node, ins), f"its {node.op_type} output")
         names = [f"in{k}" if v is not None else "" for k, v in enumerate(ins)]
         outs = [f"out{k}" for k in range(len(node.output))]
         one = helper.make_node(node.op_type, names, outs, domain=node.domain)
         one.attribute.extend(node.attribute)
         try:
-            ev = ReferenceEvaluator(one, opsets={"": self.opset or 21})
+            ev = ReferenceEvaluator(one, opsets={"": self.opset})
             res = ev.run(None, {n: v.value for n, v in zip(names, ins) if n})
         except Exception as exc:  # noqa: BLE001 - reported as the node's error
             raise _Unsupported(f"cannot evaluate it on constants: {exc}") from exc
-        return [Const(np.asarray(r)) for r in res]
+        outs = [Const(np.asarray(r)) for r in res]
+        for out in outs:
+            _check_elements(out.value.size, "its output")
+        return outs
+
+    def _value_sized_elements(self, node: Any, ins: list[Any]) -> int:
+        """How many elements a Range/Tile/... of constants would make (before making them)."""
+        values = [None if v is None else v.value for v in ins]
+        if node.op_type == "Range" and len(values) >= 3 and None not in values[:3]:
+            start, limit, delta = (float(np.asarray(v).reshape(-1)[0]) for v in values[:3])
+            if delta == 0 or not np.isfinite([start, limit, delta]).all():
+                raise _Unsupported("Range with a zero or non-finite step")
+            return max(0, int(np.ceil((limit - start) / delta)))
+        if node.op_type == "Tile" and len(values) >= 2 and None not in values[:2]:
+            reps = [int(r) for r in np.asarray(values[1]).reshape(-1)]
+            return int(np.asarray(values[0]).size) * int(np.prod([max(r, 0) for r in reps]))
+        if node.op_type == "ConstantOfShape" and values and values[0] is not None:
+            return _shape_elements(np.asarray(values[0]).reshape(-1).tolist())
+        raise _Unsupported(f"{node.op_type} is not supported on constants")
 
     # ---- shapes ----------------------------------------------------------------------------
 
@@ -710,8 +780,13 @@ class GraphLowering:
 
         dims = _ints(ins[0], "the shape")
         value = tensor_to_numpy(attrs["value"]) if "value" in attrs else np.zeros(1, np.float32)
+        if value.size != 1:
+            raise ModelFormatError(f"'value' must hold one element, got shape {value.shape}")
+        if any(isinstance(d, int) and d < 0 for d in dims):
+            raise ModelFormatError(f"negative dims in shape {dims}")
         if any(isinstance(d, Dim) for d in dims):
             return Fill(float(value.reshape(-1)[0]), tuple(dims))
+        _check_elements(_shape_elements(dims), "the constant")
         return Const(np.full(dims, value.reshape(-1)[0], dtype=value.dtype))
 
     def _op_Expand(self, node: Any, ins: list[Any], attrs: dict[str, Any]) -> Any:
@@ -722,8 +797,11 @@ class GraphLowering:
         src = [1] * (rank - len(src)) + src
         dims = [1] * (rank - len(dims)) + dims
         out = [d if _is_one(s) else s for s, d in zip(src, dims)]
+        if any(isinstance(d, int) and d < 0 for d in out):
+            raise ModelFormatError(f"negative dims in the target shape {dims}")
         if isinstance(v, Const) and not _is_symbolic(v.value):
             if not any(isinstance(d, Dim) for d in out):
+                _check_elements(_shape_elements(out), "the expanded constant")
                 return Const(np.broadcast_to(v.value, out).copy())
             scalar = _scalar_float(v.value)
             if scalar is None:
@@ -1080,6 +1158,7 @@ class GraphLowering:
 
     def _binary_consts(self, op: str, a: Any, b: Any) -> Const:
         x, y = a.value, b.value
+        _check_elements(_shape_elements(np.broadcast_shapes(x.shape, y.shape)), "the result")
         if op == "Add":
             r = x + y
         elif op == "Sub":
@@ -1193,6 +1272,8 @@ class GraphLowering:
     def _op_MatMul(self, node: Any, ins: list[Any], attrs: dict[str, Any]) -> Any:
         a, b = ins[0], ins[1]
         if isinstance(a, Const) and isinstance(b, Const):
+            rows = a.value.size // max(1, a.value.shape[-1]) if a.value.ndim else 1
+            _check_elements(rows * (b.value.shape[-1] if b.value.ndim else 1), "the product")
             return Const(np.matmul(a.value, b.value))
         if not isinstance(b, Const) or b.value.ndim != 2:
             raise _Unsupported(
@@ -1367,7 +1448,9 @@ class GraphLowering:
                 setattr(c_, f"init_{kind}", src)
         d_role = self.roles.new("dir", D)
         h_role = self.roles.new("feat", layer.state_size, "h")
-        stage = LayerStage(parent, (d_role, h_role), layer=layer, cells=cells, node=_label(node))
+        stage = LayerStage(
+            parent, (d_role, h_role), layer=layer, cells=cells, node=_label(node), layout=layout
+        )
         if layout == 0:
             y_axes = (("T",), (d_role,), ("B",), (h_role,))
         else:
@@ -1778,7 +1861,17 @@ class GraphLowering:
             )
         layout = self._layout_of(x_value.axes, f"graph input {x_name!r}")
         outputs: dict[str, str] = {}
-        if seq_out is not None:
+        style = "sequence"
+        if seq_out is not None and self._is_node_y(seq_out[1], chain):
+            # One node whose own Y is the output (through layout-neutral glue): the
+            # operator's signature, with its layout.
+            style = "onnx_node"
+            if layout != layer_stages[0].layout:
+                raise UnsupportedModelError(
+                    f"{self._where(seq_out[0])}: the node's layout-{layer_stages[0].layout} Y "
+                    f"is the output but its X comes in layout {layout}"
+                )
+        elif seq_out is not None:
             name, v = seq_out
             out_layout = self._check_output_sequence(name, v)
             if out_layout != layout:
@@ -1787,8 +1880,13 @@ class GraphLowering:
                     f"{'batch' if layout else 'time'}-first but the output is "
                     f"{'batch' if out_layout else 'time'}-first"
                 )
+        self._check_state_layouts(layer_stages, state_outs, layout if style == "onnx_node" else 0)
         cells = {id(c): (li, d) for li, s in enumerate(layer_stages) for d, c in enumerate(s.cells)}
         inputs, constants, groups, state_roles = self._states(layer_stages, cells, state_outs)
+        if style == "onnx_node" and layout == 1:
+            constants = {
+                k: np.ascontiguousarray(v.transpose(1, 0, 2)) for k, v in constants.items()
+            }
         graph_inputs = [vi.name for vi in self.graph.input if vi.name not in self._initializers()]
         ordered_inputs: dict[str, str] = {}
         for name in graph_inputs:
@@ -1809,7 +1907,7 @@ class GraphLowering:
             else:
                 outputs[state_roles[vi.name]] = vi.name
         sig = Signature(
-            "sequence",
+            style,
             layout,
             ordered_inputs,
             outputs,
@@ -1918,16 +2016,58 @@ class GraphLowering:
         where = self._where(name)
         if v.windows or v.flipped:
             raise UnsupportedModelError(f"{where}: a slice of a sequence is not supported")
-        axes = [ax for ax in v.axes if not all(self.roles.droppable(r) for r in ax)]
-        if len(axes) != 3:
+        if len(v.axes) != 3:
             raise UnsupportedModelError(
                 f"{where}: a sequence output must be (time, batch, features) or (batch, time, "
-                f"features); this one has {len(axes)} axes (e.g. the recurrent node's raw "
-                "4-D Y is not supported in a multi-node graph)"
+                f"features); this one has {len(v.axes)} axes (the recurrent node's own 4-D Y "
+                "is supported only as the output of a one-layer graph without a head)"
             )
+        axes = list(v.axes)
         if not self.roles.same(axes[2], v.stage.features):
             raise UnsupportedModelError(f"{where}: its last axis is not the features")
         return self._layout_of(tuple(axes), where)
+
+    def _is_node_y(self, v: Seq, chain: list[Stage]) -> bool:
+        """Whether ``v`` is the raw 4-D Y of the only (node) layer, straight from its input."""
+        stage = v.stage
+        if not (isinstance(stage, LayerStage) and len(chain) == 2 and len(v.axes) == 4):
+            return False
+        if not isinstance(chain[0], InputStage) or v.windows or v.flipped:
+            return False
+        d_role, h_role = stage.features if len(stage.features) == 2 else (None, None)
+        want = ("T", d_role, "B", h_role) if stage.layout == 0 else ("B", "T", d_role, h_role)
+        got = tuple(self.roles.find(ax[0]) if len(ax) == 1 else None for ax in v.axes)
+        return got == want
+
+    def _check_state_layouts(
+        self,
+        stages: list[LayerStage],
+        state_outs: list[tuple[str, FinalState]],
+        layout: int,
+    ) -> None:
+        """States are (rows, batch, size), or (batch, rows, size) for a layout-1 node model."""
+        for name, fs in state_outs:
+            roles = [self.roles.kind_of(ax[0]) if len(ax) == 1 else "" for ax in fs.axes]
+            want = ["state", "batch", "feat"] if layout == 0 else ["batch", "state", "feat"]
+            if roles != want:
+                shape = "(layers * directions, batch, hidden)"
+                if layout == 1:
+                    shape = "(batch, directions, hidden)"
+                raise UnsupportedModelError(
+                    f"{self._where(name)}: a final state output must be shaped {shape}"
+                )
+        for st in stages:
+            uses_inputs = any(
+                src is not None and src[0] == "input"
+                for c in st.cells
+                for src in (c.init_h, c.init_c)
+            )
+            if uses_inputs and st.layout != layout:
+                raise UnsupportedModelError(
+                    f"{st.node}: a layout-{st.layout} node takes (batch, directions, hidden) "
+                    "states; a multi-node graph's state inputs must be (layers * directions, "
+                    "batch, hidden)"
+                )
 
     def _states(
         self,
@@ -2086,6 +2226,22 @@ def _stage_width(low: GraphLowering, st: DenseStage) -> int:
     if st.weight is not None:
         return int(st.weight.shape[0])
     return int(_dim_prod(low.roles.size_of(r) for r in st.features))
+
+
+def _shape_elements(dims: Sequence[Any]) -> int:
+    """Elements of a static shape (Python ints: no overflow)."""
+    total = 1
+    for d in dims:
+        total *= max(int(d), 0)
+    return total
+
+
+def _check_elements(count: int, what: str) -> None:
+    if count > MAX_CONSTANT_ELEMENTS:
+        raise _Unsupported(
+            f"{what} would have {count} elements; constants of more than "
+            f"{MAX_CONSTANT_ELEMENTS} are refused"
+        )
 
 
 def _shape_array(dims: Sequence[Any]) -> np.ndarray:

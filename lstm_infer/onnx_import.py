@@ -26,6 +26,11 @@ INPUT_ROLES = {
     "gru": ("X", "W", "R", "B", "sequence_lens", "initial_h"),
 }
 OUTPUT_ROLES = {"rnn": ("y", "y_h"), "lstm": ("y", "y_h", "y_c"), "gru": ("y", "y_h")}
+# The largest hidden size a layer may have (RecurrentLayer.validate's bound), checked on the
+# node attributes before any weight is read or allocated.
+MAX_HIDDEN_SIZE = 1 << 20
+# Weights fed at run time get a placeholder of their declared shape at load; bounded.
+MAX_PLACEHOLDER_ELEMENTS = 1 << 28
 
 
 def _require_onnx() -> Any:
@@ -42,6 +47,10 @@ def load_onnx_proto(source: Any, base_dir: str | None = None) -> Any:
     """A ModelProto from a path, bytes or ModelProto; external data resolved safely."""
     onnx = _require_onnx()
     if isinstance(source, onnx.ModelProto):
+        check_recurrent_attributes(source)
+        # No folder to resolve side files against: refused if the proto still references
+        # external data (rather than read relative to the working directory).
+        _load_external_data(source, None)
         return source
     try:
         if isinstance(source, (bytes, bytearray, memoryview)):
@@ -54,8 +63,27 @@ def load_onnx_proto(source: Any, base_dir: str | None = None) -> Any:
         raise
     except Exception as exc:  # protobuf DecodeError and friends
         raise ModelFormatError(f"not a valid ONNX model: {exc}") from exc
+    check_recurrent_attributes(model)
     _load_external_data(model, base_dir)
     return model
+
+
+def check_recurrent_attributes(model: Any) -> None:
+    """Refuse absurd hidden sizes on the recurrent nodes before any weight is read."""
+    from onnx import helper
+
+    for node in model.graph.node:
+        if node.op_type not in RECURRENT_OPS:
+            continue
+        for attr in node.attribute:
+            if attr.name != "hidden_size":
+                continue
+            value = helper.get_attribute_value(attr)
+            if not isinstance(value, int) or not 0 < value <= MAX_HIDDEN_SIZE:
+                raise ModelFormatError(
+                    f"node {node.name!r} ({node.op_type}): hidden_size must be an int in "
+                    f"[1, {MAX_HIDDEN_SIZE}], got {value!r}"
+                )
 
 
 def _load_external_data(model: Any, base_dir: str | None) -> None:
@@ -94,11 +122,31 @@ def _load_external_data(model: Any, base_dir: str | None) -> None:
                 f"initializer {t.name!r}: external data range [{offset}, {offset + n}) exceeds "
                 f"the {size}-byte file {location!r}"
             )
+        expected = _tensor_bytes(t)
+        if expected is not None and n != expected:
+            raise ModelFormatError(
+                f"initializer {t.name!r}: external data holds {n} bytes; its shape "
+                f"{list(t.dims)} needs {expected}"
+            )
         with open(full, "rb") as fh:
             fh.seek(offset)
             t.raw_data = fh.read(n)
         del t.external_data[:]
         t.data_location = onnx.TensorProto.DEFAULT
+
+
+def _tensor_bytes(tensor: Any) -> int | None:
+    """Bytes a tensor's dims and type need, or None for types without a fixed size."""
+    from onnx import helper
+
+    try:
+        itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+    except Exception:  # noqa: BLE001 - string, 4-bit and unknown types: not checked
+        return None
+    count = 1
+    for d in tensor.dims:
+        count *= int(d)
+    return count * itemsize
 
 
 def _all_initializers(graph: Any) -> list[Any]:
@@ -112,8 +160,10 @@ def _all_initializers(graph: Any) -> list[Any]:
 
 def tensor_to_numpy(tensor: Any) -> np.ndarray:
     """An ONNX TensorProto as a numpy array; floating types become float32."""
-    from onnx import numpy_helper
+    from onnx import TensorProto, numpy_helper
 
+    if not isinstance(tensor, TensorProto):
+        raise ModelFormatError(f"expected a tensor, got {type(tensor).__name__}")
     try:
         arr = numpy_helper.to_array(tensor)
     except Exception as exc:
@@ -139,7 +189,10 @@ def _constants(graph: Any) -> dict[str, np.ndarray]:
                 raise UnsupportedModelError(
                     f"Constant node {node.name!r}: only the 'value' attribute is supported"
                 )
-            values[node.output[0]] = tensor_to_numpy(attrs["value"])
+            try:
+                values[node.output[0]] = tensor_to_numpy(attrs["value"])
+            except ModelFormatError as exc:
+                raise ModelFormatError(f"Constant node {node.name!r}: 'value': {exc}") from exc
     return values
 
 
@@ -296,7 +349,16 @@ def _static_shape(graph: Any, name: str, node: Any) -> tuple[int, ...]:
         if vi.name == name:
             dims = vi.type.tensor_type.shape.dim
             if dims and all(d.HasField("dim_value") for d in dims):
-                return tuple(int(d.dim_value) for d in dims)
+                shape = tuple(int(d.dim_value) for d in dims)
+                count = 1
+                for d in shape:
+                    count *= d
+                if count > MAX_PLACEHOLDER_ELEMENTS:
+                    raise UnsupportedModelError(
+                        f"node {node.name!r} ({node.op_type}): weight input {name!r} declares "
+                        f"shape {shape} ({count} elements; at most {MAX_PLACEHOLDER_ELEMENTS})"
+                    )
+                return shape
             break
     raise UnsupportedModelError(
         f"node {node.name!r} ({node.op_type}): weight input {name!r} is fed at run time but "
