@@ -465,9 +465,11 @@ class GraphLowering:
             raise UnsupportedModelError(
                 f"opset {self.opset} is older than the oldest supported ({MIN_OPSET})"
             )
-        for t in self.graph.initializer:
-            self.values[t.name] = Const(tensor_to_numpy(t))
         needed = self._needed_nodes()
+        wanted = {i for n in needed for i in n.input} | {o.name for o in self.graph.output}
+        for t in self.graph.initializer:
+            if t.name in wanted:  # others are never decoded (nor read from side files)
+                self.values[t.name] = Const(tensor_to_numpy(t))
         used_inputs = {i for n in needed for i in n.input if i}
         used_inputs |= {o.name for o in self.graph.output}
         for vi in self.graph.input:

@@ -29,8 +29,12 @@ OUTPUT_ROLES = {"rnn": ("y", "y_h"), "lstm": ("y", "y_h", "y_c"), "gru": ("y", "
 # The largest hidden size a layer may have (RecurrentLayer.validate's bound), checked on the
 # node attributes before any weight is read or allocated.
 MAX_HIDDEN_SIZE = 1 << 20
+MAX_INPUT_SIZE = 1 << 20
 # Weights fed at run time get a placeholder of their declared shape at load; bounded.
 MAX_PLACEHOLDER_ELEMENTS = 1 << 28
+# No tensor of a recurrent model comes near this; a larger external one is not read.
+MAX_EXTERNAL_TENSOR_BYTES = 1 << 32
+GATE_COUNT = {"rnn": 1, "lstm": 4, "gru": 3}
 
 
 def _require_onnx() -> Any:
@@ -69,20 +73,62 @@ def load_onnx_proto(source: Any, base_dir: str | None = None) -> Any:
 
 
 def check_recurrent_attributes(model: Any) -> None:
-    """Refuse absurd hidden sizes on the recurrent nodes before any weight is read."""
-    from onnx import helper
+    """Refuse absurd sizes on the recurrent nodes before any weight is read or allocated.
 
+    Checks ``hidden_size`` and the declared dims of the W/R/B/P initializers kept in side
+    files (the engine's bounds: hidden and input sizes up to 2**20), so that a side file of
+    matching length is never read for an impossible layer. Initializers held in the model
+    itself are checked, with the same rules, when the layer is built.
+    """
+    from onnx import helper
+    from onnx.external_data_helper import uses_external_data
+
+    inits = {t.name: t for t in model.graph.initializer if uses_external_data(t)}
     for node in model.graph.node:
         if node.op_type not in RECURRENT_OPS:
             continue
-        for attr in node.attribute:
-            if attr.name != "hidden_size":
+        label = f"node {node.name!r} ({node.op_type})"
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        hidden = attrs.get("hidden_size")
+        if hidden is not None and (
+            not isinstance(hidden, int) or not 0 < hidden <= MAX_HIDDEN_SIZE
+        ):
+            raise ModelFormatError(
+                f"{label}: hidden_size must be an int in [1, {MAX_HIDDEN_SIZE}], got {hidden!r}"
+            )
+        weights = {
+            role: inits.get(node.input[pos]) if len(node.input) > pos else None
+            for role, pos in (("W", 1), ("R", 2), ("B", 3), ("P", 7))
+        }
+        w = weights["W"]
+        if w is not None and len(w.dims) == 3 and not 0 < w.dims[2] <= MAX_INPUT_SIZE:
+            raise ModelFormatError(
+                f"{label}: W has shape {list(w.dims)}; input_size must be in [1, {MAX_INPUT_SIZE}]"
+            )
+        if hidden is None:
+            r = weights["R"]
+            hidden = int(r.dims[-1]) if r is not None and len(r.dims) == 3 else None
+            if hidden is not None and not 0 < hidden <= MAX_HIDDEN_SIZE:
+                raise ModelFormatError(f"{label}: R has shape {list(r.dims)}")
+        if hidden is None:
+            continue
+        direction = attrs.get("direction", b"forward")
+        D = 2 if direction in (b"bidirectional", "bidirectional") else 1
+        G = GATE_COUNT[RECURRENT_OPS[node.op_type]]
+        expected = {
+            "W": (D, G * hidden, w.dims[2] if w is not None and len(w.dims) == 3 else None),
+            "R": (D, G * hidden, hidden),
+            "B": (D, 2 * G * hidden),
+            "P": (D, 3 * hidden),
+        }
+        for role, tensor in weights.items():
+            if tensor is None:
                 continue
-            value = helper.get_attribute_value(attr)
-            if not isinstance(value, int) or not 0 < value <= MAX_HIDDEN_SIZE:
+            want = expected[role]
+            if tuple(tensor.dims) != tuple(want):
                 raise ModelFormatError(
-                    f"node {node.name!r} ({node.op_type}): hidden_size must be an int in "
-                    f"[1, {MAX_HIDDEN_SIZE}], got {value!r}"
+                    f"{label}: {role} initializer {tensor.name!r} has shape "
+                    f"{list(tensor.dims)}; hidden_size={hidden} needs {list(want)}"
                 )
 
 
@@ -91,7 +137,13 @@ def _load_external_data(model: Any, base_dir: str | None) -> None:
     onnx = _require_onnx()
     from onnx.external_data_helper import uses_external_data
 
-    tensors = [t for t in _all_initializers(model.graph) if uses_external_data(t)]
+    # Initializers no node reads are never read (nor decoded later).
+    used = used_tensor_names(model.graph)
+    tensors = [
+        t
+        for t in _all_initializers(model.graph)
+        if uses_external_data(t) and (t.name in used or not t.name)
+    ]
     if not tensors:
         return
     if base_dir is None:
@@ -122,6 +174,11 @@ def _load_external_data(model: Any, base_dir: str | None) -> None:
                 f"initializer {t.name!r}: external data range [{offset}, {offset + n}) exceeds "
                 f"the {size}-byte file {location!r}"
             )
+        if n > MAX_EXTERNAL_TENSOR_BYTES:
+            raise ModelFormatError(
+                f"initializer {t.name!r}: {n} bytes of external data; tensors over "
+                f"{MAX_EXTERNAL_TENSOR_BYTES} bytes are refused"
+            )
         expected = _tensor_bytes(t)
         if expected is not None and n != expected:
             raise ModelFormatError(
@@ -147,6 +204,13 @@ def _tensor_bytes(tensor: Any) -> int | None:
     for d in tensor.dims:
         count *= int(d)
     return count * itemsize
+
+
+def used_tensor_names(graph: Any) -> set[str]:
+    """Names some node reads, or the graph outputs or declares as an input."""
+    names = {i for node in graph.node for i in node.input if i}
+    names |= {o.name for o in graph.output} | {i.name for i in graph.input}
+    return names
 
 
 def _all_initializers(graph: Any) -> list[Any]:
@@ -181,7 +245,8 @@ def _attributes(node: Any) -> dict[str, Any]:
 
 def _constants(graph: Any) -> dict[str, np.ndarray]:
     """Initializers and Constant-node outputs by name."""
-    values = {t.name: tensor_to_numpy(t) for t in graph.initializer}
+    used = used_tensor_names(graph)
+    values = {t.name: tensor_to_numpy(t) for t in graph.initializer if t.name in used}
     for node in graph.node:
         if node.op_type == "Constant":
             attrs = _attributes(node)

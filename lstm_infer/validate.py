@@ -193,7 +193,7 @@ def _merge(a: OutputReport | None, b: OutputReport) -> OutputReport:
     )
 
 
-def _ort_session(model_bytes: bytes) -> Any:
+def _ort_session(model: bytes | str) -> Any:
     try:
         import onnxruntime as ort
     except ImportError as exc:
@@ -203,7 +203,7 @@ def _ort_session(model_bytes: bytes) -> Any:
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.intra_op_num_threads = 1
-    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 def validate(
@@ -265,7 +265,10 @@ def validate(
         source, int(batch), int(seq_len), int(trials), int(seed), float(atol), _engine.isa()
     )
     try:
-        session = _ort_session(proto.SerializeToString())
+        # From its path, onnxruntime resolves side files itself.
+        session = _ort_session(
+            source if isinstance(path_or_model, (str, os.PathLike)) else (proto.SerializeToString())
+        )
     except MissingDependencyError:
         raise
     except Exception as exc:  # noqa: BLE001 - onnxruntime's own errors, reported
