@@ -10,7 +10,6 @@ and returns the exit status (0 passed, 1 failed, 2 the model could not be checke
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Sequence
@@ -297,30 +296,7 @@ def validate(
 
 def main_validate(argv: Sequence[str] | None = None) -> int:
     """``lstm-infer validate MODEL.onnx [options]``: print the report; 0 passed, 1 failed,
-    2 when the model cannot be checked."""
-    parser = argparse.ArgumentParser(
-        prog="lstm-infer validate",
-        description="Run an ONNX model in lstm_infer and onnxruntime on random inputs and "
-        "report the max abs/rel error of each output.",
-    )
-    parser.add_argument("model", help="path to the .onnx file")
-    parser.add_argument("--batch", type=int, default=2, help="batch size (default 2)")
-    parser.add_argument("--seq-len", type=int, default=16, help="sequence length (default 16)")
-    parser.add_argument("--trials", type=int, default=3, help="random draws (default 3)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--atol", type=float, default=1e-4, help="tolerance (default 1e-4)")
-    args = parser.parse_args(argv)
-    try:
-        report = validate(
-            args.model,
-            batch=args.batch,
-            seq_len=args.seq_len,
-            trials=args.trials,
-            seed=args.seed,
-            atol=args.atol,
-        )
-    except (LstmInferError, OSError, ValueError) as exc:
-        print(f"lstm-infer validate: error: {exc}", file=sys.stderr)
-        return 2
-    print(report)
-    return 0 if report.passed else 1
+    2 when the model cannot be checked. The command line itself lives in lstm_infer.cli."""
+    from lstm_infer.cli import main
+
+    return main(["validate", *(sys.argv[1:] if argv is None else argv)])
