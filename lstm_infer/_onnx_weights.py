@@ -20,6 +20,22 @@ from lstm_infer._spec import (
 )
 from lstm_infer.errors import ModelFormatError
 
+RECURRENT_OPS = {"RNN": "rnn", "LSTM": "lstm", "GRU": "gru"}
+# Every attribute the ONNX RNN/LSTM/GRU operators define (opsets 7 to 22).
+RECURRENT_ATTRIBUTES = frozenset(
+    {
+        "activations",
+        "activation_alpha",
+        "activation_beta",
+        "clip",
+        "direction",
+        "hidden_size",
+        "input_forget",
+        "linear_before_reset",
+        "layout",
+    }
+)
+
 # Internal gate k takes ONNX gate block ONNX_GATE_ORDER[cell][k].
 ONNX_GATE_ORDER = {"rnn": (0,), "lstm": (0, 2, 3, 1), "gru": (0, 1, 2)}
 ONNX_PEEPHOLE_ORDER = (0, 2, 1)  # internal i, f, o from ONNX i, o, f

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from lstm_infer._onnx_weights import layer_from_onnx
+from lstm_infer._onnx_weights import RECURRENT_ATTRIBUTES, RECURRENT_OPS, layer_from_onnx
 from lstm_infer._spec import (
     Activation,
     DenseLayer,
@@ -47,7 +47,6 @@ from lstm_infer.errors import ModelFormatError, UnsupportedModelError
 
 __all__ = ["lower_graph"]
 
-RECURRENT_OPS = {"RNN": "rnn", "LSTM": "lstm", "GRU": "gru"}
 MIN_OPSET = 7
 # Constant subgraphs are evaluated at load time; none in a recurrent model is anywhere near
 # this big (a shape vector, a zero state), so a larger one is refused before it is allocated.
@@ -1395,18 +1394,7 @@ class GraphLowering:
 
     def _recurrent(self, node: Any, ins: list[Any], attrs: dict[str, Any]) -> list[Any]:
         cell = RECURRENT_OPS[node.op_type]
-        known = {
-            "activations",
-            "activation_alpha",
-            "activation_beta",
-            "clip",
-            "direction",
-            "hidden_size",
-            "input_forget",
-            "linear_before_reset",
-            "layout",
-        }
-        unknown = set(attrs) - known
+        unknown = set(attrs) - RECURRENT_ATTRIBUTES
         if unknown:
             raise _Unsupported(f"unsupported attribute(s) {sorted(unknown)}")
         ins = ins + [None] * (8 - len(ins))

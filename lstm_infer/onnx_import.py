@@ -14,11 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from lstm_infer._onnx_weights import layer_from_onnx
+from lstm_infer._onnx_weights import RECURRENT_ATTRIBUTES, RECURRENT_OPS, layer_from_onnx
 from lstm_infer._spec import ModelSpec, Signature
 from lstm_infer.errors import MissingDependencyError, ModelFormatError, UnsupportedModelError
 
-RECURRENT_OPS = {"RNN": "rnn", "LSTM": "lstm", "GRU": "gru"}
 # Positions of the ONNX operator inputs.
 INPUT_ROLES = {
     "rnn": ("X", "W", "R", "B", "sequence_lens", "initial_h"),
@@ -277,18 +276,7 @@ def import_single_node(model: Any) -> ModelSpec:
         raise UnsupportedModelError(f"node {node.name!r}: domain {node.domain!r} not supported")
     cell = RECURRENT_OPS[node.op_type]
     attrs = _attributes(node)
-    known = {
-        "activations",
-        "activation_alpha",
-        "activation_beta",
-        "clip",
-        "direction",
-        "hidden_size",
-        "input_forget",
-        "linear_before_reset",
-        "layout",
-    }
-    unknown = set(attrs) - known
+    unknown = set(attrs) - RECURRENT_ATTRIBUTES
     if unknown:
         raise UnsupportedModelError(
             f"node {node.name!r} ({node.op_type}): unsupported attribute(s) {sorted(unknown)}"
