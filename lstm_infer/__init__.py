@@ -54,7 +54,7 @@ def load(source: Any, **options: Any) -> Model:
     Model
     """
     from lstm_infer.errors import ModelFormatError
-    from lstm_infer.native_format import spec_from_safetensors
+    from lstm_infer.native_format import is_native, spec_from_safetensors
     from lstm_infer.safetensors_io import is_safetensors, read_safetensors
     from lstm_infer.torch_import import import_torch, is_torch_checkpoint, spec_from_state_dict
 
@@ -89,7 +89,7 @@ def load(source: Any, **options: Any) -> Model:
         )
     if is_safetensors(head):
         tensors, metadata = read_safetensors(source)
-        if "lstm_infer" in metadata:
+        if is_native(metadata):
             no_options("native lstm_infer files")
             return Model(spec_from_safetensors(tensors, metadata))
         floats = {k: v for k, v in tensors.items() if v.dtype == "float32"}
