@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import require
+from fuzz_settings import fuzz_settings
 
 import lstm_infer
 from lstm_infer._spec import (
@@ -53,14 +54,7 @@ from lstm_infer.torch_checkpoint import read_checkpoint
 hypothesis = require("hypothesis")
 st = require("hypothesis.strategies")
 
-FUZZ_EXAMPLES = int(os.environ.get("LSTM_INFER_FUZZ_EXAMPLES", "60"))
-FUZZ = hypothesis.settings(
-    max_examples=FUZZ_EXAMPLES,
-    deadline=None,
-    suppress_health_check=list(hypothesis.HealthCheck),
-    derandomize=FUZZ_EXAMPLES <= 60,  # CI: the same examples every run
-    database=None,
-)
+FUZZ = fuzz_settings(60)
 # A refused file may allocate a little (parsing the header); never this much.
 ALLOCATION_BOUND = 32 * 1024 * 1024
 

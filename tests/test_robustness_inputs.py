@@ -11,13 +11,13 @@ NaN and Inf propagate through every cell on every ISA. A hypothesis test throws 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
 from conftest import require
+from fuzz_settings import fuzz_settings
 
 import lstm_infer
 from lstm_infer._spec import (
@@ -34,14 +34,7 @@ hypothesis = require("hypothesis")
 st = require("hypothesis.strategies")
 hnp = require("hypothesis.extra.numpy")
 
-FUZZ_EXAMPLES = int(os.environ.get("LSTM_INFER_FUZZ_EXAMPLES", "60"))
-FUZZ = hypothesis.settings(
-    max_examples=FUZZ_EXAMPLES,
-    deadline=None,
-    suppress_health_check=list(hypothesis.HealthCheck),
-    derandomize=FUZZ_EXAMPLES <= 60,  # CI: the same examples every run
-    database=None,
-)
+FUZZ = fuzz_settings(60)
 I, H, VOCAB = 3, 5, 11
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import require, require_all
+from fuzz_settings import fuzz_examples, fuzz_settings, is_ci_run
 
 onnx = require("onnx")
 hypothesis = require("hypothesis")
@@ -57,14 +58,9 @@ try:
 except ImportError:  # pragma: no cover - not on Windows
     resource = None  # type: ignore[assignment]
 
-FUZZ_EXAMPLES = int(os.environ.get("LSTM_INFER_FUZZ_EXAMPLES", "40"))
-CI_FUZZ = FUZZ_EXAMPLES <= 60
-FUZZ = hypothesis.settings(
-    max_examples=FUZZ_EXAMPLES,
-    deadline=None,
-    suppress_health_check=list(hypothesis.HealthCheck),
-    derandomize=CI_FUZZ,  # CI: the same examples every run
-    database=None,
+CI_FUZZ = is_ci_run(fuzz_examples(40))
+FUZZ = fuzz_settings(
+    40,
     # CI reports a failing example as drawn; the long run shrinks it to a small reproducer.
     phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate]
     if CI_FUZZ
