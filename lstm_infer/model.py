@@ -472,7 +472,10 @@ class Model:
         for layer, plans, h, c in zip(self._spec.layers, self._plans, h0, c0):
             D, Hr = layer.num_directions, layer.state_size
             y4 = (np.zeros if lens is not None else np.empty)((T, B, D, Hr), np.float32)
-            slices = _batch_slices(B, max(1, threads // D) if T * B >= 64 else 1)
+            # Below ~2e7 multiply-adds (a fraction of a millisecond) handing work to the pool
+            # costs about what it saves.
+            work = T * B * GATES[layer.cell] * layer.hidden_size * (layer.input_size + Hr)
+            slices = _batch_slices(B, max(1, threads // D) if work >= 20_000_000 else 1)
             jobs = []
             for d, plan in enumerate(plans):
                 reverse = layer.direction == "reverse" or d == 1
