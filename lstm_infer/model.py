@@ -102,6 +102,7 @@ class Model:
         spec.validate()
         self._spec = spec
         self._plans = [compile_layer(layer) for layer in spec.layers]
+        self._threads = 1
 
     # ---- construction ------------------------------------------------------------------------
 
@@ -511,7 +512,7 @@ class Model:
     @property
     def threads(self) -> int:
         """Threads ``run`` uses by default (1). Work is split by direction and batch rows."""
-        return getattr(self, "_threads", 1)
+        return self._threads
 
     @threads.setter
     def threads(self, value: int) -> None:
