@@ -3,6 +3,7 @@
 # in one `with nogil:` block. Compiler directives are set in setup.py.
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.stddef cimport ptrdiff_t
+from libc.stdint cimport int64_t
 from libc.string cimport memset
 from scipy.linalg.cython_blas cimport sgemm
 
@@ -136,6 +137,12 @@ cdef class CellPlan:
         self.c.peephole = _ptr(arrays.get("peephole"))
         self.c.proj = _ptr(arrays.get("proj"))
         self.c.proj_packed = _ptr(arrays.get("proj_packed"))
+        table = arrays.get("token_table")
+        if table is not None:
+            if table.ndim != 2 or table.shape[1] != self.c.gates * self.c.hidden_padded:
+                raise ValueError("token_table must have shape (vocab, gates * padded hidden)")
+            self.c.token_table = _ptr(table)
+            self.c.vocab_size = table.shape[0]
         self.c.clip = clip
         self.c.input_forget = input_forget
         self.c.linear_before_reset = linear_before_reset
@@ -152,6 +159,11 @@ cdef class CellPlan:
         return self.c.input_size
 
     @property
+    def takes_tokens(self):
+        """True when the input projection is a token table (the input is token ids)."""
+        return self.c.token_table != NULL
+
+    @property
     def hidden_size(self):
         return self.c.hidden_size
 
@@ -160,18 +172,35 @@ cdef class CellPlan:
         return self.c.state_size
 
 
-def run_direction(CellPlan plan, const float[:, :, ::1] x, object lens, bint reverse,
+def run_direction(CellPlan plan, cnp.ndarray x, object lens, bint reverse,
                   float[:, ::1] h, object c, float[:, :, :] y):
     """Run one direction over a whole sequence; h (and c) are updated in place.
 
-    x: (T, B, I) input; lens: int32 (B,) or None; h: (B, Hr); c: (B, H) for LSTM or None;
-    y: (T, B, Hr) output view whose last axis is contiguous (e.g. one direction's slice of a
-    (T, B, D, Hr) array). Steps past a row's length are not written.
+    x: (T, B, I) float32 input, or (T, B) int64 token ids for a plan with a token table;
+    lens: int32 (B,) or None; h: (B, Hr); c: (B, H) for LSTM or None; y: (T, B, Hr) output
+    view whose last axis is contiguous (e.g. one direction's slice of a (T, B, D, Hr) array).
+    Steps past a row's length are not written.
     """
-    cdef int T = x.shape[0], B = x.shape[1]
-    if x.shape[2] != plan.c.input_size:
-        raise ValueError(f"input has {x.shape[2]} features, the layer expects "
-                         f"{plan.c.input_size}")
+    cdef const float[:, :, ::1] xv
+    cdef const int64_t[:, ::1] tv
+    cdef const float *x_ptr = NULL
+    cdef const int64_t *tok_ptr = NULL
+    cdef int T, B
+    if cnp.PyArray_TYPE(x) == cnp.NPY_INT64:
+        if plan.c.token_table == NULL:
+            raise ValueError("this layer takes float inputs, not token ids")
+        tv = x
+        T, B = tv.shape[0], tv.shape[1]
+        if T and B:
+            tok_ptr = &tv[0, 0]
+    else:
+        xv = x
+        T, B = xv.shape[0], xv.shape[1]
+        if xv.shape[2] != plan.c.input_size:
+            raise ValueError(f"input has {xv.shape[2]} features, the layer expects "
+                             f"{plan.c.input_size}")
+        if T and B:
+            x_ptr = &xv[0, 0, 0]
     if h.shape[0] != B or h.shape[1] != plan.c.state_size:
         raise ValueError(f"h must have shape ({B}, {plan.c.state_size})")
     if y.shape[0] != T or y.shape[1] != B or y.shape[2] != plan.c.state_size or (
@@ -200,9 +229,11 @@ def run_direction(CellPlan plan, const float[:, :, ::1] x, object lens, bint rev
     cdef int rc
     cdef ptrdiff_t y_ts = y.strides[0] // sizeof(float), y_bs = y.strides[1] // sizeof(float)
     with nogil:
-        rc = li_run_direction(&plan.c, _active, <li_sgemm_fn>sgemm, T, B, &x[0, 0, 0],
-                              x.shape[2], lens_ptr, reverse, &h[0, 0], cptr, &y[0, 0, 0],
-                              y_ts, y_bs, &scratch[0])
+        rc = li_run_direction(&plan.c, _active, <li_sgemm_fn>sgemm, T, B, x_ptr,
+                              plan.c.input_size, tok_ptr, lens_ptr, reverse, &h[0, 0], cptr,
+                              &y[0, 0, 0], y_ts, y_bs, &scratch[0])
+    if rc == -4:
+        raise ValueError(f"a token id is outside [0, {plan.c.vocab_size})")
     if rc != 0:
         raise ValueError(f"recurrent kernel rejected its arguments (code {rc})")
 
@@ -277,23 +308,35 @@ cdef class StackStepper:
     def step(self, cnp.ndarray x, cnp.ndarray out):
         """One timestep: x (B, I) -> out (B, Hr_last); states advance in place.
 
+        With a token table on the first layer, x is instead (B,) int64 token ids.
         Plain ndarray arguments checked by hand: typed memoryviews would allocate a view
         object per call, and this is the per-step path.
         """
-        if not _is_f32_matrix(x, self.batch, self.in_size):
+        cdef const float *xp = NULL
+        cdef const int64_t *tp = NULL
+        if self.cells[0].token_table != NULL:
+            if not (cnp.PyArray_TYPE(x) == cnp.NPY_INT64 and cnp.PyArray_NDIM(x) == 1
+                    and cnp.PyArray_IS_C_CONTIGUOUS(x) and cnp.PyArray_DIM(x, 0) == self.batch):
+                raise ValueError(f"expected {self.batch} int64 token id(s), got {x.dtype} "
+                                 f"{np.shape(x)}")
+            tp = <const int64_t *>cnp.PyArray_DATA(x)
+        elif not _is_f32_matrix(x, self.batch, self.in_size):
             raise ValueError(f"expected a C-contiguous float32 input of shape ({self.batch}, "
                              f"{self.in_size}), got {x.dtype} {np.shape(x)}")
+        else:
+            xp = <const float *>cnp.PyArray_DATA(x)
         if not _is_f32_matrix(out, self.batch, self.out_size) or not cnp.PyArray_ISWRITEABLE(
                 out):
             raise ValueError(f"out must be a writable C-contiguous float32 array of shape "
                              f"({self.batch}, {self.out_size})")
-        cdef const float *xp = <const float *>cnp.PyArray_DATA(x)
         cdef float *op = <float *>cnp.PyArray_DATA(out)
         cdef float *sp = &self.scratch[0]
         cdef int rc
         with nogil:
-            rc = li_stack_step(self.cells, self.n_layers, _active, self.batch, xp,
+            rc = li_stack_step(self.cells, self.n_layers, _active, self.batch, xp, tp,
                                self.h_ptrs, self.c_ptrs, op, sp)
+        if rc == -4:
+            raise ValueError(f"a token id is outside [0, {self.cells[0].vocab_size})")
         if rc != 0:
             raise ValueError(f"recurrent kernel rejected its arguments (code {rc})")
 

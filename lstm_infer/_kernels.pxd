@@ -1,4 +1,5 @@
 # Declarations of the C kernel API in src_c/li_kernels.h. Pure declarations, no code.
+from libc.stdint cimport int64_t
 
 cdef extern from "li_kernels.h" nogil:
     enum:
@@ -42,6 +43,8 @@ cdef extern from "li_kernels.h" nogil:
         const float *peephole
         const float *proj
         const void *proj_packed
+        const float *token_table
+        int vocab_size
         float clip
         int input_forget
         int linear_before_reset
@@ -63,11 +66,11 @@ cdef extern from "li_kernels.h" nogil:
 
     size_t li_direction_scratch_floats(const li_cell *cell, int T, int B)
     int li_run_direction(const li_cell *cell, const li_kernels *kern, li_sgemm_fn sgemm, int T,
-                         int B, const float *x, int ldx, const int *lens, int reverse,
-                         float *h, float *c, float *y, ptrdiff_t y_ts, ptrdiff_t y_bs,
-                         float *scratch)
+                         int B, const float *x, int ldx, const int64_t *tokens,
+                         const int *lens, int reverse, float *h, float *c, float *y,
+                         ptrdiff_t y_ts, ptrdiff_t y_bs, float *scratch)
 
     size_t li_stack_step_scratch_floats(const li_cell *const *cells, int n_layers, int B)
     int li_stack_step(const li_cell *const *cells, int n_layers, const li_kernels *kern, int B,
-                      const float *x, float *const *h, float *const *c, float *y,
-                      float *scratch)
+                      const float *x, const int64_t *tokens, float *const *h,
+                      float *const *c, float *y, float *scratch)

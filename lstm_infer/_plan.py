@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from lstm_infer import _engine
-from lstm_infer._spec import GATES, DirectionWeights, RecurrentLayer
+from lstm_infer._spec import GATES, DirectionWeights, RecurrentLayer, folds_embedding
 from lstm_infer.quantize import int8_rows, to_bf16_bits
 
 BLOCK = _engine.BLOCK
@@ -73,8 +73,30 @@ def _pack(m: np.ndarray, gates: int, fmt: str) -> tuple[np.ndarray, np.ndarray |
     return packed, None
 
 
-def compile_direction(layer: RecurrentLayer, d: int) -> _engine.CellPlan:
-    """Build the CellPlan of direction ``d`` of ``layer``."""
+def token_table(embedding: np.ndarray, dw: DirectionWeights, gates: int) -> np.ndarray:
+    """(vocab, G*Hp) float32: ``W emb[v] + bias`` per token, gate-padded like the kernels'.
+
+    Computed in float64 and rounded once, from the direction's float32 ``w`` (the first
+    layer's input weights stay float32 in a quantized model, see quantize.py).
+    """
+    proj = embedding.astype(np.float64) @ dw.w.astype(np.float64).T + dw.bias.astype(np.float64)
+    vocab = proj.shape[0]
+    h = proj.shape[1] // gates
+    hp = -(-h // BLOCK) * BLOCK
+    out = _aligned_empty((vocab, gates * hp))
+    view = out.reshape(vocab, gates, hp)
+    view[...] = 0.0
+    view[:, :, :h] = proj.reshape(vocab, gates, h)
+    return out
+
+
+def compile_direction(
+    layer: RecurrentLayer, d: int, embedding: np.ndarray | None = None
+) -> _engine.CellPlan:
+    """Build the CellPlan of direction ``d`` of ``layer``.
+
+    ``embedding`` (first layer only): fold it into a token table when folds_embedding says so.
+    """
     dw = layer.directions[d]
     g = GATES[layer.cell]
     h = layer.hidden_size
@@ -98,6 +120,8 @@ def compile_direction(layer: RecurrentLayer, d: int) -> _engine.CellPlan:
         arrays["rn_packed"], arrays["rn_scale"] = _pack(np.ascontiguousarray(r[2 * h :]), 1, fmt)
     else:
         arrays["r_packed"], arrays["r_scale"] = _pack(r, g, fmt)
+    if folds_embedding(embedding, layer):
+        arrays["token_table"] = token_table(embedding, dw, g)
     acts = [(a.code, a.alpha, a.beta) for a in dw.activations]
     return _engine.CellPlan(
         layer.cell,
@@ -114,6 +138,8 @@ def compile_direction(layer: RecurrentLayer, d: int) -> _engine.CellPlan:
     )
 
 
-def compile_layer(layer: RecurrentLayer) -> list[_engine.CellPlan]:
-    """One CellPlan per direction."""
-    return [compile_direction(layer, d) for d in range(layer.num_directions)]
+def compile_layer(
+    layer: RecurrentLayer, embedding: np.ndarray | None = None
+) -> list[_engine.CellPlan]:
+    """One CellPlan per direction (``embedding``: see compile_direction)."""
+    return [compile_direction(layer, d, embedding) for d in range(layer.num_directions)]

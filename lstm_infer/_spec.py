@@ -270,6 +270,23 @@ class Signature:
 STATE_ROLES = ("initial_h", "initial_c", "y_h", "y_c")
 
 
+# Largest token table (vocab x gates x padded hidden floats) folded into a first layer.
+TOKEN_TABLE_MAX_BYTES = 64 << 20
+
+
+def folds_embedding(embedding: np.ndarray | None, layer: RecurrentLayer) -> bool:
+    """True when the first layer's input projection becomes a per-token table.
+
+    With an embedding, ``W emb[v] + b`` has only ``vocab`` possible values: precomputing them
+    (in float64, rounded once) replaces the input matvec of every step by one row copy. Large
+    vocabularies keep the matvec: the table would cost more memory than it saves.
+    """
+    if embedding is None:
+        return False
+    hp = -(-layer.hidden_size // 16) * 16
+    return embedding.shape[0] * GATES[layer.cell] * hp * 4 <= TOKEN_TABLE_MAX_BYTES
+
+
 def state_role(base: str, group: int) -> str:
     """The signature role of state ``base`` ("initial_h", "y_c", ...) of state group ``group``."""
     return base if group == 0 else f"{base}:{group}"

@@ -101,7 +101,12 @@ class Model:
     def __init__(self, spec: ModelSpec) -> None:
         spec.validate()
         self._spec = spec
-        self._plans = [compile_layer(layer) for layer in spec.layers]
+        self._plans = [
+            compile_layer(layer, spec.embedding if i == 0 else None)
+            for i, layer in enumerate(spec.layers)
+        ]
+        # The first layer looks token ids up in a precomputed table (see folds_embedding).
+        self._takes_tokens = self._plans[0][0].takes_tokens
         self._threads = 1
 
     # ---- construction ------------------------------------------------------------------------
@@ -340,8 +345,10 @@ class Model:
                     f"input {name!r}: token ids must be in [0, {emb.shape[0]}), got range "
                     f"[{tokens.min()}, {tokens.max()}]"
                 )
-            x = emb[tokens if sig.layout == 0 else tokens.T]
-            return np.ascontiguousarray(x, dtype=np.float32)
+            tokens = tokens if sig.layout == 0 else tokens.T
+            if self._takes_tokens:
+                return np.ascontiguousarray(tokens, dtype=np.int64)
+            return np.ascontiguousarray(emb[tokens], dtype=np.float32)
         x = _as_float_input(name, feeds[name])
         layout_desc = (
             "(seq_len, batch, input_size)" if sig.layout == 0 else ("(batch, seq_len, input_size)")
@@ -810,6 +817,8 @@ class Stream:
                 )
             if tokens.min() < 0 or tokens.max() >= emb.shape[0]:
                 raise InputError(f"token ids must be in [0, {emb.shape[0]}), got {tokens}")
+            if self._model._takes_tokens:
+                return np.ascontiguousarray(tokens, dtype=np.int64)
             return np.ascontiguousarray(emb[tokens])
         x = np.asarray(x_t)
         if x.dtype != np.float32 or not x.flags.c_contiguous:

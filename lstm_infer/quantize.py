@@ -14,7 +14,7 @@ import copy
 
 import numpy as np
 
-from lstm_infer._spec import ModelSpec
+from lstm_infer._spec import ModelSpec, folds_embedding
 from lstm_infer.errors import ModelFormatError
 
 WEIGHT_FORMATS = ("float32", "bfloat16", "int8")
@@ -64,18 +64,22 @@ def dequantize(m: np.ndarray, fmt: str) -> np.ndarray:
 def quantize_spec(spec: ModelSpec, fmt: str) -> ModelSpec:
     """A copy of ``spec`` whose recurrent layers use weight format ``fmt``.
 
-    Embedding and dense head stay float32 (they are read once per token, not per unit).
+    Embedding and dense head stay float32 (they are read once per token, not per unit), and
+    so do the first layer's input weights when the embedding folds into a token table
+    (folds_embedding): the step then reads one table row, not the weights.
     """
     fmt = canonical_format(fmt)
     new = copy.deepcopy(spec)
-    for layer in new.layers:
+    for i, layer in enumerate(new.layers):
+        keep_w = i == 0 and folds_embedding(new.embedding, layer)
         if layer.weight_format != "float32" and fmt != layer.weight_format:
             raise ModelFormatError(
                 f"layer is already {layer.weight_format}; quantize the float32 model instead"
             )
         layer.weight_format = fmt
         for d in layer.directions:
-            d.w = dequantize(d.w, fmt)
+            if not keep_w:
+                d.w = dequantize(d.w, fmt)
             # Per-row quantization is row-local, so quantizing all of R equals quantizing the
             # GRU's z,r and n blocks separately as the plan packs them.
             d.r = dequantize(d.r, fmt)

@@ -15,6 +15,7 @@
 #define LI_KERNELS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -81,6 +82,11 @@ typedef struct {
     const float *peephole;  /* LSTM: [3][H] for i, f, o; or NULL */
     const float *proj;      /* LSTM projection [Hr][H]; NULL without projection */
     const void *proj_packed; /* packed 1 x Hr x H */
+    /* First layer of a model with a token embedding: the input projection of every token,
+     * W emb[v] + bias, precomputed as [vocab][G][Hp] (NULL otherwise). A step then copies
+     * one row instead of multiplying by W. */
+    const float *token_table;
+    int vocab_size;
 
     float clip;              /* |pre-activation| bound; 0 or negative: no clip */
     int input_forget;        /* LSTM: f = 1 - i */
@@ -167,31 +173,35 @@ size_t li_direction_scratch_floats(const li_cell *cell, int T, int B);
 
 /*
  * Run one direction of one layer over a whole sequence.
- *   x:        [T][B] rows of I floats, row stride ldx (time-major)
+ *   x:        [T][B] rows of I floats, row stride ldx (time-major); or NULL with tokens
+ *   tokens:   [T][B] token ids looked up in cell->token_table instead of x; or NULL
  *   lens:     [B] valid lengths (each in [0, T]) or NULL for all T
  *   reverse:  process each row from its own last valid step back to 0
  *   h, c:     [B][Hr], [B][H] initial state in, final state out (c NULL for RNN/GRU)
  *   y:        output for (t, b) at y + t*y_ts + b*y_bs, Hr floats; NULL to skip. Entries of
  *             steps past a row's length are not written (the caller zeroes them).
  *   scratch:  li_direction_scratch_floats(cell, T, B) floats
- * Returns 0, or a negative value for invalid arguments.
+ * Returns 0, or a negative value for invalid arguments (-4: a token id outside the table).
  */
 int li_run_direction(const li_cell *cell, const li_kernels *kern, li_sgemm_fn sgemm, int T,
-                     int B, const float *x, int ldx, const int *lens, int reverse, float *h,
-                     float *c, float *y, ptrdiff_t y_ts, ptrdiff_t y_bs, float *scratch);
+                     int B, const float *x, int ldx, const int64_t *tokens, const int *lens,
+                     int reverse, float *h, float *c, float *y, ptrdiff_t y_ts, ptrdiff_t y_bs,
+                     float *scratch);
 
 /* Scratch floats li_stack_step needs. */
 size_t li_stack_step_scratch_floats(const li_cell *const *cells, int n_layers, int B);
 
 /*
  * One timestep through a stack of unidirectional layers, batch B (the streaming path).
- *   x:  [B][I0] input rows (contiguous)
+ *   x:  [B][I0] input rows (contiguous); or NULL with tokens
+ *   tokens: [B] token ids for cells[0]->token_table; or NULL
  *   h[l], c[l]: per layer state [B][Hr_l], [B][H_l] (c[l] NULL for RNN/GRU), updated in place
  *   y:  [B][Hr_last] output of the last layer
  * No allocation; weights are read once per step (packed).
  */
 int li_stack_step(const li_cell *const *cells, int n_layers, const li_kernels *kern, int B,
-                  const float *x, float *const *h, float *const *c, float *y, float *scratch);
+                  const float *x, const int64_t *tokens, float *const *h, float *const *c,
+                  float *y, float *scratch);
 
 #ifdef __cplusplus
 }

@@ -147,23 +147,43 @@ static void recurrent_step(const li_cell *cell, const li_kernels *kern, li_sgemm
 }
 
 size_t li_direction_scratch_floats(const li_cell *cell, int T, int B) {
-    return (size_t)T * B * cell->gates * cell->hidden_size + step_buffer_floats(cell, B);
+    return (size_t)T * B * cell->gates * cell->hidden_padded + step_buffer_floats(cell, B);
+}
+
+/* Rows of a token table: the input projections of a batch of token ids, gate stride Hp. */
+static int gather_token_rows(const li_cell *cell, const int64_t *tokens, size_t n, float *out) {
+    const size_t row = (size_t)cell->gates * cell->hidden_padded;
+    for (size_t i = 0; i < n; ++i) {
+        if (tokens[i] < 0 || tokens[i] >= cell->vocab_size) return -4;
+        memcpy(out + i * row, cell->token_table + (size_t)tokens[i] * row, sizeof(float) * row);
+    }
+    return 0;
 }
 
 int li_run_direction(const li_cell *cell, const li_kernels *kern, li_sgemm_fn sgemm, int T,
-                     int B, const float *x, int ldx, const int *lens, int reverse, float *h,
-                     float *c, float *y, ptrdiff_t y_ts, ptrdiff_t y_bs, float *scratch) {
-    if (!cell || !kern || !sgemm || T < 0 || B <= 0 || !x || !h || !scratch) return -1;
+                     int B, const float *x, int ldx, const int64_t *tokens, const int *lens,
+                     int reverse, float *h, float *c, float *y, ptrdiff_t y_ts, ptrdiff_t y_bs,
+                     float *scratch) {
+    if (!cell || !kern || !sgemm || T < 0 || B <= 0 || !h || !scratch) return -1;
+    if (tokens ? !cell->token_table : !x) return -1;
     if (cell->cell == LI_CELL_LSTM && !c) return -2;
     const int G = cell->gates, H = cell->hidden_size, I = cell->input_size;
     const int Hr = cell->state_size, Hrp = round_up_block(Hr);
     if (T == 0) return 0;
 
-    /* Input projection for every (t, b): xproj = b + W x, one sgemm. */
+    /* Input projection for every (t, b): xproj = b + W x, one sgemm (or table rows). */
     float *xproj = scratch;
     const size_t rows = (size_t)T * B;
-    for (size_t r = 0; r < rows; ++r) memcpy(xproj + r * G * H, cell->bias, sizeof(float) * G * H);
-    {
+    xproj_view xv = {xproj, (ptrdiff_t)B * G * H, (ptrdiff_t)G * H, H};
+    if (tokens) {
+        const int Hp = cell->hidden_padded;
+        if (gather_token_rows(cell, tokens, rows, xproj) != 0) return -4;
+        xv.ts = (ptrdiff_t)B * G * Hp;
+        xv.bs = (ptrdiff_t)G * Hp;
+        xv.gs = Hp;
+    } else {
+        for (size_t r = 0; r < rows; ++r)
+            memcpy(xproj + r * G * H, cell->bias, sizeof(float) * G * H);
         char ta = 'T', tb = 'N';
         float one = 1.0f;
         int m = G * H, n = (int)rows, k = I, lda = I, ldb = ldx, ldc = G * H;
@@ -171,10 +191,9 @@ int li_run_direction(const li_cell *cell, const li_kernels *kern, li_sgemm_fn sg
               &ldc);
     }
     const size_t step_floats = step_buffer_floats(cell, B);
-    float *step_scratch = xproj + rows * G * H;
+    float *step_scratch = xproj + rows * G * cell->hidden_padded;
     memset(step_scratch, 0, sizeof(float) * step_floats);
     step_buffers s = carve_step_buffers(cell, B, step_scratch);
-    const xproj_view xv = {xproj, (ptrdiff_t)B * G * H, (ptrdiff_t)G * H, H};
     li_sgemm_fn rec_gemm = B <= LI_PACKED_MAX_ROWS ? 0 : sgemm;
 
     int max_len = 0;
@@ -213,8 +232,10 @@ size_t li_stack_step_scratch_floats(const li_cell *const *cells, int n_layers, i
 }
 
 int li_stack_step(const li_cell *const *cells, int n_layers, const li_kernels *kern, int B,
-                  const float *x, float *const *h, float *const *c, float *y, float *scratch) {
-    if (!cells || n_layers <= 0 || !kern || B <= 0 || !x || !h || !y || !scratch) return -1;
+                  const float *x, const int64_t *tokens, float *const *h, float *const *c,
+                  float *y, float *scratch) {
+    if (!cells || n_layers <= 0 || !kern || B <= 0 || !h || !y || !scratch) return -1;
+    if (tokens ? !cells[0]->token_table : !x) return -1;
     const float *in = x;
     int in_ld = cells[0]->input_size;
     /* Two halves of scratch alternate between layers so a layer's input (the previous
@@ -231,9 +252,15 @@ int li_stack_step(const li_cell *const *cells, int n_layers, const li_kernels *k
         float *step_scratch = out + (size_t)B * Hrp;
         step_buffers s = carve_step_buffers(cell, B, step_scratch);
         for (int b = 0; b < B; ++b) s.row_t[b] = 0;
-        kern->matvec_packed[cell->weight_format](cell->w_packed, cell->input_size, G, 0,
-                                                 Hp / LI_BLOCK, in, in_ld, B, cell->bias_packed,
-                                                 cell->w_scale, Hp, xp, Hp, G * Hp);
+        if (l == 0 && tokens) {
+            /* Checked before any state changes: a bad id leaves every layer untouched. */
+            if (gather_token_rows(cell, tokens, (size_t)B, xp) != 0) return -4;
+        } else {
+            kern->matvec_packed[cell->weight_format](cell->w_packed, cell->input_size, G, 0,
+                                                     Hp / LI_BLOCK, in, in_ld, B,
+                                                     cell->bias_packed, cell->w_scale, Hp, xp,
+                                                     Hp, G * Hp);
+        }
         const xproj_view xv = {xp, 0, (ptrdiff_t)G * Hp, Hp};
         recurrent_step(cell, kern, 0, B, &xv, h[l], c[l], &s);
         for (int b = 0; b < B; ++b) {

@@ -130,11 +130,11 @@ def test_bundled_model_next_token_agreement():
 
     vocab = char_lm_card()["vocab"]
     index = {ch: i for i, ch in enumerate(vocab)}
-    text = _held_text(40_001)
+    text = _held_text(200_001)
     ids = np.array([index.get(ch, 0) for ch in text], np.int64)
     model = lstm_infer.load(model_path("char_lm.safetensors"))
-    tokens = ids[:-1].reshape(40, 1000)  # 40 sequences of 1000 characters
-    targets = ids[1:].reshape(40, 1000)
+    tokens = ids[:-1].reshape(200, 1000)  # 200 sequences of 1000 characters
+    targets = ids[1:].reshape(200, 1000)
 
     def predict(m):
         logits = m.run({"tokens": tokens})["logits"].astype(np.float64)
@@ -144,8 +144,8 @@ def test_bundled_model_next_token_agreement():
         return logits.argmax(-1), loss
 
     top1, loss = predict(model)
-    # Issue target: bf16 >= 99.9%; measured 99.88-99.89% with the bundled model (see README).
-    for fmt, agreement in (("bf16", 0.998), ("int8", 0.99)):
+    # The issue's targets (measured: bf16 99.92%, int8 99.6%; README "bf16 and int8 weights").
+    for fmt, agreement in (("bf16", 0.999), ("int8", 0.99)):
         q_top1, q_loss = predict(model.quantize(fmt))
         agree = float((q_top1 == top1).mean())
         assert agree >= agreement, (fmt, agree)

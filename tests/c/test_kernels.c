@@ -626,7 +626,7 @@ static void check_run_direction(const li_kernels *kern, const cell_config *cfg, 
     for (size_t i = 0; i < y_len; ++i) y_ref[i] = CANARY;
 
     float *scratch = alloc_floats(li_direction_scratch_floats(cell, T, B));
-    const int rc = li_run_direction(cell, kern, naive_sgemm, T, B, x, ldx, ragged ? lens : 0,
+    const int rc = li_run_direction(cell, kern, naive_sgemm, T, B, x, ldx, 0, ragged ? lens : 0,
                                     reverse, h, c, y, y_ts, y_bs, scratch);
     if (rc != 0) FAIL("li_run_direction returned %d", rc);
 
@@ -701,16 +701,116 @@ static void test_run_direction(const li_kernels *kern) {
     test_cell t = make_cell(&configs[3], LI_WEIGHTS_F32);
     float h[7] = {0}, c[7] = {0}, y[7], x[3] = {0}, scratch[4096];
     int bad_len = 9;
-    if (li_run_direction(&t.c, kern, naive_sgemm, 0, 1, x, 3, 0, 0, h, c, y, 7, 7, scratch))
+    if (li_run_direction(&t.c, kern, naive_sgemm, 0, 1, x, 3, 0, 0, 0, h, c, y, 7, 7, scratch))
         FAIL("T=0 must succeed");
-    if (li_run_direction(&t.c, kern, naive_sgemm, 1, 1, x, 3, &bad_len, 0, h, c, y, 7, 7,
+    if (li_run_direction(&t.c, kern, naive_sgemm, 1, 1, x, 3, 0, &bad_len, 0, h, c, y, 7, 7,
                          scratch) >= 0)
         FAIL("a length past T must be refused");
-    if (li_run_direction(&t.c, kern, naive_sgemm, 1, 1, x, 3, 0, 0, h, 0, y, 7, 7, scratch) >= 0)
+    if (li_run_direction(&t.c, kern, naive_sgemm, 1, 1, x, 3, 0, 0, 0, h, 0, y, 7, 7, scratch) >= 0)
         FAIL("an LSTM without a cell state must be refused");
     for (int i = 0; i < 7; ++i)
         if (h[i] != 0.0f || c[i] != 0.0f) FAIL("a refused call changed the state");
     free_cell(&t);
+}
+
+/* ---- token tables (first layer after an embedding) ---------------------------------------- */
+
+/* A run / a step fed token ids through cell->token_table must equal the same run fed the
+ * embedding rows through W: the table is W emb[v] + bias, padded per gate. */
+static void check_token_table(const li_kernels *kern, const cell_config *cfg, int format) {
+    enum { V = 6, T = 4, B = 3 };
+    test_cell t = make_cell(cfg, format);
+    li_cell *cell = &t.c;
+    const int G = cell->gates, H = cell->hidden_size, I = cell->input_size;
+    const int Hp = cell->hidden_padded, Hr = cell->state_size;
+    const int lstm = cell->cell == LI_CELL_LSTM;
+    float *emb = random_floats((size_t)V * I, -1.0f, 1.0f);
+    float *table = alloc_floats((size_t)V * G * Hp);
+    fill(table, (size_t)V * G * Hp, 0.0f);
+    for (int v = 0; v < V; ++v)
+        for (int g = 0; g < G; ++g)
+            for (int u = 0; u < H; ++u) {
+                double acc = t.bias[g * H + u];
+                for (int k = 0; k < I; ++k)
+                    acc += (double)t.w[(size_t)(g * H + u) * I + k] * emb[v * I + k];
+                table[(size_t)v * G * Hp + g * Hp + u] = (float)acc;
+            }
+    int64_t tokens[T * B];
+    float *x = alloc_floats((size_t)T * B * I);
+    for (int i = 0; i < T * B; ++i) {
+        tokens[i] = (i * 5 + 1) % V;
+        memcpy(x + (size_t)i * I, emb + tokens[i] * I, sizeof(float) * I);
+    }
+    float *h_tok = random_floats((size_t)B * Hr, -0.5f, 0.5f), *h_x = alloc_floats(B * Hr);
+    float *c_tok = random_floats((size_t)B * H, -0.5f, 0.5f), *c_x = alloc_floats(B * H);
+    memcpy(h_x, h_tok, sizeof(float) * B * Hr);
+    memcpy(c_x, c_tok, sizeof(float) * B * H);
+    float *y_tok = alloc_floats((size_t)T * B * Hr), *y_x = alloc_floats((size_t)T * B * Hr);
+    float *scratch = alloc_floats(li_direction_scratch_floats(cell, T, B));
+    int rc = li_run_direction(cell, kern, naive_sgemm, T, B, x, I, 0, 0, 0, h_x,
+                              lstm ? c_x : 0, y_x, B * Hr, Hr, scratch);
+    if (li_run_direction(cell, kern, naive_sgemm, T, B, 0, I, tokens, 0, 0, h_tok,
+                         lstm ? c_tok : 0, y_tok, B * Hr, Hr, scratch) != -1)
+        FAIL("tokens without a token table must be refused");
+    cell->token_table = table;
+    cell->vocab_size = V;
+    rc |= li_run_direction(cell, kern, naive_sgemm, T, B, 0, I, tokens, 0, 0, h_tok,
+                           lstm ? c_tok : 0, y_tok, B * Hr, Hr, scratch);
+    if (rc != 0) FAIL("li_run_direction with tokens returned %d", rc);
+    for (int i = 0; i < T * B * Hr; ++i)
+        if (!close_enough(y_tok[i], y_x[i], 2e-5, 2e-5)) {
+            FAIL("%s cell=%d tokens: y[%d] = %.8g, via W x %.8g", FORMAT_NAMES[format],
+                 cell->cell, i, y_tok[i], y_x[i]);
+            break;
+        }
+    /* One streaming step from the same state, then a refused out-of-range id. */
+    const li_cell *ptrs[1] = {cell};
+    float *hp_tok[1] = {h_tok}, *hp_x[1] = {h_x};
+    float *cp_tok[1] = {lstm ? c_tok : 0}, *cp_x[1] = {lstm ? c_x : 0};
+    float *step_scratch = alloc_floats(li_stack_step_scratch_floats(ptrs, 1, B));
+    rc = li_stack_step(ptrs, 1, kern, B, 0, tokens, hp_tok, cp_tok, y_tok, step_scratch);
+    rc |= li_stack_step(ptrs, 1, kern, B, x, 0, hp_x, cp_x, y_x, step_scratch);
+    if (rc != 0) FAIL("li_stack_step with tokens returned %d", rc);
+    for (int i = 0; i < B * Hr; ++i)
+        if (!close_enough(y_tok[i], y_x[i], 2e-5, 2e-5)) {
+            FAIL("%s cell=%d step with tokens: y[%d] = %.8g, via W x %.8g",
+                 FORMAT_NAMES[format], cell->cell, i, y_tok[i], y_x[i]);
+            break;
+        }
+    memcpy(h_x, h_tok, sizeof(float) * B * Hr);
+    const int64_t bad[B] = {0, V, 1};
+    if (li_stack_step(ptrs, 1, kern, B, 0, bad, hp_tok, cp_tok, y_tok, step_scratch) != -4)
+        FAIL("a token id past the table must be refused");
+    if (memcmp(h_x, h_tok, sizeof(float) * B * Hr) != 0) FAIL("a refused step changed h");
+    const int64_t negative[T * B] = {-1};
+    if (li_run_direction(cell, kern, naive_sgemm, T, B, 0, I, negative, 0, 0, h_tok,
+                         lstm ? c_tok : 0, y_tok, B * Hr, Hr, scratch) != -4)
+        FAIL("a negative token id must be refused");
+    if (memcmp(h_x, h_tok, sizeof(float) * B * Hr) != 0) FAIL("a refused run changed h");
+    free(emb);
+    free(table);
+    free(x);
+    free(h_tok);
+    free(h_x);
+    free(c_tok);
+    free(c_x);
+    free(y_tok);
+    free(y_x);
+    free(scratch);
+    free(step_scratch);
+    cell->token_table = 0;
+    free_cell(&t);
+}
+
+static void test_token_tables(const li_kernels *kern) {
+    const cell_config configs[] = {
+        {LI_CELL_LSTM, 5, 18, 0, 1, 0, 0, 0, 0.0f, 0},
+        {LI_CELL_GRU, 3, 7, 0, 0, 0, 1, 0, 0.0f, 0},
+        {LI_CELL_RNN, 4, 17, 0, 0, 0, 0, 1, 0.0f, 0},
+    };
+    for (int format = 0; format < LI_WEIGHT_FORMAT_COUNT; ++format)
+        for (size_t ci = 0; ci < sizeof configs / sizeof configs[0]; ++ci)
+            check_token_table(kern, &configs[ci], format);
 }
 
 /* ---- li_stack_step ------------------------------------------------------------------------ */
@@ -748,7 +848,7 @@ static void check_stack_step(const li_kernels *kern, int format) {
         float xin[32];
         for (int step = 0; step < STEPS; ++step) {
             for (int i = 0; i < B * I0; ++i) x[i] = frand(-1.5f, 1.5f);
-            const int rc = li_stack_step(ptrs, L, kern, B, x, h, c, y, scratch);
+            const int rc = li_stack_step(ptrs, L, kern, B, x, 0, h, c, y, scratch);
             if (rc != 0) FAIL("li_stack_step returned %d", rc);
             for (int b = 0; b < B; ++b) {
                 for (int i = 0; i < I0; ++i) xin[i] = x[b * I0 + i];
@@ -820,6 +920,7 @@ int main(void) {
         test_gru_pointwise(kern);
         test_activation_array(kern);
         test_run_direction(kern);
+        test_token_tables(kern);
         test_stack_step(kern);
         printf("%-7s %s (%d checks, %d failures)\n", kern->name,
                g_failures == before ? "ok" : "FAILED", g_checks - checks_before,
