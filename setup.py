@@ -23,6 +23,24 @@ PORTABLE_SOURCES = [
 X86_ISA_SOURCES = {
     "src_c/kernels_avx2.c": ["-mavx2", "-mfma"],
     "src_c/kernels_avx512.c": ["-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl", "-mfma"],
+    "src_c/kernels_avx2vnni.c": ["-mavx2", "-mfma", "-mavxvnni"],
+    "src_c/kernels_avx512vnni.c": [
+        "-mavx512f",
+        "-mavx512dq",
+        "-mavx512bw",
+        "-mavx512vl",
+        "-mfma",
+        "-mavx512vnni",
+    ],
+    "src_c/kernels_avx512bf16.c": [
+        "-mavx512f",
+        "-mavx512dq",
+        "-mavx512bw",
+        "-mavx512vl",
+        "-mfma",
+        "-mavx512vnni",
+        "-mavx512bf16",
+    ],
 }
 HEADERS = sorted(glob.glob("src_c/*.h"))
 COMMON_CFLAGS = ["-O3", "-std=c11", "-fno-math-errno", "-Wall", "-Wno-unused-function"]

@@ -3,7 +3,7 @@
 # in one `with nogil:` block. Compiler directives are set in setup.py.
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.stddef cimport ptrdiff_t
-from libc.stdint cimport int64_t
+from libc.stdint cimport int32_t, int64_t
 from libc.string cimport memset
 from scipy.linalg.cython_blas cimport sgemm
 
@@ -20,7 +20,8 @@ from lstm_infer._kernels cimport (
 cnp.import_array()
 
 BLOCK = LI_BLOCK
-ISA_NAMES = ("scalar", "avx2", "avx512")
+# In the order of the LI_ISA_* enum (src_c/li_kernels.h): lowest first.
+ISA_NAMES = ("scalar", "avx2", "avx2vnni", "avx512", "avx512vnni", "avx512bf16")
 CELL_CODES = {"rnn": LI_CELL_RNN, "lstm": LI_CELL_LSTM, "gru": LI_CELL_GRU}
 
 cdef const li_kernels *_active = NULL
@@ -102,17 +103,22 @@ cdef class CellPlan:
         if weight_format not in WEIGHT_FORMATS:
             raise ValueError(f"weight_format must be one of {list(WEIGHT_FORMATS)}")
         for key, arr in arrays.items():
-            want = _PACKED_DTYPES[weight_format] if key.endswith("_packed") and key != (
-                "bias_packed") else np.float32
+            if key.endswith("_packed") and key != "bias_packed":
+                want = _PACKED_DTYPES[weight_format]
+            elif key.endswith("_rowsum"):
+                want = np.int32
+            else:
+                want = np.float32
             if arr is not None and not (
                 isinstance(arr, np.ndarray) and arr.dtype == want and arr.flags.c_contiguous
             ):
                 raise TypeError(f"CellPlan array {key!r} must be C-contiguous {np.dtype(want)}")
         if weight_format == "int8" and any(
-            arrays.get(k + "_packed") is not None and arrays.get(k + "_scale") is None
+            arrays.get(k + "_packed") is not None and (
+                arrays.get(k + "_scale") is None or arrays.get(k + "_rowsum") is None)
             for k in ("w", "r", "rn", "proj")
         ):
-            raise ValueError("int8 weights need their per-row scales")
+            raise ValueError("int8 weights need their per-row scales and code sums")
         self._arrays = dict(arrays)
         memset(&self.c, 0, sizeof(li_cell))
         self.c.weight_format = WEIGHT_FORMATS[weight_format]
@@ -120,6 +126,10 @@ cdef class CellPlan:
         self.c.r_scale = _ptr(arrays.get("r_scale"))
         self.c.rn_scale = _ptr(arrays.get("rn_scale"))
         self.c.proj_scale = _ptr(arrays.get("proj_scale"))
+        self.c.w_rowsum = <const int32_t *>_ptr(arrays.get("w_rowsum"))
+        self.c.r_rowsum = <const int32_t *>_ptr(arrays.get("r_rowsum"))
+        self.c.rn_rowsum = <const int32_t *>_ptr(arrays.get("rn_rowsum"))
+        self.c.proj_rowsum = <const int32_t *>_ptr(arrays.get("proj_rowsum"))
         self.c.cell = CELL_CODES[cell]
         self.c.gates = {"rnn": 1, "lstm": 4, "gru": 3}[cell]
         self.c.input_size = input_size

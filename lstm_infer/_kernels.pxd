@@ -1,5 +1,5 @@
 # Declarations of the C kernel API in src_c/li_kernels.h. Pure declarations, no code.
-from libc.stdint cimport int64_t
+from libc.stdint cimport int32_t, int64_t
 
 cdef extern from "li_kernels.h" nogil:
     enum:
@@ -37,6 +37,10 @@ cdef extern from "li_kernels.h" nogil:
         const float *r_scale
         const float *rn_scale
         const float *proj_scale
+        const int32_t *w_rowsum
+        const int32_t *r_rowsum
+        const int32_t *rn_rowsum
+        const int32_t *proj_rowsum
         const float *bias
         const float *bias_packed
         const float *bias_rn

@@ -23,27 +23,32 @@ def _aligned_empty(shape: tuple[int, ...], dtype: type = np.float32) -> np.ndarr
     return raw[offset : offset + n].reshape(shape)
 
 
-def pack_gate_blocks(m: np.ndarray, gates: int, dtype: type = np.float32) -> np.ndarray:
-    """Pack a (G*H, K) matrix into [ceil(H/BLOCK)][K][G][BLOCK], zero padded.
+def pack_gate_blocks(
+    m: np.ndarray, gates: int, dtype: type = np.float32, pair: int = 1
+) -> np.ndarray:
+    """Pack a (G*H, K) matrix into [ceil(H/BLOCK)][ceil(K/pair)][G][BLOCK][pair], zero padded.
 
-    The layout the packed matvec streams: one block holds every gate of BLOCK units.
+    The layout the packed products stream: one block holds every gate of BLOCK units, with
+    ``pair`` consecutive inputs of a unit side by side (1 for float32, 2 for bfloat16 and 4
+    for int8: the operand widths of VDPBF16PS and VPDPBUSD).
     """
     gh, k = m.shape
     h = gh // gates
     hp = -(-h // BLOCK) * BLOCK
-    padded = np.zeros((gates, hp, k), dtype=dtype)
-    padded[:, :h, :] = m.reshape(gates, h, k)
-    blocks = padded.reshape(gates, hp // BLOCK, BLOCK, k).transpose(1, 3, 0, 2)
+    kp = -(-k // pair) * pair
+    padded = np.zeros((gates, hp, kp), dtype=dtype)
+    padded[:, :h, :k] = m.reshape(gates, h, k)
+    blocks = padded.reshape(gates, hp // BLOCK, BLOCK, kp // pair, pair).transpose(1, 3, 0, 2, 4)
     out = _aligned_empty(blocks.shape, dtype)
     out[...] = blocks
     return out
 
 
-def _pad_gate_vector(v: np.ndarray, gates: int) -> np.ndarray:
+def _pad_gate_vector(v: np.ndarray, gates: int, dtype: type = np.float32) -> np.ndarray:
     """(G*H,) -> (G*Hp,) with each gate's units zero padded to a whole number of blocks."""
     h = v.shape[0] // gates
     hp = -(-h // BLOCK) * BLOCK
-    out = np.zeros((gates, hp), dtype=np.float32)
+    out = np.zeros((gates, hp), dtype=dtype)
     out[:, :h] = v.reshape(gates, h)
     return out.reshape(-1)
 
@@ -62,15 +67,24 @@ def _is_fast_path(layer: RecurrentLayer, dw: DirectionWeights) -> bool:
     return names == ("Sigmoid", "Tanh")
 
 
-def _pack(m: np.ndarray, gates: int, fmt: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """Packed weights in format ``fmt`` and, for int8, the padded per-row scales."""
+def _pack(m: np.ndarray, gates: int, fmt: str) -> dict[str, np.ndarray | None]:
+    """Packed weights in format ``fmt`` and, for int8, the padded per-row scales and code sums.
+
+    Keys: "packed", "scale", "rowsum" (the last two None unless int8).
+    """
     if fmt == "int8":
         q, scale = int8_rows(m)
-        return pack_gate_blocks(q, gates, np.int8), _pad_gate_vector(scale, gates)
-    packed = pack_gate_blocks(m, gates)
+        rowsum = q.astype(np.int32).sum(axis=1, dtype=np.int32)
+        return {
+            "packed": pack_gate_blocks(q, gates, np.int8, pair=4),
+            "scale": _pad_gate_vector(scale, gates),
+            "rowsum": _pad_gate_vector(rowsum, gates, np.int32),
+        }
     if fmt == "bfloat16":
-        return to_bf16_bits(packed), None
-    return packed, None
+        packed = to_bf16_bits(pack_gate_blocks(m, gates, pair=2))
+    else:
+        packed = pack_gate_blocks(m, gates)
+    return {"packed": packed, "scale": None, "rowsum": None}
 
 
 def token_table(embedding: np.ndarray, dw: DirectionWeights, gates: int) -> np.ndarray:
@@ -111,15 +125,16 @@ def compile_direction(
         "proj": _f32(dw.proj),
         "bias_rn": _f32(dw.bias_rn) if layer.linear_before_reset else None,
     }
-    arrays["w_packed"], arrays["w_scale"] = _pack(w, g, fmt)
+    mats = {"w": (w, g), "r": (r, g)}
     if dw.proj is not None:
-        arrays["proj_packed"], arrays["proj_scale"] = _pack(_f32(dw.proj), 1, fmt)
+        mats["proj"] = (_f32(dw.proj), 1)
     if layer.cell == "gru":
         # z and r share one pass over h; n needs its own (it may read r * h).
-        arrays["r_packed"], arrays["r_scale"] = _pack(np.ascontiguousarray(r[: 2 * h]), 2, fmt)
-        arrays["rn_packed"], arrays["rn_scale"] = _pack(np.ascontiguousarray(r[2 * h :]), 1, fmt)
-    else:
-        arrays["r_packed"], arrays["r_scale"] = _pack(r, g, fmt)
+        mats["r"] = (np.ascontiguousarray(r[: 2 * h]), 2)
+        mats["rn"] = (np.ascontiguousarray(r[2 * h :]), 1)
+    for name, (m, gates) in mats.items():
+        for key, arr in _pack(m, gates, fmt).items():
+            arrays[f"{name}_{key}"] = arr
     if folds_embedding(embedding, layer):
         arrays["token_table"] = token_table(embedding, dw, g)
     acts = [(a.code, a.alpha, a.beta) for a in dw.activations]

@@ -23,21 +23,62 @@ static unsigned detect_x86(void) {
     const int ymm_saved = (xcr0 & 0x6) == 0x6;     /* SSE and AVX state */
     const int zmm_saved = (xcr0 & 0xe6) == 0xe6;   /* + opmask, ZMM_Hi256, Hi16_ZMM */
     if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return isas;
+    const unsigned max_leaf7 = eax;
     const int avx2 = (ebx >> 5) & 1;
     const int avx512 = ((ebx >> 16) & 1) && ((ebx >> 17) & 1) /* F, DQ */
                        && ((ebx >> 30) & 1) && ((ebx >> 31) & 1); /* BW, VL */
-    if (ymm_saved && avx2 && fma) isas |= 1u << LI_ISA_AVX2;
-    if (zmm_saved && avx512 && fma) isas |= 1u << LI_ISA_AVX512;
+    const int avx512_vnni = (ecx >> 11) & 1;
+    int avx_vnni = 0, avx512_bf16 = 0;
+    if (max_leaf7 >= 1 && __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx)) {
+        avx_vnni = (eax >> 4) & 1;
+        avx512_bf16 = (eax >> 5) & 1;
+    }
+    if (ymm_saved && avx2 && fma) {
+        isas |= 1u << LI_ISA_AVX2;
+        if (avx_vnni) isas |= 1u << LI_ISA_AVX2VNNI;
+        if (zmm_saved && avx512) {
+            isas |= 1u << LI_ISA_AVX512;
+            if (avx512_vnni) isas |= 1u << LI_ISA_AVX512VNNI;
+            if (avx512_vnni && avx512_bf16) isas |= 1u << LI_ISA_AVX512BF16;
+        }
+    }
     return isas;
 }
 
-unsigned li_usable_isas(void) { return detect_x86(); }
+/* The dot-product tables: their base table with the quantized products swapped in. Built
+ * once, on the first call (the extension module's import), before any thread can ask. */
+static li_kernels avx2vnni_table, avx512vnni_table, avx512bf16_table;
+static int derived_tables_built = 0;
+
+static void build_derived_tables(void) {
+    if (derived_tables_built) return;
+    avx2vnni_table = li_kernels_avx2;
+    avx2vnni_table.name = "avx2vnni";
+    avx2vnni_table.matvec_i8 = li_matvec_i8_avx2vnni;
+    avx512vnni_table = li_kernels_avx512;
+    avx512vnni_table.name = "avx512vnni";
+    avx512vnni_table.matvec_i8 = li_matvec_i8_avx512vnni;
+    avx512bf16_table = avx512vnni_table;
+    avx512bf16_table.name = "avx512bf16";
+    avx512bf16_table.matvec_bf16 = li_matvec_bf16_avx512bf16;
+    avx512bf16_table.prepare_bf16 = li_prepare_bf16_avx512bf16;
+    derived_tables_built = 1;
+}
+
+unsigned li_usable_isas(void) {
+    build_derived_tables();
+    return detect_x86();
+}
 
 const li_kernels *li_kernels_for(int isa) {
+    build_derived_tables();
     switch (isa) {
     case LI_ISA_SCALAR: return &li_kernels_scalar;
     case LI_ISA_AVX2: return &li_kernels_avx2;
+    case LI_ISA_AVX2VNNI: return &avx2vnni_table;
     case LI_ISA_AVX512: return &li_kernels_avx512;
+    case LI_ISA_AVX512VNNI: return &avx512vnni_table;
+    case LI_ISA_AVX512BF16: return &avx512bf16_table;
     default: return 0;
     }
 }

@@ -1,43 +1,17 @@
-/* AVX-512 (F + DQ + BW + VL) kernels: the vector vocabulary for 16-lane zmm registers. */
-#include <immintrin.h>
-#include <stdint.h>
+/* AVX-512 (F + DQ + BW + VL) kernels. Without VNNI the int8 dot product multiplies |w| (as
+ * unsigned bytes) by x carrying w's sign (VPMADDUBSW: |w| * x fits int16, and a pair sum
+ * stays under 2 * 127 * 127 < 32768, so nothing saturates), then VPMADDWD adds the pairs. */
+#include "simd_vocab_avx512.h"
 
-#include "li_kernels.h"
-
-typedef __m512 vf;
-#define VW 16
-#define v_load(p) _mm512_loadu_ps(p)
-#define v_store(p, v) _mm512_storeu_ps((p), (v))
-#define v_lane_mask(n) ((__mmask16)((1u << (n)) - 1u))
-#define v_load_n(p, n) _mm512_maskz_loadu_ps(v_lane_mask(n), (p))
-#define v_store_n(p, v, n) _mm512_mask_storeu_ps((p), v_lane_mask(n), (v))
-#define v_set1 _mm512_set1_ps
-#define v_zero _mm512_setzero_ps
-#define v_add _mm512_add_ps
-#define v_sub _mm512_sub_ps
-#define v_mul _mm512_mul_ps
-#define v_div _mm512_div_ps
-#define v_min _mm512_min_ps
-#define v_max _mm512_max_ps
-#define v_fmadd _mm512_fmadd_ps
-#define v_fnmadd _mm512_fnmadd_ps
-#define v_round(x) _mm512_roundscale_ps((x), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
-static inline vf v_pow2i(vf n) {
-    const __m512i e = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(e, 23));
+static inline vi dot_i8_avx512(vi acc, vi w, vi x) {
+    const __mmask64 negative = _mm512_movepi8_mask(w);
+    const vi x_signed = _mm512_mask_sub_epi8(x, negative, _mm512_setzero_si512(), x);
+    const vi pairs = _mm512_maddubs_epi16(_mm512_abs_epi8(w), x_signed);
+    return _mm512_add_epi32(acc, _mm512_madd_epi16(pairs, _mm512_set1_epi16(1)));
 }
-static inline vf v_load_bf16(const uint16_t *p) { /* bf16 is the top half of an f32 */
-    const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
-}
-static inline vf v_load_i8(const int8_t *p) {
-    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
-}
-/* 32 zmm registers hold G*R accumulators plus the G weight vectors of one input (x is
- * broadcast straight from memory): R = 6 rows at G = 4, 8 rows below. */
-/* Accumulator registers a tile may use when it splits k in two (see the matvec). */
-#define MV_ACC_BUDGET 16
-#define MV_MAX_ROWS(G) ((G) >= 4 ? 6 : 8)
+#define V_DOT_I8(acc, w, x) dot_i8_avx512((acc), (w), (x))
+#define V_DOT_I8_PREP(x) (x)
+#define V_DOT_I8_OFFSET 0
 
 #include "simd_kernels_template.h"
 

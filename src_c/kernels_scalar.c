@@ -8,63 +8,116 @@
 
 #include "li_kernels.h"
 
-/* Weight element e of a packed block, widened to float. */
-static inline float weight_at(int format, const void *block, size_t e) {
-    switch (format) {
-    case LI_WEIGHTS_BF16: {
-        const uint32_t bits = (uint32_t)((const uint16_t *)block)[e] << 16;
-        float f;
-        memcpy(&f, &bits, sizeof f);
-        return f;
-    }
-    case LI_WEIGHTS_I8: return (float)((const int8_t *)block)[e];
-    default: return ((const float *)block)[e];
-    }
+static float bf16_to_float(uint16_t b) {
+    const uint32_t bits = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
 }
 
-static const size_t element_bytes[LI_WEIGHT_FORMAT_COUNT] = {4, 2, 1};
-
-static inline void matvec_packed_scalar(int format, const void *packed, int K, int G, int blk0,
-                                        int blk1, const float *x, int ldx, int rows,
-                                        const float *bias, const float *scale, int bgs,
-                                        float *out, int ogs, int ldo) {
-    const size_t block_elems = (size_t)K * G * LI_BLOCK;
+/* out = bias + W x for float32 ([K][G][16]) or bfloat16 ([K/2][G][16][2]) blocks. */
+static inline void matvec_scalar(int bf16, const void *packed, int K, int G, int blk0,
+                                 int blk1, const float *x, int ldx, int rows, const float *bias,
+                                 int bgs, float *out, int ogs, int ldo) {
+    const int Kp = bf16 ? (K + 1) / 2 * 2 : K;
+    const size_t block_elems = (size_t)Kp * G * LI_BLOCK;
     for (int blk = blk0; blk < blk1; ++blk) {
-        const char *wb = (const char *)packed + (size_t)blk * block_elems * element_bytes[format];
         const int u0 = blk * LI_BLOCK;
         for (int b = 0; b < rows; ++b) {
             float acc[4][LI_BLOCK]; /* G <= 4 */
             for (int g = 0; g < G; ++g)
                 for (int l = 0; l < LI_BLOCK; ++l) acc[g][l] = 0.0f;
             const float *xb = x + (size_t)b * ldx;
-            for (int k = 0; k < K; ++k) {
-                const float xk = xb[k];
+            for (int k = 0; k < K; ++k)
                 for (int g = 0; g < G; ++g)
-                    for (int l = 0; l < LI_BLOCK; ++l)
-                        acc[g][l] += weight_at(format, wb, ((size_t)k * G + g) * LI_BLOCK + l) * xk;
-            }
+                    for (int l = 0; l < LI_BLOCK; ++l) {
+                        float w;
+                        if (bf16) {
+                            const size_t e = (((size_t)(k / 2) * G + g) * LI_BLOCK + l) * 2 + k % 2;
+                            w = bf16_to_float(((const uint16_t *)packed)[blk * block_elems + e]);
+                        } else {
+                            w = ((const float *)packed)[blk * block_elems +
+                                                        ((size_t)k * G + g) * LI_BLOCK + l];
+                        }
+                        acc[g][l] += w * xb[k];
+                    }
             float *ob = out + (size_t)b * ldo + u0;
             for (int g = 0; g < G; ++g)
-                for (int l = 0; l < LI_BLOCK; ++l) {
-                    const size_t at = (size_t)g * bgs + u0 + l;
-                    const float s = scale ? scale[at] : 1.0f;
-                    ob[(size_t)g * ogs + l] = (bias ? bias[at] : 0.0f) + s * acc[g][l];
-                }
+                for (int l = 0; l < LI_BLOCK; ++l)
+                    ob[(size_t)g * ogs + l] = (bias ? bias[(size_t)g * bgs + u0 + l] : 0.0f) +
+                                              acc[g][l];
         }
     }
 }
 
-#define SCALAR_MATVEC(SUFFIX, FORMAT)                                                          \
-    static void matvec_packed_##SUFFIX(const void *packed, int K, int G, int blk0, int blk1,   \
-                                       const float *x, int ldx, int rows, const float *bias,   \
-                                       const float *scale, int bgs, float *out, int ogs,       \
-                                       int ldo) {                                              \
-        matvec_packed_scalar(FORMAT, packed, K, G, blk0, blk1, x, ldx, rows, bias, scale, bgs, \
-                             out, ogs, ldo);                                                   \
+static void matvec_f32_scalar(const void *packed, int K, int G, int blk0, int blk1,
+                              const float *x, int ldx, int rows, const float *bias,
+                              const float *scale, int bgs, float *out, int ogs, int ldo) {
+    (void)scale;
+    matvec_scalar(0, packed, K, G, blk0, blk1, x, ldx, rows, bias, bgs, out, ogs, ldo);
+}
+
+static void matvec_bf16_scalar(const void *packed, int K, int G, int blk0, int blk1,
+                               const li_rows *x, int rows, const float *bias, const float *scale,
+                               const int32_t *rowsum, int bgs, float *out, int ogs, int ldo) {
+    (void)scale;
+    (void)rowsum;
+    matvec_scalar(1, packed, K, G, blk0, blk1, x->x, x->ldx, rows, bias, bgs, out, ogs, ldo);
+}
+
+/* The reference quantizer every ISA matches bit for bit: one scalar division per row, then
+ * float multiply and round-to-nearest-even (lrintf under the default rounding mode, as the
+ * SIMD conversions). */
+static void prepare_i8_scalar(const float *x, int ldx, int rows, int K, void *q, int ldq,
+                              float *scale) {
+    for (int b = 0; b < rows; ++b) {
+        const float *xb = x + (size_t)b * ldx;
+        int8_t *qb = (int8_t *)q + (size_t)b * ldq;
+        float peak = 0.0f, finite = 0.0f;
+        for (int k = 0; k < K; ++k) {
+            const float a = fabsf(xb[k]);
+            peak = a > peak ? a : peak;
+            finite += xb[k] * 0.0f; /* NaN once any input is NaN or infinite */
+        }
+        const int padded = (K + 3) / 4 * 4;
+        if (finite != 0.0f || peak == 0.0f) { /* non-finite (NaN != 0) or all zero */
+            memset(qb, 0, (size_t)padded);
+            scale[b] = peak == 0.0f && finite == 0.0f ? 0.0f : NAN;
+            continue;
+        }
+        const float inv = 127.0f / peak;
+        for (int k = 0; k < K; ++k) qb[k] = (int8_t)lrintf(xb[k] * inv);
+        for (int k = K; k < padded; ++k) qb[k] = 0;
+        scale[b] = peak / 127.0f;
     }
-SCALAR_MATVEC(f32, LI_WEIGHTS_F32)
-SCALAR_MATVEC(bf16, LI_WEIGHTS_BF16)
-SCALAR_MATVEC(i8, LI_WEIGHTS_I8)
+}
+
+static void matvec_i8_scalar(const void *packed, int K, int G, int blk0, int blk1,
+                             const li_rows *x, int rows, const float *bias, const float *scale,
+                             const int32_t *rowsum, int bgs, float *out, int ogs, int ldo) {
+    (void)rowsum;
+    const int Kq = (K + 3) / 4;
+    const size_t block_bytes = (size_t)Kq * G * LI_BLOCK * 4;
+    for (int blk = blk0; blk < blk1; ++blk) {
+        const int8_t *wb = (const int8_t *)packed + (size_t)blk * block_bytes;
+        const int u0 = blk * LI_BLOCK;
+        for (int b = 0; b < rows; ++b) {
+            const int8_t *xq = (const int8_t *)x->q + (size_t)b * x->ldq;
+            float *ob = out + (size_t)b * ldo + u0;
+            for (int g = 0; g < G; ++g)
+                for (int l = 0; l < LI_BLOCK; ++l) {
+                    int32_t acc = 0;
+                    for (int kq = 0; kq < Kq; ++kq)
+                        for (int j = 0; j < 4; ++j)
+                            acc += (int32_t)wb[(((size_t)kq * G + g) * LI_BLOCK + l) * 4 + j] *
+                                   xq[kq * 4 + j];
+                    const size_t at = (size_t)g * bgs + u0 + l;
+                    ob[(size_t)g * ogs + l] =
+                        fmaf((float)acc, scale[at] * x->scale[b], bias ? bias[at] : 0.0f);
+                }
+        }
+    }
+}
 
 static void activation_array_scalar(int kind, const float *x, float *y, size_t n) {
     const li_activation act = {kind, 1.0f, 0.0f};
@@ -73,7 +126,11 @@ static void activation_array_scalar(int kind, const float *x, float *y, size_t n
 
 const li_kernels li_kernels_scalar = {
     "scalar",
-    {matvec_packed_f32, matvec_packed_bf16, matvec_packed_i8},
+    matvec_f32_scalar,
+    matvec_bf16_scalar,
+    0,
+    matvec_i8_scalar,
+    prepare_i8_scalar,
     li_rnn_pointwise_generic,
     li_lstm_pointwise_generic,
     li_gru_gates_generic,

@@ -6,9 +6,12 @@
  *   LSTM: i, f, g (the "cell" candidate), o      GRU: z, r, n      RNN: one gate.
  *
  * Packed weight layout ("gate-interleaved blocks"): a matrix of G gates x H units x K inputs
- * is stored as [nblk][K][G][LI_BLOCK] with nblk = ceil(H / LI_BLOCK), zero padded. One pass
- * over a block reads every gate of LI_BLOCK units for every input, so a kernel can compute the
- * pre-activations of a whole block of units in registers and hand them straight to the
+ * is stored as [nblk][K / P][G][LI_BLOCK][P] with nblk = ceil(H / LI_BLOCK), zero padded in
+ * units and inputs. P consecutive inputs of one unit sit together: P = 1 for float32, 2 for
+ * bfloat16 and 4 for int8, the widths the dot-product instructions (VDPBF16PS, VPDPBUSD)
+ * consume, so one vector load holds whole units x P inputs. One pass over a block
+ * reads every gate of LI_BLOCK units for every input, so a kernel computes the
+ * pre-activations of a whole block of units in registers and hands them straight to the
  * pointwise cell update while they are still in L1.
  */
 #ifndef LI_KERNELS_H
@@ -25,8 +28,11 @@ extern "C" {
 
 enum li_cell_kind { LI_CELL_RNN = 0, LI_CELL_LSTM = 1, LI_CELL_GRU = 2 };
 
-/* Element type of the packed weights. Quantized weights are widened to fp32 in registers;
- * int8 carries one fp32 scale per output row (gate x unit), laid out [G][Hp] like biases. */
+/* Element type of the packed weights. bfloat16 products accumulate in fp32 (widened weights,
+ * or VDPBF16PS on activations split into two bfloat16 halves). int8 carries one fp32 scale
+ * and one integer row sum per output row (gate x unit), laid out [G][Hp] like biases; its
+ * activations are quantized per row and step (li_prepare_fn) and the dot products are exact
+ * int32, so every ISA computes the same integers. */
 enum li_weight_format {
     LI_WEIGHTS_F32 = 0,
     LI_WEIGHTS_BF16 = 1,
@@ -76,6 +82,10 @@ typedef struct {
     const float *r_scale;   /* int8 only: [G'][Hp] of r_packed (G' = 2 for GRU) */
     const float *rn_scale;  /* int8 only: [Hp] of rn_packed */
     const float *proj_scale; /* int8 only: [Hrp] of proj_packed */
+    const int32_t *w_rowsum;    /* int8 only: sum of each row's codes, laid out like w_scale */
+    const int32_t *r_rowsum;    /* int8 only: like r_scale */
+    const int32_t *rn_rowsum;   /* int8 only: like rn_scale */
+    const int32_t *proj_rowsum; /* int8 only: like proj_scale */
     const float *bias;      /* [G*H] added to the input projection (Wb + Rb folded) */
     const float *bias_packed; /* [G][Hp] the same, padded, for the streaming projection */
     const float *bias_rn;   /* GRU with linear_before_reset: [H] recurrent n bias; or NULL */
@@ -97,14 +107,41 @@ typedef struct {
 
 /* ---- the per-ISA kernel table ---------------------------------------------------------- */
 
-/* out[b][g*ogs + u] = (bias ? bias[g*bgs + u] : 0)
- *                    + (scale ? scale[g*bgs + u] : 1) * sum_k x[b*ldx + k] * W[g][u][k]
- * for the units of blocks [blk0, blk1), rows b in [0, rows). Stores whole blocks (padding
- * lanes included), so ogs must be >= the padded unit count. One entry per weight format;
- * only the int8 one reads scale. */
+/* out[b][g*ogs + u] = (bias ? bias[g*bgs + u] : 0) + sum_k x[b*ldx + k] * W[g][u][k]
+ * for the units of blocks [blk0, blk1), rows b in [0, rows), float32 weights. Stores whole
+ * blocks (padding lanes included), so ogs must be >= the padded unit count. `scale` is
+ * unused (NULL). */
 typedef void (*li_matvec_packed_fn)(const void *packed, int K, int G, int blk0, int blk1,
                                     const float *x, int ldx, int rows, const float *bias,
                                     const float *scale, int bgs, float *out, int ogs, int ldo);
+
+/* A batch of activation rows as the product kernels read them: always the fp32 rows, plus,
+ * when the table's prepare function for the weight format is not NULL, its output. */
+typedef struct {
+    const float *x;     /* [rows][ldx] */
+    int ldx;
+    const void *q;      /* prepared rows, ldq bytes apart: int8 codes (K rounded up to 4,
+                         * zero padded) or bfloat16 high halves then low halves (K rounded
+                         * up to 2 each) */
+    int ldq;
+    const float *scale; /* int8: [rows] the scale of each row's codes */
+} li_rows;
+
+/* Prepare `rows` rows of K activations for a format's product (into q, ldq bytes apart, and
+ * scale). int8: code = round-to-nearest-even(x * 127 / max|row|), scale = max|row| / 127 (a
+ * row holding NaN or Inf gets scale NaN, so its products are NaN). */
+typedef void (*li_prepare_fn)(const float *x, int ldx, int rows, int K, void *q, int ldq,
+                              float *scale);
+/* Bytes between prepared rows of K activations, any format: room for 4 bytes per input,
+ * rounded up to a cache line. */
+#define LI_PREPARED_ROW_BYTES(K) ((size_t)(((K) + 15) / 16) * 64)
+
+/* Like li_matvec_packed_fn for bfloat16 and int8 weights, activations in x. int8:
+ * out = bias + scale[row] * x->scale[b] * sum_k code_w * code_x (exact in int32; rowsum lets
+ * unsigned-times-signed instructions remove their offset). */
+typedef void (*li_product_fn)(const void *packed, int K, int G, int blk0, int blk1,
+                              const li_rows *x, int rows, const float *bias, const float *scale,
+                              const int32_t *rowsum, int bgs, float *out, int ogs, int ldo);
 
 /* Pointwise cell updates on units [u0, u1) of one batch row, with default activations.
  * xp: input projection incl. bias, gate stride xgs. rec: recurrent product, gate stride rgs. */
@@ -126,7 +163,11 @@ typedef void (*li_activation_array_fn)(int kind, const float *x, float *y, size_
 
 typedef struct {
     const char *name;
-    li_matvec_packed_fn matvec_packed[LI_WEIGHT_FORMAT_COUNT]; /* by li_weight_format */
+    li_matvec_packed_fn matvec_f32;
+    li_product_fn matvec_bf16;
+    li_prepare_fn prepare_bf16; /* NULL: matvec_bf16 reads the fp32 rows */
+    li_product_fn matvec_i8;
+    li_prepare_fn prepare_i8;
     li_rnn_pointwise_fn rnn_pointwise;
     li_lstm_pointwise_fn lstm_pointwise;
     li_gru_gates_fn gru_gates;
@@ -155,11 +196,40 @@ float li_activation_scalar(const li_activation *act, float x);
 
 /* ---- CPU dispatch (cpu_dispatch.c) ------------------------------------------------------ */
 
-/* Bit set of usable ISAs: bit 0 scalar (always), bit 1 avx2+fma, bit 2 avx512. Checks CPUID
- * and that the OS saves the registers (XGETBV). */
-enum { LI_ISA_SCALAR = 0, LI_ISA_AVX2 = 1, LI_ISA_AVX512 = 2, LI_ISA_COUNT = 3 };
+/* Kernel tables, lowest first; each implies the ones before it on real CPUs:
+ *   avx2        AVX2 + FMA                      avx2vnni    + AVX-VNNI (int8 dot products)
+ *   avx512      AVX-512 F/DQ/BW/VL              avx512vnni  + AVX512-VNNI
+ *   avx512bf16  + AVX512-VNNI + AVX512-BF16 (bfloat16 dot products)
+ * The *vnni / *bf16 tables are their base table with the quantized products replaced. */
+enum {
+    LI_ISA_SCALAR = 0,
+    LI_ISA_AVX2 = 1,
+    LI_ISA_AVX2VNNI = 2,
+    LI_ISA_AVX512 = 3,
+    LI_ISA_AVX512VNNI = 4,
+    LI_ISA_AVX512BF16 = 5,
+    LI_ISA_COUNT = 6
+};
+/* Bit set (1 << LI_ISA_*) of the tables this CPU and OS can run: CPUID, and XGETBV for the
+ * register state. */
 unsigned li_usable_isas(void);
 const li_kernels *li_kernels_for(int isa); /* NULL when not compiled in */
+
+#ifdef LI_HAVE_X86_KERNELS
+/* The replacement products of the dot-product tables (kernels_*vnni.c, kernels_avx512bf16.c). */
+void li_matvec_i8_avx2vnni(const void *packed, int K, int G, int blk0, int blk1,
+                           const li_rows *x, int rows, const float *bias, const float *scale,
+                           const int32_t *rowsum, int bgs, float *out, int ogs, int ldo);
+void li_matvec_i8_avx512vnni(const void *packed, int K, int G, int blk0, int blk1,
+                             const li_rows *x, int rows, const float *bias, const float *scale,
+                             const int32_t *rowsum, int bgs, float *out, int ogs, int ldo);
+void li_matvec_bf16_avx512bf16(const void *packed, int K, int G, int blk0, int blk1,
+                               const li_rows *x, int rows, const float *bias,
+                               const float *scale, const int32_t *rowsum, int bgs, float *out,
+                               int ogs, int ldo);
+void li_prepare_bf16_avx512bf16(const float *x, int ldx, int rows, int K, void *q, int ldq,
+                                float *scale);
+#endif
 
 /* ---- drivers (recurrent_driver.c) -------------------------------------------------------- */
 

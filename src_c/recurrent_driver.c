@@ -26,12 +26,23 @@ typedef struct {
     float *hfull; /* [B][Hp]   new unprojected h */
     float *hnext; /* [B][Hrp]  new state h (projected when the cell projects) */
     int *row_t;   /* [B]       time index of each row at this step, -1 when inactive */
+    float *prep_scale; /* [B]  prepared activations (bf16 / int8 products): row scales */
+    void *prep;        /* [B][prep_ld bytes] the prepared rows, 64-byte aligned */
+    int prep_ld;
 } step_buffers;
+
+/* Widest input any product of the cell reads: I (layer input), Hr (h), Hp (r * h, and the
+ * unprojected h read by the projection). */
+static int widest_input(const li_cell *cell) {
+    int k = cell->input_size > cell->state_size ? cell->input_size : cell->state_size;
+    return k > cell->hidden_padded ? k : cell->hidden_padded;
+}
 
 static size_t step_buffer_floats(const li_cell *cell, int B) {
     const size_t Hp = (size_t)cell->hidden_padded, Hrp = (size_t)round_up_block(cell->state_size);
     const size_t G = (size_t)cell->gates, H = (size_t)cell->hidden_size;
-    return (size_t)B * (G * Hp + Hp + 2 * H + Hp + Hp + Hrp + 1) + 64;
+    const size_t prep = (size_t)B * LI_PREPARED_ROW_BYTES(widest_input(cell)) / sizeof(float);
+    return (size_t)B * (G * Hp + Hp + 2 * H + Hp + Hp + Hrp + 2) + prep + 64;
 }
 
 static step_buffers carve_step_buffers(const li_cell *cell, int B, float *scratch) {
@@ -45,7 +56,47 @@ static step_buffers carve_step_buffers(const li_cell *cell, int B, float *scratc
     s.hfull = s.rh + B * Hp;
     s.hnext = s.hfull + B * Hp;
     s.row_t = (int *)(s.hnext + B * Hrp);
+    s.prep_scale = s.hnext + B * Hrp + B;
+    s.prep_ld = (int)LI_PREPARED_ROW_BYTES(widest_input(cell));
+    const size_t at = (size_t)(s.prep_scale + B);
+    s.prep = (void *)(s.prep_scale + B + ((64 - at % 64) % 64) / sizeof(float));
     return s;
+}
+
+/* The activation rows a product of this cell reads: prepared (quantized int8, split bf16)
+ * into the step's buffer when the weight format's kernel wants them. */
+static li_rows prepare_rows(const li_cell *cell, const li_kernels *kern, const float *x, int ldx,
+                            int rows, int K, const step_buffers *s) {
+    li_rows r = {x, ldx, 0, 0, 0};
+    const li_prepare_fn prep = cell->weight_format == LI_WEIGHTS_I8     ? kern->prepare_i8
+                               : cell->weight_format == LI_WEIGHTS_BF16 ? kern->prepare_bf16
+                                                                        : 0;
+    if (prep) {
+        prep(x, ldx, rows, K, s->prep, s->prep_ld, s->prep_scale);
+        r.q = s->prep;
+        r.ldq = s->prep_ld;
+        r.scale = s->prep_scale;
+    }
+    return r;
+}
+
+/* out = bias + W x over blocks [blk0, blk1) in the cell's weight format (see li_kernels.h). */
+static void product(const li_cell *cell, const li_kernels *kern, const void *packed,
+                    const float *scale, const int32_t *rowsum, int K, int G, int blk0, int blk1,
+                    const li_rows *x, int rows, const float *bias, int bgs, float *out, int ogs,
+                    int ldo) {
+    switch (cell->weight_format) {
+    case LI_WEIGHTS_I8:
+        kern->matvec_i8(packed, K, G, blk0, blk1, x, rows, bias, scale, rowsum, bgs, out, ogs,
+                        ldo);
+        break;
+    case LI_WEIGHTS_BF16:
+        kern->matvec_bf16(packed, K, G, blk0, blk1, x, rows, bias, 0, 0, bgs, out, ogs, ldo);
+        break;
+    default:
+        kern->matvec_f32(packed, K, G, blk0, blk1, x->x, x->ldx, rows, bias, 0, bgs, out, ogs,
+                         ldo);
+    }
 }
 
 /* Where row b's input projection for this step lives. */
@@ -83,13 +134,15 @@ static void recurrent_step(const li_cell *cell, const li_kernels *kern, li_sgemm
     const int packed = sgemm == 0;
     const int rgs = packed ? Hp : H; /* gate stride of rec */
     const int rrow = packed ? G * Hp : G * H;
-    const li_matvec_packed_fn mv = kern->matvec_packed[cell->weight_format];
+    /* h prepared once per step for every block's product (packed path only). */
+    const li_rows hrows = packed ? prepare_rows(cell, kern, h, Hr, B, Hr, s) : (li_rows){0};
 
     if (cell->cell == LI_CELL_GRU) {
         li_gru_gates_fn gates = dflt ? kern->gru_gates : li_gru_gates_generic;
         li_gru_output_fn output = dflt ? kern->gru_output : li_gru_output_generic;
         if (packed)
-            mv(cell->r_packed, Hr, 2, 0, nblk, h, Hr, B, 0, cell->r_scale, Hp, s->rec, rgs, rrow);
+            product(cell, kern, cell->r_packed, cell->r_scale, cell->r_rowsum, Hr, 2, 0, nblk,
+                    &hrows, B, 0, Hp, s->rec, rgs, rrow);
         else
             sgemm_rows(sgemm, cell->r, 2 * H, Hr, h, Hr, B, s->rec, rrow);
         for (int b = 0; b < B; ++b) {
@@ -99,10 +152,11 @@ static void recurrent_step(const li_cell *cell, const li_kernels *kern, li_sgemm
         }
         const float *n_in = cell->linear_before_reset ? h : s->rh;
         const int n_ld = cell->linear_before_reset ? Hr : Hp;
-        if (packed)
-            mv(cell->rn_packed, Hr, 1, 0, nblk, n_in, n_ld, B, 0, cell->rn_scale, Hp, s->rec_n, Hp,
-               Hp);
-        else
+        if (packed) {
+            const li_rows nrows = prepare_rows(cell, kern, n_in, n_ld, B, Hr, s);
+            product(cell, kern, cell->rn_packed, cell->rn_scale, cell->rn_rowsum, Hr, 1, 0, nblk,
+                    &nrows, B, 0, Hp, s->rec_n, Hp, Hp);
+        } else
             sgemm_rows(sgemm, cell->r + (size_t)2 * H * Hr, H, Hr, n_in, n_ld, B, s->rec_n, Hp);
         for (int b = 0; b < B; ++b) {
             if (s->row_t[b] < 0) continue;
@@ -123,8 +177,8 @@ static void recurrent_step(const li_cell *cell, const li_kernels *kern, li_sgemm
         const int u0 = blk * LI_BLOCK;
         const int u1 = packed ? (u0 + LI_BLOCK < H ? u0 + LI_BLOCK : H) : H;
         if (packed)
-            mv(cell->r_packed, Hr, G, blk, blk + 1, h, Hr, B, 0, cell->r_scale, Hp, s->rec, rgs,
-               rrow);
+            product(cell, kern, cell->r_packed, cell->r_scale, cell->r_rowsum, Hr, G, blk, blk + 1,
+                    &hrows, B, 0, Hp, s->rec, rgs, rrow);
         else
             sgemm_rows(sgemm, cell->r, G * H, Hr, h, Hr, B, s->rec, rrow);
         for (int b = 0; b < B; ++b) {
@@ -141,8 +195,9 @@ static void recurrent_step(const li_cell *cell, const li_kernels *kern, li_sgemm
     if (cell->proj) {
         /* Rows inactive this step project stale but finite values (hfull starts zeroed);
          * their hnext is never committed. */
-        mv(cell->proj_packed, H, 1, 0, Hrp / LI_BLOCK, s->hfull, Hp, B, 0, cell->proj_scale, Hrp,
-           s->hnext, Hrp, Hrp);
+        const li_rows prows = prepare_rows(cell, kern, s->hfull, Hp, B, H, s);
+        product(cell, kern, cell->proj_packed, cell->proj_scale, cell->proj_rowsum, H, 1, 0,
+                Hrp / LI_BLOCK, &prows, B, 0, Hrp, s->hnext, Hrp, Hrp);
     }
 }
 
@@ -256,10 +311,9 @@ int li_stack_step(const li_cell *const *cells, int n_layers, const li_kernels *k
             /* Checked before any state changes: a bad id leaves every layer untouched. */
             if (gather_token_rows(cell, tokens, (size_t)B, xp) != 0) return -4;
         } else {
-            kern->matvec_packed[cell->weight_format](cell->w_packed, cell->input_size, G, 0,
-                                                     Hp / LI_BLOCK, in, in_ld, B,
-                                                     cell->bias_packed, cell->w_scale, Hp, xp,
-                                                     Hp, G * Hp);
+            const li_rows xrows = prepare_rows(cell, kern, in, in_ld, B, cell->input_size, &s);
+            product(cell, kern, cell->w_packed, cell->w_scale, cell->w_rowsum, cell->input_size,
+                    G, 0, Hp / LI_BLOCK, &xrows, B, cell->bias_packed, Hp, xp, Hp, G * Hp);
         }
         const xproj_view xv = {xp, 0, (ptrdiff_t)G * Hp, Hp};
         recurrent_step(cell, kern, 0, B, &xv, h[l], c[l], &s);

@@ -11,14 +11,15 @@
  *   v_fmadd(a,b,c) = a*b+c   v_fnmadd(a,b,c) = c-a*b
  *   v_round(x)             round to nearest integer (as float)
  *   v_pow2i(n)             2^n for integer-valued n in [-126, 127]
- *   v_load_bf16(p)         VW bfloat16 values (uint16_t) widened to floats
- *   v_load_i8(p)           VW int8 values converted to floats
+ *   v_abs(x)               |x|
+ *   v_store_i8(p, v)       integer-valued floats in [-127, 127] stored as VW int8
+ *   vi                     the integer vector type (VW int32 lanes)
+ *   vi_zero vi_load vi_set1 vi_add vi_sub vi_slli vi_and; vi_to_vf (convert), vi_as_vf (bits)
+ *   V_DOT_I8 V_DOT_I8_PREP V_DOT_I8_OFFSET   see simd_matvec_i8_template.h
  *   MV_MAX_ROWS(G)         rows per register tile of the packed matvec, for G gates
  */
 #include <math.h>
 #include <stdint.h>
-
-#define V_PER_BLOCK (LI_BLOCK / VW)
 
 static inline vf ld(const float *p, int n) { return n >= VW ? v_load(p) : v_load_n(p, n); }
 static inline void st(float *p, vf v, int n) {
@@ -77,7 +78,7 @@ static inline float clip_bound(const li_cell *cell) { return cell->clip > 0.0f ?
 /* x86 min/max return the second operand when either is NaN: this order lets NaN through. */
 #define CLIP(v) v_min(clip_hi, v_max(clip_lo, (v)))
 
-/* ---- packed matvec, one instantiation per weight format ------------------------------- */
+/* ---- packed products, one per weight format --------------------------------------------- */
 
 #define MV_NAME(x) x##_f32
 #define MV_WTYPE float
@@ -89,25 +90,52 @@ static inline float clip_bound(const li_cell *cell) { return cell->clip > 0.0f ?
 #undef MV_WLOAD
 #undef MV_SCALED
 
-#define MV_NAME(x) x##_bf16
-#define MV_WTYPE uint16_t
-#define MV_WLOAD(p) v_load_bf16(p)
-#define MV_SCALED 0
-#include "simd_matvec_template.h"
-#undef MV_NAME
-#undef MV_WTYPE
-#undef MV_WLOAD
-#undef MV_SCALED
+#define BF_NAME(x) x##_widen
+#define BF16_DOT 0
+#include "simd_matvec_bf16_template.h"
+#undef BF_NAME
+#undef BF16_DOT
 
-#define MV_NAME(x) x##_i8
-#define MV_WTYPE int8_t
-#define MV_WLOAD(p) v_load_i8(p)
-#define MV_SCALED 1
-#include "simd_matvec_template.h"
-#undef MV_NAME
-#undef MV_WTYPE
-#undef MV_WLOAD
-#undef MV_SCALED
+#define I8_NAME(x) x##_base
+#include "simd_matvec_i8_template.h"
+#undef I8_NAME
+
+/* int8 activations, bit-identical to the scalar reference (prepare_i8_scalar): the peak and
+ * a NaN/Inf probe reduced in vectors, one scalar division, then multiply and convert with
+ * round-to-nearest-even. */
+static void prepare_i8_simd(const float *x, int ldx, int rows, int K, void *q, int ldq,
+                            float *scale) {
+    for (int b = 0; b < rows; ++b) {
+        const float *xb = x + (size_t)b * ldx;
+        int8_t *qb = (int8_t *)q + (size_t)b * ldq;
+        vf peak_v = v_zero(), probe_v = v_zero();
+        for (int k = 0; k < K; k += VW) {
+            const vf v = ld(xb + k, K - k);
+            peak_v = v_max(peak_v, v_abs(v)); /* NaN lanes drop out here, the probe keeps them */
+            probe_v = v_fmadd(v, v_zero(), probe_v);
+        }
+        float lanes[VW], probes[VW], peak = 0.0f, probe = 0.0f;
+        v_store(lanes, peak_v);
+        v_store(probes, probe_v);
+        for (int l = 0; l < VW; ++l) {
+            peak = lanes[l] > peak ? lanes[l] : peak;
+            probe += probes[l];
+        }
+        const int padded = (K + 3) / 4 * 4;
+        if (probe != 0.0f || peak == 0.0f) {
+            memset(qb, 0, (size_t)padded);
+            scale[b] = peak == 0.0f && probe == 0.0f ? 0.0f : NAN;
+            continue;
+        }
+        const float inv = 127.0f / peak;
+        const vf inv_v = v_set1(inv);
+        int k = 0;
+        for (; k + VW <= K; k += VW) v_store_i8(qb + k, v_mul(v_load(xb + k), inv_v));
+        for (; k < K; ++k) qb[k] = (int8_t)lrintf(xb[k] * inv);
+        for (; k < padded; ++k) qb[k] = 0;
+        scale[b] = peak / 127.0f;
+    }
+}
 
 /* ---- pointwise cell updates (default activations) ---------------------------------------- */
 
@@ -188,6 +216,7 @@ static void gru_output_simd(const li_cell *cell, int u0, int u1, const float *xp
 
 #define LI_SIMD_TABLE(NAME)                                                                    \
     {                                                                                          \
-        NAME, {matvec_packed_f32, matvec_packed_bf16, matvec_packed_i8}, rnn_pointwise_simd,   \
-            lstm_pointwise_simd, gru_gates_simd, gru_output_simd, activation_array_simd        \
+        NAME, matvec_packed_f32, matvec_bf16_widen, 0, matvec_i8_base, prepare_i8_simd,        \
+            rnn_pointwise_simd, lstm_pointwise_simd, gru_gates_simd, gru_output_simd,          \
+            activation_array_simd                                                              \
     }

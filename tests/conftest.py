@@ -24,6 +24,8 @@ if _TESTS_DIR not in sys.path:
 
 REQUIRE_ALL_ENV = "LSTM_INFER_REQUIRE_ALL"
 ISAS: tuple[str, ...] = ("scalar", "avx2", "avx512")
+# Every kernel table; the *vnni / *bf16 ones differ from their base only in quantized products.
+QUANT_ISAS: tuple[str, ...] = ("scalar", "avx2", "avx2vnni", "avx512", "avx512vnni", "avx512bf16")
 
 
 def require_all() -> bool:
@@ -47,11 +49,8 @@ def require(module_name: str) -> ModuleType:
         ) from exc
 
 
-@pytest.fixture(params=ISAS)
-def isa(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Run the test with each SIMD variant the CPU supports active; restore the previous one."""
+def _with_isa(name: str) -> Iterator[str]:
     lstm_infer = require("lstm_infer")
-    name: str = request.param
     if name not in lstm_infer.available_isas():
         pytest.skip(f"ISA {name!r} not available here ({lstm_infer.available_isas()})")
     previous = lstm_infer.isa()
@@ -61,6 +60,18 @@ def isa(request: pytest.FixtureRequest) -> Iterator[str]:
         yield name
     finally:
         lstm_infer.set_isa(previous)
+
+
+@pytest.fixture(params=ISAS)
+def isa(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run the test with each SIMD variant the CPU supports active; restore the previous one."""
+    yield from _with_isa(request.param)
+
+
+@pytest.fixture(params=QUANT_ISAS)
+def quant_isa(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Like ``isa`` over every kernel table, the dot-product ones (VNNI, BF16) included."""
+    yield from _with_isa(request.param)
 
 
 @pytest.fixture

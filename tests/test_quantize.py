@@ -43,21 +43,124 @@ def random_onnx_weights(rng, cell, I, H):
 CASES = [("lstm", 7, 33), ("gru", 16, 17), ("rnn", 300, 100), ("lstm", 1, 257)]
 
 
-@pytest.mark.parametrize("fmt", ["bf16", "int8"])
+def int8_activations(v: np.ndarray) -> np.ndarray:
+    """Rows of float32 activations as the int8 kernels see them: code * scale, float64.
+
+    The same float32 operations as the kernels (peak, 127 / peak, multiply, round half to
+    even), so the codes are identical and only the final sums differ by float64 rounding.
+    """
+    v = np.asarray(v, np.float32)
+    peak = np.abs(v).max(axis=-1, keepdims=True)
+    safe = np.where(peak > 0, peak, np.float32(1))
+    codes = np.rint(v * (np.float32(127) / safe))
+    return codes.astype(np.float64) * (peak / np.float32(127)).astype(np.float64)
+
+
+def _sig(v):
+    return 1.0 / (1.0 + np.exp(-v))
+
+
+def reference_step(cell, x, h, c, W, R, B, *, quantize_x: bool, quantize_h: bool):
+    """One step of an ONNX-order single-direction cell (GRU with linear_before_reset=1),
+    float64, with the int8 path's activation quantization where asked."""
+    W, R, B = W[0].astype(np.float64), R[0].astype(np.float64), B[0].astype(np.float64)
+    g = GATES[cell]
+    hid = R.shape[1]
+    xa = int8_activations(x) if quantize_x else x.astype(np.float64)
+    ha = int8_activations(h) if quantize_h else h.astype(np.float64)
+    xw = xa @ W.T + B[: g * hid]
+    hr = ha @ R.T + B[g * hid :]
+    if cell == "rnn":
+        return np.tanh(xw + hr), None
+    if cell == "lstm":
+        i, o, f, cc = np.split(xw + hr, 4, axis=1)
+        c_new = _sig(f) * c + _sig(i) * np.tanh(cc)
+        return _sig(o) * np.tanh(c_new), c_new
+    z = _sig(xw[:, :hid] + hr[:, :hid])
+    r = _sig(xw[:, hid : 2 * hid] + hr[:, hid : 2 * hid])
+    n = np.tanh(xw[:, 2 * hid :] + r * hr[:, 2 * hid :])
+    return (1 - z) * n + z * h, None
+
+
 @pytest.mark.parametrize(("cell", "I", "H"), CASES)
-def test_quantized_kernels_compute_the_dequantized_model(isa, rng, fmt, cell, I, H):
-    """Every ISA's quantized kernels == the fp32 reference run on the rounded weights."""
+def test_bf16_kernels_compute_the_rounded_model(quant_isa, rng, cell, I, H):
+    """Every ISA's bf16 products == the fp32 reference run on the rounded weights."""
     W, R, B = random_onnx_weights(rng, cell, I, H)
     attrs = {"linear_before_reset": 1} if cell == "gru" else {}
-    model = lstm_infer.Model.from_onnx_weights(cell, W, R, B, **attrs).quantize(fmt)
-    rounding = bf16_reference if fmt == "bf16" else int8_reference
+    model = lstm_infer.Model.from_onnx_weights(cell, W, R, B, **attrs).quantize("bf16")
     x = rng.standard_normal((9, 5, I)).astype(np.float32)
-    expected = REFS[cell](x, rounding(W), rounding(R), B, **attrs)[0]
-    got = model.run({"X": x})["Y"]
-    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+    Wq, Rq = bf16_reference(W), bf16_reference(R)
+    expected = REFS[cell](x, Wq, Rq, B, **attrs)[0]
+    # The avx512bf16 products carry activations to ~16 significant bits (two bf16 halves).
+    atol = 3e-5 if quant_isa == "avx512bf16" else 1e-5
+    np.testing.assert_allclose(model.run({"X": x})["Y"], expected, atol=atol, rtol=0)
     stream = model.stream(batch_size=5)
     steps = np.stack([stream.step(x[t]) for t in range(9)])
-    np.testing.assert_allclose(steps, expected[:, 0], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(steps, expected[:, 0], atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize(("cell", "I", "H"), CASES)
+def test_int8_kernels_compute_the_quantized_model(quant_isa, rng, cell, I, H):
+    """Every ISA's int8 step == the float64 reference on the int8 weights with the same
+    per-row activation codes, teacher-forced from the engine's own state each step (a code
+    one off would show as ~1e-3). Streaming quantizes the input too; a whole-sequence run
+    projects the inputs with one fp32 sgemm over the dequantized weights."""
+    W, R, B = random_onnx_weights(rng, cell, I, H)
+    attrs = {"linear_before_reset": 1} if cell == "gru" else {}
+    model = lstm_infer.Model.from_onnx_weights(cell, W, R, B, **attrs).quantize("int8")
+    Wq, Rq = int8_reference(W), int8_reference(R)
+    x = rng.standard_normal((6, 5, I)).astype(np.float32)
+    stream = model.stream(batch_size=5)
+    h = np.zeros((5, H), np.float32)
+    c = np.zeros((5, H), np.float32) if cell == "lstm" else None
+    for t in range(6):
+        want_h, want_c = reference_step(
+            cell, x[t], h, c, Wq, Rq, B, quantize_x=True, quantize_h=True
+        )
+        np.testing.assert_allclose(stream.step(x[t]), want_h, atol=1e-5, rtol=0)
+        state = stream.state
+        if cell == "lstm":
+            np.testing.assert_allclose(state["c"][0], want_c, atol=1e-5, rtol=0)
+            c = state["c"][0]
+        h = state["h"][0]
+    feeds = {"initial_h": rng.uniform(-1, 1, (1, 5, H)).astype(np.float32)}
+    if cell == "lstm":
+        feeds["initial_c"] = rng.uniform(-1, 1, (1, 5, H)).astype(np.float32)
+    for t in range(3):  # one-step runs from the engine's previous state
+        out = model.run({"X": x[t : t + 1], **feeds})
+        want_h, want_c = reference_step(
+            cell,
+            x[t],
+            feeds["initial_h"][0],
+            feeds.get("initial_c", [None])[0],
+            Wq,
+            Rq,
+            B,
+            quantize_x=False,
+            quantize_h=True,
+        )
+        np.testing.assert_allclose(out["Y_h"][0], want_h, atol=1e-5, rtol=0)
+        feeds["initial_h"] = out["Y_h"]
+        if cell == "lstm":
+            np.testing.assert_allclose(out["Y_c"][0], want_c, atol=1e-5, rtol=0)
+            feeds["initial_c"] = out["Y_c"]
+
+
+def test_int8_rows_with_nan_or_zeros(rng):
+    """A NaN input makes the outputs NaN (not a silently finite scale); an all-zero input
+    quantizes to zero codes and the step still equals the reference."""
+    W, R, B = random_onnx_weights(rng, "lstm", 8, 16)
+    model = lstm_infer.Model.from_onnx_weights("lstm", W, R, B).quantize("int8")
+    stream = model.stream(batch_size=2)
+    x = np.zeros((2, 8), np.float32)
+    x[1, 3] = np.nan
+    y = stream.step(x)
+    assert np.isnan(y[1]).all() and np.isfinite(y[0]).all()
+    want, _ = reference_step(
+        "lstm", x[:1], np.zeros((1, 16), np.float32), np.zeros((1, 16)), int8_reference(W),
+        int8_reference(R), B, quantize_x=True, quantize_h=True,
+    )  # fmt: skip
+    np.testing.assert_allclose(y[0], want[0], atol=1e-6)
 
 
 def test_internal_rounding_matches_the_independent_one(rng):
@@ -103,9 +206,13 @@ def test_gate_order_is_preserved(rng):
     W[0, :8] *= 40  # ONNX gate i much larger than the others
     model = lstm_infer.Model.from_onnx_weights("lstm", W, R, B).quantize("int8")
     assert ONNX_GATE_ORDER["lstm"][0] == 0
-    x = rng.standard_normal((4, 1, 5)).astype(np.float32)
-    expected = lstm_ref(x, int8_reference(W), int8_reference(R), B)[0]
-    np.testing.assert_allclose(model.run({"X": x})["Y"], expected, atol=1e-5)
+    x = rng.standard_normal((4, 5)).astype(np.float32)
+    zeros = np.zeros((4, 8), np.float32)
+    expected, _ = reference_step(
+        "lstm", x, zeros, zeros, int8_reference(W), int8_reference(R), B,
+        quantize_x=True, quantize_h=True,
+    )  # fmt: skip
+    np.testing.assert_allclose(model.stream(4).step(x), expected, atol=1e-5)
 
 
 def _held_text(limit: int) -> str:

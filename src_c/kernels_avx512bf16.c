@@ -1,0 +1,58 @@
+/* The bfloat16 product with AVX512-BF16: VDPBF16PS multiplies a pair of bf16 weights by a
+ * pair of bf16 activations and adds both products into an fp32 lane. Activations are split
+ * into two bf16 halves (x = hi + lo to ~16 significant bits) so the only rounding that
+ * matters is the weights' own, as on the widening path. */
+#include <math.h>
+
+#include "simd_vocab_avx512.h"
+
+#define BF16_DOT 1
+#define V_DPBF16(acc, w, x) _mm512_dpbf16_ps((acc), (__m512bh)(w), (__m512bh)(x))
+#define BF_NAME(x) x##_avx512bf16
+#include "simd_matvec_bf16_template.h"
+
+void li_matvec_bf16_avx512bf16(const void *packed, int K, int G, int blk0, int blk1,
+                               const li_rows *x, int rows, const float *bias,
+                               const float *scale, const int32_t *rowsum, int bgs, float *out,
+                               int ogs, int ldo) {
+    matvec_bf16_avx512bf16(packed, K, G, blk0, blk1, x, rows, bias, scale, rowsum, bgs, out,
+                           ogs, ldo);
+}
+
+/* hi = bf16(x) rounded to nearest even and lo = bf16(x - hi) (x - hi is exact in fp32); lo
+ * is 0 where hi is infinite, so an infinite input gives infinite products as when widening. */
+static inline void split_bf16(__m512 v, __m256i *hi, __m256i *lo) {
+    const __m256bh h = _mm512_cvtneps_pbh(v);
+    const __m512 hf =
+        _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)h), 16));
+    const __mmask16 finite = _mm512_cmp_ps_mask(_mm512_abs_ps(hf), _mm512_set1_ps(INFINITY),
+                                                _CMP_NEQ_UQ);
+    *hi = (__m256i)h;
+    *lo = _mm256_maskz_mov_epi16(finite, (__m256i)_mm512_cvtneps_pbh(_mm512_sub_ps(v, hf)));
+}
+
+/* Row layout: hi[K2 * 2] then lo[K2 * 2] (K2 = ceil(K / 2)), zero padded. */
+void li_prepare_bf16_avx512bf16(const float *x, int ldx, int rows, int K, void *q, int ldq,
+                                float *scale) {
+    (void)scale;
+    const int Kp = (K + 1) / 2 * 2;
+    for (int b = 0; b < rows; ++b) {
+        const float *xb = x + (size_t)b * ldx;
+        uint16_t *hi = (uint16_t *)((char *)q + (size_t)b * ldq), *lo = hi + Kp;
+        int k = 0;
+        for (; k + VW <= K; k += VW) {
+            __m256i h, l;
+            split_bf16(_mm512_loadu_ps(xb + k), &h, &l);
+            _mm256_storeu_si256((__m256i *)(hi + k), h);
+            _mm256_storeu_si256((__m256i *)(lo + k), l);
+        }
+        if (k < K) {
+            const __mmask16 m = (__mmask16)((1u << (K - k)) - 1u);
+            __m256i h, l;
+            split_bf16(_mm512_maskz_loadu_ps(m, xb + k), &h, &l);
+            _mm256_mask_storeu_epi16(hi + k, m, h);
+            _mm256_mask_storeu_epi16(lo + k, m, l);
+        }
+        for (int p = K; p < Kp; ++p) hi[p] = lo[p] = 0;
+    }
+}

@@ -1,0 +1,62 @@
+/* The vector vocabulary for AVX2 + FMA: 8-lane ymm registers. Included by every translation
+ * unit compiled for an AVX2 table (see simd_kernels_template.h for what each name means). */
+#ifndef LI_SIMD_VOCAB_AVX2_H
+#define LI_SIMD_VOCAB_AVX2_H
+#include <immintrin.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "li_kernels.h"
+
+typedef __m256 vf;
+typedef __m256i vi;
+#define VW 8
+#define V_PER_BLOCK (LI_BLOCK / VW)
+#define v_load(p) _mm256_loadu_ps(p)
+#define v_store(p, v) _mm256_storeu_ps((p), (v))
+/* Lane masks for partial loads: 8 - n leading all-ones entries read from a sliding window. */
+static const int lane_mask_window[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+#define v_lane_mask(n) _mm256_loadu_si256((const __m256i *)(lane_mask_window + 8 - (n)))
+#define v_load_n(p, n) _mm256_maskload_ps((p), v_lane_mask(n))
+#define v_store_n(p, v, n) _mm256_maskstore_ps((p), v_lane_mask(n), (v))
+#define v_set1 _mm256_set1_ps
+#define v_zero _mm256_setzero_ps
+#define v_add _mm256_add_ps
+#define v_sub _mm256_sub_ps
+#define v_mul _mm256_mul_ps
+#define v_div _mm256_div_ps
+#define v_min _mm256_min_ps
+#define v_max _mm256_max_ps
+#define v_abs(x) _mm256_andnot_ps(_mm256_set1_ps(-0.0f), (x))
+#define v_fmadd _mm256_fmadd_ps
+#define v_fnmadd _mm256_fnmadd_ps
+#define v_round(x) _mm256_round_ps((x), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+static inline vf v_pow2i(vf n) {
+    const __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(e, 23));
+}
+/* Integer-valued floats in [-127, 127] -> VW int8 at p. */
+static inline void v_store_i8(int8_t *p, vf v) {
+    const __m256i i32 = _mm256_cvtps_epi32(v);
+    const __m128i i16 = _mm_packs_epi32(_mm256_castsi256_si128(i32),
+                                        _mm256_extracti128_si256(i32, 1));
+    _mm_storel_epi64((__m128i *)p, _mm_packs_epi16(i16, i16));
+}
+
+/* Integer lanes (one int32 per unit). */
+#define vi_zero _mm256_setzero_si256
+#define vi_load(p) _mm256_loadu_si256((const __m256i *)(p))
+#define vi_set1 _mm256_set1_epi32
+#define vi_add _mm256_add_epi32
+#define vi_sub _mm256_sub_epi32
+#define vi_slli _mm256_slli_epi32
+#define vi_to_vf _mm256_cvtepi32_ps
+#define vi_as_vf _mm256_castsi256_ps
+#define vi_and _mm256_and_si256
+
+/* 16 ymm registers: a tile needs 2*G*R accumulators + R broadcasts + 1 weight. */
+/* Accumulator registers a tile may use when it splits k in two (see the matvec). */
+#define MV_ACC_BUDGET 8
+#define MV_MAX_ROWS(G) ((G) >= 4 ? 1 : (G) >= 2 ? 2 : 4)
+
+#endif
