@@ -32,6 +32,16 @@ X86_ISA_SOURCES = {
         "-mfma",
         "-mavx512vnni",
     ],
+    "src_c/kernels_amx.c": [
+        "-mavx512f",
+        "-mavx512dq",
+        "-mavx512bw",
+        "-mavx512vl",
+        "-mfma",
+        "-mavx512bf16",
+        "-mamx-tile",
+        "-mamx-bf16",
+    ],
     "src_c/kernels_avx512bf16.c": [
         "-mavx512f",
         "-mavx512dq",

@@ -1,11 +1,13 @@
 """Streaming with bf16 / int8 weights against our fp32 and the quantized LSTMs of onnxruntime
 and PyTorch, batch 1, one timestep per call, one thread each.
 
-    python bench/quantized.py [--sizes 256 1024] [--steps 2000]
+    python bench/quantized.py [--sizes 256 1024] [--steps 2000] [--isas avx2 avx512 ...]
 
 onnxruntime's int8 is ``onnxruntime.quantization.quantize_dynamic`` (it emits
 DynamicQuantizeLSTM); PyTorch's is ``torch.ao.quantization.quantize_dynamic`` on nn.LSTM.
 Engines are interleaved; medians in microseconds; results to bench/results/quantized-*.json.
+``--isas`` adds our bf16 / int8 steps on the named kernel tables (e.g. the sign-trick int8 of
+avx2 / avx512 against the VNNI tables, widened bf16 against avx512bf16's VDPBF16PS).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def lstm_onnx(path: Path, W: np.ndarray, R: np.ndarray, B: np.ndarray) -> None:
     save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]), str(path))
 
 
-def bench_size(H: int, rng: np.random.Generator, steps: int, tmp: Path) -> dict:
+def bench_size(H: int, rng: np.random.Generator, steps: int, tmp: Path, isas: list[str]) -> dict:
     """Median per-step times of every engine at hidden = input = H, and the ratios."""
     import onnx
     import onnxruntime as ort
@@ -109,18 +111,28 @@ def bench_size(H: int, rng: np.random.Generator, steps: int, tmp: Path) -> dict:
         "torch fp32": torch_step(t_lstm, "fp32"),
         "torch int8": torch_step(t_int8, "int8"),
     }
+    default_isa = lstm_infer.isa()
+    table = {k: default_isa for k in engines}  # kernel table active while timing each engine
+    for isa in isas:
+        for fmt in ("bf16", "int8"):
+            name = f"ours {fmt} [{isa}]"
+            engines[name] = lambda s=streams[f"ours {fmt}"]: s.step(x, out=out)
+            table[name] = isa
     times: dict[str, list[float]] = {k: [] for k in engines}
     with threadpool_limits(1):
-        for fn in engines.values():
+        for name, fn in engines.items():
+            lstm_infer.set_isa(table[name])
             for _ in range(50):
                 fn()
         chunk = 50
         for _ in range(max(1, steps // chunk)):
             for name, fn in engines.items():  # interleaved in chunks
+                lstm_infer.set_isa(table[name])
                 t0 = time.perf_counter()
                 for _ in range(chunk):
                     fn()
                 times[name].append((time.perf_counter() - t0) / chunk * 1e6)
+        lstm_infer.set_isa(default_isa)
     med = {k: float(np.median(v)) for k, v in times.items()}
     row = {"H": H, "median_us": med, "ort_int8_ops": sorted(ops)}
     row["ratios"] = {
@@ -129,9 +141,9 @@ def bench_size(H: int, rng: np.random.Generator, steps: int, tmp: Path) -> dict:
         "ours int8 / ort int8": med["ours int8"] / med["ort int8"],
         "ours int8 / torch int8": med["ours int8"] / med["torch int8"],
     }
-    print(f"\nH = {H} (onnxruntime int8 graph ops: {', '.join(sorted(ops))})")
+    print(f"\nH = {H} (onnxruntime int8 graph ops: {', '.join(sorted(ops))}; ours: {default_isa})")
     for k, v in med.items():
-        print(f"  {k:<12} {v:9.1f} us")
+        print(f"  {k:<24} {v:9.1f} us")
     for k, v in row["ratios"].items():
         print(f"  {k:<24} {v:5.2f}")
     return row
@@ -141,6 +153,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[256, 1024])
     ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--isas", nargs="*", default=[], help="extra kernel tables for our steps")
     args = ap.parse_args()
 
     import onnxruntime as ort
@@ -148,12 +161,15 @@ def main() -> None:
 
     import lstm_infer
 
+    unknown = set(args.isas) - set(lstm_infer.available_isas())
+    if unknown:
+        ap.error(f"not usable here: {sorted(unknown)}; available: {lstm_infer.available_isas()}")
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
     rows = []
     tmp = Path(tempfile.mkdtemp())
     for H in args.sizes:
-        rows.append(bench_size(H, rng, args.steps, tmp))
+        rows.append(bench_size(H, rng, args.steps, tmp, args.isas))
     result = {
         "isa": lstm_infer.isa(),
         "cpu": next(

@@ -21,7 +21,7 @@ cnp.import_array()
 
 BLOCK = LI_BLOCK
 # In the order of the LI_ISA_* enum (src_c/li_kernels.h): lowest first.
-ISA_NAMES = ("scalar", "avx2", "avx2vnni", "avx512", "avx512vnni", "avx512bf16")
+ISA_NAMES = ("scalar", "avx2", "avx2vnni", "avx512", "avx512vnni", "avx512bf16", "amx")
 CELL_CODES = {"rnn": LI_CELL_RNN, "lstm": LI_CELL_LSTM, "gru": LI_CELL_GRU}
 
 cdef const li_kernels *_active = NULL
@@ -357,6 +357,20 @@ cdef inline bint _is_f32_matrix(cnp.ndarray a, Py_ssize_t rows, Py_ssize_t cols)
             and cnp.PyArray_DIM(a, 1) == cols)
 
 
+# Tables chosen only when asked for (set_isa / LSTM_INFER_ISA), never by default: the
+# avx512bf16 product needs two VDPBF16PS per weight pair (activations split in two bf16
+# halves to keep fp32-like accuracy) and measured slower than widening on Sapphire Rapids
+# (31 vs 25 us per LSTM step at H=256, bench/quantized.py --isas); at H=1024 both are
+# bandwidth-bound.
+OPT_IN_ISAS = ("avx512bf16",)
+
+
+def default_isa():
+    """The table picked at import: the best usable one that is not opt-in."""
+    avail = [n for n in available_isas() if n not in OPT_IN_ISAS]
+    return avail[len(avail) - 1]
+
+
 def _init_isa():
     import os
     avail = available_isas()
@@ -368,7 +382,7 @@ def _init_isa():
         allowed = [n for n in avail if ISA_NAMES.index(n) <= ISA_NAMES.index(forced)]
         set_isa(allowed[len(allowed) - 1])
     else:
-        set_isa(avail[len(avail) - 1])
+        set_isa(default_isa())
 
 
 _init_isa()

@@ -9,9 +9,12 @@ import numpy as np
 
 from lstm_infer import _engine
 from lstm_infer._spec import GATES, DirectionWeights, RecurrentLayer, folds_embedding
+from lstm_infer.errors import ModelFormatError
 from lstm_infer.quantize import int8_rows, to_bf16_bits
 
 BLOCK = _engine.BLOCK
+# VPDPBUSD sums (activation code + 128) * weight code: 255 * 127 * K must stay below 2**31.
+INT8_MAX_INPUTS = 65536
 
 
 def _aligned_empty(shape: tuple[int, ...], dtype: type = np.float32) -> np.ndarray:
@@ -73,6 +76,11 @@ def _pack(m: np.ndarray, gates: int, fmt: str) -> dict[str, np.ndarray | None]:
     Keys: "packed", "scale", "rowsum" (the last two None unless int8).
     """
     if fmt == "int8":
+        if m.shape[1] > INT8_MAX_INPUTS:
+            raise ModelFormatError(
+                f"int8 weights support at most {INT8_MAX_INPUTS} inputs per row (the int32 "
+                f"sums of byte products must not overflow), got {m.shape[1]}"
+            )
         q, scale = int8_rows(m)
         rowsum = q.astype(np.int32).sum(axis=1, dtype=np.int32)
         return {

@@ -2,8 +2,7 @@
  * pair of bf16 activations and adds both products into an fp32 lane. Activations are split
  * into two bf16 halves (x = hi + lo to ~16 significant bits) so the only rounding that
  * matters is the weights' own, as on the widening path. */
-#include <math.h>
-
+#include "bf16_split_avx512.h"
 #include "simd_vocab_avx512.h"
 
 #define BF16_DOT 1
@@ -17,18 +16,6 @@ void li_matvec_bf16_avx512bf16(const void *packed, int K, int G, int blk0, int b
                                int ogs, int ldo) {
     matvec_bf16_avx512bf16(packed, K, G, blk0, blk1, x, rows, bias, scale, rowsum, bgs, out,
                            ogs, ldo);
-}
-
-/* hi = bf16(x) rounded to nearest even and lo = bf16(x - hi) (x - hi is exact in fp32); lo
- * is 0 where hi is infinite, so an infinite input gives infinite products as when widening. */
-static inline void split_bf16(__m512 v, __m256i *hi, __m256i *lo) {
-    const __m256bh h = _mm512_cvtneps_pbh(v);
-    const __m512 hf =
-        _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)h), 16));
-    const __mmask16 finite = _mm512_cmp_ps_mask(_mm512_abs_ps(hf), _mm512_set1_ps(INFINITY),
-                                                _CMP_NEQ_UQ);
-    *hi = (__m256i)h;
-    *lo = _mm256_maskz_mov_epi16(finite, (__m256i)_mm512_cvtneps_pbh(_mm512_sub_ps(v, hf)));
 }
 
 /* Row layout: hi[K2 * 2] then lo[K2 * 2] (K2 = ceil(K / 2)), zero padded. */

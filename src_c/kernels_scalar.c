@@ -131,6 +131,7 @@ const li_kernels li_kernels_scalar = {
     0,
     matvec_i8_scalar,
     prepare_i8_scalar,
+    0,
     li_rnn_pointwise_generic,
     li_lstm_pointwise_generic,
     li_gru_gates_generic,

@@ -143,6 +143,14 @@ typedef void (*li_product_fn)(const void *packed, int K, int G, int blk0, int bl
                               const li_rows *x, int rows, const float *bias, const float *scale,
                               const int32_t *rowsum, int bgs, float *out, int ogs, int ldo);
 
+/* Whole-sequence input projection for bfloat16 weights, every unit of every block:
+ * out[r][g*ogs + u] = bias[g*bgs + u] + sum_k x[r*ldx + k] W[g][u][k], rows r in [0, rows),
+ * whole blocks stored. Returns 0, or nonzero (nothing usable written) so the caller falls
+ * back to sgemm. */
+typedef int (*li_project_fn)(const void *packed, int K, int G, int nblk, const float *x,
+                             int ldx, int rows, const float *bias, int bgs, float *out,
+                             int ogs, int ldo);
+
 /* Pointwise cell updates on units [u0, u1) of one batch row, with default activations.
  * xp: input projection incl. bias, gate stride xgs. rec: recurrent product, gate stride rgs. */
 typedef void (*li_rnn_pointwise_fn)(const li_cell *cell, int u0, int u1, const float *xp,
@@ -168,6 +176,7 @@ typedef struct {
     li_prepare_fn prepare_bf16; /* NULL: matvec_bf16 reads the fp32 rows */
     li_product_fn matvec_i8;
     li_prepare_fn prepare_i8;
+    li_project_fn project_bf16; /* NULL: sgemm over the dequantized fp32 weights */
     li_rnn_pointwise_fn rnn_pointwise;
     li_lstm_pointwise_fn lstm_pointwise;
     li_gru_gates_fn gru_gates;
@@ -200,7 +209,9 @@ float li_activation_scalar(const li_activation *act, float x);
  *   avx2        AVX2 + FMA                      avx2vnni    + AVX-VNNI (int8 dot products)
  *   avx512      AVX-512 F/DQ/BW/VL              avx512vnni  + AVX512-VNNI
  *   avx512bf16  + AVX512-VNNI + AVX512-BF16 (bfloat16 dot products)
- * The *vnni / *bf16 tables are their base table with the quantized products replaced. */
+ *   amx         avx512vnni + AMX-BF16 tiles for whole-sequence bf16 input projections
+ *               (needs AVX512-BF16 too, and on Linux the kernel's permission for tile data)
+ * The derived tables are their base table with the quantized products replaced. */
 enum {
     LI_ISA_SCALAR = 0,
     LI_ISA_AVX2 = 1,
@@ -208,7 +219,8 @@ enum {
     LI_ISA_AVX512 = 3,
     LI_ISA_AVX512VNNI = 4,
     LI_ISA_AVX512BF16 = 5,
-    LI_ISA_COUNT = 6
+    LI_ISA_AMX = 6,
+    LI_ISA_COUNT = 7
 };
 /* Bit set (1 << LI_ISA_*) of the tables this CPU and OS can run: CPUID, and XGETBV for the
  * register state. */
@@ -229,6 +241,8 @@ void li_matvec_bf16_avx512bf16(const void *packed, int K, int G, int blk0, int b
                                int ogs, int ldo);
 void li_prepare_bf16_avx512bf16(const float *x, int ldx, int rows, int K, void *q, int ldq,
                                 float *scale);
+int li_project_bf16_amx(const void *packed, int K, int G, int nblk, const float *x, int ldx,
+                        int rows, const float *bias, int bgs, float *out, int ogs, int ldo);
 #endif
 
 /* ---- drivers (recurrent_driver.c) -------------------------------------------------------- */

@@ -236,6 +236,14 @@ int li_run_direction(const li_cell *cell, const li_kernels *kern, li_sgemm_fn sg
         xv.ts = (ptrdiff_t)B * G * Hp;
         xv.bs = (ptrdiff_t)G * Hp;
         xv.gs = Hp;
+    } else if (cell->weight_format == LI_WEIGHTS_BF16 && kern->project_bf16 && rows >= 16 &&
+               kern->project_bf16(cell->w_packed, I, G, cell->hidden_padded / LI_BLOCK, x, ldx,
+                                  (int)rows, cell->bias_packed, cell->hidden_padded, xproj,
+                                  cell->hidden_padded, G * cell->hidden_padded) == 0) {
+        /* Tiles (AMX) over the packed bf16 weights; gate stride Hp like the token rows. */
+        xv.ts = (ptrdiff_t)B * G * cell->hidden_padded;
+        xv.bs = (ptrdiff_t)G * cell->hidden_padded;
+        xv.gs = cell->hidden_padded;
     } else {
         for (size_t r = 0; r < rows; ++r)
             memcpy(xproj + r * G * H, cell->bias, sizeof(float) * G * H);

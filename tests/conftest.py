@@ -25,7 +25,9 @@ if _TESTS_DIR not in sys.path:
 REQUIRE_ALL_ENV = "LSTM_INFER_REQUIRE_ALL"
 ISAS: tuple[str, ...] = ("scalar", "avx2", "avx512")
 # Every kernel table; the *vnni / *bf16 ones differ from their base only in quantized products.
-QUANT_ISAS: tuple[str, ...] = ("scalar", "avx2", "avx2vnni", "avx512", "avx512vnni", "avx512bf16")
+QUANT_ISAS: tuple[str, ...] = (
+    "scalar", "avx2", "avx2vnni", "avx512", "avx512vnni", "avx512bf16", "amx",
+)  # fmt: skip
 
 
 def require_all() -> bool:

@@ -103,3 +103,35 @@ def test_threads_split_directions_and_batch_rows(rng, threads):
         model.threads = 0
     with pytest.raises(ValueError, match="threads"):
         model.run({"X": x}, threads=-1)
+
+
+@pytest.mark.parametrize("forced", ["", "scalar", "avx2", "avx512vnni", "avx512bf16", "bogus"])
+def test_isa_at_import(tmp_path, forced):
+    """LSTM_INFER_ISA picks the best usable table at or below the named one; unset, the best
+    usable table that is not opt-in (avx512bf16: slower than widening, see _engine.pyx)."""
+    import os
+    import subprocess
+    import sys
+
+    from lstm_infer import _engine
+
+    env = {k: v for k, v in os.environ.items() if k != "LSTM_INFER_ISA"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    if forced:
+        env["LSTM_INFER_ISA"] = forced
+    res = subprocess.run(
+        [sys.executable, "-c", "import lstm_infer; print(lstm_infer.isa())"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    if forced == "bogus":
+        assert res.returncode != 0 and "LSTM_INFER_ISA='bogus'" in res.stderr
+        return
+    assert res.returncode == 0, res.stderr
+    avail = lstm_infer.available_isas()
+    if not forced:
+        want = _engine.default_isa()
+        assert want != "avx512bf16"
+    else:
+        names = _engine.ISA_NAMES
+        want = [n for n in avail if names.index(n) <= names.index(forced)][-1]
+    assert res.stdout.strip() == want

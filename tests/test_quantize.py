@@ -91,8 +91,8 @@ def test_bf16_kernels_compute_the_rounded_model(quant_isa, rng, cell, I, H):
     x = rng.standard_normal((9, 5, I)).astype(np.float32)
     Wq, Rq = bf16_reference(W), bf16_reference(R)
     expected = REFS[cell](x, Wq, Rq, B, **attrs)[0]
-    # The avx512bf16 products carry activations to ~16 significant bits (two bf16 halves).
-    atol = 3e-5 if quant_isa == "avx512bf16" else 1e-5
+    # VDPBF16PS / AMX products carry activations to ~16 significant bits (two bf16 halves).
+    atol = 3e-5 if quant_isa in ("avx512bf16", "amx") else 1e-5
     np.testing.assert_allclose(model.run({"X": x})["Y"], expected, atol=atol, rtol=0)
     stream = model.stream(batch_size=5)
     steps = np.stack([stream.step(x[t]) for t in range(9)])
@@ -257,3 +257,14 @@ def test_bundled_model_next_token_agreement():
         agree = float((q_top1 == top1).mean())
         assert agree >= agreement, (fmt, agree)
         assert abs(q_loss - loss) / loss <= 0.01, (fmt, loss, q_loss)
+
+
+def test_int8_refuses_rows_too_long_for_int32_sums(monkeypatch, rng):
+    from lstm_infer import _plan
+
+    W, R, B = random_onnx_weights(rng, "rnn", 40, 8)
+    model = lstm_infer.Model.from_onnx_weights("rnn", W, R, B)
+    monkeypatch.setattr(_plan, "INT8_MAX_INPUTS", 32)
+    with pytest.raises(lstm_infer.errors.ModelFormatError, match="at most 32 inputs"):
+        model.quantize("int8")
+    model.quantize("bf16")  # no such limit
