@@ -657,9 +657,10 @@ class Model:
     def quantize(self, weight_format: str) -> Model:
         """A new model whose recurrent weights are stored as ``"bf16"`` or ``"int8"``.
 
-        Weight-only quantization (fp32 activations and accumulation); see
-        :mod:`lstm_infer.quantize`. Streaming reads half (bf16) or a quarter (int8) of the
-        weight bytes per step. The result saves and loads in the native format.
+        bf16 keeps fp32 activations and accumulation; int8 also quantizes each activation row
+        per step and sums exactly in int32 (see :mod:`lstm_infer.quantize`). Streaming reads
+        half (bf16) or a quarter (int8) of the weight bytes per step. The result saves and
+        loads in the native format.
         """
         from lstm_infer.quantize import quantize_spec
 

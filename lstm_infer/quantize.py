@@ -1,11 +1,18 @@
 """bf16 and int8 weights: fewer bytes per weight for the bandwidth-bound streaming path.
 
-Weight-only quantization. ``bfloat16`` rounds each weight to nearest-even bf16; ``int8`` rounds
-each output row (one gate of one unit) symmetrically to [-127, 127] with its own fp32 scale.
-The kernels widen the weights to fp32 in registers and accumulate in fp32 with fp32
-activations, so the error is the weights' rounding alone. The internal model keeps the
-dequantized weights (exactly representable in fp32), so a quantized model saves, loads and
-recompiles to the same packed weights.
+``bfloat16`` rounds each weight to nearest-even bf16; ``int8`` rounds each output row (one gate
+of one unit) symmetrically to [-127, 127] with its own fp32 scale.
+
+bf16 products accumulate in fp32 with fp32 activations (widened weights, or bf16 dot products
+on activations split into two bf16 halves), so their error is the weights' rounding alone.
+int8 products also quantize each row of activations per step (code = round(x * 127 /
+max|x|), scale max|x| / 127) and sum code products exactly in int32; every kernel table
+computes the same integers. A whole-sequence run projects its inputs with one fp32 sgemm over
+the dequantized weights, so only the recurrence (and every streaming product) quantizes
+activations there.
+
+The internal model keeps the dequantized weights (exactly representable in fp32), so a
+quantized model saves, loads and recompiles to the same packed weights.
 """
 
 from __future__ import annotations
