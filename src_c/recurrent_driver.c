@@ -14,6 +14,9 @@
 
 /* Batches up to this size use the packed matvec for R h; larger ones use sgemm. */
 #define LI_PACKED_MAX_ROWS 1024
+/* Batches below this size fuse each block's pointwise update with its matvec (see
+ * recurrent_step); larger ones multiply every block first. */
+#define LI_FUSED_MAX_ROWS 7
 
 static int round_up_block(int n) { return (n + LI_BLOCK - 1) / LI_BLOCK * LI_BLOCK; }
 
@@ -112,19 +115,27 @@ static void recurrent_step(const li_cell *cell, const li_kernels *kern, li_sgemm
         return;
     }
 
-    /* RNN and LSTM: R h block by block, each block's pointwise update right after it. */
+    /*
+     * RNN and LSTM. A small batch multiplies block by block, each block's pointwise update
+     * right after it while its products are still in L1. A larger batch needs several row
+     * tiles per block and its products no longer fit L1 anyway; it multiplies every block in
+     * one call instead, so the matvec can prefetch each next block's weights while the
+     * current one is reused from L2 (the recurrent matrix outgrows L2 from H ~ 512), and the
+     * pointwise update then reads each row's input projection in order, which the hardware
+     * prefetchers follow (block by block, rows G*H floats apart, they do not).
+     */
     const int lstm = cell->cell == LI_CELL_LSTM;
     li_lstm_pointwise_fn lstm_pw = dflt ? kern->lstm_pointwise : li_lstm_pointwise_generic;
     li_rnn_pointwise_fn rnn_pw = dflt ? kern->rnn_pointwise : li_rnn_pointwise_generic;
     float *hout = cell->proj ? s->hfull : s->hnext;
     const int hout_ld = cell->proj ? Hp : Hrp;
-    const int step_blocks = packed ? 1 : nblk; /* sgemm: one pass over every block */
+    const int step_blocks = packed && B <= LI_FUSED_MAX_ROWS ? 1 : nblk;
     for (int blk = 0; blk < nblk; blk += step_blocks) {
         const int u0 = blk * LI_BLOCK;
-        const int u1 = packed ? (u0 + LI_BLOCK < H ? u0 + LI_BLOCK : H) : H;
+        const int u1 = step_blocks == 1 && u0 + LI_BLOCK < H ? u0 + LI_BLOCK : H;
         if (packed)
-            mv(cell->r_packed, Hr, G, blk, blk + 1, h, Hr, B, 0, cell->r_scale, Hp, s->rec, rgs,
-               rrow);
+            mv(cell->r_packed, Hr, G, blk, blk + step_blocks, h, Hr, B, 0, cell->r_scale, Hp,
+               s->rec, rgs, rrow);
         else
             sgemm_rows(sgemm, cell->r, G * H, Hr, h, Hr, B, s->rec, rrow);
         for (int b = 0; b < B; ++b) {

@@ -11,7 +11,8 @@
  *
  * Covered:
  *   matvec_packed        every weight format (f32, bf16, int8 + per-row scales), G 1..4,
- *                        rows 1..9, awkward K and H, block sub-ranges, strides, bias
+ *                        rows 1..9, awkward K and H, block sub-ranges, strides, bias; many
+ *                        row tiles over > 1 MB of weights (next-block prefetch)
  *   rnn/lstm/gru kernels default activations; peephole, clip, input_forget, lbr, NaN
  *   li_run_direction     RNN/LSTM/GRU (+ peephole, clip, CIFG, lbr, projection, custom
  *                        activations), every weight format, ragged lens incl. 0, reverse,
@@ -463,6 +464,13 @@ static void test_matvec(const li_kernels *kern) {
                         if (nblk > 1) /* a sub-range of blocks, as the recurrence calls it */
                             check_matvec_case(kern, format, G, H, K, rows, 1, nblk, 1, 1, 0, 2);
                     }
+    /* Many row tiles over more than a megabyte of weights: the path that prefetches each
+     * next block (fp32 here); K not a multiple of the 16-input prefetch chunks. */
+    for (int format = 0; format < LI_WEIGHT_FORMAT_COUNT; ++format) {
+        check_matvec_case(kern, format, 4, 65, 1027, 33, 0, 5, 1, 0, 0, 0);
+        check_matvec_case(kern, format, 4, 65, 1024, 27, 1, 5, 1, 2, 0, 3);
+        check_matvec_case(kern, format, 1, 260, 1031, 33, 0, 17, 0, 0, 0, 0);
+    }
 }
 
 /* ---- pointwise kernels -------------------------------------------------------------------- */
