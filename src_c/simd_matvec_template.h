@@ -110,9 +110,9 @@ static void MV_NAME(mv_tile_dispatch)(const MV_WTYPE *wb, int K, int G, int R, c
  * (Sapphire Rapids, LSTM H=1024): 4-7% faster at batch 64 (11 tiles a block), no gain at
  * batch 16 (3 tiles), and 4% slower for GRU z,r at batch 16 (2 tiles), where it only adds
  * requests while memory is already the bound: hence only from 4 tiles on. A single-tile
- * block (the streaming case) reads its weights once, in order: no software prefetch. Neither for calls
- * whose weights total less than MV_PREFETCH_MIN_BYTES: those stay in L2 from one step to the
- * next on most current cores, and the prefetches would only cost issue slots.
+ * block (the streaming case) reads its weights once, in order: no software prefetch. Nor
+ * do calls whose weights total less than MV_PREFETCH_MIN_BYTES: those stay in L2 from one
+ * step to the next on most current cores, and the prefetches would only cost issue slots.
  */
 #ifndef MV_PREFETCH_MIN_BYTES
 #define MV_PREFETCH_MIN_BYTES ((size_t)1 << 20)
