@@ -3,10 +3,11 @@
  * stack of layers (streaming). Portable C, no -m flags: all arithmetic goes through the
  * kernel table (or BLAS sgemm), so this file is compiled once for every ISA.
  *
- * Whole sequence: one sgemm computes the input projection W x + b for every timestep and
- * batch row; then each step computes R h, fused block by block with the pointwise update
- * when the batch is small (packed weights, block still in L1), or as one sgemm over the
- * batch when it is large enough for BLAS to win.
+ * Whole sequence: the input projection W x + b is computed for every timestep and batch row
+ * at once (the packed matvec over chunks of rows, or one sgemm for large input matrices; see
+ * xproj_packed); then each step computes R h with the packed matvec, fused block by block
+ * with the pointwise update when the batch is small (block still in L1), every block first
+ * at larger batches, or as one sgemm over the batch when it is large enough for BLAS to win.
  */
 #include <string.h>
 
@@ -17,6 +18,10 @@
 /* Batches below this size fuse each block's pointwise update with its matvec (see
  * recurrent_step); larger ones multiply every block first. */
 #define LI_FUSED_MAX_ROWS 7
+/* Input weights up to this size use the packed matvec for the input projection (see
+ * xproj_packed), in chunks of rows whose inputs total about LI_XPROJ_CHUNK_FLOATS. */
+#define LI_XPROJ_PACKED_MAX_BYTES ((size_t)1 << 20)
+#define LI_XPROJ_CHUNK_FLOATS 12288
 
 static int round_up_block(int n) { return (n + LI_BLOCK - 1) / LI_BLOCK * LI_BLOCK; }
 
@@ -157,8 +162,28 @@ static void recurrent_step(const li_cell *cell, const li_kernels *kern, li_sgemm
     }
 }
 
+/*
+ * The whole-sequence input projection goes through the packed matvec (bias folded in, rows
+ * in chunks) when the fp32 input weights fit in L2: the chunk's inputs then stay in cache
+ * while every block's weights are reused from L2, and this beat OpenBLAS sgemm by 10-20% at
+ * I = H <= 256 on Sapphire Rapids (sgemm also needs the bias copied into every row first;
+ * its blocking is tuned for larger K). Larger matrices keep sgemm, which blocks for them.
+ * Quantized models keep the fp32 sgemm projection they have always had.
+ */
+static int xproj_packed(const li_cell *cell) {
+    const size_t w_bytes =
+        sizeof(float) * cell->input_size * cell->gates * (size_t)cell->hidden_padded;
+    return cell->weight_format == LI_WEIGHTS_F32 && cell->input_size > 0 &&
+           w_bytes <= LI_XPROJ_PACKED_MAX_BYTES;
+}
+
+/* Gate stride of the projection: the packed matvec writes whole (padded) blocks. */
+static int xproj_gate_stride(const li_cell *cell) {
+    return xproj_packed(cell) ? cell->hidden_padded : cell->hidden_size;
+}
+
 size_t li_direction_scratch_floats(const li_cell *cell, int T, int B) {
-    return (size_t)T * B * cell->gates * cell->hidden_size + step_buffer_floats(cell, B);
+    return (size_t)T * B * cell->gates * xproj_gate_stride(cell) + step_buffer_floats(cell, B);
 }
 
 int li_run_direction(const li_cell *cell, const li_kernels *kern, li_sgemm_fn sgemm, int T,
@@ -166,26 +191,38 @@ int li_run_direction(const li_cell *cell, const li_kernels *kern, li_sgemm_fn sg
                      float *c, float *y, ptrdiff_t y_ts, ptrdiff_t y_bs, float *scratch) {
     if (!cell || !kern || !sgemm || T < 0 || B <= 0 || !x || !h || !scratch) return -1;
     if (cell->cell == LI_CELL_LSTM && !c) return -2;
-    const int G = cell->gates, H = cell->hidden_size, I = cell->input_size;
+    const int G = cell->gates, I = cell->input_size;
     const int Hr = cell->state_size, Hrp = round_up_block(Hr);
     if (T == 0) return 0;
 
-    /* Input projection for every (t, b): xproj = b + W x, one sgemm. */
+    /* Input projection for every (t, b): xproj = b + W x. */
     float *xproj = scratch;
     const size_t rows = (size_t)T * B;
-    for (size_t r = 0; r < rows; ++r) memcpy(xproj + r * G * H, cell->bias, sizeof(float) * G * H);
-    {
+    const int xgs = xproj_gate_stride(cell), xld = G * xgs;
+    if (xproj_packed(cell)) {
+        /* Chunks of rows small enough that their inputs stay in L1/L2 across all blocks. */
+        const int chunk = LI_XPROJ_CHUNK_FLOATS / I > 8 ? LI_XPROJ_CHUNK_FLOATS / I : 8;
+        const int nblk = cell->hidden_padded / LI_BLOCK;
+        for (size_t r0 = 0; r0 < rows; r0 += chunk) {
+            const int n = rows - r0 < (size_t)chunk ? (int)(rows - r0) : chunk;
+            kern->matvec_packed[LI_WEIGHTS_F32](cell->w_packed, I, G, 0, nblk, x + r0 * ldx, ldx,
+                                                n, cell->bias_packed, 0, xgs, xproj + r0 * xld,
+                                                xgs, xld);
+        }
+    } else {
+        for (size_t r = 0; r < rows; ++r)
+            memcpy(xproj + r * xld, cell->bias, sizeof(float) * xld);
         char ta = 'T', tb = 'N';
         float one = 1.0f;
-        int m = G * H, n = (int)rows, k = I, lda = I, ldb = ldx, ldc = G * H;
+        int m = xld, n = (int)rows, k = I, lda = I, ldb = ldx, ldc = xld;
         sgemm(&ta, &tb, &m, &n, &k, &one, (float *)cell->w, &lda, (float *)x, &ldb, &one, xproj,
               &ldc);
     }
     const size_t step_floats = step_buffer_floats(cell, B);
-    float *step_scratch = xproj + rows * G * H;
+    float *step_scratch = xproj + rows * xld;
     memset(step_scratch, 0, sizeof(float) * step_floats);
     step_buffers s = carve_step_buffers(cell, B, step_scratch);
-    const xproj_view xv = {xproj, (ptrdiff_t)B * G * H, (ptrdiff_t)G * H, H};
+    const xproj_view xv = {xproj, (ptrdiff_t)B * xld, (ptrdiff_t)xld, xgs};
     li_sgemm_fn rec_gemm = B <= LI_PACKED_MAX_ROWS ? 0 : sgemm;
 
     int max_len = 0;

@@ -17,7 +17,8 @@
  *   li_run_direction     RNN/LSTM/GRU (+ peephole, clip, CIFG, lbr, projection, custom
  *                        activations), every weight format, ragged lens incl. 0, reverse,
  *                        strided x and y, the packed and the sgemm (very large batch)
- *                        recurrent paths; the sgemm is a naive one written here
+ *                        recurrent paths, the packed (chunked) and the sgemm input
+ *                        projections; the sgemm is a naive one written here
  *   li_stack_step        a 4-layer mixed stack over several steps, every weight format
  * Quantized weights are drawn exactly representable in their format (bf16-exact floats;
  * int8 codes times a per-row scale), so the float references see the same weights.
@@ -705,6 +706,14 @@ static void test_run_direction(const li_kernels *kern) {
     for (size_t ci = 0; ci < sizeof configs / sizeof configs[0]; ci += 3)
         check_run_direction(kern, &configs[ci], (int)(ci % LI_WEIGHT_FORMAT_COUNT), 3, 1100,
                             ci % 2, 1);
+    /* A wide input: the packed input projection runs in chunks of
+     * LI_XPROJ_CHUNK_FLOATS / I = 11 rows here, 45 rows in all (a partial last chunk). */
+    const cell_config wide[] = {
+        {LI_CELL_LSTM, 1100, 7, 0, 1, 0, 0, 0, 0.0f, 0},
+        {LI_CELL_GRU, 1100, 17, 0, 0, 0, 1, 0, 0.0f, 0},
+    };
+    for (size_t ci = 0; ci < sizeof wide / sizeof wide[0]; ++ci)
+        check_run_direction(kern, &wide[ci], LI_WEIGHTS_F32, 5, 9, (int)ci, 1);
     /* Edge cases: T = 0 writes nothing; bad lens are refused before any state changes. */
     test_cell t = make_cell(&configs[3], LI_WEIGHTS_F32);
     float h[7] = {0}, c[7] = {0}, y[7], x[3] = {0}, scratch[4096];
