@@ -20,7 +20,9 @@
 #define LI_FUSED_MAX_ROWS 7
 /* Input weights up to this size use the packed matvec for the input projection (see
  * xproj_packed), in chunks of rows whose inputs total about LI_XPROJ_CHUNK_FLOATS. */
+#ifndef LI_XPROJ_PACKED_MAX_BYTES
 #define LI_XPROJ_PACKED_MAX_BYTES ((size_t)1 << 20)
+#endif
 #define LI_XPROJ_CHUNK_FLOATS 12288
 
 static int round_up_block(int n) { return (n + LI_BLOCK - 1) / LI_BLOCK * LI_BLOCK; }
