@@ -10,7 +10,7 @@
  *   v_set1 v_zero v_add v_sub v_mul v_div v_min v_max
  *   v_fmadd(a,b,c) = a*b+c   v_fnmadd(a,b,c) = c-a*b
  *   v_round(x)             round to nearest integer (as float)
- *   v_pow2i(n)             2^n for integer-valued n in [-126, 127]
+ *   v_ldexp(x,n)           x * 2^n for integer-valued n in [-126, 127]
  *   v_abs(x)               |x|
  *   v_store_i8(p, v)       integer-valued floats in [-127, 127] stored as VW int8
  *   vi                     the integer vector type (VW int32 lanes)
@@ -49,7 +49,7 @@ static inline vf v_exp(vf x) {
     p = v_fmadd(p, r, v_set1(1.6666665459e-1f));
     p = v_fmadd(p, r, v_set1(5.0000001201e-1f));
     p = v_fmadd(p, v_mul(r, r), v_add(r, v_set1(1.0f)));
-    return v_mul(p, v_pow2i(n));
+    return v_ldexp(p, n);
 }
 
 /* sigmoid(x) = 1 / (1 + exp(-x)); exact division. */
@@ -76,7 +76,9 @@ static void activation_array_simd(int kind, const float *x, float *y, size_t n) 
 /* The clip bound as a vector pair; +inf when the cell has no clip. */
 static inline float clip_bound(const li_cell *cell) { return cell->clip > 0.0f ? cell->clip : INFINITY; }
 /* x86 min/max return the second operand when either is NaN: this order lets NaN through. */
-#define CLIP(v) v_min(clip_hi, v_max(clip_lo, (v)))
+/* Unclipped cells (the usual case) skip the two operations: the loops are short and bound
+ * by vector arithmetic. */
+#define CLIP(v) (clipped ? v_min(clip_hi, v_max(clip_lo, (v))) : (v))
 
 /* ---- packed products, one per weight format --------------------------------------------- */
 
@@ -142,6 +144,7 @@ static void prepare_i8_simd(const float *x, int ldx, int rows, int K, void *q, i
 static void rnn_pointwise_simd(const li_cell *cell, int u0, int u1, const float *xp,
                                const float *rec, float *h_out) {
     const vf clip_hi = v_set1(clip_bound(cell)), clip_lo = v_set1(-clip_bound(cell));
+    const int clipped = cell->clip > 0.0f;
     const int relu = cell->act[0].kind == LI_ACT_RELU;
     for (int u = u0; u < u1; u += VW) {
         const int n = u1 - u;
@@ -153,6 +156,7 @@ static void rnn_pointwise_simd(const li_cell *cell, int u0, int u1, const float 
 static void lstm_pointwise_simd(const li_cell *cell, int u0, int u1, const float *xp, int xgs,
                                 const float *rec, int rgs, float *c, float *h_out) {
     const vf clip_hi = v_set1(clip_bound(cell)), clip_lo = v_set1(-clip_bound(cell));
+    const int clipped = cell->clip > 0.0f;
     const vf one = v_set1(1.0f);
     const float *p = cell->peephole;
     const int H = cell->hidden_size;
@@ -182,6 +186,7 @@ static void gru_gates_simd(const li_cell *cell, int u0, int u1, const float *xp,
                            const float *rec, int rgs, const float *h_prev, float *zr,
                            float *rh) {
     const vf clip_hi = v_set1(clip_bound(cell)), clip_lo = v_set1(-clip_bound(cell));
+    const int clipped = cell->clip > 0.0f;
     const int H = cell->hidden_size;
     for (int u = u0; u < u1; u += VW) {
         const int n = u1 - u;
@@ -197,6 +202,7 @@ static void gru_output_simd(const li_cell *cell, int u0, int u1, const float *xp
                             const float *rec_n, const float *zr, const float *h_prev,
                             float *h_out) {
     const vf clip_hi = v_set1(clip_bound(cell)), clip_lo = v_set1(-clip_bound(cell));
+    const int clipped = cell->clip > 0.0f;
     const int H = cell->hidden_size;
     const int lbr = cell->linear_before_reset;
     const float *rb = cell->bias_rn;

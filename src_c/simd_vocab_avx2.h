@@ -31,9 +31,9 @@ static const int lane_mask_window[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0
 #define v_fmadd _mm256_fmadd_ps
 #define v_fnmadd _mm256_fnmadd_ps
 #define v_round(x) _mm256_round_ps((x), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
-static inline vf v_pow2i(vf n) {
+static inline vf v_ldexp(vf x, vf n) { /* 2^n built in the exponent bits */
     const __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(e, 23));
+    return _mm256_mul_ps(x, _mm256_castsi256_ps(_mm256_slli_epi32(e, 23)));
 }
 /* Integer-valued floats in [-127, 127] -> VW int8 at p. */
 static inline void v_store_i8(int8_t *p, vf v) {

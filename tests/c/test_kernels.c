@@ -11,12 +11,14 @@
  *
  * Covered:
  *   products             every weight format (f32, bf16, int8 + per-row scales), G 1..4,
- *                        rows 1..9, awkward K and H, block sub-ranges, strides, bias
+ *                        rows 1..9, awkward K and H, block sub-ranges, strides, bias; many
+ *                        row tiles over > 1 MB of weights (next-block prefetch)
  *   rnn/lstm/gru kernels default activations; peephole, clip, input_forget, lbr, NaN
  *   li_run_direction     RNN/LSTM/GRU (+ peephole, clip, CIFG, lbr, projection, custom
  *                        activations), every weight format, ragged lens incl. 0, reverse,
  *                        strided x and y, the packed and the sgemm (very large batch)
- *                        recurrent paths; the sgemm is a naive one written here
+ *                        recurrent paths, the packed (chunked) and the sgemm input
+ *                        projections; the sgemm is a naive one written here
  *   li_stack_step        a 4-layer mixed stack over several steps, every weight format
  *   prepare_i8/_bf16     int8 activation codes bit-identical to the reference quantizer
  *                        (ties, zero / NaN / Inf rows); bf16 halves summing back to x
@@ -571,6 +573,13 @@ static void test_matvec(const li_kernels *kern) {
                         if (nblk > 1) /* a sub-range of blocks, as the recurrence calls it */
                             check_matvec_case(kern, format, G, H, K, rows, 1, nblk, 1, 1, 0, 2);
                     }
+    /* Many row tiles over more than a megabyte of weights: the path that prefetches each
+     * next block (fp32 here); K not a multiple of the 16-input prefetch chunks. */
+    for (int format = 0; format < LI_WEIGHT_FORMAT_COUNT; ++format) {
+        check_matvec_case(kern, format, 4, 65, 1027, 33, 0, 5, 1, 0, 0, 0);
+        check_matvec_case(kern, format, 4, 65, 1024, 27, 1, 5, 1, 2, 0, 3);
+        check_matvec_case(kern, format, 1, 260, 1031, 33, 0, 17, 0, 0, 0, 0);
+    }
 }
 
 /* ---- activation preparation ---------------------------------------------------------------- */
@@ -858,6 +867,14 @@ static void test_run_direction(const li_kernels *kern) {
     for (size_t ci = 0; ci < sizeof configs / sizeof configs[0]; ci += 3)
         check_run_direction(kern, &configs[ci], (int)(ci % LI_WEIGHT_FORMAT_COUNT), 3, 1100,
                             ci % 2, 1);
+    /* A wide input: the packed input projection runs in chunks of
+     * LI_XPROJ_CHUNK_FLOATS / I = 11 rows here, 45 rows in all (a partial last chunk). */
+    const cell_config wide[] = {
+        {LI_CELL_LSTM, 1100, 7, 0, 1, 0, 0, 0, 0.0f, 0},
+        {LI_CELL_GRU, 1100, 17, 0, 0, 0, 1, 0, 0.0f, 0},
+    };
+    for (size_t ci = 0; ci < sizeof wide / sizeof wide[0]; ++ci)
+        check_run_direction(kern, &wide[ci], LI_WEIGHTS_F32, 5, 9, (int)ci, 1);
     /* Edge cases: T = 0 writes nothing; bad lens are refused before any state changes. */
     test_cell t = make_cell(&configs[3], LI_WEIGHTS_F32);
     float h[7] = {0}, c[7] = {0}, y[7], x[3] = {0}, scratch[4096];
