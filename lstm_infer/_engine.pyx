@@ -182,7 +182,7 @@ cdef class CellPlan:
         return self.c.state_size
 
 
-def run_direction(CellPlan plan, cnp.ndarray x, object lens, bint reverse,
+def run_direction(CellPlan plan not None, cnp.ndarray x not None, object lens, bint reverse,
                   float[:, ::1] h, object c, float[:, :, :] y):
     """Run one direction over a whole sequence; h (and c) are updated in place.
 
@@ -315,7 +315,7 @@ cdef class StackStepper:
     def output_size(self):
         return self.out_size
 
-    def step(self, cnp.ndarray x, cnp.ndarray out):
+    def step(self, cnp.ndarray x not None, cnp.ndarray out not None):
         """One timestep: x (B, I) -> out (B, Hr_last); states advance in place.
 
         With a token table on the first layer, x is instead (B,) int64 token ids.

@@ -705,6 +705,7 @@ class Stream:
         self._plans = [plans[0] for plans in model._plans]
         self._core = _engine.StackStepper(self._plans, self._batch)
         self._out = np.empty((self._batch, self._core.output_size), np.float32)
+        self._head = model.spec.head
         self._lock = threading.Lock()
         self.reset()
 
@@ -839,16 +840,22 @@ class Stream:
         ``out`` (float32, C-contiguous, the output's shape) is filled and returned instead of
         a new array, for models without a dense head.
         """
-        x = self._step_input(x_t)
-        head = self._model.spec.head
+        head = self._head
         if not self._lock.acquire(blocking=False):
             raise StreamError("this stream is being stepped by another thread")
         try:
-            target = out if (out is not None and not head) else self._out
-            self._core.step(x, target)
-            if head:
-                return _apply_head(target, head)
-            return target if out is not None else target.copy()
+            target = out if out is not None and not head else None
+            if target is None:
+                target = self._out if head else np.empty_like(self._out)
+            try:
+                # Fast path: an input already in the kernel's form (C-contiguous float32
+                # (batch, input_size), or int64 token ids) goes straight in; the compiled
+                # step checks it before touching any state.
+                self._core.step(x_t, target)
+            except (TypeError, ValueError):
+                # Anything else is converted, or refused with a message naming the problem.
+                self._core.step(self._step_input(x_t), target)
+            return _apply_head(target, head) if head else target
         finally:
             self._lock.release()
 
