@@ -108,6 +108,11 @@ class Model:
         # The first layer looks token ids up in a precomputed table (see folds_embedding).
         self._takes_tokens = self._plans[0][0].takes_tokens
         self._threads = 1
+        # Looked up on every run(): computed once (the spec does not change after this).
+        sig = spec.signature
+        self._input_set = frozenset(sig.inputs.values())
+        self._output_list = list(sig.outputs.values())
+        self._output_roles = {name: role for role, name in sig.outputs.items()}
 
     # ---- construction ------------------------------------------------------------------------
 
@@ -553,14 +558,14 @@ class Model:
         """
         if not isinstance(feeds, Mapping):
             raise InputTypeError(f"feeds must be a dict of name -> array, got {type(feeds)}")
-        unknown = set(feeds) - set(self.input_names)
+        unknown = [k for k in feeds if k not in self._input_set]
         if unknown:
             raise InputError(
                 f"unknown input name(s) {sorted(unknown)}; the model's inputs are "
                 f"{self.input_names}"
             )
-        wanted = list(output_names) if output_names is not None else self.output_names
-        bad = [n for n in wanted if n not in self.output_names]
+        wanted = list(output_names) if output_names is not None else self._output_list
+        bad = [n for n in wanted if n not in self._output_roles]
         if bad:
             raise InputError(f"unknown output name(s) {bad}; outputs are {self.output_names}")
         sig = self._spec.signature
@@ -582,9 +587,8 @@ class Model:
         y4, h, c = self._forward(x, lens, h, c, int(threads))
 
         results: dict[str, np.ndarray] = {}
-        by_name = {name: role for role, name in sig.outputs.items()}
         for name in wanted:
-            role = by_name[name]
+            role = self._output_roles[name]
             if role == "y":
                 results[name] = self._format_y(y4)
             else:
