@@ -326,7 +326,8 @@ cdef class StackStepper:
         cdef const int64_t *tp = NULL
         if self.cells[0].token_table != NULL:
             if not (cnp.PyArray_TYPE(x) == cnp.NPY_INT64 and cnp.PyArray_NDIM(x) == 1
-                    and cnp.PyArray_IS_C_CONTIGUOUS(x) and cnp.PyArray_DIM(x, 0) == self.batch):
+                    and cnp.PyArray_IS_C_CONTIGUOUS(x) and cnp.PyArray_ISBEHAVED_RO(x)
+                    and cnp.PyArray_DIM(x, 0) == self.batch):
                 raise ValueError(f"expected {self.batch} int64 token id(s), got {x.dtype} "
                                  f"{np.shape(x)}")
             tp = <const int64_t *>cnp.PyArray_DATA(x)
@@ -352,8 +353,9 @@ cdef class StackStepper:
 
 
 cdef inline bint _is_f32_matrix(cnp.ndarray a, Py_ssize_t rows, Py_ssize_t cols):
+    # ISBEHAVED_RO: aligned and in native byte order (a '>f4' array is NPY_FLOAT32 too).
     return (cnp.PyArray_TYPE(a) == cnp.NPY_FLOAT32 and cnp.PyArray_NDIM(a) == 2
-            and cnp.PyArray_IS_C_CONTIGUOUS(a) and cnp.PyArray_DIM(a, 0) == rows
+            and cnp.PyArray_IS_C_CONTIGUOUS(a) and cnp.PyArray_ISBEHAVED_RO(a) and cnp.PyArray_DIM(a, 0) == rows
             and cnp.PyArray_DIM(a, 1) == cols)
 
 
@@ -379,7 +381,8 @@ def _init_isa():
         if forced not in ISA_NAMES:
             raise ImportError(f"LSTM_INFER_ISA={forced!r} is not one of {list(ISA_NAMES)}")
         # Forcing can only lower the ISA: an unusable one falls back to the best usable below it.
-        allowed = [n for n in avail if ISA_NAMES.index(n) <= ISA_NAMES.index(forced)]
+        allowed = [n for n in avail if ISA_NAMES.index(n) <= ISA_NAMES.index(forced)
+                   and (n == forced or n not in OPT_IN_ISAS)]
         set_isa(allowed[len(allowed) - 1])
     else:
         set_isa(default_isa())

@@ -710,6 +710,9 @@ class Stream:
         self._core = _engine.StackStepper(self._plans, self._batch)
         self._out = np.empty((self._batch, self._core.output_size), np.float32)
         self._head = model.spec.head
+        # The compiled step can take the caller's array as is unless the model embeds tokens
+        # itself (a vocabulary too large for a token table): then ids go through _step_input.
+        self._fast = model.spec.embedding is None or model._takes_tokens
         self._lock = threading.Lock()
         self.reset()
 
@@ -852,9 +855,11 @@ class Stream:
             if target is None:
                 target = self._out if head else np.empty_like(self._out)
             try:
-                # Fast path: an input already in the kernel's form (C-contiguous float32
-                # (batch, input_size), or int64 token ids) goes straight in; the compiled
-                # step checks it before touching any state.
+                # Fast path: an input already in the kernel's form (C-contiguous, aligned,
+                # native-order float32 (batch, input_size), or int64 token ids) goes straight
+                # in; the compiled step checks it before touching any state.
+                if not self._fast:
+                    raise TypeError
                 self._core.step(x_t, target)
             except (TypeError, ValueError):
                 # Anything else is converted, or refused with a message naming the problem.

@@ -3,8 +3,10 @@
 ``bfloat16`` rounds each weight to nearest-even bf16; ``int8`` rounds each output row (one gate
 of one unit) symmetrically to [-127, 127] with its own fp32 scale.
 
-bf16 products accumulate in fp32 with fp32 activations (widened weights, or bf16 dot products
-on activations split into two bf16 halves), so their error is the weights' rounding alone.
+bf16 products accumulate in fp32 with fp32 activations: widened weights (error: the weights'
+rounding alone), or bf16 dot products (VDPBF16PS, AMX tiles) on activations split into two
+bf16 halves, which adds up to ~2**-16 relative error per activation, far below the weights'
+2**-9.
 int8 products also quantize each row of activations per step (code = round(x * 127 /
 max|x|), scale max|x| / 127) and sum code products exactly in int32; every kernel table
 computes the same integers. A whole-sequence run projects its inputs with one fp32 sgemm over

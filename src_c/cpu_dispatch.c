@@ -3,30 +3,15 @@
  * the instructions (CPUID) and the OS has enabled saving their registers (XGETBV): a
  * hypervisor or kernel can expose AVX-512 in CPUID yet not save zmm state.
  */
-#define _GNU_SOURCE /* syscall() under -std=c11 */
 #include "li_kernels.h"
 
 #if defined(LI_HAVE_X86_KERNELS) && (defined(__x86_64__) || defined(__i386__))
 #include <cpuid.h>
-#ifdef __linux__
-#include <sys/syscall.h>
-#include <unistd.h>
-#endif
 
 static unsigned long long read_xcr0(void) {
     unsigned eax, edx;
     __asm__ volatile("xgetbv" : "=a"(eax), "=d"(edx) : "c"(0));
     return ((unsigned long long)edx << 32) | eax;
-}
-
-/* Linux hands out AMX tile state only on request (arch_prctl ARCH_REQ_XCOMP_PERM for
- * XFEATURE_XTILEDATA); elsewhere AMX stays unused. */
-static int amx_permitted(void) {
-#if defined(__linux__) && defined(SYS_arch_prctl)
-    return syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
-#else
-    return 0;
-#endif
 }
 
 static unsigned detect_x86(void) {
@@ -58,7 +43,8 @@ static unsigned detect_x86(void) {
             if (avx512_vnni) isas |= 1u << LI_ISA_AVX512VNNI;
             if (avx512_vnni && avx512_bf16) {
                 isas |= 1u << LI_ISA_AVX512BF16;
-                if (amx && tiles_saved && amx_permitted()) isas |= 1u << LI_ISA_AMX;
+                /* The tile-data permission is asked for on first use (kernels_amx.c). */
+                if (amx && tiles_saved) isas |= 1u << LI_ISA_AMX;
             }
         }
     }

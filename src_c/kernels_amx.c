@@ -6,11 +6,17 @@
  * The packed bf16 layout [blk][K/2][G][16][2] is already the B operand AMX wants: for one
  * gate of one block, pair row kp holds 16 units x 2 inputs (64 bytes), and consecutive pair
  * rows are G * 64 bytes apart. Activations are split into two bf16 halves (hi + lo, as the
- * avx512bf16 vector product does), so results match the fp32 model on the rounded weights.
+ * avx512bf16 vector product does): ~2^-16 relative error per activation on top of the
+ * weights' own rounding.
  */
+#define _GNU_SOURCE /* syscall() under -std=c11 */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __linux__
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #include "bf16_split_avx512.h"
 #include "li_kernels.h"
@@ -65,9 +71,34 @@ static void split_rows(const float *x, int ldx, int nrows, int K, int Kp, uint16
     }
 }
 
+/*
+ * Linux hands out AMX tile state only on request (arch_prctl ARCH_REQ_XCOMP_PERM for
+ * XFEATURE_XTILEDATA), and granting it enlarges every signal frame of the process (a small
+ * sigaltstack set up later can then fail). So it is asked for here, on the first AMX
+ * product, not at import: a process that never runs a bf16 sequence is left as it was.
+ * Refused (or not Linux): the caller falls back to sgemm. Racing first calls both ask; the
+ * request is idempotent.
+ */
+static int amx_permitted(void) {
+    static int state = 0; /* 0 unknown, 1 granted, -1 refused */
+    int s = __atomic_load_n(&state, __ATOMIC_ACQUIRE);
+    if (s == 0) {
+#if defined(__linux__) && defined(SYS_arch_prctl)
+        s = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0
+                ? 1
+                : -1;
+#else
+        s = -1;
+#endif
+        __atomic_store_n(&state, s, __ATOMIC_RELEASE);
+    }
+    return s == 1;
+}
+
 int li_project_bf16_amx(const void *packed, int K, int G, int nblk, const float *x, int ldx,
                         int rows, const float *bias, int bgs, float *out, int ogs, int ldo) {
     if (G < 1 || G > 4 || K <= 0) return -1;
+    if (!amx_permitted()) return -3;
     const int K2 = (K + 1) / 2;          /* pair rows in the packed layout */
     const int chunks = (K2 + 15) / 16;   /* 16 pair rows per B tile */
     const int Kp = chunks * 32;          /* bf16 entries per split activation row */

@@ -1,7 +1,7 @@
 /* The bfloat16 product with AVX512-BF16: VDPBF16PS multiplies a pair of bf16 weights by a
  * pair of bf16 activations and adds both products into an fp32 lane. Activations are split
- * into two bf16 halves (x = hi + lo to ~16 significant bits) so the only rounding that
- * matters is the weights' own, as on the widening path. */
+ * into two bf16 halves (x = hi + lo to ~16 significant bits): ~2^-16 relative error per
+ * activation, far below the weights' own 2^-9 rounding. */
 #include "bf16_split_avx512.h"
 #include "simd_vocab_avx512.h"
 

@@ -2,6 +2,7 @@
  * The portable scalar ISA: the fallback on any CPU and the oracle the SIMD variants are
  * tested against. Pointwise updates are the generic ones (exact libm activations).
  */
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -86,6 +87,11 @@ static void prepare_i8_scalar(const float *x, int ldx, int rows, int K, void *q,
             continue;
         }
         const float inv = 127.0f / peak;
+        if (!(inv <= FLT_MAX)) { /* peak below ~3.7e-37: codes would overflow; treat as zero */
+            memset(qb, 0, (size_t)padded);
+            scale[b] = 0.0f;
+            continue;
+        }
         for (int k = 0; k < K; ++k) qb[k] = (int8_t)lrintf(xb[k] * inv);
         for (int k = K; k < padded; ++k) qb[k] = 0;
         scale[b] = peak / 127.0f;

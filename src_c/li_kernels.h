@@ -210,7 +210,8 @@ float li_activation_scalar(const li_activation *act, float x);
  *   avx512      AVX-512 F/DQ/BW/VL              avx512vnni  + AVX512-VNNI
  *   avx512bf16  + AVX512-VNNI + AVX512-BF16 (bfloat16 dot products)
  *   amx         avx512vnni + AMX-BF16 tiles for whole-sequence bf16 input projections
- *               (needs AVX512-BF16 too, and on Linux the kernel's permission for tile data)
+ *               (needs AVX512-BF16 too; the OS permission for tile data is requested on
+ *               first use, and without it the projection falls back to sgemm)
  * The derived tables are their base table with the quantized products replaced. */
 enum {
     LI_ISA_SCALAR = 0,

@@ -328,7 +328,10 @@ int li_run_direction(const li_cell *cell, const li_kernels *kern, li_sgemm_fn sg
     float *step_scratch = xproj + (size_t)chunk_steps * per_step;
     memset(step_scratch, 0, sizeof(float) * step_buffer_floats(cell, B));
     step_buffers s = carve_step_buffers(cell, B, step_scratch);
-    li_sgemm_fn rec_gemm = B <= LI_PACKED_MAX_ROWS ? 0 : sgemm;
+    /* int8 keeps the packed product at any batch: its activation quantization is part of the
+     * model's arithmetic, so a row's result must not depend on the batch around it. */
+    li_sgemm_fn rec_gemm =
+        B <= LI_PACKED_MAX_ROWS || cell->weight_format == LI_WEIGHTS_I8 ? 0 : sgemm;
 
     for (int s0 = 0; s0 < max_len; s0 += chunk_steps) {
         const int s1 = s0 + chunk_steps < max_len ? s0 + chunk_steps : max_len;

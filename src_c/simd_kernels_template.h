@@ -18,6 +18,7 @@
  *   V_DOT_I8 V_DOT_I8_PREP V_DOT_I8_OFFSET   see simd_matvec_i8_template.h
  *   MV_MAX_ROWS(G)         rows per register tile of the packed matvec, for G gates
  */
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 
@@ -130,6 +131,11 @@ static void prepare_i8_simd(const float *x, int ldx, int rows, int K, void *q, i
             continue;
         }
         const float inv = 127.0f / peak;
+        if (!(inv <= FLT_MAX)) { /* peak below ~3.7e-37: codes would overflow; treat as zero */
+            memset(qb, 0, (size_t)padded);
+            scale[b] = 0.0f;
+            continue;
+        }
         const vf inv_v = v_set1(inv);
         int k = 0;
         for (; k + VW <= K; k += VW) v_store_i8(qb + k, v_mul(v_load(xb + k), inv_v));

@@ -63,7 +63,7 @@ def test_kernels_under_sanitizers(tmp_path: Path) -> None:
     consts = _setup_constants()
     # setup.py's warnings and language flags, with its -O level replaced by the sanitizer's.
     common = [f for f in consts["COMMON_CFLAGS"] if not f.startswith("-O")]  # type: ignore[union-attr]
-    # A 4 KB input-projection chunk (the build's is 512 KB) so the small test sequences run
+    # A 4 KB input-projection chunk (the build's is 256 KB) so the small test sequences run
     # their projections chunk by chunk too, including one step per chunk.
     base = [*SANITIZE, *common, f"-I{ROOT / 'src_c'}", "-DLI_XPROJ_CHUNK_BYTES=4096"]
     is_x86_64 = platform.machine().lower() in ("x86_64", "amd64")

@@ -268,3 +268,14 @@ def test_int8_refuses_rows_too_long_for_int32_sums(monkeypatch, rng):
     with pytest.raises(lstm_infer.errors.ModelFormatError, match="at most 32 inputs"):
         model.quantize("int8")
     model.quantize("bf16")  # no such limit
+
+
+def test_int8_rows_do_not_depend_on_the_batch_around_them(rng):
+    """Past 1024 rows fp32 recurrences switch to sgemm; int8 keeps its quantized product, so a
+    row's result is the same in a batch of 5 and in a batch of 1030."""
+    W, R, B = random_onnx_weights(rng, "lstm", 16, 32)
+    model = lstm_infer.Model.from_onnx_weights("lstm", W, R, B).quantize("int8")
+    x = rng.standard_normal((4, 1030, 16)).astype(np.float32)
+    big = model.run({"X": x})["Y"]
+    small = model.run({"X": np.ascontiguousarray(x[:, :5])})["Y"]
+    np.testing.assert_allclose(big[:, :, :5], small, atol=1e-6, rtol=0)

@@ -170,3 +170,14 @@ def test_stream_batch_and_input_errors(rng):
     # float64 and non-contiguous inputs are converted.
     x = rng.standard_normal((3, 2)).T
     np.testing.assert_allclose(s.step(x), model.stream(2).step(x.astype(np.float32)), atol=1e-7)
+
+
+def test_step_reads_non_native_byte_order_correctly(rng):
+    """A big-endian float32 array is converted, not read as if it were native."""
+    W = rng.uniform(-0.5, 0.5, (1, 16, 4)).astype(np.float32)
+    R = rng.uniform(-0.5, 0.5, (1, 16, 4)).astype(np.float32)
+    model = lstm_infer.Model.from_onnx_weights("lstm", W, R)
+    a, b = model.stream(2), model.stream(2)
+    for _ in range(3):
+        x = rng.standard_normal((2, 4)).astype(np.float32)
+        np.testing.assert_array_equal(a.step(x.astype(">f4")), b.step(x))

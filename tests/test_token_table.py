@@ -114,3 +114,15 @@ def test_bad_token_ids_are_refused_before_the_state_changes():
         np.testing.assert_array_equal(stream.state[key][0], before[key][0])
     with pytest.raises(lstm_infer.errors.InputError, match="token ids"):
         model.run({"tokens": np.full((3, 2), VOCAB)})
+
+
+def test_unfolded_embedding_stream_refuses_float_inputs(monkeypatch):
+    """Without a token table the stream embeds ids itself: a float row is not a token."""
+    monkeypatch.setattr(_spec, "TOKEN_TABLE_MAX_BYTES", 0)
+    model, _ = _model("lstm", "forward")
+    assert not model._takes_tokens
+    stream = model.stream(1)
+    for bad in (np.ones((1, I), np.float32), np.ones((1, I))):
+        with pytest.raises(lstm_infer.errors.InputTypeError, match="token ids"):
+            stream.step(bad)
+    np.testing.assert_array_equal(stream.state["h"][0], 0.0)

@@ -29,6 +29,7 @@
  * int8 codes times a per-row scale), so the float references see the same weights.
  * Exit status: 0 when everything matches, 1 on any mismatch (details on stderr).
  */
+#include <float.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -233,6 +234,10 @@ static float ref_quantize_row(const float *x, int K, int8_t *codes) {
         return finite ? 0.0f : NAN;
     }
     const float inv = 127.0f / peak;
+    if (!(inv <= FLT_MAX)) { /* a peak so small that 127 / peak overflows: all-zero codes */
+        for (int k = 0; k < K; ++k) codes[k] = 0;
+        return 0.0f;
+    }
     for (int k = 0; k < K; ++k) codes[k] = (int8_t)nearbyintf(x[k] * inv);
     return peak / 127.0f;
 }
@@ -597,6 +602,7 @@ static void test_prepare(const li_kernels *kern) {
         x[3 * ldx + K - 1] = -INFINITY;                                   /* row 3: -Inf */
         for (int k = 0; k < K; ++k) x[4 * ldx + k] = (float)(k % 5) - 2.5f; /* row 4: ties */
         x[4 * ldx] = 127.0f; /* peak 127: scale 1, so the ties stay ties */
+        for (int k = 0; k < K; ++k) x[5 * ldx + k] = k % 2 ? 1e-38f : -2e-39f; /* row 5: tiny */
         unsigned char *q = malloc((size_t)rows * ldq);
         float *scale = alloc_floats(rows);
         memset(q, 0x5A, (size_t)rows * ldq);
