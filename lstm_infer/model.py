@@ -533,9 +533,10 @@ class Model:
     ) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray | None]]:
         """Run the stack. x (T, B, I); states updated in place in h0/c0 (fresh copies).
 
-        With ``threads > 1`` each layer's work is split into independent jobs (the two
-        directions, and slices of the batch: rows never interact) run on a thread pool; the
-        kernels release the GIL.
+        With ``threads > 1`` each layer's work is split into jobs run on a thread pool (the
+        kernels release the GIL): the two directions, and slices of the batch (rows never
+        interact); or, for a unidirectional layer at a small batch or with a large recurrent
+        matrix, its units, the threads stepping through time together (``_prefer_unit_split``).
         """
         T, B = x.shape[0], x.shape[1]
         y4 = None
@@ -602,7 +603,7 @@ class Model:
 
     @property
     def threads(self) -> int:
-        """Threads ``run`` uses by default (1). Work is split by direction and batch rows."""
+        """Threads ``run`` uses by default (1). Work is split by direction, batch rows or units."""
         return self._threads
 
     @threads.setter
