@@ -230,3 +230,39 @@ def test_default_rule():
     prefer = model_module._prefer_unit_split
     assert prefer(1, 1024, 4) and prefer(16, 256, 3) and prefer(64, 1024, 4)
     assert not prefer(1, 64, 4) and not prefer(64, 128, 1)
+
+
+def test_stacked_layers(rng, force_unit_split):
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(1)
+    model = lstm_infer.load(torch.nn.GRU(8, 40, num_layers=2))
+    name = model.inputs[0].name
+    x = rng.standard_normal((7, 3, 8)).astype(np.float32)
+    one = model.run({name: x}, threads=1)
+    two = _in_time(lambda: model.run({name: x}, threads=2))
+    assert force_unit_split == [1, 1]
+    _assert_same(one, two, atol=0)
+
+
+def test_concurrent_runs_never_wait_on_each_other(rng, force_unit_split):
+    # Several callers share one pool: one unit split at a time, the others take batch slices.
+    model = _model(rng, "lstm", 72, 16)
+    feeds = _feeds(rng, "lstm", 20, 4, 16, 72, ragged=True, states=True)
+    want = model.run(feeds, threads=1)
+    results: list[dict] = []
+
+    def caller():
+        for _ in range(10):
+            results.append(model.run(feeds, threads=2))
+
+    def all_callers():
+        workers = [threading.Thread(target=caller) for _ in range(4)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+
+    _in_time(all_callers, 120)
+    assert len(results) == 40 and 1 in force_unit_split
+    for got in results:
+        _assert_same(want, got, atol=0)
