@@ -14,6 +14,7 @@ from lstm_infer._kernels cimport (
     LI_BLOCK, LI_CELL_GRU, LI_CELL_LSTM, LI_CELL_RNN, LI_ISA_COUNT, LI_WEIGHTS_BF16,
     LI_WEIGHTS_F32, LI_WEIGHTS_I8, li_cell, li_kernels,
     li_kernels_for, li_run_direction, li_direction_scratch_floats, li_sgemm_fn,
+    li_run_direction_part, li_split_sync, li_unit_split_part_floats, li_unit_split_shared_floats,
     li_stack_step, li_stack_step_scratch_floats, li_usable_isas,
 )
 
@@ -182,6 +183,68 @@ cdef class CellPlan:
         return self.c.state_size
 
 
+cdef struct _DirectionArgs:
+    int T, B
+    const float *x
+    const int64_t *tokens
+    const int *lens
+    float *h
+    float *c
+    float *y
+    ptrdiff_t y_ts, y_bs
+
+
+cdef int _direction_args(CellPlan plan, cnp.ndarray x, object lens, float[:, ::1] h, object c,
+                         float[:, :, :] y, _DirectionArgs *a) except -1:
+    """Check run_direction's arguments; fill a with their pointers (valid while they live)."""
+    cdef const float[:, :, ::1] xv
+    cdef const int64_t[:, ::1] tv
+    memset(a, 0, sizeof(_DirectionArgs))
+    if cnp.PyArray_TYPE(x) == cnp.NPY_INT64:
+        if plan.c.token_table == NULL:
+            raise ValueError("this layer takes float inputs, not token ids")
+        tv = x
+        a.T, a.B = tv.shape[0], tv.shape[1]
+        if a.T and a.B:
+            a.tokens = &tv[0, 0]
+    else:
+        xv = x
+        a.T, a.B = xv.shape[0], xv.shape[1]
+        if xv.shape[2] != plan.c.input_size:
+            raise ValueError(f"input has {xv.shape[2]} features, the layer expects "
+                             f"{plan.c.input_size}")
+        if a.T and a.B:
+            a.x = &xv[0, 0, 0]
+    cdef int T = a.T, B = a.B
+    if h.shape[0] != B or h.shape[1] != plan.c.state_size:
+        raise ValueError(f"h must have shape ({B}, {plan.c.state_size})")
+    if y.shape[0] != T or y.shape[1] != B or y.shape[2] != plan.c.state_size or (
+            y.strides[2] != sizeof(float)):
+        raise ValueError(f"y must have shape ({T}, {B}, {plan.c.state_size}), last axis dense")
+    cdef float[:, ::1] cv
+    if plan.c.cell == LI_CELL_LSTM:
+        if c is None:
+            raise ValueError("an LSTM needs a cell state")
+        cv = c
+        if cv.shape[0] != B or cv.shape[1] != plan.c.hidden_size:
+            raise ValueError(f"c must have shape ({B}, {plan.c.hidden_size})")
+        if B:
+            a.c = &cv[0, 0]
+    cdef const int[::1] lens_v
+    if lens is not None:
+        lens_v = lens
+        if lens_v.shape[0] != B:
+            raise ValueError(f"sequence_lens must have {B} entries")
+        if B:
+            a.lens = &lens_v[0]
+    if T and B:
+        a.h = &h[0, 0]
+        a.y = &y[0, 0, 0]
+        a.y_ts = y.strides[0] // sizeof(float)
+        a.y_bs = y.strides[1] // sizeof(float)
+    return 0
+
+
 def run_direction(CellPlan plan not None, cnp.ndarray x not None, object lens, bint reverse,
                   float[:, ::1] h, object c, float[:, :, :] y):
     """Run one direction over a whole sequence; h (and c) are updated in place.
@@ -191,61 +254,85 @@ def run_direction(CellPlan plan not None, cnp.ndarray x not None, object lens, b
     view whose last axis is contiguous (e.g. one direction's slice of a (T, B, D, Hr) array).
     Steps past a row's length are not written.
     """
-    cdef const float[:, :, ::1] xv
-    cdef const int64_t[:, ::1] tv
-    cdef const float *x_ptr = NULL
-    cdef const int64_t *tok_ptr = NULL
-    cdef int T, B
-    if cnp.PyArray_TYPE(x) == cnp.NPY_INT64:
-        if plan.c.token_table == NULL:
-            raise ValueError("this layer takes float inputs, not token ids")
-        tv = x
-        T, B = tv.shape[0], tv.shape[1]
-        if T and B:
-            tok_ptr = &tv[0, 0]
-    else:
-        xv = x
-        T, B = xv.shape[0], xv.shape[1]
-        if xv.shape[2] != plan.c.input_size:
-            raise ValueError(f"input has {xv.shape[2]} features, the layer expects "
-                             f"{plan.c.input_size}")
-        if T and B:
-            x_ptr = &xv[0, 0, 0]
-    if h.shape[0] != B or h.shape[1] != plan.c.state_size:
-        raise ValueError(f"h must have shape ({B}, {plan.c.state_size})")
-    if y.shape[0] != T or y.shape[1] != B or y.shape[2] != plan.c.state_size or (
-            y.strides[2] != sizeof(float)):
-        raise ValueError(f"y must have shape ({T}, {B}, {plan.c.state_size}), last axis dense")
-    cdef float[:, ::1] cv
-    cdef float *cptr = NULL
-    if plan.c.cell == LI_CELL_LSTM:
-        if c is None:
-            raise ValueError("an LSTM needs a cell state")
-        cv = c
-        if cv.shape[0] != B or cv.shape[1] != plan.c.hidden_size:
-            raise ValueError(f"c must have shape ({B}, {plan.c.hidden_size})")
-        cptr = &cv[0, 0]
-    cdef const int[::1] lens_v
-    cdef const int *lens_ptr = NULL
-    if lens is not None:
-        lens_v = lens
-        if lens_v.shape[0] != B:
-            raise ValueError(f"sequence_lens must have {B} entries")
-        lens_ptr = &lens_v[0]
-    if T == 0 or B == 0:
+    cdef _DirectionArgs a
+    _direction_args(plan, x, lens, h, c, y, &a)
+    if a.T == 0 or a.B == 0:
         return
-    cdef size_t n_scratch = li_direction_scratch_floats(&plan.c, T, B)
+    cdef size_t n_scratch = li_direction_scratch_floats(&plan.c, a.T, a.B)
     cdef float[::1] scratch = np.empty(n_scratch, dtype=np.float32)
     cdef int rc
-    cdef ptrdiff_t y_ts = y.strides[0] // sizeof(float), y_bs = y.strides[1] // sizeof(float)
     with nogil:
-        rc = li_run_direction(&plan.c, _active, <li_sgemm_fn>sgemm, T, B, x_ptr,
-                              plan.c.input_size, tok_ptr, lens_ptr, reverse, &h[0, 0], cptr,
-                              &y[0, 0, 0], y_ts, y_bs, &scratch[0])
+        rc = li_run_direction(&plan.c, _active, <li_sgemm_fn>sgemm, a.T, a.B, a.x,
+                              plan.c.input_size, a.tokens, a.lens, reverse, a.h, a.c,
+                              a.y, a.y_ts, a.y_bs, &scratch[0])
     if rc == -4:
         raise ValueError(f"a token id is outside [0, {plan.c.vocab_size})")
     if rc != 0:
         raise ValueError(f"recurrent kernel rejected its arguments (code {rc})")
+
+
+def supports_unit_split(CellPlan plan not None):
+    """True when UnitSplit can run this plan (no LSTM projection)."""
+    return plan.c.proj == NULL and plan.c.state_size == plan.c.hidden_size
+
+
+cdef class UnitSplit:
+    """run_direction with the units of the layer split among `parts` threads.
+
+    The constructor checks every argument (as run_direction does) and allocates all buffers;
+    then each of `parts` threads calls ``run_part(i)`` once, all at the same time: the parts
+    wait for each other every step. A part never fails after the checks, so none can be left
+    waiting. The arrays passed in are kept alive here.
+    """
+    cdef CellPlan plan
+    cdef object _keep
+    cdef _DirectionArgs a
+    cdef bint reverse
+    cdef li_split_sync sync
+    cdef float[::1] shared
+    cdef float[:, ::1] scratch
+
+    def __init__(self, CellPlan plan not None, cnp.ndarray x not None, object lens,
+                 bint reverse, float[:, ::1] h, object c, float[:, :, :] y, int parts):
+        if not supports_unit_split(plan):
+            raise ValueError("a layer with a projection cannot be split by units")
+        _direction_args(plan, x, lens, h, c, y, &self.a)
+        cdef int nblk = plan.c.hidden_padded // LI_BLOCK
+        if parts < 1 or parts > nblk:
+            raise ValueError(f"parts must be in [1, {nblk}], got {parts}")
+        if self.a.tokens != NULL and (x.min() < 0 or x.max() >= plan.c.vocab_size):
+            raise ValueError(f"a token id is outside [0, {plan.c.vocab_size})")
+        if self.a.lens != NULL and (lens.min() < 0 or lens.max() > self.a.T):
+            raise ValueError(f"sequence_lens must be in [0, {self.a.T}]")
+        self.plan = plan
+        self._keep = (x, lens, h, c, y)
+        self.reverse = reverse
+        memset(&self.sync, 0, sizeof(li_split_sync))
+        self.sync.parts = parts
+        cdef int T = max(self.a.T, 1), B = max(self.a.B, 1)
+        self.shared = np.zeros(li_unit_split_shared_floats(
+            &plan.c, T, B, self.a.tokens != NULL, self.a.lens != NULL), dtype=np.float32)
+        self.scratch = np.empty((parts, li_unit_split_part_floats(&plan.c, B)), np.float32)
+
+    @property
+    def parts(self):
+        return self.sync.parts
+
+    def run_part(self, int part):
+        """Run part `part` (0 <= part < parts) to the end; call each part exactly once."""
+        if part < 0 or part >= self.sync.parts:
+            raise ValueError(f"part must be in [0, {self.sync.parts})")
+        if self.a.T == 0 or self.a.B == 0:
+            return
+        cdef int rc
+        with nogil:
+            rc = li_run_direction_part(&self.plan.c, _active, <li_sgemm_fn>sgemm, self.a.T,
+                                       self.a.B, self.a.x, self.plan.c.input_size,
+                                       self.a.tokens, self.a.lens, self.reverse, self.a.h,
+                                       self.a.c, self.a.y, self.a.y_ts, self.a.y_bs,
+                                       &self.sync, part, &self.shared[0], &self.scratch[part, 0])
+        if rc != 0:
+            raise ValueError(f"recurrent kernel rejected its arguments (code {rc})")
 
 
 cdef class StackStepper:

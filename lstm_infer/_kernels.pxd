@@ -1,4 +1,5 @@
 # Declarations of the C kernel API in src_c/li_kernels.h. Pure declarations, no code.
+from libc.stddef cimport ptrdiff_t
 from libc.stdint cimport int32_t, int64_t
 
 cdef extern from "li_kernels.h" nogil:
@@ -73,6 +74,20 @@ cdef extern from "li_kernels.h" nogil:
                          int B, const float *x, int ldx, const int64_t *tokens,
                          const int *lens, int reverse, float *h, float *c, float *y,
                          ptrdiff_t y_ts, ptrdiff_t y_bs, float *scratch)
+
+    ctypedef struct li_split_sync:
+        int parts
+        int arrived
+        int generation
+
+    size_t li_unit_split_shared_floats(const li_cell *cell, int T, int B, int has_tokens,
+                                       int has_lens)
+    size_t li_unit_split_part_floats(const li_cell *cell, int B)
+    int li_run_direction_part(const li_cell *cell, const li_kernels *kern, li_sgemm_fn sgemm,
+                              int T, int B, const float *x, int ldx, const int64_t *tokens,
+                              const int *lens, int reverse, float *h, float *c, float *y,
+                              ptrdiff_t y_ts, ptrdiff_t y_bs, li_split_sync *sync, int part,
+                              float *shared, float *scratch)
 
     size_t li_stack_step_scratch_floats(const li_cell *const *cells, int n_layers, int B)
     int li_stack_step(const li_cell *const *cells, int n_layers, const li_kernels *kern, int B,

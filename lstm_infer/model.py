@@ -55,6 +55,63 @@ def _thread_pool(threads: int) -> ThreadPoolExecutor:
         return pool
 
 
+# One unit-split run at a time per pool: its parts wait for each other every step, so two runs
+# whose parts were queued crosswise could wait on each other forever. A run that finds the
+# lock taken splits by batch instead.
+_SPLIT_LOCKS: dict[int, threading.Lock] = {}
+
+
+def _split_lock(threads: int) -> threading.Lock:
+    with _POOLS_LOCK:
+        return _SPLIT_LOCKS.setdefault(threads, threading.Lock())
+
+
+# Multiply-adds below which a unit split costs about what it saves (it needs no pool hand-off
+# per slice, only one barrier per step).
+_UNIT_SPLIT_MIN_WORK = 10_000_000
+
+
+def _prefer_unit_split(batch: int, hidden: int, gates: int) -> bool:
+    """Whether splitting a unidirectional layer's units beats splitting its batch (measured
+    with bench/unit_split.py on 2 cores). Each step costs a barrier, so the units need enough
+    work per step (H >= 256, or 128 with 16+ rows); batch slices win from 32 rows unless each
+    of them would stream a recurrent matrix of 1 MB or more (which then shares memory
+    bandwidth instead of splitting it)."""
+    big_enough = hidden >= 256 or (hidden >= 128 and batch >= 16)
+    return big_enough and (batch < 32 or gates * hidden * hidden * 4 >= (1 << 20))
+
+
+def _run_unit_split(
+    plan: Any,
+    x: np.ndarray,
+    lens: Any,
+    reverse: bool,
+    h: np.ndarray,
+    c: Any,
+    y: np.ndarray,
+    threads: int,
+) -> bool:
+    """Run one direction with its units split among threads; False when the pool is busy
+    with another unit split (the caller then splits the batch)."""
+    lock = _split_lock(threads)
+    if not lock.acquire(blocking=False):
+        return False
+    try:
+        parts = min(threads, (plan.hidden_size + _engine.BLOCK - 1) // _engine.BLOCK)
+        # Checks every argument before any part starts: a part never fails afterwards.
+        run = _engine.UnitSplit(plan, x, lens, reverse, h, c, y, parts)
+        pool = _thread_pool(threads)
+        futures = [pool.submit(run.run_part, i) for i in range(1, parts)]
+        try:
+            run.run_part(0)
+        finally:
+            for future in futures:
+                future.result()
+    finally:
+        lock.release()
+    return True
+
+
 def _batch_slices(batch: int, parts: int) -> list[slice]:
     """Split range(batch) into at most ``parts`` contiguous, nearly equal slices."""
     parts = max(1, min(parts, batch))
@@ -476,9 +533,10 @@ class Model:
     ) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray | None]]:
         """Run the stack. x (T, B, I); states updated in place in h0/c0 (fresh copies).
 
-        With ``threads > 1`` each layer's work is split into independent jobs (the two
-        directions, and slices of the batch: rows never interact) run on a thread pool; the
-        kernels release the GIL.
+        With ``threads > 1`` each layer's work is split into jobs run on a thread pool (the
+        kernels release the GIL): the two directions, and slices of the batch (rows never
+        interact); or, for a unidirectional layer at a small batch or with a large recurrent
+        matrix, its units, the threads stepping through time together (``_prefer_unit_split``).
         """
         T, B = x.shape[0], x.shape[1]
         y4 = None
@@ -488,6 +546,28 @@ class Model:
             # Below ~2e7 multiply-adds (a fraction of a millisecond) handing work to the pool
             # costs about what it saves.
             work = T * B * GATES[layer.cell] * layer.hidden_size * (layer.input_size + Hr)
+            if (
+                threads > 1
+                and D == 1
+                and B > 0
+                and T > 0
+                and work >= _UNIT_SPLIT_MIN_WORK
+                and layer.hidden_size > _engine.BLOCK
+                and _engine.supports_unit_split(plans[0])
+                and _prefer_unit_split(B, layer.hidden_size, GATES[layer.cell])
+                and _run_unit_split(
+                    plans[0],
+                    x,
+                    lens,
+                    layer.direction == "reverse",
+                    h[0],
+                    None if c is None else c[0],
+                    y4[:, :, 0, :],
+                    threads,
+                )
+            ):
+                x = y4.reshape(T, B, D * Hr)
+                continue
             slices = _batch_slices(B, max(1, threads // D) if work >= 20_000_000 else 1)
             jobs = []
             for d, plan in enumerate(plans):
@@ -523,7 +603,7 @@ class Model:
 
     @property
     def threads(self) -> int:
-        """Threads ``run`` uses by default (1). Work is split by direction and batch rows."""
+        """Threads ``run`` uses by default (1). Work is split by direction, batch rows or units."""
         return self._threads
 
     @threads.setter

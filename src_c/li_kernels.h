@@ -273,6 +273,35 @@ int li_run_direction(const li_cell *cell, const li_kernels *kern, li_sgemm_fn sg
                      int reverse, float *h, float *c, float *y, ptrdiff_t y_ts, ptrdiff_t y_bs,
                      float *scratch);
 
+/* Unit split: several threads (parts) run one layer-direction together, each part the units
+ * of its own share of the blocks, stepping through time in lockstep (one barrier per step,
+ * two for a GRU with linear_before_reset = 0). Zero the struct and set parts before the
+ * parts start; it is shared by all of them. */
+typedef struct {
+    int parts;      /* number of parts that call li_run_direction_part */
+    int arrived;    /* barrier: parts arrived in the current generation */
+    int generation; /* barrier: incremented each time every part has arrived */
+} li_split_sync;
+
+/* Floats of the buffer all parts share, and of each part's own scratch. */
+size_t li_unit_split_shared_floats(const li_cell *cell, int T, int B, int has_tokens,
+                                   int has_lens);
+size_t li_unit_split_part_floats(const li_cell *cell, int B);
+
+/*
+ * Part `part` of li_run_direction split by units: the same arguments and results, with
+ * sync, shared (li_unit_split_shared_floats) the same for every part and scratch
+ * (li_unit_split_part_floats) its own. Each part writes only its units of h, c and y.
+ * Every part must be running at the same time (each waits for the others every step). Cells
+ * with a projection are not supported (-5). Invalid shared arguments make every part return
+ * the same negative code before the first barrier.
+ */
+int li_run_direction_part(const li_cell *cell, const li_kernels *kern, li_sgemm_fn sgemm,
+                          int T, int B, const float *x, int ldx, const int64_t *tokens,
+                          const int *lens, int reverse, float *h, float *c, float *y,
+                          ptrdiff_t y_ts, ptrdiff_t y_bs, li_split_sync *sync, int part,
+                          float *shared, float *scratch);
+
 /* Scratch floats li_stack_step needs. */
 size_t li_stack_step_scratch_floats(const li_cell *const *cells, int n_layers, int B);
 

@@ -9,6 +9,7 @@
  * with the pointwise update when the batch is small (block still in L1), every block first
  * at larger batches, or as one sgemm over the batch when it is large enough for BLAS to win.
  */
+#include <sched.h>
 #include <string.h>
 
 #include "li_kernels.h"
@@ -356,6 +357,239 @@ int li_run_direction(const li_cell *cell, const li_kernels *kern, li_sgemm_fn sg
             }
         }
     }
+    return 0;
+}
+
+/* ---- unit split: one layer-direction's units shared among threads ------------------------ */
+
+/* Spin barrier over a generation counter; after LI_SPIN_LIMIT polls a waiter yields its core
+ * (the machine may be shared, or have fewer cores than parts). */
+#define LI_SPIN_LIMIT 4000
+
+static void split_barrier(li_split_sync *sync) {
+    const int gen = __atomic_load_n(&sync->generation, __ATOMIC_ACQUIRE);
+    if (__atomic_add_fetch(&sync->arrived, 1, __ATOMIC_ACQ_REL) == sync->parts) {
+        __atomic_store_n(&sync->arrived, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&sync->generation, gen + 1, __ATOMIC_RELEASE);
+        return;
+    }
+    for (int spins = 0; __atomic_load_n(&sync->generation, __ATOMIC_ACQUIRE) == gen; ++spins) {
+        if (spins < LI_SPIN_LIMIT) {
+#if defined(__x86_64__) || defined(__i386__)
+            __builtin_ia32_pause();
+#endif
+        } else
+            sched_yield();
+    }
+}
+
+/* Steps of input projection computed at once (li_run_direction's chunking). */
+static int xproj_chunk_steps(const li_cell *cell, int T, int B, int has_tokens, int has_lens) {
+    const size_t per_step = (size_t)B * cell->gates * cell->hidden_padded;
+    const size_t w_bytes = sizeof(float) * (size_t)cell->gates * cell->hidden_padded *
+                           cell->input_size;
+    const int whole = has_lens || (!has_tokens && w_bytes > LI_XPROJ_PACKED_MAX_BYTES);
+    int chunk_steps = whole ? T : (int)(LI_XPROJ_CHUNK_BYTES / sizeof(float) / per_step);
+    if (chunk_steps < 1) chunk_steps = 1;
+    if (chunk_steps > T) chunk_steps = T;
+    return chunk_steps;
+}
+
+size_t li_unit_split_shared_floats(const li_cell *cell, int T, int B, int has_tokens,
+                                   int has_lens) {
+    const size_t Hp = (size_t)cell->hidden_padded;
+    return 3 * (size_t)B * Hp +
+           (size_t)xproj_chunk_steps(cell, T, B, has_tokens, has_lens) * B * cell->gates * Hp +
+           16;
+}
+
+size_t li_unit_split_part_floats(const li_cell *cell, int B) {
+    return step_buffer_floats(cell, B);
+}
+
+/* Input projection of rows [row0, row0 + rows) for the units of blocks [blk0, blk1) only,
+ * into out (rows of G * Hp floats, gate stride Hp). Same arithmetic per unit as
+ * project_inputs. */
+static void project_part(const li_cell *cell, const li_kernels *kern, li_sgemm_fn sgemm,
+                         const float *x, int ldx, const int64_t *tokens, size_t row0,
+                         size_t rows, int blk0, int blk1, float *out) {
+    const int G = cell->gates, I = cell->input_size, H = cell->hidden_size;
+    const int Hp = cell->hidden_padded;
+    const int u0 = blk0 * LI_BLOCK, u1 = blk1 * LI_BLOCK < H ? blk1 * LI_BLOCK : H;
+    if (u1 <= u0) return;
+    const size_t ld = (size_t)G * Hp;
+    if (tokens) {
+        for (size_t r = 0; r < rows; ++r) {
+            const float *src = cell->token_table + (size_t)tokens[row0 + r] * ld;
+            for (int g = 0; g < G; ++g)
+                memcpy(out + r * ld + (size_t)g * Hp + u0, src + (size_t)g * Hp + u0,
+                       sizeof(float) * (u1 - u0));
+        }
+        return;
+    }
+    x += row0 * (size_t)ldx;
+    /* bfloat16 blocks are (I + 1) / 2 pairs x G x LI_BLOCK units x 2 entries apart. */
+    const size_t bf16_block = (size_t)(I + 1) / 2 * 2 * G * LI_BLOCK;
+    if (cell->weight_format == LI_WEIGHTS_BF16 && kern->project_bf16 && rows >= 16 &&
+        kern->project_bf16((const uint16_t *)cell->w_packed + blk0 * bf16_block, I, G,
+                           blk1 - blk0, x, ldx, (int)rows, cell->bias_packed + u0, Hp,
+                           out + u0, Hp, (int)ld) == 0)
+        return;
+    if (xproj_packed(cell)) {
+        const int chunk = LI_XPROJ_CHUNK_FLOATS / I > 8 ? LI_XPROJ_CHUNK_FLOATS / I : 8;
+        for (size_t r0 = 0; r0 < rows; r0 += chunk) {
+            const int n = rows - r0 < (size_t)chunk ? (int)(rows - r0) : chunk;
+            kern->matvec_f32(cell->w_packed, I, G, blk0, blk1, x + r0 * ldx, ldx, n,
+                             cell->bias_packed, 0, Hp, out + r0 * ld, Hp, (int)ld);
+        }
+        return;
+    }
+    for (size_t r = 0; r < rows; ++r)
+        for (int g = 0; g < G; ++g)
+            memcpy(out + r * ld + (size_t)g * Hp + u0, cell->bias + (size_t)g * H + u0,
+                   sizeof(float) * (u1 - u0));
+    for (int g = 0; g < G; ++g) {
+        char ta = 'T', tb = 'N';
+        float one = 1.0f;
+        int m = u1 - u0, n = (int)rows, k = I, lda = I, ldb = ldx, ldc = (int)ld;
+        sgemm(&ta, &tb, &m, &n, &k, &one, (float *)cell->w + ((size_t)g * H + u0) * I, &lda,
+              (float *)x, &ldb, &one, out + (size_t)g * Hp + u0, &ldc);
+    }
+}
+
+/* One timestep of the units of blocks [blk0, blk1): reads the whole previous state h (rows
+ * ldh apart), writes this part's units of hnext (same layout), c in place and, for a GRU
+ * with linear_before_reset = 0, its units of the shared rh; barriers in between as needed.
+ * Every part calls this with the same row_t. */
+static void split_step(const li_cell *cell, const li_kernels *kern, int B, const xproj_view *xv,
+                       const float *h, int ldh, float *hnext, float *c, float *rh, int blk0,
+                       int blk1, const step_buffers *s, li_split_sync *sync) {
+    const int G = cell->gates, H = cell->hidden_size, Hr = cell->state_size;
+    const int Hp = cell->hidden_padded, rrow = G * Hp;
+    const int dflt = cell->default_activations;
+    const int u0 = blk0 * LI_BLOCK, u1 = blk1 * LI_BLOCK < H ? blk1 * LI_BLOCK : H;
+    const int mine = u1 > u0;
+    const li_rows hrows = prepare_rows(cell, kern, h, ldh, B, Hr, s);
+
+    if (cell->cell == LI_CELL_GRU) {
+        li_gru_gates_fn gates = dflt ? kern->gru_gates : li_gru_gates_generic;
+        li_gru_output_fn output = dflt ? kern->gru_output : li_gru_output_generic;
+        if (mine) {
+            product(cell, kern, cell->r_packed, cell->r_scale, cell->r_rowsum, Hr, 2, blk0,
+                    blk1, &hrows, B, 0, Hp, s->rec, Hp, rrow);
+            for (int b = 0; b < B; ++b) {
+                if (s->row_t[b] < 0) continue;
+                gates(cell, u0, u1, xp_row(xv, s->row_t[b], b), xv->gs,
+                      s->rec + (size_t)b * rrow, Hp, h + (size_t)b * ldh,
+                      s->zr + (size_t)b * 2 * H, rh + (size_t)b * Hp);
+            }
+        }
+        li_rows nrows = hrows;
+        if (!cell->linear_before_reset) {
+            split_barrier(sync); /* R_n (r * h) needs r * h of every unit */
+            nrows = prepare_rows(cell, kern, rh, Hp, B, Hr, s);
+        }
+        if (mine) {
+            product(cell, kern, cell->rn_packed, cell->rn_scale, cell->rn_rowsum, Hr, 1, blk0,
+                    blk1, &nrows, B, 0, Hp, s->rec_n, Hp, Hp);
+            for (int b = 0; b < B; ++b) {
+                if (s->row_t[b] < 0) continue;
+                output(cell, u0, u1, xp_row(xv, s->row_t[b], b) + 2 * xv->gs,
+                       s->rec_n + (size_t)b * Hp, s->zr + (size_t)b * 2 * H,
+                       h + (size_t)b * ldh, hnext + (size_t)b * ldh);
+            }
+        }
+        return;
+    }
+    const int lstm = cell->cell == LI_CELL_LSTM;
+    li_lstm_pointwise_fn lstm_pw = dflt ? kern->lstm_pointwise : li_lstm_pointwise_generic;
+    li_rnn_pointwise_fn rnn_pw = dflt ? kern->rnn_pointwise : li_rnn_pointwise_generic;
+    const int step_blocks = B <= LI_FUSED_MAX_ROWS ? 1 : blk1 - blk0;
+    for (int blk = blk0; blk < blk1; blk += step_blocks) {
+        const int ua = blk * LI_BLOCK;
+        const int ub = (blk + step_blocks) * LI_BLOCK < H ? (blk + step_blocks) * LI_BLOCK : H;
+        product(cell, kern, cell->r_packed, cell->r_scale, cell->r_rowsum, Hr, G, blk,
+                blk + step_blocks, &hrows, B, 0, Hp, s->rec, Hp, rrow);
+        for (int b = 0; b < B; ++b) {
+            if (s->row_t[b] < 0) continue;
+            const float *xp = xp_row(xv, s->row_t[b], b);
+            const float *rec = s->rec + (size_t)b * rrow;
+            float *hb = hnext + (size_t)b * ldh;
+            if (lstm)
+                lstm_pw(cell, ua, ub, xp, xv->gs, rec, Hp, c + (size_t)b * H, hb);
+            else
+                rnn_pw(cell, ua, ub, xp, rec, hb);
+        }
+    }
+}
+
+int li_run_direction_part(const li_cell *cell, const li_kernels *kern, li_sgemm_fn sgemm,
+                          int T, int B, const float *x, int ldx, const int64_t *tokens,
+                          const int *lens, int reverse, float *h, float *c, float *y,
+                          ptrdiff_t y_ts, ptrdiff_t y_bs, li_split_sync *sync, int part,
+                          float *shared, float *scratch) {
+    /* Every check depends only on arguments all parts share, so either every part returns
+     * here or none does (no part is left waiting at the barrier). */
+    if (!cell || !kern || !sgemm || T < 0 || B <= 0 || !h || !sync || !shared) return -1;
+    if (sync->parts < 1 || part < 0 || part >= sync->parts) return -1;
+    if (tokens ? !cell->token_table : !x) return -1;
+    if (cell->cell == LI_CELL_LSTM && !c) return -2;
+    if (cell->proj || cell->state_size != cell->hidden_size) return -5;
+    if (T == 0) return 0;
+    int max_len = 0;
+    for (int b = 0; b < B; ++b) {
+        const int len = lens ? lens[b] : T;
+        if (len < 0 || len > T) return -3;
+        if (len > max_len) max_len = len;
+    }
+    for (size_t i = 0; tokens && i < (size_t)T * B; ++i)
+        if (tokens[i] < 0 || tokens[i] >= cell->vocab_size) return -4;
+    if (!scratch) return -1; /* per part: only after the shared checks (see above) */
+
+    const int G = cell->gates, H = cell->hidden_size, Hp = cell->hidden_padded;
+    const int nblk = Hp / LI_BLOCK, parts = sync->parts;
+    const int blk0 = (int)((long)nblk * part / parts), blk1 = (int)((long)nblk * (part + 1) / parts);
+    const int u0 = blk0 * LI_BLOCK, u1 = blk1 * LI_BLOCK < H ? blk1 * LI_BLOCK : H;
+    const size_t own = u1 > u0 ? sizeof(float) * (u1 - u0) : 0;
+    float *hbuf[2] = {shared, shared + (size_t)B * Hp};
+    float *rh = shared + 2 * (size_t)B * Hp;
+    float *xproj = shared + 3 * (size_t)B * Hp;
+    const int chunk_steps = xproj_chunk_steps(cell, T, B, tokens != 0, lens != 0);
+    memset(scratch, 0, sizeof(float) * step_buffer_floats(cell, B));
+    step_buffers s = carve_step_buffers(cell, B, scratch);
+
+    for (int b = 0; b < B && own; ++b)
+        memcpy(hbuf[0] + (size_t)b * Hp + u0, h + (size_t)b * H + u0, own);
+    split_barrier(sync);
+    int cur = 0;
+    for (int s0 = 0; s0 < max_len; s0 += chunk_steps) {
+        const int s1 = s0 + chunk_steps < max_len ? s0 + chunk_steps : max_len;
+        const int t0 = lens ? 0 : (reverse ? T - s1 : s0);
+        const int t1 = lens ? T : (reverse ? T - s0 : s1);
+        /* Only this part reads its units of xproj: no barrier needed around it. */
+        project_part(cell, kern, sgemm, x, ldx, tokens, (size_t)t0 * B, (size_t)(t1 - t0) * B,
+                     blk0, blk1, xproj);
+        const xproj_view xv = {xproj, (ptrdiff_t)B * G * Hp, (ptrdiff_t)G * Hp, Hp};
+        for (int step = s0; step < s1; ++step) {
+            for (int b = 0; b < B; ++b) {
+                const int len = lens ? lens[b] : T;
+                s.row_t[b] = step < len ? (reverse ? len - 1 - step : step) - t0 : -1;
+            }
+            float *hn = hbuf[cur ^ 1];
+            split_step(cell, kern, B, &xv, hbuf[cur], Hp, hn, c, rh, blk0, blk1, &s, sync);
+            for (int b = 0; b < B && own; ++b) {
+                float *row = hn + (size_t)b * Hp + u0;
+                if (s.row_t[b] < 0)
+                    memcpy(row, hbuf[cur] + (size_t)b * Hp + u0, own);
+                else if (y)
+                    memcpy(y + (s.row_t[b] + t0) * y_ts + b * y_bs + u0, row, own);
+            }
+            split_barrier(sync); /* the new h is complete before anyone reads it */
+            cur ^= 1;
+        }
+    }
+    for (int b = 0; b < B && own; ++b)
+        memcpy(h + (size_t)b * H + u0, hbuf[cur] + (size_t)b * Hp + u0, own);
     return 0;
 }
 

@@ -65,7 +65,7 @@ def test_kernels_under_sanitizers(tmp_path: Path) -> None:
     common = [f for f in consts["COMMON_CFLAGS"] if not f.startswith("-O")]  # type: ignore[union-attr]
     # A 4 KB input-projection chunk (the build's is 256 KB) so the small test sequences run
     # their projections chunk by chunk too, including one step per chunk.
-    base = [*SANITIZE, *common, f"-I{ROOT / 'src_c'}", "-DLI_XPROJ_CHUNK_BYTES=4096"]
+    base = [*SANITIZE, *common, "-pthread", f"-I{ROOT / 'src_c'}", "-DLI_XPROJ_CHUNK_BYTES=4096"]
     is_x86_64 = platform.machine().lower() in ("x86_64", "amd64")
     # (source, extra flags) per translation unit: only the per-ISA files get -m flags.
     units = [(ROOT / s, []) for s in consts["PORTABLE_SOURCES"]]  # type: ignore[union-attr]
@@ -85,7 +85,7 @@ def test_kernels_under_sanitizers(tmp_path: Path) -> None:
             )
         )
     exe = tmp_path / "test_kernels"
-    _compile(gcc, [*SANITIZE, *map(str, objects), "-lm", "-o", str(exe)], tmp_path)
+    _compile(gcc, [*SANITIZE, *map(str, objects), "-lm", "-pthread", "-o", str(exe)], tmp_path)
 
     env = dict(os.environ)
     env["ASAN_OPTIONS"] = "detect_leaks=1:halt_on_error=1:abort_on_error=0"

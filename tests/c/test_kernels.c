@@ -30,6 +30,7 @@
  * Exit status: 0 when everything matches, 1 on any mismatch (details on stderr).
  */
 #include <float.h>
+#include <pthread.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -897,6 +898,135 @@ static void test_run_direction(const li_kernels *kern) {
     free_cell(&t);
 }
 
+/* ---- li_run_direction_part (unit split) on real threads --------------------------------- */
+
+typedef struct {
+    const li_cell *cell;
+    const li_kernels *kern;
+    int T, B, ldx, reverse, part, rc;
+    const float *x;
+    const int *lens;
+    float *h, *c, *y, *shared, *scratch;
+    ptrdiff_t y_ts, y_bs;
+    li_split_sync *sync;
+} split_job;
+
+static void *run_split_job(void *arg) {
+    split_job *j = arg;
+    j->rc = li_run_direction_part(j->cell, j->kern, naive_sgemm, j->T, j->B, j->x, j->ldx, 0,
+                                  j->lens, j->reverse, j->h, j->c, j->y, j->y_ts, j->y_bs,
+                                  j->sync, j->part, j->shared, j->scratch);
+    return 0;
+}
+
+/* The unit split over `parts` pthreads gives exactly li_run_direction's h, c and y. */
+static void check_run_direction_parts(const li_kernels *kern, const cell_config *cfg, int format,
+                                      int T, int B, int reverse, int ragged, int parts) {
+    test_cell t = make_cell(cfg, format);
+    const li_cell *cell = &t.c;
+    const int I = cell->input_size, H = cell->hidden_size;
+    const int lstm = cell->cell == LI_CELL_LSTM;
+    const int ldx = I + 1;
+    const ptrdiff_t y_bs = H + 3, y_ts = (ptrdiff_t)B * y_bs;
+    const size_t y_len = (size_t)T * y_ts;
+    float *x = random_floats((size_t)T * B * ldx, -1.5f, 1.5f);
+    int *lens = malloc(sizeof(int) * B);
+    for (int b = 0; b < B; ++b) lens[b] = ragged ? (b * 5 + 2) % (T + 1) : T;
+    float *h[2], *c[2] = {0, 0}, *y[2];
+    h[0] = random_floats((size_t)B * H, -0.5f, 0.5f);
+    h[1] = alloc_floats((size_t)B * H);
+    memcpy(h[1], h[0], sizeof(float) * B * H);
+    if (lstm) {
+        c[0] = random_floats((size_t)B * H, -0.5f, 0.5f);
+        c[1] = alloc_floats((size_t)B * H);
+        memcpy(c[1], c[0], sizeof(float) * B * H);
+    }
+    for (int k = 0; k < 2; ++k) {
+        y[k] = alloc_floats(y_len);
+        fill(y[k], y_len, CANARY);
+    }
+    const int *lp = ragged ? lens : 0;
+    float *scratch = alloc_floats(li_direction_scratch_floats(cell, T, B));
+    if (li_run_direction(cell, kern, naive_sgemm, T, B, x, ldx, 0, lp, reverse, h[0], c[0],
+                         y[0], y_ts, y_bs, scratch))
+        FAIL("li_run_direction failed");
+
+    li_split_sync sync = {parts, 0, 0};
+    float *shared = alloc_floats(li_unit_split_shared_floats(cell, T, B, 0, ragged));
+    split_job jobs[4];
+    pthread_t threads[4];
+    for (int p = 0; p < parts; ++p) {
+        jobs[p] = (split_job){cell, kern, T, B, ldx, reverse, p, -99, x, lp, h[1], c[1], y[1],
+                              shared, alloc_floats(li_unit_split_part_floats(cell, B)), y_ts,
+                              y_bs, &sync};
+        if (pthread_create(&threads[p], 0, run_split_job, &jobs[p])) FAIL("pthread_create");
+    }
+    for (int p = 0; p < parts; ++p) {
+        pthread_join(threads[p], 0);
+        if (jobs[p].rc != 0) FAIL("li_run_direction_part %d returned %d", p, jobs[p].rc);
+        free(jobs[p].scratch);
+    }
+    for (size_t i = 0; i < y_len; ++i)
+        if (memcmp(&y[0][i], &y[1][i], sizeof(float))) {
+            FAIL("%s cell=%d H=%d T=%d B=%d rev=%d ragged=%d parts=%d: y[%zu] = %.9g, want %.9g",
+                 FORMAT_NAMES[format], cell->cell, H, T, B, reverse, ragged, parts, i, y[1][i],
+                 y[0][i]);
+            break;
+        }
+    if (memcmp(h[0], h[1], sizeof(float) * B * H)) FAIL("parts=%d: final h differs", parts);
+    if (lstm && memcmp(c[0], c[1], sizeof(float) * B * H))
+        FAIL("parts=%d: final c differs", parts);
+    free(x);
+    free(lens);
+    for (int k = 0; k < 2; ++k) {
+        free(h[k]);
+        free(c[k]);
+        free(y[k]);
+    }
+    free(scratch);
+    free(shared);
+    free_cell(&t);
+}
+
+static void test_run_direction_parts(const li_kernels *kern) {
+    /* cell, I, H, proj, peephole, input_forget, lbr, relu, clip, custom_acts */
+    const cell_config configs[] = {
+        {LI_CELL_RNN, 4, 17, 0, 0, 0, 0, 1, 0.0f, 0},
+        {LI_CELL_LSTM, 5, 18, 0, 1, 0, 0, 0, 0.8f, 0},
+        {LI_CELL_LSTM, 3, 40, 0, 0, 1, 0, 0, 0.0f, 1},
+        {LI_CELL_GRU, 4, 17, 0, 0, 0, 1, 0, 0.0f, 0},
+        {LI_CELL_GRU, 3, 33, 0, 0, 0, 0, 0, 0.0f, 1},
+        {LI_CELL_GRU, 1100, 40, 0, 0, 0, 0, 0, 0.0f, 0}, /* sgemm input projection per part */
+    };
+    static const int batches[] = {1, 3, 9};
+    for (int format = 0; format < LI_WEIGHT_FORMAT_COUNT; ++format)
+        for (size_t ci = 0; ci < sizeof configs / sizeof configs[0]; ++ci)
+            for (size_t bi = 0; bi < sizeof batches / sizeof batches[0]; ++bi)
+                for (int parts = 2; parts <= 3; ++parts) {
+                    const int blocks = (configs[ci].H + LI_BLOCK - 1) / LI_BLOCK;
+                    if (parts > blocks) continue;
+                    check_run_direction_parts(kern, &configs[ci], format, 1 + (int)bi * 3,
+                                              batches[bi], (int)(ci + bi) % 2, bi > 0, parts);
+                }
+    /* Shared-argument errors: every part returns the same code before any barrier (one
+     * thread, parts = 2: a part that waited would hang here). */
+    test_cell t = make_cell(&configs[1], LI_WEIGHTS_F32);
+    float h[18] = {0}, c[18] = {0}, y[18], x[5] = {0}, shared[4096], scratch[4096];
+    int bad_len = 9;
+    li_split_sync sync = {2, 0, 0};
+    if (li_run_direction_part(&t.c, kern, naive_sgemm, 1, 1, x, 5, 0, &bad_len, 0, h, c, y, 18,
+                              18, &sync, 0, shared, scratch) >= 0)
+        FAIL("unit split: a length past T must be refused");
+    if (li_run_direction_part(&t.c, kern, naive_sgemm, 1, 1, x, 5, 0, 0, 0, h, 0, y, 18, 18,
+                              &sync, 1, shared, scratch) >= 0)
+        FAIL("unit split: an LSTM without a cell state must be refused");
+    if (li_run_direction_part(&t.c, kern, naive_sgemm, 0, 1, x, 5, 0, 0, 0, h, c, y, 18, 18,
+                              &sync, 0, shared, scratch))
+        FAIL("unit split: T=0 must succeed");
+    if (sync.arrived != 0 || sync.generation != 0) FAIL("unit split: refused call waited");
+    free_cell(&t);
+}
+
 /* ---- token tables (first layer after an embedding) ---------------------------------------- */
 
 /* A run / a step fed token ids through cell->token_table must equal the same run fed the
@@ -1106,6 +1236,7 @@ int main(void) {
         test_rnn_pointwise(kern);
         test_lstm_pointwise(kern);
         test_gru_pointwise(kern);
+        test_run_direction_parts(kern);
         test_activation_array(kern);
         test_run_direction(kern);
         test_token_tables(kern);
