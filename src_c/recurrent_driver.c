@@ -134,6 +134,57 @@ static void sgemm_rows(li_sgemm_fn sgemm, const float *wt, int n_out, int K, con
     sgemm(&ta, &tb, &m, &n, &k, &one, (float *)wt, &lda, (float *)x, &ldb, &zero, out, &ldc);
 }
 
+/* The pointwise updates (RNN, LSTM) of units [u0, u1) for every row active this step
+ * (row_t >= 0): R h in s->rec (rows rrow floats apart, gate stride rgs), the new h into hout
+ * (rows hout_ld apart), c updated in place. */
+static void cell_rows(const li_cell *cell, const li_kernels *kern, int u0, int u1, int B,
+                      const xproj_view *xv, const step_buffers *s, int rgs, int rrow, float *c,
+                      float *hout, int hout_ld) {
+    const int dflt = cell->default_activations, H = cell->hidden_size;
+    const li_lstm_pointwise_fn lstm_pw = dflt ? kern->lstm_pointwise : li_lstm_pointwise_generic;
+    const li_rnn_pointwise_fn rnn_pw = dflt ? kern->rnn_pointwise : li_rnn_pointwise_generic;
+    for (int b = 0; b < B; ++b) {
+        if (s->row_t[b] < 0) continue;
+        const float *xp = xp_row(xv, s->row_t[b], b);
+        const float *rec = s->rec + (size_t)b * rrow;
+        float *hb = hout + (size_t)b * hout_ld;
+        if (cell->cell == LI_CELL_LSTM)
+            lstm_pw(cell, u0, u1, xp, xv->gs, rec, rgs, c + (size_t)b * H, hb);
+        else
+            rnn_pw(cell, u0, u1, xp, rec, hb);
+    }
+}
+
+/* GRU phase 1 over units [u0, u1) of the active rows: z, r into s->zr, r * h into rh (rows
+ * Hp apart); h rows ldh apart, R_zr h in s->rec as in cell_rows. */
+static void gru_gate_rows(const li_cell *cell, const li_kernels *kern, int u0, int u1, int B,
+                          const xproj_view *xv, const step_buffers *s, int rgs, int rrow,
+                          const float *h, int ldh, float *rh) {
+    const int H = cell->hidden_size, Hp = cell->hidden_padded;
+    const li_gru_gates_fn gates =
+        cell->default_activations ? kern->gru_gates : li_gru_gates_generic;
+    for (int b = 0; b < B; ++b) {
+        if (s->row_t[b] < 0) continue;
+        gates(cell, u0, u1, xp_row(xv, s->row_t[b], b), xv->gs, s->rec + (size_t)b * rrow, rgs,
+              h + (size_t)b * ldh, s->zr + (size_t)b * 2 * H, rh + (size_t)b * Hp);
+    }
+}
+
+/* GRU phase 2 over units [u0, u1) of the active rows: R_n product in s->rec_n (rows Hp
+ * apart), the new h into hout (rows hout_ld apart). */
+static void gru_output_rows(const li_cell *cell, const li_kernels *kern, int u0, int u1, int B,
+                            const xproj_view *xv, const step_buffers *s, const float *h,
+                            int ldh, float *hout, int hout_ld) {
+    const int H = cell->hidden_size, Hp = cell->hidden_padded;
+    const li_gru_output_fn output =
+        cell->default_activations ? kern->gru_output : li_gru_output_generic;
+    for (int b = 0; b < B; ++b) {
+        if (s->row_t[b] < 0) continue;
+        output(cell, u0, u1, xp_row(xv, s->row_t[b], b) + 2 * xv->gs, s->rec_n + (size_t)b * Hp,
+               s->zr + (size_t)b * 2 * H, h + (size_t)b * ldh, hout + (size_t)b * hout_ld);
+    }
+}
+
 /*
  * One timestep for rows whose row_t >= 0. Reads h (state, [B][Hr]) and c; writes c in place
  * and the new state into s->hnext ([B][Hrp]); the caller commits hnext into h.
@@ -145,7 +196,6 @@ static void recurrent_step(const li_cell *cell, const li_kernels *kern, li_sgemm
     const int G = cell->gates, H = cell->hidden_size, Hr = cell->state_size;
     const int Hp = cell->hidden_padded, Hrp = round_up_block(Hr);
     const int nblk = Hp / LI_BLOCK;
-    const int dflt = cell->default_activations;
     const int packed = sgemm == 0;
     const int rgs = packed ? Hp : H; /* gate stride of rec */
     const int rrow = packed ? G * Hp : G * H;
@@ -153,18 +203,12 @@ static void recurrent_step(const li_cell *cell, const li_kernels *kern, li_sgemm
     const li_rows hrows = packed ? prepare_rows(cell, kern, h, Hr, B, Hr, s) : (li_rows){0};
 
     if (cell->cell == LI_CELL_GRU) {
-        li_gru_gates_fn gates = dflt ? kern->gru_gates : li_gru_gates_generic;
-        li_gru_output_fn output = dflt ? kern->gru_output : li_gru_output_generic;
         if (packed)
             product(cell, kern, cell->r_packed, cell->r_scale, cell->r_rowsum, Hr, 2, 0, nblk,
                     &hrows, B, 0, Hp, s->rec, rgs, rrow);
         else
             sgemm_rows(sgemm, cell->r, 2 * H, Hr, h, Hr, B, s->rec, rrow);
-        for (int b = 0; b < B; ++b) {
-            if (s->row_t[b] < 0) continue;
-            gates(cell, 0, H, xp_row(xv, s->row_t[b], b), xv->gs, s->rec + (size_t)b * rrow, rgs,
-                  h + (size_t)b * Hr, s->zr + (size_t)b * 2 * H, s->rh + (size_t)b * Hp);
-        }
+        gru_gate_rows(cell, kern, 0, H, B, xv, s, rgs, rrow, h, Hr, s->rh);
         const float *n_in = cell->linear_before_reset ? h : s->rh;
         const int n_ld = cell->linear_before_reset ? Hr : Hp;
         if (packed) {
@@ -173,11 +217,7 @@ static void recurrent_step(const li_cell *cell, const li_kernels *kern, li_sgemm
                     &nrows, B, 0, Hp, s->rec_n, Hp, Hp);
         } else
             sgemm_rows(sgemm, cell->r + (size_t)2 * H * Hr, H, Hr, n_in, n_ld, B, s->rec_n, Hp);
-        for (int b = 0; b < B; ++b) {
-            if (s->row_t[b] < 0) continue;
-            output(cell, 0, H, xp_row(xv, s->row_t[b], b) + 2 * xv->gs, s->rec_n + (size_t)b * Hp,
-                   s->zr + (size_t)b * 2 * H, h + (size_t)b * Hr, s->hnext + (size_t)b * Hrp);
-        }
+        gru_output_rows(cell, kern, 0, H, B, xv, s, h, Hr, s->hnext, Hrp);
         return;
     }
 
@@ -190,9 +230,6 @@ static void recurrent_step(const li_cell *cell, const li_kernels *kern, li_sgemm
      * pointwise update then reads each row's input projection in order, which the hardware
      * prefetchers follow (block by block, rows G*H floats apart, they do not).
      */
-    const int lstm = cell->cell == LI_CELL_LSTM;
-    li_lstm_pointwise_fn lstm_pw = dflt ? kern->lstm_pointwise : li_lstm_pointwise_generic;
-    li_rnn_pointwise_fn rnn_pw = dflt ? kern->rnn_pointwise : li_rnn_pointwise_generic;
     float *hout = cell->proj ? s->hfull : s->hnext;
     const int hout_ld = cell->proj ? Hp : Hrp;
     const int step_blocks = packed && B <= LI_FUSED_MAX_ROWS ? 1 : nblk;
@@ -204,16 +241,7 @@ static void recurrent_step(const li_cell *cell, const li_kernels *kern, li_sgemm
                     blk + step_blocks, &hrows, B, 0, Hp, s->rec, rgs, rrow);
         else
             sgemm_rows(sgemm, cell->r, G * H, Hr, h, Hr, B, s->rec, rrow);
-        for (int b = 0; b < B; ++b) {
-            if (s->row_t[b] < 0) continue;
-            const float *xp = xp_row(xv, s->row_t[b], b);
-            const float *rec = s->rec + (size_t)b * rrow;
-            float *hb = hout + (size_t)b * hout_ld;
-            if (lstm)
-                lstm_pw(cell, u0, u1, xp, xv->gs, rec, rgs, c + (size_t)b * H, hb);
-            else
-                rnn_pw(cell, u0, u1, xp, rec, hb);
-        }
+        cell_rows(cell, kern, u0, u1, B, xv, s, rgs, rrow, c, hout, hout_ld);
     }
     if (cell->proj) {
         /* Rows inactive this step project stale but finite values (hfull starts zeroed);
@@ -290,6 +318,56 @@ static int project_inputs(const li_cell *cell, const li_kernels *kern, li_sgemm_
     return cell->hidden_size;
 }
 
+/* Lengths in [0, T] and token ids inside the table, checked before any state changes;
+ * *max_len gets the longest row. 0, -3 (a length) or -4 (a token id). */
+static int check_sequence(const li_cell *cell, int T, int B, const int *lens,
+                          const int64_t *tokens, int *max_len) {
+    *max_len = 0;
+    for (int b = 0; b < B; ++b) {
+        const int len = lens ? lens[b] : T;
+        if (len < 0 || len > T) return -3;
+        if (len > *max_len) *max_len = len;
+    }
+    for (size_t i = 0; tokens && i < (size_t)T * B; ++i)
+        if (tokens[i] < 0 || tokens[i] >= cell->vocab_size) return -4;
+    return 0;
+}
+
+/*
+ * Steps whose input projection (W x + b for every row) is computed ahead of them at once:
+ * as many as fit in LI_XPROJ_CHUNK_BYTES of projections (192 KB to 1 MB measured alike;
+ * 256 KB), written and read back while still in cache, instead of a T * B * G * H buffer
+ * going out to memory and back (26 MB at H = 256, batch 64, T = 100; 0.98 -> 0.77 of
+ * onnxruntime's time at H = 64, batch 64). Token rows always chunk; W x only when W fits in
+ * L2 (each chunk reads all of it: at H = 1024 chunking doubled the time). With ragged
+ * lengths the rows of one step sit at different times: then the whole sequence at once.
+ */
+static int xproj_chunk_steps(const li_cell *cell, int T, int B, int has_tokens, int has_lens) {
+    const size_t per_step = (size_t)B * cell->gates * cell->hidden_padded;
+    const size_t w_bytes = sizeof(float) * (size_t)cell->gates * cell->hidden_padded *
+                           cell->input_size;
+    const int whole = has_lens || (!has_tokens && w_bytes > LI_XPROJ_PACKED_MAX_BYTES);
+    int chunk_steps = whole ? T : (int)(LI_XPROJ_CHUNK_BYTES / sizeof(float) / per_step);
+    if (chunk_steps < 1) chunk_steps = 1;
+    if (chunk_steps > T) chunk_steps = T;
+    return chunk_steps;
+}
+
+/* Times [*t0, *t1) the steps [s0, s1) read (every time when lengths are ragged). */
+static void chunk_times(int T, const int *lens, int reverse, int s0, int s1, int *t0, int *t1) {
+    *t0 = lens ? 0 : (reverse ? T - s1 : s0);
+    *t1 = lens ? T : (reverse ? T - s0 : s1);
+}
+
+/* Each row's time index at this step, relative to t0; -1 once the row has ended. */
+static void set_row_times(int *row_t, int B, int T, const int *lens, int reverse, int step,
+                          int t0) {
+    for (int b = 0; b < B; ++b) {
+        const int len = lens ? lens[b] : T;
+        row_t[b] = step < len ? (reverse ? len - 1 - step : step) - t0 : -1;
+    }
+}
+
 int li_run_direction(const li_cell *cell, const li_kernels *kern, li_sgemm_fn sgemm, int T,
                      int B, const float *x, int ldx, const int64_t *tokens, const int *lens,
                      int reverse, float *h, float *c, float *y, ptrdiff_t y_ts, ptrdiff_t y_bs,
@@ -300,33 +378,13 @@ int li_run_direction(const li_cell *cell, const li_kernels *kern, li_sgemm_fn sg
     const int G = cell->gates, Hp = cell->hidden_padded;
     const int Hr = cell->state_size, Hrp = round_up_block(Hr);
     if (T == 0) return 0;
-    int max_len = 0;
-    for (int b = 0; b < B; ++b) {
-        const int len = lens ? lens[b] : T;
-        if (len < 0 || len > T) return -3;
-        if (len > max_len) max_len = len;
-    }
-    for (size_t i = 0; tokens && i < (size_t)T * B; ++i)
-        if (tokens[i] < 0 || tokens[i] >= cell->vocab_size) return -4;
+    int max_len;
+    const int bad = check_sequence(cell, T, B, lens, tokens, &max_len);
+    if (bad) return bad;
 
-    /*
-     * The input projection (W x + b for every row) is computed ahead of the steps that read
-     * it, in chunks of steps whose projections fit in LI_XPROJ_CHUNK_BYTES (192 KB to 1 MB
-     * measured alike; 256 KB): written and read back while still in cache, instead of a
-     * T * B * G * H buffer going out to memory and back (26 MB at H = 256, batch 64, T = 100;
-     * 0.98 -> 0.77 of onnxruntime's time at H = 64, batch 64). Token rows always chunk; W x
-     * only when W fits in L2 (each chunk reads all of it: at H = 1024 chunking doubled the
-     * time). With ragged lengths the rows of one step sit at different times: then the whole
-     * sequence at once.
-     */
-    const size_t per_step = (size_t)B * G * Hp;
-    const size_t w_bytes = sizeof(float) * (size_t)G * Hp * cell->input_size;
-    const int whole = lens || (!tokens && w_bytes > LI_XPROJ_PACKED_MAX_BYTES);
-    int chunk_steps = whole ? T : (int)(LI_XPROJ_CHUNK_BYTES / sizeof(float) / per_step);
-    if (chunk_steps < 1) chunk_steps = 1;
-    if (chunk_steps > T) chunk_steps = T;
+    const int chunk_steps = xproj_chunk_steps(cell, T, B, tokens != 0, lens != 0);
     float *xproj = scratch;
-    float *step_scratch = xproj + (size_t)chunk_steps * per_step;
+    float *step_scratch = xproj + (size_t)chunk_steps * B * G * Hp;
     memset(step_scratch, 0, sizeof(float) * step_buffer_floats(cell, B));
     step_buffers s = carve_step_buffers(cell, B, step_scratch);
     /* int8 keeps the packed product at any batch: its activation quantization is part of the
@@ -336,17 +394,13 @@ int li_run_direction(const li_cell *cell, const li_kernels *kern, li_sgemm_fn sg
 
     for (int s0 = 0; s0 < max_len; s0 += chunk_steps) {
         const int s1 = s0 + chunk_steps < max_len ? s0 + chunk_steps : max_len;
-        /* Times [t0, t1) the steps [s0, s1) read (every time when lengths are ragged). */
-        const int t0 = lens ? 0 : (reverse ? T - s1 : s0);
-        const int t1 = lens ? T : (reverse ? T - s0 : s1);
+        int t0, t1;
+        chunk_times(T, lens, reverse, s0, s1, &t0, &t1);
         const int xgs = project_inputs(cell, kern, sgemm, x, ldx, tokens, (size_t)t0 * B,
                                        (size_t)(t1 - t0) * B, xproj);
         const xproj_view xv = {xproj, (ptrdiff_t)B * G * xgs, (ptrdiff_t)G * xgs, xgs};
         for (int step = s0; step < s1; ++step) {
-            for (int b = 0; b < B; ++b) {
-                const int len = lens ? lens[b] : T;
-                s.row_t[b] = step < len ? (reverse ? len - 1 - step : step) - t0 : -1;
-            }
+            set_row_times(s.row_t, B, T, lens, reverse, step, t0);
             recurrent_step(cell, kern, rec_gemm, B, &xv, h, c, &s);
             for (int b = 0; b < B; ++b) {
                 if (s.row_t[b] < 0) continue;
@@ -381,18 +435,6 @@ static void split_barrier(li_split_sync *sync) {
         } else
             sched_yield();
     }
-}
-
-/* Steps of input projection computed at once (li_run_direction's chunking). */
-static int xproj_chunk_steps(const li_cell *cell, int T, int B, int has_tokens, int has_lens) {
-    const size_t per_step = (size_t)B * cell->gates * cell->hidden_padded;
-    const size_t w_bytes = sizeof(float) * (size_t)cell->gates * cell->hidden_padded *
-                           cell->input_size;
-    const int whole = has_lens || (!has_tokens && w_bytes > LI_XPROJ_PACKED_MAX_BYTES);
-    int chunk_steps = whole ? T : (int)(LI_XPROJ_CHUNK_BYTES / sizeof(float) / per_step);
-    if (chunk_steps < 1) chunk_steps = 1;
-    if (chunk_steps > T) chunk_steps = T;
-    return chunk_steps;
 }
 
 size_t li_unit_split_shared_floats(const li_cell *cell, int T, int B, int has_tokens,
@@ -466,23 +508,15 @@ static void split_step(const li_cell *cell, const li_kernels *kern, int B, const
                        int blk1, const step_buffers *s, li_split_sync *sync) {
     const int G = cell->gates, H = cell->hidden_size, Hr = cell->state_size;
     const int Hp = cell->hidden_padded, rrow = G * Hp;
-    const int dflt = cell->default_activations;
     const int u0 = blk0 * LI_BLOCK, u1 = blk1 * LI_BLOCK < H ? blk1 * LI_BLOCK : H;
     const int mine = u1 > u0;
     const li_rows hrows = prepare_rows(cell, kern, h, ldh, B, Hr, s);
 
     if (cell->cell == LI_CELL_GRU) {
-        li_gru_gates_fn gates = dflt ? kern->gru_gates : li_gru_gates_generic;
-        li_gru_output_fn output = dflt ? kern->gru_output : li_gru_output_generic;
         if (mine) {
             product(cell, kern, cell->r_packed, cell->r_scale, cell->r_rowsum, Hr, 2, blk0,
                     blk1, &hrows, B, 0, Hp, s->rec, Hp, rrow);
-            for (int b = 0; b < B; ++b) {
-                if (s->row_t[b] < 0) continue;
-                gates(cell, u0, u1, xp_row(xv, s->row_t[b], b), xv->gs,
-                      s->rec + (size_t)b * rrow, Hp, h + (size_t)b * ldh,
-                      s->zr + (size_t)b * 2 * H, rh + (size_t)b * Hp);
-            }
+            gru_gate_rows(cell, kern, u0, u1, B, xv, s, Hp, rrow, h, ldh, rh);
         }
         li_rows nrows = hrows;
         if (!cell->linear_before_reset) {
@@ -492,34 +526,17 @@ static void split_step(const li_cell *cell, const li_kernels *kern, int B, const
         if (mine) {
             product(cell, kern, cell->rn_packed, cell->rn_scale, cell->rn_rowsum, Hr, 1, blk0,
                     blk1, &nrows, B, 0, Hp, s->rec_n, Hp, Hp);
-            for (int b = 0; b < B; ++b) {
-                if (s->row_t[b] < 0) continue;
-                output(cell, u0, u1, xp_row(xv, s->row_t[b], b) + 2 * xv->gs,
-                       s->rec_n + (size_t)b * Hp, s->zr + (size_t)b * 2 * H,
-                       h + (size_t)b * ldh, hnext + (size_t)b * ldh);
-            }
+            gru_output_rows(cell, kern, u0, u1, B, xv, s, h, ldh, hnext, ldh);
         }
         return;
     }
-    const int lstm = cell->cell == LI_CELL_LSTM;
-    li_lstm_pointwise_fn lstm_pw = dflt ? kern->lstm_pointwise : li_lstm_pointwise_generic;
-    li_rnn_pointwise_fn rnn_pw = dflt ? kern->rnn_pointwise : li_rnn_pointwise_generic;
     const int step_blocks = B <= LI_FUSED_MAX_ROWS ? 1 : blk1 - blk0;
     for (int blk = blk0; blk < blk1; blk += step_blocks) {
         const int ua = blk * LI_BLOCK;
         const int ub = (blk + step_blocks) * LI_BLOCK < H ? (blk + step_blocks) * LI_BLOCK : H;
         product(cell, kern, cell->r_packed, cell->r_scale, cell->r_rowsum, Hr, G, blk,
                 blk + step_blocks, &hrows, B, 0, Hp, s->rec, Hp, rrow);
-        for (int b = 0; b < B; ++b) {
-            if (s->row_t[b] < 0) continue;
-            const float *xp = xp_row(xv, s->row_t[b], b);
-            const float *rec = s->rec + (size_t)b * rrow;
-            float *hb = hnext + (size_t)b * ldh;
-            if (lstm)
-                lstm_pw(cell, ua, ub, xp, xv->gs, rec, Hp, c + (size_t)b * H, hb);
-            else
-                rnn_pw(cell, ua, ub, xp, rec, hb);
-        }
+        cell_rows(cell, kern, ua, ub, B, xv, s, Hp, rrow, c, hnext, ldh);
     }
 }
 
@@ -536,14 +553,9 @@ int li_run_direction_part(const li_cell *cell, const li_kernels *kern, li_sgemm_
     if (cell->cell == LI_CELL_LSTM && !c) return -2;
     if (cell->proj || cell->state_size != cell->hidden_size) return -5;
     if (T == 0) return 0;
-    int max_len = 0;
-    for (int b = 0; b < B; ++b) {
-        const int len = lens ? lens[b] : T;
-        if (len < 0 || len > T) return -3;
-        if (len > max_len) max_len = len;
-    }
-    for (size_t i = 0; tokens && i < (size_t)T * B; ++i)
-        if (tokens[i] < 0 || tokens[i] >= cell->vocab_size) return -4;
+    int max_len;
+    const int bad = check_sequence(cell, T, B, lens, tokens, &max_len);
+    if (bad) return bad;
     if (!scratch) return -1; /* per part: only after the shared checks (see above) */
 
     const int G = cell->gates, H = cell->hidden_size, Hp = cell->hidden_padded;
@@ -564,17 +576,14 @@ int li_run_direction_part(const li_cell *cell, const li_kernels *kern, li_sgemm_
     int cur = 0;
     for (int s0 = 0; s0 < max_len; s0 += chunk_steps) {
         const int s1 = s0 + chunk_steps < max_len ? s0 + chunk_steps : max_len;
-        const int t0 = lens ? 0 : (reverse ? T - s1 : s0);
-        const int t1 = lens ? T : (reverse ? T - s0 : s1);
+        int t0, t1;
+        chunk_times(T, lens, reverse, s0, s1, &t0, &t1);
         /* Only this part reads its units of xproj: no barrier needed around it. */
         project_part(cell, kern, sgemm, x, ldx, tokens, (size_t)t0 * B, (size_t)(t1 - t0) * B,
                      blk0, blk1, xproj);
         const xproj_view xv = {xproj, (ptrdiff_t)B * G * Hp, (ptrdiff_t)G * Hp, Hp};
         for (int step = s0; step < s1; ++step) {
-            for (int b = 0; b < B; ++b) {
-                const int len = lens ? lens[b] : T;
-                s.row_t[b] = step < len ? (reverse ? len - 1 - step : step) - t0 : -1;
-            }
+            set_row_times(s.row_t, B, T, lens, reverse, step, t0);
             float *hn = hbuf[cur ^ 1];
             split_step(cell, kern, B, &xv, hbuf[cur], Hp, hn, c, rh, blk0, blk1, &s, sync);
             for (int b = 0; b < B && own; ++b) {
