@@ -2,11 +2,11 @@
  * The portable scalar ISA: the fallback on any CPU and the oracle the SIMD variants are
  * tested against. Pointwise updates are the generic ones (exact libm activations).
  */
-#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
 
+#include "int8_row_scale.h"
 #include "li_kernels.h"
 
 static float bf16_to_float(uint16_t b) {
@@ -80,21 +80,9 @@ static void prepare_i8_scalar(const float *x, int ldx, int rows, int K, void *q,
             peak = a > peak ? a : peak;
             finite += xb[k] * 0.0f; /* NaN once any input is NaN or infinite */
         }
-        const int padded = (K + 3) / 4 * 4;
-        if (finite != 0.0f || peak == 0.0f) { /* non-finite (NaN != 0) or all zero */
-            memset(qb, 0, (size_t)padded);
-            scale[b] = peak == 0.0f && finite == 0.0f ? 0.0f : NAN;
-            continue;
-        }
-        const float inv = 127.0f / peak;
-        if (!(inv <= FLT_MAX)) { /* peak below ~3.7e-37: codes would overflow; treat as zero */
-            memset(qb, 0, (size_t)padded);
-            scale[b] = 0.0f;
-            continue;
-        }
+        const float inv = int8_row_inverse(peak, finite, qb, K, &scale[b]);
+        if (inv == 0.0f) continue;
         for (int k = 0; k < K; ++k) qb[k] = (int8_t)lrintf(xb[k] * inv);
-        for (int k = K; k < padded; ++k) qb[k] = 0;
-        scale[b] = peak / 127.0f;
     }
 }
 

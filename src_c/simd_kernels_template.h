@@ -18,9 +18,10 @@
  *   V_DOT_I8 V_DOT_I8_PREP V_DOT_I8_OFFSET   see simd_matvec_i8_template.h
  *   MV_MAX_ROWS(G)         rows per register tile of the packed matvec, for G gates
  */
-#include <float.h>
 #include <math.h>
 #include <stdint.h>
+
+#include "int8_row_scale.h"
 
 static inline vf ld(const float *p, int n) { return n >= VW ? v_load(p) : v_load_n(p, n); }
 static inline void st(float *p, vf v, int n) {
@@ -124,24 +125,12 @@ static void prepare_i8_simd(const float *x, int ldx, int rows, int K, void *q, i
             peak = lanes[l] > peak ? lanes[l] : peak;
             probe += probes[l];
         }
-        const int padded = (K + 3) / 4 * 4;
-        if (probe != 0.0f || peak == 0.0f) {
-            memset(qb, 0, (size_t)padded);
-            scale[b] = peak == 0.0f && probe == 0.0f ? 0.0f : NAN;
-            continue;
-        }
-        const float inv = 127.0f / peak;
-        if (!(inv <= FLT_MAX)) { /* peak below ~3.7e-37: codes would overflow; treat as zero */
-            memset(qb, 0, (size_t)padded);
-            scale[b] = 0.0f;
-            continue;
-        }
+        const float inv = int8_row_inverse(peak, probe, qb, K, &scale[b]);
+        if (inv == 0.0f) continue;
         const vf inv_v = v_set1(inv);
         int k = 0;
         for (; k + VW <= K; k += VW) v_store_i8(qb + k, v_mul(v_load(xb + k), inv_v));
         for (; k < K; ++k) qb[k] = (int8_t)lrintf(xb[k] * inv);
-        for (; k < padded; ++k) qb[k] = 0;
-        scale[b] = peak / 127.0f;
     }
 }
 
