@@ -53,8 +53,7 @@ static inline void matvec_scalar(int bf16, const void *packed, int K, int G, int
 
 static void matvec_f32_scalar(const void *packed, int K, int G, int blk0, int blk1,
                               const float *x, int ldx, int rows, const float *bias,
-                              const float *scale, int bgs, float *out, int ogs, int ldo) {
-    (void)scale;
+                              int bgs, float *out, int ogs, int ldo) {
     matvec_scalar(0, packed, K, G, blk0, blk1, x, ldx, rows, bias, bgs, out, ogs, ldo);
 }
 

@@ -109,11 +109,10 @@ typedef struct {
 
 /* out[b][g*ogs + u] = (bias ? bias[g*bgs + u] : 0) + sum_k x[b*ldx + k] * W[g][u][k]
  * for the units of blocks [blk0, blk1), rows b in [0, rows), float32 weights. Stores whole
- * blocks (padding lanes included), so ogs must be >= the padded unit count. `scale` is
- * unused (NULL). */
+ * blocks (padding lanes included), so ogs must be >= the padded unit count. */
 typedef void (*li_matvec_packed_fn)(const void *packed, int K, int G, int blk0, int blk1,
                                     const float *x, int ldx, int rows, const float *bias,
-                                    const float *scale, int bgs, float *out, int ogs, int ldo);
+                                    int bgs, float *out, int ogs, int ldo);
 
 /* A batch of activation rows as the product kernels read them: always the fp32 rows, plus,
  * when the table's prepare function for the weight format is not NULL, its output. */

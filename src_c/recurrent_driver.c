@@ -109,7 +109,7 @@ static void product(const li_cell *cell, const li_kernels *kern, const void *pac
         kern->matvec_bf16(packed, K, G, blk0, blk1, x, rows, bias, 0, 0, bgs, out, ogs, ldo);
         break;
     default:
-        kern->matvec_f32(packed, K, G, blk0, blk1, x->x, x->ldx, rows, bias, 0, bgs, out, ogs,
+        kern->matvec_f32(packed, K, G, blk0, blk1, x->x, x->ldx, rows, bias, bgs, out, ogs,
                          ldo);
     }
 }
@@ -305,7 +305,7 @@ static int project_inputs(const li_cell *cell, const li_kernels *kern, li_sgemm_
         for (size_t r0 = 0; r0 < rows; r0 += chunk) {
             const int n = rows - r0 < (size_t)chunk ? (int)(rows - r0) : chunk;
             kern->matvec_f32(cell->w_packed, I, G, 0, nblk, x + r0 * ldx, ldx, n,
-                             cell->bias_packed, 0, Hp, out + r0 * G * Hp, Hp, G * Hp);
+                             cell->bias_packed, Hp, out + r0 * G * Hp, Hp, G * Hp);
         }
         return Hp;
     }
@@ -482,7 +482,7 @@ static void project_part(const li_cell *cell, const li_kernels *kern, li_sgemm_f
         for (size_t r0 = 0; r0 < rows; r0 += chunk) {
             const int n = rows - r0 < (size_t)chunk ? (int)(rows - r0) : chunk;
             kern->matvec_f32(cell->w_packed, I, G, blk0, blk1, x + r0 * ldx, ldx, n,
-                             cell->bias_packed, 0, Hp, out + r0 * ld, Hp, (int)ld);
+                             cell->bias_packed, Hp, out + r0 * ld, Hp, (int)ld);
         }
         return;
     }
@@ -560,7 +560,8 @@ int li_run_direction_part(const li_cell *cell, const li_kernels *kern, li_sgemm_
 
     const int G = cell->gates, H = cell->hidden_size, Hp = cell->hidden_padded;
     const int nblk = Hp / LI_BLOCK, parts = sync->parts;
-    const int blk0 = (int)((long)nblk * part / parts), blk1 = (int)((long)nblk * (part + 1) / parts);
+    const int blk0 = (int)((long)nblk * part / parts);
+    const int blk1 = (int)((long)nblk * (part + 1) / parts);
     const int u0 = blk0 * LI_BLOCK, u1 = blk1 * LI_BLOCK < H ? blk1 * LI_BLOCK : H;
     const size_t own = u1 > u0 ? sizeof(float) * (u1 - u0) : 0;
     float *hbuf[2] = {shared, shared + (size_t)B * Hp};

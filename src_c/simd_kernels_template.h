@@ -87,12 +87,10 @@ static inline float clip_bound(const li_cell *cell) { return cell->clip > 0.0f ?
 #define MV_NAME(x) x##_f32
 #define MV_WTYPE float
 #define MV_WLOAD(p) v_load(p)
-#define MV_SCALED 0
 #include "simd_matvec_template.h"
 #undef MV_NAME
 #undef MV_WTYPE
 #undef MV_WLOAD
-#undef MV_SCALED
 
 #define BF_NAME(x) x##_widen
 #define BF16_DOT 0

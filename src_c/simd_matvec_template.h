@@ -1,20 +1,18 @@
 /*
- * The packed matvec, written once and instantiated per weight format by
- * simd_kernels_template.h. Before each inclusion define:
- *   MV_NAME(x)   x with the format's suffix (unique function names per instantiation)
- *   MV_WTYPE     element type of the packed weights (float, uint16_t bf16, int8_t)
- *   MV_WLOAD(p)  VW weights at p, widened to a float vector
- *   MV_SCALED    1: out = bias + scale * acc (int8 per-row scales); 0: out = bias + acc
- * Quantized weights are widened in registers and accumulated in fp32: the activations stay
- * fp32, so the only error is the weights' own rounding.
+ * The packed fp32 matvec (out = bias + W x), written once over the vector vocabulary and
+ * instantiated by simd_kernels_template.h (bf16 and int8 have their own templates, on their
+ * dot-product layouts). Before inclusion define:
+ *   MV_NAME(x)   x with a suffix unique to the instantiation
+ *   MV_WTYPE     element type of the packed weights
+ *   MV_WLOAD(p)  VW weights at p as a float vector
  */
 
 /* One register tile: G gates x LI_BLOCK units x R rows. Always inlined with constant G and R
  * so the accumulators become registers; weights stream once per tile, straight from memory. */
 static inline __attribute__((always_inline)) void MV_NAME(mv_tile)(
     const MV_WTYPE *wb, int K, const int G, const int R, const float *x, int ldx,
-    const float *bias, const float *scale, int bgs, float *out, int ogs, int ldo,
-    const char *pf, const char *pf_end, int pf_step) {
+    const float *bias, int bgs, float *out, int ogs, int ldo, const char *pf,
+    const char *pf_end, int pf_step) {
     /* Small tiles (batch 1-2) would wait on FMA latency with one accumulator per output:
      * they keep two sets, for even and odd k, when both fit the ISA's register budget. */
     const int S = 2 * R * G * V_PER_BLOCK <= MV_ACC_BUDGET ? 2 : 1;
@@ -23,9 +21,8 @@ static inline __attribute__((always_inline)) void MV_NAME(mv_tile)(
         for (int b = 0; b < R; ++b)
             for (int g = 0; g < G; ++g)
                 for (int v = 0; v < V_PER_BLOCK; ++v)
-                    acc[s][b][g][v] = (s == 0 && !MV_SCALED && bias)
-                                          ? v_load(bias + (size_t)g * bgs + v * VW)
-                                          : v_zero();
+                    acc[s][b][g][v] = s == 0 && bias ? v_load(bias + (size_t)g * bgs + v * VW)
+                                                     : v_zero();
     /* The inputs go in chunks; before each, the prefetch share of the next block that
      * matches the chunk (see matvec_packed). Kept out of the inner loop, whose address
      * registers are all taken at the larger tiles. */
@@ -67,21 +64,15 @@ static inline __attribute__((always_inline)) void MV_NAME(mv_tile)(
                     acc[0][b][g][v] = v_add(acc[0][b][g][v], acc[1][b][g][v]);
     for (int b = 0; b < R; ++b)
         for (int g = 0; g < G; ++g)
-            for (int v = 0; v < V_PER_BLOCK; ++v) {
-                vf r = acc[0][b][g][v];
-                if (MV_SCALED) {
-                    const size_t at = (size_t)g * bgs + v * VW;
-                    r = v_fmadd(r, v_load(scale + at), bias ? v_load(bias + at) : v_zero());
-                }
-                v_store(out + (size_t)b * ldo + (size_t)g * ogs + v * VW, r);
-            }
+            for (int v = 0; v < V_PER_BLOCK; ++v)
+                v_store(out + (size_t)b * ldo + (size_t)g * ogs + v * VW, acc[0][b][g][v]);
 }
 
 /* Only tiles that fit the registers are instantiated (callers never ask for larger ones). */
 #define MV_CASE(G, R)                                                                          \
     case (G) * 16 + (R):                                                                       \
         if ((R) <= MV_MAX_ROWS(G))                                                             \
-            MV_NAME(mv_tile)(wb, K, G, R, x, ldx, bias, scale, bgs, out, ogs, ldo, pf, pf_end, \
+            MV_NAME(mv_tile)(wb, K, G, R, x, ldx, bias, bgs, out, ogs, ldo, pf, pf_end,        \
                              pf_step);                                                         \
         break;
 #define MV_CASES(G)                                                                            \
@@ -89,9 +80,9 @@ static inline __attribute__((always_inline)) void MV_NAME(mv_tile)(
         MV_CASE(G, 7) MV_CASE(G, 8)
 
 static void MV_NAME(mv_tile_dispatch)(const MV_WTYPE *wb, int K, int G, int R, const float *x,
-                                      int ldx, const float *bias, const float *scale, int bgs,
-                                      float *out, int ogs, int ldo, const char *pf,
-                                      const char *pf_end, int pf_step) {
+                                      int ldx, const float *bias, int bgs, float *out, int ogs,
+                                      int ldo, const char *pf, const char *pf_end,
+                                      int pf_step) {
     switch (G * 16 + R) {
         MV_CASES(1)
         MV_CASES(2)
@@ -120,7 +111,7 @@ static void MV_NAME(mv_tile_dispatch)(const MV_WTYPE *wb, int K, int G, int R, c
 
 static void MV_NAME(matvec_packed)(const void *packed, int K, int G, int blk0, int blk1,
                                    const float *x, int ldx, int rows, const float *bias,
-                                   const float *scale, int bgs, float *out, int ogs, int ldo) {
+                                   int bgs, float *out, int ogs, int ldo) {
     const size_t block_elems = (size_t)K * G * LI_BLOCK;
     const int max_rows = MV_MAX_ROWS(G);
     /* Bytes of the next block each tile prefetches, and per input (whole cache lines). */
@@ -142,8 +133,8 @@ static void MV_NAME(matvec_packed)(const void *packed, int K, int G, int blk0, i
                                                                 : block_bytes)
                                     : 0;
             MV_NAME(mv_tile_dispatch)(wb, K, G, r, x + (size_t)b * ldx, ldx,
-                                      bias ? bias + u0 : 0, scale ? scale + u0 : 0, bgs,
-                                      out + (size_t)b * ldo + u0, ogs, ldo, pf, pf_end, pf_step);
+                                      bias ? bias + u0 : 0, bgs, out + (size_t)b * ldo + u0, ogs,
+                                      ldo, pf, pf_end, pf_step);
         }
     }
 }

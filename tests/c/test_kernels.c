@@ -198,7 +198,7 @@ static void run_product(const li_kernels *kern, int format, const void *packed, 
                         const float *bias, const float *scale, const int32_t *rowsum, int bgs,
                         float *out, int ogs, int ldo) {
     if (format == LI_WEIGHTS_F32) {
-        kern->matvec_f32(packed, K, G, blk0, blk1, x, ldx, rows, bias, 0, bgs, out, ogs, ldo);
+        kern->matvec_f32(packed, K, G, blk0, blk1, x, ldx, rows, bias, bgs, out, ogs, ldo);
         return;
     }
     const li_prepare_fn prep = format == LI_WEIGHTS_I8 ? kern->prepare_i8 : kern->prepare_bf16;
