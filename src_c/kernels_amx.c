@@ -119,7 +119,8 @@ int li_project_bf16_amx(const void *packed, int K, int G, int nblk, const float 
         split_rows(x + (size_t)r0 * ldx, ldx, nr, K, Kp, hi, lo);
         for (int blk = 0; blk < nblk; ++blk) {
             const uint16_t *wb = (const uint16_t *)packed + (size_t)blk * block_elems;
-            for (int g = 0; g < G; ++g) switch (g) { ZERO_ACC(0) ZERO_ACC(1) ZERO_ACC(2) ZERO_ACC(3) }
+            for (int g = 0; g < G; ++g)
+                switch (g) { ZERO_ACC(0) ZERO_ACC(1) ZERO_ACC(2) ZERO_ACC(3) }
             for (int ch = 0; ch < chunks; ++ch) {
                 _tile_loadd(4, hi + ch * 32, Kp * (int)sizeof(uint16_t));
                 _tile_loadd(5, lo + ch * 32, Kp * (int)sizeof(uint16_t));

@@ -13,10 +13,11 @@
  *                         unsigned x signed VPDPBUSD), removed at the end with the row sums
  */
 
-static inline int32_t I8_NAME(load_quad)(const int8_t *p) {
+/* The 4 activation codes of row b starting at input 4 * kq, broadcast to every lane. */
+static inline vi I8_NAME(quad)(const int8_t *xq, int ldq, int b, int kq) {
     int32_t v;
-    memcpy(&v, p, sizeof v);
-    return v;
+    memcpy(&v, xq + (size_t)b * ldq + 4 * kq, sizeof v);
+    return V_DOT_I8_PREP(vi_set1(v));
 }
 
 /* One register tile: G gates x LI_BLOCK units x R rows, always inlined with constant G, R. */
@@ -36,23 +37,22 @@ static inline __attribute__((always_inline)) void I8_NAME(i8_tile)(
         for (int s = 0; s < S; ++s) {
             const int8_t *wk = wb + (size_t)(kq + s) * G * LI_BLOCK * 4;
             vi xs[8];
-            for (int b = 0; b < R; ++b)
-                xs[b] = V_DOT_I8_PREP(vi_set1(I8_NAME(load_quad)(xq + (size_t)b * ldq + 4 * (kq + s))));
+            for (int b = 0; b < R; ++b) xs[b] = I8_NAME(quad)(xq, ldq, b, kq + s);
             for (int g = 0; g < G; ++g)
                 for (int v = 0; v < V_PER_BLOCK; ++v) {
                     const vi w = vi_load(wk + (g * LI_BLOCK + v * VW) * 4);
-                    for (int b = 0; b < R; ++b) acc[s][b][g][v] = V_DOT_I8(acc[s][b][g][v], w, xs[b]);
+                    for (int b = 0; b < R; ++b)
+                        acc[s][b][g][v] = V_DOT_I8(acc[s][b][g][v], w, xs[b]);
                 }
         }
     for (; kq < Kq; ++kq) { /* odd quad count with two sets */
         const int8_t *wk = wb + (size_t)kq * G * LI_BLOCK * 4;
+        vi xs[8];
+        for (int b = 0; b < R; ++b) xs[b] = I8_NAME(quad)(xq, ldq, b, kq);
         for (int g = 0; g < G; ++g)
             for (int v = 0; v < V_PER_BLOCK; ++v) {
                 const vi w = vi_load(wk + (g * LI_BLOCK + v * VW) * 4);
-                for (int b = 0; b < R; ++b) {
-                    const vi xb = V_DOT_I8_PREP(vi_set1(I8_NAME(load_quad)(xq + (size_t)b * ldq + 4 * kq)));
-                    acc[0][b][g][v] = V_DOT_I8(acc[0][b][g][v], w, xb);
-                }
+                for (int b = 0; b < R; ++b) acc[0][b][g][v] = V_DOT_I8(acc[0][b][g][v], w, xs[b]);
             }
     }
     for (int b = 0; b < R; ++b) {
