@@ -283,32 +283,70 @@ static int gather_token_rows(const li_cell *cell, const int64_t *tokens, size_t 
     return 0;
 }
 
-/* Input projection of time-major rows [row0, row0 + rows) into out (xproj rows of G * Hp
- * floats, or G * H after sgemm); returns the gate stride written. */
-static int project_inputs(const li_cell *cell, const li_kernels *kern, li_sgemm_fn sgemm,
-                          const float *x, int ldx, const int64_t *tokens, size_t row0,
-                          size_t rows, float *out) {
-    const int G = cell->gates, I = cell->input_size;
-    const int Hp = cell->hidden_padded, nblk = Hp / LI_BLOCK;
+/* Input projection of time-major rows [row0, row0 + rows) for the units of blocks
+ * [blk0, blk1) only, into out (rows of G * Hp floats, gate stride Hp): token table rows, AMX
+ * tiles (bf16), the packed matvec (W in L2), else one sgemm per gate over those units' rows
+ * of W. A unit-split part calls it for its own blocks, project_inputs for all of them. */
+static void project_part(const li_cell *cell, const li_kernels *kern, li_sgemm_fn sgemm,
+                         const float *x, int ldx, const int64_t *tokens, size_t row0,
+                         size_t rows, int blk0, int blk1, float *out) {
+    const int G = cell->gates, I = cell->input_size, H = cell->hidden_size;
+    const int Hp = cell->hidden_padded;
+    const int u0 = blk0 * LI_BLOCK, u1 = blk1 * LI_BLOCK < H ? blk1 * LI_BLOCK : H;
+    if (u1 <= u0) return;
+    const size_t ld = (size_t)G * Hp;
     if (tokens) {
-        gather_token_rows(cell, tokens + row0, rows, out); /* ids checked by the caller */
-        return Hp;
+        for (size_t r = 0; r < rows; ++r) {
+            const float *src = cell->token_table + (size_t)tokens[row0 + r] * ld;
+            for (int g = 0; g < G; ++g)
+                memcpy(out + r * ld + (size_t)g * Hp + u0, src + (size_t)g * Hp + u0,
+                       sizeof(float) * (u1 - u0));
+        }
+        return;
     }
     x += row0 * (size_t)ldx;
+    /* bfloat16 blocks are (I + 1) / 2 pairs x G x LI_BLOCK units x 2 entries apart. */
+    const size_t bf16_block = (size_t)(I + 1) / 2 * 2 * G * LI_BLOCK;
     if (cell->weight_format == LI_WEIGHTS_BF16 && kern->project_bf16 && rows >= 16 &&
-        kern->project_bf16(cell->w_packed, I, G, nblk, x, ldx, (int)rows, cell->bias_packed, Hp,
-                           out, Hp, G * Hp) == 0)
-        return Hp; /* tiles (AMX) over the packed bf16 weights */
+        kern->project_bf16((const uint16_t *)cell->w_packed + blk0 * bf16_block, I, G,
+                           blk1 - blk0, x, ldx, (int)rows, cell->bias_packed + u0, Hp,
+                           out + u0, Hp, (int)ld) == 0)
+        return;
     if (xproj_packed(cell)) {
-        /* Chunks of rows small enough that their inputs stay in L1/L2 across all blocks. */
         const int chunk = LI_XPROJ_CHUNK_FLOATS / I > 8 ? LI_XPROJ_CHUNK_FLOATS / I : 8;
         for (size_t r0 = 0; r0 < rows; r0 += chunk) {
             const int n = rows - r0 < (size_t)chunk ? (int)(rows - r0) : chunk;
-            kern->matvec_f32(cell->w_packed, I, G, 0, nblk, x + r0 * ldx, ldx, n,
-                             cell->bias_packed, Hp, out + r0 * G * Hp, Hp, G * Hp);
+            kern->matvec_f32(cell->w_packed, I, G, blk0, blk1, x + r0 * ldx, ldx, n,
+                             cell->bias_packed, Hp, out + r0 * ld, Hp, (int)ld);
         }
+        return;
+    }
+    for (size_t r = 0; r < rows; ++r)
+        for (int g = 0; g < G; ++g)
+            memcpy(out + r * ld + (size_t)g * Hp + u0, cell->bias + (size_t)g * H + u0,
+                   sizeof(float) * (u1 - u0));
+    for (int g = 0; g < G; ++g) {
+        char ta = 'T', tb = 'N';
+        float one = 1.0f;
+        int m = u1 - u0, n = (int)rows, k = I, lda = I, ldb = ldx, ldc = (int)ld;
+        sgemm(&ta, &tb, &m, &n, &k, &one, (float *)cell->w + ((size_t)g * H + u0) * I, &lda,
+              (float *)x, &ldb, &one, out + (size_t)g * Hp + u0, &ldc);
+    }
+}
+
+/* Input projection of time-major rows [row0, row0 + rows) for every unit, into out; returns
+ * the gate stride written: H after the one sgemm over all of W (rows of G * H floats), Hp
+ * when project_part's paths apply (token rows, AMX tiles, the packed matvec). */
+static int project_inputs(const li_cell *cell, const li_kernels *kern, li_sgemm_fn sgemm,
+                          const float *x, int ldx, const int64_t *tokens, size_t row0,
+                          size_t rows, float *out) {
+    const int G = cell->gates, I = cell->input_size, Hp = cell->hidden_padded;
+    const int amx = cell->weight_format == LI_WEIGHTS_BF16 && kern->project_bf16 && rows >= 16;
+    if (tokens || amx || xproj_packed(cell)) {
+        project_part(cell, kern, sgemm, x, ldx, tokens, row0, rows, 0, Hp / LI_BLOCK, out);
         return Hp;
     }
+    x += row0 * (size_t)ldx;
     const int xld = G * cell->hidden_size;
     for (size_t r = 0; r < rows; ++r) memcpy(out + r * xld, cell->bias, sizeof(float) * xld);
     char ta = 'T', tb = 'N';
@@ -447,56 +485,6 @@ size_t li_unit_split_shared_floats(const li_cell *cell, int T, int B, int has_to
 
 size_t li_unit_split_part_floats(const li_cell *cell, int B) {
     return step_buffer_floats(cell, B);
-}
-
-/* Input projection of rows [row0, row0 + rows) for the units of blocks [blk0, blk1) only,
- * into out (rows of G * Hp floats, gate stride Hp). Same arithmetic per unit as
- * project_inputs. */
-static void project_part(const li_cell *cell, const li_kernels *kern, li_sgemm_fn sgemm,
-                         const float *x, int ldx, const int64_t *tokens, size_t row0,
-                         size_t rows, int blk0, int blk1, float *out) {
-    const int G = cell->gates, I = cell->input_size, H = cell->hidden_size;
-    const int Hp = cell->hidden_padded;
-    const int u0 = blk0 * LI_BLOCK, u1 = blk1 * LI_BLOCK < H ? blk1 * LI_BLOCK : H;
-    if (u1 <= u0) return;
-    const size_t ld = (size_t)G * Hp;
-    if (tokens) {
-        for (size_t r = 0; r < rows; ++r) {
-            const float *src = cell->token_table + (size_t)tokens[row0 + r] * ld;
-            for (int g = 0; g < G; ++g)
-                memcpy(out + r * ld + (size_t)g * Hp + u0, src + (size_t)g * Hp + u0,
-                       sizeof(float) * (u1 - u0));
-        }
-        return;
-    }
-    x += row0 * (size_t)ldx;
-    /* bfloat16 blocks are (I + 1) / 2 pairs x G x LI_BLOCK units x 2 entries apart. */
-    const size_t bf16_block = (size_t)(I + 1) / 2 * 2 * G * LI_BLOCK;
-    if (cell->weight_format == LI_WEIGHTS_BF16 && kern->project_bf16 && rows >= 16 &&
-        kern->project_bf16((const uint16_t *)cell->w_packed + blk0 * bf16_block, I, G,
-                           blk1 - blk0, x, ldx, (int)rows, cell->bias_packed + u0, Hp,
-                           out + u0, Hp, (int)ld) == 0)
-        return;
-    if (xproj_packed(cell)) {
-        const int chunk = LI_XPROJ_CHUNK_FLOATS / I > 8 ? LI_XPROJ_CHUNK_FLOATS / I : 8;
-        for (size_t r0 = 0; r0 < rows; r0 += chunk) {
-            const int n = rows - r0 < (size_t)chunk ? (int)(rows - r0) : chunk;
-            kern->matvec_f32(cell->w_packed, I, G, blk0, blk1, x + r0 * ldx, ldx, n,
-                             cell->bias_packed, Hp, out + r0 * ld, Hp, (int)ld);
-        }
-        return;
-    }
-    for (size_t r = 0; r < rows; ++r)
-        for (int g = 0; g < G; ++g)
-            memcpy(out + r * ld + (size_t)g * Hp + u0, cell->bias + (size_t)g * H + u0,
-                   sizeof(float) * (u1 - u0));
-    for (int g = 0; g < G; ++g) {
-        char ta = 'T', tb = 'N';
-        float one = 1.0f;
-        int m = u1 - u0, n = (int)rows, k = I, lda = I, ldb = ldx, ldc = (int)ld;
-        sgemm(&ta, &tb, &m, &n, &k, &one, (float *)cell->w + ((size_t)g * H + u0) * I, &lda,
-              (float *)x, &ldb, &one, out + (size_t)g * Hp + u0, &ldc);
-    }
 }
 
 /* One timestep of the units of blocks [blk0, blk1): reads the whole previous state h (rows
