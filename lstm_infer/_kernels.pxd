@@ -57,10 +57,18 @@ cdef extern from "li_kernels.h" nogil:
         li_activation act[3]
 
     ctypedef void (*li_activation_array_fn)(int kind, const float *x, float *y, size_t n)
+    ctypedef void (*li_softmax_rows_fn)(float *y, size_t rows, size_t n, size_t ld,
+                                        int log_softmax)
+
+    ctypedef void (*li_matvec_packed_fn)(const void *packed, int K, int G, int blk0, int blk1,
+                                         const float *x, int ldx, int rows, const float *bias,
+                                         int bgs, float *out, int ogs, int ldo)
 
     ctypedef struct li_kernels:
         const char *name
+        li_matvec_packed_fn matvec_f32
         li_activation_array_fn activation_array
+        li_softmax_rows_fn softmax_rows
 
     ctypedef void (*li_sgemm_fn)(char *transa, char *transb, int *m, int *n, int *k,
                                  float *alpha, float *a, int *lda, float *b, int *ldb,

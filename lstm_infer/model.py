@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -14,7 +13,6 @@ from lstm_infer import _engine
 from lstm_infer._plan import compile_layer
 from lstm_infer._spec import (
     GATES,
-    DenseLayer,
     ModelSpec,
     RecurrentLayer,
     Signature,
@@ -22,7 +20,9 @@ from lstm_infer._spec import (
     parse_state_role,
     state_role,
 )
+from lstm_infer.dense_head import apply_head, compile_head
 from lstm_infer.errors import InputError, InputTypeError, StreamError
+from lstm_infer.runtime.threads import blas_threads, thread_pool
 
 __all__ = ["Model", "Stream"]
 
@@ -42,27 +42,15 @@ def _check_rank(name: str, arr: np.ndarray, rank: int, what: str) -> None:
         )
 
 
-_POOLS: dict[int, ThreadPoolExecutor] = {}
-_POOLS_LOCK = threading.Lock()
-
-
-def _thread_pool(threads: int) -> ThreadPoolExecutor:
-    """A process-wide pool per thread count (created once, reused by every model)."""
-    with _POOLS_LOCK:
-        pool = _POOLS.get(threads)
-        if pool is None:
-            pool = _POOLS[threads] = ThreadPoolExecutor(threads, "lstm_infer")
-        return pool
-
-
 # One unit-split run at a time per pool: its parts wait for each other every step, so two runs
 # whose parts were queued crosswise could wait on each other forever. A run that finds the
 # lock taken splits by batch instead.
 _SPLIT_LOCKS: dict[int, threading.Lock] = {}
+_SPLIT_LOCKS_LOCK = threading.Lock()
 
 
 def _split_lock(threads: int) -> threading.Lock:
-    with _POOLS_LOCK:
+    with _SPLIT_LOCKS_LOCK:
         return _SPLIT_LOCKS.setdefault(threads, threading.Lock())
 
 
@@ -105,13 +93,14 @@ def _run_unit_split(
         parts = min(threads, (plan.hidden_size + _engine.BLOCK - 1) // _engine.BLOCK)
         # Checks every argument before any part starts: a part never fails afterwards.
         run = _engine.UnitSplit(plan, x, lens, reverse, h, c, y, parts)
-        pool = _thread_pool(threads)
-        futures = [pool.submit(run.run_part, i) for i in range(1, parts)]
-        try:
-            run.run_part(0)
-        finally:
-            for future in futures:
-                future.result()
+        pool = thread_pool(threads)
+        with blas_threads(1):  # each part projects its own units' inputs with the BLAS
+            futures = [pool.submit(run.run_part, i) for i in range(1, parts)]
+            try:
+                run.run_part(0)
+            finally:
+                for future in futures:
+                    future.result()
     finally:
         lock.release()
     return True
@@ -122,30 +111,6 @@ def _batch_slices(batch: int, parts: int) -> list[slice]:
     parts = max(1, min(parts, batch))
     edges = [batch * i // parts for i in range(parts + 1)]
     return [slice(a, b) for a, b in zip(edges, edges[1:]) if b > a]
-
-
-def _apply_head(y: np.ndarray, head: Sequence[DenseLayer]) -> np.ndarray:
-    """Dense layers + activations on the last axis (float32 throughout)."""
-    for dense in head:
-        y = y @ dense.weight.T
-        if dense.bias is not None:
-            y = y + dense.bias
-        act = dense.activation
-        if act == "relu":
-            y = np.maximum(y, 0)
-        elif act == "tanh":
-            y = np.tanh(y)
-        elif act == "sigmoid":
-            y = 1.0 / (1.0 + np.exp(-y))
-        elif act in ("softmax", "log_softmax"):
-            shifted = y - y.max(axis=-1, keepdims=True)
-            if act == "softmax":
-                e = np.exp(shifted)
-                y = e / e.sum(axis=-1, keepdims=True)
-            else:
-                y = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-        y = np.asarray(y, dtype=np.float32)
-    return y
 
 
 class Model:
@@ -169,6 +134,7 @@ class Model:
         ]
         # The first layer looks token ids up in a precomputed table (see folds_embedding).
         self._takes_tokens = self._plans[0][0].takes_tokens
+        self._head = compile_head(spec.head)
         self._threads = 1
         # Looked up on every run(): computed once (the spec does not change after this).
         sig = spec.signature
@@ -589,12 +555,16 @@ class Model:
                         )
                     )
             if len(jobs) == 1 or threads <= 1:
-                for job in jobs:
-                    _engine.run_direction(*job)
+                # One job: its input projection's sgemm may use every thread of the budget.
+                with blas_threads(threads):
+                    for job in jobs:
+                        _engine.run_direction(*job)
             else:
-                pool = _thread_pool(threads)
-                for future in [pool.submit(_engine.run_direction, *job) for job in jobs]:
-                    future.result()
+                # Parallel jobs each call the BLAS: one BLAS thread each, or they oversubscribe.
+                with blas_threads(1):
+                    pool = thread_pool(threads)
+                    for future in [pool.submit(_engine.run_direction, *job) for job in jobs]:
+                        future.result()
             x = y4.reshape(T, B, D * Hr)
         if lens is not None and not lens.all():
             # onnxruntime reports a zero final state for rows of length 0 (not the initial
@@ -674,7 +644,7 @@ class Model:
         for name in wanted:
             role = self._output_roles[name]
             if role == "y":
-                results[name] = self._format_y(y4)
+                results[name] = self._format_y(y4, int(threads))
             else:
                 results[name] = self._format_state(h, c, role)
         return results
@@ -710,13 +680,15 @@ class Model:
         fixed = Signature(sig.style, sig.layout, inputs, dict(sig.outputs), dict(sig.constants))
         return Model(ModelSpec([new_layer], fixed, source=self._spec.source))
 
-    def _format_y(self, y4: np.ndarray) -> np.ndarray:
+    def _format_y(self, y4: np.ndarray, threads: int = 1) -> np.ndarray:
         sig = self._spec.signature
         if sig.style == "onnx_node":
             order = (0, 2, 1, 3) if sig.layout == 0 else (1, 0, 2, 3)
             return np.ascontiguousarray(y4.transpose(order))
         T, B, D, Hr = y4.shape
-        y = _apply_head(y4.reshape(T, B, D * Hr), self._spec.head)
+        y = y4.reshape(T, B, D * Hr)
+        if self._head:
+            y = apply_head(y, self._head, threads)
         return np.ascontiguousarray(y if sig.layout == 0 else y.transpose(1, 0, 2))
 
     def _format_state(
@@ -793,7 +765,7 @@ class Stream:
         self._plans = [plans[0] for plans in model._plans]
         self._core = _engine.StackStepper(self._plans, self._batch)
         self._out = np.empty((self._batch, self._core.output_size), np.float32)
-        self._head = model.spec.head
+        self._head = model._head
         # The compiled step can take the caller's array as is unless the model embeds tokens
         # itself (a vocabulary too large for a token table): then ids go through _step_input.
         self._fast = model.spec.embedding is None or model._takes_tokens
@@ -948,7 +920,7 @@ class Stream:
             except (TypeError, ValueError):
                 # Anything else is converted, or refused with a message naming the problem.
                 self._core.step(self._step_input(x_t), target)
-            return _apply_head(target, head) if head else target
+            return apply_head(target, head) if head else target
         finally:
             self._lock.release()
 
@@ -973,10 +945,11 @@ class Stream:
             # Work on copies so a failure leaves the stream's state untouched.
             h = [hb.copy() for hb in self._core.h]
             c = [None if cb is None else cb.copy() for cb in self._core.c]
-            for plan, hl, cl in zip(self._plans, h, c):
-                y = np.empty((T, self._batch, plan.state_size), np.float32)
-                _engine.run_direction(plan, x, None, False, hl, cl, y)
-                x = y
+            with blas_threads(1):  # a stream runs on its caller's thread only
+                for plan, hl, cl in zip(self._plans, h, c):
+                    y = np.empty((T, self._batch, plan.state_size), np.float32)
+                    _engine.run_direction(plan, x, None, False, hl, cl, y)
+                    x = y
             for dst, src in zip(self._core.h, h):
                 dst[...] = src
             for dst, src in zip(self._core.c, c):
@@ -984,5 +957,5 @@ class Stream:
                     dst[...] = src
         finally:
             self._lock.release()
-        y = _apply_head(x, self._model.spec.head)
+        y = apply_head(x, self._head) if self._head else x
         return np.ascontiguousarray(y if sig.layout == 0 else y.transpose(1, 0, 2))

@@ -117,6 +117,31 @@ static void activation_array_scalar(int kind, const float *x, float *y, size_t n
     for (size_t i = 0; i < n; ++i) y[i] = li_activation_scalar(&act, x[i]);
 }
 
+/* The reference softmax: the formula of li_softmax_rows_fn with libm's expf / logf and a
+ * double sum (one float sum over 8,210 classes drifted by 4.5e-6; the SIMD tables keep VW
+ * float partial sums, which measured 1e-7). */
+static void softmax_rows_scalar(float *y, size_t rows, size_t n, size_t ld, int log_softmax) {
+    for (size_t r = 0; r < rows; ++r) {
+        float *row = y + r * ld;
+        float m = -INFINITY;
+        for (size_t j = 0; j < n; ++j) m = row[j] > m ? row[j] : m;
+        double sum = 0.0; /* a NaN skipped by the max above reaches it through expf */
+        for (size_t j = 0; j < n; ++j) {
+            const float e = expf(row[j] - m);
+            sum += e;
+            if (!log_softmax) row[j] = e;
+        }
+        const float s = (float)sum;
+        if (log_softmax) {
+            const float log_s = logf(s); /* (y - m) - log s: m + log s would round at |m| */
+            for (size_t j = 0; j < n; ++j) row[j] = (row[j] - m) - log_s;
+        } else {
+            const float inv = 1.0f / s;
+            for (size_t j = 0; j < n; ++j) row[j] *= inv;
+        }
+    }
+}
+
 const li_kernels li_kernels_scalar = {
     "scalar",
     matvec_f32_scalar,
@@ -130,4 +155,5 @@ const li_kernels li_kernels_scalar = {
     li_gru_gates_generic,
     li_gru_output_generic,
     activation_array_scalar,
+    softmax_rows_scalar,
 };

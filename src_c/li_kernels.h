@@ -167,6 +167,13 @@ typedef void (*li_gru_output_fn)(const li_cell *cell, int u0, int u1, const floa
                                  float *h_out);
 /* Vectorised activation over an array (exposed for the accuracy tests). */
 typedef void (*li_activation_array_fn)(int kind, const float *x, float *y, size_t n);
+/* Softmax (log_softmax = 0) or log-softmax (log_softmax = 1) of each of `rows` rows of n floats,
+ * in place; row r starts at y + r * ld:
+ *   m = max_j y_j;  s = sum_j exp(y_j - m);  softmax_j = exp(y_j - m) / s;
+ *   log_softmax_j = y_j - m - log(s).
+ * Three passes over a row (max, exp-sum, write), no scratch. A NaN anywhere in a row makes
+ * that whole row NaN, as does +inf (inf - inf), like numpy's and PyTorch's formulas. */
+typedef void (*li_softmax_rows_fn)(float *y, size_t rows, size_t n, size_t ld, int log_softmax);
 
 typedef struct {
     const char *name;
@@ -181,6 +188,7 @@ typedef struct {
     li_gru_gates_fn gru_gates;
     li_gru_output_fn gru_output;
     li_activation_array_fn activation_array; /* kinds: LI_ACT_SIGMOID, LI_ACT_TANH */
+    li_softmax_rows_fn softmax_rows;         /* dense heads' softmax / log-softmax */
 } li_kernels;
 
 extern const li_kernels li_kernels_scalar;

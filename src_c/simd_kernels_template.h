@@ -75,6 +75,63 @@ static void activation_array_simd(int kind, const float *x, float *y, size_t n) 
     }
 }
 
+/* Horizontal max / sum of one vector, through memory: once per row, so speed does not matter. */
+static inline float hmax(vf v) {
+    float lanes[VW];
+    v_store(lanes, v);
+    float m = lanes[0];
+    for (int i = 1; i < VW; ++i) m = lanes[i] > m ? lanes[i] : m;
+    return m;
+}
+static inline float hsum(vf v) {
+    float lanes[VW];
+    v_store(lanes, v);
+    float s = 0.0f;
+    for (int i = 0; i < VW; ++i) s += lanes[i];
+    return s;
+}
+
+/* li_softmax_rows_fn with v_exp (see its error above). Full vectors in SIMD, the last n % VW
+ * floats of a row in scalar code. A NaN needs no test of its own: exp lets it through into the
+ * sum, which makes the whole row NaN (an inf does the same through inf - inf). exp(-inf - m) is
+ * clamped to exp(-87) ~ 1.6e-38 instead of 0, invisible next to the max term's 1. */
+static void softmax_rows_simd(float *y, size_t rows, size_t n, size_t ld, int log_softmax) {
+    const size_t full = n - n % VW;
+    for (size_t r = 0; r < rows; ++r) {
+        float *row = y + r * ld;
+        vf vm = v_set1(-INFINITY);
+        for (size_t j = 0; j < full; j += VW) vm = v_max(vm, v_load(row + j));
+        float m = hmax(vm);
+        for (size_t j = full; j < n; ++j) m = row[j] > m ? row[j] : m;
+        const vf vmax = v_set1(m);
+        vf vs = v_zero();
+        for (size_t j = 0; j < full; j += VW) {
+            const vf e = v_exp(v_sub(v_load(row + j), vmax));
+            vs = v_add(vs, e);
+            if (!log_softmax) v_store(row + j, e);
+        }
+        float s = hsum(vs);
+        for (size_t j = full; j < n; ++j) {
+            const float e = expf(row[j] - m);
+            s += e;
+            if (!log_softmax) row[j] = e;
+        }
+        if (log_softmax) {
+            /* (y - m) - log s: folding m + log s into one shift would round it at |m|'s ulp */
+            const float log_s = logf(s);
+            const vf vlog = v_set1(log_s);
+            for (size_t j = 0; j < full; j += VW)
+                v_store(row + j, v_sub(v_sub(v_load(row + j), vmax), vlog));
+            for (size_t j = full; j < n; ++j) row[j] = (row[j] - m) - log_s;
+        } else {
+            const float inv = 1.0f / s;
+            const vf vinv = v_set1(inv);
+            for (size_t j = 0; j < full; j += VW) v_store(row + j, v_mul(v_load(row + j), vinv));
+            for (size_t j = full; j < n; ++j) row[j] *= inv;
+        }
+    }
+}
+
 /* The clip bound as a vector pair; +inf when the cell has no clip. */
 static inline float clip_bound(const li_cell *cell) { return cell->clip > 0.0f ? cell->clip : INFINITY; }
 /* x86 min/max return the second operand when either is NaN: this order lets NaN through. */
@@ -217,5 +274,5 @@ static void gru_output_simd(const li_cell *cell, int u0, int u1, const float *xp
     {                                                                                          \
         NAME, matvec_packed_f32, matvec_bf16_widen, 0, matvec_i8_base, prepare_i8_simd, 0,     \
             rnn_pointwise_simd, lstm_pointwise_simd, gru_gates_simd, gru_output_simd,          \
-            activation_array_simd                                                              \
+            activation_array_simd, softmax_rows_simd                                           \
     }

@@ -1,0 +1,1 @@
+"""Process-level runtime policy: how many threads the engine and its BLAS use."""
