@@ -47,7 +47,9 @@ def load(source: Any, **options: Any) -> Model:
         For PyTorch weights: ``key`` (which entry of a training checkpoint dict holds the
         state_dict), ``prefix`` (use only parameters under this key prefix), ``nonlinearity``
         ("tanh"/"relu" for nn.RNN), ``batch_first``, ``head_activation`` /
-        ``head_activations`` (after the Linear head). See :mod:`lstm_infer.torch_import`.
+        ``head_activations`` (after the Linear head), and, where the weights fit more than one
+        architecture, ``embedding="emb.weight"`` (or False) / ``head=["fc", ...]`` (or []).
+        See :mod:`lstm_infer.torch_import`.
 
     Returns
     -------
@@ -93,7 +95,8 @@ def load(source: Any, **options: Any) -> Model:
             no_options("native lstm_infer files")
             return Model(spec_from_safetensors(tensors, metadata))
         floats = {k: v for k, v in tensors.items() if v.dtype == "float32"}
-        return Model(spec_from_state_dict(floats, **options))
+        # safetensors sorts its names: their order says nothing about the modules'
+        return Model(spec_from_state_dict(floats, **{"ordered": False, **options}))
     if is_torch_checkpoint(head, path):
         return Model(import_torch(source, **options))
     from lstm_infer.onnx_import import import_onnx

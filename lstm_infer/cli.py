@@ -27,6 +27,8 @@ def _load(path: str, args: argparse.Namespace) -> Any:
             ("head_activation", getattr(args, "head_activation", None)),
             ("key", getattr(args, "key", None)),
             ("prefix", getattr(args, "prefix", None)),
+            ("embedding", getattr(args, "embedding", None)),
+            ("head", getattr(args, "head", None)),
         )
         if value is not None
     }
@@ -44,6 +46,18 @@ def _add_torch_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--key", default=None, help="checkpoint dict entry holding the state_dict")
     g.add_argument("--prefix", default=None, help="use only parameters under this key prefix")
+    g.add_argument(
+        "--embedding",
+        default=None,
+        type=lambda v: False if v.lower() in ("none", "false") else v,
+        help="the nn.Embedding module (or 'none') where the weights fit several architectures",
+    )
+    g.add_argument(
+        "--head",
+        default=None,
+        type=lambda v: [] if v.lower() in ("", "none") else v.split(","),
+        help="the nn.Linear modules after the recurrent ones, comma-separated (or 'none')",
+    )
 
 
 # ---- info ------------------------------------------------------------------------------------

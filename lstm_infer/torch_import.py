@@ -1,15 +1,24 @@
 """Build a model from PyTorch weights: a checkpoint file (no torch needed), a state_dict or a
 live module.
 
-The architecture comes from the parameter names, in module order:
+The architecture comes from the parameters:
 
-* ``nn.Embedding`` before the first recurrent module: a 2-D ``weight`` alone;
 * ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN``: ``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``,
   ``bias_hh_l{k}``, ``*_reverse`` for a bidirectional module, ``weight_hr_l{k}`` for
   ``proj_size``; the cell follows from the gate count (rows of ``weight_hh`` over its width);
-* ``nn.Linear`` after the last recurrent module: ``weight`` (+ ``bias``).
+  several modules are chained by their sizes;
+* an ``nn.Embedding`` before them (a 2-D ``weight`` alone, as wide as the first layer's input)
+  and ``nn.Linear`` layers after them (``weight`` (+ ``bias``), each taking the previous
+  output). Which module is which is decided only on evidence that cannot be confused: the
+  shapes, bias presence (an embedding has none), the module names (``emb``, ``embedding``,
+  ``encoder.embedding``... vs ``fc``, ``out``, ``proj``, ``head``...), and the registration
+  order where the format keeps it (torch.save and live modules; safetensors sorts its names).
+  Where readings remain (say a bias-free ``a.weight`` of shape (29, 256) next to a GRU(256,
+  256) in a safetensors file: an embedding or a head?) loading raises ModelFormatError naming
+  two of them and the keywords ``embedding="a.weight"`` (or False) / ``head=["a"]`` (or [])
+  that pick one; naming the same module in both ties the embedding to the head.
 
-What the names cannot say comes from keyword arguments with PyTorch's defaults:
+What the weights cannot say comes from keyword arguments with PyTorch's defaults:
 ``nonlinearity`` ("tanh" or "relu", for ``nn.RNN``), ``batch_first``, ``head_activation``
 (applied after the last Linear: None, "relu", "tanh", "sigmoid", "softmax", "log_softmax") and,
 for several Linear layers, ``head_activations`` (one per Linear). ``prefix`` picks a
@@ -185,6 +194,217 @@ def _chain_by_sizes(
     return [modules[i] for i in found[0]]
 
 
+# Module names that say what a weight-only 2-D module is (the last non-numeric part of its
+# prefix, split on "_"). "encoder" / "decoder" are PyTorch's word_language_model example's
+# nn.Embedding and nn.Linear.
+_EMBEDDING_WORDS = frozenset(
+    {"emb", "embed", "embeds", "embedding", "embeddings", "embedder", "wte", "lookup", "encoder"}
+)
+_HEAD_WORDS = frozenset(
+    {
+        "fc", "out", "output", "outputs", "proj", "projection", "head", "linear", "classifier",
+        "cls", "dense", "logits", "decoder", "readout", "final", "pred", "predictor", "score",
+        "scores", "ctc", "mlp", "ffn", "lin", "affine",
+    }
+)  # fmt: skip
+# Readings enumerated at most: more weight-only modules than this is not a recurrent model's
+# front end and head.
+_MAX_OTHER_MODULES = 8
+
+Group = tuple[str, dict[str, np.ndarray]]
+
+
+def _name_role(prefix: str) -> str | None:
+    """ "embedding", "head" or None (the name says nothing, or both) from a module prefix."""
+    parts = [p for p in prefix.rstrip(".").split(".") if p and not p.isdigit()]
+    if not parts:
+        return None
+    last = parts[-1].lower()
+    words = {w for w in re.split(r"[_\W\d]+", last) if w} | {last}
+    emb, head = bool(words & _EMBEDDING_WORDS), bool(words & _HEAD_WORDS)
+    if emb == head:
+        return None
+    return "embedding" if emb else "head"
+
+
+def _shown(prefix: str) -> str:
+    return prefix.rstrip(".") or "<top level>"
+
+
+def _describe(emb: Group | None, chain: Sequence[Group], core: str) -> str:
+    parts = []
+    if emb is not None:
+        v, e = emb[1]["weight"].shape
+        parts.append(f"Embedding {_shown(emb[0])!r} ({v} tokens x {e})")
+    parts.append(core)
+    for name, p in chain:
+        o, i = p["weight"].shape
+        parts.append(f"Linear {_shown(name)!r} ({i} -> {o}{'' if 'bias' in p else ', no bias'})")
+    return " -> ".join(parts)
+
+
+def _find_group(others: list[Group], name: str, what: str) -> Group:
+    """The module a keyword names: "emb", "emb." or a key such as "emb.weight"."""
+    for cand in (name, name + ".", name[: -len("weight")] if name.endswith("weight") else None):
+        for g in others:
+            if cand is not None and g[0] == cand:
+                return g
+    raise ModelFormatError(
+        f"{what}={name!r} names no module here; the modules beside the recurrent ones are "
+        f"{[_shown(n) for n, _ in others]}"
+    )
+
+
+def _chains(width: int, rest: list[Group]) -> list[list[Group]]:
+    """Every order of all of ``rest`` in which each Linear's input is the previous output."""
+    if not rest:
+        return [[]]
+    found = []
+    for i, g in enumerate(rest):
+        w = g[1]["weight"]
+        if w.shape[1] == width:
+            for tail in _chains(int(w.shape[0]), rest[:i] + rest[i + 1 :]):
+                found.append([g, *tail])
+    return found
+
+
+def _place_other_modules(
+    groups: list[Group],
+    recurrent: list[Group],
+    layers: list[RecurrentLayer],
+    *,
+    ordered: bool,
+    embedding: str | bool | None,
+    head: Sequence[str] | None,
+) -> tuple[np.ndarray | None, list[Group]]:
+    """Decide which weight-only modules are the nn.Embedding before the recurrent layers and
+    which the nn.Linear layers after them.
+
+    Every reading the shapes allow is listed (an embedding's width is the first layer's
+    input, each Linear takes the previous output), then narrowed by evidence that cannot be
+    confused: an nn.Embedding has no bias; a module named like an embedding is not a Linear
+    and the reverse; and, where the file keeps module order, the embedding is registered
+    before the recurrent modules and the Linear layers after them, in order (ignored when no
+    reading fits it: a model may register its head first). One reading left is the model;
+    several raise ModelFormatError naming two and the keyword that picks one.
+    """
+    rec_names = {n for n, _ in recurrent}
+    others = [g for g in groups if g[0] not in rec_names]
+    odd = [
+        _shown(n)
+        for n, p in others
+        if not set(p) <= {"weight", "bias"} or p.get("weight") is None or p["weight"].ndim != 2
+    ]
+    if odd:
+        raise ModelFormatError(
+            f"modules {odd} are neither an nn.Embedding before the recurrent layers nor an "
+            "nn.Linear after them; pick the recurrent sub-module with prefix=..."
+        )
+    for n, p in others:
+        b = p.get("bias")
+        if b is not None and b.shape != (p["weight"].shape[0],):
+            raise ModelFormatError(
+                f"module {_shown(n)!r}: bias of shape {b.shape} does not match weight "
+                f"{p['weight'].shape}"
+            )
+    in0, width = layers[0].input_size, layers[-1].output_size
+    core = " -> ".join(
+        f"{layer.cell.upper()}({layer.input_size} -> {layer.output_size})" for layer in layers
+    )
+
+    def can_embed(g: Group) -> bool:
+        return "bias" not in g[1] and g[1]["weight"].shape[1] == in0
+
+    if embedding is not None and embedding is not False and not isinstance(embedding, str):
+        raise ModelFormatError(f"embedding must be a module name or False, got {embedding!r}")
+    if head is not None and (isinstance(head, str) or not all(isinstance(h, str) for h in head)):
+        raise ModelFormatError(f"head must be a list of module names, got {head!r}")
+    fixed_emb: Group | None = None
+    if isinstance(embedding, str):
+        fixed_emb = _find_group(others, embedding, "embedding")
+        if not can_embed(fixed_emb):
+            found = "a bias" if "bias" in fixed_emb[1] else f"weight {fixed_emb[1]['weight'].shape}"
+            raise ModelFormatError(
+                f"embedding={embedding!r}: module {_shown(fixed_emb[0])!r} has {found}; an "
+                f"nn.Embedding feeding the first layer is a (vocab, {in0}) weight alone"
+            )
+    fixed_head = None if head is None else [_find_group(others, h, "head") for h in head]
+    at = width
+    for name, p in fixed_head or []:
+        if p["weight"].shape[1] != at:
+            raise ModelFormatError(
+                f"head: Linear {_shown(name)!r} takes {p['weight'].shape[1]} features, but "
+                f"{at} reach it (the layers must chain from the recurrent output)"
+            )
+        at = int(p["weight"].shape[0])
+
+    readings: list[tuple[Group | None, list[Group]]] = []
+    if fixed_emb is not None and fixed_head is not None:
+        # Both named: one module may serve as both (an embedding tied to the head).
+        placed = {fixed_emb[0]} | {n for n, _ in fixed_head}
+        left = [_shown(n) for n, _ in others if n not in placed]
+        if left:
+            raise ModelFormatError(f"modules {left} are neither the embedding nor the head")
+        readings = [(fixed_emb, fixed_head)]
+    else:
+        if len(others) > _MAX_OTHER_MODULES:
+            raise ModelFormatError(
+                f"{len(others)} modules sit beside the recurrent ones; pick the model's part "
+                "with prefix=..., or name them with embedding= and head=[...]"
+            )
+        roles = {n: _name_role(n) for n, _ in others}
+        if fixed_emb is not None:
+            emb_choices: list[Group | None] = [fixed_emb]
+        elif embedding is False:
+            emb_choices = [None]
+        else:
+            emb_choices = [None] + [g for g in others if can_embed(g) and roles[g[0]] != "head"]
+        for emb in emb_choices:
+            rest = [g for g in others if emb is None or g[0] != emb[0]]
+            if fixed_head is not None:
+                if {n for n, _ in rest} == {n for n, _ in fixed_head}:
+                    readings.append((emb, fixed_head))
+                continue
+            if any(roles[n] == "embedding" for n, _ in rest):
+                continue  # a module named as an embedding is never a Linear
+            readings.extend((emb, chain) for chain in _chains(width, rest))
+        if ordered and len(readings) > 1:
+            pos = {n: i for i, (n, _) in enumerate(groups)}
+            first = min(pos[n] for n in rec_names)
+            last = max(pos[n] for n in rec_names)
+
+            def follows_order(reading: tuple[Group | None, list[Group]]) -> bool:
+                emb, chain = reading
+                at = [pos[n] for n, _ in chain]
+                return (
+                    (emb is None or pos[emb[0]] < first)
+                    and all(a > last for a in at)
+                    and at == sorted(at)
+                )
+
+            in_order = [r for r in readings if follows_order(r)]
+            readings = in_order or readings
+    if not readings:
+        raise ModelFormatError(
+            f"modules {[_shown(n) for n, _ in others]} do not fit around the recurrent layers "
+            f"({core}): an nn.Embedding is a (vocab, {in0}) weight without bias, and each "
+            f"nn.Linear must take the previous output (the last layer gives {width} features); "
+            "name them with embedding= and head=[...], or pick a sub-module with prefix=..."
+        )
+    if len(readings) > 1:
+        a, b = readings[0], readings[1]
+        raise ModelFormatError(
+            "the weights fit more than one architecture: (1) "
+            f"{_describe(a[0], a[1], core)}; (2) {_describe(b[0], b[1], core)}"
+            f"{f' (and {len(readings) - 2} more)' if len(readings) > 2 else ''}. Pick one "
+            "with embedding='<module>' (or embedding=False) and/or head=['<module>', ...] "
+            "(or head=[])"
+        )
+    emb, chain = readings[0]
+    table = None if emb is None else np.ascontiguousarray(emb[1]["weight"], np.float32)
+    return table, chain
+
+
 def spec_from_state_dict(
     state: Mapping[str, np.ndarray],
     *,
@@ -193,18 +413,25 @@ def spec_from_state_dict(
     batch_first: bool = False,
     head_activation: str | None = None,
     head_activations: Sequence[str | None] | None = None,
+    embedding: str | bool | None = None,
+    head: Sequence[str] | None = None,
+    ordered: bool = True,
     source: str = "pytorch",
 ) -> ModelSpec:
     """Infer the architecture from parameter names and build the internal model.
 
-    See the module docstring for what is recognised and the keyword arguments.
+    See the module docstring for what is recognised and the keyword arguments. ``embedding``
+    (a module or key name, or False for none) and ``head`` (module or key names in order, []
+    for none) settle what the evidence leaves ambiguous. ``ordered`` says whether the
+    state_dict keeps module registration order (torch.save and live modules do; safetensors
+    files sort their names).
     """
+    embedding_key, head_keys = embedding, head
     if prefix:
         state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         if not state:
             raise ModelFormatError(f"no parameter names start with prefix {prefix!r}")
     groups = _group_modules(state)
-    order = {name: i for i, (name, _) in enumerate(groups)}
     recurrent = [(n, p) for n, p in groups if any(_RNN_PARAM.match(k) for k in p)]
     if not recurrent:
         names = ", ".join(list(state)[:12])
@@ -225,49 +452,14 @@ def spec_from_state_dict(
     modules = _chain_by_sizes(modules, [n for n, _ in recurrent])
     layers = [layer for module in modules for layer in module]
 
-    # Files need not keep module order (safetensors sorts names), so the Embedding and the
-    # Linear head are found by their sizes, with the file's order only breaking ties.
-    others = [(n, p) for n, p in groups if not any(_RNN_PARAM.match(k) for k in p)]
-    first_rec = min(order[n] for n, _ in recurrent)
-    last_rec = max(order[n] for n, _ in recurrent)
-    head_groups: list[tuple[str, dict[str, np.ndarray]]] = []
-    width = layers[-1].output_size
-    while True:
-        fits = [
-            (n, p)
-            for n, p in others
-            if set(p) <= {"weight", "bias"}
-            and p.get("weight") is not None
-            and p["weight"].ndim == 2
-            and p["weight"].shape[1] == width
-            and (n, p) not in head_groups
-        ]
-        if not fits:
-            break
-        fits.sort(key=lambda g: (order[g[0]] < last_rec, "bias" not in g[1], order[g[0]]))
-        head_groups.append(fits[0])
-        width = fits[0][1]["weight"].shape[0]
-    others = [g for g in others if g not in head_groups]
-    emb_groups = [
-        (n, p)
-        for n, p in others
-        if set(p) == {"weight"} and p["weight"].ndim == 2
-        and p["weight"].shape[1] == layers[0].input_size
-    ]  # fmt: skip
-    if len(emb_groups) > 1:
-        emb_groups = [g for g in emb_groups if order[g[0]] < first_rec] or emb_groups
-    if len(emb_groups) > 1:
-        raise ModelFormatError(
-            f"several modules {[n for n, _ in emb_groups]} could be the embedding; pick a "
-            "sub-module with prefix=..."
-        )
-    others = [g for g in others if g not in emb_groups]
-    if others:
-        raise ModelFormatError(
-            f"modules {[n for n, _ in others]} are neither an nn.Embedding before the recurrent "
-            "layers nor an nn.Linear after them; pick the recurrent sub-module with prefix=..."
-        )
-    embedding = np.ascontiguousarray(emb_groups[0][1]["weight"], np.float32) if emb_groups else None
+    embedding, head_groups = _place_other_modules(
+        groups,
+        recurrent,
+        layers,
+        ordered=ordered,
+        embedding=embedding_key,
+        head=head_keys,
+    )
 
     if head_activations is None:
         if len(head_groups) > 1:
@@ -347,6 +539,15 @@ def _live_state_dict(obj: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     return state, options
 
 
+def _is_safetensors_source(src: str | os.PathLike[str] | bytes) -> bool:
+    from lstm_infer.safetensors_io import is_safetensors
+
+    if isinstance(src, bytes):
+        return is_safetensors(src[:16])
+    with open(src, "rb") as fh:
+        return is_safetensors(fh.read(16))
+
+
 def import_torch(source: Any, *, key: str | None = None, **options: Any) -> ModelSpec:
     """A ModelSpec from a checkpoint path/bytes, a state_dict (torch or numpy) or a module."""
     if isinstance(source, (str, os.PathLike, bytes, bytearray, memoryview)):
@@ -354,6 +555,8 @@ def import_torch(source: Any, *, key: str | None = None, **options: Any) -> Mode
 
         src = bytes(source) if isinstance(source, (bytearray, memoryview)) else source
         state = read_checkpoint(src, key=key)
+        if _is_safetensors_source(src):  # sorted names: no module order to go by
+            options = {"ordered": False, **options}
         return spec_from_state_dict(state, **options)
     state, found = _live_state_dict(source)
     if key is not None:
