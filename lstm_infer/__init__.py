@@ -15,11 +15,13 @@ from typing import Any
 from lstm_infer import errors
 from lstm_infer._engine import available_isas, isa, set_isa
 from lstm_infer._spec import TensorInfo
+from lstm_infer.graph_model import GraphModel
 from lstm_infer.model import Model, Stream
 from lstm_infer.validate import validate
 
 __version__ = "0.1.0"
 __all__ = [
+    "GraphModel",
     "Model",
     "Stream",
     "TensorInfo",
@@ -32,7 +34,7 @@ __all__ = [
 ]
 
 
-def load(source: Any, **options: Any) -> Model:
+def load(source: Any, **options: Any) -> Model | GraphModel:
     """Load a model.
 
     Parameters
@@ -79,10 +81,8 @@ def load(source: Any, **options: Any) -> Model:
         head = source[:16]
     else:
         if type(source).__name__ == "ModelProto":
-            from lstm_infer.onnx_import import import_onnx
-
             no_options("ONNX models")
-            return Model(import_onnx(source))
+            return _load_onnx(source)
         if hasattr(source, "state_dict") or isinstance(source, dict):
             return Model(import_torch(source, **options))
         raise ModelFormatError(
@@ -99,7 +99,24 @@ def load(source: Any, **options: Any) -> Model:
         return Model(spec_from_state_dict(floats, **{"ordered": False, **options}))
     if is_torch_checkpoint(head, path):
         return Model(import_torch(source, **options))
-    from lstm_infer.onnx_import import import_onnx
-
     no_options("ONNX models")
-    return Model(import_onnx(source))
+    return _load_onnx(source)
+
+
+def _load_onnx(source: Any) -> Model | GraphModel:
+    """A recurrent stack on the fused path where the graph is one; any other graph as a
+    GraphModel, node for node."""
+    from lstm_infer.errors import UnsupportedModelError
+    from lstm_infer.importers.onnx.lower import graph_from_onnx
+    from lstm_infer.onnx_import import import_onnx, load_onnx_proto
+
+    proto = load_onnx_proto(source)
+    try:
+        return Model(import_onnx(proto))
+    except UnsupportedModelError as as_stack:
+        try:
+            return GraphModel(graph_from_onnx(proto), source="onnx")
+        except UnsupportedModelError as as_graph:
+            raise UnsupportedModelError(
+                f"{as_stack} (as a general graph: {as_graph})"
+            ) from as_graph

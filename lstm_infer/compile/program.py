@@ -1,0 +1,135 @@
+"""A model graph compiled for whole-sequence runs.
+
+At compile time: the graph is validated, every node whose inputs are all constants is run
+once and replaced by its result (bounded: results over ``FOLD_MAX_BYTES`` stay nodes), and
+each remaining node's op prepares what it can from its constant inputs (packed dense weights,
+compiled recurrent layers). ``run`` then executes the nodes in order, each one whole tensors
+through numpy, BLAS or the engine's kernels, and drops every intermediate after its last use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from lstm_infer.errors import InputError, LstmInferError, ModelFormatError
+from lstm_infer.graph import Graph, Node
+from lstm_infer.ops import OpDef, RunContext, get_op
+from lstm_infer.ops.base import element_limit
+
+# The largest tensor constant folding may create (shapes checked before allocating; past it
+# the model is refused: no real model computes a constant that large).
+FOLD_MAX_BYTES = 64 << 20
+
+
+@dataclass
+class _Step:
+    node: Node
+    op: OpDef
+    state: Any
+    free_after: list[str]  # tensors whose last reader is this node
+
+
+def fold_constants(graph: Graph) -> Graph:
+    """A copy of ``graph`` with every foldable node of constant inputs replaced by its value."""
+    consts = dict(graph.initializers)
+    kept: list[Node] = []
+    ctx = RunContext()
+    for node in graph.nodes:
+        op = get_op(node.op, node)
+        ins = [n for n in node.inputs if n]
+        if op.foldable and all(n in consts for n in ins) and node.outputs:
+            try:
+                # Shapes computed from constants are refused past the fold limit before they
+                # are allocated: a constant subgraph is never materialised whatever its size.
+                with element_limit(FOLD_MAX_BYTES // 4):
+                    state = op.prepare(node, _consts_of(node, consts)) if op.prepare else None
+                    ins = [consts[n] if n else None for n in node.inputs]
+                    outs = op.run(ctx, node, ins, state)
+            except LstmInferError as exc:
+                raise ModelFormatError(
+                    f"constant subgraph refused (at most {FOLD_MAX_BYTES >> 20} MB a tensor): {exc}"
+                ) from exc
+            for name, value in zip(node.outputs, outs):
+                if name:
+                    consts[name] = np.asarray(value)
+            continue
+        kept.append(node)
+    used = {n for node in kept for n in node.inputs} | set(graph.output_names)
+    return Graph(
+        graph.inputs,
+        graph.outputs,
+        kept,
+        {k: v for k, v in consts.items() if k in used},
+        dict(graph.value_types),
+    )
+
+
+def _consts_of(node: Node, consts: Mapping[str, np.ndarray]) -> dict[int, np.ndarray]:
+    return {i: consts[n] for i, n in enumerate(node.inputs) if n and n in consts}
+
+
+def _dead_nodes_removed(graph: Graph) -> list[Node]:
+    """Nodes some graph output depends on, in order (dead code removal)."""
+    needed = set(graph.output_names)
+    keep = []
+    for node in reversed(graph.nodes):
+        if any(o in needed for o in node.outputs if o):
+            keep.append(node)
+            needed.update(n for n in node.inputs if n)
+    return keep[::-1]
+
+
+class GraphProgram:
+    """The compiled whole-sequence program of a graph (immutable; thread-safe to run)."""
+
+    def __init__(self, graph: Graph) -> None:
+        graph.validate()
+        folded = fold_constants(graph)
+        folded.nodes = _dead_nodes_removed(folded)
+        self.graph = folded
+        self.constants = folded.initializers
+        last_use: dict[str, int] = {}
+        for i, node in enumerate(folded.nodes):
+            for name in node.inputs:
+                if name:
+                    last_use[name] = i
+        keep = set(folded.output_names) | set(self.constants)
+        frees: list[list[str]] = [[] for _ in folded.nodes]
+        for name, i in last_use.items():
+            if name not in keep:
+                frees[i].append(name)
+        self.steps = []
+        for node, free in zip(folded.nodes, frees):
+            op = get_op(node.op, node)
+            try:
+                state = op.prepare(node, _consts_of(node, self.constants)) if op.prepare else None
+            except LstmInferError:
+                raise
+            self.steps.append(_Step(node, op, state, free))
+
+    def run(
+        self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str], threads: int = 1
+    ) -> dict[str, np.ndarray]:
+        """Execute with ``feeds`` (already checked against the graph's inputs)."""
+        env: dict[str, np.ndarray] = dict(self.constants)
+        env.update(feeds)
+        ctx = RunContext(threads=threads)
+        for step in self.steps:
+            node = step.node
+            ins = [env[n] if n else None for n in node.inputs]
+            try:
+                outs = step.op.run(ctx, node, ins, step.state)
+            except LstmInferError:
+                raise
+            except (ValueError, TypeError, IndexError, MemoryError) as exc:
+                raise InputError(f"{node.label}: {type(exc).__name__}: {exc}") from None
+            for name, value in zip(node.outputs, outs):
+                if name:
+                    env[name] = value
+            for name in step.free_after:
+                env.pop(name, None)
+        return {name: env[name] for name in outputs}

@@ -1,0 +1,145 @@
+"""GraphModel: a whole model graph (front end, recurrent core, head) compiled to run.
+
+The counterpart of :class:`lstm_infer.Model` for graphs that are more than a recurrent stack:
+the same ``inputs`` / ``outputs`` / ``run`` API, ORT-style names. Whole-sequence runs only for
+now; streaming a graph is the step program's work (``stream`` says so).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from lstm_infer._spec import TensorInfo
+from lstm_infer.compile.program import GraphProgram
+from lstm_infer.errors import InputError, InputTypeError, StreamError, UnsupportedModelError
+from lstm_infer.graph import Graph, TensorType
+
+# Feed dtypes converted without loss of meaning to what the graph declares.
+_CONVERTIBLE = {
+    "float32": "fiub",
+    "float64": "fiub",
+    "float16": "fiub",
+    "int64": "iub",
+    "int32": "iub",
+    "bool": "b",
+}
+
+
+def _shape_of(t: TensorType) -> tuple[int | str, ...]:
+    if t.shape is None:
+        return ()
+    return tuple(d if d is not None else "?" for d in t.shape)
+
+
+class GraphModel:
+    """A model graph compiled for this CPU. Build one with :func:`lstm_infer.load`."""
+
+    def __init__(self, graph: Graph, source: str = "") -> None:
+        self._program = GraphProgram(graph)
+        self._graph = self._program.graph
+        self.source = source
+        self._inputs = {v.name: v.type for v in graph.inputs}
+        self._output_names = graph.output_names
+        self.threads = 1
+
+    @property
+    def graph(self) -> Graph:
+        """The compiled graph (constants folded, dead nodes removed)."""
+        return self._graph
+
+    @property
+    def inputs(self) -> list[TensorInfo]:
+        return [TensorInfo(n, _shape_of(t), t.dtype) for n, t in self._inputs.items()]
+
+    @property
+    def outputs(self) -> list[TensorInfo]:
+        return [TensorInfo(v.name, _shape_of(v.type), v.type.dtype) for v in self._graph.outputs]
+
+    @property
+    def input_names(self) -> list[str]:
+        return list(self._inputs)
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self._output_names)
+
+    def _feed(self, name: str, value: Any, t: TensorType) -> np.ndarray:
+        arr = np.asarray(value)
+        if arr.dtype.kind not in _CONVERTIBLE.get(t.dtype, arr.dtype.kind):
+            raise InputTypeError(f"input {name!r} must be {t.dtype}, got {arr.dtype}")
+        arr = np.ascontiguousarray(arr, dtype=t.dtype)
+        if t.shape is not None:
+            if arr.ndim != len(t.shape):
+                raise InputError(
+                    f"input {name!r} must have rank {len(t.shape)} (shape "
+                    f"{_shape_of(t)}), got shape {arr.shape}"
+                )
+            for axis, (want, got) in enumerate(zip(t.shape, arr.shape)):
+                if isinstance(want, int) and want != got:
+                    raise InputError(
+                        f"input {name!r} must have size {want} on axis {axis} (shape "
+                        f"{_shape_of(t)}), got shape {arr.shape}"
+                    )
+        return arr
+
+    def run(
+        self,
+        feeds: Mapping[str, Any],
+        output_names: Sequence[str] | None = None,
+        *,
+        threads: int | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Run the whole graph.
+
+        Parameters
+        ----------
+        feeds : mapping of input name -> array
+            Every graph input, converted to its declared dtype (float64 -> float32, int32 ->
+            int64, ...) and checked against its declared static dims.
+        output_names : sequence of str, optional
+            Subset of outputs to return (default: all).
+        threads : int, optional
+            Threads (and BLAS threads) for this call; default :attr:`threads`.
+
+        Returns
+        -------
+        dict of output name -> array
+        """
+        if not isinstance(feeds, Mapping):
+            raise InputTypeError(f"feeds must be a dict of name -> array, got {type(feeds)}")
+        unknown = sorted(set(feeds) - set(self._inputs))
+        if unknown:
+            raise InputError(
+                f"unknown input name(s) {unknown}; the model's inputs are {self.input_names}"
+            )
+        missing = [n for n in self._inputs if feeds.get(n) is None]
+        if missing:
+            raise InputError(f"missing input(s) {missing}")
+        wanted = list(output_names) if output_names is not None else self.output_names
+        bad = [n for n in wanted if n not in self._output_names]
+        if bad:
+            raise InputError(f"unknown output name(s) {bad}; outputs are {self.output_names}")
+        if threads is None:
+            threads = self.threads
+        if not isinstance(threads, (int, np.integer)) or isinstance(threads, bool) or threads < 1:
+            raise ValueError(f"threads must be a positive int, got {threads!r}")
+        arrays = {n: self._feed(n, feeds[n], t) for n, t in self._inputs.items()}
+        return self._program.run(arrays, wanted, int(threads))
+
+    def stream(self, batch_size: int = 1) -> Any:
+        raise StreamError(
+            "streaming a whole graph (ops around the recurrent layers) is not supported yet; "
+            "use run on whole sequences"
+        )
+
+    def save(self, path: Any) -> None:
+        raise UnsupportedModelError(
+            "graph models cannot be saved in the native format yet; keep the ONNX file"
+        )
+
+    def __repr__(self) -> str:
+        ops = sorted({n.op for n in self._graph.nodes})
+        return f"GraphModel({len(self._graph.nodes)} nodes: {', '.join(ops)})"

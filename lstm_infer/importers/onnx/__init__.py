@@ -1,0 +1,1 @@
+"""ONNX -> model graph, node for node (``lower.graph_from_onnx``)."""

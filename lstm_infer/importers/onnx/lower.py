@@ -1,0 +1,209 @@
+"""An ONNX ModelProto as a model graph, node for node.
+
+The proto is loaded and checked by ``lstm_infer.onnx_import.load_onnx_proto`` (external data
+read only from the model's folder, sizes checked before reading). Initializers and Constant
+nodes become the graph's constants; every other node becomes a graph node of the same op,
+its attributes decoded to Python values and its older-opset forms rewritten once into the
+newest opset's (attributes that became inputs, Softmax's old flattening axis), so the op
+registry implements one semantics per op. Anything the registry does not know, a node of
+another domain, or a subgraph attribute (If, Loop, Scan) raises UnsupportedModelError naming
+the node, before anything is compiled.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from lstm_infer.errors import ModelFormatError, UnsupportedModelError
+from lstm_infer.graph import Graph, Node, TensorType, ValueInfo, topological_order
+from lstm_infer.ops import get_op
+
+# ONNX TensorProto element types -> numpy dtype names of the graph.
+ELEM_TYPES = {
+    1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64", 9: "bool",
+    10: "float16", 11: "float64", 16: "float32",  # bfloat16 tensors are read as float32
+}  # fmt: skip
+
+
+def _tensor_type(value_info: Any) -> TensorType:
+    t = value_info.type
+    if not t.HasField("tensor_type"):
+        raise UnsupportedModelError(
+            f"graph value {value_info.name!r} is not a tensor (sequences, maps and optionals "
+            "are not supported)"
+        )
+    tt = t.tensor_type
+    dtype = ELEM_TYPES.get(tt.elem_type)
+    if dtype is None:
+        raise UnsupportedModelError(
+            f"graph value {value_info.name!r} has unsupported element type {tt.elem_type}"
+        )
+    if not tt.HasField("shape"):
+        return TensorType(dtype, None)
+    dims: list[int | str | None] = []
+    for d in tt.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        elif d.HasField("dim_param"):
+            dims.append(str(d.dim_param))
+        else:
+            dims.append(None)
+    return TensorType(dtype, tuple(dims))
+
+
+def _attributes(node: Any) -> dict[str, Any]:
+    from onnx import AttributeProto, helper
+
+    from lstm_infer.onnx_import import tensor_to_numpy
+
+    out: dict[str, Any] = {}
+    for a in node.attribute:
+        if a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS):
+            raise UnsupportedModelError(
+                f"node {node.name or '<unnamed>'!r} ({node.op_type}): subgraph attribute "
+                f"{a.name!r} (control flow is not supported yet)"
+            )
+        if a.type == AttributeProto.TENSOR:
+            out[a.name] = tensor_to_numpy(a.t)
+            continue
+        v = helper.get_attribute_value(a)
+        if isinstance(v, bytes):
+            v = v.decode("utf-8", "replace")
+        elif isinstance(v, list):
+            v = [x.decode("utf-8", "replace") if isinstance(x, bytes) else x for x in v]
+        out[a.name] = v
+    return out
+
+
+class _Rewriter:
+    """Older-opset forms -> the newest opset's, adding constant inputs where attributes moved."""
+
+    def __init__(self, opset: int, consts: dict[str, np.ndarray]) -> None:
+        self.opset = opset
+        self.consts = consts
+        self.count = 0
+
+    def const(self, node: Node, value: Any, dtype: Any = np.int64) -> str:
+        self.count += 1
+        name = f"__lstm_infer_{node.name or node.op}_{self.count}"
+        self.consts[name] = np.asarray(value, dtype=dtype)
+        return name
+
+    def attr_to_input(self, node: Node, key: str, pos: int, dtype: Any = np.int64) -> None:
+        if key in node.attrs:
+            value = node.attrs.pop(key)
+            while len(node.inputs) < pos:
+                node.inputs.append("")
+            node.inputs.insert(pos, self.const(node, value, dtype))
+
+    def rewrite(self, node: Node) -> list[Node]:
+        op, v = node.op, self.opset
+        if op in ("Squeeze", "Unsqueeze") and v < 13:
+            self.attr_to_input(node, "axes", 1)
+        elif op == "Split" and v < 13:
+            self.attr_to_input(node, "split", 1)
+        elif op == "ReduceSum" and v < 13 or (op.startswith("Reduce") and v < 18):
+            self.attr_to_input(node, "axes", 1)
+        elif op == "Slice" and v < 10:
+            starts = node.attrs.pop("starts", None)
+            ends = node.attrs.pop("ends", None)
+            axes = node.attrs.pop("axes", None)
+            if starts is None or ends is None:
+                raise ModelFormatError(f"{node.label}: opset {v} Slice needs starts and ends")
+            node.inputs = [node.inputs[0], self.const(node, starts), self.const(node, ends)]
+            if axes is not None:
+                node.inputs.append(self.const(node, axes))
+        elif op == "Pad" and v < 11:
+            pads = node.attrs.pop("pads", node.attrs.pop("paddings", None))
+            value = node.attrs.pop("value", 0.0)
+            node.inputs = [node.inputs[0], self.const(node, pads)]
+            node.inputs.append(self.const(node, value, np.float32))
+        elif op == "Clip" and v < 11:
+            lo, hi = node.attrs.pop("min", None), node.attrs.pop("max", None)
+            node.inputs = [
+                node.inputs[0],
+                "" if lo is None else self.const(node, lo, np.float32),
+                "" if hi is None else self.const(node, hi, np.float32),
+            ]
+        elif op in ("Softmax", "LogSoftmax", "Hardmax") and v < 13:
+            return self._legacy_softmax(node)
+        elif op == "Dropout":
+            node.attrs.pop("ratio", None)
+            node.attrs.pop("is_test", None)
+        elif op in ("BatchNormalization",) and v < 9:
+            node.attrs.pop("spatial", None)
+            node.attrs.pop("is_test", None)
+            node.attrs.pop("consumed_inputs", None)
+        elif op == "Upsample":
+            raise UnsupportedModelError(f"{node.label}: Upsample is not supported")
+        return [node]
+
+    def _legacy_softmax(self, node: Node) -> list[Node]:
+        """Opset < 13: softmax over the flattened trailing dims from ``axis`` (default 1):
+        Flatten(axis) -> op(axis=-1) -> Reshape back to the input's shape."""
+        axis = node.attrs.pop("axis", 1)
+        x, y = node.inputs[0], node.outputs[0]
+        flat, soft, shape = (f"__lstm_infer_{node.name or node.op}_{s}" for s in "fsh")
+        return [
+            Node("Flatten", [x], [flat], {"axis": axis}, name=f"{node.name}/flatten"),
+            Node(node.op, [flat], [soft], {"axis": -1}, name=node.name),
+            Node("Shape", [x], [shape], {}, name=f"{node.name}/shape"),
+            Node("Reshape", [soft, shape], [y], {}, name=f"{node.name}/reshape"),
+        ]
+
+
+def graph_from_onnx(model: Any) -> Graph:
+    """The model graph of a loaded, checked ONNX ModelProto.
+
+    Raises UnsupportedModelError (naming the node, its op type and why) for anything the op
+    registry cannot run, ModelFormatError for malformed graphs (cycles, undefined tensors).
+    """
+    from lstm_infer.onnx_import import tensor_to_numpy, used_tensor_names
+
+    g = model.graph
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    used = used_tensor_names(g)
+    consts: dict[str, np.ndarray] = {
+        t.name: tensor_to_numpy(t) for t in g.initializer if t.name in used
+    }
+    rewriter = _Rewriter(opset, consts)
+    nodes: list[Node] = []
+    for i, n in enumerate(g.node):
+        label = f"node {n.name or f'#{i}'!r} ({n.op_type})"
+        if n.domain not in ("", "ai.onnx"):
+            raise UnsupportedModelError(f"{label}: domain {n.domain!r} is not supported")
+        attrs = _attributes(n)
+        if n.op_type == "Constant":
+            consts[n.output[0]] = _constant_value(label, attrs)
+            continue
+        node = Node(n.op_type, list(n.input), list(n.output), attrs, name=n.name or f"#{i}")
+        get_op(node.op, node)  # refuse unknown ops before any work
+        nodes.extend(rewriter.rewrite(node))
+    inputs = [ValueInfo(v.name, _tensor_type(v)) for v in g.input if v.name not in consts]
+    outputs = [ValueInfo(v.name, _tensor_type(v)) for v in g.output]
+    ordered = topological_order(nodes, [v.name for v in inputs] + list(consts))
+    value_types = {}
+    for v in g.value_info:
+        try:
+            value_types[v.name] = _tensor_type(v)
+        except UnsupportedModelError:
+            continue
+    graph = Graph(inputs, outputs, ordered, consts, value_types)
+    graph.validate()
+    return graph
+
+
+def _constant_value(label: str, attrs: dict[str, Any]) -> np.ndarray:
+    if "value" in attrs:
+        return np.asarray(attrs["value"])
+    for key, dtype in (
+        ("value_float", np.float32),
+        ("value_floats", np.float32),
+        ("value_int", np.int64),
+        ("value_ints", np.int64),
+    ):
+        if key in attrs:
+            return np.asarray(attrs[key], dtype=dtype)
+    raise UnsupportedModelError(f"{label}: Constant with attributes {sorted(attrs)}")

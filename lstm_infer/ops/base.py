@@ -1,0 +1,198 @@
+"""What every op family builds on: the OpDef record, the run context, attribute helpers and
+the size limits that keep a hostile graph from allocating without bound."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from lstm_infer.errors import InputError, ModelFormatError, UnsupportedModelError
+
+# The most elements one tensor an op creates may hold (2**31 floats = 8 GB): shapes computed
+# at run time (Expand, Tile, ConstantOfShape, Range, Reshape bombs) are checked against it
+# before anything is allocated.
+MAX_ELEMENTS = 1 << 31
+# The highest rank an op accepts (numpy's own limit is 64).
+MAX_RANK = 32
+
+
+@dataclass
+class RunContext:
+    """Per-call settings an op may use: the thread budget of the call."""
+
+    threads: int = 1
+
+
+# run(ctx, node, inputs, state) -> outputs. inputs[i] is None for an omitted optional input;
+# state is what prepare returned (None without prepare).
+RunFn = Callable[[RunContext, Any, list[np.ndarray | None], Any], list[np.ndarray]]
+# prepare(node, consts) -> state: once per node when the graph is compiled; consts holds the
+# node's inputs that are constants (initializers or folded), by position.
+PrepareFn = Callable[[Any, dict[int, np.ndarray]], Any]
+# check(node): attribute checks at load time (UnsupportedModelError / ModelFormatError).
+CheckFn = Callable[[Any], None]
+
+
+@dataclass(frozen=True)
+class OpDef:
+    """One op kind: arity, attribute check, compile-time preparation and execution."""
+
+    name: str
+    run: RunFn
+    min_inputs: int = 1
+    max_inputs: int = 1  # -1: any number (Concat, Max, ...)
+    min_outputs: int = 1
+    max_outputs: int = 1  # -1: any number (Split)
+    check: CheckFn | None = None
+    prepare: PrepareFn | None = None
+    # Folded at load when every input is constant (False for ops with state or randomness).
+    foldable: bool = True
+    doc: str = ""
+
+    def check_arity(self, node: Any) -> None:
+        n_in, n_out = len(node.inputs), len(node.outputs)
+        if n_in < self.min_inputs or (self.max_inputs >= 0 and n_in > self.max_inputs):
+            most = "any" if self.max_inputs < 0 else str(self.max_inputs)
+            raise ModelFormatError(
+                f"{node.label}: {n_in} inputs, expected {self.min_inputs} to {most}"
+            )
+        if n_out < self.min_outputs or (self.max_outputs >= 0 and n_out > self.max_outputs):
+            raise ModelFormatError(
+                f"{node.label}: {n_out} outputs, expected {self.min_outputs}"
+                f"{'' if self.max_outputs == self.min_outputs else '+'}"
+            )
+        for i in range(self.min_inputs):
+            if not node.inputs[i]:
+                raise ModelFormatError(f"{node.label}: required input {i} is missing")
+        if self.check is not None:
+            self.check(node)
+
+
+def op(
+    name: str,
+    run: RunFn,
+    inputs: tuple[int, int] = (1, 1),
+    outputs: tuple[int, int] = (1, 1),
+    **kw: Any,
+) -> OpDef:
+    """Shorthand for OpDef with (min, max) arities."""
+    return OpDef(name, run, inputs[0], inputs[1], outputs[0], outputs[1], **kw)
+
+
+# ---- attribute helpers -----------------------------------------------------------------------
+
+
+def attr_int(node: Any, key: str, default: int | None = None) -> int:
+    v = node.attrs.get(key, default)
+    if v is None:
+        raise ModelFormatError(f"{node.label}: attribute {key!r} is required")
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise ModelFormatError(f"{node.label}: attribute {key!r} must be an int, got {v!r}")
+    if not -(1 << 62) <= int(v) <= 1 << 62:
+        raise ModelFormatError(f"{node.label}: attribute {key!r} = {v} is out of range")
+    return int(v)
+
+
+def attr_float(node: Any, key: str, default: float | None = None) -> float:
+    v = node.attrs.get(key, default)
+    if v is None:
+        raise ModelFormatError(f"{node.label}: attribute {key!r} is required")
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise ModelFormatError(f"{node.label}: attribute {key!r} must be a number, got {v!r}")
+    return float(v)
+
+
+def attr_ints(node: Any, key: str, default: Sequence[int] | None = None) -> list[int] | None:
+    v = node.attrs.get(key, default)
+    if v is None:
+        return None
+    if not isinstance(v, (list, tuple)) or len(v) > 1 << 16:
+        raise ModelFormatError(f"{node.label}: attribute {key!r} must be a list of ints")
+    out = []
+    for x in v:
+        if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or abs(int(x)) > 1 << 62:
+            raise ModelFormatError(f"{node.label}: attribute {key!r} holds {x!r}, not an int")
+        out.append(int(x))
+    return out
+
+
+def attr_str(node: Any, key: str, default: str | None = None) -> str | None:
+    v = node.attrs.get(key, default)
+    if isinstance(v, bytes):
+        v = v.decode("utf-8", "replace")
+    if v is not None and not isinstance(v, str):
+        raise ModelFormatError(f"{node.label}: attribute {key!r} must be a string, got {v!r}")
+    return v
+
+
+def allowed_attrs(*names: str) -> CheckFn:
+    """A check refusing attributes outside ``names`` (an unknown one may change meaning)."""
+    known = frozenset(names)
+
+    def check(node: Any) -> None:
+        unknown = sorted(set(node.attrs) - known)
+        if unknown:
+            raise UnsupportedModelError(f"{node.label}: unsupported attribute(s) {unknown}")
+
+    return check
+
+
+def normalize_axis(node: Any, axis: int, rank: int) -> int:
+    if not -rank <= axis < max(rank, 1):
+        raise InputError(f"{node.label}: axis {axis} is out of range for rank {rank}")
+    return axis % rank if rank else 0
+
+
+def int_values(node: Any, arr: np.ndarray | None, what: str) -> list[int] | None:
+    """A 0-D/1-D integer tensor input (axes, shape, pads, ...) as Python ints."""
+    if arr is None:
+        return None
+    a = np.asarray(arr)
+    if a.dtype.kind not in "iu" or a.ndim > 1:
+        raise InputError(
+            f"{node.label}: {what} must be a 1-D integer tensor, got {a.dtype} {a.shape}"
+        )
+    if a.size > 1 << 16:
+        raise InputError(f"{node.label}: {what} has {a.size} entries")
+    return [int(v) for v in a.reshape(-1)]
+
+
+_LIMIT = threading.local()
+
+
+@contextmanager
+def element_limit(limit: int) -> Iterator[None]:
+    """Lower the element limit of check_elements on this thread inside the block (constant
+    folding at load allows far less than a run)."""
+    previous = getattr(_LIMIT, "value", MAX_ELEMENTS)
+    _LIMIT.value = min(previous, limit)
+    try:
+        yield
+    finally:
+        _LIMIT.value = previous
+
+
+def check_elements(node: Any, shape: Sequence[int], what: str = "output") -> None:
+    """Refuse before allocating a tensor of more than MAX_ELEMENTS (or a negative dim)."""
+    if len(shape) > MAX_RANK:
+        raise InputError(f"{node.label}: {what} rank {len(shape)} exceeds {MAX_RANK}")
+    limit = getattr(_LIMIT, "value", MAX_ELEMENTS)
+    n = 1
+    for d in shape:
+        if d < 0:
+            raise InputError(f"{node.label}: {what} shape {tuple(shape)} has a negative dim")
+        n *= d
+        if n > limit:
+            raise InputError(
+                f"{node.label}: {what} of shape {tuple(shape)} would hold more than "
+                f"{limit} elements"
+            )
+
+
+def float_like(arr: np.ndarray) -> bool:
+    return arr.dtype.kind == "f"

@@ -1,0 +1,104 @@
+"""MatMul and Gemm.
+
+A product by a constant 2-D weight (a Linear layer, a CTC head, a 1x1 convolution lowered to
+MatMul) is compiled once into the engine's dense layer (``lstm_infer.dense_head``): all rows
+of the input, whatever its leading dims, in one product (packed matvec for few rows, sgemm
+for many) under the call's thread budget. Anything else (both operands computed, integer
+operands, broadcasting batched weights) goes through numpy's matmul.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from lstm_infer._spec import DenseLayer
+from lstm_infer.dense_head import CompiledDense, apply_head
+from lstm_infer.errors import InputError
+from lstm_infer.ops.base import OpDef, RunContext, allowed_attrs, attr_float, attr_int, op
+
+Ins = list[np.ndarray | None]
+
+
+def _matmul_prepare(node: Any, consts: dict[int, np.ndarray]) -> CompiledDense | None:
+    b = consts.get(1)
+    if b is None or b.ndim != 2 or b.dtype != np.float32 or 0 in b.shape:
+        return None
+    return CompiledDense.of(DenseLayer(np.ascontiguousarray(b.T), None, None))
+
+
+def _matmul(ctx: RunContext, node: Any, ins: Ins, state: Any) -> list[np.ndarray]:
+    a, b = ins
+    if state is not None and a.dtype == np.float32 and a.ndim >= 1:
+        if a.shape[-1] != state.weight.shape[1]:
+            raise InputError(
+                f"{node.label}: input has {a.shape[-1]} features, the weight takes "
+                f"{state.weight.shape[1]}"
+            )
+        if a.ndim == 1:
+            return [apply_head(a[None], [state], ctx.threads)[0]]
+        return [apply_head(a, [state], ctx.threads)]
+    if a.ndim == 0 or b.ndim == 0:
+        raise InputError(f"{node.label}: MatMul needs operands of rank >= 1")
+    try:
+        return [np.matmul(a, b)]
+    except ValueError as exc:
+        raise InputError(f"{node.label}: shapes {a.shape} @ {b.shape}: {exc}") from None
+
+
+def _gemm_prepare(node: Any, consts: dict[int, np.ndarray]) -> CompiledDense | None:
+    b, c = consts.get(1), consts.get(2)
+    if b is None or b.ndim != 2 or b.dtype != np.float32 or attr_int(node, "transA", 0):
+        return None
+    alpha, beta = attr_float(node, "alpha", 1.0), attr_float(node, "beta", 1.0)
+    weight = b if attr_int(node, "transB", 0) else b.T  # (N, K)
+    n = weight.shape[0]
+    bias = None
+    if len(node.inputs) > 2 and node.inputs[2]:
+        if c is None or c.size not in (1, n) or (c.ndim == 2 and c.shape[0] != 1) or c.ndim > 2:
+            return None  # a computed or 2-D C: the numpy path
+        bias = np.broadcast_to(c.reshape(-1), (n,)).astype(np.float32) * np.float32(beta)
+    w = np.ascontiguousarray(weight * np.float32(alpha), np.float32)
+    return CompiledDense.of(DenseLayer(w, bias, None))
+
+
+def _gemm(ctx: RunContext, node: Any, ins: Ins, state: Any) -> list[np.ndarray]:
+    a, b = ins[0], ins[1]
+    c = ins[2] if len(ins) > 2 else None
+    if a.ndim != 2 or b.ndim != 2:
+        raise InputError(f"{node.label}: Gemm takes 2-D A and B, got {a.shape} and {b.shape}")
+    if state is not None and a.dtype == np.float32:
+        if a.shape[1] != state.weight.shape[1]:
+            raise InputError(
+                f"{node.label}: A has {a.shape[1]} columns, B takes {state.weight.shape[1]}"
+            )
+        return [apply_head(a, [state], ctx.threads)]
+    if attr_int(node, "transA", 0):
+        a = a.T
+    if attr_int(node, "transB", 0):
+        b = b.T
+    if a.shape[1] != b.shape[0]:
+        raise InputError(f"{node.label}: A' {a.shape} and B' {b.shape} do not multiply")
+    y = a @ b
+    alpha, beta = attr_float(node, "alpha", 1.0), attr_float(node, "beta", 1.0)
+    if alpha != 1.0:
+        y = y * y.dtype.type(alpha)
+    if c is not None:
+        try:
+            y = y + c.astype(y.dtype) * y.dtype.type(beta)
+        except ValueError:
+            raise InputError(f"{node.label}: C {c.shape} does not broadcast to {y.shape}") from None
+    return [np.asarray(y, dtype=a.dtype)]
+
+
+OPS: dict[str, OpDef] = {
+    "MatMul": op("MatMul", _matmul, inputs=(2, 2), check=allowed_attrs(), prepare=_matmul_prepare),
+    "Gemm": op(
+        "Gemm",
+        _gemm,
+        inputs=(2, 3),
+        check=allowed_attrs("alpha", "beta", "transA", "transB"),
+        prepare=_gemm_prepare,
+    ),
+}

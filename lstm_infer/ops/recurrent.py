@@ -1,0 +1,107 @@
+"""The ONNX recurrent operators RNN, LSTM and GRU as graph ops.
+
+Each node's weights (W, R, B and LSTM's P) must be constants: they are converted once, at
+compile time, into the engine's internal layer (gate order, folded biases, packed blocks) and
+run by the same fused kernels as a lone recurrent model (``Model`` with the operator's own
+signature). X, sequence_lens and the initial states are run-time values; every attribute of
+opsets 7-22 is honoured (activations, clip, directions, layout, input_forget,
+linear_before_reset).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from lstm_infer._onnx_weights import RECURRENT_ATTRIBUTES, RECURRENT_OPS, layer_from_onnx
+from lstm_infer._spec import ModelSpec, Signature
+from lstm_infer.errors import ModelFormatError, UnsupportedModelError
+from lstm_infer.ops.base import OpDef, RunContext, allowed_attrs, attr_int, op
+
+# The operators' inputs by position, and the run-time ones the engine takes as feeds.
+_INPUTS = {
+    "rnn": ("X", "W", "R", "B", "sequence_lens", "initial_h"),
+    "gru": ("X", "W", "R", "B", "sequence_lens", "initial_h"),
+    "lstm": ("X", "W", "R", "B", "sequence_lens", "initial_h", "initial_c", "P"),
+}
+_OUTPUTS = {"rnn": ("Y", "Y_h"), "gru": ("Y", "Y_h"), "lstm": ("Y", "Y_h", "Y_c")}
+_ROLE = {"X": "x", "sequence_lens": "sequence_lens", "initial_h": "initial_h",
+         "initial_c": "initial_c", "Y": "y", "Y_h": "y_h", "Y_c": "y_c"}  # fmt: skip
+
+
+def _check(node: Any) -> None:
+    allowed_attrs(*RECURRENT_ATTRIBUTES)(node)
+    layout = attr_int(node, "layout", 0)
+    if layout not in (0, 1):
+        raise ModelFormatError(f"{node.label}: layout must be 0 or 1, got {layout}")
+    hidden = node.attrs.get("hidden_size")
+    if hidden is not None and not (isinstance(hidden, int) and 0 < hidden <= 1 << 20):
+        raise ModelFormatError(f"{node.label}: hidden_size {hidden!r} is not in [1, 2**20]")
+
+
+def _prepare(node: Any, consts: dict[int, np.ndarray]) -> Any:
+    from lstm_infer.model import Model  # the core's compiled layer; model never imports ops
+
+    cell = RECURRENT_OPS[node.op]
+    names = _INPUTS[cell]
+    given = {names[i]: i for i, n in enumerate(node.inputs) if n and i < len(names)}
+    for role in ("W", "R", "B", "P"):
+        if role in given and given[role] not in consts:
+            raise UnsupportedModelError(
+                f"{node.label}: {role} is computed at run time; its weights must be constants"
+            )
+    w = {role: consts[i] for role, i in given.items() if role in ("W", "R", "B", "P")}
+    a = node.attrs
+    try:
+        layer = layer_from_onnx(
+            cell,
+            w["W"],
+            w["R"],
+            w.get("B"),
+            w.get("P"),
+            hidden_size=a.get("hidden_size"),
+            direction=a.get("direction", "forward"),
+            activations=a.get("activations"),
+            activation_alpha=a.get("activation_alpha"),
+            activation_beta=a.get("activation_beta"),
+            clip=a.get("clip"),
+            input_forget=a.get("input_forget", 0),
+            linear_before_reset=a.get("linear_before_reset", 0),
+        )
+    except ModelFormatError as exc:
+        raise type(exc)(f"{node.label}: {exc}") from exc
+    feeds = [r for r in ("X", "sequence_lens", "initial_h", "initial_c") if r in given]
+    outs = [r for r, n in zip(_OUTPUTS[cell], node.outputs) if n]
+    sig = Signature(
+        "onnx_node",
+        attr_int(node, "layout", 0),
+        {_ROLE[r]: r for r in feeds},
+        {_ROLE[r]: r for r in outs},
+    )
+    model = Model(ModelSpec([layer], sig, source="onnx"))
+    return model, [(r, given[r]) for r in feeds], outs
+
+
+def _run(ctx: RunContext, node: Any, ins: list, state: Any) -> list[np.ndarray]:
+    model, feeds, outs = state
+    result = model.run({r: ins[i] for r, i in feeds}, threads=ctx.threads)
+    cell = RECURRENT_OPS[node.op]
+    by_role = dict(zip(_OUTPUTS[cell], [result.get(r) for r in _OUTPUTS[cell]]))
+    return [
+        by_role[r] if n else np.zeros(0, np.float32) for r, n in zip(_OUTPUTS[cell], node.outputs)
+    ]
+
+
+OPS: dict[str, OpDef] = {
+    name: op(
+        name,
+        _run,
+        inputs=(3, len(_INPUTS[cell])),
+        outputs=(0, len(_OUTPUTS[cell])),
+        check=_check,
+        prepare=_prepare,
+        foldable=False,
+    )
+    for name, cell in RECURRENT_OPS.items()
+}
