@@ -106,17 +106,17 @@ def load(source: Any, **options: Any) -> Model | GraphModel:
 def _load_onnx(source: Any) -> Model | GraphModel:
     """A recurrent stack on the fused path where the graph is one; any other graph as a
     GraphModel, node for node."""
-    from lstm_infer.errors import UnsupportedModelError
+    from lstm_infer.errors import ModelFormatError
     from lstm_infer.importers.onnx.lower import graph_from_onnx
     from lstm_infer.onnx_import import import_onnx, load_onnx_proto
 
     proto = load_onnx_proto(source)
     try:
         return Model(import_onnx(proto))
-    except UnsupportedModelError as as_stack:
+    except ModelFormatError as as_stack:
+        # The stack lowering reads a graph as one chain; where that reading fails the graph
+        # may still be valid node for node (and the graph path checks every node itself).
         try:
             return GraphModel(graph_from_onnx(proto), source="onnx")
-        except UnsupportedModelError as as_graph:
-            raise UnsupportedModelError(
-                f"{as_stack} (as a general graph: {as_graph})"
-            ) from as_graph
+        except ModelFormatError as as_graph:
+            raise type(as_stack)(f"{as_stack} (as a general graph: {as_graph})") from as_graph

@@ -23,6 +23,7 @@ from lstm_infer.errors import ModelFormatError
 # dtypes a graph tensor may have (numpy names).
 DTYPES = (
     "float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64", "bool",
+    "undefined",  # an output or intermediate whose type the source does not declare
 )  # fmt: skip
 # Nodes a graph may hold: far above any recurrent model, low enough to bound load time.
 MAX_NODES = 100_000

@@ -70,7 +70,9 @@ class GraphModel:
         arr = np.asarray(value)
         if arr.dtype.kind not in _CONVERTIBLE.get(t.dtype, arr.dtype.kind):
             raise InputTypeError(f"input {name!r} must be {t.dtype}, got {arr.dtype}")
-        arr = np.ascontiguousarray(arr, dtype=t.dtype)
+        arr = arr.astype(t.dtype, copy=False)  # (ascontiguousarray would make 0-D 1-D)
+        if not arr.flags.c_contiguous:
+            arr = arr.copy()
         if t.shape is not None:
             if arr.ndim != len(t.shape):
                 raise InputError(

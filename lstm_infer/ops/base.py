@@ -130,14 +130,18 @@ def attr_str(node: Any, key: str, default: str | None = None) -> str | None:
     return v
 
 
-def allowed_attrs(*names: str) -> CheckFn:
-    """A check refusing attributes outside ``names`` (an unknown one may change meaning)."""
-    known = frozenset(names)
+def allowed_attrs(*names: str, required: Sequence[str] = ()) -> CheckFn:
+    """A check refusing attributes outside ``names`` (an unknown one may change meaning) and
+    missing ``required`` ones."""
+    known = frozenset(names) | frozenset(required)
 
     def check(node: Any) -> None:
         unknown = sorted(set(node.attrs) - known)
         if unknown:
             raise UnsupportedModelError(f"{node.label}: unsupported attribute(s) {unknown}")
+        missing = [k for k in required if k not in node.attrs]
+        if missing:
+            raise ModelFormatError(f"{node.label}: required attribute(s) {missing} missing")
 
     return check
 

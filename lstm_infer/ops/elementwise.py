@@ -218,7 +218,7 @@ def _clip_run(ctx: RunContext, node: Any, ins: list, state: Any) -> list[np.ndar
 
 
 def _cast_check(node: Any) -> None:
-    allowed_attrs("to", "saturate")(node)
+    allowed_attrs("saturate", required=("to",))(node)
     to = attr_int(node, "to")
     if to not in _ONNX_DTYPES:
         raise UnsupportedModelError(f"{node.label}: cast to ONNX type {to} is not supported")

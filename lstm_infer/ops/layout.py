@@ -153,7 +153,8 @@ def _flatten(ctx: RunContext, node: Any, ins: Ins, state: Any) -> list[np.ndarra
     axis = attr_int(node, "axis", 1)
     if not -x.ndim <= axis <= x.ndim:
         raise InputError(f"{node.label}: axis {axis} out of range for rank {x.ndim}")
-    axis %= x.ndim + 1 if x.ndim else 1
+    if axis < 0:
+        axis += x.ndim
     outer = int(np.prod(x.shape[:axis], dtype=np.int64))
     return [x.reshape(outer, -1 if outer else int(np.prod(x.shape[axis:], dtype=np.int64)))]
 
@@ -266,7 +267,7 @@ def _cumsum(ctx: RunContext, node: Any, ins: Ins, state: Any) -> list[np.ndarray
 
 
 OPS: dict[str, OpDef] = {
-    "Concat": op("Concat", _concat, inputs=(1, -1), check=allowed_attrs("axis")),
+    "Concat": op("Concat", _concat, inputs=(1, -1), check=allowed_attrs(required=("axis",))),
     "Split": op(
         "Split", _split, inputs=(1, 2), outputs=(1, -1), check=allowed_attrs("axis", "num_outputs")
     ),

@@ -35,7 +35,8 @@ def _tensor_type(value_info: Any) -> TensorType:
             "are not supported)"
         )
     tt = t.tensor_type
-    dtype = ELEM_TYPES.get(tt.elem_type)
+    dtype = "undefined" if tt.elem_type == 0 and not tt.HasField("shape") else None
+    dtype = dtype or ELEM_TYPES.get(tt.elem_type)
     if dtype is None:
         raise UnsupportedModelError(
             f"graph value {value_info.name!r} has unsupported element type {tt.elem_type}"
@@ -68,7 +69,13 @@ def _attributes(node: Any) -> dict[str, Any]:
         if a.type == AttributeProto.TENSOR:
             out[a.name] = tensor_to_numpy(a.t)
             continue
-        v = helper.get_attribute_value(a)
+        try:
+            v = helper.get_attribute_value(a)
+        except Exception as exc:  # an attribute whose type field says nothing it holds
+            raise ModelFormatError(
+                f"node {node.name or '<unnamed>'!r} ({node.op_type}): attribute {a.name!r} "
+                f"cannot be read: {exc}"
+            ) from None
         if isinstance(v, bytes):
             v = v.decode("utf-8", "replace")
         elif isinstance(v, list):
@@ -182,6 +189,9 @@ def graph_from_onnx(model: Any) -> Graph:
         get_op(node.op, node)  # refuse unknown ops before any work
         nodes.extend(rewriter.rewrite(node))
     inputs = [ValueInfo(v.name, _tensor_type(v)) for v in g.input if v.name not in consts]
+    for v in inputs:
+        if v.type.dtype == "undefined":
+            raise UnsupportedModelError(f"graph input {v.name!r} declares no element type")
     outputs = [ValueInfo(v.name, _tensor_type(v)) for v in g.output]
     ordered = topological_order(nodes, [v.name for v in inputs] + list(consts))
     value_types = {}
@@ -190,6 +200,8 @@ def graph_from_onnx(model: Any) -> Graph:
             value_types[v.name] = _tensor_type(v)
         except UnsupportedModelError:
             continue
+    if not outputs:
+        raise ModelFormatError("the ONNX graph has no outputs (an empty or truncated model?)")
     graph = Graph(inputs, outputs, ordered, consts, value_types)
     graph.validate()
     return graph
@@ -197,7 +209,9 @@ def graph_from_onnx(model: Any) -> Graph:
 
 def _constant_value(label: str, attrs: dict[str, Any]) -> np.ndarray:
     if "value" in attrs:
-        return np.asarray(attrs["value"])
+        if not isinstance(attrs["value"], np.ndarray):
+            raise ModelFormatError(f"{label}: Constant 'value' is not a tensor")
+        return attrs["value"]
     for key, dtype in (
         ("value_float", np.float32),
         ("value_floats", np.float32),

@@ -1,0 +1,343 @@
+"""Graph ops (elementwise, layout, dense) against onnxruntime, one node per model.
+
+Each case is a one-node ONNX model built with onnx.helper at opset 21 (and older opsets
+where the form changed), loaded by ``lstm_infer.load`` (a GraphModel: no recurrent stack)
+and run next to onnxruntime on the same random inputs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import require
+
+onnx = require("onnx")
+ort = require("onnxruntime")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+import lstm_infer  # noqa: E402
+from lstm_infer.errors import InputError, ModelFormatError, UnsupportedModelError  # noqa: E402
+
+NP_TO_ONNX = {
+    np.dtype("float32"): TensorProto.FLOAT,
+    np.dtype("int64"): TensorProto.INT64,
+    np.dtype("int32"): TensorProto.INT32,
+    np.dtype("bool"): TensorProto.BOOL,
+}
+
+
+def one_node(
+    op: str,
+    feeds: dict[str, np.ndarray],
+    consts: dict[str, np.ndarray] | None = None,
+    n_out: int = 1,
+    opset: int = 21,
+    inputs: list[str] | None = None,
+    **attrs: Any,
+) -> bytes:
+    consts = consts or {}
+    names = inputs if inputs is not None else [*feeds, *consts]
+    outs = [f"y{i}" for i in range(n_out)]
+    node = helper.make_node(op, names, outs, name="n", **attrs)
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info(k, NP_TO_ONNX[v.dtype], v.shape) for k, v in feeds.items()],
+        [helper.make_tensor_value_info(o, TensorProto.UNDEFINED, None) for o in outs],
+        [numpy_helper.from_array(v, k) for k, v in consts.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 9
+    # Output types from onnx's own shape inference (onnxruntime needs them declared).
+    inferred = {v.name: v for v in onnx.shape_inference.infer_shapes(model).graph.value_info}
+    inferred.update({v.name: v for v in onnx.shape_inference.infer_shapes(model).graph.output})
+    for out in model.graph.output:
+        if out.name in inferred and inferred[out.name].type.tensor_type.elem_type:
+            out.CopyFrom(inferred[out.name])
+    return model.SerializeToString()
+
+
+def compare(model: bytes, feeds: dict[str, np.ndarray], tol: float = 1e-5) -> list[np.ndarray]:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.log_severity_level = 3
+    want = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"]).run(None, feeds)
+    ours = lstm_infer.load(model)
+    assert isinstance(ours, lstm_infer.GraphModel)
+    got = ours.run(feeds)
+    got_list = [got[o.name] for o in ours.outputs]
+    for g, w in zip(got_list, want):
+        assert g.shape == w.shape and g.dtype == w.dtype, (g.shape, w.shape, g.dtype, w.dtype)
+        if w.dtype.kind == "f":
+            np.testing.assert_allclose(g, w, rtol=tol, atol=tol)
+        else:
+            np.testing.assert_array_equal(g, w)
+    return got_list
+
+
+UNARY = [
+    "Abs", "Neg", "Sqrt", "Exp", "Log", "Reciprocal", "Relu", "LeakyRelu", "Elu", "Selu",
+    "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Softplus", "Softsign", "Erf", "Floor",
+    "Ceil", "Round", "Sign", "Sin", "Cos",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", UNARY)
+def test_unary(name: str, rng) -> None:
+    x = (rng.standard_normal((3, 4, 5)) * 3).astype(np.float32)
+    if name in ("Sqrt", "Log"):
+        x = np.abs(x) + 0.1
+    if name == "Round":
+        x[0, 0, :3] = [0.5, 1.5, -2.5]  # ties to even
+    compare(one_node(name, {"x": x}), {"x": x})
+
+
+@pytest.mark.parametrize(
+    ("name", "attrs"),
+    [("LeakyRelu", {"alpha": 0.3}), ("Elu", {"alpha": 0.7}), ("HardSigmoid", {"alpha": 0.1})],
+)
+def test_unary_attributes(name: str, attrs: dict, rng) -> None:
+    x = (rng.standard_normal((2, 7)) * 4).astype(np.float32)
+    compare(one_node(name, {"x": x}, **attrs), {"x": x})
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu(approximate: str, rng) -> None:
+    x = (rng.standard_normal((4, 9)) * 3).astype(np.float32)
+    compare(one_node("Gelu", {"x": x}, opset=20, approximate=approximate), {"x": x})
+
+
+def test_logic_and_nan_tests(rng) -> None:
+    b = rng.random((3, 4)) > 0.5
+    compare(one_node("Not", {"b": b}), {"b": b})
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    x[0, 0], x[1, 1], x[2, 2] = np.nan, np.inf, -np.inf
+    compare(one_node("IsNaN", {"x": x}), {"x": x})
+    compare(one_node("IsInf", {"x": x}), {"x": x})
+
+
+BINARY = ["Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Equal", "Less", "LessOrEqual",
+          "Greater", "GreaterOrEqual"]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", BINARY)
+@pytest.mark.parametrize(("sa", "sb"), [((3, 4), (3, 4)), ((2, 3, 4), (4,)), ((3, 1), (1, 5))])
+def test_binary_broadcasting(name: str, sa: tuple, sb: tuple, rng) -> None:
+    a = rng.standard_normal(sa).astype(np.float32)
+    b = rng.standard_normal(sb).astype(np.float32)
+    if name == "Pow":
+        a = np.abs(a) + 0.5
+    compare(one_node(name, {"a": a, "b": b}), {"a": a, "b": b})
+
+
+def test_integer_and_bool_binary(rng) -> None:
+    a = rng.integers(-20, 20, (4, 5)).astype(np.int64)
+    b = rng.integers(1, 7, (4, 5)).astype(np.int64)
+    for name in ("Add", "Sub", "Mul", "Div"):
+        compare(one_node(name, {"a": a, "b": b}), {"a": a, "b": b})
+    compare(one_node("Mod", {"a": a, "b": b}), {"a": a, "b": b})
+    compare(one_node("Mod", {"a": a, "b": b}, fmod=1), {"a": a, "b": b})
+    p, q = rng.random((4, 5)) > 0.5, rng.random((4, 5)) > 0.5
+    for name in ("And", "Or", "Xor"):
+        compare(one_node(name, {"p": p, "q": q}), {"p": p, "q": q})
+
+
+def test_float_mod_where_clip(rng) -> None:
+    a = (rng.standard_normal((3, 4)) * 5).astype(np.float32)
+    b = (np.abs(rng.standard_normal((3, 4))) + 0.5).astype(np.float32)
+    compare(one_node("Mod", {"a": a, "b": b}, fmod=1), {"a": a, "b": b})
+    c = rng.random((3, 1)) > 0.5
+    compare(one_node("Where", {"c": c, "a": a, "b": b}), {"c": c, "a": a, "b": b})
+    lo, hi = np.array(-1.0, np.float32), np.array(2.0, np.float32)
+    compare(one_node("Clip", {"a": a}, {"lo": lo, "hi": hi}), {"a": a})
+    compare(one_node("Clip", {"a": a}, opset=6, min=-0.5, max=0.5), {"a": a})
+
+
+def test_variadic(rng) -> None:
+    xs = {k: rng.standard_normal(s).astype(np.float32) for k, s in (("a", (3, 4)), ("b", (4,)),
+                                                                    ("c", (1, 4)))}  # fmt: skip
+    for name in ("Max", "Min", "Sum", "Mean"):
+        compare(one_node(name, xs), xs)
+
+
+@pytest.mark.parametrize("to", [TensorProto.INT64, TensorProto.INT32, TensorProto.BOOL,
+                                TensorProto.FLOAT])  # fmt: skip
+def test_cast(to: int, rng) -> None:
+    x = (rng.standard_normal((3, 5)) * 4).astype(np.float32)
+    compare(one_node("Cast", {"x": x}, to=to), {"x": x})
+
+
+# ---- layout ops --------------------------------------------------------------------------
+
+
+def test_concat_split_slice(rng) -> None:
+    a = rng.standard_normal((2, 3, 4)).astype(np.float32)
+    b = rng.standard_normal((2, 5, 4)).astype(np.float32)
+    compare(one_node("Concat", {"a": a, "b": b}, axis=1), {"a": a, "b": b})
+    compare(one_node("Concat", {"a": a, "b": b}, axis=-2), {"a": a, "b": b})
+    x = rng.standard_normal((4, 6)).astype(np.float32)
+    compare(one_node("Split", {"x": x}, {"s": np.array([2, 4])}, n_out=2, axis=1), {"x": x})
+    compare(one_node("Split", {"x": x}, n_out=3, axis=1, num_outputs=3), {"x": x})
+    compare(one_node("Split", {"x": x}, n_out=2, opset=11, axis=0, split=[1, 3]), {"x": x})
+    for starts, ends, axes, steps in [
+        ([1], [3], [1], [1]),
+        ([-1], [-(2**62)], [0], [-1]),  # reverse, open-ended
+        ([0, 5], [2**62, 0], [0, 1], [2, -2]),
+        ([-3], [2**62], [-1], [1]),
+    ]:
+        consts = {"s": np.array(starts), "e": np.array(ends), "a": np.array(axes),
+                  "t": np.array(steps)}  # fmt: skip
+        compare(one_node("Slice", {"x": x}, consts), {"x": x})
+    compare(one_node("Slice", {"x": x}, opset=9, starts=[1], ends=[3], axes=[1]), {"x": x})
+
+
+def test_gather_and_gather_elements(rng) -> None:
+    table = rng.standard_normal((10, 4)).astype(np.float32)
+    ids = rng.integers(-10, 10, (3, 5)).astype(np.int64)
+    compare(one_node("Gather", {"ids": ids}, {"table": table}, inputs=["table", "ids"]),
+            {"ids": ids})  # fmt: skip
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    idx = rng.integers(0, 3, (2, 4)).astype(np.int64)
+    compare(one_node("GatherElements", {"x": x, "i": idx}, axis=0), {"x": x, "i": idx})
+    last = np.array(-1, np.int64)  # y[:, -1]: the last-timestep pick
+    seq = rng.standard_normal((2, 7, 3)).astype(np.float32)
+    compare(one_node("Gather", {"s": seq}, {"k": last}, axis=1), {"s": seq})
+
+
+def test_reshape_flatten_transpose_squeeze(rng) -> None:
+    x = rng.standard_normal((2, 3, 4)).astype(np.float32)
+    for shape in ([4, 6], [0, -1], [-1], [2, 0, 2, 2]):
+        compare(one_node("Reshape", {"x": x}, {"s": np.array(shape)}), {"x": x})
+    for axis in (0, 1, 2, -1):
+        compare(one_node("Flatten", {"x": x}, axis=axis), {"x": x})
+    compare(one_node("Transpose", {"x": x}, perm=[1, 0, 2]), {"x": x})
+    compare(one_node("Transpose", {"x": x}), {"x": x})
+    y = rng.standard_normal((1, 3, 1, 4)).astype(np.float32)
+    compare(one_node("Squeeze", {"y": y}, {"a": np.array([0, 2])}), {"y": y})
+    compare(one_node("Squeeze", {"y": y}), {"y": y})
+    compare(one_node("Squeeze", {"y": y}, opset=11, axes=[-2]), {"y": y})
+    compare(one_node("Unsqueeze", {"x": x}, {"a": np.array([0, -1])}), {"x": x})
+    compare(one_node("Unsqueeze", {"x": x}, opset=11, axes=[1]), {"x": x})
+
+
+def test_shape_makers(rng) -> None:
+    x = rng.standard_normal((3, 1)).astype(np.float32)
+    compare(one_node("Expand", {"x": x}, {"s": np.array([2, 3, 4])}), {"x": x})
+    compare(one_node("Tile", {"x": x}, {"r": np.array([2, 3])}), {"x": x})
+    compare(one_node("Shape", {"x": x}), {"x": x})
+    compare(one_node("Shape", {"x": x}, start=-1), {"x": x})
+    compare(one_node("Size", {"x": x}), {"x": x})
+    shape = np.array([2, 3], np.int64)
+    value = helper.make_tensor("v", TensorProto.FLOAT, [1], [1.5])
+    compare(one_node("ConstantOfShape", {"s": shape}, value=value), {"s": shape})
+    start, limit, delta = (np.array(v, np.int64) for v in (1, 10, 3))
+    compare(one_node("Range", {"a": start, "b": limit, "c": delta}),
+            {"a": start, "b": limit, "c": delta})  # fmt: skip
+    for exclusive in (0, 1):
+        for reverse in (0, 1):
+            x2 = rng.standard_normal((3, 4)).astype(np.float32)
+            compare(
+                one_node(
+                    "CumSum", {"x": x2}, {"ax": np.array(1)}, exclusive=exclusive, reverse=reverse
+                ),  # fmt: skip
+                {"x": x2},
+            )
+
+
+def test_identity_dropout(rng) -> None:
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    compare(one_node("Identity", {"x": x}), {"x": x})
+    compare(one_node("Dropout", {"x": x}), {"x": x})
+
+
+# ---- dense -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(5,), (7, 5), (3, 7, 5), (2, 3, 7, 5)])
+def test_matmul_constant_weight_any_rank(shape: tuple, rng) -> None:
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal((5, 70)).astype(np.float32)
+    compare(one_node("MatMul", {"x": x}, {"w": w}), {"x": x}, tol=1e-4)
+
+
+def test_matmul_batched_operands(rng) -> None:
+    a = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    b = rng.standard_normal((3, 5, 6)).astype(np.float32)
+    compare(one_node("MatMul", {"a": a, "b": b}), {"a": a, "b": b}, tol=1e-4)
+
+
+@pytest.mark.parametrize("trans_a", [0, 1])
+@pytest.mark.parametrize("trans_b", [0, 1])
+@pytest.mark.parametrize("c_shape", [None, (6,), (1, 6), (4, 6), ()])
+def test_gemm(trans_a: int, trans_b: int, c_shape: tuple | None, rng) -> None:
+    a = rng.standard_normal((5, 4) if trans_a else (4, 5)).astype(np.float32)
+    b = rng.standard_normal((6, 5) if trans_b else (5, 6)).astype(np.float32)
+    consts = {"b": b}
+    if c_shape is not None:
+        consts["c"] = rng.standard_normal(c_shape).astype(np.float32)
+    compare(
+        one_node("Gemm", {"a": a}, consts, alpha=0.5, beta=2.0, transA=trans_a, transB=trans_b),
+        {"a": a},
+        tol=1e-4,
+    )
+
+
+# ---- refusals ----------------------------------------------------------------------------
+
+
+def test_bad_inputs_name_the_node_or_input(rng) -> None:
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    model = lstm_infer.load(one_node("Reshape", {"x": x}, {"s": np.array([5, -1])}))
+    with pytest.raises(InputError, match=r"node 'n' \(Reshape\): cannot reshape"):
+        model.run({"x": x})
+    with pytest.raises(InputError, match="input 'x' must have size 3 on axis 0"):
+        model.run({"x": np.zeros((4, 4), np.float32)})
+    with pytest.raises(InputError, match="unknown input"):
+        model.run({"x": x, "z": x})
+    gather = lstm_infer.load(
+        one_node("Gather", {"i": np.zeros(2, np.int64)}, {"t": x}, inputs=["t", "i"])
+    )
+    with pytest.raises(InputError, match=r"\(Gather\): an index is outside"):
+        gather.run({"i": np.array([0, 3], np.int64)})
+
+
+def test_unknown_attribute_and_op_are_refused_at_load(rng) -> None:
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    with pytest.raises(UnsupportedModelError, match=r"\(Relu\): unsupported attribute"):
+        lstm_infer.load(one_node("Relu", {"x": x}, bogus=1))
+    with pytest.raises(UnsupportedModelError, match=r"'Acosh' is not supported"):
+        lstm_infer.load(one_node("Acosh", {"x": x}))
+
+
+def test_runtime_shape_bombs_are_refused_before_allocating() -> None:
+    s = np.array([1 << 20, 1 << 20, 1 << 10], np.int64)
+    x = np.ones((1,), np.float32)
+    for model in (
+        one_node("Expand", {"x": x, "s": s}),
+        one_node("Tile", {"x": np.ones((1, 1, 1), np.float32), "s": s}),
+        one_node("ConstantOfShape", {"s": s}),
+    ):
+        with pytest.raises(InputError, match="more than"):
+            lstm_infer.load(model).run(
+                {"x": x, "s": s} if b"Expand" in model else
+                {"x": np.ones((1, 1, 1), np.float32), "s": s} if b"Tile" in model else {"s": s}
+            )  # fmt: skip
+
+
+def test_cycles_are_refused() -> None:
+    nodes = [
+        helper.make_node("Relu", ["x", ], ["a"], name="r"),
+        helper.make_node("Add", ["a", "c"], ["b"], name="add"),
+        helper.make_node("Neg", ["b"], ["c"], name="neg"),
+    ]  # fmt: skip
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [2])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    with pytest.raises(ModelFormatError, match="never produced|cycle"):
+        lstm_infer.load(model.SerializeToString())
