@@ -58,6 +58,7 @@ def load(source: Any, **options: Any) -> Model | GraphModel:
     Model
     """
     from lstm_infer.errors import ModelFormatError
+    from lstm_infer.importers.onnx.load import load_onnx
     from lstm_infer.native_format import is_native, spec_from_safetensors
     from lstm_infer.safetensors_io import is_safetensors, read_safetensors
     from lstm_infer.torch_import import import_torch, is_torch_checkpoint, spec_from_state_dict
@@ -82,7 +83,7 @@ def load(source: Any, **options: Any) -> Model | GraphModel:
     else:
         if type(source).__name__ == "ModelProto":
             no_options("ONNX models")
-            return _load_onnx(source)
+            return load_onnx(source)
         if hasattr(source, "state_dict") or isinstance(source, dict):
             return Model(import_torch(source, **options))
         raise ModelFormatError(
@@ -100,23 +101,4 @@ def load(source: Any, **options: Any) -> Model | GraphModel:
     if is_torch_checkpoint(head, path):
         return Model(import_torch(source, **options))
     no_options("ONNX models")
-    return _load_onnx(source)
-
-
-def _load_onnx(source: Any) -> Model | GraphModel:
-    """A recurrent stack on the fused path where the graph is one; any other graph as a
-    GraphModel, node for node."""
-    from lstm_infer.errors import ModelFormatError
-    from lstm_infer.importers.onnx.lower import graph_from_onnx
-    from lstm_infer.onnx_import import import_onnx, load_onnx_proto
-
-    proto = load_onnx_proto(source)
-    try:
-        return Model(import_onnx(proto))
-    except ModelFormatError as as_stack:
-        # The stack lowering reads a graph as one chain; where that reading fails the graph
-        # may still be valid node for node (and the graph path checks every node itself).
-        try:
-            return GraphModel(graph_from_onnx(proto), source="onnx")
-        except ModelFormatError as as_graph:
-            raise type(as_stack)(f"{as_stack} (as a general graph: {as_graph})") from as_graph
+    return load_onnx(source)

@@ -63,11 +63,34 @@ def _add_torch_options(p: argparse.ArgumentParser) -> None:
 # ---- info ------------------------------------------------------------------------------------
 
 
+def _info_graph(path: str, model: Any) -> int:
+    """``info`` for a GraphModel: op counts, parameters, inputs and outputs."""
+    import collections
+
+    import lstm_infer
+
+    graph = model.graph
+    counts = collections.Counter(node.op for node in graph.nodes)
+    params = sum(int(v.size) for v in graph.initializers.values())
+    print(f"model:   {path}")
+    print(f"source:  {model.source or 'unknown'} graph    kernels: {lstm_infer.isa()}")
+    ops = ", ".join(f"{op} x{n}" for op, n in sorted(counts.items()))
+    print(f"nodes:   {len(graph.nodes)} ({ops})")
+    print(f"parameters: {params:,}")
+    for title, infos in (("inputs", model.inputs), ("outputs", model.outputs)):
+        print(f"{title}:")
+        for info in infos:
+            print(f"  {info.name:<16} {info.dtype:<8} {info.shape}")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     """Print layers, sizes, parameter count, inputs and outputs."""
     import lstm_infer
 
     model = _load(args.model, args)
+    if isinstance(model, lstm_infer.GraphModel):
+        return _info_graph(args.model, model)
     spec = model.spec
     n_params = 0
     print(f"model:   {args.model}")
@@ -183,6 +206,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import lstm_infer
 
     model = _load(args.model, args)
+    if isinstance(model, lstm_infer.GraphModel):
+        raise lstm_infer.errors.UnsupportedModelError(
+            "bench times recurrent-stack models; for a graph model use lstm-infer validate "
+            "or bench/ scripts"
+        )
     rng = np.random.default_rng(0)
     print(f"model: {args.model}   kernels: {lstm_infer.isa()}")
     rows = []

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -160,6 +160,36 @@ def _random_feeds(
     return feeds
 
 
+_BATCH_NAMES = ("batch", "n", "b", "bs", "batch_size", "num_batches")
+
+
+def _graph_random_feeds(
+    model: Any, batch: int, seq_len: int, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """Random inputs for a GraphModel: declared dtypes and static dims; a symbolic dim named
+    like a batch gets ``batch``, any other ``seq_len``; unknown ranks are refused."""
+    feeds: dict[str, np.ndarray] = {}
+    for info in model.inputs:
+        t = model._inputs[info.name]
+        if t.shape is None:
+            raise LstmInferError(
+                f"input {info.name!r} declares no shape: pass it with feeds={{...}}"
+            )
+        dims = tuple(
+            d if isinstance(d, int) else batch if str(d).lower() in _BATCH_NAMES else seq_len
+            for d in t.shape
+        )
+        dtype = np.dtype(info.dtype)
+        if dtype.kind == "b":
+            value = rng.random(dims) > 0.5
+        elif dtype.kind in "iu":
+            value = rng.integers(0, 2, size=dims)
+        else:
+            value = rng.standard_normal(size=dims)
+        feeds[info.name] = np.asarray(value).astype(dtype)
+    return feeds
+
+
 def _compare(name: str, ours: np.ndarray, ref: np.ndarray, atol: float) -> OutputReport:
     ref = np.asarray(ref)
     shape = tuple(int(n) for n in ref.shape)
@@ -213,6 +243,7 @@ def validate(
     trials: int = 3,
     seed: int = 0,
     atol: float = 1e-4,
+    feeds: Mapping[str, Any] | None = None,
 ) -> ValidationReport:
     """Run an ONNX model in lstm_infer and in onnxruntime on random inputs and compare.
 
@@ -229,6 +260,9 @@ def validate(
         embedding's rows, ``sequence_lens`` in [1, seq_len], fed weights ~ U(+-1/sqrt(H)).
     atol : float
         An output passes when its max absolute error is at most ``atol``.
+    feeds : mapping of input name -> array, optional
+        Inputs only the user can choose (``{"sr": np.array(16000)}``): used as given in every
+        trial instead of random values.
 
     Returns
     -------
@@ -243,10 +277,12 @@ def validate(
         If onnx or onnxruntime is not installed.
     """
     from lstm_infer import _engine
+    from lstm_infer.graph_model import GraphModel
+    from lstm_infer.importers.onnx.load import load_onnx
     from lstm_infer.model import Model
-    from lstm_infer.onnx_import import import_onnx, load_onnx_proto
+    from lstm_infer.onnx_import import load_onnx_proto
 
-    if isinstance(path_or_model, Model):
+    if isinstance(path_or_model, (Model, GraphModel)):
         raise TypeError(
             "validate needs the ONNX model itself (path, bytes or onnx.ModelProto), not a "
             "loaded lstm_infer.Model: onnxruntime runs the original graph"
@@ -259,7 +295,11 @@ def validate(
     else:
         source = f"<{type(path_or_model).__name__}>"
     proto = load_onnx_proto(path_or_model)
-    model = Model(import_onnx(proto))
+    model = load_onnx(proto)
+    fixed = {k: np.asarray(v) for k, v in (feeds or {}).items()}
+    unknown = sorted(set(fixed) - {i.name for i in model.inputs})
+    if unknown:
+        raise ValueError(f"feeds names unknown input(s) {unknown}")
     report = ValidationReport(
         source, int(batch), int(seq_len), int(trials), int(seed), float(atol), _engine.isa()
     )
@@ -277,14 +317,18 @@ def validate(
     rng = np.random.default_rng(seed)
     merged: dict[str, OutputReport | None] = dict.fromkeys(names)
     for _ in range(trials):
-        feeds = _random_feeds(model, batch, seq_len, rng)
-        ort_feeds = {i.name: feeds[i.name] for i in session.get_inputs() if i.name in feeds}
+        if isinstance(model, GraphModel):
+            trial = _graph_random_feeds(model, batch, seq_len, rng)
+        else:
+            trial = _random_feeds(model, batch, seq_len, rng)
+        trial.update(fixed)
+        ort_feeds = {i.name: trial[i.name] for i in session.get_inputs() if i.name in trial}
         try:
             ref = dict(zip(names, session.run(names, ort_feeds)))
         except Exception as exc:  # noqa: BLE001
             report.error = f"onnxruntime failed to run the model: {exc}"
             return report
-        ours = model.run(feeds)
+        ours = model.run(trial)
         for name in names:
             if name not in ours:
                 merged[name] = OutputReport(name, (), float("inf"), float("inf"), False, "missing")

@@ -127,16 +127,34 @@ def test_onnxruntime_errors_are_reported_not_raised() -> None:
 
 def test_unloadable_models_raise_and_the_command_says_why(tmp_path: Any, capsys: Any) -> None:
     model = _embedding_lstm_graph()
-    cos = helper.make_node("Cos", ["y3"], ["y3c"], name="the_cos")
+    # Acosh: an ONNX operator neither the stack nor the graph path runs
+    cos = helper.make_node("Acosh", ["y3"], ["y3c"], name="the_cos")
     model.graph.node.insert(4, cos)
     model.graph.node[5].input[0] = "y3c"
     path = tmp_path / "cos.onnx"
     onnx.save(model, str(path))
-    with pytest.raises(UnsupportedModelError, match=r"node 'the_cos' \(Cos\)"):
+    with pytest.raises(UnsupportedModelError, match=r"node 'the_cos' \(Acosh\)"):
         lstm_infer.validate(path)
     assert main_validate([str(path)]) == 2
-    assert "node 'the_cos' (Cos)" in capsys.readouterr().err
+    assert "node 'the_cos' (Acosh)" in capsys.readouterr().err
     assert main_validate([str(tmp_path / "missing.onnx")]) == 2
+
+
+def test_graph_models_validate_with_user_chosen_feeds(tmp_path: Any) -> None:
+    """A graph beyond the stack (Cos after the LSTM, an int64 input only the user can
+    choose) is validated node for node against onnxruntime."""
+    model = _embedding_lstm_graph()
+    cos = helper.make_node("Cos", ["y3"], ["y3c"], name="the_cos")
+    model.graph.node.insert(4, cos)
+    model.graph.node[5].input[0] = "y3c"
+    assert isinstance(lstm_infer.load(model), lstm_infer.GraphModel)
+    report = lstm_infer.validate(model, trials=2)
+    assert report.passed, str(report)
+    first = model.graph.input[0]
+    fixed = np.zeros([d.dim_value or 3 for d in first.type.tensor_type.shape.dim], np.int64)
+    assert lstm_infer.validate(model, feeds={first.name: fixed}).passed
+    with pytest.raises(ValueError, match="unknown input"):
+        lstm_infer.validate(model, feeds={"nope": fixed})
 
 
 def test_argument_errors() -> None:
