@@ -60,6 +60,7 @@ def load(source: Any, **options: Any) -> Model | GraphModel:
     from lstm_infer.errors import ModelFormatError
     from lstm_infer.importers.onnx.load import load_onnx
     from lstm_infer.native_format import is_native, spec_from_safetensors
+    from lstm_infer.native_graph import graph_from_native, is_native_graph, native_source
     from lstm_infer.safetensors_io import is_safetensors, read_safetensors
     from lstm_infer.torch_import import import_torch, is_torch_checkpoint, spec_from_state_dict
 
@@ -94,6 +95,9 @@ def load(source: Any, **options: Any) -> Model | GraphModel:
         tensors, metadata = read_safetensors(source)
         if is_native(metadata):
             no_options("native lstm_infer files")
+            if is_native_graph(metadata):
+                graph = graph_from_native(tensors, metadata)
+                return GraphModel(graph, source=native_source(metadata))
             return Model(spec_from_safetensors(tensors, metadata))
         floats = {k: v for k, v in tensors.items() if v.dtype == "float32"}
         # safetensors sorts its names: their order says nothing about the modules'

@@ -7,6 +7,7 @@ now; streaming a graph is the step program's work (``stream`` says so).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -14,7 +15,7 @@ import numpy as np
 
 from lstm_infer._spec import TensorInfo
 from lstm_infer.compile.program import GraphProgram
-from lstm_infer.errors import InputError, InputTypeError, StreamError, UnsupportedModelError
+from lstm_infer.errors import InputError, InputTypeError, StreamError
 from lstm_infer.graph import Graph, TensorType
 
 # Feed dtypes converted without loss of meaning to what the graph declares.
@@ -41,7 +42,7 @@ class GraphModel:
         self._program = GraphProgram(graph)
         self._graph = self._program.graph
         self.source = source
-        self._inputs = {v.name: v.type for v in graph.inputs}
+        self._inputs = {v.name: v.type for v in self._graph.inputs}
         self._output_names = graph.output_names
         self.threads = 1
 
@@ -137,10 +138,12 @@ class GraphModel:
             "use run on whole sequences"
         )
 
-    def save(self, path: Any) -> None:
-        raise UnsupportedModelError(
-            "graph models cannot be saved in the native format yet; keep the ONNX file"
-        )
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the compiled graph (constants folded) in the native format, version 2;
+        ``lstm_infer.load(path)`` gives the same model back."""
+        from lstm_infer.native_graph import save_graph
+
+        save_graph(self._graph, path, self.source)
 
     def __repr__(self) -> str:
         ops = sorted({n.op for n in self._graph.nodes})

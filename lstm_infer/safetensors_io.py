@@ -28,7 +28,15 @@ _DTYPES = {
     "U8": np.dtype("u1"),
     "BOOL": np.dtype("?"),
 }
-_NAMES = {np.dtype("<f4"): "F32", np.dtype("<i8"): "I64", np.dtype("<i4"): "I32"}
+_NAMES = {
+    np.dtype("<f4"): "F32",
+    np.dtype("<i8"): "I64",
+    np.dtype("<i4"): "I32",
+    np.dtype("<i2"): "I16",
+    np.dtype("i1"): "I8",
+    np.dtype("u1"): "U8",
+    np.dtype("?"): "BOOL",
+}
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 _MAX_NDIM = 32  # numpy's limit is 32 (numpy 1.x) or 64 (2.x)
 
@@ -119,12 +127,13 @@ def read_safetensors(source: str | os.PathLike[str] | bytes) -> tuple[dict[str, 
 def write_safetensors(
     path: str | os.PathLike[str], tensors: dict[str, np.ndarray], metadata: dict[str, str]
 ) -> None:
-    """Write float32/int32/int64 tensors and string metadata as a safetensors file."""
+    """Write tensors (floats as float32; int8-64, uint8, bool as they are) and string metadata
+    as a safetensors file."""
     header: dict[str, Any] = {"__metadata__": metadata}
     chunks = []
     offset = 0
     for name in sorted(tensors):
-        arr = np.ascontiguousarray(tensors[name])
+        arr = np.asarray(tensors[name])  # (ascontiguousarray would make a 0-D tensor 1-D)
         if arr.dtype.newbyteorder("<") not in _NAMES:
             arr = arr.astype(np.float32)
         arr = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
