@@ -51,6 +51,9 @@ def load(source: Any, **options: Any) -> Model | GraphModel:
         ("tanh"/"relu" for nn.RNN), ``batch_first``, ``head_activation`` /
         ``head_activations`` (after the Linear head), and, where the weights fit more than one
         architecture, ``embedding="emb.weight"`` (or False) / ``head=["fc", ...]`` (or []).
+        For a live module whose forward is more than a recurrent stack (a conv front end,
+        layer norm, ...): ``example_inputs=(x, ...)`` (and optionally ``input_names``)
+        exports it with torch.onnx and loads that graph.
         See :mod:`lstm_infer.torch_import`.
 
     Returns
@@ -85,6 +88,13 @@ def load(source: Any, **options: Any) -> Model | GraphModel:
         if type(source).__name__ == "ModelProto":
             no_options("ONNX models")
             return load_onnx(source)
+        if hasattr(source, "state_dict") and "example_inputs" in options:
+            from lstm_infer.torch_import import export_module
+
+            example = options.pop("example_inputs")
+            names = options.pop("input_names", None)
+            no_options("a module exported with example_inputs")
+            return load_onnx(export_module(source, example, names))
         if hasattr(source, "state_dict") or isinstance(source, dict):
             return Model(import_torch(source, **options))
         raise ModelFormatError(

@@ -562,3 +562,35 @@ def import_torch(source: Any, *, key: str | None = None, **options: Any) -> Mode
     if key is not None:
         raise ModelFormatError("key= applies to checkpoint files; pass the state_dict itself")
     return spec_from_state_dict(state, **{**found, **options})
+
+
+def export_module(
+    module: Any, example_inputs: Any, input_names: Sequence[str] | None = None
+) -> bytes:
+    """ONNX bytes of a live torch module through ``torch.onnx.export`` (the legacy exporter),
+    every axis but the last of every input left symbolic, so the graph runs at any batch and
+    sequence length. For modules whose forward is more than a recurrent stack: their graph
+    then loads as a GraphModel."""
+    import io
+
+    import torch
+
+    args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    if not all(isinstance(a, torch.Tensor) for a in args):
+        raise ModelFormatError("example_inputs must be a tensor or a tuple of tensors")
+    names = (
+        list(input_names)
+        if input_names
+        else [f"input{i}" if i else "input" for i in range(len(args))]
+    )
+    if len(names) != len(args):
+        raise ModelFormatError(f"{len(names)} input_names for {len(args)} example inputs")
+    dynamic = {n: {d: f"{n}_dim{d}" for d in range(a.dim() - 1)} for n, a in zip(names, args)}
+    buf = io.BytesIO()
+    was_training = module.training
+    module.eval()
+    try:
+        torch.onnx.export(module, args, buf, input_names=names, dynamic_axes=dynamic, dynamo=False)
+    finally:
+        module.train(was_training)
+    return buf.getvalue()

@@ -206,3 +206,19 @@ def test_graph_model_api(rng) -> None:
         model.stream()
     with pytest.raises(lstm_infer.errors.InputError, match="size 7 on axis 2"):
         model.run({"x": np.zeros((5, 3, 6), np.float32)})
+
+
+def test_live_module_with_example_inputs_exports_and_runs(rng) -> None:
+    """load(module, example_inputs=...) exports with torch.onnx; any T and batch run."""
+    torch.manual_seed(4)
+    net = ResidualTanhHead()
+    net.train()  # load must export in eval mode and give the module back as it was
+    x = torch.from_numpy(rng.standard_normal((4, 2, 7)).astype(np.float32))
+    model = lstm_infer.load(net, example_inputs=(x,), input_names=["frames"])
+    assert net.training
+    assert [i.name for i in model.inputs] == ["frames"]
+    longer = rng.standard_normal((13, 3, 7)).astype(np.float32)
+    with torch.no_grad():
+        want = net.eval()(torch.from_numpy(longer)).numpy()
+    got = model.run({"frames": longer})
+    np.testing.assert_allclose(next(iter(got.values())), want, rtol=TOL, atol=TOL)
