@@ -36,6 +36,7 @@ def get_op(name: str, node: object = None) -> OpDef:
     if op is None:
         where = getattr(node, "label", f"op {name!r}")
         raise UnsupportedModelError(
-            f"{where}: operator {name!r} is not supported (supported: {', '.join(REGISTRY)})"
+            f"{where}: operator {name!r} is not supported ({len(REGISTRY)} operators are: "
+            "lstm_infer.ops.REGISTRY, the README's operator table)"
         )
     return op

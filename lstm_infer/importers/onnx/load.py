@@ -32,4 +32,6 @@ def load_onnx(source: Any) -> Model | GraphModel:
         try:
             return GraphModel(graph_from_onnx(proto), source="onnx")
         except ModelFormatError as as_graph:
-            raise type(as_stack)(f"{as_stack} (as a general graph: {as_graph})") from as_graph
+            raise type(as_graph)(
+                f"{as_graph} (read as a recurrent stack instead: {as_stack})"
+            ) from as_graph
