@@ -185,3 +185,38 @@ def layer_from_onnx(
     )
     layer.validate()
     return layer
+
+
+def layer_from_node_attributes(
+    cell: str,
+    W: np.ndarray,
+    R: np.ndarray,
+    B: np.ndarray | None,
+    P: np.ndarray | None,
+    attrs: dict,
+) -> RecurrentLayer:
+    """layer_from_onnx with the operator's attributes as a node holds them (strings may still
+    be bytes; absent ones take the ONNX defaults)."""
+
+    def text(value: object) -> object:
+        if isinstance(value, bytes):
+            return value.decode()
+        if isinstance(value, list):
+            return [v.decode() if isinstance(v, bytes) else v for v in value]
+        return value
+
+    return layer_from_onnx(
+        cell,
+        W,
+        R,
+        B,
+        P,
+        hidden_size=attrs.get("hidden_size"),
+        direction=text(attrs.get("direction")) or "forward",
+        activations=text(attrs.get("activations")),
+        activation_alpha=attrs.get("activation_alpha"),
+        activation_beta=attrs.get("activation_beta"),
+        clip=attrs.get("clip"),
+        input_forget=attrs.get("input_forget", 0),
+        linear_before_reset=attrs.get("linear_before_reset", 0),
+    )

@@ -33,7 +33,11 @@ from typing import Any
 
 import numpy as np
 
-from lstm_infer._onnx_weights import RECURRENT_ATTRIBUTES, RECURRENT_OPS, layer_from_onnx
+from lstm_infer._onnx_weights import (
+    RECURRENT_ATTRIBUTES,
+    RECURRENT_OPS,
+    layer_from_node_attributes,
+)
 from lstm_infer._spec import (
     Activation,
     DenseLayer,
@@ -1406,20 +1410,13 @@ class GraphLowering:
             raise _Unsupported("W and R are required")
         if lens is not None:
             raise _Unsupported("sequence_lens inside a multi-node graph is not supported")
-        layer = layer_from_onnx(
+        layer = layer_from_node_attributes(
             cell,
             w.value,
             r.value,
             None if b is None else b.value,
             None if p is None else p.value,
-            hidden_size=attrs.get("hidden_size"),
-            direction=attrs.get("direction", "forward"),
-            activations=attrs.get("activations"),
-            activation_alpha=attrs.get("activation_alpha"),
-            activation_beta=attrs.get("activation_beta"),
-            clip=attrs.get("clip"),
-            input_forget=attrs.get("input_forget", 0),
-            linear_before_reset=attrs.get("linear_before_reset", 0),
+            attrs,
         )
         layout = int(attrs.get("layout", 0))
         if not isinstance(x, Seq):

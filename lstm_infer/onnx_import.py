@@ -14,7 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from lstm_infer._onnx_weights import RECURRENT_ATTRIBUTES, RECURRENT_OPS, layer_from_onnx
+from lstm_infer._onnx_weights import (
+    RECURRENT_ATTRIBUTES,
+    RECURRENT_OPS,
+    layer_from_node_attributes,
+)
 from lstm_infer._spec import ModelSpec, Signature
 from lstm_infer.errors import MissingDependencyError, ModelFormatError, UnsupportedModelError
 
@@ -324,20 +328,8 @@ def import_single_node(model: Any) -> ModelSpec:
         return v
 
     try:
-        layer = layer_from_onnx(
-            cell,
-            const("W"),
-            const("R"),
-            const("B"),
-            const("P"),
-            hidden_size=attrs.get("hidden_size"),
-            direction=decoded("direction") or "forward",
-            activations=decoded("activations"),
-            activation_alpha=attrs.get("activation_alpha"),
-            activation_beta=attrs.get("activation_beta"),
-            clip=attrs.get("clip"),
-            input_forget=attrs.get("input_forget", 0),
-            linear_before_reset=attrs.get("linear_before_reset", 0),
+        layer = layer_from_node_attributes(
+            cell, const("W"), const("R"), const("B"), const("P"), attrs
         )
     except ModelFormatError as exc:
         raise type(exc)(f"node {node.name!r} ({node.op_type}): {exc}") from exc

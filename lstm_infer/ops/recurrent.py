@@ -14,7 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from lstm_infer._onnx_weights import RECURRENT_ATTRIBUTES, RECURRENT_OPS, layer_from_onnx
+from lstm_infer._onnx_weights import (
+    RECURRENT_ATTRIBUTES,
+    RECURRENT_OPS,
+    layer_from_node_attributes,
+)
 from lstm_infer._spec import ModelSpec, Signature
 from lstm_infer.errors import ModelFormatError, UnsupportedModelError
 from lstm_infer.ops.base import OpDef, RunContext, allowed_attrs, attr_int, op
@@ -52,23 +56,8 @@ def _prepare(node: Any, consts: dict[int, np.ndarray]) -> Any:
                 f"{node.label}: {role} is computed at run time; its weights must be constants"
             )
     w = {role: consts[i] for role, i in given.items() if role in ("W", "R", "B", "P")}
-    a = node.attrs
     try:
-        layer = layer_from_onnx(
-            cell,
-            w["W"],
-            w["R"],
-            w.get("B"),
-            w.get("P"),
-            hidden_size=a.get("hidden_size"),
-            direction=a.get("direction", "forward"),
-            activations=a.get("activations"),
-            activation_alpha=a.get("activation_alpha"),
-            activation_beta=a.get("activation_beta"),
-            clip=a.get("clip"),
-            input_forget=a.get("input_forget", 0),
-            linear_before_reset=a.get("linear_before_reset", 0),
-        )
+        layer = layer_from_node_attributes(cell, w["W"], w["R"], w.get("B"), w.get("P"), node.attrs)
     except ModelFormatError as exc:
         raise type(exc)(f"{node.label}: {exc}") from exc
     feeds = [r for r in ("X", "sequence_lens", "initial_h", "initial_c") if r in given]
