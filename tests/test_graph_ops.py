@@ -341,3 +341,11 @@ def test_cycles_are_refused() -> None:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
     with pytest.raises(ModelFormatError, match="never produced|cycle"):
         lstm_infer.load(model.SerializeToString())
+
+
+@pytest.mark.parametrize("name", ["Softmax", "LogSoftmax"])
+@pytest.mark.parametrize("axis", [0, 1, -1])
+def test_softmax_any_axis(name: str, axis: int, rng) -> None:
+    x = (rng.standard_normal((3, 4, 5)) * 4).astype(np.float32)
+    compare(one_node(name, {"x": x}, axis=axis), {"x": x})
+    compare(one_node(name, {"x": x}, opset=11, axis=1), {"x": x})  # the old flattening form
