@@ -738,6 +738,19 @@ def environment(threads: int) -> dict[str, Any]:
 # ---- output ----------------------------------------------------------------------------------
 
 
+def write_results(
+    prefix: str, rows: list[dict[str, Any]], threads: int, output: Path | None
+) -> Path:
+    """Write a bench's rows with this machine's environment to ``output`` or
+    ``bench/results/<prefix>-<timestamp>.json``; returns the path."""
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = output or RESULTS_DIR / f"{prefix}-{stamp}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"environment": environment(threads), "rows": rows}, indent=1))
+    print(f"wrote {out}")
+    return out
+
+
 def _fmt(v: float | None, digits: int = 1) -> str:
     return "—" if v is None else f"{v:,.{digits}f}"
 

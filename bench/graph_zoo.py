@@ -12,9 +12,7 @@ interleaved round-robin (bench/compare.py's ``time_interleaved``), medians, ours
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import io
-import json
 import statistics
 import sys
 from collections.abc import Callable, Sequence
@@ -27,7 +25,7 @@ BENCH = Path(__file__).resolve().parent
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
-from compare import RESULTS_DIR, environment, time_interleaved  # noqa: E402
+from compare import time_interleaved, write_results  # noqa: E402
 
 import lstm_infer  # noqa: E402
 
@@ -163,11 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"ms  ours/ort {row['ours_over_onnxruntime']:.2f}",
             flush=True,
         )
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = args.output or RESULTS_DIR / f"graph_zoo-{stamp}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"environment": environment(args.threads), "rows": rows}, indent=1))
-    print(f"wrote {out}")
+    write_results("graph_zoo", rows, args.threads, args.output)
     return 0
 
 

@@ -13,9 +13,7 @@ medians reported, with ours / onnxruntime and ours / torch.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import io
-import json
 import statistics
 import sys
 from collections.abc import Sequence
@@ -28,7 +26,7 @@ BENCH = Path(__file__).resolve().parent
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
-from compare import RESULTS_DIR, environment, ort_session, time_interleaved  # noqa: E402
+from compare import ort_session, time_interleaved, write_results  # noqa: E402
 
 import lstm_infer  # noqa: E402
 
@@ -145,11 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"ours/torch {row['ours_over_torch']:.2f}",
                 flush=True,
             )
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = args.output or RESULTS_DIR / f"large_head-{stamp}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"environment": environment(args.threads), "rows": rows}, indent=1))
-    print(f"wrote {out}")
+    write_results("large_head", rows, args.threads, args.output)
     return 0
 
 

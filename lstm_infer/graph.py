@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from lstm_infer.errors import ModelFormatError
+from lstm_infer.ops import get_op
 
 # dtypes a graph tensor may have (numpy names).
 DTYPES = (
@@ -95,8 +96,6 @@ class Graph:
 
         Raises ModelFormatError naming the first node or tensor at fault.
         """
-        from lstm_infer.ops import get_op
-
         if len(self.nodes) > MAX_NODES:
             raise ModelFormatError(f"graph has {len(self.nodes)} nodes; at most {MAX_NODES}")
         defined: set[str] = set()

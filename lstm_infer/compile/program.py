@@ -105,10 +105,7 @@ class GraphProgram:
         self.steps = []
         for node, free in zip(folded.nodes, frees):
             op = get_op(node.op, node)
-            try:
-                state = op.prepare(node, _consts_of(node, self.constants)) if op.prepare else None
-            except LstmInferError:
-                raise
+            state = op.prepare(node, _consts_of(node, self.constants)) if op.prepare else None
             self.steps.append(_Step(node, op, state, free))
 
     def run(
@@ -123,7 +120,7 @@ class GraphProgram:
             ins = [env[n] if n else None for n in node.inputs]
             try:
                 outs = step.op.run(ctx, node, ins, step.state)
-            except LstmInferError:
+            except LstmInferError:  # already names the node; ValueError subclasses among them
                 raise
             except (ValueError, TypeError, IndexError, MemoryError) as exc:
                 raise InputError(f"{node.label}: {type(exc).__name__}: {exc}") from None

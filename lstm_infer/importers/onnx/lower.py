@@ -111,7 +111,7 @@ class _Rewriter:
             self.attr_to_input(node, "axes", 1)
         elif op == "Split" and v < 13:
             self.attr_to_input(node, "split", 1)
-        elif op == "ReduceSum" and v < 13 or (op.startswith("Reduce") and v < 18):
+        elif op.startswith("Reduce") and v < 18:  # (ReduceSum moved axes at 13, the rest at 18)
             self.attr_to_input(node, "axes", 1)
         elif op == "Slice" and v < 10:
             starts = node.attrs.pop("starts", None)
