@@ -405,16 +405,22 @@ class Model:
     def output_names(self) -> list[str]:
         return list(self._spec.signature.outputs.values())
 
-    def _lens(self, feeds: Mapping[str, Any], T: int, B: int) -> np.ndarray | None:
+    def _lens(
+        self, feeds: Mapping[str, Any], T: int, B: int, lengths: Any = None
+    ) -> np.ndarray | None:
         sig = self._spec.signature
         name = sig.inputs.get("sequence_lens")
         value = sig.constants.get("sequence_lens")
         if name is not None and feeds.get(name) is not None:
+            if lengths is not None:
+                raise InputError(f"pass the row lengths as input {name!r} or lengths=, not both")
             value = feeds[name]
+        label = name or "sequence_lens"
+        if lengths is not None:
+            value, label = lengths, "lengths"
         if value is None:
             return None
         lens = np.asarray(value)
-        label = name or "sequence_lens"
         if lens.dtype.kind not in "iu":
             raise InputTypeError(f"input {label!r} must be integer, got dtype {lens.dtype}")
         if lens.shape != (B,):
@@ -592,6 +598,7 @@ class Model:
         output_names: Sequence[str] | None = None,
         *,
         threads: int | None = None,
+        lengths: Any = None,
     ) -> dict[str, np.ndarray]:
         """Run whole sequences.
 
@@ -605,6 +612,12 @@ class Model:
         threads : int, optional
             Threads for this call (default :attr:`threads`): the directions of a
             bidirectional layer and slices of the batch run in parallel.
+        lengths : sequence of int, optional
+            A ragged batch padded to one length: row ``b`` is the first ``lengths[b]`` steps
+            (each in ``[0, seq_len]``); the steps after them are ignored. Each row's outputs
+            up to its length, and its final states, are those of the row run alone (a
+            backward direction starts at the row's last step); outputs past it are zero. The
+            same as feeding an ONNX model's ``sequence_lens`` input (pass one or the other).
 
         Returns
         -------
@@ -628,10 +641,11 @@ class Model:
                 {k: v for k, v in feeds.items() if k not in sig.weight_inputs.values()},
                 output_names,
                 threads=self.threads if threads is None else threads,
+                lengths=lengths,
             )
         x = self._sequence_input(feeds)
         T, B = x.shape[0], x.shape[1]
-        lens = self._lens(feeds, T, B)
+        lens = self._lens(feeds, T, B, lengths)
         h = self._initial_states(feeds, "initial_h", B)
         c = self._initial_states(feeds, "initial_c", B)
         if threads is None:
@@ -644,7 +658,7 @@ class Model:
         for name in wanted:
             role = self._output_roles[name]
             if role == "y":
-                results[name] = self._format_y(y4, int(threads))
+                results[name] = self._format_y(y4, int(threads), lens)
             else:
                 results[name] = self._format_state(h, c, role)
         return results
@@ -680,7 +694,9 @@ class Model:
         fixed = Signature(sig.style, sig.layout, inputs, dict(sig.outputs), dict(sig.constants))
         return Model(ModelSpec([new_layer], fixed, source=self._spec.source))
 
-    def _format_y(self, y4: np.ndarray, threads: int = 1) -> np.ndarray:
+    def _format_y(
+        self, y4: np.ndarray, threads: int = 1, lens: np.ndarray | None = None
+    ) -> np.ndarray:
         sig = self._spec.signature
         if sig.style == "onnx_node":
             order = (0, 2, 1, 3) if sig.layout == 0 else (1, 0, 2, 3)
@@ -689,6 +705,9 @@ class Model:
         y = y4.reshape(T, B, D * Hr)
         if self._head:
             y = apply_head(y, self._head, threads)
+            if lens is not None:
+                # The head maps the zero padding to its bias: padding stays zero, as in Y.
+                y[np.arange(T)[:, None] >= lens[None, :]] = 0.0
         return np.ascontiguousarray(y if sig.layout == 0 else y.transpose(1, 0, 2))
 
     def _format_state(
