@@ -66,8 +66,12 @@ def _output_axes(model: Model) -> dict[str, _OutputAxes]:
 def _as_row_array(value: Any) -> np.ndarray:
     """One row's sequence as an ndarray; nested lists / object arrays (what pandas and Ray's
     numpy batches hold for list columns) are stacked. Raises ValueError when ragged."""
+    if value is None:
+        raise ValueError("it holds a missing (null) value")
     arr = np.asarray(value)
     if arr.dtype == object:
+        if arr.ndim == 0:
+            raise TypeError(f"it holds a {type(value).__name__}, not numbers")
         parts = [_as_row_array(v) for v in arr.reshape(-1)]
         if not parts:
             return np.zeros(arr.shape + (0,), np.float32)
@@ -174,6 +178,8 @@ class BatchRunner:
             raise ValueError("it is empty (None)")
         arr = _as_row_array(value)
         if self._vocab is not None:
+            if arr.ndim == 2 and arr.size == 0 and arr.shape[0] == 0:
+                arr = arr.reshape(0)  # an empty list of lists
             if arr.ndim != 1:
                 raise ValueError(f"token ids must have rank 1 (seq_len,), got shape {arr.shape}")
             if arr.dtype.kind not in "iu" and not (arr.dtype.kind == "f" and arr.size == 0):
@@ -186,7 +192,7 @@ class BatchRunner:
             return arr.astype(np.int64, copy=False)
         if arr.dtype.kind not in "fiub":
             raise TypeError(f"features must be numeric, got dtype {arr.dtype}")
-        if arr.ndim == 1 and arr.size == 0:
+        if arr.ndim in (1, 2) and arr.shape[0] == 0:  # no steps ([] has no feature axis)
             arr = arr.reshape(0, self._input_size)
         if arr.ndim != 2:
             raise ValueError(
@@ -199,16 +205,18 @@ class BatchRunner:
             )
         return arr.astype(np.float32, copy=False)
 
-    def _label(self, columns: Mapping[str, Any], row: int) -> tuple[str, Any]:
-        id_column = self.id_column
-        if id_column is None and "id" in columns and "id" != self.input_column:
-            id_column = "id"
-        if id_column is None:
-            return f"row {row}", None
-        row_id = columns[id_column][row]
-        if isinstance(row_id, np.generic):
-            row_id = row_id.item()
-        return f"row {row} ({id_column}={row_id!r})", row_id
+    def resolve_id_column(self, names: Sequence[str]) -> str | None:
+        """The column naming rows in errors, given a batch's column names."""
+        if self.id_column is not None:
+            if self.id_column not in names:
+                raise InputError(f"no id column {self.id_column!r}; the batch has {sorted(names)}")
+            return self.id_column
+        return "id" if "id" in names and self.input_column != "id" else None
+
+    def output_ndim(self, name: str) -> int:
+        """Rank of one row's value of output ``name`` (its batch axis removed)."""
+        info = next(t for t in self.model.outputs if t.name == name)
+        return len(info.shape) - 1
 
     # ---- a batch -------------------------------------------------------------------------------
 
@@ -232,64 +240,78 @@ class BatchRunner:
                 f"no column {self.input_column!r} (the model input {self.input_name!r}); the "
                 f"batch has {sorted(columns)}"
             )
-        if self.id_column is not None and self.id_column not in columns:
-            raise InputError(f"no id column {self.id_column!r}; the batch has {sorted(columns)}")
-        values = columns[self.input_column]
-        n = len(values)
+        id_column = self.resolve_id_column(list(columns))
+        n = len(columns[self.input_column])
         for name, col in columns.items():
             if len(col) != n:
                 raise InputError(f"column {name!r} has {len(col)} rows, {self.input_column!r} {n}")
-        rows: list[np.ndarray | None] = [None] * n
-        errors: list[str | None] = [None] * n
-        for i in range(n):
-            try:
-                rows[i] = self.check_row(values[i])
-            except (ValueError, TypeError) as exc:
-                self._fail(columns, i, f"{exc}", errors)
-        results = self._run_rows(rows, errors, columns)
+        ids = None if id_column is None else columns[id_column]
+        outputs, errors = self.run_rows(columns[self.input_column], ids, id_column)
         out: dict[str, Any] = {name: _passthrough(col) for name, col in columns.items()}
         for name, column in self.outputs.items():
-            col = np.empty(n, dtype=object)
-            col[:] = [r.get(name) if r is not None else None for r in results]
-            out[column] = col
+            out[column] = outputs[name]
         if self.on_error == "skip":
             out[self.error_column] = np.array(errors, dtype=object)
         return out
 
-    def _fail(
-        self, columns: Mapping[str, Any], row: int, reason: str, errors: list[str | None]
-    ) -> None:
-        label, row_id = self._label(columns, row)
+    def run_rows(
+        self, values: Sequence[Any], ids: Sequence[Any] | None = None, id_column: str = "id"
+    ) -> tuple[dict[str, np.ndarray], list[str | None]]:
+        """Run the rows ``values`` (one sequence each) as one padded batch.
+
+        Parameters
+        ----------
+        values : sequence
+            Each row's sequence (array, nested lists).
+        ids : sequence, optional
+            Each row's id (for error messages), from the column ``id_column``.
+
+        Returns
+        -------
+        outputs : dict of output name -> object array
+            Per row its output (None for a row in error).
+        errors : list
+            Per row None, or why it could not be run (``on_error="skip"``).
+        """
+        n = len(values)
+        rows: list[np.ndarray | None] = [None] * n
+        errors: list[str | None] = [None] * n
+        labels = _Labels(ids, id_column, self.input_column)
+        for i in range(n):
+            try:
+                rows[i] = self.check_row(values[i])
+            except (ValueError, TypeError) as exc:
+                self._fail(labels, i, str(exc), errors)
+        good = [i for i, r in enumerate(rows) if r is not None]
+        per_row: list[dict[str, np.ndarray] | None] = []
+        if good:
+            try:
+                per_row = list(self._run_padded([rows[i] for i in good]))
+            except LstmInferError:
+                # Something only the engine checks: find the row(s) by running each alone.
+                per_row = []
+                for i in good:
+                    try:
+                        per_row.append(self._run_padded([rows[i]])[0])
+                    except LstmInferError as exc:
+                        self._fail(labels, i, str(exc), errors)
+                        per_row.append(None)
+        results: list[dict[str, np.ndarray] | None] = [None] * n
+        for i, r in zip(good, per_row):
+            results[i] = r
+        outputs = {}
+        for name in self.outputs:
+            col = np.empty(n, dtype=object)
+            col[:] = [None if r is None else r[name] for r in results]
+            outputs[name] = col
+        return outputs, errors
+
+    def _fail(self, labels: _Labels, row: int, reason: str, errors: list[str | None]) -> None:
+        label, row_id = labels(row)
         message = f"{label} of column {self.input_column!r} cannot be run: {reason}"
         if self.on_error == "raise":
             raise BatchRowError(message, row, row_id)
         errors[row] = message
-
-    def _run_rows(
-        self,
-        rows: list[np.ndarray | None],
-        errors: list[str | None],
-        columns: Mapping[str, Any],
-    ) -> list[dict[str, np.ndarray] | None]:
-        """Per row, output name -> that row's output (None for rows in error)."""
-        good = [i for i, r in enumerate(rows) if r is not None]
-        results: list[dict[str, np.ndarray] | None] = [None] * len(rows)
-        if not good:
-            return results
-        try:
-            per_row = self._run_padded([rows[i] for i in good])
-        except LstmInferError:
-            # Something only the engine checks: find the row(s) by running each alone.
-            per_row = []
-            for i in good:
-                try:
-                    per_row.append(self._run_padded([rows[i]])[0])
-                except LstmInferError as exc:
-                    self._fail(columns, i, str(exc), errors)
-                    per_row.append(None)
-        for i, r in zip(good, per_row):
-            results[i] = r
-        return results
 
     def _run_padded(self, rows: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
         """Pad ``rows`` into one batch, run it, and split the outputs per row."""
@@ -316,6 +338,21 @@ class BatchRunner:
                     part = part[(slice(None),) * t + (slice(0, int(n)),)]
                 per_row[b][name] = np.ascontiguousarray(part)
         return per_row
+
+
+class _Labels:
+    """How error messages name row ``i``: its index, and its id when there is an id column."""
+
+    def __init__(self, ids: Sequence[Any] | None, id_column: str, input_column: str) -> None:
+        self.ids, self.id_column, self.input_column = ids, id_column, input_column
+
+    def __call__(self, row: int) -> tuple[str, Any]:
+        if self.ids is None:
+            return f"row {row}", None
+        row_id = self.ids[row]
+        if isinstance(row_id, np.generic):
+            row_id = row_id.item()
+        return f"row {row} ({self.id_column}={row_id!r})", row_id
 
 
 def _passthrough(col: Any) -> Any:

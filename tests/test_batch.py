@@ -193,6 +193,10 @@ def test_empty_rows_and_empty_batches(rng):
     out = run_batch(model, {"input": rows})
     _check_against_alone(model, rows, out, {n: n for n in model.output_names})
     assert out["output"][0].shape == (0, F)
+    features = torch_style_model()
+    for no_steps in ([], np.empty(0, object), np.zeros((0, I), np.float32)):
+        out = run_batch(features, {"input": [no_steps, np.ones((2, I))]})
+        assert out["output"][0].shape == (0, F)
     empty = run_batch(model, {"input": [], "id": []})
     assert len(empty["output"]) == 0 and len(empty["id"]) == 0
 
