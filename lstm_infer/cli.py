@@ -1,4 +1,4 @@
-"""The ``lstm-infer`` command line: info, convert, validate, bench and demo.
+"""The ``lstm-infer`` command line: info, convert, validate, bench, batch and demo.
 
 Errors print one line and exit non-zero; ``--debug`` shows the traceback instead.
 """
@@ -19,7 +19,12 @@ EXIT_ERROR = 2
 def _load(path: str, args: argparse.Namespace) -> Any:
     import lstm_infer
 
-    options = {
+    return lstm_infer.load(path, **_load_options(args))
+
+
+def _load_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The load options given on the command line (see ``_add_torch_options``)."""
+    return {
         key: value
         for key, value in (
             ("batch_first", getattr(args, "batch_first", None)),
@@ -32,7 +37,6 @@ def _load(path: str, args: argparse.Namespace) -> Any:
         )
         if value is not None
     }
-    return lstm_infer.load(path, **options)
 
 
 def _add_torch_options(p: argparse.ArgumentParser) -> None:
@@ -343,6 +347,70 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- batch ------------------------------------------------------------------------------------
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    """Run every row of a parquet file through the model: in this process, or on Ray."""
+    from lstm_infer.batch import BatchRunner
+
+    options = _load_options(args)
+    runner = BatchRunner(args.model, load_options=options)  # fails early on a bad model
+    inputs = {runner.input_name: args.input_column or runner.input_name}
+    y = runner.model.spec.signature.outputs["y"]
+    outputs = {y: args.output_column or y}
+    common = {
+        "threads": args.threads,
+        "on_error": args.on_error,
+        "id_column": args.id_column,
+        "error_column": args.error_column,
+    }
+    t0 = time.perf_counter()
+    if args.ray is None:
+        from lstm_infer.batch_arrow import run_parquet
+
+        runner = BatchRunner(runner.model, inputs, outputs, **common)
+        rows = run_parquet(
+            runner, args.source, args.destination, batch_size=args.batch_size, quiet=args.quiet
+        )
+    else:
+        import ray
+
+        from lstm_infer.ray import predict
+
+        started = not ray.is_initialized()
+        if started:
+            address = None if args.ray == "local" else args.ray
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        try:
+            ctx = ray.data.DataContext.get_current()
+            ctx.enable_progress_bars = not args.quiet
+            dataset = predict(
+                args.source,
+                args.model,
+                inputs,
+                outputs,
+                batch_size=args.batch_size,
+                concurrency=args.concurrency,
+                num_cpus=args.num_cpus,
+                load_options=options,
+                ship_model=args.ship_model,
+                **common,
+            )
+            dataset.write_parquet(args.destination)
+            rows = ray.data.read_parquet(args.destination).count()
+        finally:
+            if started:
+                ray.shutdown()
+    seconds = time.perf_counter() - t0
+    where = "in this process" if args.ray is None else f"on Ray ({args.ray})"
+    print(
+        f"{rows} rows -> {args.destination} in {seconds:.2f} s ({rows / max(seconds, 1e-9):.0f} "
+        f"rows/s) {where}"
+    )
+    return 0
+
+
 # ---- entry point -----------------------------------------------------------------------------
 
 
@@ -385,6 +453,44 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_torch_options(s)
     s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("batch", help="run a parquet file's rows, in-process or on Ray")
+    s.add_argument("model")
+    s.add_argument("source", metavar="IN", help="parquet file or directory, one sequence a row")
+    s.add_argument(
+        "destination",
+        metavar="OUT",
+        help="parquet file written (a directory of parquet files with --ray)",
+    )
+    s.add_argument("--input-column", default=None, help="default: the model's input name")
+    s.add_argument("--output-column", default=None, help="default: the model's output name")
+    s.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="run on a Ray cluster (a local one when no address is given)",
+    )
+    s.add_argument("--batch-size", type=int, default=256, help="rows per padded run")
+    s.add_argument("--threads", type=int, default=1, help="threads per run (per Ray actor)")
+    s.add_argument(
+        "--concurrency", type=int, default=None, help="Ray actors (default: the CPUs less one)"
+    )
+    s.add_argument(
+        "--num-cpus", type=float, default=None, help="CPUs each Ray actor reserves (--threads)"
+    )
+    s.add_argument(
+        "--ship-model",
+        action="store_true",
+        help="send the model's bytes to the Ray workers (the path is not on shared storage)",
+    )
+    s.add_argument("--on-error", choices=["raise", "skip"], default="raise")
+    s.add_argument("--id-column", default=None, help="names rows in errors (default: 'id')")
+    s.add_argument("--error-column", default="error", help="with --on-error skip")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_torch_options(s)
+    s.set_defaults(func=cmd_batch)
 
     s = sub.add_parser("demo", help="generate text with the bundled model, timed")
     s.add_argument("--prompt", default="def main(")
