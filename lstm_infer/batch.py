@@ -27,6 +27,12 @@ __all__ = ["BatchRowError", "BatchRunner", "run_batch"]
 
 ON_ERROR = ("raise", "skip")
 
+# Length grouping of a batch (BatchRunner._run_padded). Measured with bench/ray_batch.py's
+# tagger (LSTM 64 -> 256, 64 rows of 10-150 steps): one padded run 94 ms, four sorted groups
+# 74 ms, the unpadded rows' share of the steps being 54%.
+_GROUP_FILL = 0.75
+_GROUP_MIN_ROWS = 8
+
 
 class BatchRowError(InputError):
     """One row of a batch cannot be run. ``row`` is its index in the batch, ``row_id`` the
@@ -175,7 +181,7 @@ class BatchRunner:
         """One row's sequence as the array ``Model.run`` takes for it (float32 ``(T, I)`` or
         int64 ``(T,)`` ids); raises ValueError / TypeError saying what is wrong."""
         if value is None:
-            raise ValueError("it is empty (None)")
+            raise ValueError("it is missing (null / None)")
         arr = _as_row_array(value)
         if self._vocab is not None:
             if arr.ndim == 2 and arr.size == 0 and arr.shape[0] == 0:
@@ -314,6 +320,32 @@ class BatchRunner:
         errors[row] = message
 
     def _run_padded(self, rows: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """Run ``rows`` as a few padded batches of similar lengths; outputs per row.
+
+        The engine runs every step of a padded batch for every row (the lengths only mask
+        the updates), so rows are sorted by length and cut into groups whose shortest row is
+        at least ``_GROUP_FILL`` of the longest (each group keeps ``_GROUP_MIN_ROWS`` rows or
+        more: a batch too small wastes the matrix products' width instead).
+        """
+        order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
+        per_row: list[dict[str, np.ndarray]] = [{} for _ in rows]
+        start = 0
+        while start < len(order):
+            longest = len(rows[order[start]])
+            stop = start + 1
+            while stop < len(order) and (
+                stop - start < _GROUP_MIN_ROWS or len(rows[order[stop]]) >= _GROUP_FILL * longest
+            ):
+                stop += 1
+            if len(order) - stop < _GROUP_MIN_ROWS:  # no short group left over at the end
+                stop = len(order)
+            group = order[start:stop]
+            for i, out in zip(group, self._run_one_batch([rows[i] for i in group])):
+                per_row[i] = out
+            start = stop
+        return per_row
+
+    def _run_one_batch(self, rows: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
         """Pad ``rows`` into one batch, run it, and split the outputs per row."""
         lengths = np.array([len(r) for r in rows], np.int32)
         T, B = int(lengths.max()), len(rows)

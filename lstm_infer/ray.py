@@ -205,7 +205,7 @@ def predict(
         fn_constructor_kwargs={"model": shipped, **kwargs},
         batch_size=batch_size,
         batch_format="pyarrow",
-        concurrency=concurrency,
+        compute=ray.data.ActorPoolStrategy(size=concurrency),
         num_cpus=num_cpus,
         zero_copy_batch=True,
     )

@@ -8,8 +8,12 @@ checks a padded row against it too.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
+from conftest import require
 from reference import lstm_ref
 
 import lstm_infer
@@ -175,6 +179,28 @@ def test_batch_rows_equal_rows_alone(make, rng):
     assert [len(s) for s in out["seq"]] == LENGTHS
 
 
+@pytest.mark.parametrize("tokens", [False, True])
+def test_many_lengths_run_in_sorted_groups(tokens, rng, monkeypatch):
+    """40 rows of 1-60 steps: cut into several length groups, each row still its own."""
+    import lstm_infer.batch as batch
+
+    runs = []
+    model = torch_style_model("gru", tokens=tokens, batch_first=not tokens)
+    real_run = model.run
+
+    def counting_run(*args, **kwargs):
+        runs.append(kwargs["lengths"])
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(model, "run", counting_run)
+    lengths = rng.integers(1, 61, 40)
+    rows = _rows(model, rng, lengths)
+    out = batch.run_batch(model, {"input": rows[::-1]})
+    assert len(runs) > 2 and sorted(np.concatenate(runs)) == sorted(lengths)
+    monkeypatch.undo()
+    _check_against_alone(model, rows[::-1], out, {n: n for n in model.output_names})
+
+
 def test_batch_accepts_nested_lists_and_object_arrays(rng):
     """What pandas / Ray's numpy batches hold for list columns: object arrays of arrays."""
     model = torch_style_model()
@@ -206,7 +232,7 @@ BAD_ROWS = [
     (np.zeros((4, 2, I), np.float32), r"rank 2"),
     (np.zeros(3, np.float32), r"rank 2"),
     (np.full((2, I), "x"), r"must be numeric"),
-    (None, r"empty"),
+    (None, r"missing \(null"),
     ([[0.0] * I, [0.0] * (I - 1)], r"different shapes|inhomogeneous"),
 ]
 
@@ -273,3 +299,71 @@ def test_runner_argument_errors(tmp_path):
     x = np.ones((3, I), np.float32)
     from_path = BatchRunner(path)({"input": [x]})
     np.testing.assert_allclose(from_path["output"][0], _alone(model, x)["output"], atol=1e-6)
+
+
+# ---- arrow tables and parquet (pyarrow, no ray) --------------------------------------------
+
+
+def test_arrow_table_rows_equal_rows_alone_and_bad_rows_are_named(rng):
+    pa = require("pyarrow")
+    from lstm_infer.batch_arrow import column_rows, run_table
+
+    model = onnx_node_model(1)
+    rows = _rows(model, rng)
+    values = [r.tolist() for r in rows]
+    values[2] = None  # a null row
+    values[4] = [[0.0] * I, [0.0] * (I + 1)]  # steps of different sizes
+    values[5] = [[0.0] * (I + 2)] * 3  # the wrong feature size
+    table = pa.table(
+        {"key": [f"k{i}" for i in range(len(rows))], "x": pa.array(values, pa.large_list(
+            pa.list_(pa.float64())))}
+    )  # fmt: skip
+    runner = BatchRunner(model, {"X": "x"}, {"Y": "y", "Y_h": "h"}, on_error="skip",
+                         id_column="key")  # fmt: skip
+    out = run_table(runner, table)
+    assert out.column_names == ["key", "x", "y", "h", "error"]
+    errors = out.column("error").to_pylist()
+    assert "row 2 (key='k2')" in errors[2] and "null" in errors[2]
+    assert "different shapes" in errors[4] and "size 5" in errors[5]
+    for name, column in (("Y", "y"), ("Y_h", "h")):
+        got = column_rows(out.column(column))
+        for i in (0, 1, 3):
+            np.testing.assert_allclose(got[i], _alone(model, rows[i])[name], atol=1e-5)
+        assert got[2] is None and got[4] is None and got[5] is None
+    strings = pa.table({"x": ["abc", "def"]})
+    with pytest.raises(BatchRowError, match=r"row 0 .*must be numeric"):
+        run_table(BatchRunner(model, {"X": "x"}), strings)
+
+
+def test_parquet_in_process_with_the_counter_progress(rng, tmp_path, monkeypatch, capsys):
+    pa = require("pyarrow")
+    pq = require("pyarrow.parquet")
+    from lstm_infer.batch_arrow import column_rows, run_parquet
+
+    model = torch_style_model(tokens=True)
+    rows = _rows(model, rng)
+    pq.write_table(pa.table({"id": np.arange(6), "input": [r.tolist() for r in rows]}),
+                   tmp_path / "in.parquet")  # fmt: skip
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # no tqdm: the stderr counter
+    n = run_parquet(BatchRunner(model), tmp_path / "in.parquet", tmp_path / "out.parquet",
+                    batch_size=4)  # fmt: skip
+    assert n == 6 and "6/6 rows" in capsys.readouterr().err
+    got = column_rows(pq.read_table(tmp_path / "out.parquet").column("output"))
+    for row, y in zip(rows, got):
+        np.testing.assert_allclose(y, _alone(model, row)["output"], atol=1e-5)
+    pq.write_table(pa.table({"id": pa.array([], pa.int64())}), tmp_path / "empty.parquet")
+    with pytest.raises(InputError, match="no column 'input'"):
+        run_parquet(BatchRunner(model), tmp_path / "empty.parquet", tmp_path / "o.parquet")
+    with pytest.raises(FileNotFoundError):
+        run_parquet(BatchRunner(model), tmp_path / "missing.parquet", tmp_path / "o.parquet")
+
+
+def test_lstm_infer_ray_without_ray_names_the_extra():
+    code = (
+        "import sys\nsys.modules['ray'] = None\nimport lstm_infer\n"
+        "try:\n    import lstm_infer.ray\nexcept ImportError as e:\n    print(type(e).__name__, e)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "MissingDependencyError" in result.stdout and "lstm_infer[ray]" in result.stdout, (
+        result.stdout + result.stderr
+    )
