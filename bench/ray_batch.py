@@ -8,17 +8,19 @@ column, as a parquet file would give it. Measured:
   (what ``lstm-infer batch`` without ``--ray`` does, minus the parquet I/O);
 - ``ray_2_actors``: ``lstm_infer.ray.predict`` on ``ray.init(num_cpus=2)``, 2 actors of 1
   CPU and 1 thread, the table given as in-memory blocks (``ray.data.from_arrow``), the
-  wall time of ``materialize()`` including the actors' start and model load, and the same
-  for a one-row job (the fixed cost of a job).
+  wall time of ``materialize()`` including the actors' start and model load; the same for a
+  one-row job (the fixed cost of a job) and for half the rows: all rows less half the rows
+  over the time difference is the rate once the actors are running (``marginal``).
 
 The Ray outputs are checked against the in-process ones before anything is reported.
 
-    python bench/ray_batch.py [--rows 3000] [--batch-size 64] [--output PATH]
+    python bench/ray_batch.py [--rows 6000] [--batch-size 64] [--output PATH]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -80,37 +82,39 @@ def in_process(model: lstm_infer.Model, tbl: Any, batch_size: int) -> tuple[floa
     return time.perf_counter() - t0, tags
 
 
-def on_ray(path: str, tbl: Any, batch_size: int, blocks: int) -> tuple[float, float, Any]:
+def on_ray(path: str, tbl: Any, batch_size: int, blocks: int) -> dict[str, Any]:
+    """Wall times of three jobs on one local cluster: one row (after a warm-up job), half the
+    rows and all of them; the difference of the last two is the rate once the actors run."""
     import ray
 
     from lstm_infer.ray import predict
 
+    def job(t: Any, n_blocks: int) -> tuple[float, Any]:
+        step = -(-t.num_rows // n_blocks)
+        ds = ray.data.from_arrow([t.slice(i, step) for i in range(0, t.num_rows, step)])
+        t0 = time.perf_counter()
+        out = predict(
+            ds, path, {"input": "features"}, {"output": "tags"}, batch_size=batch_size,
+            concurrency=2,
+        ).materialize()  # fmt: skip
+        return time.perf_counter() - t0, out
+
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         ray.data.DataContext.get_current().enable_progress_bars = False
-        step = -(-tbl.num_rows // blocks)
-        parts = [tbl.slice(i, step) for i in range(0, tbl.num_rows, step)]
-        one = ray.data.from_arrow([tbl.slice(0, 1)])
-        t0 = time.perf_counter()
-        predict(one, path, {"input": "features"}, {"output": "tags"}, concurrency=2).materialize()
-        fixed = time.perf_counter() - t0
-        ds = ray.data.from_arrow(parts)
-        t0 = time.perf_counter()
-        result = predict(
-            ds, path, {"input": "features"}, {"output": "tags"}, batch_size=batch_size,
-            concurrency=2,
-        )  # fmt: skip
-        result = result.materialize()
-        wall = time.perf_counter() - t0
+        job(tbl.slice(0, 1), 1)  # warm-up: worker processes, imports
+        one_s, _ = job(tbl.slice(0, 1), 1)
+        half_s, _ = job(tbl.slice(0, tbl.num_rows // 2), blocks // 2)
+        full_s, result = job(tbl, blocks)
         tables = ray.get(result.to_arrow_refs())
     finally:
         ray.shutdown()
-    return wall, fixed, tables
+    return {"one_s": one_s, "half_s": half_s, "full_s": full_s, "tables": tables}
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rows", type=int, default=3000)
+    p.add_argument("--rows", type=int, default=6000)
     p.add_argument("--min-len", type=int, default=10)
     p.add_argument("--max-len", type=int, default=150)
     p.add_argument("--batch-size", type=int, default=64)
@@ -125,9 +129,11 @@ def main() -> int:
         path = str(Path(tmp) / "tagger.safetensors")
         model.save(path)
         local_s, local_out = in_process(model, tbl, args.batch_size)
-        ray_s, fixed_s, ray_tables = on_ray(path, tbl, args.batch_size, args.blocks)
+        timings = on_ray(path, tbl, args.batch_size, args.blocks)
     local = pa.concat_tables(local_out)
-    remote = pa.concat_tables(ray_tables).sort_by("id")
+    remote = pa.concat_tables(timings.pop("tables")).sort_by("id")
+    ray_s, fixed_s = timings["full_s"], timings["one_s"]
+    marginal = (args.rows - args.rows // 2) / (ray_s - timings["half_s"])
     assert remote.column("id").to_pylist() == local.column("id").to_pylist()
     a = local.column("tags").combine_chunks().flatten().flatten().to_numpy()
     b = remote.column("tags").combine_chunks().flatten().flatten().to_numpy()
@@ -147,6 +153,8 @@ def main() -> int:
         for name, s in (("in_process_1_thread", local_s), ("ray_2_actors", ray_s))
     ]
     rows.append({"case": "ray_one_row_job", "seconds": fixed_s})
+    rows.append({"case": "ray_2_actors_half_rows", "seconds": timings["half_s"]})
+    rows.append({"case": "ray_2_actors_marginal", "rows_per_s": marginal})
     print(
         f"LSTM {I}->{H} -> Linear {F}; {args.rows} rows of {args.min_len}-{args.max_len} steps "
         f"(mean {lengths.mean():.0f}), batches of {args.batch_size}; max |ray - local| {diff:.1e}"
@@ -158,6 +166,10 @@ def main() -> int:
         )
     print(f"{'ray_one_row_job':<22}{fixed_s:8.2f} s (actor start, model load, scheduling)")
     print(f"ray_2_actors / in_process: {local_s / ray_s:.2f}x the rows/s")
+    print(f"ray_2_actors marginal (all rows - half the rows): {marginal:.0f} rows/s")
+    load = os.getloadavg()
+    print(f"load average during the run (the cores may be shared): {load[0]:.1f}")
+    rows.append({"case": "load_average_1min", "value": load[0]})
     write_results("ray_batch", rows, 1, args.output)
     return 0
 
