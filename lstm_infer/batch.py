@@ -1,8 +1,9 @@
 """Batch inference over columns of rows, one sequence per row: the in-process core.
 
-A batch of rows of different lengths is padded into one array and run as one ragged batch
-(``Model.run(..., lengths=)``); each row gets its own outputs, trimmed to its own length, the
-same (to fp32 rounding) as running that row alone. Rows are checked one by one before the run:
+A batch of rows of different lengths is sorted by length, padded into a few arrays of
+similar lengths and each run as one ragged batch (``Model.run(..., lengths=)``); each row gets
+its own outputs, trimmed to its own length, the same (to fp32 rounding) as running that row
+alone. Rows are checked one by one before the run:
 a row that cannot be run (wrong rank, wrong feature size, token ids outside the vocabulary,
 non-numeric values) raises :class:`BatchRowError` naming the row, or with ``on_error="skip"``
 gets its message in an error column and empty (None) outputs, the other rows unaffected.

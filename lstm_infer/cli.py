@@ -380,8 +380,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
         started = not ray.is_initialized()
         if started:
-            address = None if args.ray == "local" else args.ray
-            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            # "local" starts a cluster of this machine's CPUs even when another one runs here.
+            ray.init(address=args.ray, include_dashboard=False, log_to_driver=False)
         try:
             ctx = ray.data.DataContext.get_current()
             ctx.enable_progress_bars = not args.quiet

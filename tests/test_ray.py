@@ -57,9 +57,9 @@ def _check(model, rows, ids, tags, name) -> None:
         np.testing.assert_allclose(got, want, atol=1e-5)
 
 
-@pytest.mark.parametrize("batch_format", ["pyarrow", "pandas", "numpy"])
-def test_map_batches_rows_equal_rows_alone(cluster, tmp_path, batch_format):
-    model = torch_style_model(batch_first=batch_format == "pandas")
+def test_map_batches_rows_equal_rows_alone(cluster, tmp_path):
+    batch_format = "pyarrow"  # the others: test_map_batches_called_directly_...
+    model = torch_style_model(batch_first=True)
     path = tmp_path / "model.safetensors"
     model.save(path)
     rows = _rows(model)
@@ -80,6 +80,33 @@ def test_map_batches_rows_equal_rows_alone(cluster, tmp_path, batch_format):
     got = ds.take_all()
     _check(model, rows, [r["id"] for r in got], [r["tags"] for r in got], "output")
     assert sorted(len(r["features"]) for r in got) == sorted(LENGTHS)  # passed through
+
+
+def test_map_batches_called_directly_with_each_batch_format(tmp_path):
+    """The formats map_batches may hand over, without a cluster: the same rows each time."""
+    import pandas as pd
+
+    model = torch_style_model(tokens=True)
+    path = tmp_path / "model.safetensors"
+    model.save(path)
+    rows = _rows(model, seed=6)
+    ids = [f"utt{i:03d}" for i in range(len(rows))]
+    fn = MapBatches(path.read_bytes(), {"input": "tokens"}, {"output": "tags"})
+    objects = np.empty(len(rows), object)
+    objects[:] = rows
+    table = pa.table({"id": ids, "tokens": [r.tolist() for r in rows]})
+    for batch in (
+        {"id": np.array(ids), "tokens": objects},
+        pd.DataFrame({"id": ids, "tokens": objects}),
+        table,
+    ):
+        out = fn(batch)
+        assert type(out) is type(batch) or isinstance(batch, dict)
+        tags = out.column("tags").to_pylist() if isinstance(out, pa.Table) else list(out["tags"])
+        ids_out = out.column("id").to_pylist() if isinstance(out, pa.Table) else list(out["id"])
+        _check(model, rows, ids_out, tags, "output")
+    with pytest.raises(TypeError, match="expected a pyarrow Table"):
+        fn([1, 2, 3])
 
 
 def test_predict_token_ids_from_bytes_and_a_model(cluster, tmp_path):
