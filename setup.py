@@ -19,6 +19,7 @@ PORTABLE_SOURCES = [
     "src_c/kernels_scalar.c",
     "src_c/cpu_dispatch.c",
     "src_c/recurrent_driver.c",
+    "src_c/stack_step_rows.c",
 ]
 X86_ISA_SOURCES = {
     "src_c/kernels_avx2.c": ["-mavx2", "-mfma"],

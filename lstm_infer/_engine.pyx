@@ -15,7 +15,8 @@ from lstm_infer._kernels cimport (
     LI_WEIGHTS_F32, LI_WEIGHTS_I8, li_cell, li_kernels,
     li_kernels_for, li_run_direction, li_direction_scratch_floats, li_sgemm_fn,
     li_run_direction_part, li_split_sync, li_unit_split_part_floats, li_unit_split_shared_floats,
-    li_stack_step, li_stack_step_scratch_floats, li_usable_isas,
+    li_stack_step, li_stack_step_scratch_floats, li_stack_step_rows,
+    li_stack_step_rows_scratch_floats, li_usable_isas,
 )
 
 cnp.import_array()
@@ -463,18 +464,25 @@ cdef class StackStepper:
     cdef const li_cell **cells
     cdef float **h_ptrs
     cdef float **c_ptrs
+    cdef float **h_rows
+    cdef float **c_rows
     cdef int n_layers, batch, in_size, out_size
     cdef readonly list plans
     cdef readonly list h
     cdef readonly list c
     cdef float[::1] scratch
+    cdef float[::1] rows_scratch
+    cdef bint has_rows_scratch
 
     def __cinit__(self, list plans, int batch):
         self.n_layers = len(plans)
         self.cells = <const li_cell **>PyMem_Malloc(max(1, self.n_layers) * sizeof(li_cell *))
         self.h_ptrs = <float **>PyMem_Malloc(max(1, self.n_layers) * sizeof(float *))
         self.c_ptrs = <float **>PyMem_Malloc(max(1, self.n_layers) * sizeof(float *))
-        if self.cells == NULL or self.h_ptrs == NULL or self.c_ptrs == NULL:
+        self.h_rows = <float **>PyMem_Malloc(max(1, self.n_layers) * sizeof(float *))
+        self.c_rows = <float **>PyMem_Malloc(max(1, self.n_layers) * sizeof(float *))
+        if (self.cells == NULL or self.h_ptrs == NULL or self.c_ptrs == NULL
+                or self.h_rows == NULL or self.c_rows == NULL):
             raise MemoryError()
 
     def __init__(self, list plans, int batch):
@@ -509,6 +517,8 @@ cdef class StackStepper:
         PyMem_Free(self.cells)
         PyMem_Free(self.h_ptrs)
         PyMem_Free(self.c_ptrs)
+        PyMem_Free(self.h_rows)
+        PyMem_Free(self.c_rows)
 
     @property
     def batch(self):
@@ -555,6 +565,55 @@ cdef class StackStepper:
                                self.h_ptrs, self.c_ptrs, op, sp)
         if rc == -4:
             raise ValueError(f"a token id is outside [0, {self.cells[0].vocab_size})")
+        if rc != 0:
+            raise ValueError(f"recurrent kernel rejected its arguments (code {rc})")
+
+    def step_rows(self, cnp.ndarray rows not None, cnp.ndarray x not None,
+                  cnp.ndarray out not None):
+        """One timestep for the n distinct state rows ``rows`` (int32, (n,)) only, as one
+        batch of n: x (n, I) (or (n,) int64 token ids) -> out (n, Hr_last), in the order of
+        rows. The other rows keep their state, and so does every row on error (serving: the
+        state arrays h, c are a slab of `batch` sessions, see lstm_infer/pool.py).
+        """
+        if not (cnp.PyArray_TYPE(rows) == cnp.NPY_INT32 and cnp.PyArray_NDIM(rows) == 1
+                and cnp.PyArray_IS_C_CONTIGUOUS(rows) and cnp.PyArray_ISBEHAVED_RO(rows)):
+            raise ValueError("rows must be a C-contiguous int32 vector")
+        cdef int n = <int>cnp.PyArray_DIM(rows, 0)
+        if n < 1 or n > self.batch:
+            raise ValueError(f"between 1 and {self.batch} rows can be stepped, got {n}")
+        cdef const float *xp = NULL
+        cdef const int64_t *tp = NULL
+        if self.cells[0].token_table != NULL:
+            if not (cnp.PyArray_TYPE(x) == cnp.NPY_INT64 and cnp.PyArray_NDIM(x) == 1
+                    and cnp.PyArray_IS_C_CONTIGUOUS(x) and cnp.PyArray_ISBEHAVED_RO(x)
+                    and cnp.PyArray_DIM(x, 0) == n):
+                raise ValueError(f"expected {n} int64 token id(s), got {x.dtype} {np.shape(x)}")
+            tp = <const int64_t *>cnp.PyArray_DATA(x)
+        elif not _is_f32_matrix(x, n, self.in_size):
+            raise ValueError(f"expected a C-contiguous float32 input of shape ({n}, "
+                             f"{self.in_size}), got {x.dtype} {np.shape(x)}")
+        else:
+            xp = <const float *>cnp.PyArray_DATA(x)
+        if not _is_f32_matrix(out, n, self.out_size) or not cnp.PyArray_ISWRITEABLE(out):
+            raise ValueError(f"out must be a writable C-contiguous float32 array of shape "
+                             f"({n}, {self.out_size})")
+        if not self.has_rows_scratch:  # once per stepper: a plain stream never needs it
+            self.rows_scratch = np.zeros(
+                li_stack_step_rows_scratch_floats(self.cells, self.n_layers, self.batch),
+                dtype=np.float32)
+            self.has_rows_scratch = True
+        cdef const int32_t *rp = <const int32_t *>cnp.PyArray_DATA(rows)
+        cdef float *op = <float *>cnp.PyArray_DATA(out)
+        cdef float *sp = &self.rows_scratch[0]
+        cdef int rc
+        with nogil:
+            rc = li_stack_step_rows(self.cells, self.n_layers, _active, self.batch, n, rp, xp,
+                                    tp, self.h_ptrs, self.c_ptrs, self.h_rows, self.c_rows, op,
+                                    sp)
+        if rc == -4:
+            raise ValueError(f"a token id is outside [0, {self.cells[0].vocab_size})")
+        if rc == -5:
+            raise ValueError(f"a row index is outside [0, {self.batch})")
         if rc != 0:
             raise ValueError(f"recurrent kernel rejected its arguments (code {rc})")
 

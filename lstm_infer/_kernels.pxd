@@ -101,3 +101,8 @@ cdef extern from "li_kernels.h" nogil:
     int li_stack_step(const li_cell *const *cells, int n_layers, const li_kernels *kern, int B,
                       const float *x, const int64_t *tokens, float *const *h,
                       float *const *c, float *y, float *scratch)
+    size_t li_stack_step_rows_scratch_floats(const li_cell *const *cells, int n_layers, int B)
+    int li_stack_step_rows(const li_cell *const *cells, int n_layers, const li_kernels *kern,
+                           int capacity, int n, const int32_t *rows, const float *x,
+                           const int64_t *tokens, float *const *h_slab, float *const *c_slab,
+                           float **h_rows, float **c_rows, float *y, float *scratch)

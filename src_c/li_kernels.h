@@ -324,6 +324,25 @@ int li_stack_step(const li_cell *const *cells, int n_layers, const li_kernels *k
                   const float *x, const int64_t *tokens, float *const *h, float *const *c,
                   float *y, float *scratch);
 
+/* Scratch floats li_stack_step_rows needs for up to B rows. */
+size_t li_stack_step_rows_scratch_floats(const li_cell *const *cells, int n_layers, int B);
+
+/*
+ * One timestep of li_stack_step for n of the `capacity` rows of a state slab (serving).
+ *   rows:   [n] distinct row indices in [0, capacity) (-5 otherwise)
+ *   x / tokens: [n][I0] inputs / [n] token ids, in the order of rows
+ *   h_slab[l], c_slab[l]: per layer [capacity][Hr_l], [capacity][H_l] (c NULL for RNN/GRU)
+ *   h_rows, c_rows: [n_layers] pointer arrays the function fills (caller-owned, no data)
+ *   y:      [n][Hr_last] output, in the order of rows
+ *   scratch: li_stack_step_rows_scratch_floats(cells, n_layers, n) floats or more
+ * The listed rows are gathered, stepped as one batch and scattered back; on any error no
+ * row of the slab changes. No allocation.
+ */
+int li_stack_step_rows(const li_cell *const *cells, int n_layers, const li_kernels *kern,
+                       int capacity, int n, const int32_t *rows, const float *x,
+                       const int64_t *tokens, float *const *h_slab, float *const *c_slab,
+                       float **h_rows, float **c_rows, float *y, float *scratch);
+
 #ifdef __cplusplus
 }
 #endif
