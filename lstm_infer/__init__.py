@@ -17,6 +17,7 @@ from lstm_infer._engine import available_isas, isa, set_isa
 from lstm_infer._spec import TensorInfo
 from lstm_infer.graph_model import GraphModel
 from lstm_infer.model import Model, Stream
+from lstm_infer.pool import StreamPool
 from lstm_infer.validate import validate
 
 __version__ = "0.1.0"
@@ -24,6 +25,7 @@ __all__ = [
     "GraphModel",
     "Model",
     "Stream",
+    "StreamPool",
     "TensorInfo",
     "available_isas",
     "errors",
