@@ -36,12 +36,13 @@ LATENCY_WINDOW = 10_000
 class BatchStats:
     """Counters of a batcher, read by ``/metrics`` and the bench.
 
-    ``batch_sizes`` keeps the size of every batch in the latency window; ``latencies_s``
-    the submit-to-result time of the most recent steps.
+    ``batch_sizes`` keeps the size of the most recent batches; ``latencies_s`` the
+    submit-to-result time of the most recent steps (``latency_sum`` of all of them).
     """
 
     steps: int = 0
     batches: int = 0
+    latency_sum: float = 0.0
     bucket_counts: list[int] = field(default_factory=lambda: [0] * len(BATCH_BUCKETS))
     batch_sizes: deque = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
     latencies_s: deque = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
@@ -56,6 +57,7 @@ class BatchStats:
             if i < len(self.bucket_counts):
                 self.bucket_counts[i] += 1
             self.latencies_s.extend(latencies)
+            self.latency_sum += sum(latencies)
 
     def latency_quantiles(self, qs: tuple[float, ...] = (0.5, 0.9, 0.99)) -> dict[float, float]:
         """Quantiles of the recent submit-to-result latencies, in seconds (empty: none)."""

@@ -1,4 +1,4 @@
-"""The ``lstm-infer`` command line: info, convert, validate, bench and demo.
+"""The ``lstm-infer`` command line: info, convert, validate, bench, demo and serve.
 
 Errors print one line and exit non-zero; ``--debug`` shows the traceback instead.
 """
@@ -343,6 +343,37 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- serve -----------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from lstm_infer.serve import ServeLimits, serve  # starlette/uvicorn: only for this command
+
+    limits = ServeLimits(
+        max_sessions=args.max_sessions,
+        max_frame_bytes=args.max_frame_bytes,
+        idle_timeout_s=args.idle_timeout,
+    )
+    model = _load(args.model, args)
+    serve(model, args.host, args.port, max_batch=args.max_batch,
+          max_wait_us=args.max_wait_us, limits=limits)  # fmt: skip
+    return 0
+
+
+def _add_serve_parser(sub: Any) -> None:
+    s = sub.add_parser("serve", help="serve many streams over WebSocket/HTTP (extra 'serve')")
+    s.add_argument("model")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--max-batch", type=int, default=64, help="most steps batched together")
+    s.add_argument("--max-wait-us", type=float, default=500.0, help="longest a step waits")
+    s.add_argument("--max-sessions", type=int, default=1024)
+    s.add_argument("--max-frame-bytes", type=int, default=1 << 20)
+    s.add_argument("--idle-timeout", type=float, default=300.0, help="seconds")
+    _add_torch_options(s)
+    s.set_defaults(func=cmd_serve)
+
+
 # ---- entry point -----------------------------------------------------------------------------
 
 
@@ -392,6 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--temperature", type=float, default=0.7, help="0 for greedy")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_demo)
+
+    _add_serve_parser(sub)
     return p
 
 
