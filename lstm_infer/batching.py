@@ -85,21 +85,36 @@ class StepBatcher:
         self._max_batch = max_batch
         self._max_wait = max_wait_us * 1e-6
         self._cond = threading.Condition()
-        # session id -> (staged input, future, time submitted), in arrival order
-        self._pending: dict[int, tuple[np.ndarray, Future, float]] = {}
+        # session id -> (staged input, waiter, time submitted), in arrival order; a waiter is
+        # a concurrent.futures.Future (threads) or an asyncio.Future (coroutines)
+        self._pending: dict[int, tuple[np.ndarray, Any, float]] = {}
         self._stopping = False
         self.stats = BatchStats()
         self._worker = threading.Thread(target=self._run, name="lstm-infer-batcher", daemon=True)
         self._worker.start()
 
     def submit(self, sid: int, x_t: Any) -> Future:
-        """Queue one step of ``sid``; the future gets its output ``(features,)``.
+        """Queue one step of ``sid`` for a thread; the future gets its output ``(features,)``.
 
         Raises at once (nothing queued) for a bad input, a session not open, a session
         that already has a step waiting, or a stopped batcher.
         """
-        staged = self._pool._stage_checked(sid, x_t)
         future: Future = Future()
+        self._queue(sid, x_t, future)
+        return future
+
+    async def submit_async(self, sid: int, x_t: Any) -> np.ndarray:
+        """:meth:`submit` for a coroutine: the results of a batch reach each event loop in
+        one call (one wake-up per batch, not per step). A cancelled await may still have
+        been stepped."""
+        import asyncio
+
+        future = asyncio.get_running_loop().create_future()
+        self._queue(sid, x_t, future)
+        return await future
+
+    def _queue(self, sid: int, x_t: Any, waiter: Any) -> None:
+        staged = self._pool._stage(sid, x_t)  # reads no state: no lock needed
         with self._cond:
             if self._stopping:
                 raise StreamError("this pool's batching front end has been shut down")
@@ -108,9 +123,10 @@ class StepBatcher:
                     f"session {sid} already has a step in flight; wait for its result "
                     "before submitting the next"
                 )
-            self._pending[sid] = (staged, future, time.perf_counter())
-            self._cond.notify()
-        return future
+            self._pending[sid] = (staged, waiter, time.perf_counter())
+            # Wake the worker only to start the wait (first step) or when a batch is ready.
+            if len(self._pending) == 1 or self._ready():
+                self._cond.notify()
 
     def stop(self) -> None:
         """Run what is waiting, then end the worker thread."""
@@ -124,7 +140,7 @@ class StepBatcher:
         n = len(self._pending)
         return n >= self._max_batch or n >= len(self._pool) or self._stopping
 
-    def _take(self) -> list[tuple[int, np.ndarray, Future, float]] | None:
+    def _take(self) -> list[tuple[int, np.ndarray, Any, float]] | None:
         """Wait for a batch and take it; None when stopping with nothing left."""
         with self._cond:
             while not self._pending:
@@ -145,35 +161,65 @@ class StepBatcher:
             batch = self._take()
             if batch is None:
                 return
-            # A future cancelled by its awaiter (e.g. a client gone) is dropped, not stepped.
-            batch = [item for item in batch if item[2].set_running_or_notify_cancel()]
+            # A step whose awaiter gave up (e.g. a client gone) is dropped, not stepped.
+            batch = [item for item in batch if _still_wanted(item[2])]
             if batch:
-                self._step(batch)
+                self._deliver(batch, self._step(batch))
 
-    def _step(self, batch: list[tuple[int, np.ndarray, Future, float]]) -> None:
+    def _step(self, batch: list[tuple[int, np.ndarray, Any, float]]) -> list[Any]:
+        """Each item's output, or the exception to raise to its submitter."""
         try:
             outs = self._pool._step_staged_locked([b[0] for b in batch], [b[1] for b in batch])
         except LstmInferError:
             # Only a session closed while it waited can fail here (inputs were checked at
             # submit): step the others one by one so each gets its own result or error.
-            for item in batch:
-                self._step_one(item)
-            return
+            return [self._step_one(item) for item in batch]
         except BaseException as exc:  # pragma: no cover - a bug: report it to every caller
-            for item in batch:
-                item[2].set_exception(exc)
-            return
+            return [exc] * len(batch)
         done = time.perf_counter()
         self.stats.record(len(batch), [done - b[3] for b in batch])
-        for item, y in zip(batch, outs):
-            item[2].set_result(y)
+        return outs
 
-    def _step_one(self, item: tuple[int, np.ndarray, Future, float]) -> None:
-        sid, staged, future, t0 = item
+    def _step_one(self, item: tuple[int, np.ndarray, Any, float]) -> Any:
+        sid, staged, _, t0 = item
         try:
             (y,) = self._pool._step_staged_locked([sid], [staged])
         except BaseException as exc:
-            future.set_exception(exc)
-            return
+            return exc
         self.stats.record(1, [time.perf_counter() - t0])
-        future.set_result(y)
+        return y
+
+    def _deliver(self, batch: list[tuple[int, np.ndarray, Any, float]], outs: list[Any]) -> None:
+        """Hand out the results: thread futures directly, asyncio ones per event loop."""
+        by_loop: dict[Any, list[tuple[Any, Any]]] = {}
+        for item, out in zip(batch, outs):
+            waiter = item[2]
+            if isinstance(waiter, Future):
+                if isinstance(out, BaseException):
+                    waiter.set_exception(out)
+                else:
+                    waiter.set_result(out)
+            else:
+                by_loop.setdefault(waiter.get_loop(), []).append((waiter, out))
+        for loop, pairs in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_resolve, pairs)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                pass
+
+
+def _still_wanted(waiter: Any) -> bool:
+    if isinstance(waiter, Future):
+        return waiter.set_running_or_notify_cancel()
+    return not waiter.done()  # an asyncio future, read from the worker: a benign race
+
+
+def _resolve(pairs: list[tuple[Any, Any]]) -> None:
+    """Set asyncio futures' results (runs in their event loop)."""
+    for future, out in pairs:
+        if future.done():
+            continue
+        if isinstance(out, BaseException):
+            future.set_exception(out)
+        else:
+            future.set_result(out)

@@ -238,7 +238,8 @@ class StreamPool:
 
     def _stage(self, sid: int, x_t: Any) -> np.ndarray:
         """One session's input in the kernel's form: float32 (input_size,) or an int64 id
-        (or its embedding row when the model embeds tokens itself)."""
+        (or its embedding row when the model embeds tokens itself). Reads no session state,
+        so it needs no lock (the batching front end checks inputs while a step runs)."""
         self._row(sid)
         if self._takes_tokens:
             try:
@@ -257,11 +258,6 @@ class StreamPool:
                 f"got {tuple(x.shape)}"
             )
         return x.reshape(size).astype(np.float32, copy=False)
-
-    def _stage_checked(self, sid: int, x_t: Any) -> np.ndarray:
-        """``_stage`` under the lock (for the batching front end)."""
-        with self._lock:
-            return self._stage(sid, x_t)
 
     def _step_staged_locked(self, sids: list[int], staged: list[np.ndarray]) -> list[np.ndarray]:
         """``_step_staged`` under the lock (for the batching front end)."""
@@ -300,9 +296,7 @@ class StreamPool:
             ``sid`` already has a step in flight (one session steps one step at a time;
             await the first before submitting the next).
         """
-        import asyncio
-
-        return await asyncio.wrap_future(self._get_batcher().submit(sid, x_t))
+        return await self._get_batcher().submit_async(sid, x_t)
 
     def submit_blocking(self, sid: int, x_t: Any, timeout: float | None = None) -> np.ndarray:
         """:meth:`submit` for threads: blocks until the session's step ran (batched with
@@ -310,6 +304,9 @@ class StreamPool:
         return self._get_batcher().submit(sid, x_t).result(timeout)
 
     def _get_batcher(self) -> Any:
+        batcher = self._batcher  # no lock on this path: a step may be holding it
+        if batcher is not None:
+            return batcher
         with self._lock:
             if self._batcher is None:
                 from lstm_infer.batching import StepBatcher
