@@ -291,11 +291,19 @@ def create_app(
             server.pool.close(sid)
 
     async def run(request: Request) -> Response:
-        body = await request.body()
-        if len(body) > lim.max_request_bytes:
-            return JSONResponse(
-                {"error": f"body over the limit of {lim.max_request_bytes} bytes"}, 413
-            )
+        too_big = JSONResponse(
+            {"error": f"body over the limit of {lim.max_request_bytes} bytes"}, 413
+        )
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > lim.max_request_bytes:
+            return too_big
+        parts, size = [], 0
+        async for part in request.stream():  # never more than the limit in memory
+            size += len(part)
+            if size > lim.max_request_bytes:
+                return too_big
+            parts.append(part)
+        body = b"".join(parts)
         try:
             if request.headers.get("content-type", "").startswith("application/octet-stream"):
                 if server.pool.takes_tokens:

@@ -346,3 +346,23 @@ def test_second_submit_for_a_session_in_flight_raises(rng, lstm) -> None:
 
     with lstm_infer.StreamPool(model, max_wait_us=60e6) as pool:
         asyncio.run(main(pool))
+
+
+def test_session_closed_while_its_step_waits(rng, lstm) -> None:
+    """The waiting batch holds a closed session: that one gets SessionError, the others
+    are stepped as usual."""
+    model, _ = lstm
+
+    async def main(pool: lstm_infer.StreamPool) -> None:
+        a, b = pool.open(), pool.open()
+        x = _inputs(rng, 1)[0]
+        first = asyncio.ensure_future(pool.submit(a, x))
+        await asyncio.sleep(0)  # a waits for b (max_wait_us is far away)
+        pool.close(a)
+        yb = await asyncio.wait_for(pool.submit(b, x), timeout=30)  # one session open: runs
+        with pytest.raises(SessionError, match="not open"):
+            await asyncio.wait_for(first, timeout=30)
+        np.testing.assert_allclose(yb, model.stream(1).step(x[None])[0], atol=1e-6)
+
+    with lstm_infer.StreamPool(model, max_wait_us=60e6) as pool:
+        asyncio.run(main(pool))

@@ -264,8 +264,10 @@ def test_http_endpoints(server: _Running, model, weights) -> None:
     assert "# TYPE lstm_infer_batch_size histogram" in text
 
 
-def test_max_sessions_and_idle_timeout(model) -> None:
-    for running in _start(model, max_sessions=2, idle_timeout_s=0.3):
+def test_max_sessions_idle_timeout_and_request_size(model) -> None:
+    for running in _start(model, max_sessions=2, idle_timeout_s=0.3, max_request_bytes=1000):
+        status, body = running.http("/v1/run", json.dumps({"x": [[0.5] * I] * 100}).encode())
+        assert status == 413 and "limit" in json.loads(body)["error"]
         with connect(running.ws, open_timeout=TIMEOUT) as a, connect(running.ws) as b:
             with connect(running.ws) as c:
                 assert "sessions open" in json.loads(c.recv(timeout=TIMEOUT))["error"]
