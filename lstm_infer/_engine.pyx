@@ -532,6 +532,27 @@ cdef class StackStepper:
     def output_size(self):
         return self.out_size
 
+    cdef int _check_io(self, cnp.ndarray x, cnp.ndarray out, Py_ssize_t n,
+                       const float **xp, const int64_t **tp) except -1:
+        """Check a step's x (n, I) float32, or (n,) int64 ids with a token table, and out
+        (n, Hr_last); set *xp or *tp. Plain ndarray checks by hand: typed memoryviews would
+        allocate a view object per call, and this is the per-step path."""
+        if self.cells[0].token_table != NULL:
+            if not (cnp.PyArray_TYPE(x) == cnp.NPY_INT64 and cnp.PyArray_NDIM(x) == 1
+                    and cnp.PyArray_IS_C_CONTIGUOUS(x) and cnp.PyArray_ISBEHAVED_RO(x)
+                    and cnp.PyArray_DIM(x, 0) == n):
+                raise ValueError(f"expected {n} int64 token id(s), got {x.dtype} {np.shape(x)}")
+            tp[0] = <const int64_t *>cnp.PyArray_DATA(x)
+        elif not _is_f32_matrix(x, n, self.in_size):
+            raise ValueError(f"expected a C-contiguous float32 input of shape ({n}, "
+                             f"{self.in_size}), got {x.dtype} {np.shape(x)}")
+        else:
+            xp[0] = <const float *>cnp.PyArray_DATA(x)
+        if not _is_f32_matrix(out, n, self.out_size) or not cnp.PyArray_ISWRITEABLE(out):
+            raise ValueError(f"out must be a writable C-contiguous float32 array of shape "
+                             f"({n}, {self.out_size})")
+        return 0
+
     def step(self, cnp.ndarray x not None, cnp.ndarray out not None):
         """One timestep: x (B, I) -> out (B, Hr_last); states advance in place.
 
@@ -541,22 +562,7 @@ cdef class StackStepper:
         """
         cdef const float *xp = NULL
         cdef const int64_t *tp = NULL
-        if self.cells[0].token_table != NULL:
-            if not (cnp.PyArray_TYPE(x) == cnp.NPY_INT64 and cnp.PyArray_NDIM(x) == 1
-                    and cnp.PyArray_IS_C_CONTIGUOUS(x) and cnp.PyArray_ISBEHAVED_RO(x)
-                    and cnp.PyArray_DIM(x, 0) == self.batch):
-                raise ValueError(f"expected {self.batch} int64 token id(s), got {x.dtype} "
-                                 f"{np.shape(x)}")
-            tp = <const int64_t *>cnp.PyArray_DATA(x)
-        elif not _is_f32_matrix(x, self.batch, self.in_size):
-            raise ValueError(f"expected a C-contiguous float32 input of shape ({self.batch}, "
-                             f"{self.in_size}), got {x.dtype} {np.shape(x)}")
-        else:
-            xp = <const float *>cnp.PyArray_DATA(x)
-        if not _is_f32_matrix(out, self.batch, self.out_size) or not cnp.PyArray_ISWRITEABLE(
-                out):
-            raise ValueError(f"out must be a writable C-contiguous float32 array of shape "
-                             f"({self.batch}, {self.out_size})")
+        self._check_io(x, out, self.batch, &xp, &tp)
         cdef float *op = <float *>cnp.PyArray_DATA(out)
         cdef float *sp = &self.scratch[0]
         cdef int rc
@@ -583,20 +589,7 @@ cdef class StackStepper:
             raise ValueError(f"between 1 and {self.batch} rows can be stepped, got {n}")
         cdef const float *xp = NULL
         cdef const int64_t *tp = NULL
-        if self.cells[0].token_table != NULL:
-            if not (cnp.PyArray_TYPE(x) == cnp.NPY_INT64 and cnp.PyArray_NDIM(x) == 1
-                    and cnp.PyArray_IS_C_CONTIGUOUS(x) and cnp.PyArray_ISBEHAVED_RO(x)
-                    and cnp.PyArray_DIM(x, 0) == n):
-                raise ValueError(f"expected {n} int64 token id(s), got {x.dtype} {np.shape(x)}")
-            tp = <const int64_t *>cnp.PyArray_DATA(x)
-        elif not _is_f32_matrix(x, n, self.in_size):
-            raise ValueError(f"expected a C-contiguous float32 input of shape ({n}, "
-                             f"{self.in_size}), got {x.dtype} {np.shape(x)}")
-        else:
-            xp = <const float *>cnp.PyArray_DATA(x)
-        if not _is_f32_matrix(out, n, self.out_size) or not cnp.PyArray_ISWRITEABLE(out):
-            raise ValueError(f"out must be a writable C-contiguous float32 array of shape "
-                             f"({n}, {self.out_size})")
+        self._check_io(x, out, n, &xp, &tp)
         if not self.has_rows_scratch:  # once per stepper: a plain stream never needs it
             self.rows_scratch = np.zeros(
                 li_stack_step_rows_scratch_floats(self.cells, self.n_layers, self.batch),
