@@ -128,6 +128,12 @@ class StepBatcher:
             if len(self._pending) == 1 or self._ready():
                 self._cond.notify()
 
+    def poke(self) -> None:
+        """Wake the worker if the waiting steps became a batch (a session was closed)."""
+        with self._cond:
+            if self._pending and self._ready():
+                self._cond.notify()
+
     def stop(self) -> None:
         """Run what is waiting, then end the worker thread."""
         with self._cond:
@@ -138,7 +144,7 @@ class StepBatcher:
     def _ready(self) -> bool:
         """Whether the waiting steps should run now (called with the condition held)."""
         n = len(self._pending)
-        return n >= self._max_batch or n >= len(self._pool) or self._stopping
+        return n >= self._max_batch or n >= len(self._pool._rows) or self._stopping
 
     def _take(self) -> list[tuple[int, np.ndarray, Any, float]] | None:
         """Wait for a batch and take it; None when stopping with nothing left."""

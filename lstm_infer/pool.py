@@ -164,6 +164,9 @@ class StreamPool:
             row = self._row(sid)
             del self._rows[sid]
             self._free.append(row)
+        batcher = self._batcher
+        if batcher is not None:  # the steps waiting for this session's may now run
+            batcher.poke()
 
     def fork(self, sid: int) -> int:
         """Open a new session whose state is a copy of ``sid``'s (e.g. a beam's branch)."""

@@ -349,8 +349,8 @@ def test_second_submit_for_a_session_in_flight_raises(rng, lstm) -> None:
 
 
 def test_session_closed_while_its_step_waits(rng, lstm) -> None:
-    """The waiting batch holds a closed session: that one gets SessionError, the others
-    are stepped as usual."""
+    """Closing the session a batch waits for runs the batch; a closed session's own
+    waiting step gets SessionError while the others are stepped as usual."""
     model, _ = lstm
 
     async def main(pool: lstm_infer.StreamPool) -> None:
@@ -358,6 +358,12 @@ def test_session_closed_while_its_step_waits(rng, lstm) -> None:
         x = _inputs(rng, 1)[0]
         first = asyncio.ensure_future(pool.submit(a, x))
         await asyncio.sleep(0)  # a waits for b (max_wait_us is far away)
+        pool.close(b)  # a's is now the only session's step: the batch runs without b's
+        ya = await asyncio.wait_for(first, timeout=30)
+        np.testing.assert_allclose(ya, model.stream(1).step(x[None])[0], atol=1e-6)
+        b = pool.open()
+        first = asyncio.ensure_future(pool.submit(a, x))
+        await asyncio.sleep(0)  # a waits for b again
         pool.close(a)
         yb = await asyncio.wait_for(pool.submit(b, x), timeout=30)  # one session open: runs
         with pytest.raises(SessionError, match="not open"):
