@@ -97,7 +97,7 @@ def _import_starlette() -> Any:
 class _Server:
     """State shared by the endpoints: the pool, the limits, counters."""
 
-    def __init__(self, model: Any, max_batch: int, max_wait_us: float, limits: ServeLimits):
+    def __init__(self, model: Any, max_batch: int, max_wait_us: float, limits: ServeLimits) -> None:
         self.model = model
         self.limits = limits
         self.pool = StreamPool(model, max_batch=max_batch, max_wait_us=max_wait_us)

@@ -284,6 +284,37 @@ def test_max_sessions_idle_timeout_and_request_size(model) -> None:
         assert len(pool) == 0
 
 
+def test_token_model_session() -> None:
+    """A model that takes token ids: binary int64 frames or JSON ids; an id outside the
+    vocabulary closes the session with a message."""
+    from lstm_infer._onnx_weights import layer_from_onnx
+    from lstm_infer._spec import ModelSpec, Signature
+
+    rng = np.random.default_rng(5)
+    W = rng.uniform(-0.3, 0.3, (1, 3 * H, I)).astype(np.float32)
+    R = rng.uniform(-0.3, 0.3, (1, 3 * H, H)).astype(np.float32)
+    sig = Signature("sequence", 0, {"x": "tokens"}, {"y": "y", "y_h": "h_n"})
+    emb = rng.standard_normal((9, I)).astype(np.float32)
+    model = lstm_infer.Model(ModelSpec([layer_from_onnx("gru", W, R)], sig, embedding=emb))
+    tokens = [3, 0, 8, 8, 1]
+    solo = model.stream(1)
+    want = [solo.step(np.array([t]))[0] for t in tokens]
+    for running in _start(model):
+        with connect(running.ws, open_timeout=TIMEOUT) as ws:
+            got = []
+            for k, t in enumerate(tokens):
+                if k % 2:
+                    ws.send(json.dumps({"x": t}))
+                    got.append(np.array(json.loads(ws.recv(timeout=TIMEOUT))["y"]))
+                else:
+                    ws.send(np.array([t], "<i8").tobytes())
+                    got.append(np.frombuffer(ws.recv(timeout=TIMEOUT), "<f4"))
+            ws.send(np.array([9], "<i8").tobytes())
+            assert "token ids" in json.loads(ws.recv(timeout=TIMEOUT))["error"]
+            assert _close_code(ws) == 1003
+    np.testing.assert_allclose(np.stack(got), np.stack(want), atol=1e-6)
+
+
 def test_cli_parses_serve_and_the_core_never_imports_the_server_stack() -> None:
     from lstm_infer.cli import build_parser
 
