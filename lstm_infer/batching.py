@@ -114,7 +114,8 @@ class StepBatcher:
         return await future
 
     def _queue(self, sid: int, x_t: Any, waiter: Any) -> None:
-        staged = self._pool._stage(sid, x_t)  # reads no state: no lock needed
+        # Reads no state, so no lock; a copy: the caller may reuse its array meanwhile.
+        staged = np.array(self._pool._stage(sid, x_t))
         with self._cond:
             if self._stopping:
                 raise StreamError("this pool's batching front end has been shut down")
