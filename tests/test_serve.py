@@ -284,6 +284,25 @@ def test_max_sessions_idle_timeout_and_request_size(model) -> None:
         assert len(pool) == 0
 
 
+def test_connection_cycles_reuse_the_slab(model) -> None:
+    """300 connect / step / disconnect cycles: every session is closed and the slab does
+    not grow past the sessions open at once."""
+    x = np.ones(I, "<f4").tobytes()
+    want = _solo(model, np.ones((1, I), np.float32))[0]
+    for running in _start(model):
+        pool = running.server.config.app.state.server.pool
+        for _ in range(300):
+            with connect(running.ws, open_timeout=TIMEOUT) as ws:
+                ws.send(x)
+                y = np.frombuffer(ws.recv(timeout=TIMEOUT), "<f4")
+        np.testing.assert_allclose(y, want, atol=1e-6)  # every session starts fresh
+        for _ in range(1000):  # bounded: the last handler's cleanup runs after the close
+            if len(pool) == 0:
+                break
+            time.sleep(0.01)
+        assert len(pool) == 0 and pool.capacity <= 16
+
+
 def test_token_model_session() -> None:
     """A model that takes token ids: binary int64 frames or JSON ids; an id outside the
     vocabulary closes the session with a message."""
