@@ -334,6 +334,48 @@ def test_token_model_session() -> None:
     np.testing.assert_allclose(np.stack(got), np.stack(want), atol=1e-6)
 
 
+def test_cli_serve_end_to_end(model, tmp_path) -> None:
+    """``lstm-infer serve FILE --port 0`` loads the file and answers on 127.0.0.1."""
+    import queue
+    import re
+
+    path = tmp_path / "model.safetensors"
+    model.save(path)
+    cmd = [sys.executable, "-m", "lstm_infer", "serve", str(path), "--port", "0"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(ln) for ln in proc.stderr], daemon=True).start()
+    try:
+        port = None
+        deadline = time.monotonic() + 120
+        while port is None and time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=1)
+            except queue.Empty:
+                assert proc.poll() is None, "lstm-infer serve exited early"
+                continue
+            found = re.search(r"http://127\.0\.0\.1:(\d+)", line)
+            port = int(found.group(1)) if found else None
+        assert port, "lstm-infer serve did not say where it listens"
+        url = f"http://127.0.0.1:{port}/healthz"
+        with urllib.request.urlopen(url, timeout=TIMEOUT) as resp:
+            assert resp.read() == b"ok"
+        x = np.random.default_rng(6).standard_normal((2, I)).astype(np.float32)
+        with connect(f"ws://127.0.0.1:{port}/v1/stream", open_timeout=TIMEOUT) as ws:
+            ys = []
+            for row in x:
+                ws.send(row.tobytes())
+                ys.append(np.frombuffer(ws.recv(timeout=TIMEOUT), "<f4"))
+        np.testing.assert_allclose(np.stack(ys), _solo(model, x), atol=1e-6)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(TIMEOUT)
+
+
 def test_cli_parses_serve_and_the_core_never_imports_the_server_stack() -> None:
     from lstm_infer.cli import build_parser
 
