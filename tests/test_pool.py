@@ -372,3 +372,22 @@ def test_session_closed_while_its_step_waits(rng, lstm) -> None:
 
     with lstm_infer.StreamPool(model, max_wait_us=60e6) as pool:
         asyncio.run(main(pool))
+
+
+def test_nan_stays_in_its_session(rng, lstm) -> None:
+    """NaN and Inf propagate as in a stream, only through the session that was fed them."""
+    model, _ = lstm
+    pool = lstm_infer.StreamPool(model)
+    a, b, c = pool.open(), pool.open(), pool.open()
+    xs = _inputs(rng, 3)
+    bad_a, bad_c = xs[0].copy(), xs[2].copy()
+    bad_a[1], bad_c[0] = np.nan, np.inf
+    solo = {s: model.stream(1) for s in (a, b, c)}
+    for x in xs:
+        feeds = {a: bad_a, b: x, c: bad_c}
+        got = pool.step(feeds)
+        for s, x_s in feeds.items():
+            want = solo[s].step(x_s[None])[0]
+            np.testing.assert_allclose(got[s], want, atol=1e-6, equal_nan=True)
+    assert np.isnan(got[a]).all()
+    assert np.isfinite(got[b]).all() and np.isfinite(pool.state(b)["h"][0]).all()
