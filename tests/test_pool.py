@@ -13,12 +13,17 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from conftest import require
+from fuzz_settings import fuzz_settings
 from reference import lstm_ref
 
 import lstm_infer
 from lstm_infer._onnx_weights import layer_from_onnx
 from lstm_infer._spec import DenseLayer, ModelSpec, Signature
 from lstm_infer.errors import InputError, InputTypeError, SessionError, StreamError
+
+hypothesis = require("hypothesis")
+given, st = hypothesis.given, hypothesis.strategies
 
 I = 6
 
@@ -42,6 +47,9 @@ def _stack(rng: np.random.Generator, head: bool = False, vocab: int = 0) -> lstm
     dense = [DenseLayer(rng.standard_normal((5, 7)).astype(np.float32), None, "log_softmax")]
     emb = rng.standard_normal((vocab, I)).astype(np.float32) if vocab else None
     return lstm_infer.Model(ModelSpec(layers, sig, embedding=emb, head=dense if head else []))
+
+
+_FUZZ_MODEL = _stack(np.random.default_rng(7))
 
 
 @pytest.fixture
@@ -391,3 +399,63 @@ def test_nan_stays_in_its_session(rng, lstm) -> None:
             np.testing.assert_allclose(got[s], want, atol=1e-6, equal_nan=True)
     assert np.isnan(got[a]).all()
     assert np.isfinite(got[b]).all() and np.isfinite(pool.state(b)["h"][0]).all()
+
+
+_OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("open"), st.integers(0, 0)),
+        st.tuples(st.just("close"), st.integers(0, 63)),
+        st.tuples(st.just("fork"), st.integers(0, 63)),
+        st.tuples(st.just("reset"), st.integers(0, 63)),
+        st.tuples(st.just("restore"), st.integers(0, 4095)),
+        st.tuples(st.just("step"), st.integers(1, 2**16 - 1)),
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+@fuzz_settings(40)
+@given(ops=_OPS, seed=st.integers(0, 2**16))
+def test_random_session_histories_equal_solo_streams(ops, seed) -> None:
+    """Any history of open / close / fork / reset / set_state / ragged steps: every session
+    behaves as a solo stream that went through the same history."""
+    rng = np.random.default_rng(seed)
+    model = _FUZZ_MODEL
+    pool = lstm_infer.StreamPool(model)
+    solo: dict[int, lstm_infer.Stream] = {}
+
+    def pick(k: int) -> int:
+        return list(solo)[k % len(solo)]
+
+    for op, k in ops:
+        if op == "open" or not solo:
+            solo[pool.open()] = model.stream(1)
+        elif op == "close":
+            sid = pick(k)
+            pool.close(sid)
+            del solo[sid]
+        elif op == "fork":
+            sid = pick(k)
+            new = pool.fork(sid)
+            solo[new] = model.stream(1)
+            solo[new].state = solo[sid].state
+        elif op == "reset":
+            pool.reset(pick(k))
+            solo[pick(k)].reset()
+        elif op == "restore":
+            dst, src = pick(k), pick(k // 64)
+            pool.set_state(dst, pool.state(src))
+            solo[dst].state = solo[src].state
+        else:
+            chosen = [s for i, s in enumerate(solo) if k >> (i % 16) & 1] or [pick(k)]
+            feeds = {s: rng.standard_normal(I).astype(np.float32) for s in chosen}
+            got = pool.step(feeds)
+            for s in chosen:
+                np.testing.assert_allclose(got[s], solo[s].step(feeds[s][None])[0], atol=1e-5)
+    assert sorted(pool.sessions()) == sorted(solo)
+    for sid, stream in solo.items():
+        st_pool, st_solo = pool.state(sid), stream.state
+        for a, b in zip(st_pool["h"] + st_pool["c"], st_solo["h"] + st_solo["c"]):
+            if a is not None:
+                np.testing.assert_allclose(a, b, atol=1e-5)
