@@ -428,6 +428,13 @@ def test_random_session_histories_equal_solo_streams(ops, seed) -> None:
     def pick(k: int) -> int:
         return list(solo)[k % len(solo)]
 
+    for _ in range(3):  # sessions with different states to start from
+        solo[pool.open()] = model.stream(1)
+    for t in range(3):
+        feeds = {s: rng.standard_normal(I).astype(np.float32) for s in list(solo)[t:]}
+        pool.step(feeds)
+        for s, x in feeds.items():
+            solo[s].step(x[None])
     for op, k in ops:
         if op == "open" or not solo:
             solo[pool.open()] = model.stream(1)
