@@ -466,3 +466,18 @@ def test_random_session_histories_equal_solo_streams(ops, seed) -> None:
         for a, b in zip(st_pool["h"] + st_pool["c"], st_solo["h"] + st_solo["c"]):
             if a is not None:
                 np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("weight_format", ["bf16", "int8"])
+def test_quantized_model_sessions_equal_solo_streams(rng, lstm, weight_format) -> None:
+    model = lstm[0].quantize(weight_format)
+    pool = lstm_infer.StreamPool(model)
+    sids = [pool.open() for _ in range(5)]
+    solo = [model.stream(1) for _ in sids]
+    for t in range(4):
+        feeds = dict(zip(sids[t % 2 :], _inputs(rng, 5)))
+        got = pool.step(feeds)
+        for sid, stream in zip(sids, solo):
+            if sid in feeds:
+                want = stream.step(feeds[sid][None])[0]
+                np.testing.assert_allclose(got[sid], want, atol=1e-5)
