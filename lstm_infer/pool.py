@@ -102,8 +102,16 @@ class StreamPool:
         self._default = self._probe.state  # the model's initial state, one row
         self._rows: dict[int, int] = {}  # session id -> slab row
         self._free = list(range(self._capacity - 1, -1, -1))  # a stack: low rows first
+        # Rows of sessions closed since the last step began: a running step may still write
+        # them, so they are free only once no step runs (_reclaim).
+        self._closing: list[int] = []
         self._ids = itertools.count(1)
+        # _lock: the slab. Held by a step (its kernel runs with the GIL released), by a slab's
+        # growth and by every access to an open session's row. _rows_lock: _rows, _free,
+        # _closing and writing a free row; taken inside _lock, never the other way round, so
+        # open and close need not wait for a running step.
         self._lock = threading.Lock()
+        self._rows_lock = threading.Lock()
         self.max_batch = int(max_batch)
         self.max_wait_us = float(max_wait_us)
         self._batcher: Any = None
@@ -136,7 +144,7 @@ class StreamPool:
 
     def sessions(self) -> list[int]:
         """The ids of the open sessions, oldest first."""
-        with self._lock:
+        with self._rows_lock:
             return list(self._rows)
 
     def __len__(self) -> int:
@@ -149,21 +157,25 @@ class StreamPool:
 
     def open(self, initial: Mapping[str, Any] | None = None) -> int:
         """Open a session at the model's initial state (or ``initial``, as in
-        :meth:`reset`); returns its id."""
+        :meth:`reset`); returns its id. Does not wait for a running step unless the slab
+        has to grow (or ``initial`` is given)."""
+        if not initial:
+            with self._rows_lock:
+                if self._free:  # no step touches a free row
+                    return self._publish(self._free.pop(), self._default)
         with self._lock:
             state = self._initial(initial)
-            row = self._take_row()
-            self._write_row(row, state)
-            sid = next(self._ids)
-            self._rows[sid] = row
-            return sid
+            with self._rows_lock:
+                self._reclaim()
+                return self._publish(self._take_row(), state)
 
     def close(self, sid: int) -> None:
-        """Close a session; its row is reused by a later :meth:`open`."""
-        with self._lock:
+        """Close a session; its row is reused by a later :meth:`open`. Does not wait for a
+        running step."""
+        with self._rows_lock:
             row = self._row(sid)
             del self._rows[sid]
-            self._free.append(row)
+            self._closing.append(row)
         batcher = self._batcher
         if batcher is not None:  # the steps waiting for this session's may now run
             batcher.poke()
@@ -172,11 +184,9 @@ class StreamPool:
         """Open a new session whose state is a copy of ``sid``'s (e.g. a beam's branch)."""
         with self._lock:
             state = self._read_row(self._row(sid))
-            row = self._take_row()
-            self._write_row(row, state)
-            new = next(self._ids)
-            self._rows[new] = row
-            return new
+            with self._rows_lock:
+                self._reclaim()
+                return self._publish(self._take_row(), state)
 
     def reset(self, sid: int, initial: Mapping[str, Any] | None = None) -> None:
         """Return a session to the model's initial state, or to the one ``initial`` gives.
@@ -271,7 +281,9 @@ class StreamPool:
         """Step sessions whose inputs went through ``_stage``; the caller holds the lock."""
         if not sids:
             return []
-        rows = np.fromiter((self._row(sid) for sid in sids), np.int32, len(sids))
+        with self._rows_lock:
+            self._reclaim()  # no step runs now
+            rows = np.fromiter((self._row(sid) for sid in sids), np.int32, len(sids))
         if len(set(sids)) != len(sids):
             raise InputError("a session appears twice in one step")
         x = np.stack(staged)
@@ -346,7 +358,21 @@ class StreamPool:
             raise SessionError(f"session {sid!r} is not open in this pool")
         return row
 
+    def _reclaim(self) -> None:
+        """Free the rows of closed sessions; the caller holds both locks."""
+        self._free.extend(self._closing)
+        self._closing.clear()
+
+    def _publish(self, row: int, state: Mapping[str, list[Any]]) -> int:
+        """Write a free row and open a session on it; the caller holds _rows_lock (which
+        growth holds too, so the write cannot land in a slab being replaced)."""
+        self._write_row(row, state)
+        sid = next(self._ids)
+        self._rows[sid] = row
+        return sid
+
     def _take_row(self) -> int:
+        """A free row, growing the slab if needed; the caller holds both locks."""
         if not self._free:
             if self._fixed:
                 raise StreamError(f"the pool is full ({self._capacity} sessions open)")

@@ -481,3 +481,29 @@ def test_quantized_model_sessions_equal_solo_streams(rng, lstm, weight_format) -
             if sid in feeds:
                 want = stream.step(feeds[sid][None])[0]
                 np.testing.assert_allclose(got[sid], want, atol=1e-5)
+
+
+def test_open_and_close_do_not_wait_for_a_running_step(rng, lstm) -> None:
+    """A server's event loop opens and closes sessions while a batch runs on the worker."""
+    model, _ = lstm
+    pool = lstm_infer.StreamPool(model)
+    a = pool.open()
+    done = threading.Event()
+
+    def open_and_close() -> None:
+        b = pool.open()
+        pool.close(b)
+        pool.close(a)
+        done.set()
+
+    with pool._lock:  # what a step holds while its kernel runs
+        thread = threading.Thread(target=open_and_close)
+        thread.start()
+        assert done.wait(30), "open/close waited for the step"
+    thread.join(30)
+    assert len(pool) == 0
+    c = pool.open()  # the closed rows are reused once no step runs
+    np.testing.assert_allclose(
+        pool.step({c: np.ones(I)})[c], model.stream(1).step(np.ones((1, I)))[0], atol=1e-6
+    )
+    assert pool.capacity == 8
