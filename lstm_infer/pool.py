@@ -13,8 +13,8 @@ gathered into a contiguous batch, stepped by the same compiled stack step a
     ys = pool.step({a: x_a, b: x_b})        # {a: y_a, b: y_b}, one batch-2 step
     await pool.submit(a, x_a)               # or batched across coroutines / threads
 
-Every method is thread-safe (one lock; the kernel runs with the GIL released). A call that
-fails leaves every session's state as it was.
+Every method is thread-safe (the kernel runs with the GIL released; ``open`` and ``close``
+never wait for a running step). A call that fails leaves every session's state as it was.
 """
 
 from __future__ import annotations
