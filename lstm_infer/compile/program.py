@@ -19,6 +19,8 @@ from lstm_infer.errors import InputError, LstmInferError, ModelFormatError
 from lstm_infer.graph import Graph, Node
 from lstm_infer.ops import OpDef, RunContext, get_op
 from lstm_infer.ops.base import element_limit
+from lstm_infer.passes.fold_batchnorm import fold_batchnorm
+from lstm_infer.runtime.threads import blas_threads
 
 # The largest tensor constant folding may create (shapes checked before allocating; past it
 # the model is refused: no real model computes a constant that large).
@@ -88,7 +90,7 @@ class GraphProgram:
 
     def __init__(self, graph: Graph) -> None:
         graph.validate()
-        folded = fold_constants(graph)
+        folded = fold_batchnorm(fold_constants(graph))
         folded.nodes = _dead_nodes_removed(folded)
         self.graph = folded
         self.constants = folded.initializers
@@ -115,6 +117,11 @@ class GraphProgram:
         env: dict[str, np.ndarray] = dict(self.constants)
         env.update(feeds)
         ctx = RunContext(threads=threads)
+        with blas_threads(threads):
+            self._run_steps(ctx, env)
+        return {name: env[name] for name in outputs}
+
+    def _run_steps(self, ctx: RunContext, env: dict[str, np.ndarray]) -> None:
         for step in self.steps:
             node = step.node
             ins = [env[n] if n else None for n in node.inputs]
@@ -129,4 +136,3 @@ class GraphProgram:
                     env[name] = value
             for name in step.free_after:
                 env.pop(name, None)
-        return {name: env[name] for name in outputs}

@@ -20,10 +20,10 @@ _FAMILY_TITLES = {
     "dense": "dense",
     "conv": "convolution",
     "pool": "pooling",
-    "norm": "normalisation, padding",
+    "norm": "normalisation",
     "reduce": "reductions, softmax",
     "elementwise": "elementwise",
-    "layout": "layout and shape",
+    "layout": "layout, shape and padding",
 }
 
 

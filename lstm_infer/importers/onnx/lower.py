@@ -67,7 +67,7 @@ def _attributes(node: Any) -> dict[str, Any]:
                 f"{a.name!r} (control flow is not supported yet)"
             )
         if a.type == AttributeProto.TENSOR:
-            out[a.name] = tensor_to_numpy(a.t)
+            out[a.name] = tensor_to_numpy(a.t, keep_float_types=True)
             continue
         try:
             v = helper.get_attribute_value(a)
@@ -173,7 +173,7 @@ def graph_from_onnx(model: Any) -> Graph:
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
     used = used_tensor_names(g)
     consts: dict[str, np.ndarray] = {
-        t.name: tensor_to_numpy(t) for t in g.initializer if t.name in used
+        t.name: tensor_to_numpy(t, keep_float_types=True) for t in g.initializer if t.name in used
     }
     rewriter = _Rewriter(opset, consts)
     nodes: list[Node] = []
