@@ -2,9 +2,10 @@
 
 Conv: ``y[n, m, o] = b[m] + sum_{c in group(m), j} w[m, c, j] * xpad[n, c, o * s + j * d]``.
 It runs as im2col + GEMM: the windows of each batch entry (a strided view, no copy) are
-copied a block of output positions at a time into rows of ``C/group * prod(kernel)`` values,
-and one sgemm per block and group multiplies them by the (M, C/group * K) weight straight into
-the channels-first output (its rows are the output's channel rows: no transpose afterwards).
+copied a block of output positions at a time into a matrix of ``C/group * prod(kernel)``
+values per position, and one sgemm per block and group multiplies the (M, C/group * K)
+weight by it straight into the channels-first output (the product's rows are the output's
+channel rows: no transpose afterwards).
 A 1x1 convolution without stride or padding skips the copy (its input already is the
 matrix). Depthwise convolutions (one input channel per group) are a few shifted
 multiply-adds per kernel tap instead of ``C`` tiny products. BatchNormalization after a
@@ -146,22 +147,37 @@ def _conv_gemm(xp: np.ndarray, r: Resolved, cw: _ConvWeights, group: int, y: np.
         return
     view = window_view(xp, r)  # (N, C, *out, *kernel)
     n_sp = len(r.out)
-    # (N, *out, C, *kernel): one im2col row per output position, a group's columns together.
-    order = (0, *range(2, 2 + n_sp), 1, *range(2 + n_sp, 2 + 2 * n_sp))
-    windows = view.transpose(order)
-    inner = int(np.prod(r.out[1:]))  # output positions per step of the first spatial dim
+    inner = length // r.out[0]  # output positions per step of the first spatial dim
     width = c * taps
     step = max(1, _BLOCK_FLOATS // max(1, width * inner))
+    # Which im2col layout copies fast depends on which of the window's two walks is
+    # contiguous in memory: along the output (stride 1, the usual 3x3 conv) the matrix is
+    # (C*K, positions) and the product W @ cols; along the kernel (a long strided kernel,
+    # an STFT as Conv1d) it is (positions, C*K) and the product W @ cols^T.
+    by_position = r.strides[-1] != 1 or r.kernel[-1] >= r.out[-1]
+    if by_position:  # (N, *out, C, *kernel)
+        order = (0, *range(2, 2 + n_sp), 1, *range(2 + n_sp, 2 + 2 * n_sp))
+    else:  # (N, C, *kernel, *out)
+        order = (0, 1, *range(2 + n_sp, 2 + 2 * n_sp), *range(2, 2 + n_sp))
+    windows = view.transpose(order)
+    per_group = cg * taps
     for i in range(n):
         yi = y[i].reshape(m, length)
         for o0 in range(0, r.out[0], step):
             o1 = min(r.out[0], o0 + step)
-            cols = np.ascontiguousarray(windows[i, o0:o1]).reshape(-1, width)
             l0, l1 = o0 * inner, o1 * inner
+            if by_position:
+                cols = np.ascontiguousarray(windows[i, o0:o1]).reshape(-1, width)
+            else:
+                block = windows[(i, *([slice(None)] * (1 + n_sp)), slice(o0, o1))]
+                cols = np.ascontiguousarray(block).reshape(width, -1)
             for g in range(group):
+                part = slice(g * per_group, (g + 1) * per_group)
                 _product(
-                    cw.rows[g * mg:(g + 1) * mg], cols[:, g * cg * taps:(g + 1) * cg * taps],
-                    yi[g * mg:(g + 1) * mg, l0:l1], trans_b=True,
+                    cw.rows[g * mg:(g + 1) * mg],
+                    cols[:, part] if by_position else cols[part],
+                    yi[g * mg:(g + 1) * mg, l0:l1],
+                    trans_b=by_position,
                 )  # fmt: skip
 
 

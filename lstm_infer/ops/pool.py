@@ -1,7 +1,9 @@
 """Pooling: MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool (channels-first).
 
-Windowed pools reduce the strided window view of ``lstm_infer.ops.window`` one kernel tap at a
-time (``prod(kernel)`` whole-tensor maximum / add passes, never a loop over output positions).
+Windowed pools reduce one spatial dim at a time (a box's max or sum is the max or sum over
+each dim in turn): per dim, one whole-tensor maximum / add per kernel tap of that dim over
+strided slices, ``sum(kernel)`` passes in all instead of ``prod(kernel)``, never a loop over
+output positions.
 MaxPool pads with -inf (the integer minimum for integer inputs), so padding never wins;
 AveragePool pads with zeros and divides by the window's count: every tap inside the input and
 its declared padding with ``count_include_pad=1``, only taps inside the input without (taps in
@@ -17,7 +19,7 @@ import numpy as np
 
 from lstm_infer.errors import InputError, ModelFormatError, UnsupportedModelError
 from lstm_infer.ops.base import OpDef, RunContext, allowed_attrs, attr_int, check_elements, op
-from lstm_infer.ops.window import Resolved, padded, resolve, window_attrs, window_view
+from lstm_infer.ops.window import Resolved, padded, resolve, window_attrs
 
 Ins = list[np.ndarray | None]
 _WINDOW_ATTRS = ("auto_pad", "ceil_mode", "dilations", "kernel_shape", "pads", "strides")
@@ -40,19 +42,28 @@ def _check_pool(*extra: str):  # noqa: ANN202
     return check
 
 
-def _windows(node: Any, x: np.ndarray, fill: float) -> tuple[np.ndarray, Resolved]:
+def _pooled(node: Any, x: np.ndarray, fill: float, combine: Any) -> tuple[np.ndarray, Resolved]:
+    """``x`` padded with ``fill`` and reduced over every window by ``combine`` (np.maximum or
+    np.add, applied in place), dim by dim."""
     if x.ndim < 3:
         raise InputError(f"{node.label}: X must be (N, C, *spatial), got shape {x.shape}")
     w = window_attrs(node, ceil_mode_allowed=True)
     r = resolve(node, w, x.shape[2:], w.kernel)
     check_elements(node, (*x.shape[:2], *r.out))
-    return window_view(padded(x, r, fill), r), r
-
-
-def _taps(view: np.ndarray, r: Resolved):  # noqa: ANN202
-    n_sp = len(r.out)
-    for tap in np.ndindex(*r.kernel):
-        yield view[(slice(None), slice(None), *([slice(None)] * n_sp), *tap)]
+    cur = padded(x, r, fill)
+    for d in range(len(r.out)):
+        axis, k, s, dil, o = 2 + d, r.kernel[d], r.strides[d], r.dilations[d], r.out[d]
+        res = None
+        for j in range(k):
+            index = [slice(None)] * cur.ndim
+            index[axis] = slice(j * dil, j * dil + s * (o - 1) + 1, s)
+            plane = cur[tuple(index)]
+            if res is None:
+                res = np.array(plane)
+            else:
+                combine(res, plane, out=res)
+        cur = res
+    return cur, r
 
 
 def _max_pool(ctx: RunContext, node: Any, ins: Ins, state: Any) -> list[np.ndarray]:
@@ -63,11 +74,7 @@ def _max_pool(ctx: RunContext, node: Any, ins: Ins, state: Any) -> list[np.ndarr
         fill = np.iinfo(x.dtype).min
     else:
         raise InputError(f"{node.label}: MaxPool needs a numeric input, got {x.dtype}")
-    view, r = _windows(node, x, fill)
-    taps = _taps(view, r)
-    y = np.array(next(taps))
-    for plane in taps:
-        np.maximum(y, plane, out=y)
+    y, _ = _pooled(node, x, fill, np.maximum)
     return [y]
 
 
@@ -87,11 +94,7 @@ def _average_pool(ctx: RunContext, node: Any, ins: Ins, state: Any) -> list[np.n
     x = ins[0]
     if x.dtype.kind != "f":
         raise InputError(f"{node.label}: AveragePool needs a floating-point input, got {x.dtype}")
-    view, r = _windows(node, x, 0.0)
-    taps = _taps(view, r)
-    y = np.array(next(taps))
-    for plane in taps:
-        y += plane
+    y, r = _pooled(node, x, 0.0, np.add)
     counts = _counts(r, x.shape[2:], bool(attr_int(node, "count_include_pad", 0)))
     # A window wholly in the padding (possible with large pads) averages nothing: 0, not NaN.
     y /= np.maximum(counts, 1).astype(x.dtype)
