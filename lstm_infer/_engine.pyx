@@ -11,7 +11,7 @@ cimport numpy as cnp
 import numpy as np
 
 from lstm_infer._kernels cimport (
-    LI_BLOCK, LI_CELL_GRU, LI_CELL_LSTM, LI_CELL_RNN, LI_ISA_COUNT, LI_WEIGHTS_BF16,
+    LI_BLOCK, LI_CONV_MR, LI_CELL_GRU, LI_CELL_LSTM, LI_CELL_RNN, LI_ISA_COUNT, LI_WEIGHTS_BF16,
     LI_WEIGHTS_F32, LI_WEIGHTS_I8, li_cell, li_kernels,
     li_kernels_for, li_run_direction, li_direction_scratch_floats, li_sgemm_fn,
     li_run_direction_part, li_split_sync, li_unit_split_part_floats, li_unit_split_shared_floats,
@@ -194,6 +194,64 @@ def softmax_rows(cnp.ndarray y, bint log_softmax=False, object n=None, str isa_n
     if rows and cols:
         with nogil:
             kern.softmax_rows(p, rows, cols, ld, log_softmax)
+    return y
+
+
+CONV_MR = LI_CONV_MR
+
+
+def conv2d(cnp.ndarray x, cnp.ndarray wpack, int M, int KH, int KW, int sh, int dh, int dw,
+           int OH, int OW, object bias, cnp.ndarray y, str isa_name=None):
+    """Direct convolution of one group (li_conv2d_fn): y (M, OH*OW) from the padded input x
+    (C, Hp, Wp), stride 1 along the last dim, weights packed [ceil(M/MR)][C*KH*KW][MR].
+
+    x and y may be views (any channel / row stride, unit last stride); every position the
+    window reaches must lie inside x. ``isa_name`` picks a kernel table other than the active
+    one (tests).
+    """
+    cdef const li_kernels *kern = _active
+    if isa_name is not None:
+        if isa_name not in available_isas():
+            raise ValueError(f"ISA {isa_name!r} is not usable on this machine")
+        kern = li_kernels_for(ISA_NAMES.index(isa_name))
+    if x.dtype != np.float32 or x.ndim != 3 or (x.shape[2] > 1 and x.strides[2] != 4):
+        raise ValueError("x must be a (C, H, W) float32 array with unit-stride rows")
+    if min(M, KH, KW, sh, dh, dw, OH, OW) < 1:
+        raise ValueError("sizes, strides and dilations must be positive")
+    cdef Py_ssize_t C = x.shape[0], Hp = x.shape[1], Wp = x.shape[2]
+    if (OH - 1) * <Py_ssize_t>sh + (KH - 1) * <Py_ssize_t>dh >= Hp or \
+            OW - 1 + (KW - 1) * <Py_ssize_t>dw >= Wp:
+        raise ValueError("the windows reach past the padded input")
+    if x.strides[0] % 4 or x.strides[1] % 4 or x.strides[0] < 0 or x.strides[1] < 0:
+        raise ValueError("x's strides must be non-negative multiples of 4 bytes")
+    cdef Py_ssize_t K = C * KH * KW, tiles = (M + LI_CONV_MR - 1) // LI_CONV_MR
+    if K >= (1 << 31) or <Py_ssize_t>OH * OW >= (1 << 31):
+        raise ValueError("conv2d: sizes do not fit 32 bits")
+    if (wpack.dtype != np.float32 or not wpack.flags.c_contiguous
+            or np.shape(wpack) != (tiles, K, LI_CONV_MR)):
+        raise ValueError(f"wpack must be C-contiguous float32 of shape {(tiles, K, LI_CONV_MR)}")
+    if (y.dtype != np.float32 or y.ndim != 2 or not y.flags.writeable
+            or y.shape[0] != M or y.shape[1] != OH * OW or (y.shape[1] > 1 and y.strides[1] != 4)
+            or y.strides[0] % 4 or y.strides[0] < 4 * y.shape[1]):
+        raise ValueError(f"y must be a writable float32 ({M}, {OH * OW}) array, unit-stride rows")
+    if bias is not None and (bias.dtype != np.float32 or bias.shape != (M,)
+                             or not bias.flags.c_contiguous):
+        raise ValueError(f"bias must be a C-contiguous float32 array of shape ({M},)")
+    cdef size_t xcs = <size_t>(x.strides[0] // 4), xrs = <size_t>(x.strides[1] // 4)
+    cdef size_t ldy = <size_t>(y.strides[0] // 4)
+    cdef const float **rows = <const float **>PyMem_Malloc(K * sizeof(float *))
+    if rows == NULL:
+        raise MemoryError()
+    cdef const float *xp = <const float *>cnp.PyArray_DATA(x)
+    cdef const float *wp = <const float *>cnp.PyArray_DATA(wpack)
+    cdef const float *bp = _ptr(bias)
+    cdef float *yp = <float *>cnp.PyArray_DATA(y)
+    cdef int c = <int>C
+    try:
+        with nogil:
+            kern.conv2d(xp, xcs, xrs, c, KH, KW, sh, dh, dw, OH, OW, wp, M, bp, yp, ldy, rows)
+    finally:
+        PyMem_Free(rows)
     return y
 
 

@@ -381,3 +381,38 @@ def test_batchnorm_folds_into_the_op_before(producer: str, second_reader: bool, 
     compare(model, feeds, tol=1e-4)
     ops = [n.op for n in lstm_infer.load(model)._program.graph.nodes]
     assert ("BatchNormalization" in ops) == second_reader, ops
+
+
+# ---- the direct convolution kernel on every kernel table ---------------------------------
+
+from lstm_infer import _engine  # noqa: E402
+from lstm_infer.ops.conv import _pack_direct  # noqa: E402
+
+
+@pytest.mark.parametrize("isa", _engine.available_isas())
+@pytest.mark.parametrize(
+    ("c", "kh", "kw", "sh", "dh", "dw", "oh", "ow", "m"),
+    [(3, 3, 3, 1, 1, 1, 5, 70, 7), (4, 1, 3, 1, 1, 2, 1, 125, 13), (2, 2, 3, 2, 2, 1, 3, 17, 5)],
+)
+def test_direct_conv_kernel_every_table(isa, c, kh, kw, sh, dh, dw, oh, ow, m, rng) -> None:
+    hp, wp = (oh - 1) * sh + (kh - 1) * dh + 1, ow + (kw - 1) * dw
+    x = f32(rng, c, hp, wp)
+    w, b = f32(rng, m, c, kh, kw), f32(rng, m)
+    y = np.full((m, oh * ow), np.nan, np.float32)
+    _engine.conv2d(x, _pack_direct(w.reshape(m, -1)), m, kh, kw, sh, dh, dw, oh, ow, b, y, isa)
+    x64 = x.astype(np.float64)
+    want = np.zeros((m, oh, ow)) + b[:, None, None]
+    for i in range(kh):
+        for j in range(kw):
+            plane = x64[:, i * dh : i * dh + (oh - 1) * sh + 1 : sh, j * dw : j * dw + ow]
+            want += np.einsum("mc,chw->mhw", w[:, :, i, j].astype(np.float64), plane)
+    np.testing.assert_allclose(y.reshape(m, oh, ow), want, rtol=1e-5, atol=1e-5)
+
+
+def test_direct_conv_kernel_refuses_windows_past_the_input(rng) -> None:
+    x = f32(rng, 2, 3, 10)
+    y = np.empty((4, 8), np.float32)
+    with pytest.raises(ValueError, match="past the padded input"):
+        _engine.conv2d(x, _pack_direct(f32(rng, 4, 18)), 4, 3, 3, 1, 1, 1, 1, 9, None, y)
+    with pytest.raises(ValueError, match="wpack"):
+        _engine.conv2d(x, f32(rng, 1, 18, 4), 4, 3, 3, 1, 1, 1, 1, 8, None, y)

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from lstm_infer import _blas
+from lstm_infer import _blas, _engine
 from lstm_infer.errors import InputError, ModelFormatError
 from lstm_infer.ops.base import (
     OpDef,
@@ -42,9 +42,11 @@ from lstm_infer.ops.window import Resolved, padded, resolve, window_attrs, windo
 
 Ins = list[np.ndarray | None]
 _WINDOW_ATTRS = ("auto_pad", "dilations", "kernel_shape", "pads", "strides")
-# The im2col block: about this many floats of copied windows per GEMM (1 MB), so the block
-# is still in cache when the product reads it.
+# The im2col block by position: about this many floats of copied windows per GEMM (1 MB),
+# so the block is still in cache when the product reads it. By tap: batch entries are
+# copied together (one batched product) up to this many floats (16 MB).
 _BLOCK_FLOATS = 1 << 18
+_BATCH_FLOATS = 1 << 22
 
 
 def _check_conv(node: Any) -> None:
@@ -78,6 +80,7 @@ class _ConvWeights:
     w: np.ndarray  # (M, Cg, *kernel)
     rows: np.ndarray  # (M, Cg * K)
     bias: np.ndarray | None  # (M,)
+    packed: list[np.ndarray] | None = None  # per group, the direct kernel's layout (float32)
 
 
 def _conv_weights(node: Any, w: np.ndarray, b: np.ndarray | None, dtype: Any) -> _ConvWeights:
@@ -88,7 +91,23 @@ def _conv_weights(node: Any, w: np.ndarray, b: np.ndarray | None, dtype: Any) ->
         if b.shape != (w.shape[0],):
             raise InputError(f"{node.label}: B has shape {b.shape}, expected ({w.shape[0]},)")
         b = np.ascontiguousarray(b, dtype=dtype)
-    return _ConvWeights(w, w.reshape(w.shape[0], -1), b)
+    rows = w.reshape(w.shape[0], -1)
+    packed = None
+    group = attr_int(node, "group", 1)
+    if dtype == np.float32 and w.ndim in (3, 4) and w.shape[0] % group == 0:
+        mg = w.shape[0] // group
+        packed = [_pack_direct(rows[g * mg : (g + 1) * mg]) for g in range(group)]
+    return _ConvWeights(w, rows, b, packed)
+
+
+def _pack_direct(rows: np.ndarray) -> np.ndarray:
+    """(M, K) weight rows in the direct kernel's layout [ceil(M/MR)][K][MR], zero past M."""
+    m, k = rows.shape
+    mr = _engine.CONV_MR
+    tiles = -(-m // mr)
+    padded_rows = np.zeros((tiles * mr, k), np.float32)
+    padded_rows[:m] = rows
+    return np.ascontiguousarray(padded_rows.reshape(tiles, mr, k).transpose(0, 2, 1))
 
 
 def _conv_prepare(node: Any, consts: dict[int, np.ndarray]) -> _ConvWeights | None:
@@ -118,66 +137,126 @@ def _conv(ctx: RunContext, node: Any, ins: Ins, state: Any) -> list[np.ndarray]:
         )
     r = resolve(node, window_attrs(node), x.shape[2:], cw.w.shape[2:])
     check_elements(node, (n, m, *r.out))
-    xp = padded(np.asarray(x, dtype=dtype), r)
+    x = np.asarray(x, dtype=dtype)
     y = np.empty((n, m, *r.out), dtype)
+    taps = int(np.prod(r.kernel))
     if group == c and cg == 1 and group > 1:
-        _depthwise(xp, r, cw.w, y)
+        _depthwise(padded(x, r), r, cw.w, y)
+    elif taps == 1 and all(s == 1 for s in r.strides) and x.shape[2:] == r.out:
+        # A pointwise conv: the input's (C, L) rows already are the matrix, y[n] = W @ x[n].
+        _grouped_product(cw.rows, np.ascontiguousarray(x).reshape(n, c, -1), y, group, False)
+    elif cw.packed is not None and r.strides[-1] == 1 and len(r.out) in (1, 2):
+        _conv_direct(padded(x, r), r, cw, group, y)  # adds the bias itself
+        return [y.astype(x.dtype, copy=False)]
+    elif r.strides[-1] != 1 or r.kernel[-1] >= r.out[-1]:
+        _conv_by_position(padded(x, r), r, cw, group, y)
     else:
-        _conv_gemm(xp, r, cw, group, y)
+        _conv_by_tap(x, r, cw, group, y)
     if cw.bias is not None:
         y += cw.bias.reshape(m, *([1] * len(r.out)))
     return [y.astype(x.dtype, copy=False)]
 
 
-def _conv_gemm(xp: np.ndarray, r: Resolved, cw: _ConvWeights, group: int, y: np.ndarray) -> None:
-    n, c = xp.shape[:2]
-    m, cg = cw.w.shape[:2]
+def _grouped_product(
+    rows: np.ndarray, cols: np.ndarray, y: np.ndarray, group: int, by_position: bool
+) -> None:
+    """y[n, group g] = rows[g] @ cols[n, g] (cols (N, C*K, L)), or @ cols[n, :, g].T with
+    ``by_position`` (cols (N, L, C*K)): one batched product per group."""
+    n, m = y.shape[:2]
     mg = m // group
-    length = int(np.prod(r.out))
-    taps = int(np.prod(r.kernel))
-    pointwise = taps == 1 and all(s == 1 for s in r.strides) and xp.shape[2:] == r.out
-    if pointwise:  # the input's (C, L) rows already are the matrix: y[n] = W @ x[n]
-        for i in range(n):
-            xi = np.ascontiguousarray(xp[i]).reshape(c, length)
-            for g in range(group):
-                _product(
-                    cw.rows[g * mg:(g + 1) * mg], xi[g * cg:(g + 1) * cg],
-                    y[i, g * mg:(g + 1) * mg].reshape(mg, length),
-                )  # fmt: skip
-        return
-    view = window_view(xp, r)  # (N, C, *out, *kernel)
+    width = cols.shape[2] if by_position else cols.shape[1]
+    per_group = width // group
+    out = y.reshape(n, m, -1)
+    for g in range(group):
+        part = slice(g * per_group, (g + 1) * per_group)
+        b = cols[:, :, part] if by_position else cols[:, part]
+        dest = out[:, g * mg : (g + 1) * mg]
+        if y.dtype == np.float32:
+            _blas.gemm(rows[g * mg : (g + 1) * mg], b, dest, False, by_position)
+        else:
+            np.matmul(rows[g * mg : (g + 1) * mg], b.transpose(0, 2, 1) if by_position else b,
+                      out=dest)  # fmt: skip
+
+
+def _conv_direct(xp: np.ndarray, r: Resolved, cw: _ConvWeights, group: int, y: np.ndarray) -> None:
+    """The engine's direct kernel (``_engine.conv2d``: an indirect GEMM over the padded input's
+    rows, no im2col copy), one call per batch entry and group."""
+    n, c = xp.shape[:2]
+    m = y.shape[1]
+    mg, cg = m // group, c // group
+    two_d = len(r.out) == 2
+    kh, kw = r.kernel if two_d else (1, r.kernel[0])
+    sh, dh = (r.strides[0], r.dilations[0]) if two_d else (1, 1)
+    oh, ow = r.out if two_d else (1, r.out[0])
+    for i in range(n):
+        for g in range(group):
+            xg = xp[i, g * cg : (g + 1) * cg]
+            _engine.conv2d(
+                xg if two_d else xg[:, None, :], cw.packed[g], mg, kh, kw, sh, dh,
+                r.dilations[-1], oh, ow, None if cw.bias is None else cw.bias[g * mg:(g + 1) * mg],
+                y[i, g * mg : (g + 1) * mg].reshape(mg, -1),
+            )  # fmt: skip
+
+
+def _conv_by_tap(x: np.ndarray, r: Resolved, cw: _ConvWeights, group: int, y: np.ndarray) -> None:
+    """im2col as (N, C, *kernel, *out): per kernel tap one strided slice of the unpadded input
+    copied into the output positions it reaches (padding stays the zeros it was allocated
+    as), so every copy walks the input contiguously along the last dim (stride 1)."""
+    n, c = x.shape[:2]
     n_sp = len(r.out)
+    has_pad = any(r.begin) or any(r.end)
+    batch = max(1, _BATCH_FLOATS // max(1, c * int(np.prod(r.kernel)) * int(np.prod(r.out))))
+    for n0 in range(0, n, batch):
+        xs = x[n0 : n0 + batch]
+        cols = (np.zeros if has_pad else np.empty)((len(xs), c, *r.kernel, *r.out), x.dtype)
+        for tap in np.ndindex(*r.kernel):
+            dest, src = [], []
+            for d in range(n_sp):
+                s, off, size, o = (
+                    r.strides[d],
+                    tap[d] * r.dilations[d] - r.begin[d],
+                    x.shape[2 + d],
+                    r.out[d],
+                )
+                lo = max(0, -(off // s)) if off < 0 else 0
+                hi = min(o, (size - 1 - off) // s + 1) if size - 1 - off >= 0 else 0
+                if hi <= lo:
+                    break
+                dest.append(slice(lo, hi))
+                start = lo * s + off
+                src.append(slice(start, start + (hi - lo - 1) * s + 1, s))
+            else:
+                cols[(slice(None), slice(None), *tap, *dest)] = xs[(slice(None), slice(None), *src)]
+        _grouped_product(cw.rows, cols.reshape(len(xs), -1, int(np.prod(r.out))),
+                         y[n0 : n0 + batch], group, False)  # fmt: skip
+
+
+def _conv_by_position(
+    xp: np.ndarray, r: Resolved, cw: _ConvWeights, group: int, y: np.ndarray
+) -> None:
+    """im2col as (positions, C*K) rows from the padded input's window view, a block of
+    positions at a time: each row copies whole kernel spans (a long strided kernel, an STFT
+    as Conv1d, walks the input contiguously this way)."""
+    n, c = xp.shape[:2]
+    m = y.shape[1]
+    mg = m // group
+    n_sp = len(r.out)
+    length = int(np.prod(r.out))
+    width = c * int(np.prod(r.kernel))
     inner = length // r.out[0]  # output positions per step of the first spatial dim
-    width = c * taps
     step = max(1, _BLOCK_FLOATS // max(1, width * inner))
-    # Which im2col layout copies fast depends on which of the window's two walks is
-    # contiguous in memory: along the output (stride 1, the usual 3x3 conv) the matrix is
-    # (C*K, positions) and the product W @ cols; along the kernel (a long strided kernel,
-    # an STFT as Conv1d) it is (positions, C*K) and the product W @ cols^T.
-    by_position = r.strides[-1] != 1 or r.kernel[-1] >= r.out[-1]
-    if by_position:  # (N, *out, C, *kernel)
-        order = (0, *range(2, 2 + n_sp), 1, *range(2 + n_sp, 2 + 2 * n_sp))
-    else:  # (N, C, *kernel, *out)
-        order = (0, 1, *range(2 + n_sp, 2 + 2 * n_sp), *range(2, 2 + n_sp))
-    windows = view.transpose(order)
-    per_group = cg * taps
+    view = window_view(xp, r)  # (N, C, *out, *kernel) -> (N, *out, C, *kernel)
+    windows = view.transpose(0, *range(2, 2 + n_sp), 1, *range(2 + n_sp, 2 + 2 * n_sp))
+    per_group = width // group
     for i in range(n):
         yi = y[i].reshape(m, length)
         for o0 in range(0, r.out[0], step):
             o1 = min(r.out[0], o0 + step)
-            l0, l1 = o0 * inner, o1 * inner
-            if by_position:
-                cols = np.ascontiguousarray(windows[i, o0:o1]).reshape(-1, width)
-            else:
-                block = windows[(i, *([slice(None)] * (1 + n_sp)), slice(o0, o1))]
-                cols = np.ascontiguousarray(block).reshape(width, -1)
+            cols = np.ascontiguousarray(windows[i, o0:o1]).reshape(-1, width)
             for g in range(group):
-                part = slice(g * per_group, (g + 1) * per_group)
                 _product(
-                    cw.rows[g * mg:(g + 1) * mg],
-                    cols[:, part] if by_position else cols[part],
-                    yi[g * mg:(g + 1) * mg, l0:l1],
-                    trans_b=by_position,
+                    cw.rows[g * mg:(g + 1) * mg], cols[:, g * per_group:(g + 1) * per_group],
+                    yi[g * mg:(g + 1) * mg, o0 * inner:o1 * inner], trans_b=True,
                 )  # fmt: skip
 
 
