@@ -201,12 +201,13 @@ CONV_MR = LI_CONV_MR
 
 
 def conv2d(cnp.ndarray x, cnp.ndarray wpack, int M, int KH, int KW, int sh, int dh, int dw,
-           int OH, int OW, object bias, cnp.ndarray y, str isa_name=None):
+           int OH, int OW, object bias, cnp.ndarray y, bint relu=False, str isa_name=None):
     """Direct convolution of one group (li_conv2d_fn): y (M, OH*OW) from the padded input x
     (C, Hp, Wp), stride 1 along the last dim, weights packed [ceil(M/MR)][C*KH*KW][MR].
 
     x and y may be views (any channel / row stride, unit last stride); every position the
-    window reaches must lie inside x. ``isa_name`` picks a kernel table other than the active
+    window reaches must lie inside x. ``relu`` clamps the stored values at 0 (a fused
+    Relu). ``isa_name`` picks a kernel table other than the active
     one (tests).
     """
     cdef const li_kernels *kern = _active
@@ -249,7 +250,8 @@ def conv2d(cnp.ndarray x, cnp.ndarray wpack, int M, int KH, int KW, int sh, int 
     cdef int c = <int>C
     try:
         with nogil:
-            kern.conv2d(xp, xcs, xrs, c, KH, KW, sh, dh, dw, OH, OW, wp, M, bp, yp, ldy, rows)
+            kern.conv2d(xp, xcs, xrs, c, KH, KW, sh, dh, dw, OH, OW, wp, M, bp, yp, ldy, relu,
+                        rows)
     finally:
         PyMem_Free(rows)
     return y

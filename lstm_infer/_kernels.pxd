@@ -64,7 +64,7 @@ cdef extern from "li_kernels.h" nogil:
     ctypedef void (*li_conv2d_fn)(const float *x, size_t xcs, size_t xrs, int C, int KH,
                                   int KW, int sh, int dh, int dw, int OH, int OW,
                                   const float *wpack, int M, const float *bias, float *y,
-                                  size_t ldy, const float **rows)
+                                  size_t ldy, int relu, const float **rows)
 
     ctypedef void (*li_matvec_packed_fn)(const void *packed, int K, int G, int blk0, int blk1,
                                          const float *x, int ldx, int rows, const float *bias,

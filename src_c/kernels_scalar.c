@@ -145,7 +145,8 @@ static void softmax_rows_scalar(float *y, size_t rows, size_t n, size_t ld, int 
 /* The reference convolution: li_conv2d_fn's formula term by term (rows is unused). */
 static void conv2d_scalar(const float *x, size_t xcs, size_t xrs, int C, int KH, int KW, int sh,
                           int dh, int dw, int OH, int OW, const float *wpack, int M,
-                          const float *bias, float *y, size_t ldy, const float **rows) {
+                          const float *bias, float *y, size_t ldy, int relu,
+                          const float **rows) {
     (void)rows;
     const size_t K = (size_t)C * KH * KW;
     for (int m = 0; m < M; ++m) {
@@ -161,7 +162,7 @@ static void conv2d_scalar(const float *x, size_t xcs, size_t xrs, int C, int KH,
                                        x[(size_t)c * xcs + (size_t)(oh * sh + kh * dh) * xrs +
                                          (size_t)(ow + kw * dw)],
                                        acc);
-                y[(size_t)m * ldy + (size_t)oh * OW + ow] = acc;
+                y[(size_t)m * ldy + (size_t)oh * OW + ow] = relu && acc < 0.0f ? 0.0f : acc;
             }
     }
 }

@@ -183,11 +183,12 @@ typedef void (*li_softmax_rows_fn)(float *y, size_t rows, size_t n, size_t ld, i
  * x: the padded input of the group, element [c][r][i] at x[c*xcs + r*xrs + i]; every index
  * the formula reaches must be inside it. wpack: [ceil(M/MR)][K][MR], w[m][k] at
  * [m / MR][k][m % MR], zero past M. bias: M floats or NULL. y: M rows ldy floats apart.
- * A 1-D convolution is the KH = OH = 1 case. */
+ * relu: y = max(y, 0) as it is stored (NaN stays NaN). A 1-D convolution is KH = OH = 1. */
 #define LI_CONV_MR 6
 typedef void (*li_conv2d_fn)(const float *x, size_t xcs, size_t xrs, int C, int KH, int KW,
                              int sh, int dh, int dw, int OH, int OW, const float *wpack, int M,
-                             const float *bias, float *y, size_t ldy, const float **rows);
+                             const float *bias, float *y, size_t ldy, int relu,
+                             const float **rows);
 
 typedef struct {
     const char *name;

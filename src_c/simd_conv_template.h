@@ -15,7 +15,7 @@
 /* One tile: positions [p0, p0 + np) of an output row (np <= CONV_NV * VW), channels
  * [0, mr) of the tile whose packed weights are wp ([K][LI_CONV_MR]). */
 static void conv_tile_simd(const float *const *rows, int K, const float *wp, int p0, int np,
-                           const float *bias, int mr, float *y, size_t ldy) {
+                           const float *bias, int mr, float *y, size_t ldy, int relu) {
     vf acc[LI_CONV_MR][CONV_NV];
     for (int i = 0; i < LI_CONV_MR; ++i) {
         const vf b = v_set1(bias && i < mr ? bias[i] : 0.0f);
@@ -51,13 +51,16 @@ static void conv_tile_simd(const float *const *rows, int K, const float *wp, int
     for (int i = 0; i < mr; ++i)
         for (int j = 0; j < CONV_NV; ++j) {
             const int n = np - j * VW;
-            if (n > 0) st(y + (size_t)i * ldy + p0 + j * VW, acc[i][j], n);
+            /* max(0, acc): x86 max returns its second operand when one is NaN */
+            const vf v = relu ? v_max(v_zero(), acc[i][j]) : acc[i][j];
+            if (n > 0) st(y + (size_t)i * ldy + p0 + j * VW, v, n);
         }
 }
 
 static void conv2d_simd(const float *x, size_t xcs, size_t xrs, int C, int KH, int KW, int sh,
                         int dh, int dw, int OH, int OW, const float *wpack, int M,
-                        const float *bias, float *y, size_t ldy, const float **rows) {
+                        const float *bias, float *y, size_t ldy, int relu,
+                        const float **rows) {
     const int K = C * KH * KW;
     const int tiles = (M + LI_CONV_MR - 1) / LI_CONV_MR;
     const int P = CONV_NV * VW;
@@ -75,7 +78,7 @@ static void conv2d_simd(const float *x, size_t xcs, size_t xrs, int C, int KH, i
             float *yt = y + (size_t)m0 * ldy + (size_t)oh * OW;
             for (int p0 = 0; p0 < OW; p0 += P)
                 conv_tile_simd(rows, K, wp, p0, OW - p0 < P ? OW - p0 : P,
-                               bias ? bias + m0 : 0, mr, yt, ldy);
+                               bias ? bias + m0 : 0, mr, yt, ldy, relu);
         }
     }
 }

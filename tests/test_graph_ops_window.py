@@ -399,7 +399,9 @@ def test_direct_conv_kernel_every_table(isa, c, kh, kw, sh, dh, dw, oh, ow, m, r
     x = f32(rng, c, hp, wp)
     w, b = f32(rng, m, c, kh, kw), f32(rng, m)
     y = np.full((m, oh * ow), np.nan, np.float32)
-    _engine.conv2d(x, _pack_direct(w.reshape(m, -1)), m, kh, kw, sh, dh, dw, oh, ow, b, y, isa)
+    _engine.conv2d(
+        x, _pack_direct(w.reshape(m, -1)), m, kh, kw, sh, dh, dw, oh, ow, b, y, isa_name=isa
+    )
     x64 = x.astype(np.float64)
     want = np.zeros((m, oh, ow)) + b[:, None, None]
     for i in range(kh):
@@ -416,3 +418,52 @@ def test_direct_conv_kernel_refuses_windows_past_the_input(rng) -> None:
         _engine.conv2d(x, _pack_direct(f32(rng, 4, 18)), 4, 3, 3, 1, 1, 1, 1, 9, None, y)
     with pytest.raises(ValueError, match="wpack"):
         _engine.conv2d(x, f32(rng, 1, 18, 4), 4, 3, 3, 1, 1, 1, 1, 8, None, y)
+
+
+def _conv_relu_model(rng, shape: tuple, w_shape: tuple, second_reader: bool, **attrs) -> bytes:
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["h"], **attrs),
+        helper.make_node("Relu", ["h"], ["y"]),
+    ]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    if second_reader:
+        nodes.append(helper.make_node("Neg", ["h"], ["z"]))
+        outputs.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, None))
+    inits = [numpy_helper.from_array(f32(rng, *w_shape), "w"),
+             numpy_helper.from_array(f32(rng, w_shape[0]), "b")]  # fmt: skip
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)], outputs, inits
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return onnx.shape_inference.infer_shapes(model).SerializeToString()
+
+
+@pytest.mark.parametrize(
+    ("shape", "w_shape", "attrs"),
+    [
+        ((2, 3, 9, 11), (5, 3, 3, 3), {"pads": [1, 1, 1, 1]}),  # the direct kernel
+        ((2, 4, 30), (6, 4, 4), {"strides": [2]}),  # im2col by position
+        ((1, 6, 10), (6, 1, 3), {"group": 6}),  # depthwise
+    ],
+)
+@pytest.mark.parametrize("second_reader", [False, True])
+def test_relu_fuses_into_conv(shape, w_shape, attrs, second_reader: bool, rng) -> None:
+    model = _conv_relu_model(rng, shape, w_shape, second_reader, **attrs)
+    x = f32(rng, *shape)
+    x[0, 0, 0] = np.nan  # NaN stays NaN through the fused clamp, as through Relu
+    compare(model, {"x": x})
+    ops = [n.op for n in lstm_infer.load(model)._program.graph.nodes]
+    assert ("Relu" in ops) == second_reader, ops
+
+
+def test_conv_float16_keeps_its_dtype(rng) -> None:
+    x, w = f32(rng, 1, 3, 8, 8), f32(rng, 4, 3, 3, 3)
+    got = lstm_infer.load(
+        one_node("Conv", {"x": x.astype(np.float16)}, {"w": w.astype(np.float16)})
+    ).run({"x": x.astype(np.float16)})["y0"]
+    want = lstm_infer.load(one_node("Conv", {"x": x}, {"w": w})).run({"x": x})["y0"]
+    assert got.dtype == np.float16
+    np.testing.assert_allclose(got.astype(np.float32), want, rtol=1e-2, atol=2e-2)

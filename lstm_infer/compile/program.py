@@ -20,6 +20,7 @@ from lstm_infer.graph import Graph, Node
 from lstm_infer.ops import OpDef, RunContext, get_op
 from lstm_infer.ops.base import element_limit
 from lstm_infer.passes.fold_batchnorm import fold_batchnorm
+from lstm_infer.passes.fuse_activation import fuse_activation
 from lstm_infer.runtime.threads import blas_threads
 
 # The largest tensor constant folding may create (shapes checked before allocating; past it
@@ -90,7 +91,7 @@ class GraphProgram:
 
     def __init__(self, graph: Graph) -> None:
         graph.validate()
-        folded = fold_batchnorm(fold_constants(graph))
+        folded = fuse_activation(fold_batchnorm(fold_constants(graph)))
         folded.nodes = _dead_nodes_removed(folded)
         self.graph = folded
         self.constants = folded.initializers

@@ -28,13 +28,14 @@ from typing import Any
 import numpy as np
 
 from lstm_infer import _blas, _engine
-from lstm_infer.errors import InputError, ModelFormatError
+from lstm_infer.errors import InputError, ModelFormatError, UnsupportedModelError
 from lstm_infer.ops.base import (
     OpDef,
     RunContext,
     allowed_attrs,
     attr_int,
     attr_ints,
+    attr_str,
     check_elements,
     op,
 )
@@ -42,6 +43,8 @@ from lstm_infer.ops.window import Resolved, padded, resolve, window_attrs, windo
 
 Ins = list[np.ndarray | None]
 _WINDOW_ATTRS = ("auto_pad", "dilations", "kernel_shape", "pads", "strides")
+# An activation fused into the Conv by lstm_infer.passes.fuse_activation (internal attribute).
+ACTIVATION_ATTR = "lstm_infer_activation"
 # The im2col block by position: about this many floats of copied windows per GEMM (1 MB),
 # so the block is still in cache when the product reads it. By tap: batch entries are
 # copied together (one batched product) up to this many floats (16 MB).
@@ -50,8 +53,11 @@ _BATCH_FLOATS = 1 << 22
 
 
 def _check_conv(node: Any) -> None:
-    allowed_attrs(*_WINDOW_ATTRS, "group")(node)
+    allowed_attrs(*_WINDOW_ATTRS, "group", ACTIVATION_ATTR)(node)
     window_attrs(node)
+    fused = attr_str(node, ACTIVATION_ATTR)
+    if fused is not None and fused != "Relu":
+        raise UnsupportedModelError(f"{node.label}: fused activation {fused!r}")
     if attr_int(node, "group", 1) < 1:
         raise ModelFormatError(f"{node.label}: group must be >= 1")
 
@@ -129,6 +135,7 @@ def _conv(ctx: RunContext, node: Any, ins: Ins, state: Any) -> list[np.ndarray]:
     if cw.w.ndim != x.ndim:
         raise InputError(f"{node.label}: X is {x.ndim}-D but W is {cw.w.ndim}-D")
     group = attr_int(node, "group", 1)
+    relu = attr_str(node, ACTIVATION_ATTR) == "Relu"
     n, c = x.shape[:2]
     m, cg = cw.w.shape[:2]
     if c != cg * group or m % group:
@@ -137,6 +144,7 @@ def _conv(ctx: RunContext, node: Any, ins: Ins, state: Any) -> list[np.ndarray]:
         )
     r = resolve(node, window_attrs(node), x.shape[2:], cw.w.shape[2:])
     check_elements(node, (n, m, *r.out))
+    out_dtype = x.dtype
     x = np.asarray(x, dtype=dtype)
     y = np.empty((n, m, *r.out), dtype)
     taps = int(np.prod(r.kernel))
@@ -146,15 +154,17 @@ def _conv(ctx: RunContext, node: Any, ins: Ins, state: Any) -> list[np.ndarray]:
         # A pointwise conv: the input's (C, L) rows already are the matrix, y[n] = W @ x[n].
         _grouped_product(cw.rows, np.ascontiguousarray(x).reshape(n, c, -1), y, group, False)
     elif cw.packed is not None and r.strides[-1] == 1 and len(r.out) in (1, 2):
-        _conv_direct(padded(x, r), r, cw, group, y)  # adds the bias itself
-        return [y.astype(x.dtype, copy=False)]
+        _conv_direct(padded(x, r), r, cw, group, y, relu)  # adds the bias, clamps itself
+        return [y.astype(out_dtype, copy=False)]
     elif r.strides[-1] != 1 or r.kernel[-1] >= r.out[-1]:
         _conv_by_position(padded(x, r), r, cw, group, y)
     else:
         _conv_by_tap(x, r, cw, group, y)
     if cw.bias is not None:
         y += cw.bias.reshape(m, *([1] * len(r.out)))
-    return [y.astype(x.dtype, copy=False)]
+    if relu:
+        np.maximum(y, 0, out=y)
+    return [y.astype(out_dtype, copy=False)]
 
 
 def _grouped_product(
@@ -178,7 +188,9 @@ def _grouped_product(
                       out=dest)  # fmt: skip
 
 
-def _conv_direct(xp: np.ndarray, r: Resolved, cw: _ConvWeights, group: int, y: np.ndarray) -> None:
+def _conv_direct(
+    xp: np.ndarray, r: Resolved, cw: _ConvWeights, group: int, y: np.ndarray, relu: bool
+) -> None:
     """The engine's direct kernel (``_engine.conv2d``: an indirect GEMM over the padded input's
     rows, no im2col copy), one call per batch entry and group."""
     n, c = xp.shape[:2]
@@ -194,7 +206,7 @@ def _conv_direct(xp: np.ndarray, r: Resolved, cw: _ConvWeights, group: int, y: n
             _engine.conv2d(
                 xg if two_d else xg[:, None, :], cw.packed[g], mg, kh, kw, sh, dh,
                 r.dilations[-1], oh, ow, None if cw.bias is None else cw.bias[g * mg:(g + 1) * mg],
-                y[i, g * mg : (g + 1) * mg].reshape(mg, -1),
+                y[i, g * mg : (g + 1) * mg].reshape(mg, -1), relu,
             )  # fmt: skip
 
 

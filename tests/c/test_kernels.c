@@ -803,10 +803,11 @@ static void test_conv2d(const li_kernels *kern) {
                     w[(size_t)m * K + j];
         float *y = alloc_floats(ldy * (M + 1));
         const float **rows = malloc(sizeof(float *) * (size_t)K);
-        for (int with_bias = 0; with_bias < 2; ++with_bias) {
+        for (int variant = 0; variant < 3; ++variant) {
+            const int with_bias = variant > 0, relu = variant == 2;
             fill(y, ldy * (M + 1), CANARY);
             kern->conv2d(x, (size_t)Hp * Wp, (size_t)Wp, C, KH, KW, sh, dh, dw, OH, OW, wpack, M,
-                         with_bias ? bias : 0, y, ldy, rows);
+                         with_bias ? bias : 0, y, ldy, relu, rows);
             for (int m = 0; m < M; ++m)
                 for (int p = 0; p < OH * OW; ++p) {
                     const int oh = p / OW, ow = p % OW;
@@ -817,6 +818,7 @@ static void test_conv2d(const li_kernels *kern) {
                                 want += (double)w[(size_t)m * K + (c * KH + kh) * KW + kw] *
                                         x[((size_t)c * Hp + oh * sh + kh * dh) * Wp + ow +
                                           kw * dw];
+                    if (relu && want < 0) want = 0;
                     if (!close_enough(y[(size_t)m * ldy + p], want, 1e-5, 1e-5))
                         FAIL("conv2d case %zu m=%d p=%d: %.9g vs %.9g", ci, m, p,
                              y[(size_t)m * ldy + p], want);
