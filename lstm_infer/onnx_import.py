@@ -209,10 +209,16 @@ def _tensor_bytes(tensor: Any) -> int | None:
     return count * itemsize
 
 
-def used_tensor_names(graph: Any) -> set[str]:
-    """Names some node reads, or the graph outputs or declares as an input."""
+def used_tensor_names(graph: Any, depth: int = 0) -> set[str]:
+    """Names some node reads (in subgraphs too: a branch may read the outer initializers),
+    or the graph outputs or declares as an input."""
     names = {i for node in graph.node for i in node.input if i}
     names |= {o.name for o in graph.output} | {i.name for i in graph.input}
+    if depth < 16:
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    names |= used_tensor_names(attr.g, depth + 1)
     return names
 
 

@@ -1,8 +1,8 @@
 """silero-vad's shipped ONNX files (from the ``silero-vad`` package of the test extra) against
 onnxruntime, chunk by chunk with the state fed back as its users do.
 
-The files with ``If`` (silero_vad.onnx, silero_vad_16k_op15.onnx, silero_vad_half.onnx) need
-control flow and are refused with the node named.
+The files with ``If`` (silero_vad.onnx, silero_vad_16k_op15.onnx, silero_vad_half.onnx,
+silero_vad_op18_ifless.onnx) are tested in test_graph_control.py.
 """
 
 from __future__ import annotations
@@ -11,14 +11,12 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
-import pytest
 from conftest import require
 
 ort = require("onnxruntime")
 require("onnx")
 
 import lstm_infer  # noqa: E402
-from lstm_infer.errors import UnsupportedModelError  # noqa: E402
 
 
 def silero_file(name: str) -> Path:
@@ -69,9 +67,3 @@ def test_16k_sequence_whole_recording(rng) -> None:
     want = dict(zip(names, ref.run(None, {"input": x, "h": h, "c": c})))
     for name, value in want.items():
         np.testing.assert_allclose(got[name], value, atol=1e-4, err_msg=name)
-
-
-@pytest.mark.parametrize("name", ["silero_vad_half.onnx", "silero_vad.onnx"])
-def test_files_with_if_name_the_node(name: str) -> None:
-    with pytest.raises(UnsupportedModelError, match=r"\(If\)"):
-        lstm_infer.load(silero_file(name))

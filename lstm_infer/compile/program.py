@@ -21,11 +21,13 @@ from lstm_infer.ops import OpDef, RunContext, get_op
 from lstm_infer.ops.base import element_limit
 from lstm_infer.passes.fold_batchnorm import fold_batchnorm
 from lstm_infer.passes.fuse_activation import fuse_activation
+from lstm_infer.passes.inline_if import inline_constant_ifs
 from lstm_infer.runtime.threads import blas_threads
 
 # The largest tensor constant folding may create (shapes checked before allocating; past it
 # the model is refused: no real model computes a constant that large).
 FOLD_MAX_BYTES = 64 << 20
+MAX_INLINE_ROUNDS = 32
 
 
 @dataclass
@@ -91,7 +93,14 @@ class GraphProgram:
 
     def __init__(self, graph: Graph) -> None:
         graph.validate()
-        folded = fuse_activation(fold_batchnorm(fold_constants(graph)))
+        folded = fold_constants(graph)
+        # A condition folded to a constant inlines its branch, whose nodes may fold further
+        # (and hold more Ifs): bounded by the nesting depth the importer allows.
+        for _ in range(MAX_INLINE_ROUNDS):
+            if not inline_constant_ifs(folded):
+                break
+            folded = fold_constants(folded)
+        folded = fuse_activation(fold_batchnorm(folded))
         folded.nodes = _dead_nodes_removed(folded)
         self.graph = folded
         self.constants = folded.initializers
