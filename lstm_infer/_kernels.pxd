@@ -5,6 +5,7 @@ from libc.stdint cimport int32_t, int64_t
 cdef extern from "li_kernels.h" nogil:
     enum:
         LI_BLOCK
+        LI_CONV_MR
         LI_ISA_SCALAR
         LI_ISA_AVX2
         LI_ISA_AVX512
@@ -60,6 +61,11 @@ cdef extern from "li_kernels.h" nogil:
     ctypedef void (*li_softmax_rows_fn)(float *y, size_t rows, size_t n, size_t ld,
                                         int log_softmax)
 
+    ctypedef void (*li_conv2d_fn)(const float *x, size_t xcs, size_t xrs, int C, int KH,
+                                  int KW, int sh, int dh, int dw, int OH, int OW,
+                                  const float *wpack, int M, const float *bias, float *y,
+                                  size_t ldy, int relu, const float **rows)
+
     ctypedef void (*li_matvec_packed_fn)(const void *packed, int K, int G, int blk0, int blk1,
                                          const float *x, int ldx, int rows, const float *bias,
                                          int bgs, float *out, int ogs, int ldo)
@@ -69,6 +75,7 @@ cdef extern from "li_kernels.h" nogil:
         li_matvec_packed_fn matvec_f32
         li_activation_array_fn activation_array
         li_softmax_rows_fn softmax_rows
+        li_conv2d_fn conv2d
 
     ctypedef void (*li_sgemm_fn)(char *transa, char *transb, int *m, int *n, int *k,
                                  float *alpha, float *a, int *lda, float *b, int *ldb,

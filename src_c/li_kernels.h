@@ -174,6 +174,21 @@ typedef void (*li_activation_array_fn)(int kind, const float *x, float *y, size_
  * Three passes over a row (max, exp-sum, write), no scratch. A NaN anywhere in a row makes
  * that whole row NaN, as does +inf (inf - inf), like numpy's and PyTorch's formulas. */
 typedef void (*li_softmax_rows_fn)(float *y, size_t rows, size_t n, size_t ld, int log_softmax);
+/* Direct convolution of one group, stride 1 along the last spatial dim, as an indirect GEMM
+ * (no im2col copy): for output row oh the K = C*KH*KW input rows it reads are listed as
+ * pointers (into `rows`, K entries of caller scratch) and the packed weights multiply them in
+ * register tiles of LI_CONV_MR output channels by a few vectors of positions:
+ *   y[m][oh*OW + ow] = bias[m] + sum_{c,kh,kw} w[m][c][kh][kw] * x[c][oh*sh + kh*dh][ow + kw*dw]
+ * with k = (c*KH + kh)*KW + kw summed in increasing order (one fma per term).
+ * x: the padded input of the group, element [c][r][i] at x[c*xcs + r*xrs + i]; every index
+ * the formula reaches must be inside it. wpack: [ceil(M/MR)][K][MR], w[m][k] at
+ * [m / MR][k][m % MR], zero past M. bias: M floats or NULL. y: M rows ldy floats apart.
+ * relu: y = max(y, 0) as it is stored (NaN stays NaN). A 1-D convolution is KH = OH = 1. */
+#define LI_CONV_MR 6
+typedef void (*li_conv2d_fn)(const float *x, size_t xcs, size_t xrs, int C, int KH, int KW,
+                             int sh, int dh, int dw, int OH, int OW, const float *wpack, int M,
+                             const float *bias, float *y, size_t ldy, int relu,
+                             const float **rows);
 
 typedef struct {
     const char *name;
@@ -189,6 +204,7 @@ typedef struct {
     li_gru_output_fn gru_output;
     li_activation_array_fn activation_array; /* kinds: LI_ACT_SIGMOID, LI_ACT_TANH */
     li_softmax_rows_fn softmax_rows;         /* dense heads' softmax / log-softmax */
+    li_conv2d_fn conv2d;                     /* graph Conv, stride 1 along the last dim */
 } li_kernels;
 
 extern const li_kernels li_kernels_scalar;

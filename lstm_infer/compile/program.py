@@ -19,10 +19,15 @@ from lstm_infer.errors import InputError, LstmInferError, ModelFormatError
 from lstm_infer.graph import Graph, Node
 from lstm_infer.ops import OpDef, RunContext, get_op
 from lstm_infer.ops.base import element_limit
+from lstm_infer.passes.fold_batchnorm import fold_batchnorm
+from lstm_infer.passes.fuse_activation import fuse_activation
+from lstm_infer.passes.inline_if import inline_constant_ifs
+from lstm_infer.runtime.threads import blas_threads
 
 # The largest tensor constant folding may create (shapes checked before allocating; past it
 # the model is refused: no real model computes a constant that large).
 FOLD_MAX_BYTES = 64 << 20
+MAX_INLINE_ROUNDS = 32
 
 
 @dataclass
@@ -89,6 +94,13 @@ class GraphProgram:
     def __init__(self, graph: Graph) -> None:
         graph.validate()
         folded = fold_constants(graph)
+        # A condition folded to a constant inlines its branch, whose nodes may fold further
+        # (and hold more Ifs): bounded by the nesting depth the importer allows.
+        for _ in range(MAX_INLINE_ROUNDS):
+            if not inline_constant_ifs(folded):
+                break
+            folded = fold_constants(folded)
+        folded = fuse_activation(fold_batchnorm(folded))
         folded.nodes = _dead_nodes_removed(folded)
         self.graph = folded
         self.constants = folded.initializers
@@ -115,6 +127,11 @@ class GraphProgram:
         env: dict[str, np.ndarray] = dict(self.constants)
         env.update(feeds)
         ctx = RunContext(threads=threads)
+        with blas_threads(threads):
+            self._run_steps(ctx, env)
+        return {name: env[name] for name in outputs}
+
+    def _run_steps(self, ctx: RunContext, env: dict[str, np.ndarray]) -> None:
         for step in self.steps:
             node = step.node
             ins = [env[n] if n else None for n in node.inputs]
@@ -129,4 +146,3 @@ class GraphProgram:
                     env[name] = value
             for name in step.free_after:
                 env.pop(name, None)
-        return {name: env[name] for name in outputs}

@@ -774,6 +774,69 @@ static void test_activation_array(const li_kernels *kern) {
     }
 }
 
+/* ---- li_conv2d_fn ------------------------------------------------------------------------ */
+
+/* Against a double reference of its formula: odd output widths (partial tiles), channel
+ * counts around LI_CONV_MR, strides/dilations, a 1-D case; the input allocated to exactly
+ * the extent the windows reach (ASan sees any read past it) and canaries in y's row gaps and
+ * past its last row (nothing else written). */
+static void test_conv2d(const li_kernels *kern) {
+    static const int cases[][9] = {
+        /* C, KH, KW, sh, dh, dw, OH, OW, M */
+        {1, 3, 3, 1, 1, 1, 4, 64, 6},  {3, 3, 3, 1, 1, 1, 5, 70, 7},  {2, 2, 3, 2, 2, 1, 3, 17, 5},
+        {4, 1, 3, 1, 1, 2, 1, 125, 13}, {5, 1, 1, 1, 1, 1, 1, 9, 1},  {2, 3, 2, 1, 1, 3, 2, 33, 12},
+        {1, 1, 5, 1, 1, 1, 1, 7, 19},
+    };
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ++ci) {
+        const int *k = cases[ci];
+        const int C = k[0], KH = k[1], KW = k[2], sh = k[3], dh = k[4], dw = k[5], OH = k[6],
+                  OW = k[7], M = k[8];
+        const int Hp = (OH - 1) * sh + (KH - 1) * dh + 1, Wp = OW + (KW - 1) * dw;
+        const int K = C * KH * KW, tiles = (M + LI_CONV_MR - 1) / LI_CONV_MR;
+        const size_t ldy = (size_t)OH * OW + 3;
+        float *x = random_floats((size_t)C * Hp * Wp, -1, 1);
+        float *w = random_floats((size_t)M * K, -1, 1), *bias = random_floats((size_t)M, -1, 1);
+        float *wpack = alloc_floats((size_t)tiles * K * LI_CONV_MR);
+        fill(wpack, (size_t)tiles * K * LI_CONV_MR, 0.0f);
+        for (int m = 0; m < M; ++m)
+            for (int j = 0; j < K; ++j)
+                wpack[((size_t)(m / LI_CONV_MR) * K + j) * LI_CONV_MR + m % LI_CONV_MR] =
+                    w[(size_t)m * K + j];
+        float *y = alloc_floats(ldy * (M + 1));
+        const float **rows = malloc(sizeof(float *) * (size_t)K);
+        for (int variant = 0; variant < 3; ++variant) {
+            const int with_bias = variant > 0, relu = variant == 2;
+            fill(y, ldy * (M + 1), CANARY);
+            kern->conv2d(x, (size_t)Hp * Wp, (size_t)Wp, C, KH, KW, sh, dh, dw, OH, OW, wpack, M,
+                         with_bias ? bias : 0, y, ldy, relu, rows);
+            for (int m = 0; m < M; ++m)
+                for (int p = 0; p < OH * OW; ++p) {
+                    const int oh = p / OW, ow = p % OW;
+                    double want = with_bias ? bias[m] : 0.0;
+                    for (int c = 0; c < C; ++c)
+                        for (int kh = 0; kh < KH; ++kh)
+                            for (int kw = 0; kw < KW; ++kw)
+                                want += (double)w[(size_t)m * K + (c * KH + kh) * KW + kw] *
+                                        x[((size_t)c * Hp + oh * sh + kh * dh) * Wp + ow +
+                                          kw * dw];
+                    if (relu && want < 0) want = 0;
+                    if (!close_enough(y[(size_t)m * ldy + p], want, 1e-5, 1e-5))
+                        FAIL("conv2d case %zu m=%d p=%d: %.9g vs %.9g", ci, m, p,
+                             y[(size_t)m * ldy + p], want);
+                }
+            for (int m = 0; m <= M; ++m)
+                for (size_t p = m < M ? (size_t)OH * OW : 0; p < ldy; ++p)
+                    if (y[(size_t)m * ldy + p] != CANARY) FAIL("conv2d case %zu wrote m=%d p=%zu", ci, m, p);
+        }
+        free(x);
+        free(w);
+        free(bias);
+        free(wpack);
+        free(y);
+        free((void *)rows);
+    }
+}
+
 /* ---- li_run_direction --------------------------------------------------------------------- */
 
 static void check_run_direction(const li_kernels *kern, const cell_config *cfg, int format,
@@ -1321,6 +1384,7 @@ int main(void) {
         test_gru_pointwise(kern);
         test_run_direction_parts(kern);
         test_activation_array(kern);
+        test_conv2d(kern);
         test_run_direction(kern);
         test_token_tables(kern);
         test_stack_step(kern);
