@@ -15,6 +15,7 @@ import numpy as np
 
 from lstm_infer._spec import TensorInfo
 from lstm_infer.compile.program import GraphProgram
+from lstm_infer.compile.specialize import ShapeSpecializer
 from lstm_infer.errors import InputError, InputTypeError, StreamError
 from lstm_infer.graph import Graph, TensorType
 
@@ -45,6 +46,17 @@ class GraphModel:
         self._inputs = {v.name: v.type for v in self._graph.inputs}
         self._output_names = graph.output_names
         self.threads = 1
+        self._runner = ShapeSpecializer(self._program)
+
+    @property
+    def specialize_shapes(self) -> bool:
+        """Whether each new set of input shapes gets a program specialised to it (the shape
+        glue folded; see :mod:`lstm_infer.compile.specialize`). Default True."""
+        return self._runner.enabled
+
+    @specialize_shapes.setter
+    def specialize_shapes(self, value: bool) -> None:
+        self._runner.enabled = bool(value)
 
     @property
     def graph(self) -> Graph:
@@ -130,7 +142,7 @@ class GraphModel:
         if not isinstance(threads, (int, np.integer)) or isinstance(threads, bool) or threads < 1:
             raise ValueError(f"threads must be a positive int, got {threads!r}")
         arrays = {n: self._feed(n, feeds[n], t) for n, t in self._inputs.items()}
-        return self._program.run(arrays, wanted, int(threads))
+        return self._runner.run(arrays, wanted, int(threads))
 
     def stream(self, batch_size: int = 1) -> Any:
         raise StreamError(

@@ -51,13 +51,15 @@ def _check_if(node: Any) -> None:
 
 def _if_prepare(node: Any, consts: dict[int, np.ndarray]) -> tuple[Any, Any]:
     from lstm_infer.compile.program import GraphProgram  # the compiler runs the ops
+    from lstm_infer.compile.specialize import ShapeSpecializer
 
-    programs = []
+    runners = []
     for key in BRANCHES:
         g = branch_graph(node, key)
         fixed = {g.inputs[i - 1].name: v for i, v in consts.items() if i > 0}
-        programs.append(GraphProgram(g.with_constants(fixed)))
-    return programs[0], programs[1]
+        # A branch's batch-size checks fold per input shapes like the outer graph's.
+        runners.append(ShapeSpecializer(GraphProgram(g.with_constants(fixed))))
+    return runners[0], runners[1]
 
 
 def _if_run(ctx: RunContext, node: Any, ins: list, state: Any) -> list[np.ndarray]:
@@ -67,12 +69,13 @@ def _if_run(ctx: RunContext, node: Any, ins: list, state: Any) -> list[np.ndarra
     if state is None:  # (only while folding constants, where prepare has not run)
         state = _if_prepare(node, dict(enumerate(ins)))
     taken = bool(cond.reshape(()))
-    program = state[0] if taken else state[1]
+    runner = state[0] if taken else state[1]
     declared = branch_graph(node, BRANCHES[0 if taken else 1]).input_names
     given = dict(zip(declared, ins[1:]))
-    feeds = {n: given[n] for n in program.graph.input_names}
-    result = program.run(feeds, program.graph.output_names, ctx.threads)
-    return [result[n] for n in program.graph.output_names]
+    names = runner.program.graph.output_names
+    feeds = {n: given[n] for n in runner.program.graph.input_names}
+    result = runner.run(feeds, names, ctx.threads)
+    return [result[n] for n in names]
 
 
 OPS: dict[str, OpDef] = {

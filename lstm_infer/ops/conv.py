@@ -22,7 +22,8 @@ float16 computes in float32 and rounds once; float64 goes through numpy in float
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -50,6 +51,10 @@ ACTIVATION_ATTR = "lstm_infer_activation"
 # copied together (one batched product) up to this many floats (16 MB).
 _BLOCK_FLOATS = 1 << 18
 _BATCH_FLOATS = 1 << 22
+# The direct kernel's register tile spans 64 (AVX-512) or 16 (AVX2) positions of an output
+# row; rows narrower than this waste most of it (a (1, 129, 4) silero conv took 195 us
+# direct against ~10 us as one small sgemm), so they go through im2col + sgemm.
+_DIRECT_MIN_WIDTH = 16
 
 
 def _check_conv(node: Any) -> None:
@@ -87,6 +92,9 @@ class _ConvWeights:
     rows: np.ndarray  # (M, Cg * K)
     bias: np.ndarray | None  # (M,)
     packed: list[np.ndarray] | None = None  # per group, the direct kernel's layout (float32)
+    # The geometry resolved per input shape: a stream or a service calls with the same few
+    # shapes, and resolving the attributes costs more than a small convolution (~40 us).
+    resolved: dict[tuple[int, ...], Resolved] = field(default_factory=dict)
 
 
 def _conv_weights(node: Any, w: np.ndarray, b: np.ndarray | None, dtype: Any) -> _ConvWeights:
@@ -142,18 +150,27 @@ def _conv(ctx: RunContext, node: Any, ins: Ins, state: Any) -> list[np.ndarray]:
         raise InputError(
             f"{node.label}: X has {c} channels, W {cg} per group x {group} groups and {m} outputs"
         )
-    r = resolve(node, window_attrs(node), x.shape[2:], cw.w.shape[2:])
+    r = cw.resolved.get(x.shape)
+    if r is None:
+        r = resolve(node, window_attrs(node), x.shape[2:], cw.w.shape[2:])
+        if state is not None and len(cw.resolved) < 64:
+            cw.resolved[x.shape] = r
     check_elements(node, (n, m, *r.out))
     out_dtype = x.dtype
     x = np.asarray(x, dtype=dtype)
     y = np.empty((n, m, *r.out), dtype)
-    taps = int(np.prod(r.kernel))
+    taps = math.prod(r.kernel)
     if group == c and cg == 1 and group > 1:
         _depthwise(padded(x, r), r, cw.w, y)
     elif taps == 1 and all(s == 1 for s in r.strides) and x.shape[2:] == r.out:
         # A pointwise conv: the input's (C, L) rows already are the matrix, y[n] = W @ x[n].
         _grouped_product(cw.rows, np.ascontiguousarray(x).reshape(n, c, -1), y, group, False)
-    elif cw.packed is not None and r.strides[-1] == 1 and len(r.out) in (1, 2):
+    elif (
+        cw.packed is not None
+        and r.strides[-1] == 1
+        and len(r.out) in (1, 2)
+        and r.out[-1] >= _DIRECT_MIN_WIDTH
+    ):
         _conv_direct(padded(x, r), r, cw, group, y, relu)  # adds the bias, clamps itself
         return [y.astype(out_dtype, copy=False)]
     elif r.strides[-1] != 1 or r.kernel[-1] >= r.out[-1]:
@@ -217,7 +234,7 @@ def _conv_by_tap(x: np.ndarray, r: Resolved, cw: _ConvWeights, group: int, y: np
     n, c = x.shape[:2]
     n_sp = len(r.out)
     has_pad = any(r.begin) or any(r.end)
-    batch = max(1, _BATCH_FLOATS // max(1, c * int(np.prod(r.kernel)) * int(np.prod(r.out))))
+    batch = max(1, _BATCH_FLOATS // max(1, c * math.prod(r.kernel) * math.prod(r.out)))
     for n0 in range(0, n, batch):
         xs = x[n0 : n0 + batch]
         cols = (np.zeros if has_pad else np.empty)((len(xs), c, *r.kernel, *r.out), x.dtype)
@@ -239,7 +256,7 @@ def _conv_by_tap(x: np.ndarray, r: Resolved, cw: _ConvWeights, group: int, y: np
                 src.append(slice(start, start + (hi - lo - 1) * s + 1, s))
             else:
                 cols[(slice(None), slice(None), *tap, *dest)] = xs[(slice(None), slice(None), *src)]
-        _grouped_product(cw.rows, cols.reshape(len(xs), -1, int(np.prod(r.out))),
+        _grouped_product(cw.rows, cols.reshape(len(xs), -1, math.prod(r.out)),
                          y[n0 : n0 + batch], group, False)  # fmt: skip
 
 
@@ -253,8 +270,8 @@ def _conv_by_position(
     m = y.shape[1]
     mg = m // group
     n_sp = len(r.out)
-    length = int(np.prod(r.out))
-    width = c * int(np.prod(r.kernel))
+    length = math.prod(r.out)
+    width = c * math.prod(r.kernel)
     inner = length // r.out[0]  # output positions per step of the first spatial dim
     step = max(1, _BLOCK_FLOATS // max(1, width * inner))
     view = window_view(xp, r)  # (N, C, *out, *kernel) -> (N, *out, C, *kernel)
@@ -363,7 +380,7 @@ def _conv_transpose(ctx: RunContext, node: Any, ins: Ins, state: Any) -> list[np
     )
     check_elements(node, (n, m, *full))
     check_elements(node, (n, m, *out))
-    taps, length = int(np.prod(kernel)), int(np.prod(in_sizes))
+    taps, length = math.prod(kernel), math.prod(in_sizes)
     check_elements(node, (n, taps * mg, length), "column buffer")
     xs = np.ascontiguousarray(x, dtype=dtype).reshape(n, c, length)
     wd = np.ascontiguousarray(w, dtype=dtype).reshape(c, mg * taps)
