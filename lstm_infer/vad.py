@@ -2,7 +2,8 @@
 
 ``lstm-infer vad AUDIO.wav [--model PATH]`` reads a 16 or 8 kHz mono 16-bit PCM wav (the
 stdlib ``wave`` module: no audio library needed), streams it through the model in chunks of
-512 (16 kHz) or 256 (8 kHz) samples with the state carried by a :class:`GraphStream`, and
+512 (16 kHz) or 256 (8 kHz) samples (each after the previous chunk's last 64 / 32 samples,
+as silero's own wrapper feeds it) with the state carried by a :class:`GraphStream`, and
 prints the speech segments, the per-chunk latency and the real-time factor; with
 onnxruntime installed, the same stream through onnxruntime fed its state back by hand,
 side by side (same probabilities, both timings). ``--plot out.png`` draws the probability
@@ -26,6 +27,18 @@ import numpy as np
 from lstm_infer.errors import InputError
 
 CHUNK = {16000: 512, 8000: 256}
+# silero-VAD (v5) reads each chunk after the last samples of the one before (its own wrapper
+# prepends them): 64 at 16 kHz, 32 at 8 kHz; the first chunk after zeros.
+CONTEXT = {16000: 64, 8000: 32}
+
+
+def chunks_with_context(audio: np.ndarray, rate: int) -> np.ndarray:
+    """(n, context + chunk) model inputs: every whole chunk with the samples before it."""
+    chunk, ctx = CHUNK[rate], CONTEXT[rate]
+    n = len(audio) // chunk
+    padded = np.concatenate([np.zeros(ctx, np.float32), audio[: n * chunk]])
+    idx = np.arange(n)[:, None] * chunk + np.arange(ctx + chunk)[None, :]
+    return padded[idx]
 
 
 def default_model_path() -> Path:
@@ -74,17 +87,17 @@ class VadResult:
 
 def stream_probs(model, audio: np.ndarray, rate: int) -> VadResult:  # noqa: ANN001
     """Speech probability of every chunk, the state carried by ``model.stream()``."""
-    chunk = CHUNK[rate]
-    n = len(audio) // chunk
+    inputs = chunks_with_context(audio, rate)
+    n = len(inputs)
     stream = model.stream()
     probs = np.empty(n, np.float32)
     lat = np.empty(n)
     for i in range(n):
-        x = audio[None, i * chunk : (i + 1) * chunk]
+        x = inputs[i : i + 1]
         t = time.perf_counter()
         probs[i] = float(np.asarray(stream.step(x)).reshape(-1)[0])
         lat[i] = (time.perf_counter() - t) * 1e6
-    return VadResult(probs, lat, rate, chunk)
+    return VadResult(probs, lat, rate, CHUNK[rate])
 
 
 def stream_probs_onnxruntime(path: str | Path, audio: np.ndarray, rate: int) -> VadResult:
@@ -97,19 +110,19 @@ def stream_probs_onnxruntime(path: str | Path, audio: np.ndarray, rate: int) -> 
     so.log_severity_level = 3
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     names = [i.name for i in sess.get_inputs()]
-    chunk = CHUNK[rate]
-    n = len(audio) // chunk
+    inputs = chunks_with_context(audio, rate)
+    n = len(inputs)
     state = np.zeros((2, 1, 128), np.float32)
     sr = {"sr": np.array(rate, np.int64)} if "sr" in names else {}
     probs = np.empty(n, np.float32)
     lat = np.empty(n)
     for i in range(n):
-        x = audio[None, i * chunk : (i + 1) * chunk]
+        x = inputs[i : i + 1]
         t = time.perf_counter()
         out, state = sess.run(None, {"input": x, "state": state, **sr})
         lat[i] = (time.perf_counter() - t) * 1e6
         probs[i] = float(out.reshape(-1)[0])
-    return VadResult(probs, lat, rate, chunk)
+    return VadResult(probs, lat, rate, CHUNK[rate])
 
 
 def segments(

@@ -1,12 +1,15 @@
 """``lstm-infer vad``: silero-VAD streamed over a wav, against onnxruntime fed its state.
 
-The wav is made here with the stdlib ``wave`` module (tone bursts in noise: speech-like and
-silent stretches); the probabilities of our stream must equal onnxruntime's, chunk by chunk.
+A real speech recording (tests/fixtures/speech_16k.wav: espeak-ng, made by
+tests/fixtures/make_speech_wav.py; a second of silence before, between and after two
+sentences) and wavs made here with the stdlib ``wave`` module; the probabilities of our
+stream must equal onnxruntime's chunk by chunk, and the speech segments must be the same.
 """
 
 from __future__ import annotations
 
 import wave
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,6 +38,23 @@ def write_wav(path, rate: int, seconds: float, rng, width: int = 2) -> np.ndarra
     return pcm
 
 
+SPEECH = Path(__file__).parent / "fixtures" / "speech_16k.wav"
+
+
+def test_real_speech_probabilities_and_segments_equal_onnxruntime() -> None:
+    audio, rate = vad.read_wav(SPEECH)
+    model_path = silero_file("silero_vad.onnx")
+    model = lstm_infer.load(model_path, fixed_inputs={"sr": rate})
+    ours = vad.stream_probs(model, audio, rate)
+    ref = vad.stream_probs_onnxruntime(model_path, audio, rate)
+    np.testing.assert_allclose(ours.probs, ref.probs, atol=1e-4)
+    found = vad.segments(ours)
+    assert found == vad.segments(ref)
+    # The recording's layout: speech starts after its first second of silence and ends
+    # before its last one.
+    assert found and 0.8 <= found[0][0] <= 1.3 and found[-1][1] <= len(audio) / rate - 0.8
+
+
 @pytest.mark.parametrize("rate", [16000, 8000])
 def test_stream_probabilities_equal_onnxruntime(rate: int, tmp_path, rng) -> None:
     path = tmp_path / "a.wav"
@@ -46,14 +66,17 @@ def test_stream_probabilities_equal_onnxruntime(rate: int, tmp_path, rng) -> Non
     ours = vad.stream_probs(model, audio, rate)
     ref = vad.stream_probs_onnxruntime(model_path, audio, rate)
     assert len(ours.probs) == len(audio) // vad.CHUNK[rate]
+    # each model input is the chunk after the previous chunk's last samples
+    inputs = vad.chunks_with_context(audio, rate)
+    c, k = vad.CONTEXT[rate], vad.CHUNK[rate]
+    np.testing.assert_array_equal(inputs[1, :c], audio[k - c : k])
+    np.testing.assert_array_equal(inputs[1, c:], audio[k : 2 * k])
     np.testing.assert_allclose(ours.probs, ref.probs, atol=1e-4)
     assert vad.segments(ours) == vad.segments(ref)
 
 
-def test_cli_prints_segments_and_timings(tmp_path, rng, capsys) -> None:
-    path = tmp_path / "a.wav"
-    write_wav(path, 16000, 4.0, rng)
-    assert cli.main(["vad", str(path), "--model", str(silero_file("silero_vad.onnx"))]) == 0
+def test_cli_prints_segments_and_timings(capsys) -> None:
+    assert cli.main(["vad", str(SPEECH), "--model", str(silero_file("silero_vad.onnx"))]) == 0
     out = capsys.readouterr().out
     assert "speech segments" in out and "real-time factor" in out
     assert "onnxruntime" in out and "max |probability difference|" in out
