@@ -19,6 +19,7 @@ PORTABLE_SOURCES = [
     "src_c/kernels_scalar.c",
     "src_c/cpu_dispatch.c",
     "src_c/recurrent_driver.c",
+    "src_c/stack_step_rows.c",
 ]
 X86_ISA_SOURCES = {
     "src_c/kernels_avx2.c": ["-mavx2", "-mfma"],
@@ -52,7 +53,7 @@ X86_ISA_SOURCES = {
         "-mavx512bf16",
     ],
 }
-HEADERS = sorted(glob.glob("src_c/*.h"))
+HEADERS = sorted(glob.glob("src_c/*.h")) + ["lstm_infer/_engine_products.pxi"]
 COMMON_CFLAGS = ["-O3", "-std=c11", "-fno-math-errno", "-Wall", "-Wno-unused-function"]
 
 IS_X86_64 = platform.machine().lower() in ("x86_64", "amd64")
@@ -64,7 +65,7 @@ class BuildWithIsaKernels(build_ext):
     """Compile each per-ISA kernel file with its own flags, then link them in."""
 
     def build_extension(self, ext):
-        if IS_X86_64:
+        if IS_X86_64 and ext.name == "lstm_infer._engine":
             objects = []
             for source, flags in X86_ISA_SOURCES.items():
                 objects += self.compiler.compile(
@@ -88,9 +89,18 @@ engine = Extension(
     depends=HEADERS,
 )
 
+# The graph ops' matrix products (transposes, strides, batches) on the same BLAS.
+blas = Extension(
+    "lstm_infer._blas",
+    sources=["lstm_infer/_blas.pyx"],
+    include_dirs=[np.get_include()],
+    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    extra_compile_args=COMMON_CFLAGS,
+)
+
 setup(
     ext_modules=cythonize(
-        [engine],
+        [engine, blas],
         compiler_directives={
             "language_level": "3",
             "boundscheck": CHECKS,

@@ -17,6 +17,7 @@ from lstm_infer._engine import available_isas, isa, set_isa
 from lstm_infer._spec import TensorInfo
 from lstm_infer.graph_model import GraphModel
 from lstm_infer.model import Model, Stream
+from lstm_infer.pool import StreamPool
 from lstm_infer.validate import validate
 
 __version__ = "0.1.0"
@@ -24,6 +25,7 @@ __all__ = [
     "GraphModel",
     "Model",
     "Stream",
+    "StreamPool",
     "TensorInfo",
     "available_isas",
     "errors",
@@ -51,6 +53,8 @@ def load(source: Any, **options: Any) -> Model | GraphModel:
         ("tanh"/"relu" for nn.RNN), ``batch_first``, ``head_activation`` /
         ``head_activations`` (after the Linear head), and, where the weights fit more than one
         architecture, ``embedding="emb.weight"`` (or False) / ``head=["fc", ...]`` (or []).
+        For ONNX models: ``fixed_inputs={"sr": 16000}`` makes inputs constants (they leave
+        ``model.inputs``; branches they decide are resolved at load).
         For a live module whose forward is more than a recurrent stack (a conv front end,
         layer norm, ...): ``example_inputs=(x, ...)`` (and optionally ``input_names``)
         exports it with torch.onnx and loads that graph.
@@ -71,6 +75,13 @@ def load(source: Any, **options: Any) -> Model | GraphModel:
         if options:
             raise TypeError(f"options {sorted(options)} do not apply to {kind}")
 
+    def onnx_options() -> dict[str, Any]:
+        fixed = options.pop("fixed_inputs", None)
+        no_options("ONNX models")
+        if fixed is not None and not isinstance(fixed, dict):
+            raise TypeError(f"fixed_inputs must be a dict of name -> value, got {fixed!r}")
+        return {"fixed_inputs": fixed}
+
     if isinstance(source, Model):
         no_options("a Model")
         return source
@@ -86,8 +97,7 @@ def load(source: Any, **options: Any) -> Model | GraphModel:
         head = source[:16]
     else:
         if type(source).__name__ == "ModelProto":
-            no_options("ONNX models")
-            return load_onnx(source)
+            return load_onnx(source, **onnx_options())
         if hasattr(source, "state_dict") and "example_inputs" in options:
             from lstm_infer.torch_import import export_module
 
@@ -114,5 +124,4 @@ def load(source: Any, **options: Any) -> Model | GraphModel:
         return Model(spec_from_state_dict(floats, **{"ordered": False, **options}))
     if is_torch_checkpoint(head, path):
         return Model(import_torch(source, **options))
-    no_options("ONNX models")
-    return load_onnx(source)
+    return load_onnx(source, **onnx_options())

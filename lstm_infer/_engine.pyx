@@ -11,11 +11,12 @@ cimport numpy as cnp
 import numpy as np
 
 from lstm_infer._kernels cimport (
-    LI_BLOCK, LI_CELL_GRU, LI_CELL_LSTM, LI_CELL_RNN, LI_ISA_COUNT, LI_WEIGHTS_BF16,
+    LI_BLOCK, LI_CONV_MR, LI_CELL_GRU, LI_CELL_LSTM, LI_CELL_RNN, LI_ISA_COUNT, LI_WEIGHTS_BF16,
     LI_WEIGHTS_F32, LI_WEIGHTS_I8, li_cell, li_kernels,
     li_kernels_for, li_run_direction, li_direction_scratch_floats, li_sgemm_fn,
     li_run_direction_part, li_split_sync, li_unit_split_part_floats, li_unit_split_shared_floats,
-    li_stack_step, li_stack_step_scratch_floats, li_usable_isas,
+    li_stack_step, li_stack_step_scratch_floats, li_stack_step_rows,
+    li_stack_step_rows_scratch_floats, li_usable_isas,
 )
 
 cnp.import_array()
@@ -77,124 +78,10 @@ def activation_array(str kind, cnp.ndarray x, str isa_name=None):
     return out.reshape(np.shape(x))
 
 
-# ---- dense layers: one sgemm over every row, softmax in place ------------------------------
+# ---- dense layers, softmax and the direct convolution (_engine_products.pxi) ---------------
 
 
-def dense(cnp.ndarray x, cnp.ndarray weight, object bias, cnp.ndarray out):
-    """out = x @ weight.T (+ bias): one sgemm through the engine's BLAS over all rows.
-
-    x (N, K), weight (M, K) like nn.Linear, bias (M,) or None, out (N, M); all float32 and
-    C-contiguous (out writable). A (T, B, K) sequence is passed as its (T*B, K) view, so the
-    weight is read once per call instead of once per timestep.
-    """
-    for name, arr in (("x", x), ("weight", weight), ("out", out)):
-        if arr.dtype != np.float32 or arr.ndim != 2 or not arr.flags.c_contiguous:
-            raise ValueError(f"{name} must be a 2-D C-contiguous float32 array")
-    if not out.flags.writeable:
-        raise ValueError("out must be writable")
-    cdef Py_ssize_t N = x.shape[0], K = x.shape[1], M = weight.shape[0]
-    if weight.shape[1] != K:
-        raise ValueError(f"weight has shape {(M, weight.shape[1])}, expected ({M}, {K})")
-    if out.shape[0] != N or out.shape[1] != M:
-        raise ValueError(f"out has shape {(out.shape[0], out.shape[1])}, expected ({N}, {M})")
-    if bias is not None:
-        if (bias.dtype != np.float32 or bias.ndim != 1 or bias.shape[0] != M
-                or not bias.flags.c_contiguous):
-            raise ValueError(f"bias must be a C-contiguous float32 array of shape ({M},)")
-    if max(N, K, M) >= (1 << 31) - 1:
-        raise ValueError("dense: a dimension does not fit the BLAS's 32-bit sizes")
-    if N == 0 or M == 0:
-        return out
-    if K == 0:
-        out[...] = 0.0 if bias is None else bias
-        return out
-    cdef int m = <int>M, n = <int>N, k = <int>K
-    cdef float alpha = 1.0, beta = 0.0
-    cdef float *c = <float *>cnp.PyArray_DATA(out)
-    cdef float *a = <float *>cnp.PyArray_DATA(weight)
-    cdef float *b = <float *>cnp.PyArray_DATA(x)
-    cdef const float *bp = _ptr(bias)
-    cdef Py_ssize_t i
-    cdef char ta = b'T', tb = b'N'
-    with nogil:
-        # Column-major view: out^T (M x N) = op(weight^T) (M x K) * x^T (K x N).
-        if bp != NULL:
-            for i in range(N):
-                memcpy(c + i * M, bp, M * sizeof(float))
-            beta = 1.0
-        sgemm(&ta, &tb, &m, &n, &k, &alpha, a, &k, b, &k, &beta, c, &m)
-    return out
-
-
-def dense_packed(cnp.ndarray packed, int gates, cnp.ndarray x, object bias, cnp.ndarray out,
-                 int blk0=0, int blk1=-1):
-    """out[:, g*Hp + u] = bias + x @ W^T over weights packed by ``_plan.pack_gate_blocks``.
-
-    The packed matvec the recurrent layers use, for a dense layer whose (4*Hp, K) weight is
-    packed as ``gates`` gate blocks: each block's weights (K x gates x 16 floats) are read
-    from memory once and reused from cache by every tile of rows. ``blk0``/``blk1`` pick the
-    blocks to compute (threads split a layer by blocks). x (N, K), bias (gates*Hp,) or None,
-    out (N, gates*Hp); float32 and C-contiguous.
-    """
-    if packed.dtype != np.float32 or packed.ndim != 5 or not packed.flags.c_contiguous:
-        raise ValueError("packed must be a C-contiguous float32 array from pack_gate_blocks")
-    cdef int nblk = <int>packed.shape[0], K = <int>packed.shape[1]
-    if packed.shape[2] != gates or packed.shape[3] != LI_BLOCK or packed.shape[4] != 1:
-        raise ValueError("packed does not hold float32 blocks of that many gates")
-    cdef Py_ssize_t width = <Py_ssize_t>gates * nblk * LI_BLOCK
-    for name, arr in (("x", x), ("out", out)):
-        if arr.dtype != np.float32 or arr.ndim != 2 or not arr.flags.c_contiguous:
-            raise ValueError(f"{name} must be a 2-D C-contiguous float32 array")
-    cdef Py_ssize_t N = x.shape[0]
-    if x.shape[1] != K:
-        raise ValueError(f"x has {x.shape[1]} features, the packed weight takes {K}")
-    if out.shape[0] != N or out.shape[1] != width or not out.flags.writeable:
-        raise ValueError(f"out must be a writable array of shape ({N}, {width})")
-    if bias is not None and (bias.dtype != np.float32 or bias.shape != (width,)
-                             or not bias.flags.c_contiguous):
-        raise ValueError(f"bias must be a C-contiguous float32 array of shape ({width},)")
-    if blk1 < 0:
-        blk1 = nblk
-    if not 0 <= blk0 <= blk1 <= nblk:
-        raise ValueError(f"blocks [{blk0}, {blk1}) are not within [0, {nblk})")
-    if N >= (1 << 31) or width >= (1 << 31):
-        raise ValueError("dense_packed: too many rows or features for 32-bit strides")
-    cdef const li_kernels *kern = _active
-    cdef const void *w = cnp.PyArray_DATA(packed)
-    cdef const float *xp = <const float *>cnp.PyArray_DATA(x)
-    cdef const float *bp = _ptr(bias)
-    cdef float *op = <float *>cnp.PyArray_DATA(out)
-    cdef int rows = <int>N, ogs = nblk * LI_BLOCK, ldo = <int>width
-    if rows and blk1 > blk0:
-        with nogil:
-            kern.matvec_f32(w, K, gates, blk0, blk1, xp, K, rows, bp, ogs, op, ogs, ldo)
-    return out
-
-
-def softmax_rows(cnp.ndarray y, bint log_softmax=False, object n=None, str isa_name=None):
-    """Softmax (or log-softmax) over the last axis of a C-contiguous float32 array, in place.
-
-    With ``n``, only the first ``n`` entries of each row (the rest, e.g. padding, untouched).
-    One three-pass kernel per row (src_c: li_softmax_rows_fn). ``isa_name`` picks a kernel
-    table other than the active one (tests).
-    """
-    cdef const li_kernels *kern = _active
-    if isa_name is not None:
-        if isa_name not in available_isas():
-            raise ValueError(f"ISA {isa_name!r} is not usable on this machine")
-        kern = li_kernels_for(ISA_NAMES.index(isa_name))
-    if y.dtype != np.float32 or y.ndim < 1 or not y.flags.c_contiguous or not y.flags.writeable:
-        raise ValueError("y must be a writable C-contiguous float32 array of rank >= 1")
-    cdef size_t ld = <size_t>y.shape[y.ndim - 1]
-    cdef size_t cols = ld if n is None else <size_t>n
-    if n is not None and not 0 <= n <= ld:
-        raise ValueError(f"n must be in [0, {ld}], got {n}")
-    cdef size_t rows = <size_t>(y.size // ld) if ld else 0
-    cdef float *p = <float *>cnp.PyArray_DATA(y)
-    if rows and cols:
-        with nogil:
-            kern.softmax_rows(p, rows, cols, ld, log_softmax)
-    return y
+include "_engine_products.pxi"
 
 
 cdef inline const float *_ptr(object arr):
@@ -463,18 +350,25 @@ cdef class StackStepper:
     cdef const li_cell **cells
     cdef float **h_ptrs
     cdef float **c_ptrs
+    cdef float **h_rows
+    cdef float **c_rows
     cdef int n_layers, batch, in_size, out_size
     cdef readonly list plans
     cdef readonly list h
     cdef readonly list c
     cdef float[::1] scratch
+    cdef float[::1] rows_scratch
+    cdef bint has_rows_scratch
 
     def __cinit__(self, list plans, int batch):
         self.n_layers = len(plans)
         self.cells = <const li_cell **>PyMem_Malloc(max(1, self.n_layers) * sizeof(li_cell *))
         self.h_ptrs = <float **>PyMem_Malloc(max(1, self.n_layers) * sizeof(float *))
         self.c_ptrs = <float **>PyMem_Malloc(max(1, self.n_layers) * sizeof(float *))
-        if self.cells == NULL or self.h_ptrs == NULL or self.c_ptrs == NULL:
+        self.h_rows = <float **>PyMem_Malloc(max(1, self.n_layers) * sizeof(float *))
+        self.c_rows = <float **>PyMem_Malloc(max(1, self.n_layers) * sizeof(float *))
+        if (self.cells == NULL or self.h_ptrs == NULL or self.c_ptrs == NULL
+                or self.h_rows == NULL or self.c_rows == NULL):
             raise MemoryError()
 
     def __init__(self, list plans, int batch):
@@ -509,6 +403,8 @@ cdef class StackStepper:
         PyMem_Free(self.cells)
         PyMem_Free(self.h_ptrs)
         PyMem_Free(self.c_ptrs)
+        PyMem_Free(self.h_rows)
+        PyMem_Free(self.c_rows)
 
     @property
     def batch(self):
@@ -522,6 +418,27 @@ cdef class StackStepper:
     def output_size(self):
         return self.out_size
 
+    cdef int _check_io(self, cnp.ndarray x, cnp.ndarray out, Py_ssize_t n,
+                       const float **xp, const int64_t **tp) except -1:
+        """Check a step's x (n, I) float32, or (n,) int64 ids with a token table, and out
+        (n, Hr_last); set *xp or *tp. Plain ndarray checks by hand: typed memoryviews would
+        allocate a view object per call, and this is the per-step path."""
+        if self.cells[0].token_table != NULL:
+            if not (cnp.PyArray_TYPE(x) == cnp.NPY_INT64 and cnp.PyArray_NDIM(x) == 1
+                    and cnp.PyArray_IS_C_CONTIGUOUS(x) and cnp.PyArray_ISBEHAVED_RO(x)
+                    and cnp.PyArray_DIM(x, 0) == n):
+                raise ValueError(f"expected {n} int64 token id(s), got {x.dtype} {np.shape(x)}")
+            tp[0] = <const int64_t *>cnp.PyArray_DATA(x)
+        elif not _is_f32_matrix(x, n, self.in_size):
+            raise ValueError(f"expected a C-contiguous float32 input of shape ({n}, "
+                             f"{self.in_size}), got {x.dtype} {np.shape(x)}")
+        else:
+            xp[0] = <const float *>cnp.PyArray_DATA(x)
+        if not _is_f32_matrix(out, n, self.out_size) or not cnp.PyArray_ISWRITEABLE(out):
+            raise ValueError(f"out must be a writable C-contiguous float32 array of shape "
+                             f"({n}, {self.out_size})")
+        return 0
+
     def step(self, cnp.ndarray x not None, cnp.ndarray out not None):
         """One timestep: x (B, I) -> out (B, Hr_last); states advance in place.
 
@@ -531,22 +448,7 @@ cdef class StackStepper:
         """
         cdef const float *xp = NULL
         cdef const int64_t *tp = NULL
-        if self.cells[0].token_table != NULL:
-            if not (cnp.PyArray_TYPE(x) == cnp.NPY_INT64 and cnp.PyArray_NDIM(x) == 1
-                    and cnp.PyArray_IS_C_CONTIGUOUS(x) and cnp.PyArray_ISBEHAVED_RO(x)
-                    and cnp.PyArray_DIM(x, 0) == self.batch):
-                raise ValueError(f"expected {self.batch} int64 token id(s), got {x.dtype} "
-                                 f"{np.shape(x)}")
-            tp = <const int64_t *>cnp.PyArray_DATA(x)
-        elif not _is_f32_matrix(x, self.batch, self.in_size):
-            raise ValueError(f"expected a C-contiguous float32 input of shape ({self.batch}, "
-                             f"{self.in_size}), got {x.dtype} {np.shape(x)}")
-        else:
-            xp = <const float *>cnp.PyArray_DATA(x)
-        if not _is_f32_matrix(out, self.batch, self.out_size) or not cnp.PyArray_ISWRITEABLE(
-                out):
-            raise ValueError(f"out must be a writable C-contiguous float32 array of shape "
-                             f"({self.batch}, {self.out_size})")
+        self._check_io(x, out, self.batch, &xp, &tp)
         cdef float *op = <float *>cnp.PyArray_DATA(out)
         cdef float *sp = &self.scratch[0]
         cdef int rc
@@ -555,6 +457,42 @@ cdef class StackStepper:
                                self.h_ptrs, self.c_ptrs, op, sp)
         if rc == -4:
             raise ValueError(f"a token id is outside [0, {self.cells[0].vocab_size})")
+        if rc != 0:
+            raise ValueError(f"recurrent kernel rejected its arguments (code {rc})")
+
+    def step_rows(self, cnp.ndarray rows not None, cnp.ndarray x not None,
+                  cnp.ndarray out not None):
+        """One timestep for the n distinct state rows ``rows`` (int32, (n,)) only, as one
+        batch of n: x (n, I) (or (n,) int64 token ids) -> out (n, Hr_last), in the order of
+        rows. The other rows keep their state, and so does every row on error (serving: the
+        state arrays h, c are a slab of `batch` sessions, see lstm_infer/pool.py).
+        """
+        if not (cnp.PyArray_TYPE(rows) == cnp.NPY_INT32 and cnp.PyArray_NDIM(rows) == 1
+                and cnp.PyArray_IS_C_CONTIGUOUS(rows) and cnp.PyArray_ISBEHAVED_RO(rows)):
+            raise ValueError("rows must be a C-contiguous int32 vector")
+        cdef int n = <int>cnp.PyArray_DIM(rows, 0)
+        if n < 1 or n > self.batch:
+            raise ValueError(f"between 1 and {self.batch} rows can be stepped, got {n}")
+        cdef const float *xp = NULL
+        cdef const int64_t *tp = NULL
+        self._check_io(x, out, n, &xp, &tp)
+        if not self.has_rows_scratch:  # once per stepper: a plain stream never needs it
+            self.rows_scratch = np.zeros(
+                li_stack_step_rows_scratch_floats(self.cells, self.n_layers, self.batch),
+                dtype=np.float32)
+            self.has_rows_scratch = True
+        cdef const int32_t *rp = <const int32_t *>cnp.PyArray_DATA(rows)
+        cdef float *op = <float *>cnp.PyArray_DATA(out)
+        cdef float *sp = &self.rows_scratch[0]
+        cdef int rc
+        with nogil:
+            rc = li_stack_step_rows(self.cells, self.n_layers, _active, self.batch, n, rp, xp,
+                                    tp, self.h_ptrs, self.c_ptrs, self.h_rows, self.c_rows, op,
+                                    sp)
+        if rc == -4:
+            raise ValueError(f"a token id is outside [0, {self.cells[0].vocab_size})")
+        if rc == -5:
+            raise ValueError(f"a row index is outside [0, {self.batch})")
         if rc != 0:
             raise ValueError(f"recurrent kernel rejected its arguments (code {rc})")
 

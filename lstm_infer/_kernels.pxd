@@ -5,6 +5,7 @@ from libc.stdint cimport int32_t, int64_t
 cdef extern from "li_kernels.h" nogil:
     enum:
         LI_BLOCK
+        LI_CONV_MR
         LI_ISA_SCALAR
         LI_ISA_AVX2
         LI_ISA_AVX512
@@ -60,6 +61,11 @@ cdef extern from "li_kernels.h" nogil:
     ctypedef void (*li_softmax_rows_fn)(float *y, size_t rows, size_t n, size_t ld,
                                         int log_softmax)
 
+    ctypedef void (*li_conv2d_fn)(const float *x, size_t xcs, size_t xrs, int C, int KH,
+                                  int KW, int sh, int dh, int dw, int OH, int OW,
+                                  const float *wpack, int M, const float *bias, float *y,
+                                  size_t ldy, int relu, const float **rows)
+
     ctypedef void (*li_matvec_packed_fn)(const void *packed, int K, int G, int blk0, int blk1,
                                          const float *x, int ldx, int rows, const float *bias,
                                          int bgs, float *out, int ogs, int ldo)
@@ -69,6 +75,7 @@ cdef extern from "li_kernels.h" nogil:
         li_matvec_packed_fn matvec_f32
         li_activation_array_fn activation_array
         li_softmax_rows_fn softmax_rows
+        li_conv2d_fn conv2d
 
     ctypedef void (*li_sgemm_fn)(char *transa, char *transb, int *m, int *n, int *k,
                                  float *alpha, float *a, int *lda, float *b, int *ldb,
@@ -101,3 +108,8 @@ cdef extern from "li_kernels.h" nogil:
     int li_stack_step(const li_cell *const *cells, int n_layers, const li_kernels *kern, int B,
                       const float *x, const int64_t *tokens, float *const *h,
                       float *const *c, float *y, float *scratch)
+    size_t li_stack_step_rows_scratch_floats(const li_cell *const *cells, int n_layers, int B)
+    int li_stack_step_rows(const li_cell *const *cells, int n_layers, const li_kernels *kern,
+                           int capacity, int n, const int32_t *rows, const float *x,
+                           const int64_t *tokens, float *const *h_slab, float *const *c_slab,
+                           float **h_rows, float **c_rows, float *y, float *scratch)

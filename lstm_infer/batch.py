@@ -193,8 +193,7 @@ class BatchRunner:
                 raise TypeError(f"token ids must be integers, got dtype {arr.dtype}")
             if arr.size and (arr.min() < 0 or arr.max() >= self._vocab):
                 raise ValueError(
-                    f"token ids must be in [0, {self._vocab}), got range [{arr.min()}, "
-                    f"{arr.max()}]"
+                    f"token ids must be in [0, {self._vocab}), got range [{arr.min()}, {arr.max()}]"
                 )
             return arr.astype(np.int64, copy=False)
         if arr.dtype.kind not in "fiub":

@@ -1,4 +1,4 @@
-"""The ``lstm-infer`` command line: info, convert, validate, bench, batch and demo.
+"""The ``lstm-infer`` command line: info, convert, validate, bench, demo, batch, serve and vad.
 
 Errors print one line and exit non-zero; ``--debug`` shows the traceback instead.
 """
@@ -9,6 +9,7 @@ import argparse
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -411,6 +412,92 @@ def cmd_batch(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- serve -----------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from lstm_infer.serve import ServeLimits, serve  # starlette/uvicorn: only for this command
+
+    limits = ServeLimits(
+        max_sessions=args.max_sessions,
+        max_frame_bytes=args.max_frame_bytes,
+        idle_timeout_s=args.idle_timeout,
+    )
+    model = _load(args.model, args)
+    serve(model, args.host, args.port, max_batch=args.max_batch,
+          max_wait_us=args.max_wait_us, limits=limits)  # fmt: skip
+    return 0
+
+
+def _add_serve_parser(sub: Any) -> None:
+    s = sub.add_parser("serve", help="serve many streams over WebSocket/HTTP (extra 'serve')")
+    s.add_argument("model")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--max-batch", type=int, default=64, help="most steps batched together")
+    s.add_argument("--max-wait-us", type=float, default=500.0, help="longest a step waits")
+    s.add_argument("--max-sessions", type=int, default=1024)
+    s.add_argument("--max-frame-bytes", type=int, default=1 << 20)
+    s.add_argument("--idle-timeout", type=float, default=300.0, help="seconds")
+    _add_torch_options(s)
+    s.set_defaults(func=cmd_serve)
+
+
+# ---- vad -------------------------------------------------------------------------------------
+
+
+def cmd_vad(args: argparse.Namespace) -> int:
+    import lstm_infer
+    from lstm_infer import vad
+
+    path = Path(args.model) if args.model else vad.default_model_path()
+    audio, rate = vad.read_wav(args.audio)
+    try:  # the sample rate is fixed where the model takes it (its branch resolved at load)
+        model = lstm_infer.load(path, fixed_inputs={"sr": rate})
+    except ValueError:
+        model = lstm_infer.load(path)
+    ours = vad.stream_probs(model, audio, rate)
+    print(
+        f"{path.name}  {rate} Hz  {ours.audio_seconds:.2f} s of audio, {len(ours.probs)} "
+        f"chunks of {ours.chunk} samples"
+    )
+    found = vad.segments(ours, args.threshold, args.min_silence_ms, args.min_speech_ms)
+    print(f"speech segments (threshold {args.threshold:.2f}): {len(found)}")
+    for start, end in found:
+        print(f"  {start:8.2f} - {end:8.2f} s")
+    rows = [("lstm_infer", ours)]
+    try:
+        rows.append(("onnxruntime", vad.stream_probs_onnxruntime(path, audio, rate)))
+    except ImportError:
+        pass
+    print(f"\n{'engine':<14}{'median us/chunk':>16}{'p99 us/chunk':>14}{'real-time factor':>18}")
+    for name, r in rows:
+        print(
+            f"{name:<14}{np.median(r.latency_us):>16.1f}{np.percentile(r.latency_us, 99):>14.1f}"
+            f"{r.real_time_factor:>18.4f}"
+        )
+    if len(rows) > 1:
+        diff = float(np.abs(rows[0][1].probs - rows[1][1].probs).max(initial=0.0))
+        print(f"\nmax |probability difference| lstm_infer vs onnxruntime: {diff:.2e}")
+    else:
+        print("\n(onnxruntime is not installed: no side-by-side run)")
+    if args.plot:
+        vad.plot(args.plot, audio, ours, args.threshold)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _add_vad_parser(sub: Any) -> None:
+    s = sub.add_parser("vad", help="stream a wav through silero-VAD: speech segments, latency")
+    s.add_argument("audio", help="16 or 8 kHz 16-bit PCM wav")
+    s.add_argument("--model", default=None, help="silero-VAD ONNX file (default: silero-vad's)")
+    s.add_argument("--threshold", type=float, default=0.5)
+    s.add_argument("--min-silence-ms", type=float, default=100.0)
+    s.add_argument("--min-speech-ms", type=float, default=250.0)
+    s.add_argument("--plot", default=None, help="write the probabilities over the audio (PNG)")
+    s.set_defaults(func=cmd_vad)
+
+
 # ---- entry point -----------------------------------------------------------------------------
 
 
@@ -498,6 +585,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--temperature", type=float, default=0.7, help="0 for greedy")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_demo)
+
+    _add_serve_parser(sub)
+    _add_vad_parser(sub)
     return p
 
 

@@ -40,3 +40,10 @@ class StreamError(LstmInferError, RuntimeError):
 
 class MissingDependencyError(LstmInferError, ImportError):
     """An optional package (onnx, onnxruntime, torch) is needed for this call."""
+
+
+class SessionError(StreamError, KeyError):
+    """A stream pool was given a session id that is not open (never opened, or closed)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""

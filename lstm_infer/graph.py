@@ -88,6 +88,18 @@ class Graph:
     def output_names(self) -> list[str]:
         return [v.name for v in self.outputs]
 
+    def with_constants(self, values: dict[str, np.ndarray]) -> Graph:
+        """A copy whose inputs named in ``values`` are constants instead (nodes shared)."""
+        if not values:
+            return self
+        return Graph(
+            [v for v in self.inputs if v.name not in values],
+            list(self.outputs),
+            list(self.nodes),
+            {**self.initializers, **values},
+            dict(self.value_types),
+        )
+
     def producers(self) -> dict[str, Node]:
         return {out: node for node in self.nodes for out in node.outputs if out}
 

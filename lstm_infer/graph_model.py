@@ -1,8 +1,8 @@
 """GraphModel: a whole model graph (front end, recurrent core, head) compiled to run.
 
 The counterpart of :class:`lstm_infer.Model` for graphs that are more than a recurrent stack:
-the same ``inputs`` / ``outputs`` / ``run`` API, ORT-style names. Whole-sequence runs only for
-now; streaming a graph is the step program's work (``stream`` says so).
+the same ``inputs`` / ``outputs`` / ``run`` API, ORT-style names. ``stream`` carries the state
+of graphs that take and return it (``lstm_infer.graph_stream``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import numpy as np
 
 from lstm_infer._spec import TensorInfo
 from lstm_infer.compile.program import GraphProgram
-from lstm_infer.errors import InputError, InputTypeError, StreamError
+from lstm_infer.compile.specialize import ShapeSpecializer
+from lstm_infer.errors import InputError, InputTypeError
 from lstm_infer.graph import Graph, TensorType
 
 # Feed dtypes converted without loss of meaning to what the graph declares.
@@ -45,6 +46,17 @@ class GraphModel:
         self._inputs = {v.name: v.type for v in self._graph.inputs}
         self._output_names = graph.output_names
         self.threads = 1
+        self._runner = ShapeSpecializer(self._program)
+
+    @property
+    def specialize_shapes(self) -> bool:
+        """Whether each new set of input shapes gets a program specialised to it (the shape
+        glue folded; see :mod:`lstm_infer.compile.specialize`). Default True."""
+        return self._runner.enabled
+
+    @specialize_shapes.setter
+    def specialize_shapes(self, value: bool) -> None:
+        self._runner.enabled = bool(value)
 
     @property
     def graph(self) -> Graph:
@@ -130,13 +142,19 @@ class GraphModel:
         if not isinstance(threads, (int, np.integer)) or isinstance(threads, bool) or threads < 1:
             raise ValueError(f"threads must be a positive int, got {threads!r}")
         arrays = {n: self._feed(n, feeds[n], t) for n, t in self._inputs.items()}
-        return self._program.run(arrays, wanted, int(threads))
+        return self._runner.run(arrays, wanted, int(threads))
 
-    def stream(self, batch_size: int = 1) -> Any:
-        raise StreamError(
-            "streaming a whole graph (ops around the recurrent layers) is not supported yet; "
-            "use run on whole sequences"
-        )
+    def stream(self, batch_size: int = 1, state_map: Mapping[str, str] | None = None) -> Any:
+        """A session that carries the graph's state outputs into its next call.
+
+        For graphs that take and return their state (silero-VAD's ``state`` -> ``stateN``,
+        ``h0``/``c0`` -> ``hn``/``cn``): pairs found by name and shape, or ``state_map``
+        (state input -> state output). See :class:`lstm_infer.graph_stream.GraphStream`.
+        Raises StreamError for a graph with no state to carry.
+        """
+        from lstm_infer.graph_stream import GraphStream
+
+        return GraphStream(self, batch_size, state_map)
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the compiled graph (constants folded) in the native format, version 2;

@@ -3,9 +3,10 @@
 The safetensors file holds the graph's constant tensors under ``const.<i>`` keys; the metadata
 key ``lstm_infer`` holds ``{"format": "lstm_infer", "version": 2, "kind": "graph", ...}``: the
 inputs and outputs (name, dtype, shape, time axis), the nodes (op, name, inputs, outputs,
-attributes; a tensor attribute refers to a ``const.<i>`` key) and which tensor name each
-constant has. Loading checks every field's type before building anything, then the graph is
-validated and compiled like an imported one, so a hostile file fails with ModelFormatError.
+attributes; a tensor attribute refers to a ``const.<i>`` key, an If branch is a nested graph
+object of the same shape) and which tensor name each constant has. Loading checks every
+field's type before building anything, then the graph is validated and compiled like an
+imported one, so a hostile file fails with ModelFormatError.
 Version 1 files (recurrent stacks, ``lstm_infer.native_format``) keep loading as before.
 """
 
@@ -24,9 +25,12 @@ from lstm_infer.safetensors_io import write_safetensors
 FORMAT_NAME = "lstm_infer"
 GRAPH_VERSION = 2
 _MAX_LIST = 1 << 20  # entries of one attribute list or I/O list
+MAX_GRAPH_DEPTH = 16  # If branches within branches
 
 
 def _encode_attr(value: Any, tensors: dict[str, np.ndarray]) -> Any:
+    if isinstance(value, Graph):  # an If branch: its own nodes and constants
+        return {"graph": _graph_meta(value, tensors)}
     if isinstance(value, np.ndarray):
         key = f"attr.{len(tensors)}"
         tensors[key] = value
@@ -45,12 +49,11 @@ def _value_meta(v: ValueInfo) -> list[Any]:
     return [v.name, v.type.dtype, shape, v.type.time_axis]
 
 
-def save_graph(graph: Graph, path: str | os.PathLike[str], source: str = "") -> None:
-    """Write ``graph`` (constants included) to ``path`` in the native format, version 2."""
-    tensors: dict[str, np.ndarray] = {}
+def _graph_meta(graph: Graph, tensors: dict[str, np.ndarray]) -> dict[str, Any]:
+    """``graph`` as JSON-ready metadata, its constants added to ``tensors`` (branches too)."""
     names: dict[str, str] = {}
-    for i, (name, value) in enumerate(graph.initializers.items()):
-        key = f"const.{i}"
+    for name, value in graph.initializers.items():
+        key = f"const.{len(tensors)}"
         tensors[key] = np.asarray(value)
         names[key] = name
     nodes = [
@@ -63,15 +66,23 @@ def save_graph(graph: Graph, path: str | os.PathLike[str], source: str = "") -> 
         }
         for n in graph.nodes
     ]
+    return {
+        "inputs": [_value_meta(v) for v in graph.inputs],
+        "outputs": [_value_meta(v) for v in graph.outputs],
+        "nodes": nodes,
+        "constants": names,
+    }
+
+
+def save_graph(graph: Graph, path: str | os.PathLike[str], source: str = "") -> None:
+    """Write ``graph`` (constants included) to ``path`` in the native format, version 2."""
+    tensors: dict[str, np.ndarray] = {}
     meta = {
         "format": FORMAT_NAME,
         "version": GRAPH_VERSION,
         "kind": "graph",
         "source": source,
-        "inputs": [_value_meta(v) for v in graph.inputs],
-        "outputs": [_value_meta(v) for v in graph.outputs],
-        "nodes": nodes,
-        "constants": names,
+        **_graph_meta(graph, tensors),
     }
     write_safetensors(path, tensors, {FORMAT_NAME: json.dumps(meta)})
 
@@ -106,9 +117,13 @@ def _str_list(value: Any, what: str) -> list[str]:
     return value
 
 
-def _decode_attr(value: Any, tensors: dict[str, np.ndarray], depth: int = 0) -> Any:
+def _decode_attr(
+    value: Any, tensors: dict[str, np.ndarray], graph_depth: int, depth: int = 0
+) -> Any:
     if depth > 2:
         raise _fail("attribute nested too deep")
+    if isinstance(value, dict) and set(value) == {"graph"} and depth == 0:
+        return _graph_from_meta(value["graph"], tensors, graph_depth + 1)
     if isinstance(value, dict):
         key = value.get("tensor")
         if set(value) != {"tensor"} or not isinstance(key, str) or key not in tensors:
@@ -117,7 +132,7 @@ def _decode_attr(value: Any, tensors: dict[str, np.ndarray], depth: int = 0) -> 
     if isinstance(value, list):
         if len(value) > _MAX_LIST:
             raise _fail("attribute list too long")
-        return [_decode_attr(v, tensors, depth + 1) for v in value]
+        return [_decode_attr(v, tensors, graph_depth, depth + 1) for v in value]
     if value is None or isinstance(value, (int, float, str)) and not isinstance(value, bool):
         return value
     raise _fail(f"attribute value {value!r} has an unsupported type")
@@ -151,6 +166,17 @@ def graph_from_native(tensors: dict[str, np.ndarray], metadata: dict[str, Any]) 
         raise _fail("not an lstm_infer native file")
     if meta.get("version") != GRAPH_VERSION or meta.get("kind") != "graph":
         raise _fail(f"version {meta.get('version')!r} / kind {meta.get('kind')!r}")
+    graph = _graph_from_meta(meta, tensors, 0)
+    graph.validate()
+    return graph
+
+
+def _graph_from_meta(meta: Any, tensors: dict[str, np.ndarray], depth: int) -> Graph:
+    """One graph (the file's, or an If branch ``depth`` levels down) from its metadata."""
+    if depth > MAX_GRAPH_DEPTH:
+        raise _fail(f"subgraphs nested deeper than {MAX_GRAPH_DEPTH} levels")
+    if not isinstance(meta, dict):
+        raise _fail("a graph must be an object")
     for key in ("inputs", "outputs", "nodes"):
         if not isinstance(meta.get(key), list):
             raise _fail(f"{key!r} must be a list")
@@ -179,15 +205,13 @@ def graph_from_native(tensors: dict[str, np.ndarray], metadata: dict[str, Any]) 
                 n["op"],
                 _str_list(n.get("inputs"), f"node {i} inputs"),
                 _str_list(n.get("outputs"), f"node {i} outputs"),
-                {str(k): _decode_attr(v, tensors) for k, v in attrs.items()},
+                {str(k): _decode_attr(v, tensors, depth) for k, v in attrs.items()},
                 name=name,
             )
         )
-    graph = Graph(
+    return Graph(
         [_value_info(v, "input") for v in meta["inputs"]],
         [_value_info(v, "output") for v in meta["outputs"]],
         nodes,
         {names[k]: tensors[k] for k in names},
     )
-    graph.validate()
-    return graph

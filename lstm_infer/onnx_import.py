@@ -209,10 +209,16 @@ def _tensor_bytes(tensor: Any) -> int | None:
     return count * itemsize
 
 
-def used_tensor_names(graph: Any) -> set[str]:
-    """Names some node reads, or the graph outputs or declares as an input."""
+def used_tensor_names(graph: Any, depth: int = 0) -> set[str]:
+    """Names some node reads (in subgraphs too: a branch may read the outer initializers),
+    or the graph outputs or declares as an input."""
     names = {i for node in graph.node for i in node.input if i}
     names |= {o.name for o in graph.output} | {i.name for i in graph.input}
+    if depth < 16:
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    names |= used_tensor_names(attr.g, depth + 1)
     return names
 
 
@@ -225,8 +231,10 @@ def _all_initializers(graph: Any) -> list[Any]:
     return out
 
 
-def tensor_to_numpy(tensor: Any) -> np.ndarray:
-    """An ONNX TensorProto as a numpy array; floating types become float32."""
+def tensor_to_numpy(tensor: Any, keep_float_types: bool = False) -> np.ndarray:
+    """An ONNX TensorProto as a numpy array; floating types become float32 (the recurrent
+    stack's weights), or with ``keep_float_types`` only bfloat16 does (a graph computes in
+    its tensors' own float16/float64)."""
     from onnx import TensorProto, numpy_helper
 
     if not isinstance(tensor, TensorProto):
@@ -235,7 +243,7 @@ def tensor_to_numpy(tensor: Any) -> np.ndarray:
         arr = numpy_helper.to_array(tensor)
     except Exception as exc:
         raise ModelFormatError(f"tensor {tensor.name!r} cannot be decoded: {exc}") from exc
-    if arr.dtype.kind == "f" or arr.dtype.name == "bfloat16":
+    if arr.dtype.name == "bfloat16" or (arr.dtype.kind == "f" and not keep_float_types):
         arr = arr.astype(np.float32)
     return arr
 

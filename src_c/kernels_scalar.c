@@ -142,6 +142,31 @@ static void softmax_rows_scalar(float *y, size_t rows, size_t n, size_t ld, int 
     }
 }
 
+/* The reference convolution: li_conv2d_fn's formula term by term (rows is unused). */
+static void conv2d_scalar(const float *x, size_t xcs, size_t xrs, int C, int KH, int KW, int sh,
+                          int dh, int dw, int OH, int OW, const float *wpack, int M,
+                          const float *bias, float *y, size_t ldy, int relu,
+                          const float **rows) {
+    (void)rows;
+    const size_t K = (size_t)C * KH * KW;
+    for (int m = 0; m < M; ++m) {
+        const float *wm = wpack + (size_t)(m / LI_CONV_MR) * K * LI_CONV_MR + m % LI_CONV_MR;
+        for (int oh = 0; oh < OH; ++oh)
+            for (int ow = 0; ow < OW; ++ow) {
+                float acc = bias ? bias[m] : 0.0f;
+                size_t k = 0;
+                for (int c = 0; c < C; ++c)
+                    for (int kh = 0; kh < KH; ++kh)
+                        for (int kw = 0; kw < KW; ++kw, ++k)
+                            acc = fmaf(wm[k * LI_CONV_MR],
+                                       x[(size_t)c * xcs + (size_t)(oh * sh + kh * dh) * xrs +
+                                         (size_t)(ow + kw * dw)],
+                                       acc);
+                y[(size_t)m * ldy + (size_t)oh * OW + ow] = relu && acc < 0.0f ? 0.0f : acc;
+            }
+    }
+}
+
 const li_kernels li_kernels_scalar = {
     "scalar",
     matvec_f32_scalar,
@@ -156,4 +181,5 @@ const li_kernels li_kernels_scalar = {
     li_gru_output_generic,
     activation_array_scalar,
     softmax_rows_scalar,
+    conv2d_scalar,
 };

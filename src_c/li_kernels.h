@@ -174,6 +174,21 @@ typedef void (*li_activation_array_fn)(int kind, const float *x, float *y, size_
  * Three passes over a row (max, exp-sum, write), no scratch. A NaN anywhere in a row makes
  * that whole row NaN, as does +inf (inf - inf), like numpy's and PyTorch's formulas. */
 typedef void (*li_softmax_rows_fn)(float *y, size_t rows, size_t n, size_t ld, int log_softmax);
+/* Direct convolution of one group, stride 1 along the last spatial dim, as an indirect GEMM
+ * (no im2col copy): for output row oh the K = C*KH*KW input rows it reads are listed as
+ * pointers (into `rows`, K entries of caller scratch) and the packed weights multiply them in
+ * register tiles of LI_CONV_MR output channels by a few vectors of positions:
+ *   y[m][oh*OW + ow] = bias[m] + sum_{c,kh,kw} w[m][c][kh][kw] * x[c][oh*sh + kh*dh][ow + kw*dw]
+ * with k = (c*KH + kh)*KW + kw summed in increasing order (one fma per term).
+ * x: the padded input of the group, element [c][r][i] at x[c*xcs + r*xrs + i]; every index
+ * the formula reaches must be inside it. wpack: [ceil(M/MR)][K][MR], w[m][k] at
+ * [m / MR][k][m % MR], zero past M. bias: M floats or NULL. y: M rows ldy floats apart.
+ * relu: y = max(y, 0) as it is stored (NaN stays NaN). A 1-D convolution is KH = OH = 1. */
+#define LI_CONV_MR 6
+typedef void (*li_conv2d_fn)(const float *x, size_t xcs, size_t xrs, int C, int KH, int KW,
+                             int sh, int dh, int dw, int OH, int OW, const float *wpack, int M,
+                             const float *bias, float *y, size_t ldy, int relu,
+                             const float **rows);
 
 typedef struct {
     const char *name;
@@ -189,6 +204,7 @@ typedef struct {
     li_gru_output_fn gru_output;
     li_activation_array_fn activation_array; /* kinds: LI_ACT_SIGMOID, LI_ACT_TANH */
     li_softmax_rows_fn softmax_rows;         /* dense heads' softmax / log-softmax */
+    li_conv2d_fn conv2d;                     /* graph Conv, stride 1 along the last dim */
 } li_kernels;
 
 extern const li_kernels li_kernels_scalar;
@@ -323,6 +339,25 @@ size_t li_stack_step_scratch_floats(const li_cell *const *cells, int n_layers, i
 int li_stack_step(const li_cell *const *cells, int n_layers, const li_kernels *kern, int B,
                   const float *x, const int64_t *tokens, float *const *h, float *const *c,
                   float *y, float *scratch);
+
+/* Scratch floats li_stack_step_rows needs for up to B rows. */
+size_t li_stack_step_rows_scratch_floats(const li_cell *const *cells, int n_layers, int B);
+
+/*
+ * One timestep of li_stack_step for n of the `capacity` rows of a state slab (serving).
+ *   rows:   [n] distinct row indices in [0, capacity) (-5 otherwise)
+ *   x / tokens: [n][I0] inputs / [n] token ids, in the order of rows
+ *   h_slab[l], c_slab[l]: per layer [capacity][Hr_l], [capacity][H_l] (c NULL for RNN/GRU)
+ *   h_rows, c_rows: [n_layers] pointer arrays the function fills (caller-owned, no data)
+ *   y:      [n][Hr_last] output, in the order of rows
+ *   scratch: li_stack_step_rows_scratch_floats(cells, n_layers, n) floats or more
+ * The listed rows are gathered, stepped as one batch and scattered back; on any error no
+ * row of the slab changes. No allocation.
+ */
+int li_stack_step_rows(const li_cell *const *cells, int n_layers, const li_kernels *kern,
+                       int capacity, int n, const int32_t *rows, const float *x,
+                       const int64_t *tokens, float *const *h_slab, float *const *c_slab,
+                       float **h_rows, float **c_rows, float *y, float *scratch);
 
 #ifdef __cplusplus
 }

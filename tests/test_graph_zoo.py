@@ -222,3 +222,86 @@ def test_live_module_with_example_inputs_exports_and_runs(rng) -> None:
         want = net.eval()(torch.from_numpy(longer)).numpy()
     got = model.run({"frames": longer})
     np.testing.assert_allclose(next(iter(got.values())), want, rtol=TOL, atol=TOL)
+
+
+class Crnn(nn.Module):
+    """An OCR CRNN: (N, 1, 16, W) images -> conv/BN/ReLU/pool x2 -> BiLSTM -> CTC log-probs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d((2, 1)),
+        )  # fmt: skip
+        self.rnn = nn.LSTM(16 * 4, 24, bidirectional=True)
+        self.fc = nn.Linear(48, 11)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.conv(x)  # (N, 16, 4, W/2)
+        n, c, h, w = f.shape
+        seq = f.permute(3, 0, 1, 2).reshape(w, n, c * h)
+        return torch.log_softmax(self.fc(self.rnn(seq)[0]), -1)
+
+
+class VadShape(nn.Module):
+    """(N, samples) -> STFT as a strided Conv1d -> magnitude -> Conv1d -> LSTM -> Conv1d(k=1)
+    -> a 1-D speech probability per recording."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stft = nn.Conv1d(1, 2 * 33, 64, stride=32, bias=False)
+        self.enc = nn.Conv1d(33, 16, 3, padding=1)
+        self.rnn = nn.LSTM(16, 16, batch_first=True)
+        self.head = nn.Conv1d(16, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.stft(x[:, None])
+        mag = torch.sqrt(s[:, :33] ** 2 + s[:, 33:] ** 2 + 1e-6)
+        e = torch.relu(self.enc(mag))
+        y = self.rnn(e.transpose(1, 2))[0]
+        return torch.sigmoid(self.head(y.transpose(1, 2))).squeeze(1).mean(-1)
+
+
+class NormResidual(nn.Module):
+    """LSTM -> LayerNorm -> residual Add -> Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(12, 20)
+        self.norm = nn.LayerNorm(20)
+        self.fc = nn.Linear(20, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.rnn(x)[0]
+        return self.fc(self.norm(y) + y)
+
+
+def _randomised(net: nn.Module) -> nn.Module:
+    """Non-trivial BatchNorm statistics (fresh ones are the identity)."""
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.3, 0.3)
+    return net.eval()
+
+
+ZOO = {
+    "crnn": (Crnn, (3, 1, 16, 20)),
+    "vad": (VadShape, (2, 1600)),
+    "norm_residual": (NormResidual, (9, 3, 12)),
+}
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_front_ends_and_heads_around_the_recurrence(name: str, dynamo: bool, rng) -> None:
+    torch.manual_seed(3)
+    make, shape = ZOO[name]
+    net = _randomised(make())
+    x = rng.standard_normal(shape).astype(np.float32)
+    with torch.no_grad():
+        want = net(torch.from_numpy(x)).numpy()
+    check(export(net, (torch.from_numpy(x),), ["x"], ["y"], dynamo), {"x": x}, [want])

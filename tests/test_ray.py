@@ -160,8 +160,12 @@ def test_cli_batch_in_process_and_on_ray(cluster, tmp_path, capsys):
     local = tmp_path / "local.parquet"
     assert cli.main([*args[:3], str(local), *args[3:]]) == 0
     on_ray = tmp_path / "on_ray"
-    assert cli.main([*args[:3], str(on_ray), *args[3:], "--ray", "--concurrency", "2",
-                     "--num-cpus", "0.5"]) == 0
+    assert (
+        cli.main(
+            [*args[:3], str(on_ray), *args[3:], "--ray", "--concurrency", "2", "--num-cpus", "0.5"]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert f"{len(rows)} rows" in out and "on Ray (local)" in out
     for table in (pq.read_table(local), pq.read_table(on_ray)):

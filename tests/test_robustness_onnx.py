@@ -1088,15 +1088,29 @@ def control_flow(op: str, on_constants: bool, trips: int = 3) -> bytes:
     return lstm_graph(tail, consts)
 
 
-@pytest.mark.parametrize("op", ["Loop", "Scan", "If"])
+@pytest.mark.parametrize("op", ["Loop", "Scan"])
 def test_control_flow_on_the_sequence_is_refused(op: str) -> None:
     refused(control_flow(op, on_constants=False), match=op, error=UnsupportedModelError)
 
 
-@pytest.mark.parametrize("op", ["Loop", "Scan", "If"])
+@pytest.mark.parametrize("op", ["Loop", "Scan"])
 def test_control_flow_on_constants_is_refused(op: str) -> None:
     """Regression: ops of constants were folded by onnx's ReferenceEvaluator, bodies and all."""
     refused(control_flow(op, on_constants=True), match=op, error=UnsupportedModelError)
+
+
+@pytest.mark.parametrize("on_constants", [False, True])
+def test_if_around_the_recurrence_runs_like_onnxruntime(on_constants: bool) -> None:
+    """If is supported (tests/test_graph_control.py): here both seeds above run and match."""
+    ort = require("onnxruntime")
+    data = control_flow("If", on_constants=on_constants)
+    model = lstm_infer.load(data)
+    x = np.random.default_rng(3).standard_normal((3, 2, 4)).astype(np.float32)
+    name = model.inputs[0].name
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    want = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"]).run(None, {name: x})
+    np.testing.assert_allclose(model.run({name: x})["out"], want[0], atol=1e-5)
 
 
 def test_control_flow_with_an_absurd_trip_count_does_not_hang() -> None:

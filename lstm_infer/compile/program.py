@@ -19,10 +19,15 @@ from lstm_infer.errors import InputError, LstmInferError, ModelFormatError
 from lstm_infer.graph import Graph, Node
 from lstm_infer.ops import OpDef, RunContext, get_op
 from lstm_infer.ops.base import element_limit
+from lstm_infer.passes.fold_batchnorm import fold_batchnorm
+from lstm_infer.passes.fuse_activation import fuse_activation
+from lstm_infer.passes.inline_if import inline_constant_ifs
+from lstm_infer.runtime.threads import blas_threads
 
 # The largest tensor constant folding may create (shapes checked before allocating; past it
 # the model is refused: no real model computes a constant that large).
 FOLD_MAX_BYTES = 64 << 20
+MAX_INLINE_ROUNDS = 32
 
 
 @dataclass
@@ -31,6 +36,12 @@ class _Step:
     op: OpDef
     state: Any
     free_after: list[str]  # tensors whose last reader is this node
+    guards: list[tuple[str, tuple[int, ...]]]  # outputs whose shape a specialisation assumed
+
+
+class ShapeChanged(LstmInferError):
+    """A specialised program met a tensor of another shape than it was specialised to (the
+    caller runs the general program instead)."""
 
 
 def fold_constants(graph: Graph) -> Graph:
@@ -72,9 +83,9 @@ def _consts_of(node: Node, consts: Mapping[str, np.ndarray]) -> dict[int, np.nda
     return {i: consts[n] for i, n in enumerate(node.inputs) if n and n in consts}
 
 
-def _dead_nodes_removed(graph: Graph) -> list[Node]:
-    """Nodes some graph output depends on, in order (dead code removal)."""
-    needed = set(graph.output_names)
+def _dead_nodes_removed(graph: Graph, keep: set[str] = frozenset()) -> list[Node]:
+    """Nodes some graph output (or a tensor in ``keep``) depends on, in order."""
+    needed = set(graph.output_names) | set(keep)
     keep = []
     for node in reversed(graph.nodes):
         if any(o in needed for o in node.outputs if o):
@@ -84,12 +95,31 @@ def _dead_nodes_removed(graph: Graph) -> list[Node]:
 
 
 class GraphProgram:
-    """The compiled whole-sequence program of a graph (immutable; thread-safe to run)."""
+    """The compiled whole-sequence program of a graph (immutable; thread-safe to run).
 
-    def __init__(self, graph: Graph) -> None:
+    ``guards`` (tensor name -> shape) are the shapes a specialised program assumes
+    (``lstm_infer.compile.specialize``): ``run`` raises ShapeChanged when one differs.
+    ``reuse``: a program whose prepared node states (packed weights, compiled layers) may be
+    taken over for nodes that are the same objects with the same constant inputs.
+    """
+
+    def __init__(
+        self,
+        graph: Graph,
+        guards: dict[str, tuple[int, ...]] | None = None,
+        reuse: GraphProgram | None = None,
+    ) -> None:
         graph.validate()
         folded = fold_constants(graph)
-        folded.nodes = _dead_nodes_removed(folded)
+        # A condition folded to a constant inlines its branch, whose nodes may fold further
+        # (and hold more Ifs): bounded by the nesting depth the importer allows.
+        for _ in range(MAX_INLINE_ROUNDS):
+            if not inline_constant_ifs(folded):
+                break
+            folded = fold_constants(folded)
+        folded = fuse_activation(fold_batchnorm(folded))
+        guards = dict(guards or {})
+        folded.nodes = _dead_nodes_removed(folded, set(guards))
         self.graph = folded
         self.constants = folded.initializers
         last_use: dict[str, int] = {}
@@ -102,19 +132,50 @@ class GraphProgram:
         for name, i in last_use.items():
             if name not in keep:
                 frees[i].append(name)
+        produced = {o for node in folded.nodes for o in node.outputs if o}
+        self.guards = {k: v for k, v in guards.items() if k in produced}
+        self._prepared: dict[tuple[int, frozenset[int]], Any] = {}
         self.steps = []
         for node, free in zip(folded.nodes, frees):
             op = get_op(node.op, node)
-            state = op.prepare(node, _consts_of(node, self.constants)) if op.prepare else None
-            self.steps.append(_Step(node, op, state, free))
+            consts = _consts_of(node, self.constants)
+            key = (id(node), frozenset(consts))
+            if reuse is not None and key in reuse._prepared:
+                state = reuse._prepared[key]
+            else:
+                state = op.prepare(node, consts) if op.prepare else None
+            self._prepared[key] = state
+            checks = [(o, self.guards[o]) for o in node.outputs if o in self.guards]
+            self.steps.append(_Step(node, op, state, free, checks))
 
     def run(
-        self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str], threads: int = 1
+        self,
+        feeds: Mapping[str, np.ndarray],
+        outputs: Sequence[str],
+        threads: int = 1,
+        record: tuple[set[str], dict[str, tuple[int, ...]]] | None = None,
     ) -> dict[str, np.ndarray]:
-        """Execute with ``feeds`` (already checked against the graph's inputs)."""
+        """Execute with ``feeds`` (already checked against the graph's inputs).
+
+        ``record=(names, shapes)`` fills ``shapes`` with the shape of each tensor in
+        ``names`` as it is computed (specialisation). Raises ShapeChanged when a guard fails.
+        """
         env: dict[str, np.ndarray] = dict(self.constants)
         env.update(feeds)
+        if record is not None:
+            names, shapes = record
+            shapes.update({n: np.shape(env[n]) for n in names if n in env})
         ctx = RunContext(threads=threads)
+        with blas_threads(threads):
+            self._run_steps(ctx, env, record)
+        return {name: env[name] for name in outputs}
+
+    def _run_steps(
+        self,
+        ctx: RunContext,
+        env: dict[str, np.ndarray],
+        record: tuple[set[str], dict[str, tuple[int, ...]]] | None = None,
+    ) -> None:
         for step in self.steps:
             node = step.node
             ins = [env[n] if n else None for n in node.inputs]
@@ -127,6 +188,11 @@ class GraphProgram:
             for name, value in zip(node.outputs, outs):
                 if name:
                     env[name] = value
+            for name, shape in step.guards:
+                if np.shape(env[name]) != shape:
+                    raise ShapeChanged(f"{node.label}: {name!r} is {np.shape(env[name])}")
+            if record is not None:
+                names, shapes = record
+                shapes.update({n: np.shape(env[n]) for n in node.outputs if n in names})
             for name in step.free_after:
                 env.pop(name, None)
-        return {name: env[name] for name in outputs}

@@ -9,12 +9,22 @@ and inputs alike (importers convert older opsets' forms once).
 from __future__ import annotations
 
 from lstm_infer.errors import UnsupportedModelError
-from lstm_infer.ops import dense, elementwise, layout, recurrent, reduce
+from lstm_infer.ops import (
+    control,
+    conv,
+    dense,
+    elementwise,
+    layout,
+    norm,
+    pool,
+    recurrent,
+    reduce,
+)
 from lstm_infer.ops.base import OpDef, RunContext
 
 __all__ = ["REGISTRY", "OpDef", "RunContext", "get_op"]
 
-_FAMILIES = (elementwise, layout, dense, recurrent, reduce)
+_FAMILIES = (elementwise, layout, dense, conv, pool, norm, recurrent, reduce, control)
 
 
 def _merge() -> dict[str, OpDef]:

@@ -153,9 +153,25 @@ def normalize_axis(node: Any, axis: int, rank: int) -> int:
 
 
 def int_values(node: Any, arr: np.ndarray | None, what: str) -> list[int] | None:
-    """A 0-D/1-D integer tensor input (axes, shape, pads, ...) as Python ints."""
+    """A 0-D/1-D integer tensor input (axes, shape, pads, ...) as Python ints.
+
+    Those inputs are almost always the graph's constants, read on every call: the converted
+    values are kept per node and array object (a few entries; the array is held, so its id
+    cannot be reused while cached, and ops never write their inputs).
+    """
     if arr is None:
         return None
+    cache = node.__dict__.setdefault("_int_values", {}) if hasattr(node, "__dict__") else {}
+    hit = cache.get((id(arr), what))
+    if hit is not None and hit[0] is arr:
+        return list(hit[1])
+    values = _int_values(node, arr, what)
+    if len(cache) < 16:
+        cache[(id(arr), what)] = (arr, tuple(values))
+    return values
+
+
+def _int_values(node: Any, arr: np.ndarray, what: str) -> list[int]:
     a = np.asarray(arr)
     if a.dtype.kind not in "iu" or a.ndim > 1:
         raise InputError(

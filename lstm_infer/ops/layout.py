@@ -1,6 +1,6 @@
 """Ops that move, pick or make tensors without arithmetic: Concat, Split, Slice, Gather,
-GatherElements, Reshape, Flatten, Transpose, Squeeze, Unsqueeze, Expand, Tile, Shape, Size,
-ConstantOfShape, Range, CumSum.
+GatherElements, Reshape, Flatten, Transpose, Squeeze, Unsqueeze, Expand, Tile, Pad, Shape,
+Size, ConstantOfShape, Range, CumSum.
 
 Shapes computed from run-time values are checked against ``MAX_ELEMENTS`` before anything is
 allocated, so a hostile graph cannot ask for a terabyte through a shape tensor.
@@ -19,6 +19,7 @@ from lstm_infer.ops.base import (
     allowed_attrs,
     attr_int,
     attr_ints,
+    attr_str,
     check_elements,
     int_values,
     normalize_axis,
@@ -219,6 +220,49 @@ def _tile(ctx: RunContext, node: Any, ins: Ins, state: Any) -> list[np.ndarray]:
     return [np.tile(x, reps)]
 
 
+_PAD_MODES = ("constant", "reflect", "edge", "wrap")
+
+
+def _check_pad(node: Any) -> None:
+    allowed_attrs("mode")(node)
+    mode = attr_str(node, "mode", "constant")
+    if mode not in _PAD_MODES:
+        raise ModelFormatError(f"{node.label}: mode {mode!r} is not one of {_PAD_MODES}")
+
+
+def _pad(ctx: RunContext, node: Any, ins: Ins, state: Any) -> list[np.ndarray]:
+    """Pad (newest form: pads, constant_value and axes are inputs); negative pads crop."""
+    x = ins[0]
+    pads = int_values(node, ins[1], "pads")
+    axes = int_values(node, ins[3] if len(ins) > 3 else None, "axes")
+    axes = list(range(x.ndim)) if axes is None else [normalize_axis(node, a, x.ndim) for a in axes]
+    if len(set(axes)) != len(axes) or len(pads) != 2 * len(axes):
+        raise InputError(f"{node.label}: {len(pads)} pads for {len(axes)} distinct axes")
+    mode = attr_str(node, "mode", "constant")
+    widths = [[0, 0] for _ in range(x.ndim)]
+    for i, a in enumerate(axes):
+        widths[a] = [pads[i], pads[len(axes) + i]]
+    out_shape = [d + b + e for d, (b, e) in zip(x.shape, widths)]
+    check_elements(node, out_shape)
+    crop = tuple(slice(max(0, -b), d - max(0, -e)) for d, (b, e) in zip(x.shape, widths))
+    x = x[crop]
+    grow = [(max(0, b), max(0, e)) for b, e in widths]
+    if mode == "constant":
+        value = ins[2] if len(ins) > 2 and ins[2] is not None else None
+        if value is not None and value.size != 1:
+            raise InputError(f"{node.label}: constant_value must hold one value, got {value.size}")
+        fill = value.reshape(()).astype(x.dtype) if value is not None else x.dtype.type(0)
+        return [np.pad(x, grow, mode="constant", constant_values=fill)]
+    for (b, e), d in zip(grow, x.shape):
+        if (b or e) and d == 0:
+            raise InputError(f"{node.label}: mode {mode!r} cannot pad an empty axis")
+        if mode == "reflect" and max(b, e) >= d:
+            raise InputError(
+                f"{node.label}: reflect pads {(b, e)} must be smaller than the axis ({d})"
+            )
+    return [np.pad(x, grow, mode={"edge": "edge", "reflect": "reflect", "wrap": "wrap"}[mode])]
+
+
 def _shape(ctx: RunContext, node: Any, ins: Ins, state: Any) -> list[np.ndarray]:
     x = ins[0]
     rank = x.ndim
@@ -283,6 +327,7 @@ OPS: dict[str, OpDef] = {
     "Unsqueeze": op("Unsqueeze", _unsqueeze, inputs=(2, 2), check=allowed_attrs()),
     "Expand": op("Expand", _expand, inputs=(2, 2), check=allowed_attrs()),
     "Tile": op("Tile", _tile, inputs=(2, 2), check=allowed_attrs()),
+    "Pad": op("Pad", _pad, inputs=(2, 4), check=_check_pad),
     "Shape": op("Shape", _shape, check=allowed_attrs("start", "end")),
     "Size": op("Size", _size, check=allowed_attrs()),
     "ConstantOfShape": op("ConstantOfShape", _constant_of_shape, check=allowed_attrs("value")),

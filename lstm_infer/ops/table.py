@@ -20,10 +20,11 @@ _FAMILY_TITLES = {
     "dense": "dense",
     "conv": "convolution",
     "pool": "pooling",
-    "norm": "normalisation, padding",
+    "norm": "normalisation",
     "reduce": "reductions, softmax",
     "elementwise": "elementwise",
-    "layout": "layout and shape",
+    "layout": "layout, shape and padding",
+    "control": "control flow (subgraphs compiled once)",
 }
 
 

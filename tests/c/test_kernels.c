@@ -20,6 +20,7 @@
  *                        recurrent paths, the packed (chunked) and the sgemm input
  *                        projections; the sgemm is a naive one written here
  *   li_stack_step        a 4-layer mixed stack over several steps, every weight format
+ *   li_stack_step_rows   rows of a slab stepped = li_stack_step on them; others untouched
  *   prepare_i8/_bf16     int8 activation codes bit-identical to the reference quantizer
  *                        (ties, zero / NaN / Inf rows); bf16 halves summing back to x
  *   token tables         tokens through cell->token_table == embedding rows through W
@@ -773,6 +774,69 @@ static void test_activation_array(const li_kernels *kern) {
     }
 }
 
+/* ---- li_conv2d_fn ------------------------------------------------------------------------ */
+
+/* Against a double reference of its formula: odd output widths (partial tiles), channel
+ * counts around LI_CONV_MR, strides/dilations, a 1-D case; the input allocated to exactly
+ * the extent the windows reach (ASan sees any read past it) and canaries in y's row gaps and
+ * past its last row (nothing else written). */
+static void test_conv2d(const li_kernels *kern) {
+    static const int cases[][9] = {
+        /* C, KH, KW, sh, dh, dw, OH, OW, M */
+        {1, 3, 3, 1, 1, 1, 4, 64, 6},  {3, 3, 3, 1, 1, 1, 5, 70, 7},  {2, 2, 3, 2, 2, 1, 3, 17, 5},
+        {4, 1, 3, 1, 1, 2, 1, 125, 13}, {5, 1, 1, 1, 1, 1, 1, 9, 1},  {2, 3, 2, 1, 1, 3, 2, 33, 12},
+        {1, 1, 5, 1, 1, 1, 1, 7, 19},
+    };
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ++ci) {
+        const int *k = cases[ci];
+        const int C = k[0], KH = k[1], KW = k[2], sh = k[3], dh = k[4], dw = k[5], OH = k[6],
+                  OW = k[7], M = k[8];
+        const int Hp = (OH - 1) * sh + (KH - 1) * dh + 1, Wp = OW + (KW - 1) * dw;
+        const int K = C * KH * KW, tiles = (M + LI_CONV_MR - 1) / LI_CONV_MR;
+        const size_t ldy = (size_t)OH * OW + 3;
+        float *x = random_floats((size_t)C * Hp * Wp, -1, 1);
+        float *w = random_floats((size_t)M * K, -1, 1), *bias = random_floats((size_t)M, -1, 1);
+        float *wpack = alloc_floats((size_t)tiles * K * LI_CONV_MR);
+        fill(wpack, (size_t)tiles * K * LI_CONV_MR, 0.0f);
+        for (int m = 0; m < M; ++m)
+            for (int j = 0; j < K; ++j)
+                wpack[((size_t)(m / LI_CONV_MR) * K + j) * LI_CONV_MR + m % LI_CONV_MR] =
+                    w[(size_t)m * K + j];
+        float *y = alloc_floats(ldy * (M + 1));
+        const float **rows = malloc(sizeof(float *) * (size_t)K);
+        for (int variant = 0; variant < 3; ++variant) {
+            const int with_bias = variant > 0, relu = variant == 2;
+            fill(y, ldy * (M + 1), CANARY);
+            kern->conv2d(x, (size_t)Hp * Wp, (size_t)Wp, C, KH, KW, sh, dh, dw, OH, OW, wpack, M,
+                         with_bias ? bias : 0, y, ldy, relu, rows);
+            for (int m = 0; m < M; ++m)
+                for (int p = 0; p < OH * OW; ++p) {
+                    const int oh = p / OW, ow = p % OW;
+                    double want = with_bias ? bias[m] : 0.0;
+                    for (int c = 0; c < C; ++c)
+                        for (int kh = 0; kh < KH; ++kh)
+                            for (int kw = 0; kw < KW; ++kw)
+                                want += (double)w[(size_t)m * K + (c * KH + kh) * KW + kw] *
+                                        x[((size_t)c * Hp + oh * sh + kh * dh) * Wp + ow +
+                                          kw * dw];
+                    if (relu && want < 0) want = 0;
+                    if (!close_enough(y[(size_t)m * ldy + p], want, 1e-5, 1e-5))
+                        FAIL("conv2d case %zu m=%d p=%d: %.9g vs %.9g", ci, m, p,
+                             y[(size_t)m * ldy + p], want);
+                }
+            for (int m = 0; m <= M; ++m)
+                for (size_t p = m < M ? (size_t)OH * OW : 0; p < ldy; ++p)
+                    if (y[(size_t)m * ldy + p] != CANARY) FAIL("conv2d case %zu wrote m=%d p=%zu", ci, m, p);
+        }
+        free(x);
+        free(w);
+        free(bias);
+        free(wpack);
+        free(y);
+        free((void *)rows);
+    }
+}
+
 /* ---- li_run_direction --------------------------------------------------------------------- */
 
 static void check_run_direction(const li_kernels *kern, const cell_config *cfg, int format,
@@ -1217,6 +1281,88 @@ static void test_stack_step(const li_kernels *kern) {
     for (int format = 0; format < LI_WEIGHT_FORMAT_COUNT; ++format) check_stack_step(kern, format);
 }
 
+/* ---- li_stack_step_rows -------------------------------------------------------------------- */
+
+/* Rows {3, 0} of a 5-row slab: equal to li_stack_step on those rows copied out, bit for bit;
+ * the other rows untouched; a bad row index or count changes nothing. */
+static void test_stack_step_rows(const li_kernels *kern) {
+    const cell_config cfgs[] = {
+        {LI_CELL_LSTM, 5, 19, 7, 1, 0, 0, 0, 0.0f, 0},
+        {LI_CELL_GRU, 7, 12, 0, 0, 0, 1, 0, 0.0f, 0},
+    };
+    enum { L = 2, CAP = 5, N = 2 };
+    const int32_t rows[N] = {3, 0}, bad[N] = {1, CAP};
+    test_cell cells[L];
+    const li_cell *ptrs[L];
+    float *slab_h[L], *slab_c[L], *copy_h[L], *copy_c[L], *bh[L], *bc[L], *hrows[L], *crows[L];
+    size_t nh[L], nc[L];
+    for (int l = 0; l < L; ++l) {
+        cells[l] = make_cell(&cfgs[l], LI_WEIGHTS_F32);
+        ptrs[l] = &cells[l].c;
+        const int Hr = cells[l].c.state_size, H = cells[l].c.hidden_size;
+        const int lstm = cells[l].c.cell == LI_CELL_LSTM;
+        nh[l] = (size_t)CAP * Hr;
+        nc[l] = lstm ? (size_t)CAP * H : 0;
+        slab_h[l] = random_floats(nh[l], -0.5f, 0.5f);
+        slab_c[l] = lstm ? random_floats(nc[l], -1, 1) : 0;
+        copy_h[l] = copy_floats(slab_h[l], nh[l]);
+        copy_c[l] = lstm ? copy_floats(slab_c[l], nc[l]) : 0;
+        bh[l] = alloc_floats((size_t)N * Hr);
+        bc[l] = lstm ? alloc_floats((size_t)N * H) : 0;
+        for (int i = 0; i < N; ++i) {
+            memcpy(bh[l] + (size_t)i * Hr, slab_h[l] + (size_t)rows[i] * Hr, sizeof(float) * Hr);
+            if (lstm)
+                memcpy(bc[l] + (size_t)i * H, slab_c[l] + (size_t)rows[i] * H, sizeof(float) * H);
+        }
+    }
+    const int out = cells[L - 1].c.state_size;
+    float *x = random_floats((size_t)N * cfgs[0].I, -1.5f, 1.5f);
+    float *y = alloc_floats((size_t)N * out), *y_want = alloc_floats((size_t)N * out);
+    float *scratch = alloc_floats(li_stack_step_rows_scratch_floats(ptrs, L, CAP));
+    float *want_scratch = alloc_floats(li_stack_step_scratch_floats(ptrs, L, N));
+    int rc = li_stack_step_rows(ptrs, L, kern, CAP, N, bad, x, 0, slab_h, slab_c, hrows, crows,
+                                y, scratch);
+    if (rc != -5) FAIL("li_stack_step_rows with a row outside the slab returned %d", rc);
+    rc = li_stack_step_rows(ptrs, L, kern, CAP, CAP + 1, rows, x, 0, slab_h, slab_c, hrows,
+                            crows, y, scratch);
+    if (rc != -1) FAIL("li_stack_step_rows with more rows than the slab returned %d", rc);
+    for (int l = 0; l < L; ++l)
+        if (memcmp(slab_h[l], copy_h[l], sizeof(float) * nh[l]) ||
+            (nc[l] && memcmp(slab_c[l], copy_c[l], sizeof(float) * nc[l])))
+            FAIL("a rejected li_stack_step_rows changed layer %d's slab", l);
+    rc = li_stack_step(ptrs, L, kern, N, x, 0, bh, bc, y_want, want_scratch);
+    rc |= li_stack_step_rows(ptrs, L, kern, CAP, N, rows, x, 0, slab_h, slab_c, hrows, crows, y,
+                             scratch);
+    if (rc != 0) FAIL("li_stack_step(_rows) returned %d", rc);
+    ++g_checks;
+    if (memcmp(y, y_want, sizeof(float) * N * out)) FAIL("li_stack_step_rows: y differs");
+    for (int l = 0; l < L; ++l) {
+        const int Hr = cells[l].c.state_size, H = cells[l].c.hidden_size;
+        for (int r = 0; r < CAP; ++r) {
+            const int i = r == rows[0] ? 0 : r == rows[1] ? 1 : -1;
+            const float *hw = i >= 0 ? bh[l] + (size_t)i * Hr : copy_h[l] + (size_t)r * Hr;
+            if (memcmp(slab_h[l] + (size_t)r * Hr, hw, sizeof(float) * Hr))
+                FAIL("li_stack_step_rows: layer %d row %d of h is wrong", l, r);
+            if (!nc[l]) continue;
+            const float *cw = i >= 0 ? bc[l] + (size_t)i * H : copy_c[l] + (size_t)r * H;
+            if (memcmp(slab_c[l] + (size_t)r * H, cw, sizeof(float) * H))
+                FAIL("li_stack_step_rows: layer %d row %d of c is wrong", l, r);
+        }
+        free(slab_h[l]);
+        free(slab_c[l]);
+        free(copy_h[l]);
+        free(copy_c[l]);
+        free(bh[l]);
+        free(bc[l]);
+        free_cell(&cells[l]);
+    }
+    free(x);
+    free(y);
+    free(y_want);
+    free(scratch);
+    free(want_scratch);
+}
+
 /* ---- main --------------------------------------------------------------------------------- */
 
 int main(void) {
@@ -1238,9 +1384,11 @@ int main(void) {
         test_gru_pointwise(kern);
         test_run_direction_parts(kern);
         test_activation_array(kern);
+        test_conv2d(kern);
         test_run_direction(kern);
         test_token_tables(kern);
         test_stack_step(kern);
+        test_stack_step_rows(kern);
         printf("%-7s %s (%d checks, %d failures)\n", kern->name,
                g_failures == before ? "ok" : "FAILED", g_checks - checks_before,
                g_failures - before);

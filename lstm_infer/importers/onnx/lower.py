@@ -5,9 +5,10 @@ read only from the model's folder, sizes checked before reading). Initializers a
 nodes become the graph's constants; every other node becomes a graph node of the same op,
 its attributes decoded to Python values and its older-opset forms rewritten once into the
 newest opset's (attributes that became inputs, Softmax's old flattening axis), so the op
-registry implements one semantics per op. Anything the registry does not know, a node of
-another domain, or a subgraph attribute (If, Loop, Scan) raises UnsupportedModelError naming
-the node, before anything is compiled.
+registry implements one semantics per op. If's branches are lowered the same way, as graphs
+of their own. Anything the registry does not know, a node of another domain, or another
+subgraph attribute (Loop, Scan) raises UnsupportedModelError naming the node, before anything
+is compiled.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def _attributes(node: Any) -> dict[str, Any]:
                 f"{a.name!r} (control flow is not supported yet)"
             )
         if a.type == AttributeProto.TENSOR:
-            out[a.name] = tensor_to_numpy(a.t)
+            out[a.name] = tensor_to_numpy(a.t, keep_float_types=True)
             continue
         try:
             v = helper.get_attribute_value(a)
@@ -161,6 +162,10 @@ class _Rewriter:
         ]
 
 
+# How deeply If branches may nest (silero-vad's files nest four levels).
+MAX_SUBGRAPH_DEPTH = 16
+
+
 def graph_from_onnx(model: Any) -> Graph:
     """The model graph of a loaded, checked ONNX ModelProto.
 
@@ -173,21 +178,9 @@ def graph_from_onnx(model: Any) -> Graph:
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
     used = used_tensor_names(g)
     consts: dict[str, np.ndarray] = {
-        t.name: tensor_to_numpy(t) for t in g.initializer if t.name in used
+        t.name: tensor_to_numpy(t, keep_float_types=True) for t in g.initializer if t.name in used
     }
-    rewriter = _Rewriter(opset, consts)
-    nodes: list[Node] = []
-    for i, n in enumerate(g.node):
-        label = f"node {n.name or f'#{i}'!r} ({n.op_type})"
-        if n.domain not in ("", "ai.onnx"):
-            raise UnsupportedModelError(f"{label}: domain {n.domain!r} is not supported")
-        attrs = _attributes(n)
-        if n.op_type == "Constant":
-            consts[n.output[0]] = _constant_value(label, attrs)
-            continue
-        node = Node(n.op_type, list(n.input), list(n.output), attrs, name=n.name or f"#{i}")
-        get_op(node.op, node)  # refuse unknown ops before any work
-        nodes.extend(rewriter.rewrite(node))
+    nodes = _lower_nodes(g, opset, consts, 0)
     inputs = [ValueInfo(v.name, _tensor_type(v)) for v in g.input if v.name not in consts]
     for v in inputs:
         if v.type.dtype == "undefined":
@@ -205,6 +198,73 @@ def graph_from_onnx(model: Any) -> Graph:
     graph = Graph(inputs, outputs, ordered, consts, value_types)
     graph.validate()
     return graph
+
+
+def _lower_nodes(g: Any, opset: int, consts: dict[str, np.ndarray], depth: int) -> list[Node]:
+    """The nodes of ONNX graph ``g`` (Constant nodes go into ``consts``)."""
+    rewriter = _Rewriter(opset, consts)
+    nodes: list[Node] = []
+    for i, n in enumerate(g.node):
+        label = f"node {n.name or f'#{i}'!r} ({n.op_type})"
+        if n.domain not in ("", "ai.onnx"):
+            raise UnsupportedModelError(f"{label}: domain {n.domain!r} is not supported")
+        if n.op_type == "If":
+            node = _lower_if(n, label, opset, depth, name=n.name or f"#{i}")
+        else:
+            attrs = _attributes(n)
+            if n.op_type == "Constant":
+                consts[n.output[0]] = _constant_value(label, attrs)
+                continue
+            node = Node(n.op_type, list(n.input), list(n.output), attrs, name=n.name or f"#{i}")
+        get_op(node.op, node)  # refuse unknown ops before any work
+        nodes.extend(rewriter.rewrite(node))
+    return nodes
+
+
+def _lower_if(n: Any, label: str, opset: int, depth: int, name: str) -> Node:
+    """An If node: both branches lowered, their outer tensors listed after ``cond`` in one
+    order both branches declare as their inputs (see lstm_infer.ops.control)."""
+    from onnx import AttributeProto
+
+    if depth >= MAX_SUBGRAPH_DEPTH:
+        raise ModelFormatError(f"{label}: subgraphs nest deeper than {MAX_SUBGRAPH_DEPTH} levels")
+    branches: dict[str, Graph] = {}
+    for a in n.attribute:
+        if a.name not in ("then_branch", "else_branch") or a.type != AttributeProto.GRAPH:
+            raise ModelFormatError(f"{label}: unexpected attribute {a.name!r}")
+        branches[a.name] = _lower_subgraph(a.g, opset, depth + 1, f"{label} {a.name}")
+    if len(branches) != 2 or len(n.input) != 1:
+        raise ModelFormatError(f"{label}: If takes one cond input and both branches")
+    outer: list[str] = []
+    for branch in branches.values():
+        outer += [v.name for v in branch.inputs if v.name not in outer]
+    for branch in branches.values():
+        branch.inputs = [ValueInfo(o, TensorType("undefined")) for o in outer]
+    return Node("If", [n.input[0], *outer], list(n.output), dict(branches), name=name)
+
+
+def _lower_subgraph(g: Any, opset: int, depth: int, label: str) -> Graph:
+    """A branch body as a graph whose inputs are the outer tensors it reads (in order of
+    first use)."""
+    from lstm_infer.onnx_import import tensor_to_numpy
+
+    consts = {t.name: tensor_to_numpy(t, keep_float_types=True) for t in g.initializer}
+    nodes = _lower_nodes(g, opset, consts, depth)
+    local = {o for node in nodes for o in node.outputs if o} | set(consts)
+    outer: list[str] = []
+    for name in [i for node in nodes for i in node.inputs] + [v.name for v in g.output]:
+        if name and name not in local and name not in outer:
+            outer.append(name)
+    outputs = []
+    for v in g.output:
+        try:
+            outputs.append(ValueInfo(v.name, _tensor_type(v)))
+        except UnsupportedModelError:
+            outputs.append(ValueInfo(v.name, TensorType("undefined")))
+    if not outputs:
+        raise ModelFormatError(f"{label}: the branch has no outputs")
+    ordered = topological_order(nodes, outer + list(consts))
+    return Graph([ValueInfo(o, TensorType("undefined")) for o in outer], outputs, ordered, consts)
 
 
 def _constant_value(label: str, attrs: dict[str, Any]) -> np.ndarray:

@@ -1,0 +1,179 @@
+"""Streams of graphs that take and return their own state (state-carrying sessions).
+
+Exported streaming models carry their recurrent state through the graph: silero-VAD takes
+``state`` and returns ``stateN``, an exported LSTM takes ``h0`` / ``c0`` and returns ``hn`` /
+``cn``. With onnxruntime the caller feeds the outputs back by hand on every call; a
+:class:`GraphStream` pairs the state inputs with the state outputs once and carries them from
+one ``step`` to the next, so a step takes only the model's other inputs (one chunk of audio,
+one frame) and returns only its other outputs.
+
+Pairs are found by name and shape (``x`` -> ``xN`` / ``xn`` / ``x_out`` / ``next_x``;
+``x_in`` -> ``x_out``; ``h0`` / ``c0`` -> ``hn`` / ``cn``; the declared static dims must
+agree) or given as ``state_map={"state": "stateN"}``. The initial state is zeros of the state
+input's declared shape, its one unnamed or symbolic dim (if any) set to ``batch_size``; or
+what ``reset(initial)`` gives.
+
+Each step is one whole-graph run (the graph's ops at the call's shapes, the shape glue folded
+once per shape by the specialised program): the per-step work is not yet compiled into one C
+call, and time-axis streaming of a graph without state inputs (causal convolutions) is not
+done yet; those raise StreamError naming what is missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from lstm_infer.errors import InputError, StreamError
+
+
+def _candidates(name: str) -> list[str]:
+    out = [f"{name}N", f"{name}n", f"{name}_out", f"next_{name}", f"{name}_next", f"new_{name}"]
+    for suffix in ("_in", "_input"):
+        if name.endswith(suffix):
+            out.append(name[: -len(suffix)] + "_out")
+    if name.endswith("0"):
+        out.append(name[:-1] + "n")
+        out.append(name[:-1] + "N")
+    if name.startswith("initial_"):  # ONNX's own names: initial_h -> Y_h
+        out.append("Y_" + name[len("initial_") :])
+    return out
+
+
+def _shapes_agree(a: tuple | None, b: tuple | None) -> bool:
+    if a is None or b is None:
+        return True
+    if len(a) != len(b):
+        return False
+    return all(not (isinstance(x, int) and isinstance(y, int)) or x == y for x, y in zip(a, b))
+
+
+def pair_states(model: Any, state_map: Mapping[str, str] | None) -> dict[str, str]:
+    """State input name -> state output name, given or found by convention."""
+    inputs = {t.name: t for t in model.inputs}
+    outputs = {t.name: t for t in model.outputs}
+    if state_map is not None:
+        if not isinstance(state_map, Mapping) or not state_map:
+            raise StreamError("state_map must be a non-empty dict of state input -> output")
+        for i, o in state_map.items():
+            if i not in inputs:
+                raise StreamError(f"state_map: {i!r} is not an input ({sorted(inputs)})")
+            if o not in outputs:
+                raise StreamError(f"state_map: {o!r} is not an output ({sorted(outputs)})")
+        if len(set(state_map.values())) != len(state_map):
+            raise StreamError("state_map: two state inputs map to one output")
+        return dict(state_map)
+    pairs: dict[str, str] = {}
+    for name, t in inputs.items():
+        for cand in _candidates(name):
+            out = outputs.get(cand)
+            if out is not None and cand not in pairs.values() and _shapes_agree(t.shape, out.shape):
+                pairs[name] = cand
+                break
+    if not pairs:
+        raise StreamError(
+            "this graph takes no state input that pairs with an output by name (state -> "
+            "stateN, h0 -> hn, ...): pass state_map={'input': 'output'}; streaming a graph "
+            "along its time axis without state inputs is not supported yet"
+        )
+    if len(pairs) == len(inputs):
+        raise StreamError("every input of this graph pairs with an output: nothing to step with")
+    return pairs
+
+
+class GraphStream:
+    """A session over a graph model that carries its state outputs into the next step.
+
+    Build one with ``GraphModel.stream(batch_size=1, state_map=None)``. Not thread-safe (a
+    stream is one session; use one per thread).
+    """
+
+    def __init__(self, model: Any, batch_size: int = 1, state_map: Mapping | None = None):
+        if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool):
+            raise TypeError(f"batch_size must be an int, got {batch_size!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self._model = model
+        self.batch_size = int(batch_size)
+        self.state_map = pair_states(model, state_map)
+        declared = {t.name: t for t in model.inputs}
+        self._state_types = {i: declared[i] for i in self.state_map}
+        self.step_inputs = [n for n in declared if n not in self.state_map]
+        state_outputs = set(self.state_map.values())
+        self.step_outputs = [t.name for t in model.outputs if t.name not in state_outputs]
+        self._state: dict[str, np.ndarray] = {}
+        self.reset()
+
+    def _zeros(self, name: str) -> np.ndarray:
+        t = self._state_types[name]
+        shape = list(t.shape)
+        free = [i for i, d in enumerate(shape) if not isinstance(d, int)]
+        if len(free) > 1:
+            raise StreamError(
+                f"state input {name!r} has shape {t.shape} with {len(free)} free dims: give "
+                "its initial value with reset({...})"
+            )
+        for i in free:
+            shape[i] = self.batch_size
+        return np.zeros(shape, dtype=t.dtype)
+
+    def reset(self, initial: Mapping[str, Any] | None = None) -> None:
+        """Start over: every state zeros (see the module doc), or ``initial``'s values for the
+        state inputs it names (the others zeros)."""
+        initial = dict(initial or {})
+        unknown = sorted(set(initial) - set(self.state_map))
+        if unknown:
+            raise InputError(f"reset: {unknown} are not state inputs ({sorted(self.state_map)})")
+        state = {}
+        for name in self.state_map:
+            if name in initial:
+                state[name] = self._checked_state(name, initial[name])
+            else:
+                state[name] = self._zeros(name)
+        self._state = state
+
+    def _checked_state(self, name: str, value: Any) -> np.ndarray:
+        t = self._state_types[name]
+        arr = np.array(value, dtype=t.dtype)
+        if not _shapes_agree(tuple(t.shape), arr.shape) or arr.ndim != len(t.shape):
+            raise InputError(f"state {name!r} must have shape {t.shape}, got {arr.shape}")
+        return arr
+
+    @property
+    def state(self) -> dict[str, np.ndarray]:
+        """A copy of the current state (state input name -> array); assign to restore."""
+        return {k: v.copy() for k, v in self._state.items()}
+
+    @state.setter
+    def state(self, snapshot: Mapping[str, Any]) -> None:
+        if not isinstance(snapshot, Mapping) or set(snapshot) != set(self.state_map):
+            raise InputError(f"a state snapshot holds exactly {sorted(self.state_map)}")
+        self._state = {k: self._checked_state(k, v) for k, v in snapshot.items()}
+
+    def step(self, x: Any) -> Any:
+        """One call: ``x`` is the model's one non-state input (an array) or a dict of its
+        non-state inputs. Returns the non-state output (an array) or a dict of them. On an
+        error nothing changes (the state stays what it was)."""
+        if isinstance(x, Mapping):
+            feeds = dict(x)
+            clash = sorted(set(feeds) & set(self.state_map))
+            if clash:
+                raise InputError(f"{clash} are carried by the stream; do not feed them")
+        elif len(self.step_inputs) == 1:
+            feeds = {self.step_inputs[0]: x}
+        else:
+            raise InputError(
+                f"this model takes {self.step_inputs} at each step: pass a dict of them"
+            )
+        result = self._model.run({**feeds, **self._state})
+        self._state = {i: np.asarray(result[o]) for i, o in self.state_map.items()}
+        if len(self.step_outputs) == 1:
+            return result[self.step_outputs[0]]
+        return {n: result[n] for n in self.step_outputs}
+
+    def feed(self, xs: Any) -> list[Any]:
+        """``step`` over each entry of ``xs`` in order (chunks along its first axis, or a list
+        of dicts); the list of what each step returned."""
+        return [self.step(x) for x in xs]

@@ -1,0 +1,126 @@
+"""Pooling: MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool (channels-first).
+
+Windowed pools reduce one spatial dim at a time (a box's max or sum is the max or sum over
+each dim in turn): per dim, one whole-tensor maximum / add per kernel tap of that dim over
+strided slices, ``sum(kernel)`` passes in all instead of ``prod(kernel)``, never a loop over
+output positions.
+MaxPool pads with -inf (the integer minimum for integer inputs), so padding never wins;
+AveragePool pads with zeros and divides by the window's count: every tap inside the input and
+its declared padding with ``count_include_pad=1``, only taps inside the input without (taps in
+a ``ceil_mode`` extension never count). The count is a product of per-dim counts, as windows
+are boxes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from lstm_infer.errors import InputError, ModelFormatError, UnsupportedModelError
+from lstm_infer.ops.base import OpDef, RunContext, allowed_attrs, attr_int, check_elements, op
+from lstm_infer.ops.window import Resolved, padded, resolve, window_attrs
+
+Ins = list[np.ndarray | None]
+_WINDOW_ATTRS = ("auto_pad", "ceil_mode", "dilations", "kernel_shape", "pads", "strides")
+
+
+def _check_pool(*extra: str):  # noqa: ANN202
+    def check(node: Any) -> None:
+        allowed_attrs(*_WINDOW_ATTRS, *extra, required=("kernel_shape",))(node)
+        w = window_attrs(node, ceil_mode_allowed=True)
+        if w.kernel is None or not w.kernel:
+            raise ModelFormatError(f"{node.label}: kernel_shape is required")
+        if node.op == "MaxPool":
+            if attr_int(node, "storage_order", 0) not in (0, 1):
+                raise ModelFormatError(f"{node.label}: storage_order must be 0 or 1")
+            if len(node.outputs) > 1 and node.outputs[1]:
+                raise UnsupportedModelError(f"{node.label}: MaxPool's Indices output")
+        if node.op == "AveragePool" and attr_int(node, "count_include_pad", 0) not in (0, 1):
+            raise ModelFormatError(f"{node.label}: count_include_pad must be 0 or 1")
+
+    return check
+
+
+def _pooled(node: Any, x: np.ndarray, fill: float, combine: Any) -> tuple[np.ndarray, Resolved]:
+    """``x`` padded with ``fill`` and reduced over every window by ``combine`` (np.maximum or
+    np.add, applied in place), dim by dim."""
+    if x.ndim < 3:
+        raise InputError(f"{node.label}: X must be (N, C, *spatial), got shape {x.shape}")
+    w = window_attrs(node, ceil_mode_allowed=True)
+    r = resolve(node, w, x.shape[2:], w.kernel)
+    check_elements(node, (*x.shape[:2], *r.out))
+    cur = padded(x, r, fill)
+    for d in range(len(r.out)):
+        axis, k, s, dil, o = 2 + d, r.kernel[d], r.strides[d], r.dilations[d], r.out[d]
+        res = None
+        for j in range(k):
+            index = [slice(None)] * cur.ndim
+            index[axis] = slice(j * dil, j * dil + s * (o - 1) + 1, s)
+            plane = cur[tuple(index)]
+            if res is None:
+                res = np.array(plane)
+            else:
+                combine(res, plane, out=res)
+        cur = res
+    return cur, r
+
+
+def _max_pool(ctx: RunContext, node: Any, ins: Ins, state: Any) -> list[np.ndarray]:
+    x = ins[0]
+    if x.dtype.kind == "f":
+        fill = -np.inf
+    elif x.dtype.kind in "iu":
+        fill = np.iinfo(x.dtype).min
+    else:
+        raise InputError(f"{node.label}: MaxPool needs a numeric input, got {x.dtype}")
+    y, _ = _pooled(node, x, fill, np.maximum)
+    return [y]
+
+
+def _counts(r: Resolved, sizes: tuple, include_pad: bool) -> np.ndarray:
+    """Per output position, how many taps the average divides by (outer product over dims)."""
+    total = np.ones((), np.int64)
+    for i, size in enumerate(sizes):
+        lo, hi = (-r.begin[i], size + r.end_declared[i]) if include_pad else (0, size)
+        starts = np.arange(r.out[i]) * r.strides[i] - r.begin[i]
+        pos = starts[:, None] + np.arange(r.kernel[i])[None, :] * r.dilations[i]
+        per_dim = ((pos >= lo) & (pos < hi)).sum(axis=1)
+        total = np.multiply.outer(total, per_dim)
+    return total
+
+
+def _average_pool(ctx: RunContext, node: Any, ins: Ins, state: Any) -> list[np.ndarray]:
+    x = ins[0]
+    if x.dtype.kind != "f":
+        raise InputError(f"{node.label}: AveragePool needs a floating-point input, got {x.dtype}")
+    y, r = _pooled(node, x, 0.0, np.add)
+    counts = _counts(r, x.shape[2:], bool(attr_int(node, "count_include_pad", 0)))
+    # A window wholly in the padding (possible with large pads) averages nothing: 0, not NaN.
+    y /= np.maximum(counts, 1).astype(x.dtype)
+    return [y]
+
+
+def _global(reduce: str):  # noqa: ANN202
+    def run(ctx: RunContext, node: Any, ins: Ins, state: Any) -> list[np.ndarray]:
+        x = ins[0]
+        if x.ndim < 3:
+            raise InputError(f"{node.label}: X must be (N, C, *spatial), got shape {x.shape}")
+        axes = tuple(range(2, x.ndim))
+        if 0 in x.shape[2:]:
+            raise InputError(f"{node.label}: an empty spatial dim has no {reduce}")
+        if reduce == "mean":
+            if x.dtype.kind != "f":
+                raise InputError(f"{node.label}: needs a floating-point input, got {x.dtype}")
+            return [x.mean(axis=axes, keepdims=True, dtype=x.dtype)]
+        return [x.max(axis=axes, keepdims=True)]
+
+    return run
+
+
+OPS: dict[str, OpDef] = {
+    "MaxPool": op("MaxPool", _max_pool, outputs=(1, 2), check=_check_pool("storage_order")),
+    "AveragePool": op("AveragePool", _average_pool, check=_check_pool("count_include_pad")),
+    "GlobalAveragePool": op("GlobalAveragePool", _global("mean"), check=allowed_attrs()),
+    "GlobalMaxPool": op("GlobalMaxPool", _global("max"), check=allowed_attrs()),
+}
