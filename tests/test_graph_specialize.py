@@ -13,7 +13,7 @@ from conftest import require
 onnx = require("onnx")
 ort = require("onnxruntime")
 torch = require("torch")
-from onnx import TensorProto, helper  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from test_graph_zoo import Crnn, _randomised, export, ort_run  # noqa: E402
 
 import lstm_infer  # noqa: E402
@@ -81,3 +81,45 @@ def test_silero_batch_checks_fold(rng) -> None:
         state_o, state_r = got["stateN"], want[1]
     (program,) = model._runner.specialized()
     assert not any(s.node.op == "If" for s in program.steps)
+
+
+def _model(nodes, inputs, outputs, inits=()) -> bytes:
+    graph = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 9
+    return model.SerializeToString()
+
+
+def test_specialising_never_edits_the_general_program(rng) -> None:
+    """Regression (review): the specialised compile fused Conv+Relu in the shared nodes, so
+    the general program then lacked 'c' and a new input length failed."""
+    w = numpy_helper.from_array(rng.standard_normal((2, 1, 3)).astype(np.float32), "W")
+    data = _model(
+        [helper.make_node("Conv", ["x", "W"], ["c"]), helper.make_node("Relu", ["c"], ["y"]),
+         helper.make_node("Shape", ["c"], ["s"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, None])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+         helper.make_tensor_value_info("s", TensorProto.INT64, None)], [w],
+    )  # fmt: skip
+    model = lstm_infer.load(data)
+    for n in (10, 12, 10, 7):
+        x = rng.standard_normal((1, 1, n)).astype(np.float32)
+        got, want = model.run({"x": x}), ort_run(data, {"x": x})
+        np.testing.assert_allclose(got["y"], want[0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(got["s"], want[1])
+
+
+def test_integer_feeds_changed_in_place_are_read_again(rng) -> None:
+    """Regression (review): converted integer inputs were cached by array identity, so a
+    caller reusing its pads buffer got the old pads."""
+    data = _model(
+        [helper.make_node("Pad", ["x", "p"], ["y"], mode="constant")],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]),
+         helper.make_tensor_value_info("p", TensorProto.INT64, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )  # fmt: skip
+    model = lstm_infer.load(data)
+    x, p = np.ones((2, 3), np.float32), np.zeros(4, np.int64)
+    assert model.run({"x": x, "p": p})["y"].shape == (2, 3)
+    p[:] = [1, 1, 1, 1]
+    assert model.run({"x": x, "p": p})["y"].shape == (4, 5)

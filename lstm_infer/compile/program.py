@@ -68,7 +68,11 @@ def fold_constants(graph: Graph) -> Graph:
                 if name:
                     consts[name] = np.asarray(value)
             continue
-        kept.append(node)
+        # A copy: the passes after folding edit nodes in place, and the source graph's nodes
+        # are shared with other programs (the general one, If branches, specialisations).
+        kept.append(
+            Node(node.op, list(node.inputs), list(node.outputs), dict(node.attrs), node.name)
+        )
     used = {n for node in kept for n in node.inputs} | set(graph.output_names)
     return Graph(
         graph.inputs,
@@ -117,7 +121,8 @@ class GraphProgram:
             if not inline_constant_ifs(folded):
                 break
             folded = fold_constants(folded)
-        folded = fuse_activation(fold_batchnorm(folded))
+        keep = set(guards or {})  # a guarded tensor must stay what its guard checks
+        folded = fuse_activation(fold_batchnorm(folded, keep), keep)
         guards = dict(guards or {})
         folded.nodes = _dead_nodes_removed(folded, set(guards))
         self.graph = folded
@@ -134,17 +139,28 @@ class GraphProgram:
                 frees[i].append(name)
         produced = {o for node in folded.nodes for o in node.outputs if o}
         self.guards = {k: v for k, v in guards.items() if k in produced}
-        self._prepared: dict[tuple[int, frozenset[int]], Any] = {}
+        self._prepared: dict[tuple, tuple[dict, Any]] = {}
         self.steps = []
         for node, free in zip(folded.nodes, frees):
             op = get_op(node.op, node)
             consts = _consts_of(node, self.constants)
-            key = (id(node), frozenset(consts))
-            if reuse is not None and key in reuse._prepared:
-                state = reuse._prepared[key]
+            key = (node.op, node.name, tuple(node.inputs), tuple(node.outputs), frozenset(consts))
+            old = reuse._prepared.get(key) if reuse is not None else None
+            if (
+                old is not None
+                and old[0].keys() == node.attrs.keys()
+                and all(old[0][k] is v for k, v in node.attrs.items())
+            ):
+                state = old[1]  # the same node (same attribute objects, same constant inputs)
             else:
                 state = op.prepare(node, consts) if op.prepare else None
-            self._prepared[key] = state
+            self._prepared[key] = (node.attrs, state)
+            for value in consts.values():  # read-only: int_values may cache what it read
+                if value.flags.writeable:
+                    try:
+                        value.flags.writeable = False
+                    except ValueError:
+                        pass
             checks = [(o, self.guards[o]) for o in node.outputs if o in self.guards]
             self.steps.append(_Step(node, op, state, free, checks))
 

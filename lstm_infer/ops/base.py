@@ -156,11 +156,14 @@ def int_values(node: Any, arr: np.ndarray | None, what: str) -> list[int] | None
     """A 0-D/1-D integer tensor input (axes, shape, pads, ...) as Python ints.
 
     Those inputs are almost always the graph's constants, read on every call: the converted
-    values are kept per node and array object (a few entries; the array is held, so its id
-    cannot be reused while cached, and ops never write their inputs).
+    values of read-only arrays (compiled programs make their constants read-only) are kept
+    per node and array object (a few entries; the array is held, so its id cannot be reused
+    while cached). Feeds and computed tensors are writable: converted on every call.
     """
     if arr is None:
         return None
+    if getattr(arr, "flags", None) is None or arr.flags.writeable:
+        return _int_values(node, arr, what)
     cache = node.__dict__.setdefault("_int_values", {}) if hasattr(node, "__dict__") else {}
     hit = cache.get((id(arr), what))
     if hit is not None and hit[0] is arr:

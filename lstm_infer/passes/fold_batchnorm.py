@@ -52,9 +52,9 @@ def _scaled_weights(prod: Node, w: np.ndarray, a: np.ndarray) -> np.ndarray | No
     return w * a[None, :] if w.shape[1] == m else None
 
 
-def fold_batchnorm(graph: Graph) -> Graph:
+def fold_batchnorm(graph: Graph, keep: set[str] = frozenset()) -> Graph:
     """``graph`` with every foldable Conv/ConvTranspose/Gemm -> BatchNormalization pair fused
-    (the graph is changed in place and returned)."""
+    (the graph is changed in place and returned); tensors in ``keep`` are never folded away."""
     consts = graph.initializers
     producer = {out: node for node in graph.nodes for out in node.outputs if out}
     readers = _readers(graph)
@@ -67,7 +67,7 @@ def fold_batchnorm(graph: Graph) -> Graph:
         prod = producer.get(bn.inputs[0])
         if prod is None or prod.op not in ("Conv", "ConvTranspose", "Gemm"):
             continue
-        if readers.get(bn.inputs[0], 0) != 1 or len(prod.outputs) != 1:
+        if readers.get(bn.inputs[0], 0) != 1 or len(prod.outputs) != 1 or bn.inputs[0] in keep:
             continue
         w_name = prod.inputs[1]
         b_name = prod.inputs[2] if len(prod.inputs) > 2 else ""

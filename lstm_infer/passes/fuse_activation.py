@@ -15,8 +15,9 @@ from lstm_infer.ops.conv import ACTIVATION_ATTR
 FUSABLE = ("Relu",)
 
 
-def fuse_activation(graph: Graph) -> Graph:
-    """``graph`` with each single-reader Conv -> Relu pair fused (in place; returned)."""
+def fuse_activation(graph: Graph, keep: set[str] = frozenset()) -> Graph:
+    """``graph`` with each single-reader Conv -> Relu pair fused (in place; returned); tensors
+    in ``keep`` are never fused away."""
     readers: dict[str, int] = {}
     for node in graph.nodes:
         for name in node.inputs:
@@ -31,7 +32,7 @@ def fuse_activation(graph: Graph) -> Graph:
         conv = producer.get(act.inputs[0])
         if conv is None or conv.op != "Conv" or ACTIVATION_ATTR in conv.attrs:
             continue
-        if readers.get(act.inputs[0], 0) != 1 or act.inputs[0] in outputs:
+        if readers.get(act.inputs[0], 0) != 1 or act.inputs[0] in outputs | keep:
             continue
         conv.attrs[ACTIVATION_ATTR] = act.op
         conv.outputs = list(act.outputs)
