@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -22,6 +23,10 @@ from lstm_infer.errors import InputError
 
 I, H, F, VOCAB = 5, 8, 3, 11
 LENGTHS = [3, 9, 1, 6, 9, 2]
+
+
+# Subprocesses run outside the source checkout: `-c` / `-m` put the cwd first on sys.path.
+OUTSIDE = tempfile.gettempdir()
 
 
 def _recurrent(sd: dict, name: str, cell: str, I: int, rng, reverse: bool) -> None:
@@ -363,7 +368,9 @@ def test_lstm_infer_ray_without_ray_names_the_extra():
         "import sys\nsys.modules['ray'] = None\nimport lstm_infer\n"
         "try:\n    import lstm_infer.ray\nexcept ImportError as e:\n    print(type(e).__name__, e)"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=OUTSIDE
+    )
     assert "MissingDependencyError" in result.stdout and "lstm_infer[ray]" in result.stdout, (
         result.stdout + result.stderr
     )

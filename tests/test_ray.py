@@ -6,8 +6,10 @@ One local cluster (2 CPUs, no dashboard) for the module. Every row's output is c
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 
 import numpy as np
@@ -25,9 +27,20 @@ from lstm_infer.ray import MapBatches, predict  # noqa: E402
 LENGTHS = [4, 17, 1, 9, 0, 12, 3, 17, 6, 2, 11, 5]
 
 
+# Subprocesses run outside the source checkout: `-c` / `-m` put the cwd first on sys.path.
+OUTSIDE = tempfile.gettempdir()
+
+
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[None]:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # Workers start in the driver's working directory, which Python puts first on sys.path:
+    # from the source checkout they would import its uncompiled package (CI installs it).
+    here = os.getcwd()
+    os.chdir(OUTSIDE)
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    finally:
+        os.chdir(here)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     try:
@@ -184,11 +197,11 @@ def test_cli_batch_reports_a_bad_row(tmp_path):
     _parquet(tmp_path / "in.parquet", rows)
     cmd = [sys.executable, "-m", "lstm_infer", "batch", str(path), str(tmp_path / "in.parquet"),
            str(tmp_path / "out.parquet"), "--input-column", "features", "--quiet"]  # fmt: skip
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=OUTSIDE)
     assert result.returncode == 2
     assert "row 2 (id='utt002')" in result.stderr and "features must have size 5" in result.stderr
     skipped = subprocess.run([*cmd, "--on-error", "skip"], capture_output=True, text=True,
-                             timeout=120)  # fmt: skip
+                             timeout=120, cwd=OUTSIDE)  # fmt: skip
     assert skipped.returncode == 0, skipped.stderr
     table = pq.read_table(tmp_path / "out.parquet")
     errors = table.column("error").to_pylist()
@@ -225,5 +238,7 @@ def test_importing_lstm_infer_does_not_import_ray():
         "import sys, lstm_infer, lstm_infer.batch, lstm_infer.batch_arrow\n"
         "print('ray' in sys.modules)"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=OUTSIDE
+    )
     assert result.stdout.strip() == "False", result.stderr

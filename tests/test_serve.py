@@ -12,6 +12,7 @@ import json
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -79,6 +80,10 @@ class _Running:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(TIMEOUT)
+
+
+# Subprocesses run outside the source checkout: `-c` / `-m` put the cwd first on sys.path.
+OUTSIDE = tempfile.gettempdir()
 
 
 @pytest.fixture(scope="module")
@@ -342,7 +347,9 @@ def test_cli_serve_end_to_end(model, tmp_path) -> None:
     path = tmp_path / "model.safetensors"
     model.save(path)
     cmd = [sys.executable, "-m", "lstm_infer", "serve", str(path), "--port", "0"]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=OUTSIDE
+    )
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(ln) for ln in proc.stderr], daemon=True).start()
     try:
@@ -386,4 +393,4 @@ def test_cli_parses_serve_and_the_core_never_imports_the_server_stack() -> None:
         "bad = [m for m in ('starlette', 'uvicorn', 'websockets') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, cwd=OUTSIDE)
