@@ -11,12 +11,13 @@ cimport numpy as cnp
 import numpy as np
 
 from lstm_infer._kernels cimport (
-    LI_BLOCK, LI_CONV_MR, LI_CELL_GRU, LI_CELL_LSTM, LI_CELL_RNN, LI_ISA_COUNT, LI_WEIGHTS_BF16,
+    LI_BF16_ROUNDED_MIN_ROWS, LI_BLOCK, LI_CONV_MR, LI_CELL_GRU, LI_CELL_LSTM, LI_CELL_RNN,
+    LI_ISA_COUNT, LI_WEIGHTS_BF16,
     LI_WEIGHTS_F32, LI_WEIGHTS_I8, li_cell, li_kernels,
     li_kernels_for, li_run_direction, li_direction_scratch_floats, li_sgemm_fn,
     li_run_direction_part, li_split_sync, li_unit_split_part_floats, li_unit_split_shared_floats,
     li_stack_step, li_stack_step_scratch_floats, li_stack_step_rows,
-    li_stack_step_rows_scratch_floats, li_usable_isas,
+    li_stack_step_rows_scratch_floats, li_usable_isas, li_cpu_vendor,
 )
 
 cnp.import_array()
@@ -53,6 +54,20 @@ def set_isa(str name):
 def isa():
     """Name of the active kernel variant."""
     return ISA_NAMES[_active_isa]
+
+
+def bf16_rounded_min_rows(str isa_name=None):
+    """Batch rows from which whole bf16 sequences round activations to bf16 on a table.
+
+    ``None`` when the table (the active one by default) has no bf16 dot product: its bf16
+    products keep fp32-accurate activations at every batch size.
+    """
+    cdef const li_kernels *k = _active
+    if isa_name is not None:
+        if isa_name not in available_isas():
+            raise ValueError(f"ISA {isa_name!r} is not usable on this machine")
+        k = li_kernels_for(ISA_NAMES.index(isa_name))
+    return None if k.matvec_bf16_rounded == NULL else int(LI_BF16_ROUNDED_MIN_ROWS)
 
 
 def activation_array(str kind, cnp.ndarray x, str isa_name=None):
@@ -504,16 +519,25 @@ cdef inline bint _is_f32_matrix(cnp.ndarray a, Py_ssize_t rows, Py_ssize_t cols)
             and cnp.PyArray_DIM(a, 1) == cols)
 
 
-# Tables chosen only when asked for (set_isa / LSTM_INFER_ISA), never by default: the
-# avx512bf16 product needs two VDPBF16PS per weight pair (activations split in two bf16
-# halves to keep fp32-like accuracy) and measured slower than widening on Sapphire Rapids
-# (31 vs 25 us per LSTM step at H=256, bench/quantized.py --isas); at H=1024 both are
-# bandwidth-bound.
-OPT_IN_ISAS = ("avx512bf16",)
+# Which tables the default may pick, per CPU vendor (li_cpu_vendor: 0 other, 1 Intel, 2 AMD).
+# avx512bf16 differs from avx512vnni in its streaming bf16 product (two VDPBF16PS per weight
+# pair, activations split in two bf16 halves to keep fp32-like accuracy, against widening the
+# weights to fp32 FMAs) and in the rounded VDPBF16PS products of batched whole sequences.
+# Measured with bench/quantized.py --isas (LSTM step, batch 1): on Sapphire Rapids the split
+# product is slower (31 vs 25 us at H=256), so Intel keeps avx512vnni (amx has the rounded
+# products too); on Zen 4 it is faster (19.6 vs 24.2 us at H=256, 411 vs 432 us at H=1024),
+# so AMD takes avx512bf16. Other vendors: as Intel.
+OPT_IN_ISAS_BY_VENDOR = {1: ("avx512bf16",), 2: ()}
+OPT_IN_ISAS = OPT_IN_ISAS_BY_VENDOR.get(li_cpu_vendor(), ("avx512bf16",))
+
+
+def cpu_vendor():
+    """``"intel"``, ``"amd"`` or ``"other"``: the CPU family the default table is chosen for."""
+    return ("other", "intel", "amd")[li_cpu_vendor()]
 
 
 def default_isa():
-    """The table picked at import: the best usable one that is not opt-in."""
+    """The table picked at import: the best usable one that is not opt-in on this CPU."""
     avail = [n for n in available_isas() if n not in OPT_IN_ISAS]
     return avail[len(avail) - 1]
 

@@ -5,6 +5,7 @@ from libc.stdint cimport int32_t, int64_t
 cdef extern from "li_kernels.h" nogil:
     enum:
         LI_BLOCK
+        LI_BF16_ROUNDED_MIN_ROWS
         LI_CONV_MR
         LI_ISA_SCALAR
         LI_ISA_AVX2
@@ -76,12 +77,14 @@ cdef extern from "li_kernels.h" nogil:
         li_activation_array_fn activation_array
         li_softmax_rows_fn softmax_rows
         li_conv2d_fn conv2d
+        const void *matvec_bf16_rounded  # a function pointer; only tested for NULL here
 
     ctypedef void (*li_sgemm_fn)(char *transa, char *transb, int *m, int *n, int *k,
                                  float *alpha, float *a, int *lda, float *b, int *ldb,
                                  float *beta, float *c, int *ldc)
 
     unsigned li_usable_isas()
+    int li_cpu_vendor()
     const li_kernels *li_kernels_for(int isa)
 
     size_t li_direction_scratch_floats(const li_cell *cell, int T, int B)

@@ -53,8 +53,9 @@ static unsigned detect_x86(void) {
 
 /* The derived tables: their base table with the quantized products swapped in. Built once,
  * on the first call (the extension module's import), before any thread can ask. The amx
- * table keeps avx512vnni's widening bf16 product (faster than VDPBF16PS here, see
- * _engine.pyx) and adds the tile projection. */
+ * table keeps avx512vnni's widening bf16 product for streaming (faster than the split
+ * VDPBF16PS on Sapphire Rapids, see _engine.pyx), adds the tile projection, and takes the
+ * rounded VDPBF16PS product for batched whole sequences. */
 static li_kernels avx2vnni_table, avx512vnni_table, avx512bf16_table, amx_table;
 static int derived_tables_built = 0;
 
@@ -70,15 +71,28 @@ static void build_derived_tables(void) {
     avx512bf16_table.name = "avx512bf16";
     avx512bf16_table.matvec_bf16 = li_matvec_bf16_avx512bf16;
     avx512bf16_table.prepare_bf16 = li_prepare_bf16_avx512bf16;
+    avx512bf16_table.matvec_bf16_rounded = li_matvec_bf16_rounded_avx512bf16;
+    avx512bf16_table.prepare_bf16_rounded = li_prepare_bf16_rounded_avx512bf16;
     amx_table = avx512vnni_table;
     amx_table.name = "amx";
     amx_table.project_bf16 = li_project_bf16_amx;
+    amx_table.matvec_bf16_rounded = li_matvec_bf16_rounded_avx512bf16;
+    amx_table.prepare_bf16_rounded = li_prepare_bf16_rounded_avx512bf16;
     derived_tables_built = 1;
 }
 
 unsigned li_usable_isas(void) {
     build_derived_tables();
     return detect_x86();
+}
+
+int li_cpu_vendor(void) {
+    unsigned eax, ebx, ecx, edx;
+    if (!__get_cpuid(0, &eax, &ebx, &ecx, &edx)) return LI_VENDOR_OTHER;
+    /* The vendor string is ebx, edx, ecx: "GenuineIntel", "AuthenticAMD". */
+    if (ebx == 0x756e6547u && edx == 0x49656e69u && ecx == 0x6c65746eu) return LI_VENDOR_INTEL;
+    if (ebx == 0x68747541u && edx == 0x69746e65u && ecx == 0x444d4163u) return LI_VENDOR_AMD;
+    return LI_VENDOR_OTHER;
 }
 
 const li_kernels *li_kernels_for(int isa) {
@@ -98,6 +112,8 @@ const li_kernels *li_kernels_for(int isa) {
 #else /* not x86 (arm64 builds the scalar kernels only) */
 
 unsigned li_usable_isas(void) { return 1u << LI_ISA_SCALAR; }
+
+int li_cpu_vendor(void) { return LI_VENDOR_OTHER; }
 
 const li_kernels *li_kernels_for(int isa) {
     return isa == LI_ISA_SCALAR ? &li_kernels_scalar : 0;

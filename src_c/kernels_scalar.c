@@ -16,10 +16,12 @@ static float bf16_to_float(uint16_t b) {
     return f;
 }
 
-/* out = bias + W x for float32 ([K][G][16]) or bfloat16 ([K/2][G][16][2]) blocks. */
+/* out = bias + W x for float32 ([K][G][16]) or bfloat16 ([K/2][G][16][2]) blocks; with xq
+ * not NULL the activations are the bfloat16 rows there (ldq bytes apart) instead of x. */
 static inline void matvec_scalar(int bf16, const void *packed, int K, int G, int blk0,
-                                 int blk1, const float *x, int ldx, int rows, const float *bias,
-                                 int bgs, float *out, int ogs, int ldo) {
+                                 int blk1, const float *x, int ldx, const uint16_t *xq, int ldq,
+                                 int rows, const float *bias, int bgs, float *out, int ogs,
+                                 int ldo) {
     const int Kp = bf16 ? (K + 1) / 2 * 2 : K;
     const size_t block_elems = (size_t)Kp * G * LI_BLOCK;
     for (int blk = blk0; blk < blk1; ++blk) {
@@ -29,6 +31,7 @@ static inline void matvec_scalar(int bf16, const void *packed, int K, int G, int
             for (int g = 0; g < G; ++g)
                 for (int l = 0; l < LI_BLOCK; ++l) acc[g][l] = 0.0f;
             const float *xb = x + (size_t)b * ldx;
+            const uint16_t *qb = xq ? (const uint16_t *)((const char *)xq + (size_t)b * ldq) : 0;
             for (int k = 0; k < K; ++k)
                 for (int g = 0; g < G; ++g)
                     for (int l = 0; l < LI_BLOCK; ++l) {
@@ -40,7 +43,7 @@ static inline void matvec_scalar(int bf16, const void *packed, int K, int G, int
                             w = ((const float *)packed)[blk * block_elems +
                                                         ((size_t)k * G + g) * LI_BLOCK + l];
                         }
-                        acc[g][l] += w * xb[k];
+                        acc[g][l] += w * (qb ? bf16_to_float(qb[k]) : xb[k]);
                     }
             float *ob = out + (size_t)b * ldo + u0;
             for (int g = 0; g < G; ++g)
@@ -54,7 +57,7 @@ static inline void matvec_scalar(int bf16, const void *packed, int K, int G, int
 static void matvec_f32_scalar(const void *packed, int K, int G, int blk0, int blk1,
                               const float *x, int ldx, int rows, const float *bias,
                               int bgs, float *out, int ogs, int ldo) {
-    matvec_scalar(0, packed, K, G, blk0, blk1, x, ldx, rows, bias, bgs, out, ogs, ldo);
+    matvec_scalar(0, packed, K, G, blk0, blk1, x, ldx, 0, 0, rows, bias, bgs, out, ogs, ldo);
 }
 
 static void matvec_bf16_scalar(const void *packed, int K, int G, int blk0, int blk1,
@@ -62,7 +65,38 @@ static void matvec_bf16_scalar(const void *packed, int K, int G, int blk0, int b
                                const int32_t *rowsum, int bgs, float *out, int ogs, int ldo) {
     (void)scale;
     (void)rowsum;
-    matvec_scalar(1, packed, K, G, blk0, blk1, x->x, x->ldx, rows, bias, bgs, out, ogs, ldo);
+    matvec_scalar(1, packed, K, G, blk0, blk1, x->x, x->ldx, 0, 0, rows, bias, bgs, out, ogs,
+                  ldo);
+}
+
+/* Round to nearest even bfloat16 by the bits, as VCVTNEPS2BF16 does: NaN stays a (quiet)
+ * NaN, and a denormal input counts as a zero of its sign (the instruction ignores MXCSR). */
+static uint16_t float_to_bf16(float f) {
+    uint32_t bits;
+    memcpy(&bits, &f, sizeof bits);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((bits >> 16) | 0x40u);
+    if ((bits & 0x7f800000u) == 0) return (uint16_t)((bits >> 16) & 0x8000u);
+    return (uint16_t)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+}
+
+void li_prepare_bf16_rounded_scalar(const float *x, int ldx, int rows, int K, void *q, int ldq,
+                                    float *scale) {
+    (void)scale;
+    for (int b = 0; b < rows; ++b) {
+        uint16_t *qb = (uint16_t *)((char *)q + (size_t)b * ldq);
+        for (int k = 0; k < K; ++k) qb[k] = float_to_bf16(x[(size_t)b * ldx + k]);
+        if (K % 2) qb[K] = 0;
+    }
+}
+
+void li_matvec_bf16_rounded_scalar(const void *packed, int K, int G, int blk0, int blk1,
+                                   const li_rows *x, int rows, const float *bias,
+                                   const float *scale, const int32_t *rowsum, int bgs,
+                                   float *out, int ogs, int ldo) {
+    (void)scale;
+    (void)rowsum;
+    matvec_scalar(1, packed, K, G, blk0, blk1, x->x, x->ldx, (const uint16_t *)x->q, x->ldq,
+                  rows, bias, bgs, out, ogs, ldo);
 }
 
 /* The reference quantizer every ISA matches bit for bit: one scalar division per row, then

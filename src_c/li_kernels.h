@@ -205,9 +205,31 @@ typedef struct {
     li_activation_array_fn activation_array; /* kinds: LI_ACT_SIGMOID, LI_ACT_TANH */
     li_softmax_rows_fn softmax_rows;         /* dense heads' softmax / log-softmax */
     li_conv2d_fn conv2d;                     /* graph Conv, stride 1 along the last dim */
+    /* bfloat16 products on activations rounded to one bfloat16 (one dot instruction per
+     * weight pair): whole sequences at batch >= LI_BF16_ROUNDED_MIN_ROWS use them for the
+     * input projection and the recurrence. NULL on tables without a bf16 dot product, which
+     * keep matvec_bf16 (fp32-accurate activations) everywhere. */
+    li_product_fn matvec_bf16_rounded;
+    li_prepare_fn prepare_bf16_rounded;
 } li_kernels;
 
+/* Batch rows from which a whole sequence of bf16 weights runs on the rounded products: the
+ * work is compute-bound there (one row streams weights from cache and is bandwidth-bound;
+ * the split product keeps it fp32-accurate). The rounding adds ~2^-9 relative error per
+ * activation, the size of the weights' own rounding (oneDNN and OpenVINO round activations
+ * the same way). */
+#define LI_BF16_ROUNDED_MIN_ROWS 8
+
 extern const li_kernels li_kernels_scalar;
+/* Scalar references of the rounded bf16 product (the C tests' oracle; the scalar table keeps
+ * fp32 activations): prepare rounds each activation to nearest-even bf16, row layout as
+ * li_prepare_bf16_rounded_avx512bf16; the product multiplies those by the bf16 weights. */
+void li_prepare_bf16_rounded_scalar(const float *x, int ldx, int rows, int K, void *q, int ldq,
+                                    float *scale);
+void li_matvec_bf16_rounded_scalar(const void *packed, int K, int G, int blk0, int blk1,
+                                   const li_rows *x, int rows, const float *bias,
+                                   const float *scale, const int32_t *rowsum, int bgs,
+                                   float *out, int ogs, int ldo);
 #ifdef LI_HAVE_X86_KERNELS
 extern const li_kernels li_kernels_avx2;
 extern const li_kernels li_kernels_avx512;
@@ -250,6 +272,9 @@ enum {
  * register state. */
 unsigned li_usable_isas(void);
 const li_kernels *li_kernels_for(int isa); /* NULL when not compiled in */
+/* The CPU's vendor (CPUID leaf 0), for choices that measured differently per family. */
+enum { LI_VENDOR_OTHER = 0, LI_VENDOR_INTEL = 1, LI_VENDOR_AMD = 2 };
+int li_cpu_vendor(void);
 
 #ifdef LI_HAVE_X86_KERNELS
 /* The replacement products of the dot-product tables (kernels_*vnni.c, kernels_avx512bf16.c). */
@@ -265,6 +290,12 @@ void li_matvec_bf16_avx512bf16(const void *packed, int K, int G, int blk0, int b
                                int ogs, int ldo);
 void li_prepare_bf16_avx512bf16(const float *x, int ldx, int rows, int K, void *q, int ldq,
                                 float *scale);
+void li_matvec_bf16_rounded_avx512bf16(const void *packed, int K, int G, int blk0, int blk1,
+                                       const li_rows *x, int rows, const float *bias,
+                                       const float *scale, const int32_t *rowsum, int bgs,
+                                       float *out, int ogs, int ldo);
+void li_prepare_bf16_rounded_avx512bf16(const float *x, int ldx, int rows, int K, void *q,
+                                        int ldq, float *scale);
 int li_project_bf16_amx(const void *packed, int K, int G, int nblk, const float *x, int ldx,
                         int rows, const float *bias, int bgs, float *out, int ogs, int ldo);
 #endif

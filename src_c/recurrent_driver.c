@@ -285,8 +285,80 @@ static size_t xproj_chunk_rows(const li_cell *cell, size_t total_rows) {
 
 /* The projection's gate stride is H after sgemm and Hp on the other paths (whole padded
  * blocks): room for Hp either way. */
+/* Rows of layer input prepared at once for a quantized whole-sequence input projection (see
+ * project_prepared), and the floats of scratch they take (codes, scales, alignment). */
+#define LI_XPREP_ROWS 128
+static size_t xprep_floats(const li_cell *cell) {
+    return LI_XPREP_ROWS * (LI_PREPARED_ROW_BYTES(cell->input_size) / sizeof(float) + 1) + 16;
+}
+
 size_t li_direction_scratch_floats(const li_cell *cell, int T, int B) {
-    return (size_t)T * B * cell->gates * cell->hidden_padded + step_buffer_floats(cell, B);
+    return (size_t)T * B * cell->gates * cell->hidden_padded + step_buffer_floats(cell, B) +
+           xprep_floats(cell);
+}
+
+/* Room for LI_XPREP_ROWS prepared rows of layer input (64-byte aligned) and their scales. */
+typedef struct {
+    void *q;
+    int ldq;
+    float *scale;
+} prepared_chunk;
+
+static prepared_chunk carve_prepared_chunk(const li_cell *cell, float *at) {
+    prepared_chunk p;
+    p.scale = at;
+    p.ldq = (int)LI_PREPARED_ROW_BYTES(cell->input_size);
+    const size_t addr = (size_t)(at + LI_XPREP_ROWS);
+    p.q = (void *)(at + LI_XPREP_ROWS + ((64 - addr % 64) % 64) / sizeof(float));
+    return p;
+}
+
+/* The table a whole sequence of B rows runs on: kern, or *rounded (filled here) with the
+ * rounded bf16 products swapped in for bf16 weights at batch >= LI_BF16_ROUNDED_MIN_ROWS on
+ * tables that have them. Every part of a unit split gets the same answer. */
+static const li_kernels *sequence_kernels(const li_cell *cell, const li_kernels *kern, int B,
+                                          li_kernels *rounded) {
+    if (cell->weight_format != LI_WEIGHTS_BF16 || !kern->matvec_bf16_rounded ||
+        !kern->prepare_bf16_rounded || B < LI_BF16_ROUNDED_MIN_ROWS)
+        return kern;
+    *rounded = *kern;
+    rounded->matvec_bf16 = kern->matvec_bf16_rounded;
+    rounded->prepare_bf16 = kern->prepare_bf16_rounded;
+    return rounded;
+}
+
+/* Whether the input projection goes through project_prepared (see there). */
+static int projects_prepared(const li_cell *cell, const li_kernels *kern) {
+    return cell->input_size > 0 &&
+           (cell->weight_format == LI_WEIGHTS_I8 ||
+            (cell->weight_format == LI_WEIGHTS_BF16 &&
+             kern->matvec_bf16 == kern->matvec_bf16_rounded && kern->matvec_bf16));
+}
+
+/*
+ * The input projection of quantized weights on their own product: rows prepared (int8
+ * codes, rounded bf16) LI_XPREP_ROWS at a time, then the packed product over every block.
+ * int8 always takes it: the activation quantization is part of the model's arithmetic, so a
+ * whole sequence computes what the stream's steps compute, and VPDPBUSD does 4x the work of
+ * an fp32 FMA. bf16 takes it with the rounded products (batched whole sequences on CPUs with
+ * a bf16 dot product). Each chunk reads every block of W once; the rows of a chunk are
+ * reused from L1/L2 by every block. Writes the units of blocks [blk0, blk1) of rows of
+ * G * Hp floats, gate stride Hp.
+ */
+static void project_prepared(const li_cell *cell, const li_kernels *kern, const float *x,
+                             int ldx, size_t rows, int blk0, int blk1,
+                             const prepared_chunk *xprep, float *out) {
+    const int G = cell->gates, I = cell->input_size, Hp = cell->hidden_padded;
+    const int i8 = cell->weight_format == LI_WEIGHTS_I8;
+    const li_prepare_fn prep = i8 ? kern->prepare_i8 : kern->prepare_bf16;
+    const size_t ld = (size_t)G * Hp;
+    for (size_t r0 = 0; r0 < rows; r0 += LI_XPREP_ROWS) {
+        const int n = rows - r0 < LI_XPREP_ROWS ? (int)(rows - r0) : LI_XPREP_ROWS;
+        prep(x + r0 * ldx, ldx, n, I, xprep->q, xprep->ldq, xprep->scale);
+        const li_rows xr = {x + r0 * ldx, ldx, xprep->q, xprep->ldq, xprep->scale};
+        product(cell, kern, cell->w_packed, cell->w_scale, cell->w_rowsum, I, G, blk0, blk1,
+                &xr, n, cell->bias_packed, Hp, out + r0 * ld, Hp, (int)ld);
+    }
 }
 
 /* Rows of a token table: the input projections of a batch of token ids, gate stride Hp. */
@@ -305,7 +377,8 @@ static int gather_token_rows(const li_cell *cell, const int64_t *tokens, size_t 
  * of W. A unit-split part calls it for its own blocks, project_inputs for all of them. */
 static void project_part(const li_cell *cell, const li_kernels *kern, li_sgemm_fn sgemm,
                          const float *x, int ldx, const int64_t *tokens, size_t row0,
-                         size_t rows, int blk0, int blk1, float *out) {
+                         size_t rows, int blk0, int blk1, const prepared_chunk *xprep,
+                         float *out) {
     const int G = cell->gates, I = cell->input_size, H = cell->hidden_size;
     const int Hp = cell->hidden_padded;
     const int u0 = blk0 * LI_BLOCK, u1 = blk1 * LI_BLOCK < H ? blk1 * LI_BLOCK : H;
@@ -328,6 +401,10 @@ static void project_part(const li_cell *cell, const li_kernels *kern, li_sgemm_f
                            blk1 - blk0, x, ldx, (int)rows, cell->bias_packed + u0, Hp,
                            out + u0, Hp, (int)ld) == 0)
         return;
+    if (projects_prepared(cell, kern)) {
+        project_prepared(cell, kern, x, ldx, rows, blk0, blk1, xprep, out);
+        return;
+    }
     /* With W larger than L2 every call covers the whole sequence (xproj_chunk_steps), so
      * rows is the projection's total. */
     if (xproj_packed(cell, rows)) {
@@ -357,11 +434,12 @@ static void project_part(const li_cell *cell, const li_kernels *kern, li_sgemm_f
  * when project_part's paths apply (token rows, AMX tiles, the packed matvec). */
 static int project_inputs(const li_cell *cell, const li_kernels *kern, li_sgemm_fn sgemm,
                           const float *x, int ldx, const int64_t *tokens, size_t row0,
-                          size_t rows, float *out) {
+                          size_t rows, const prepared_chunk *xprep, float *out) {
     const int G = cell->gates, I = cell->input_size, Hp = cell->hidden_padded;
     const int amx = cell->weight_format == LI_WEIGHTS_BF16 && kern->project_bf16 && rows >= 16;
-    if (tokens || amx || xproj_packed(cell, rows)) {
-        project_part(cell, kern, sgemm, x, ldx, tokens, row0, rows, 0, Hp / LI_BLOCK, out);
+    if (tokens || amx || projects_prepared(cell, kern) || xproj_packed(cell, rows)) {
+        project_part(cell, kern, sgemm, x, ldx, tokens, row0, rows, 0, Hp / LI_BLOCK, xprep,
+                     out);
         return Hp;
     }
     x += row0 * (size_t)ldx;
@@ -438,11 +516,17 @@ int li_run_direction(const li_cell *cell, const li_kernels *kern, li_sgemm_fn sg
     const int bad = check_sequence(cell, T, B, lens, tokens, &max_len);
     if (bad) return bad;
 
+    /* A batch of bf16 rows runs on the rounded products where the table has them (see
+     * LI_BF16_ROUNDED_MIN_ROWS): this call's table is the given one with those swapped in. */
+    li_kernels rounded;
+    kern = sequence_kernels(cell, kern, B, &rounded);
     const int chunk_steps = xproj_chunk_steps(cell, T, B, tokens != 0, lens != 0);
     float *xproj = scratch;
     float *step_scratch = xproj + (size_t)chunk_steps * B * G * Hp;
     memset(step_scratch, 0, sizeof(float) * step_buffer_floats(cell, B));
     step_buffers s = carve_step_buffers(cell, B, step_scratch);
+    const prepared_chunk xprep =
+        carve_prepared_chunk(cell, step_scratch + step_buffer_floats(cell, B));
     /* int8 keeps the packed product at any batch: its activation quantization is part of the
      * model's arithmetic, so a row's result must not depend on the batch around it. */
     li_sgemm_fn rec_gemm =
@@ -453,7 +537,7 @@ int li_run_direction(const li_cell *cell, const li_kernels *kern, li_sgemm_fn sg
         int t0, t1;
         chunk_times(T, lens, reverse, s0, s1, &t0, &t1);
         const int xgs = project_inputs(cell, kern, sgemm, x, ldx, tokens, (size_t)t0 * B,
-                                       (size_t)(t1 - t0) * B, xproj);
+                                       (size_t)(t1 - t0) * B, &xprep, xproj);
         const xproj_view xv = {xproj, (ptrdiff_t)B * G * xgs, (ptrdiff_t)G * xgs, xgs};
         for (int step = s0; step < s1; ++step) {
             set_row_times(s.row_t, B, T, lens, reverse, step, t0);
@@ -502,7 +586,7 @@ size_t li_unit_split_shared_floats(const li_cell *cell, int T, int B, int has_to
 }
 
 size_t li_unit_split_part_floats(const li_cell *cell, int B) {
-    return step_buffer_floats(cell, B);
+    return step_buffer_floats(cell, B) + xprep_floats(cell);
 }
 
 /* One timestep of the units of blocks [blk0, blk1): reads the whole previous state h (rows
@@ -574,8 +658,11 @@ int li_run_direction_part(const li_cell *cell, const li_kernels *kern, li_sgemm_
     float *rh = shared + 2 * (size_t)B * Hp;
     float *xproj = shared + 3 * (size_t)B * Hp;
     const int chunk_steps = xproj_chunk_steps(cell, T, B, tokens != 0, lens != 0);
+    li_kernels rounded;
+    kern = sequence_kernels(cell, kern, B, &rounded);
     memset(scratch, 0, sizeof(float) * step_buffer_floats(cell, B));
     step_buffers s = carve_step_buffers(cell, B, scratch);
+    const prepared_chunk xprep = carve_prepared_chunk(cell, scratch + step_buffer_floats(cell, B));
 
     for (int b = 0; b < B && own; ++b)
         memcpy(hbuf[0] + (size_t)b * Hp + u0, h + (size_t)b * H + u0, own);
@@ -587,7 +674,7 @@ int li_run_direction_part(const li_cell *cell, const li_kernels *kern, li_sgemm_
         chunk_times(T, lens, reverse, s0, s1, &t0, &t1);
         /* Only this part reads its units of xproj: no barrier needed around it. */
         project_part(cell, kern, sgemm, x, ldx, tokens, (size_t)t0 * B, (size_t)(t1 - t0) * B,
-                     blk0, blk1, xproj);
+                     blk0, blk1, &xprep, xproj);
         const xproj_view xv = {xproj, (ptrdiff_t)B * G * Hp, (ptrdiff_t)G * Hp, Hp};
         for (int step = s0; step < s1; ++step) {
             set_row_times(s.row_t, B, T, lens, reverse, step, t0);

@@ -135,7 +135,13 @@ def test_isa_at_import(tmp_path, forced):
     avail = lstm_infer.available_isas()
     if not forced:
         want = _engine.default_isa()
-        assert want != "avx512bf16"
+        # Intel keeps widening for streaming bf16 (faster on Sapphire Rapids); AMD takes the
+        # VDPBF16PS table (faster on Zen 4). Both measured with bench/quantized.py --isas.
+        vendor = _engine.cpu_vendor()
+        if vendor == "amd" and "avx512bf16" in avail:
+            assert want == "avx512bf16"
+        elif vendor != "amd":
+            assert want != "avx512bf16"
     else:
         names = _engine.ISA_NAMES
         want = [
