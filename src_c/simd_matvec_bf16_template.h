@@ -16,6 +16,27 @@
  *                   whole-sequence product at batch >= LI_BF16_ROUNDED_MIN_ROWS).
  */
 
+#if BF16_DOT == 2
+/* Pair kp of every row times pair row kp of the block, into one accumulator set. */
+static inline __attribute__((always_inline)) void BF_NAME(bf16_rounded_pair)(
+    const uint16_t *wb, int kp, const int G, const int R, const li_rows *x,
+    vf acc[8][4][V_PER_BLOCK]) {
+    const uint16_t *wk = wb + (size_t)kp * G * LI_BLOCK * 2;
+    vi xh[8];
+    for (int b = 0; b < R; ++b) {
+        const uint16_t *hi = (const uint16_t *)((const char *)x->q + (size_t)b * x->ldq);
+        int32_t pair;
+        memcpy(&pair, hi + 2 * kp, 4);
+        xh[b] = vi_set1(pair);
+    }
+    for (int g = 0; g < G; ++g)
+        for (int v = 0; v < V_PER_BLOCK; ++v) {
+            const vi w = vi_load(wk + (g * LI_BLOCK + v * VW) * 2);
+            for (int b = 0; b < R; ++b) acc[b][g][v] = V_DPBF16(acc[b][g][v], w, xh[b]);
+        }
+}
+#endif
+
 /* One register tile: G gates x LI_BLOCK units x R rows, always inlined with constant G, R. */
 static inline __attribute__((always_inline)) void BF_NAME(bf16_tile)(
     const uint16_t *wb, int K, const int G, const int R, const li_rows *x, const float *bias,
@@ -31,24 +52,18 @@ static inline __attribute__((always_inline)) void BF_NAME(bf16_tile)(
                 for (int v = 0; v < V_PER_BLOCK; ++v)
                     acc[s][b][g][v] = s == 0 && bias ? v_load(bias + (size_t)g * bgs + v * VW)
                                                      : v_zero();
+#if BF16_DOT == 2
+    /* Pairs kp + s go to set s: s is a constant of the unrolled loop, so the accumulators stay
+     * in registers (a set chosen at run time sends them to the stack). */
+    int kp = 0;
+    for (; kp + S <= K2; kp += S)
+        for (int s = 0; s < S; ++s)
+            BF_NAME(bf16_rounded_pair)(wb, kp + s, G, R, x, acc[s]);
+    for (; kp < K2; ++kp) BF_NAME(bf16_rounded_pair)(wb, kp, G, R, x, acc[0]);
+#else
     for (int kp = 0; kp < K2; ++kp) {
         const uint16_t *wk = wb + (size_t)kp * G * LI_BLOCK * 2;
-#if BF16_DOT == 2
-        const int set = S == 2 ? kp & 1 : 0;
-        vi xh[8];
-        for (int b = 0; b < R; ++b) {
-            const uint16_t *hi = (const uint16_t *)((const char *)x->q + (size_t)b * x->ldq);
-            int32_t pair;
-            memcpy(&pair, hi + 2 * kp, 4);
-            xh[b] = vi_set1(pair);
-        }
-        for (int g = 0; g < G; ++g)
-            for (int v = 0; v < V_PER_BLOCK; ++v) {
-                const vi w = vi_load(wk + (g * LI_BLOCK + v * VW) * 2);
-                for (int b = 0; b < R; ++b)
-                    acc[set][b][g][v] = V_DPBF16(acc[set][b][g][v], w, xh[b]);
-            }
-#elif BF16_DOT == 1
+#if BF16_DOT == 1
         vi xh[8], xl[8];
         for (int b = 0; b < R; ++b) {
             const uint16_t *hi = (const uint16_t *)((const char *)x->q + (size_t)b * x->ldq);
@@ -86,6 +101,7 @@ static inline __attribute__((always_inline)) void BF_NAME(bf16_tile)(
             }
 #endif
     }
+#endif
     for (int b = 0; b < R; ++b)
         for (int g = 0; g < G; ++g)
             for (int v = 0; v < V_PER_BLOCK; ++v) {
@@ -125,13 +141,17 @@ static void BF_NAME(matvec_bf16)(const void *packed, int K, int G, int blk0, int
     for (int blk = blk0; blk < blk1; ++blk) {
         const uint16_t *wb = (const uint16_t *)packed + (size_t)blk * block_elems;
         const int u0 = blk * LI_BLOCK;
-        for (int b = 0; b < rows; b += max_rows) {
-            const int r = rows - b < max_rows ? rows - b : max_rows;
+        /* Tiles as even as the rows allow (16 rows at 6 per tile: 5, 5, 6, not 6, 6, 4): a
+         * small last tile reads the weights for few rows. */
+        const int tiles = (rows + max_rows - 1) / max_rows;
+        for (int t = 0, b = 0; t < tiles; ++t) {
+            const int r = (rows - b) / (tiles - t);
             li_rows xr = *x; /* the tile's rows */
             xr.x = x->x + (size_t)b * x->ldx;
             if (x->q) xr.q = (const char *)x->q + (size_t)b * x->ldq;
             BF_NAME(bf16_tile_dispatch)(wb, K, G, r, xr, bias ? bias + u0 : 0, bgs,
                                         out + (size_t)b * ldo + u0, ogs, ldo);
+            b += r;
         }
     }
 }

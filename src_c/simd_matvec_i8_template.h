@@ -11,7 +11,11 @@
  *   V_DOT_I8(acc, w, xb)  acc + per-lane sum of the 4 products of w's bytes and xb's bytes
  *   V_DOT_I8_OFFSET       what the dot adds to each activation code (0, or 128 for the
  *                         unsigned x signed VPDPBUSD), removed at the end with the row sums
+ *   I8_MAX_ROWS(G)        optional: rows per register tile (default MV_MAX_ROWS)
  */
+#ifndef I8_MAX_ROWS
+#define I8_MAX_ROWS(G) MV_MAX_ROWS(G)
+#endif
 
 /* The 4 activation codes of row b starting at input 4 * kq, broadcast to every lane. */
 static inline vi I8_NAME(quad)(const int8_t *xq, int ldq, int b, int kq) {
@@ -71,7 +75,7 @@ static inline __attribute__((always_inline)) void I8_NAME(i8_tile)(
 
 #define I8_CASE(G, R)                                                                          \
     case (G) * 16 + (R):                                                                       \
-        if ((R) <= MV_MAX_ROWS(G))                                                             \
+        if ((R) <= I8_MAX_ROWS(G))                                                             \
             I8_NAME(i8_tile)(wb, Kq, G, R, xq, ldq, xscale, bias, scale, rowsum, bgs, out, ogs, \
                              ldo);                                                             \
         break;
@@ -97,18 +101,23 @@ static void I8_NAME(matvec_i8)(const void *packed, int K, int G, int blk0, int b
                                const int32_t *rowsum, int bgs, float *out, int ogs, int ldo) {
     const int Kq = (K + 3) / 4;
     const size_t block_bytes = (size_t)Kq * G * LI_BLOCK * 4;
-    const int max_rows = MV_MAX_ROWS(G);
+    const int max_rows = I8_MAX_ROWS(G);
     for (int blk = blk0; blk < blk1; ++blk) {
         const int8_t *wb = (const int8_t *)packed + (size_t)blk * block_bytes;
         const int u0 = blk * LI_BLOCK;
-        for (int b = 0; b < rows; b += max_rows) {
-            const int r = rows - b < max_rows ? rows - b : max_rows;
+        /* Tiles as even as the rows allow (16 rows at 6 per tile: 5, 5, 6, not 6, 6, 4): a
+         * small last tile reads the weights for few rows. */
+        const int tiles = (rows + max_rows - 1) / max_rows;
+        for (int t = 0, b = 0; t < tiles; ++t) {
+            const int r = (rows - b) / (tiles - t);
             I8_NAME(i8_tile_dispatch)(wb, Kq, G, r, (const int8_t *)x->q + (size_t)b * x->ldq,
                                       x->ldq, x->scale + b, bias ? bias + u0 : 0, scale + u0,
                                       rowsum + u0, bgs, out + (size_t)b * ldo + u0, ogs, ldo);
+            b += r;
         }
     }
 }
 
 #undef I8_CASE
 #undef I8_CASES
+#undef I8_MAX_ROWS
