@@ -266,18 +266,25 @@ def test_internal_rounding_matches_the_independent_one(rng):
     np.testing.assert_allclose(dequantize(m, "int8"), int8_reference(m[None])[0], rtol=1e-6)
 
 
+@pytest.mark.parametrize("batch", [4, 16])
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-def test_error_against_fp32_is_bounded(rng, cell):
-    """Measured on random well-scaled models: bf16 ~1e-3, int8 ~5e-3 max abs on the outputs."""
+def test_error_against_fp32_is_bounded(rng, cell, batch):
+    """Measured on random well-scaled models (T = 50, I = H = 64): bf16 ~1e-3 (up to 6e-3 at
+    batch 16 where activations round to bf16), int8 ~1e-2 max abs on the outputs; a batch-16
+    bf16 run and the same rows stepped agree to the same bound (README: bf16 and int8)."""
     W, R, B = random_onnx_weights(rng, cell, 64, 64)
     model = lstm_infer.Model.from_onnx_weights(cell, W, R, B)
-    x = rng.standard_normal((50, 4, 64)).astype(np.float32)
+    x = rng.standard_normal((50, batch, 64)).astype(np.float32)
     y = model.run({"X": x})["Y"]
     errors = {}
     for fmt, bound in (("bf16", 0.01), ("int8", 0.04)):
-        yq = model.quantize(fmt).run({"X": x})["Y"]
+        quantized = model.quantize(fmt)
+        yq = quantized.run({"X": x})["Y"]
         errors[fmt] = float(np.abs(yq - y).max())
         assert errors[fmt] <= bound, (fmt, errors[fmt])
+        stream = quantized.stream(batch)
+        steps = np.stack([stream.step(x[t]) for t in range(50)])
+        assert float(np.abs(steps - yq[:, 0]).max()) <= bound, fmt
     assert errors["bf16"] < errors["int8"]
 
 
