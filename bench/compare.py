@@ -42,11 +42,20 @@ if str(ROOT) not in sys.path:  # the package is built in place, not installed
 
 import lstm_infer  # noqa: E402
 
+BENCH_DIR = Path(__file__).resolve().parent
+if str(BENCH_DIR) not in sys.path:  # peers.py next to this file, also when imported
+    sys.path.insert(0, str(BENCH_DIR))
+
+import peers as _peers  # noqa: E402
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 GATES: dict[str, int] = {"LSTM": 4, "GRU": 3, "RNN": 1}
 # Where each torch gate block comes from in the ONNX order: LSTM iofc -> ifgo, GRU zrh -> rzn.
 TORCH_FROM_ONNX: dict[str, tuple[int, ...]] = {"LSTM": (0, 2, 3, 1), "GRU": (1, 0, 2), "RNN": (0,)}
 AGREEMENT_TOL = 1e-4
+# A peer running in reduced precision (OpenVINO's bf16 default): reported, not asserted; a note
+# is printed above this.
+REDUCED_PRECISION_TOL = 5e-2
 SEQ_LEN = 100
 OPSET = 21
 ENV_VARS = (
@@ -98,11 +107,13 @@ def random_weights(
     )
 
 
-def build_onnx(w: CellWeights, *, stateful: bool) -> Any:
+def build_onnx(w: CellWeights, *, stateful: bool, sequence_output: bool | None = None) -> Any:
     """A one-node ONNX model with the weights as initializers.
 
     ``stateful``: inputs X, initial_h (, initial_c); outputs Y_h (, Y_c) only — what a streaming
     caller feeds back. Otherwise input X only and all outputs (Y, Y_h (, Y_c)).
+    ``sequence_output`` (default: not ``stateful``) adds / drops the Y output independently,
+    e.g. state inputs and all outputs for a runtime that needs the initial state fed in.
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -116,10 +127,12 @@ def build_onnx(w: CellWeights, *, stateful: bool) -> Any:
     if stateful:
         node_inputs += ["", *state_names]  # "" = no sequence_lens
         inputs += [helper.make_tensor_value_info(n, f32, [1, "batch", H]) for n in state_names]
-        out_names = ["Y_h", "Y_c"] if lstm else ["Y_h"]
-        node_outputs = ["", *out_names]
-    else:
-        out_names = ["Y", "Y_h", "Y_c"] if lstm else ["Y", "Y_h"]
+    if sequence_output is None:
+        sequence_output = not stateful
+    out_names = ["Y_h", "Y_c"] if lstm else ["Y_h"]
+    node_outputs = ["", *out_names]
+    if sequence_output:
+        out_names = ["Y", *out_names]
         node_outputs = out_names
     outputs = [
         helper.make_tensor_value_info(
@@ -189,17 +202,33 @@ class Engines:
     ort_seq: Any  # InferenceSession: X -> Y, Y_h (, Y_c)
     ort_step: Any  # InferenceSession: X, initial_h (, initial_c) -> Y_h (, Y_c)
     torch_module: Any
+    peers: list[_peers.Peer] = field(default_factory=list)  # the installed ones (peers.py)
+
+
+def peer_models(w: CellWeights) -> _peers.PeerModels:
+    """The ONNX files the peers load: sequence, step, and sequence with state inputs."""
+    return _peers.PeerModels(
+        w.cell,
+        w.input_size,
+        w.hidden,
+        build_onnx(w, stateful=False),
+        build_onnx(w, stateful=True),
+        build_onnx(w, stateful=True, sequence_output=True),
+    )
 
 
 def build_engines(w: CellWeights, threads: int) -> Engines:
-    """Build the ONNX models, load them in lstm_infer and onnxruntime, and the torch module."""
+    """Build the ONNX models, load them in lstm_infer, onnxruntime and the installed peers
+    (OpenVINO, tract), and the torch module."""
     seq_model = build_onnx(w, stateful=False)
+    step_model = build_onnx(w, stateful=True)
     return Engines(
         weights=w,
         ours=lstm_infer.load(seq_model),
         ort_seq=ort_session(seq_model, threads),
-        ort_step=ort_session(build_onnx(w, stateful=True), threads),
+        ort_step=ort_session(step_model, threads),
         torch_module=build_torch(w),
+        peers=_peers.build_peers(peer_models(w), threads),
     )
 
 
@@ -266,6 +295,7 @@ def stream_loops(e: Engines, xs: np.ndarray) -> dict[str, Loop]:
         "ours_out": ours_out,
         "ort": ort_lstm if lstm else ort_other,
         "torch": torch_step,
+        **{p.key: p.stream_loop(steps_3d) for p in e.peers},
     }
 
 
@@ -290,7 +320,12 @@ def seq_loops(e: Engines, x: np.ndarray) -> dict[str, Loop]:
             for _ in range(n):
                 module(x_torch)
 
-    return {"ours": ours, "ort": ort, "torch": torch_seq}
+    return {
+        "ours": ours,
+        "ort": ort,
+        "torch": torch_seq,
+        **{p.key: p.seq_loop(x) for p in e.peers},
+    }
 
 
 # ---- agreement -------------------------------------------------------------------------------
@@ -329,6 +364,7 @@ def check_stream_agreement(e: Engines, xs: np.ndarray) -> dict[str, float]:
         "ours_vs_torch": _maxdiff(s["ours"], s["torch"]),
         "ort_vs_torch": _maxdiff(s["ort"], s["torch"]),
         "ours_out_vs_ours": _maxdiff(s["ours_out"], s["ours"]),
+        **{f"ours_vs_{p.key}": _maxdiff(s["ours"], p.stream_steps(xs)) for p in e.peers},
     }
 
 
@@ -342,11 +378,15 @@ def check_seq_agreement(e: Engines, x: np.ndarray) -> dict[str, float]:
         y, state = e.torch_module(torch.from_numpy(x))
     h_torch = (state[0] if isinstance(state, tuple) else state).numpy()
     y_torch = y.numpy()[:, None]  # (T, 1, B, H) like ONNX's Y
-    return {
+    diffs = {
         "ours_vs_ort": max(_maxdiff(ours["Y"], ort["Y"]), _maxdiff(ours["Y_h"], ort["Y_h"])),
         "ours_vs_torch": max(_maxdiff(ours["Y"], y_torch), _maxdiff(ours["Y_h"], h_torch)),
         "ort_vs_torch": max(_maxdiff(ort["Y"], y_torch), _maxdiff(ort["Y_h"], h_torch)),
     }
+    for p in e.peers:
+        out = p.seq(x)
+        diffs[f"ours_vs_{p.key}"] = max(_maxdiff(ours[k], out[k]) for k in ("Y", "Y_h"))
+    return diffs
 
 
 # ---- timing ----------------------------------------------------------------------------------
@@ -538,6 +578,7 @@ def bench_config(
         xs = rng.uniform(-1, 1, (SEQ_LEN, batch, w.input_size)).astype(np.float32)
         diffs = check_seq_agreement(e, xs)
         loops = seq_loops(e, xs)
+    reduced = {f"ours_vs_{p.key}": diffs.pop(f"ours_vs_{p.key}") for p in e.peers if not p.is_f32}
     agree = max(diffs.values()) < AGREEMENT_TOL
     if not agree:
         print(
@@ -545,6 +586,14 @@ def bench_config(
             file=sys.stderr,
             flush=True,
         )
+    for k, v in reduced.items():
+        if not v < REDUCED_PRECISION_TOL:
+            print(
+                f"note: {k} {w.cell} H={w.hidden} {mode} batch={batch}: max abs diff {v:.3g} "
+                f"> {REDUCED_PRECISION_TOL} (reduced precision; reported, not asserted)",
+                file=sys.stderr,
+                flush=True,
+            )
     samples = time_interleaved(loops, repeat, target_s)
     med = {k: _median_us(v) for k, v in samples.items()}
     row: dict[str, Any] = {
@@ -560,7 +609,11 @@ def bench_config(
         "ours_over_torch": med["ours"] / med["torch"],
         "max_abs_diff": diffs,
         "agree": agree,
+        "reduced_precision_max_abs_diff": reduced,
+        "peers": {p.key: {"label": p.label, "precision": p.precision} for p in e.peers},
     }
+    for p in e.peers:
+        row[f"ours_over_{p.key}"] = med["ours"] / med[p.key]
     if machine is not None:
         bound_us, kind = roofline(w, mode, batch, machine)
         row.update(
@@ -725,6 +778,7 @@ def environment(threads: int) -> dict[str, Any]:
             "onnxruntime": onnxruntime.__version__,
             "torch": torch.__version__,
             "lstm_infer": getattr(lstm_infer, "__version__", None),
+            **_peers.versions(),
             "threadpoolctl": threadpoolctl.__version__,
         },
         "git": _git_revision(),
@@ -755,21 +809,39 @@ def _fmt(v: float | None, digits: int = 1) -> str:
     return "—" if v is None else f"{v:,.{digits}f}"
 
 
+PEER_KEYS = ("ov_f32", "ov_default", "tract")
+
+
+def _ov_default_precision(rows: Sequence[dict[str, Any]]) -> str:
+    """The precision OpenVINO's default compiled to, as the rows report it ("?" if absent)."""
+    found = {r.get("peers", {}).get("ov_default", {}).get("precision") for r in rows} - {None}
+    return "/".join(sorted(found)) or "?"
+
+
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    """The rows as a markdown table (medians in microseconds)."""
+    """The rows as a markdown table (medians in microseconds). Peer columns (OpenVINO f32 and
+    default, tract) show "—" where the peer is not installed; "OV <precision> err" is the max
+    abs diff of OpenVINO's default from ours when it runs in reduced precision."""
+    ovd = f"OV {_ov_default_precision(rows)}"
     head = (
         "| cell | H | mode | batch | ours us | ours out= us | ORT us | torch us "
-        "| ours/ORT | ours/torch | bound us | bound | % of bound | agree |"
+        f"| OV f32 us | {ovd} us | tract us "
+        f"| ours/ORT | ours/torch | ours/OV f32 | ours/{ovd} | ours/tract "
+        f"| bound us | bound | % of bound | agree | {ovd} err |"
     )
     lines = [head, "| " + " | ".join(["---"] * (head.count("|") - 1)) + " |"]
     for r in rows:
         us = r["us"]
+        peer_us = " | ".join(_fmt(us.get(k)) for k in PEER_KEYS)
+        peer_ratio = " | ".join(_fmt(r.get(f"ours_over_{k}"), 2) for k in PEER_KEYS)
+        err = r.get("reduced_precision_max_abs_diff", {}).get("ours_vs_ov_default")
         lines.append(
             f"| {r['cell']} | {r['hidden']} | {r['mode']} | {r['batch']} | {_fmt(us['ours'])} "
             f"| {_fmt(us.get('ours_out'))} | {_fmt(us['ort'])} | {_fmt(us['torch'])} "
-            f"| {r['ours_over_ort']:.2f} | {r['ours_over_torch']:.2f} "
-            f"| {_fmt(r.get('bound_us'))} | {r.get('bound_kind', '—')} "
-            f"| {_fmt(r.get('ours_pct_of_bound'), 0)}% | {'yes' if r['agree'] else 'NO'} |"
+            f"| {peer_us} | {r['ours_over_ort']:.2f} | {r['ours_over_torch']:.2f} "
+            f"| {peer_ratio} | {_fmt(r.get('bound_us'))} | {r.get('bound_kind', '—')} "
+            f"| {_fmt(r.get('ours_pct_of_bound'), 0)}% | {'yes' if r['agree'] else 'NO'} "
+            f"| {'—' if err is None else f'{err:.2g}'} |"
         )
     return "\n".join(lines)
 
