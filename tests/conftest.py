@@ -1,4 +1,5 @@
-"""Shared pytest helpers: ``require``, the ``isa`` fixture and a seeded ``rng``.
+"""Shared pytest helpers: ``require``, the ``isa`` fixture, a seeded ``rng``, and
+``run_python`` / ``OUTSIDE`` for code that must run in a fresh interpreter.
 
 Test modules import helpers from this directory directly (``from conftest import require``,
 ``from reference import lstm_ref``, ``import onnx_builders``); the directory is put on
@@ -9,7 +10,9 @@ from __future__ import annotations
 
 import importlib
 import os
+import subprocess
 import sys
+import tempfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +24,19 @@ import pytest
 _TESTS_DIR = str(Path(__file__).resolve().parent)
 if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
+
+# Where fresh interpreters start: outside the source checkout, whose uncompiled lstm_infer
+# would come first on their sys.path and shadow the installed package (CI installs it).
+OUTSIDE = tempfile.gettempdir()
+
+
+def run_python(code: str, *, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run ``python -c code`` from ``OUTSIDE``; stdout and stderr captured as text."""
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=OUTSIDE,
+        timeout=timeout,
+    )  # fmt: skip
+
 
 REQUIRE_ALL_ENV = "LSTM_INFER_REQUIRE_ALL"
 ISAS: tuple[str, ...] = ("scalar", "avx2", "avx512")

@@ -8,13 +8,11 @@ checks a padded row against it too.
 
 from __future__ import annotations
 
-import subprocess
 import sys
-import tempfile
 
 import numpy as np
 import pytest
-from conftest import require
+from conftest import require, run_python
 from reference import lstm_ref
 
 import lstm_infer
@@ -23,10 +21,6 @@ from lstm_infer.errors import InputError
 
 I, H, F, VOCAB = 5, 8, 3, 11
 LENGTHS = [3, 9, 1, 6, 9, 2]
-
-
-# Subprocesses run outside the source checkout: `-c` / `-m` put the cwd first on sys.path.
-OUTSIDE = tempfile.gettempdir()
 
 
 def _recurrent(sd: dict, name: str, cell: str, I: int, rng, reverse: bool) -> None:
@@ -368,9 +362,7 @@ def test_lstm_infer_ray_without_ray_names_the_extra():
         "import sys\nsys.modules['ray'] = None\nimport lstm_infer\n"
         "try:\n    import lstm_infer.ray\nexcept ImportError as e:\n    print(type(e).__name__, e)"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=OUTSIDE
-    )
+    result = run_python(code)
     assert "MissingDependencyError" in result.stdout and "lstm_infer[ray]" in result.stdout, (
         result.stdout + result.stderr
     )

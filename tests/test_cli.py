@@ -6,12 +6,11 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import require
+from conftest import OUTSIDE, require
 
 import lstm_infer
 
@@ -26,7 +25,7 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         text=True,
         timeout=timeout,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
-        cwd=tempfile.gettempdir(),
+        cwd=OUTSIDE,
     )
 
 

@@ -9,12 +9,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from conftest import require
+from conftest import OUTSIDE, require, run_python
 from test_batch import VOCAB, F, _alone, onnx_node_model, torch_style_model
 
 ray = require("ray")
@@ -25,10 +24,6 @@ from lstm_infer import cli  # noqa: E402
 from lstm_infer.ray import MapBatches, predict  # noqa: E402
 
 LENGTHS = [4, 17, 1, 9, 0, 12, 3, 17, 6, 2, 11, 5]
-
-
-# Subprocesses run outside the source checkout: `-c` / `-m` put the cwd first on sys.path.
-OUTSIDE = tempfile.gettempdir()
 
 
 @pytest.fixture(scope="module")
@@ -238,7 +233,5 @@ def test_importing_lstm_infer_does_not_import_ray():
         "import sys, lstm_infer, lstm_infer.batch, lstm_infer.batch_arrow\n"
         "print('ray' in sys.modules)"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=OUTSIDE
-    )
+    result = run_python(code)
     assert result.stdout.strip() == "False", result.stderr

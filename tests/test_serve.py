@@ -12,7 +12,6 @@ import json
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
@@ -22,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import require
+from conftest import OUTSIDE, require, run_python
 from reference import lstm_ref
 
 import lstm_infer
@@ -80,10 +79,6 @@ class _Running:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(TIMEOUT)
-
-
-# Subprocesses run outside the source checkout: `-c` / `-m` put the cwd first on sys.path.
-OUTSIDE = tempfile.gettempdir()
 
 
 @pytest.fixture(scope="module")
@@ -393,4 +388,5 @@ def test_cli_parses_serve_and_the_core_never_imports_the_server_stack() -> None:
         "bad = [m for m in ('starlette', 'uvicorn', 'websockets') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, cwd=OUTSIDE)
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
