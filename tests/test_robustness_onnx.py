@@ -29,6 +29,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -48,6 +49,7 @@ from onnx_builders import RecurrentCase  # noqa: E402
 
 import lstm_infer  # noqa: E402
 from lstm_infer.errors import (  # noqa: E402
+    InputError,
     LstmInferError,
     ModelFormatError,
     UnsupportedModelError,
@@ -1088,22 +1090,24 @@ def control_flow(op: str, on_constants: bool, trips: int = 3) -> bytes:
     return lstm_graph(tail, consts)
 
 
-@pytest.mark.parametrize("op", ["Loop", "Scan"])
-def test_control_flow_on_the_sequence_is_refused(op: str) -> None:
-    refused(control_flow(op, on_constants=False), match=op, error=UnsupportedModelError)
+def test_scan_on_the_sequence_is_refused() -> None:
+    refused(control_flow("Scan", on_constants=False), match="Scan", error=UnsupportedModelError)
 
 
-@pytest.mark.parametrize("op", ["Loop", "Scan"])
-def test_control_flow_on_constants_is_refused(op: str) -> None:
+def test_scan_on_constants_is_refused() -> None:
     """Regression: ops of constants were folded by onnx's ReferenceEvaluator, bodies and all."""
-    refused(control_flow(op, on_constants=True), match=op, error=UnsupportedModelError)
+    refused(control_flow("Scan", on_constants=True), match="Scan", error=UnsupportedModelError)
 
 
+@pytest.mark.parametrize("op", ["If", "Loop"])
 @pytest.mark.parametrize("on_constants", [False, True])
-def test_if_around_the_recurrence_runs_like_onnxruntime(on_constants: bool) -> None:
-    """If is supported (tests/test_graph_control.py): here both seeds above run and match."""
+def test_if_and_loop_around_the_recurrence_run_like_onnxruntime(
+    op: str, on_constants: bool
+) -> None:
+    """If and Loop are supported (tests/test_graph_control.py, test_graph_loop.py): here the
+    seeds above run and match."""
     ort = require("onnxruntime")
-    data = control_flow("If", on_constants=on_constants)
+    data = control_flow(op, on_constants=on_constants)
     model = lstm_infer.load(data)
     x = np.random.default_rng(3).standard_normal((3, 2, 4)).astype(np.float32)
     name = model.inputs[0].name
@@ -1113,9 +1117,20 @@ def test_if_around_the_recurrence_runs_like_onnxruntime(on_constants: bool) -> N
     np.testing.assert_allclose(model.run({name: x})["out"], want[0], atol=1e-5)
 
 
-def test_control_flow_with_an_absurd_trip_count_does_not_hang() -> None:
-    """Regression: a Loop of 2**62 trips over constants ran at load time, forever."""
-    refused(control_flow("Loop", on_constants=True, trips=2**62), error=REFUSALS, seconds=2)
+def test_control_flow_with_an_absurd_trip_count_does_not_hang(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Regression: a Loop of 2**62 trips over constants ran at load time, forever. Loops are
+    never run at load now; a run stops at the iteration bound with an error naming the node."""
+    from lstm_infer.ops import control
+
+    monkeypatch.setattr(control, "LOOP_MAX_ITERATIONS", 500)
+    start = time.perf_counter()
+    model = lstm_infer.load(control_flow("Loop", on_constants=True, trips=2**62))
+    assert time.perf_counter() - start < 2
+    x = np.zeros((3, 2, 4), np.float32)
+    with pytest.raises(InputError, match="Loop.*more than 500 iterations"):
+        model.run({model.inputs[0].name: x})
 
 
 def _node_cases() -> dict[str, tuple[list[Any], dict[str, Any]]]:

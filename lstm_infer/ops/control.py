@@ -1,4 +1,4 @@
-"""Control flow: If.
+"""Control flow: If and Loop.
 
 ``If(cond)`` runs one of two subgraphs (``then_branch`` / ``else_branch``, graphs of their own
 ops, each compiled once at load) and returns its outputs. A branch may read any tensor of the
@@ -10,6 +10,18 @@ any graph, the outer constants it reads becoming its own. A
 condition known at load (a constant, or computed from inputs fixed with ``fixed_inputs=``) is
 resolved there instead: the chosen branch is inlined (``lstm_infer.passes.inline_if``) and
 the other never compiled.
+
+``Loop(M, cond, v_initial...)`` runs its ``body`` (compiled once) while the iteration number
+is below the trip count ``M`` (if given) and the condition holds (if given); the body takes
+the iteration number, the condition and the N loop-carried values, returns the next
+condition, the next carried values and K scan outputs; the node returns the final carried
+values and each scan output stacked over the iterations (axis 0). Like If's branches the body
+reads outer tensors through extra node inputs after the ONNX ones, declared after its own
+inputs; ``lstm_infer_carried`` holds N. Each iteration runs the body program from Python, so
+a loop costs per iteration what its body costs as a graph; loops are never folded at load
+(their work is unbounded), stop with an error past ``LOOP_MAX_ITERATIONS`` iterations or
+``LOOP_MAX_SCAN_BYTES`` of scan outputs, and refuse a scan output whose shape changes between
+iterations. Loops whose body is a recurrent cell are not yet replaced by the native op.
 """
 
 from __future__ import annotations
@@ -78,6 +90,121 @@ def _if_run(ctx: RunContext, node: Any, ins: list, state: Any) -> list[np.ndarra
     return [result[n] for n in names]
 
 
+# Bounds on one Loop call: its iterations (a per-iteration Python cost of ~20-100 us makes
+# this a few seconds at most) and the bytes its scan outputs accumulate.
+LOOP_MAX_ITERATIONS = 100_000
+LOOP_MAX_SCAN_BYTES = 1 << 30
+
+
+def _carried(node: Any) -> int:
+    n = node.attrs.get("lstm_infer_carried")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise ModelFormatError(f"{node.label}: attribute 'lstm_infer_carried' must be an int >= 0")
+    return int(n)
+
+
+def _check_loop(node: Any) -> None:
+    allowed_attrs("lstm_infer_carried", required=("body",))(node)
+    body = branch_graph(node, "body")
+    n = _carried(node)
+    if len(node.outputs) < n or len(body.outputs) != 1 + len(node.outputs):
+        raise ModelFormatError(
+            f"{node.label}: the body has {len(body.outputs)} outputs and the node "
+            f"{len(node.outputs)} with {n} loop-carried values"
+        )
+    if len(body.inputs) != len(node.inputs) or len(node.inputs) < 2 + n:
+        raise ModelFormatError(
+            f"{node.label}: the body declares {len(body.inputs)} inputs, the node lists "
+            f"{len(node.inputs)} (M, cond, {n} carried values, then outer tensors)"
+        )
+    body.validate()
+
+
+def _loop_prepare(node: Any, consts: dict[int, np.ndarray]) -> Any:
+    from lstm_infer.compile.program import GraphProgram
+    from lstm_infer.compile.specialize import ShapeSpecializer
+
+    body = branch_graph(node, "body")
+    first_outer = 2 + _carried(node)
+    fixed = {body.inputs[i].name: v for i, v in consts.items() if i >= first_outer}
+    return ShapeSpecializer(GraphProgram(body.with_constants(fixed)))
+
+
+def _scalar(node: Any, what: str, value: np.ndarray, kinds: str) -> Any:
+    if value.size != 1 or value.dtype.kind not in kinds:
+        raise InputError(f"{node.label}: {what} must hold one value, got {value.dtype} "
+                         f"{value.shape}")  # fmt: skip
+    return value.reshape(()).item()
+
+
+def _empty_scan(out: Any) -> np.ndarray:
+    """A scan output of no iterations: (0, *shape) when the body declares its shape."""
+    t = out.type
+    dtype = np.float32 if t.dtype == "undefined" else np.dtype(t.dtype)
+    if t.shape is not None and all(isinstance(d, int) for d in t.shape):
+        return np.zeros((0, *t.shape), dtype)
+    return np.zeros((0,), dtype)
+
+
+def _loop_run(ctx: RunContext, node: Any, ins: list, state: Any) -> list[np.ndarray]:
+    if state is None:  # (only while folding constants, where prepare has not run)
+        state = _loop_prepare(node, dict(enumerate(ins)))
+    body = branch_graph(node, "body")
+    n = _carried(node)
+    trips = None if ins[0] is None else _scalar(node, "the trip count M", ins[0], "iu")
+    go = True if ins[1] is None else bool(_scalar(node, "cond", ins[1], "biuf"))
+    names = [v.name for v in body.inputs]
+    given = {names[i]: v for i, v in enumerate(ins) if i >= 2 + n}
+    carried = list(ins[2 : 2 + n])
+    for i, v in enumerate(carried):
+        if v is None:
+            raise InputError(f"{node.label}: loop-carried value {i} is missing")
+    wanted = state.program.graph.input_names
+    out_names = [v.name for v in body.outputs]
+    scans: list[list[np.ndarray]] = [[] for _ in range(len(out_names) - 1 - n)]
+    scan_bytes = 0
+    i = 0
+    while go and (trips is None or i < trips):
+        if i >= LOOP_MAX_ITERATIONS:
+            raise InputError(
+                f"{node.label}: more than {LOOP_MAX_ITERATIONS} iterations (trip count "
+                f"{trips if trips is not None else 'none'}): refused as unbounded"
+            )
+        feeds = {names[0]: np.array(i, np.int64), names[1]: np.array(go), **given}
+        feeds.update(zip(names[2 : 2 + n], carried))
+        result = state.run({k: feeds[k] for k in wanted}, out_names, ctx.threads)
+        go = bool(_scalar(node, "the body's condition output", result[out_names[0]], "biuf"))
+        carried = [result[k] for k in out_names[1 : 1 + n]]
+        for k, key in enumerate(out_names[1 + n :]):
+            value = np.array(result[key])  # a copy: the body may reuse its buffers
+            if scans[k] and value.shape != scans[k][0].shape:
+                raise InputError(
+                    f"{node.label}: scan output {key!r} changed shape between iterations "
+                    f"({scans[k][0].shape} then {value.shape})"
+                )
+            scan_bytes += value.nbytes
+            if scan_bytes > LOOP_MAX_SCAN_BYTES:
+                raise InputError(
+                    f"{node.label}: scan outputs past {LOOP_MAX_SCAN_BYTES} bytes after {i + 1} "
+                    f"iterations: refused"
+                )
+            scans[k].append(value)
+        i += 1
+    stacked = [
+        np.stack(s) if s else _empty_scan(body.outputs[1 + n + k]) for k, s in enumerate(scans)
+    ]
+    return [np.asarray(v) for v in carried] + stacked
+
+
 OPS: dict[str, OpDef] = {
     "If": op("If", _if_run, inputs=(1, -1), outputs=(1, -1), check=_check_if, prepare=_if_prepare),
+    "Loop": op(
+        "Loop",
+        _loop_run,
+        inputs=(0, -1),  # M and cond may be empty; _check_loop counts the rest
+        outputs=(1, -1),
+        check=_check_loop,
+        prepare=_loop_prepare,
+        foldable=False,
+    ),
 }

@@ -5,10 +5,10 @@ read only from the model's folder, sizes checked before reading). Initializers a
 nodes become the graph's constants; every other node becomes a graph node of the same op,
 its attributes decoded to Python values and its older-opset forms rewritten once into the
 newest opset's (attributes that became inputs, Softmax's old flattening axis), so the op
-registry implements one semantics per op. If's branches are lowered the same way, as graphs
-of their own. Anything the registry does not know, a node of another domain, or another
-subgraph attribute (Loop, Scan) raises UnsupportedModelError naming the node, before anything
-is compiled.
+registry implements one semantics per op. If's branches and Loop's body are lowered the same
+way, as graphs of their own. Anything the registry does not know, a node of another domain,
+or another subgraph attribute (Scan's) raises UnsupportedModelError naming the node, before
+anything is compiled.
 """
 
 from __future__ import annotations
@@ -210,6 +210,8 @@ def _lower_nodes(g: Any, opset: int, consts: dict[str, np.ndarray], depth: int) 
             raise UnsupportedModelError(f"{label}: domain {n.domain!r} is not supported")
         if n.op_type == "If":
             node = _lower_if(n, label, opset, depth, name=n.name or f"#{i}")
+        elif n.op_type == "Loop":
+            node = _lower_loop(n, label, opset, depth, name=n.name or f"#{i}")
         else:
             attrs = _attributes(n)
             if n.op_type == "Constant":
@@ -243,14 +245,55 @@ def _lower_if(n: Any, label: str, opset: int, depth: int, name: str) -> Node:
     return Node("If", [n.input[0], *outer], list(n.output), dict(branches), name=name)
 
 
-def _lower_subgraph(g: Any, opset: int, depth: int, label: str) -> Graph:
-    """A branch body as a graph whose inputs are the outer tensors it reads (in order of
-    first use)."""
+def _lower_loop(n: Any, label: str, opset: int, depth: int, name: str) -> Node:
+    """A Loop node: its body lowered as a graph whose inputs are the body's own (iteration
+    number, condition, the N loop-carried values) then the outer tensors it reads, which the
+    node lists after its own inputs; ``lstm_infer_carried`` = N (see lstm_infer.ops.control)."""
+    from onnx import AttributeProto
+
+    if depth >= MAX_SUBGRAPH_DEPTH:
+        raise ModelFormatError(f"{label}: subgraphs nest deeper than {MAX_SUBGRAPH_DEPTH} levels")
+    if len(n.attribute) != 1 or n.attribute[0].name != "body":
+        raise ModelFormatError(f"{label}: Loop takes exactly one attribute, the 'body' graph")
+    if n.attribute[0].type != AttributeProto.GRAPH:
+        raise ModelFormatError(f"{label}: attribute 'body' must be a graph")
+    g = n.attribute[0].g
+    if len(n.input) < 2:
+        raise ModelFormatError(f"{label}: Loop takes M and cond (either may be empty) first")
+    carried = len(n.input) - 2
+    if len(g.input) != 2 + carried:
+        raise ModelFormatError(
+            f"{label}: the body declares {len(g.input)} inputs; with {carried} loop-carried "
+            f"values it takes {2 + carried} (iteration number, condition, the carried values)"
+        )
+    if len(g.output) != 1 + len(n.output) or len(n.output) < carried:
+        raise ModelFormatError(
+            f"{label}: the body has {len(g.output)} outputs and the node {len(n.output)}; the "
+            f"body returns the condition, the {carried} carried values, then the scan outputs"
+        )
+    body = _lower_subgraph(g, opset, depth + 1, f"{label} body", declared=list(g.input))
+    outer = [v.name for v in body.inputs[2 + carried :]]
+    attrs = {"body": body, "lstm_infer_carried": carried}
+    return Node("Loop", [*n.input, *outer], list(n.output), attrs, name=name)
+
+
+def _lower_subgraph(
+    g: Any, opset: int, depth: int, label: str, declared: list | None = None
+) -> Graph:
+    """A branch or loop body as a graph whose inputs are its ``declared`` inputs (a Loop
+    body's own; none for an If branch) then the outer tensors it reads (in order of first
+    use)."""
     from lstm_infer.onnx_import import tensor_to_numpy
 
     consts = {t.name: tensor_to_numpy(t, keep_float_types=True) for t in g.initializer}
     nodes = _lower_nodes(g, opset, consts, depth)
-    local = {o for node in nodes for o in node.outputs if o} | set(consts)
+    own = []
+    for v in declared or []:
+        try:
+            own.append(ValueInfo(v.name, _tensor_type(v)))
+        except UnsupportedModelError:
+            own.append(ValueInfo(v.name, TensorType("undefined")))
+    local = {o for node in nodes for o in node.outputs if o} | set(consts) | {v.name for v in own}
     outer: list[str] = []
     for name in [i for node in nodes for i in node.inputs] + [v.name for v in g.output]:
         if name and name not in local and name not in outer:
@@ -263,8 +306,9 @@ def _lower_subgraph(g: Any, opset: int, depth: int, label: str) -> Graph:
             outputs.append(ValueInfo(v.name, TensorType("undefined")))
     if not outputs:
         raise ModelFormatError(f"{label}: the branch has no outputs")
-    ordered = topological_order(nodes, outer + list(consts))
-    return Graph([ValueInfo(o, TensorType("undefined")) for o in outer], outputs, ordered, consts)
+    ordered = topological_order(nodes, [v.name for v in own] + outer + list(consts))
+    inputs = own + [ValueInfo(o, TensorType("undefined")) for o in outer]
+    return Graph(inputs, outputs, ordered, consts)
 
 
 def _constant_value(label: str, attrs: dict[str, Any]) -> np.ndarray:

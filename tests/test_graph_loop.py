@@ -1,0 +1,345 @@
+"""Loop (issue 14): bodies built with onnx.helper in the shapes exporters write, each against
+onnxruntime; hostile loops (absurd trip counts, scan outputs that change shape, nesting past
+the limit) end with a clear error in bounded time."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import require
+
+import lstm_infer
+from lstm_infer.errors import InputError, ModelFormatError
+
+onnx = require("onnx")
+ort = require("onnxruntime")
+from onnx import TensorProto as TP  # noqa: E402
+from onnx import helper, numpy_helper  # noqa: E402
+
+OPSET = 17
+
+
+def vi(name: str, elem: int, shape: Any) -> Any:
+    return helper.make_tensor_value_info(name, elem, shape)
+
+
+def model_bytes(nodes: list, inputs: list, outputs: list, inits: dict | None = None) -> bytes:
+    inits = [numpy_helper.from_array(v, k) for k, v in (inits or {}).items()]
+    g = helper.make_graph(nodes, "g", inputs, outputs, inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)])
+    onnx.checker.check_model(m)
+    return m.SerializeToString()
+
+
+def onnxruntime_run(data: bytes, feeds: dict) -> list[np.ndarray]:
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)
+
+
+def assert_like_onnxruntime(data: bytes, feeds: dict, atol: float = 1e-5) -> dict:
+    model = lstm_infer.load(data)
+    got = model.run(feeds)
+    want = onnxruntime_run(data, feeds)
+    assert list(got) == [o.name for o in model.outputs]
+    for (name, g), w in zip(got.items(), want):
+        assert g.shape == w.shape, (name, g.shape, w.shape)
+        assert g.dtype == w.dtype, (name, g.dtype, w.dtype)
+        np.testing.assert_allclose(g, w, atol=atol, rtol=0, err_msg=name)
+    return got
+
+
+def counting_loop() -> bytes:
+    """A for-loop: acc += x (x read from the outer graph), scan output acc * i."""
+    body = helper.make_graph(
+        [
+            helper.make_node("Add", ["acc_in", "x"], ["acc_out"]),
+            helper.make_node("Cast", ["i"], ["fi"], to=TP.FLOAT),
+            helper.make_node("Mul", ["acc_out", "fi"], ["scan"]),
+            helper.make_node("Identity", ["c_in"], ["c_out"]),
+        ],
+        "body",
+        [vi("i", TP.INT64, []), vi("c_in", TP.BOOL, []), vi("acc_in", TP.FLOAT, [3])],
+        [vi("c_out", TP.BOOL, []), vi("acc_out", TP.FLOAT, [3]), vi("scan", TP.FLOAT, [3])],
+    )
+    return model_bytes(
+        [helper.make_node("Loop", ["M", "", "a0"], ["acc", "scans"], body=body)],
+        [vi("M", TP.INT64, []), vi("a0", TP.FLOAT, [3]), vi("x", TP.FLOAT, [3])],
+        [vi("acc", TP.FLOAT, [3]), vi("scans", TP.FLOAT, [None, 3])],
+    )
+
+
+@pytest.mark.parametrize("trips", [0, 1, 4, 9])
+def test_for_loop_with_scan_output(trips: int) -> None:
+    feeds = {
+        "M": np.array(trips, np.int64),
+        "a0": np.array([1.0, -2.0, 0.5], np.float32),
+        "x": np.array([0.25, 1.0, -3.0], np.float32),
+    }
+    assert_like_onnxruntime(counting_loop(), feeds)
+
+
+def test_while_loop_stops_on_its_condition() -> None:
+    """No trip count: the body computes the next condition (i + 1 < limit, limit an outer
+    input); h = 0.5 h + 1 carried; the iteration count carried as int64 too."""
+    body = helper.make_graph(
+        [
+            helper.make_node("Constant", [], ["one"], value=numpy_helper.from_array(np.array(1))),
+            helper.make_node("Add", ["i", "one"], ["next_i"]),
+            helper.make_node("Less", ["next_i", "limit"], ["c_out"]),
+            helper.make_node("Constant", [], ["half"], value_float=0.5),
+            helper.make_node("Mul", ["h_in", "half"], ["hh"]),
+            helper.make_node("Constant", [], ["onef"], value_float=1.0),
+            helper.make_node("Add", ["hh", "onef"], ["h_out"]),
+            helper.make_node("Identity", ["next_i"], ["n_out"]),
+        ],
+        "body",
+        [
+            vi("i", TP.INT64, []),
+            vi("c_in", TP.BOOL, []),
+            vi("h_in", TP.FLOAT, [2, 2]),
+            vi("n_in", TP.INT64, []),
+        ],
+        [vi("c_out", TP.BOOL, []), vi("h_out", TP.FLOAT, [2, 2]), vi("n_out", TP.INT64, [])],
+    )
+    data = model_bytes(
+        [helper.make_node("Loop", ["", "go", "h0", "n0"], ["h", "n"], body=body)],
+        [
+            vi("go", TP.BOOL, []),
+            vi("h0", TP.FLOAT, [2, 2]),
+            vi("n0", TP.INT64, []),
+            vi("limit", TP.INT64, []),
+        ],
+        [vi("h", TP.FLOAT, [2, 2]), vi("n", TP.INT64, [])],
+    )
+    h0 = np.arange(4, dtype=np.float32).reshape(2, 2)
+    for limit, go in ((5, True), (1, True), (7, False)):
+        feeds = {"go": np.array(go), "h0": h0, "n0": np.array(0), "limit": np.array(limit)}
+        got = assert_like_onnxruntime(data, feeds)
+        assert int(got["n"]) == (limit if go else 0)
+
+
+def rnn_loop(I: int, H: int, rng: np.random.Generator) -> tuple[bytes, dict]:
+    """The shape tf2onnx gives a Keras SimpleRNN: M = the sequence length (Shape, Gather), the
+    body gathers step i of the outer input and carries h; scan output: every h."""
+    W = rng.uniform(-0.5, 0.5, (I, H)).astype(np.float32)
+    R = rng.uniform(-0.5, 0.5, (H, H)).astype(np.float32)
+    b = rng.uniform(-0.1, 0.1, (H,)).astype(np.float32)
+    body = helper.make_graph(
+        [
+            helper.make_node("Gather", ["X", "i"], ["x_t"], axis=0),
+            helper.make_node("MatMul", ["x_t", "W"], ["xw"]),
+            helper.make_node("MatMul", ["h_in", "R"], ["hr"]),
+            helper.make_node("Add", ["xw", "hr"], ["s"]),
+            helper.make_node("Add", ["s", "b"], ["pre"]),
+            helper.make_node("Tanh", ["pre"], ["h_out"]),
+            helper.make_node("Identity", ["h_out"], ["y_t"]),
+            helper.make_node("Identity", ["c_in"], ["c_out"]),
+        ],
+        "rnn_body",
+        [vi("i", TP.INT64, []), vi("c_in", TP.BOOL, []), vi("h_in", TP.FLOAT, ["B", H])],
+        [vi("c_out", TP.BOOL, []), vi("h_out", TP.FLOAT, ["B", H]), vi("y_t", TP.FLOAT, ["B", H])],
+    )
+    nodes = [
+        helper.make_node("Shape", ["X"], ["shape"]),
+        helper.make_node("Gather", ["shape", "zero"], ["T"], axis=0),
+        helper.make_node("Loop", ["T", "", "h0"], ["h", "Y"], body=body),
+    ]
+    data = model_bytes(
+        nodes,
+        [vi("X", TP.FLOAT, ["T", "B", I]), vi("h0", TP.FLOAT, ["B", H])],
+        [vi("h", TP.FLOAT, ["B", H]), vi("Y", TP.FLOAT, ["T", "B", H])],
+        {"W": W, "R": R, "b": b, "zero": np.array(0, np.int64)},
+    )
+    return data, {"W": W, "R": R, "b": b}
+
+
+@pytest.mark.parametrize("T", [1, 3, 11])
+def test_rnn_written_as_a_loop_runs_at_any_length(T: int, rng: np.random.Generator) -> None:
+    data, w = rnn_loop(5, 7, rng)
+    x = rng.standard_normal((T, 2, 5)).astype(np.float32)
+    h0 = rng.uniform(-1, 1, (2, 7)).astype(np.float32)
+    got = assert_like_onnxruntime(data, {"X": x, "h0": h0})
+    h = h0.astype(np.float64)  # and against float64 numpy, independently of both engines
+    for t in range(T):
+        h = np.tanh(x[t] @ w["W"] + h @ w["R"] + w["b"])
+    np.testing.assert_allclose(got["h"], h, atol=1e-5)
+
+
+def test_nested_loops() -> None:
+    """A loop in a loop's body: the inner body reads the outer body's carried value."""
+    inner = helper.make_graph(
+        [
+            helper.make_node("Add", ["v_in", "step"], ["v_out"]),
+            helper.make_node("Identity", ["c2_in"], ["c2_out"]),
+        ],
+        "inner",
+        [vi("j", TP.INT64, []), vi("c2_in", TP.BOOL, []), vi("v_in", TP.FLOAT, [2])],
+        [vi("c2_out", TP.BOOL, []), vi("v_out", TP.FLOAT, [2])],
+    )
+    outer = helper.make_graph(
+        [
+            helper.make_node("Mul", ["s_in", "two"], ["step"]),
+            helper.make_node("Loop", ["K", "", "s_in"], ["s_out"], body=inner),
+            helper.make_node("Identity", ["c_in"], ["c_out"]),
+        ],
+        "outer",
+        [vi("i", TP.INT64, []), vi("c_in", TP.BOOL, []), vi("s_in", TP.FLOAT, [2])],
+        [vi("c_out", TP.BOOL, []), vi("s_out", TP.FLOAT, [2])],
+    )
+    data = model_bytes(
+        [helper.make_node("Loop", ["M", "", "s0"], ["s"], body=outer)],
+        [vi("M", TP.INT64, []), vi("K", TP.INT64, []), vi("s0", TP.FLOAT, [2])],
+        [vi("s", TP.FLOAT, [2])],
+        {"two": np.array([2.0, 0.5], np.float32)},
+    )
+    feeds = {"M": np.array(3), "K": np.array(2), "s0": np.array([1.0, -1.0], np.float32)}
+    assert_like_onnxruntime(data, feeds)
+
+
+def test_loop_saves_and_loads_natively(tmp_path: Any, rng: np.random.Generator) -> None:
+    data, _ = rnn_loop(3, 4, rng)
+    model = lstm_infer.load(data)
+    path = tmp_path / "loop.safetensors"
+    model.save(path)
+    again = lstm_infer.load(path)
+    feeds = {"X": rng.standard_normal((4, 2, 3)).astype(np.float32), "h0": np.zeros((2, 4))}
+    feeds["h0"] = feeds["h0"].astype(np.float32)
+    for name, value in model.run(feeds).items():
+        np.testing.assert_array_equal(again.run(feeds)[name], value)
+
+
+# ---- hostile loops ----------------------------------------------------------------------------
+
+
+def test_absurd_trip_count_stops_with_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lstm_infer.ops import control
+
+    monkeypatch.setattr(control, "LOOP_MAX_ITERATIONS", 2000)
+    start = time.perf_counter()
+    model = lstm_infer.load(counting_loop())  # loads at once: loops never run at load
+    feeds = {"M": np.array(2**62), "a0": np.zeros(3, np.float32), "x": np.ones(3, np.float32)}
+    with pytest.raises(InputError, match=r"Loop.*more than 2000 iterations"):
+        model.run(feeds)
+    assert time.perf_counter() - start < 60
+
+
+def test_default_iteration_bound_is_a_few_seconds_of_work() -> None:
+    from lstm_infer.ops import control
+
+    assert control.LOOP_MAX_ITERATIONS <= 100_000
+    assert control.LOOP_MAX_SCAN_BYTES <= 1 << 30
+
+
+def test_loop_over_constants_is_not_run_at_load() -> None:
+    """Regression guard: a Loop of 2**62 trips over constants must not run while loading."""
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["c_in"], ["c_out"]), helper.make_node("Neg", ["v"], ["w"])],
+        "b",
+        [vi("i", TP.INT64, []), vi("c_in", TP.BOOL, []), vi("v", TP.FLOAT, [2])],
+        [vi("c_out", TP.BOOL, []), vi("w", TP.FLOAT, [2])],
+    )
+    data = model_bytes(
+        [
+            helper.make_node("Loop", ["M", "T", "v0"], ["v"], body=body),
+            helper.make_node("Add", ["v", "x"], ["y"]),
+        ],
+        [vi("x", TP.FLOAT, [2])],
+        [vi("y", TP.FLOAT, [2])],
+        {"M": np.array(2**62), "T": np.array(True), "v0": np.ones(2, np.float32)},
+    )
+    start = time.perf_counter()
+    model = lstm_infer.load(data)
+    assert time.perf_counter() - start < 10
+    assert [t.name for t in model.inputs] == ["x"]
+
+
+def test_scan_output_that_changes_shape_is_refused() -> None:
+    """The carried value grows by one element per iteration (allowed: onnxruntime runs it) and
+    is also scanned, which cannot be stacked: a clear error naming the output."""
+    body = helper.make_graph(
+        [
+            helper.make_node("Concat", ["v_in", "one"], ["v_out"], axis=0),
+            helper.make_node("Identity", ["v_out"], ["scan"]),
+            helper.make_node("Identity", ["c_in"], ["c_out"]),
+        ],
+        "grow",
+        [vi("i", TP.INT64, []), vi("c_in", TP.BOOL, []), vi("v_in", TP.FLOAT, [None])],
+        [vi("c_out", TP.BOOL, []), vi("v_out", TP.FLOAT, [None]), vi("scan", TP.FLOAT, [None])],
+    )
+    grow_only = helper.make_graph(
+        [
+            helper.make_node("Concat", ["v_in", "one"], ["v_out"], axis=0),
+            helper.make_node("Identity", ["c_in"], ["c_out"]),
+        ],
+        "grow_only",
+        [vi("i", TP.INT64, []), vi("c_in", TP.BOOL, []), vi("v_in", TP.FLOAT, [None])],
+        [vi("c_out", TP.BOOL, []), vi("v_out", TP.FLOAT, [None])],
+    )
+    inputs = [vi("M", TP.INT64, []), vi("v0", TP.FLOAT, [None])]
+    inits = {"one": np.ones(1, np.float32)}
+    feeds = {"M": np.array(3), "v0": np.zeros(2, np.float32)}
+    carried_only = model_bytes(
+        [helper.make_node("Loop", ["M", "", "v0"], ["v"], body=grow_only)],
+        inputs,
+        [vi("v", TP.FLOAT, [None])],
+        inits,
+    )
+    assert assert_like_onnxruntime(carried_only, feeds)["v"].shape == (5,)
+    scanned = model_bytes(
+        [helper.make_node("Loop", ["M", "", "v0"], ["v", "s"], body=body)],
+        inputs,
+        [vi("v", TP.FLOAT, [None]), vi("s", TP.FLOAT, [None, None])],
+        inits,
+    )
+    with pytest.raises(InputError, match="scan output 'scan' changed shape"):
+        lstm_infer.load(scanned).run(feeds)
+
+
+def test_loop_body_arity_mismatch_is_a_format_error() -> None:
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["c_in"], ["c_out"])],
+        "b",
+        [vi("i", TP.INT64, []), vi("c_in", TP.BOOL, [])],  # no carried input for v0
+        [vi("c_out", TP.BOOL, [])],
+    )
+    g = helper.make_graph(
+        [helper.make_node("Loop", ["M", "", "v0"], ["v"], body=body)],
+        "g",
+        [vi("M", TP.INT64, []), vi("v0", TP.FLOAT, [2])],
+        [vi("v", TP.FLOAT, [2])],
+    )
+    data = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)]).SerializeToString()
+    with pytest.raises(ModelFormatError, match="Loop.*body declares 2 inputs"):
+        lstm_infer.load(data)
+
+
+def test_loops_nested_past_the_limit_are_refused() -> None:
+    from lstm_infer.importers.onnx.lower import MAX_SUBGRAPH_DEPTH
+
+    def wrap(inner_nodes: list) -> Any:
+        return helper.make_graph(
+            [*inner_nodes, helper.make_node("Identity", ["c_in"], ["c_out"])],
+            "b",
+            [vi("i", TP.INT64, []), vi("c_in", TP.BOOL, []), vi("v", TP.FLOAT, [1])],
+            [vi("c_out", TP.BOOL, []), vi("w", TP.FLOAT, [1])],
+        )
+
+    body = wrap([helper.make_node("Identity", ["v"], ["w"])])
+    for _ in range(MAX_SUBGRAPH_DEPTH + 1):
+        body = wrap([helper.make_node("Loop", ["M", "", "v"], ["w"], body=body)])
+    g = helper.make_graph(
+        [helper.make_node("Loop", ["M", "", "v0"], ["v"], body=body)],
+        "g",
+        [vi("M", TP.INT64, []), vi("v0", TP.FLOAT, [1])],
+        [vi("v", TP.FLOAT, [1])],
+    )
+    data = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)]).SerializeToString()
+    start = time.perf_counter()
+    with pytest.raises(ModelFormatError, match="nest deeper"):
+        lstm_infer.load(data)
+    assert time.perf_counter() - start < 30
