@@ -1,6 +1,7 @@
-"""Loop (issue 14): bodies built with onnx.helper in the shapes exporters write, each against
-onnxruntime; hostile loops (absurd trip counts, scan outputs that change shape, nesting past
-the limit) end with a clear error in bounded time."""
+"""Loop and Scan (issue 14): bodies built with onnx.helper in the shapes exporters write, each
+against onnxruntime; hostile loops (absurd trip counts, scan outputs that change shape,
+nesting past the limit, scanned inputs of different lengths) end with a clear error in
+bounded time."""
 
 from __future__ import annotations
 
@@ -343,3 +344,114 @@ def test_loops_nested_past_the_limit_are_refused() -> None:
     with pytest.raises(ModelFormatError, match="nest deeper"):
         lstm_infer.load(data)
     assert time.perf_counter() - start < 30
+
+
+# ---- Scan -------------------------------------------------------------------------------------
+
+
+def cumsum_scan(**attrs: Any) -> bytes:
+    """Scan with one state (running sum), two scanned inputs (x, and w read elementwise), an
+    outer tensor (scale) and two scan outputs (the running sum, and x * w * scale)."""
+    body = helper.make_graph(
+        [
+            helper.make_node("Add", ["sum_in", "x_t"], ["sum_out"]),
+            helper.make_node("Mul", ["x_t", "w_t"], ["xw"]),
+            helper.make_node("Mul", ["xw", "scale"], ["y_t"]),
+            helper.make_node("Identity", ["sum_out"], ["s_t"]),
+        ],
+        "scan_body",
+        [vi("sum_in", TP.FLOAT, [3]), vi("x_t", TP.FLOAT, [3]), vi("w_t", TP.FLOAT, [3])],
+        [vi("sum_out", TP.FLOAT, [3]), vi("s_t", TP.FLOAT, [3]), vi("y_t", TP.FLOAT, [3])],
+    )
+    x_shape = [3, "T"] if attrs.get("scan_input_axes", [0])[0] == 1 else ["T", 3]
+    return model_bytes(
+        [
+            helper.make_node(
+                "Scan", ["s0", "x", "w"], ["s", "sums", "ys"], body=body, num_scan_inputs=2, **attrs
+            )
+        ],  # fmt: skip
+        [vi("s0", TP.FLOAT, [3]), vi("x", TP.FLOAT, x_shape), vi("w", TP.FLOAT, ["T", 3])],
+        [
+            vi("s", TP.FLOAT, [3]),
+            vi("sums", TP.FLOAT, [None, None]),
+            vi("ys", TP.FLOAT, [None, None]),
+        ],  # fmt: skip
+        {"scale": np.array([1.0, -2.0, 0.5], np.float32)},
+    )
+
+
+@pytest.mark.parametrize(
+    "attrs",
+    [
+        {},
+        {"scan_input_directions": [1, 0]},
+        {"scan_output_directions": [0, 1]},
+        {"scan_input_axes": [1, 0]},
+        {"scan_output_axes": [1, -1]},
+        {"scan_input_directions": [1, 1], "scan_output_axes": [0, 1]},
+    ],
+)
+def test_scan_axes_and_directions(attrs: dict, rng: np.random.Generator) -> None:
+    T = 5
+    x = rng.standard_normal((3, T) if attrs.get("scan_input_axes") else (T, 3))
+    feeds = {
+        "s0": rng.standard_normal(3).astype(np.float32),
+        "x": x.astype(np.float32),
+        "w": rng.standard_normal((T, 3)).astype(np.float32),
+    }
+    assert_like_onnxruntime(cumsum_scan(**attrs), feeds)
+
+
+def test_scan_gru_like_cell_over_a_sequence(rng: np.random.Generator) -> None:
+    """A recurrent cell as a Scan body (h carried, one scanned input, batch inside)."""
+    I, H = 4, 6
+    W = rng.uniform(-0.5, 0.5, (I, 2 * H)).astype(np.float32)
+    R = rng.uniform(-0.5, 0.5, (H, 2 * H)).astype(np.float32)
+    body = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x_t", "W"], ["xw"]),
+            helper.make_node("MatMul", ["h_in", "R"], ["hr"]),
+            helper.make_node("Add", ["xw", "hr"], ["pre"]),
+            helper.make_node("Split", ["pre", "halves"], ["zp", "np_"], axis=1),
+            helper.make_node("Sigmoid", ["zp"], ["z"]),
+            helper.make_node("Tanh", ["np_"], ["cand"]),
+            helper.make_node("Sub", ["h_in", "cand"], ["d"]),
+            helper.make_node("Mul", ["z", "d"], ["zd"]),
+            helper.make_node("Add", ["cand", "zd"], ["h_out"]),
+            helper.make_node("Identity", ["h_out"], ["y_t"]),
+        ],
+        "cell",
+        [vi("h_in", TP.FLOAT, [2, H]), vi("x_t", TP.FLOAT, [2, I])],
+        [vi("h_out", TP.FLOAT, [2, H]), vi("y_t", TP.FLOAT, [2, H])],
+    )
+    data = model_bytes(
+        [helper.make_node("Scan", ["h0", "X"], ["h", "Y"], body=body, num_scan_inputs=1)],
+        [vi("h0", TP.FLOAT, [2, H]), vi("X", TP.FLOAT, ["T", 2, I])],
+        [vi("h", TP.FLOAT, [2, H]), vi("Y", TP.FLOAT, ["T", 2, H])],
+        {"W": W, "R": R, "halves": np.array([H, H], np.int64)},
+    )
+    for T in (1, 6):
+        x = rng.standard_normal((T, 2, I)).astype(np.float32)
+        assert_like_onnxruntime(data, {"h0": np.zeros((2, H), np.float32), "X": x})
+
+
+def test_scan_inputs_of_different_lengths_are_refused(rng: np.random.Generator) -> None:
+    feeds = {
+        "s0": np.zeros(3, np.float32),
+        "x": np.zeros((4, 3), np.float32),
+        "w": np.zeros((5, 3), np.float32),
+    }
+    model = lstm_infer.load(cumsum_scan())
+    with pytest.raises(InputError, match="Scan.*different lengths"):
+        model.run(feeds)
+
+
+def test_scan_of_an_empty_sequence_returns_the_initial_state() -> None:
+    feeds = {
+        "s0": np.array([1.0, 2.0, 3.0], np.float32),
+        "x": np.zeros((0, 3), np.float32),
+        "w": np.zeros((0, 3), np.float32),
+    }
+    got = lstm_infer.load(cumsum_scan()).run(feeds)
+    np.testing.assert_array_equal(got["s"], feeds["s0"])
+    assert got["sums"].shape[0] == 0

@@ -1,4 +1,4 @@
-"""Control flow: If and Loop.
+"""Control flow: If, Loop and Scan.
 
 ``If(cond)`` runs one of two subgraphs (``then_branch`` / ``else_branch``, graphs of their own
 ops, each compiled once at load) and returns its outputs. A branch may read any tensor of the
@@ -22,6 +22,13 @@ a loop costs per iteration what its body costs as a graph; loops are never folde
 (their work is unbounded), stop with an error past ``LOOP_MAX_ITERATIONS`` iterations or
 ``LOOP_MAX_SCAN_BYTES`` of scan outputs, and refuse a scan output whose shape changes between
 iterations. Loops whose body is a recurrent cell are not yet replaced by the native op.
+
+``Scan(state..., scanned...)`` (opset 9+) runs its ``body`` once per slice of the M scanned
+inputs along their axes (``scan_input_axes``, each forward or reversed by
+``scan_input_directions``), carrying the N state values; the node returns the final states
+and the K scan outputs stacked along ``scan_output_axes`` (reversed where
+``scan_output_directions`` says 1). Outer tensors come in as for Loop;
+``lstm_infer_declared`` holds N + M. Its length is bounded by its inputs' sizes.
 """
 
 from __future__ import annotations
@@ -196,6 +203,126 @@ def _loop_run(ctx: RunContext, node: Any, ins: list, state: Any) -> list[np.ndar
     return [np.asarray(v) for v in carried] + stacked
 
 
+SCAN_ATTRS = ("num_scan_inputs", "scan_input_axes", "scan_input_directions",
+              "scan_output_axes", "scan_output_directions")  # fmt: skip
+
+
+def _scan_layout(node: Any) -> tuple[int, int, list[int], list[int], list[int], list[int]]:
+    """N, M and the four per-input / per-output axis and direction lists, checked."""
+    from lstm_infer.ops.base import attr_int
+
+    declared = node.attrs.get("lstm_infer_declared")
+    if isinstance(declared, bool) or not isinstance(declared, (int, np.integer)):
+        raise ModelFormatError(f"{node.label}: attribute 'lstm_infer_declared' must be an int")
+    m = attr_int(node, "num_scan_inputs")
+    n = int(declared) - m
+    if m < 1 or n < 0:
+        raise ModelFormatError(
+            f"{node.label}: num_scan_inputs = {m} with {declared} state and scanned inputs"
+        )
+    k = len(node.outputs) - n
+    if k < 0:
+        raise ModelFormatError(f"{node.label}: {len(node.outputs)} outputs for {n} states")
+
+    def ints(key: str, count: int) -> list[int]:
+        v = node.attrs.get(key)
+        if v is None:
+            return [0] * count
+        v = list(np.asarray(v, np.int64).reshape(-1))
+        if len(v) != count:
+            raise ModelFormatError(f"{node.label}: {key} has {len(v)} entries, expected {count}")
+        return [int(a) for a in v]
+
+    dirs_in, dirs_out = ints("scan_input_directions", m), ints("scan_output_directions", k)
+    if any(d not in (0, 1) for d in dirs_in + dirs_out):
+        raise ModelFormatError(f"{node.label}: scan directions must be 0 or 1")
+    return n, m, ints("scan_input_axes", m), dirs_in, ints("scan_output_axes", k), dirs_out
+
+
+def _check_scan(node: Any) -> None:
+    allowed_attrs(*SCAN_ATTRS, "lstm_infer_declared", required=("body", "num_scan_inputs"))(node)
+    body = branch_graph(node, "body")
+    n, m, *_ = _scan_layout(node)
+    if len(body.inputs) != len(node.inputs) or len(node.inputs) < n + m:
+        raise ModelFormatError(
+            f"{node.label}: the body declares {len(body.inputs)} inputs, the node lists "
+            f"{len(node.inputs)}"
+        )
+    if len(body.outputs) != len(node.outputs):
+        raise ModelFormatError(
+            f"{node.label}: the body has {len(body.outputs)} outputs, the node {len(node.outputs)}"
+        )
+    body.validate()
+
+
+def _scan_prepare(node: Any, consts: dict[int, np.ndarray]) -> Any:
+    from lstm_infer.compile.program import GraphProgram
+    from lstm_infer.compile.specialize import ShapeSpecializer
+
+    body = branch_graph(node, "body")
+    first_outer = int(node.attrs["lstm_infer_declared"])
+    fixed = {body.inputs[i].name: v for i, v in consts.items() if i >= first_outer}
+    return ShapeSpecializer(GraphProgram(body.with_constants(fixed)))
+
+
+def _axis(node: Any, what: str, axis: int, rank: int) -> int:
+    if not -rank <= axis < rank:
+        raise InputError(f"{node.label}: {what} axis {axis} is outside rank {rank}")
+    return axis % rank
+
+
+def _scan_run(ctx: RunContext, node: Any, ins: list, state: Any) -> list[np.ndarray]:
+    if state is None:  # (only while folding constants, where prepare has not run)
+        state = _scan_prepare(node, dict(enumerate(ins)))
+    body = branch_graph(node, "body")
+    n, m, in_axes, in_dirs, out_axes, out_dirs = _scan_layout(node)
+    if any(v is None for v in ins[: n + m]):
+        raise InputError(f"{node.label}: every state and scanned input is required")
+    scanned = [np.asarray(v) for v in ins[n : n + m]]
+    axes = [_axis(node, "scan input", a, max(v.ndim, 1)) for a, v in zip(in_axes, scanned)]
+    if any(v.ndim == 0 for v in scanned):
+        raise InputError(f"{node.label}: a scanned input must have at least one dimension")
+    lengths = {v.shape[a] for v, a in zip(scanned, axes)}
+    if len(lengths) != 1:
+        raise InputError(f"{node.label}: the scanned inputs have different lengths {lengths}")
+    steps = lengths.pop()
+    names = [v.name for v in body.inputs]
+    out_names = [v.name for v in body.outputs]
+    given = {names[i]: v for i, v in enumerate(ins) if i >= n + m}
+    wanted = state.program.graph.input_names
+    carried = list(ins[:n])
+    scans: list[list[np.ndarray]] = [[] for _ in range(len(out_names) - n)]
+    scan_bytes = 0
+    for t in range(steps):
+        feeds = dict(given)
+        feeds.update(zip(names[:n], carried))
+        for j, (v, a, d) in enumerate(zip(scanned, axes, in_dirs)):
+            feeds[names[n + j]] = np.take(v, steps - 1 - t if d else t, axis=a)
+        result = state.run({key: feeds[key] for key in wanted}, out_names, ctx.threads)
+        carried = [result[key] for key in out_names[:n]]
+        for k, key in enumerate(out_names[n:]):
+            value = np.array(result[key])  # a copy: the body may reuse its buffers
+            if scans[k] and value.shape != scans[k][0].shape:
+                raise InputError(
+                    f"{node.label}: scan output {key!r} changed shape between iterations "
+                    f"({scans[k][0].shape} then {value.shape})"
+                )
+            scan_bytes += value.nbytes
+            if scan_bytes > LOOP_MAX_SCAN_BYTES:
+                raise InputError(f"{node.label}: scan outputs past {LOOP_MAX_SCAN_BYTES} bytes")
+            scans[k].append(value)
+    outs = []
+    for k, s in enumerate(scans):
+        if not s:
+            outs.append(_empty_scan(body.outputs[n + k]))
+            continue
+        if out_dirs[k]:
+            s = s[::-1]
+        axis = _axis(node, "scan output", out_axes[k], s[0].ndim + 1)
+        outs.append(np.stack(s, axis=axis))
+    return [np.asarray(v) for v in carried] + outs
+
+
 OPS: dict[str, OpDef] = {
     "If": op("If", _if_run, inputs=(1, -1), outputs=(1, -1), check=_check_if, prepare=_if_prepare),
     "Loop": op(
@@ -205,6 +332,15 @@ OPS: dict[str, OpDef] = {
         outputs=(1, -1),
         check=_check_loop,
         prepare=_loop_prepare,
+        foldable=False,
+    ),
+    "Scan": op(
+        "Scan",
+        _scan_run,
+        inputs=(1, -1),
+        outputs=(1, -1),
+        check=_check_scan,
+        prepare=_scan_prepare,
         foldable=False,
     ),
 }

@@ -5,10 +5,10 @@ read only from the model's folder, sizes checked before reading). Initializers a
 nodes become the graph's constants; every other node becomes a graph node of the same op,
 its attributes decoded to Python values and its older-opset forms rewritten once into the
 newest opset's (attributes that became inputs, Softmax's old flattening axis), so the op
-registry implements one semantics per op. If's branches and Loop's body are lowered the same
-way, as graphs of their own. Anything the registry does not know, a node of another domain,
-or another subgraph attribute (Scan's) raises UnsupportedModelError naming the node, before
-anything is compiled.
+registry implements one semantics per op. If's branches and the bodies of Loop and Scan are
+lowered the same way, as graphs of their own. Anything the registry does not know, or a node
+of another domain, raises UnsupportedModelError naming the node, before anything is
+compiled.
 """
 
 from __future__ import annotations
@@ -55,13 +55,16 @@ def _tensor_type(value_info: Any) -> TensorType:
     return TensorType(dtype, tuple(dims))
 
 
-def _attributes(node: Any) -> dict[str, Any]:
+def _attributes(node: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The node's attributes as Python values (``skip``: names lowered by the caller)."""
     from onnx import AttributeProto, helper
 
     from lstm_infer.onnx_import import tensor_to_numpy
 
     out: dict[str, Any] = {}
     for a in node.attribute:
+        if a.name in skip:
+            continue
         if a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS):
             raise UnsupportedModelError(
                 f"node {node.name or '<unnamed>'!r} ({node.op_type}): subgraph attribute "
@@ -212,6 +215,8 @@ def _lower_nodes(g: Any, opset: int, consts: dict[str, np.ndarray], depth: int) 
             node = _lower_if(n, label, opset, depth, name=n.name or f"#{i}")
         elif n.op_type == "Loop":
             node = _lower_loop(n, label, opset, depth, name=n.name or f"#{i}")
+        elif n.op_type == "Scan":
+            node = _lower_scan(n, label, opset, depth, name=n.name or f"#{i}")
         else:
             attrs = _attributes(n)
             if n.op_type == "Constant":
@@ -275,6 +280,40 @@ def _lower_loop(n: Any, label: str, opset: int, depth: int, name: str) -> Node:
     outer = [v.name for v in body.inputs[2 + carried :]]
     attrs = {"body": body, "lstm_infer_carried": carried}
     return Node("Loop", [*n.input, *outer], list(n.output), attrs, name=name)
+
+
+def _lower_scan(n: Any, label: str, opset: int, depth: int, name: str) -> Node:
+    """A Scan node (opset 9+): its body lowered as a graph whose inputs are the body's own
+    (the N state values, then one slice of each of the M scanned inputs) then the outer
+    tensors it reads, which the node lists after its own inputs; ``lstm_infer_declared`` =
+    N + M (see lstm_infer.ops.control)."""
+    from onnx import AttributeProto
+
+    if depth >= MAX_SUBGRAPH_DEPTH:
+        raise ModelFormatError(f"{label}: subgraphs nest deeper than {MAX_SUBGRAPH_DEPTH} levels")
+    if opset < 9:
+        raise UnsupportedModelError(f"{label}: Scan before opset 9 (with sequence_lens)")
+    attrs: dict[str, Any] = {}
+    body_attr = None
+    for a in n.attribute:
+        if a.name == "body":
+            if a.type != AttributeProto.GRAPH:
+                raise ModelFormatError(f"{label}: attribute 'body' must be a graph")
+            body_attr = a.g
+        elif a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS):
+            raise ModelFormatError(f"{label}: unexpected graph attribute {a.name!r}")
+    if body_attr is None:
+        raise ModelFormatError(f"{label}: Scan needs its 'body' graph")
+    attrs.update(_attributes(n, skip=("body",)))
+    if len(g_in := body_attr.input) != len(n.input):
+        raise ModelFormatError(
+            f"{label}: the body declares {len(g_in)} inputs, the node has {len(n.input)} "
+            "(the state values, then the scanned inputs)"
+        )
+    body = _lower_subgraph(body_attr, opset, depth + 1, f"{label} body", declared=list(g_in))
+    outer = [v.name for v in body.inputs[len(n.input) :]]
+    attrs.update(body=body, lstm_infer_declared=len(n.input))
+    return Node("Scan", [*n.input, *outer], list(n.output), attrs, name=name)
 
 
 def _lower_subgraph(
