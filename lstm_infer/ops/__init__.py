@@ -17,6 +17,7 @@ from lstm_infer.ops import (
     layout,
     norm,
     pool,
+    quant,
     recurrent,
     reduce,
 )
@@ -24,7 +25,7 @@ from lstm_infer.ops.base import OpDef, RunContext
 
 __all__ = ["REGISTRY", "OpDef", "RunContext", "get_op"]
 
-_FAMILIES = (elementwise, layout, dense, conv, pool, norm, recurrent, reduce, control)
+_FAMILIES = (elementwise, layout, dense, conv, pool, norm, recurrent, reduce, quant, control)
 
 
 def _merge() -> dict[str, OpDef]:

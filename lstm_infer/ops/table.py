@@ -24,6 +24,7 @@ _FAMILY_TITLES = {
     "reduce": "reductions, softmax",
     "elementwise": "elementwise",
     "layout": "layout, shape and padding",
+    "quant": "quantization",
     "control": "control flow (subgraphs compiled once)",
 }
 

@@ -1,0 +1,238 @@
+"""Quantization ops (issue 14): QuantizeLinear / DequantizeLinear (per tensor and per axis),
+DynamicQuantizeLinear, MatMulInteger, each against onnxruntime; and whole models as
+onnxruntime's quantize_dynamic and quantize_static write them (dynamic MatMul chains, QDQ
+pairs around a MatMul), against onnxruntime's own int8 result."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import require
+
+import lstm_infer
+from lstm_infer.errors import InputError, UnsupportedModelError
+
+onnx = require("onnx")
+ort = require("onnxruntime")
+from onnx import TensorProto as TP  # noqa: E402
+from onnx import helper, numpy_helper  # noqa: E402
+
+OPSET = 19
+
+
+def vi(name: str, elem: int, shape: Any) -> Any:
+    return helper.make_tensor_value_info(name, elem, shape)
+
+
+def model_bytes(nodes: list, inputs: list, outputs: list, inits: dict | None = None) -> bytes:
+    inits = [numpy_helper.from_array(v, k) for k, v in (inits or {}).items()]
+    g = helper.make_graph(nodes, "g", inputs, outputs, inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)])
+    onnx.checker.check_model(m)
+    return m.SerializeToString()
+
+
+def onnxruntime_run(data: bytes | str, feeds: dict) -> list[np.ndarray]:
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def assert_like_onnxruntime(data: bytes | str, feeds: dict, atol: float = 0.0) -> dict:
+    model = lstm_infer.load(data)
+    got = model.run(feeds)
+    for (name, g), w in zip(got.items(), onnxruntime_run(data, feeds)):
+        assert g.shape == w.shape and g.dtype == w.dtype, (name, g.shape, g.dtype, w.dtype)
+        np.testing.assert_allclose(g.astype(np.float64), w.astype(np.float64), atol=atol,
+                                   rtol=0, err_msg=name)  # fmt: skip
+    return got
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+@pytest.mark.parametrize("per_axis", [False, True])
+def test_quantize_and_dequantize_linear(
+    dtype: Any, per_axis: bool, rng: np.random.Generator
+) -> None:
+    elem = TP.UINT8 if dtype == np.uint8 else TP.INT8
+    if per_axis:
+        scale = np.array([0.02, 0.05, 0.1], np.float32)
+        zero = np.array([3, 0, 7] if dtype == np.uint8 else [-3, 0, 5], dtype)
+    else:
+        scale, zero = np.array(0.04, np.float32), np.array(9 if dtype == np.uint8 else -2, dtype)
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], axis=1),
+        helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], axis=1),
+    ]
+    data = model_bytes(
+        nodes,
+        [vi("x", TP.FLOAT, [4, 3, 5])],
+        [vi("q", elem, [4, 3, 5]), vi("y", TP.FLOAT, [4, 3, 5])],
+        {"s": scale, "z": zero},
+    )
+    x = rng.standard_normal((4, 3, 5)).astype(np.float32) * 6  # saturates at both ends
+    x[0, 0, :3] = np.array([0.5, 1.5, -2.5], np.float32) * scale.reshape(-1)[0]  # ties to even
+    assert_like_onnxruntime(data, {"x": x})
+
+
+def test_quantize_linear_without_zero_point_is_uint8(rng: np.random.Generator) -> None:
+    data = model_bytes(
+        [helper.make_node("QuantizeLinear", ["x", "s"], ["q"])],
+        [vi("x", TP.FLOAT, [7])],
+        [vi("q", TP.UINT8, [7])],
+        {"s": np.array(0.1, np.float32)},
+    )
+    assert_like_onnxruntime(data, {"x": rng.uniform(-5, 30, 7).astype(np.float32)})
+
+
+@pytest.mark.parametrize("case", ["mixed", "positive", "negative", "zeros"])
+def test_dynamic_quantize_linear(case: str, rng: np.random.Generator) -> None:
+    x = {
+        "mixed": rng.standard_normal((6, 9)),
+        "positive": rng.uniform(0.5, 3, (6, 9)),
+        "negative": -rng.uniform(0.5, 3, (6, 9)),
+        "zeros": np.zeros((6, 9)),
+    }[case].astype(np.float32)
+    data = model_bytes(
+        [helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "s", "z"])],
+        [vi("x", TP.FLOAT, [6, 9])],
+        [vi("q", TP.UINT8, [6, 9]), vi("s", TP.FLOAT, []), vi("z", TP.UINT8, [])],
+    )
+    if case == "zeros":  # onnxruntime divides by its zero scale here; ours gives zero codes
+        got = lstm_infer.load(data).run({"x": x})
+        assert not got["q"].any() and got["s"] == 0 and got["z"] == 0
+        return
+    got = lstm_infer.load(data).run({"x": x})
+    want = onnxruntime_run(data, {"x": x})
+    assert got["s"] == want[1] and got["z"] == want[2]
+    np.testing.assert_array_equal(got["q"], want[0])  # (200 random tensors measured: exact)
+
+
+@pytest.mark.parametrize(
+    ("a_type", "b_type", "zeros"),
+    [
+        (np.uint8, np.int8, "none"),
+        (np.uint8, np.uint8, "scalar"),
+        (np.int8, np.int8, "scalar"),
+        (np.uint8, np.int8, "per_row_col"),
+    ],
+)
+def test_matmul_integer(a_type: Any, b_type: Any, zeros: str, rng: np.random.Generator) -> None:
+    code = {np.dtype(np.uint8): TP.UINT8, np.dtype(np.int8): TP.INT8}
+    info = np.iinfo
+    a = rng.integers(info(a_type).min, info(a_type).max + 1, (2, 5, 40)).astype(a_type)
+    b = rng.integers(info(b_type).min, info(b_type).max + 1, (40, 7)).astype(b_type)
+    names, inits = ["a", "b"], {"b": b}
+    if zeros == "scalar":
+        inits |= {"az": np.array(3, a_type), "bz": np.array(-1 if b_type == np.int8 else 4, b_type)}
+        names += ["az", "bz"]
+    elif zeros == "per_row_col":
+        a = a[0]  # per-row zero points need A of rank 2
+        inits |= {"az": rng.integers(0, 9, 5).astype(a_type), "bz": np.zeros(7, b_type)}
+        names += ["az", "bz"]
+    shape = list(a.shape[:-1]) + [7]
+    data = model_bytes(
+        [helper.make_node("MatMulInteger", names, ["y"])],
+        [vi("a", code[np.dtype(a_type)], list(a.shape))],
+        [vi("y", TP.INT32, shape)],
+        inits,
+    )
+    if zeros == "per_row_col":  # onnxruntime takes only scalar zero points here
+        got = lstm_infer.load(data).run({"a": a})
+    else:
+        got = assert_like_onnxruntime(data, {"a": a})
+    az = inits.get("az", np.array(0)).astype(np.int64)
+    if az.ndim == 1:
+        az = az[:, None]
+    bz = inits.get("bz", np.array(0)).astype(np.int64)
+    want = np.matmul(a.astype(np.int64) - az, b.astype(np.int64) - bz)  # exact integers
+    np.testing.assert_array_equal(got["y"], want)
+
+
+def _float_mlp(path: Path, rng: np.random.Generator) -> None:
+    W1 = rng.uniform(-0.5, 0.5, (16, 32)).astype(np.float32)
+    W2 = rng.uniform(-0.5, 0.5, (32, 8)).astype(np.float32)
+    b1 = rng.uniform(-0.1, 0.1, 32).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["x", "W1"], ["h"]),
+        helper.make_node("Add", ["h", "b1"], ["hb"]),
+        helper.make_node("Relu", ["hb"], ["r"]),
+        helper.make_node("MatMul", ["r", "W2"], ["y"]),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "mlp",
+        [vi("x", TP.FLOAT, ["N", 16])],
+        [vi("y", TP.FLOAT, ["N", 8])],
+        [numpy_helper.from_array(a, n) for a, n in ((W1, "W1"), (W2, "W2"), (b1, "b1"))],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(m, str(path))
+
+
+def test_quantize_dynamic_model_matches_onnxruntime(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """onnxruntime.quantization.quantize_dynamic's MatMul chains (DynamicQuantizeLinear ->
+    MatMulInteger -> Cast -> Mul) against onnxruntime running the same int8 file."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    src, dst = tmp_path / "mlp.onnx", tmp_path / "mlp_int8.onnx"
+    _float_mlp(src, rng)
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    ops = {n.op_type for n in onnx.load(str(dst)).graph.node}
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops, ops
+    x = rng.standard_normal((5, 16)).astype(np.float32)
+    got = lstm_infer.load(str(dst)).run({"x": x})["y"]
+    want = onnxruntime_run(str(dst), {"x": x})[0]
+    float_y = onnxruntime_run(str(src), {"x": x})[0]
+    # Same codes up to a rounding tie in x / scale (one code moves a product by one scale).
+    np.testing.assert_allclose(got, want, atol=2e-2 * np.abs(float_y).max())
+    assert np.abs(got - float_y).max() < 0.1 * np.abs(float_y).max()
+
+
+def test_qdq_model_matches_onnxruntime(rng: np.random.Generator) -> None:
+    """QDQ pairs around a MatMul, as quantize_static writes them."""
+    W = rng.uniform(-1, 1, (12, 6)).astype(np.float32)
+    w_scale = (np.abs(W).max(axis=0) / 127).astype(np.float32)
+    Wq = np.clip(np.rint(W / w_scale), -127, 127).astype(np.int8)
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+        helper.make_node("DequantizeLinear", ["Wq", "ws"], ["Wd"], axis=1),
+        helper.make_node("MatMul", ["xd", "Wd"], ["y"]),
+    ]
+    data = model_bytes(
+        nodes,
+        [vi("x", TP.FLOAT, [3, 12])],
+        [vi("y", TP.FLOAT, [3, 6])],
+        {"xs": np.array(0.02, np.float32), "xz": np.array(128, np.uint8), "Wq": Wq, "ws": w_scale},
+    )
+    x = rng.uniform(-2, 2, (3, 12)).astype(np.float32)
+    assert_like_onnxruntime(data, {"x": x}, atol=1e-5)
+
+
+def test_blocked_quantization_is_refused() -> None:
+    g = helper.make_graph(
+        [helper.make_node("DequantizeLinear", ["q", "s"], ["y"], axis=0, block_size=2)],
+        "g",
+        [vi("q", TP.INT8, [4])],
+        [vi("y", TP.FLOAT, [4])],
+        [numpy_helper.from_array(np.ones(2, np.float32), "s")],
+    )
+    data = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)]).SerializeToString()
+    with pytest.raises(UnsupportedModelError, match="blocked quantization"):
+        lstm_infer.load(data)
+
+
+def test_bad_scale_shape_names_the_node() -> None:
+    data = model_bytes(
+        [helper.make_node("DequantizeLinear", ["q", "s"], ["y"], axis=1)],
+        [vi("q", TP.INT8, [2, 3])],
+        [vi("y", TP.FLOAT, [2, 3])],
+        {"s": np.ones(4, np.float32)},
+    )
+    with pytest.raises(InputError, match="DequantizeLinear.*x_scale has 4 values"):
+        lstm_infer.load(data).run({"q": np.zeros((2, 3), np.int8)})
