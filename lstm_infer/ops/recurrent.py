@@ -5,7 +5,9 @@ compile time, into the engine's internal layer (gate order, folded biases, packe
 run by the same fused kernels as a lone recurrent model (``Model`` with the operator's own
 signature). X, sequence_lens and the initial states are run-time values; every attribute of
 opsets 7-22 is honoured (activations, clip, directions, layout, input_forget,
-linear_before_reset).
+linear_before_reset). ``lstm_infer_weight_format`` ("bf16" / "int8"), set by importers that
+read quantized recurrent ops (com.microsoft.DynamicQuantizeLSTM), runs the layer on the
+engine's quantized weights (``Model.quantize``).
 """
 
 from __future__ import annotations
@@ -34,8 +36,14 @@ _ROLE = {"X": "x", "sequence_lens": "sequence_lens", "initial_h": "initial_h",
          "initial_c": "initial_c", "Y": "y", "Y_h": "y_h", "Y_c": "y_c"}  # fmt: skip
 
 
+WEIGHT_FORMAT_ATTR = "lstm_infer_weight_format"
+
+
 def _check(node: Any) -> None:
-    allowed_attrs(*RECURRENT_ATTRIBUTES)(node)
+    allowed_attrs(*RECURRENT_ATTRIBUTES, WEIGHT_FORMAT_ATTR)(node)
+    fmt = node.attrs.get(WEIGHT_FORMAT_ATTR)
+    if fmt is not None and fmt not in ("bf16", "int8"):
+        raise ModelFormatError(f"{node.label}: {WEIGHT_FORMAT_ATTR} {fmt!r} is not bf16 or int8")
     layout = attr_int(node, "layout", 0)
     if layout not in (0, 1):
         raise ModelFormatError(f"{node.label}: layout must be 0 or 1, got {layout}")
@@ -57,7 +65,8 @@ def _prepare(node: Any, consts: dict[int, np.ndarray]) -> Any:
             )
     w = {role: consts[i] for role, i in given.items() if role in ("W", "R", "B", "P")}
     try:
-        layer = layer_from_node_attributes(cell, w["W"], w["R"], w.get("B"), w.get("P"), node.attrs)
+        attrs = {k: v for k, v in node.attrs.items() if k != WEIGHT_FORMAT_ATTR}
+        layer = layer_from_node_attributes(cell, w["W"], w["R"], w.get("B"), w.get("P"), attrs)
     except ModelFormatError as exc:
         raise type(exc)(f"{node.label}: {exc}") from exc
     feeds = [r for r in ("X", "sequence_lens", "initial_h", "initial_c") if r in given]
@@ -69,6 +78,8 @@ def _prepare(node: Any, consts: dict[int, np.ndarray]) -> Any:
         {_ROLE[r]: r for r in outs},
     )
     model = Model(ModelSpec([layer], sig, source="onnx"))
+    if node.attrs.get(WEIGHT_FORMAT_ATTR):
+        model = model.quantize(node.attrs[WEIGHT_FORMAT_ATTR])
     return model, [(r, given[r]) for r in feeds], outs
 
 

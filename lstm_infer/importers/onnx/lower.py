@@ -209,6 +209,11 @@ def _lower_nodes(g: Any, opset: int, consts: dict[str, np.ndarray], depth: int) 
     nodes: list[Node] = []
     for i, n in enumerate(g.node):
         label = f"node {n.name or f'#{i}'!r} ({n.op_type})"
+        if n.domain == "com.microsoft" and n.op_type == "DynamicQuantizeLSTM":
+            node = _lower_dynamic_quantize_lstm(n, label, consts, name=n.name or f"#{i}")
+            get_op(node.op, node)
+            nodes.append(node)
+            continue
         if n.domain not in ("", "ai.onnx"):
             raise UnsupportedModelError(f"{label}: domain {n.domain!r} is not supported")
         if n.op_type == "If":
@@ -248,6 +253,57 @@ def _lower_if(n: Any, label: str, opset: int, depth: int, name: str) -> Node:
     for branch in branches.values():
         branch.inputs = [ValueInfo(o, TensorType("undefined")) for o in outer]
     return Node("If", [n.input[0], *outer], list(n.output), dict(branches), name=name)
+
+
+def _dequantized_gates(
+    label: str, role: str, q: Any, scale: Any, zero: Any, directions: int
+) -> np.ndarray:
+    """DynamicQuantizeLSTM's [D, K, 4H] integer W or R as the LSTM operator's [D, 4H, K] float32
+    weights: (q - zero) * scale per direction, or per direction and column."""
+    if q is None or scale is None:
+        raise UnsupportedModelError(f"{label}: {role} and its scale must be constants")
+    q = np.asarray(q)
+    if q.dtype not in (np.int8, np.uint8) or q.ndim != 3 or q.shape[0] != directions:
+        raise ModelFormatError(f"{label}: {role} must be int8/uint8 [D, K, 4H], got {q.dtype} "
+                               f"{q.shape}")  # fmt: skip
+    cols = q.shape[2]
+
+    def per(v: Any, what: str) -> np.ndarray:
+        v = np.asarray(v, np.float32)
+        if v.size == directions:
+            return v.reshape(directions, 1, 1)
+        if v.shape == (directions, cols):
+            return v.reshape(directions, 1, cols)
+        raise ModelFormatError(f"{label}: {what} of shape {v.shape} for {role} {q.shape}")
+
+    s = per(scale, f"{role}_scale")
+    z = per(zero, f"{role}_zero_point") if zero is not None else np.float32(0)
+    w = (q.astype(np.float32) - z) * s
+    return np.ascontiguousarray(w.transpose(0, 2, 1))
+
+
+def _lower_dynamic_quantize_lstm(n: Any, label: str, consts: dict, name: str) -> Node:
+    """com.microsoft.DynamicQuantizeLSTM (what onnxruntime's quantize_dynamic makes of an
+    LSTM): its integer weights dequantized once into an LSTM node, which runs on the engine's
+    int8 weights (re-quantized per output row: the same codes where onnxruntime's scales are
+    per column, finer ones where one scale covers the tensor)."""
+    ins = list(n.input) + [""] * (12 - len(n.input))
+    if len(n.input) > 12:
+        raise ModelFormatError(f"{label}: {len(n.input)} inputs, at most 12")
+    attrs = _attributes(n)
+    directions = 2 if attrs.get("direction") == "bidirectional" else 1
+
+    def const(pos: int) -> Any:
+        return consts.get(ins[pos]) if ins[pos] else None
+
+    w_name, r_name = f"{name}/W_dequantized", f"{name}/R_dequantized"
+    consts[w_name] = _dequantized_gates(label, "W", const(1), const(8), const(9), directions)
+    consts[r_name] = _dequantized_gates(label, "R", const(2), const(10), const(11), directions)
+    lstm_in = [ins[0], w_name, r_name, *ins[3:8]]
+    while lstm_in and not lstm_in[-1]:
+        lstm_in.pop()
+    attrs["lstm_infer_weight_format"] = "int8"
+    return Node("LSTM", lstm_in, list(n.output), attrs, name=name)
 
 
 def _lower_loop(n: Any, label: str, opset: int, depth: int, name: str) -> Node:
