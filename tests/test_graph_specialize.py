@@ -123,3 +123,31 @@ def test_integer_feeds_changed_in_place_are_read_again(rng) -> None:
     assert model.run({"x": x, "p": p})["y"].shape == (2, 3)
     p[:] = [1, 1, 1, 1]
     assert model.run({"x": x, "p": p})["y"].shape == (4, 5)
+
+
+def test_the_callers_constant_arrays_stay_writeable() -> None:
+    """Compiled programs keep read-only views of their constants (int_values caches what it
+    read from them): the arrays of a graph built by hand stay writeable (they were made
+    read-only in place before), and fixed_inputs are copied at load."""
+    from lstm_infer.graph import Graph, Node, TensorType, ValueInfo
+    from lstm_infer.graph_model import GraphModel
+
+    pads = np.array([1, 0, 1, 0], np.int64)
+    graph = Graph(
+        [ValueInfo("x", TensorType("float32", (2, 3)))],
+        [ValueInfo("y", TensorType("float32"))],
+        [Node("Pad", ["x", "p"], ["y"], {"mode": "constant"}, name="pad")],
+        {"p": pads},
+    )
+    model = GraphModel(graph)
+    assert model.run({"x": np.ones((2, 3), np.float32)})["y"].shape == (4, 3)
+    assert pads.flags.writeable
+    data = _model(
+        [helper.make_node("Pad", ["x", "p"], ["y"], mode="constant")],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]),
+         helper.make_tensor_value_info("p", TensorProto.INT64, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )  # fmt: skip
+    fixed = lstm_infer.load(data, fixed_inputs={"p": pads})
+    pads[:] = 0  # the caller's buffer is its own again: the model keeps what it was given
+    assert fixed.run({"x": np.ones((2, 3), np.float32)})["y"].shape == (4, 3)

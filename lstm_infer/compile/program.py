@@ -83,6 +83,15 @@ def fold_constants(graph: Graph) -> Graph:
     )
 
 
+def _read_only(value: np.ndarray) -> np.ndarray:
+    """value if already read-only, else a read-only view of it (the array itself untouched)."""
+    if not isinstance(value, np.ndarray) or not value.flags.writeable:
+        return value
+    view = value.view()
+    view.flags.writeable = False
+    return view
+
+
 def _consts_of(node: Node, consts: Mapping[str, np.ndarray]) -> dict[int, np.ndarray]:
     return {i: consts[n] for i, n in enumerate(node.inputs) if n and n in consts}
 
@@ -125,6 +134,10 @@ class GraphProgram:
         folded = fuse_activation(fold_batchnorm(folded, keep), keep)
         guards = dict(guards or {})
         folded.nodes = _dead_nodes_removed(folded, set(guards))
+        # The program's constants are read-only (int_values may cache what it read from
+        # them): views of any writeable array, so the caller's own arrays (a Graph built by
+        # hand, fixed_inputs) stay as writeable as they were.
+        folded.initializers = {n: _read_only(v) for n, v in folded.initializers.items()}
         self.graph = folded
         self.constants = folded.initializers
         last_use: dict[str, int] = {}
@@ -155,12 +168,6 @@ class GraphProgram:
             else:
                 state = op.prepare(node, consts) if op.prepare else None
             self._prepared[key] = (node.attrs, state)
-            for value in consts.values():  # read-only: int_values may cache what it read
-                if value.flags.writeable:
-                    try:
-                        value.flags.writeable = False
-                    except ValueError:
-                        pass
             checks = [(o, self.guards[o]) for o in node.outputs if o in self.guards]
             self.steps.append(_Step(node, op, state, free, checks))
 
