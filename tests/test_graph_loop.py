@@ -455,3 +455,30 @@ def test_scan_of_an_empty_sequence_returns_the_initial_state() -> None:
     got = lstm_infer.load(cumsum_scan()).run(feeds)
     np.testing.assert_array_equal(got["s"], feeds["s0"])
     assert got["sums"].shape[0] == 0
+
+
+@pytest.mark.parametrize("op", ["Loop", "If"])
+def test_a_cycle_inside_a_subgraph_is_a_format_error(op: str) -> None:
+    """Two nodes of a body (or branch) feeding each other: refused at load, naming a cycle."""
+    cyclic = [
+        helper.make_node("Neg", ["b2"], ["a2"]),
+        helper.make_node("Neg", ["a2"], ["b2"]),
+        helper.make_node("Identity", ["a2"], ["w"]),
+    ]
+    if op == "Loop":
+        body = helper.make_graph(
+            [*cyclic, helper.make_node("Identity", ["c_in"], ["c_out"])],
+            "b",
+            [vi("i", TP.INT64, []), vi("c_in", TP.BOOL, []), vi("v", TP.FLOAT, [1])],
+            [vi("c_out", TP.BOOL, []), vi("w", TP.FLOAT, [1])],
+        )
+        node = helper.make_node("Loop", ["M", "", "v0"], ["out"], body=body)
+        inputs = [vi("M", TP.INT64, []), vi("v0", TP.FLOAT, [1])]
+    else:
+        branch = helper.make_graph(cyclic, "br", [], [vi("w", TP.FLOAT, [1])])
+        node = helper.make_node("If", ["c"], ["out"], then_branch=branch, else_branch=branch)
+        inputs = [vi("c", TP.BOOL, [])]
+    g = helper.make_graph([node], "g", inputs, [vi("out", TP.FLOAT, [1])])
+    data = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)]).SerializeToString()
+    with pytest.raises(ModelFormatError, match="cycle"):
+        lstm_infer.load(data)
