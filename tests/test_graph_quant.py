@@ -295,3 +295,81 @@ def test_dynamic_quantize_lstm_runs_as_our_int8_lstm(
     ours_q = lstm_infer.load(str(src)).quantize("int8").run({"X": x})
     if per_channel:  # per-column scales: re-quantizing per row recovers onnxruntime's codes
         np.testing.assert_allclose(got["Y"], ours_q["Y"], atol=1e-6)  # (measured: equal)
+
+
+@pytest.mark.parametrize(
+    ("attrs", "w_zero"),
+    [
+        ({}, "scalar"),
+        ({"pads": [1, 2, 1, 0], "strides": [2, 1]}, "none"),
+        ({"group": 2, "dilations": [1, 2]}, "per_channel"),
+        ({"auto_pad": "SAME_UPPER"}, "scalar"),
+    ],
+)
+def test_conv_integer(attrs: dict, w_zero: str, rng: np.random.Generator) -> None:
+    x = rng.integers(0, 256, (2, 4, 9, 11)).astype(np.uint8)
+    cin = 4 // attrs.get("group", 1)
+    w = rng.integers(-128, 128, (6, cin, 3, 3)).astype(np.int8)
+    inits: dict = {"w": w, "xz": np.array(117, np.uint8)}
+    names = ["x", "w", "xz"]
+    if w_zero == "scalar":
+        inits["wz"] = np.array(3, np.int8)
+        names.append("wz")
+    elif w_zero == "per_channel":
+        inits["wz"] = rng.integers(-5, 5, 6).astype(np.int8)
+        names.append("wz")
+    data = model_bytes(
+        [helper.make_node("ConvInteger", names, ["y"], kernel_shape=[3, 3], **attrs)],
+        [vi("x", TP.UINT8, [2, 4, 9, 11])],
+        [vi("y", TP.INT32, [None, None, None, None])],
+        inits,
+    )
+    if w_zero == "per_channel":  # onnxruntime's ConvInteger takes scalar zero points only
+        got = lstm_infer.load(data).run({"x": x})["y"]
+        shifted = data_with(data, "wz", np.zeros(6, np.int8))
+        base = lstm_infer.load(shifted).run({"x": x})["y"].astype(np.int64)
+        # y(w - z) = y(w) - z * (window sums of x - xz): check against the same op with z = 0
+        ones = data_with(data_with(data, "w", np.ones_like(w)), "wz", np.zeros(6, np.int8))
+        window = lstm_infer.load(ones).run({"x": x})["y"].astype(np.int64)
+        want = base - inits["wz"].astype(np.int64)[None, :, None, None] * window
+        np.testing.assert_array_equal(got, want)
+        return
+    assert_like_onnxruntime(data, {"x": x})
+
+
+def data_with(data: bytes, name: str, value: np.ndarray) -> bytes:
+    m = onnx.load_from_string(data)
+    for i, t in enumerate(m.graph.initializer):
+        if t.name == name:
+            m.graph.initializer[i].CopyFrom(numpy_helper.from_array(value, name))
+    return m.SerializeToString()
+
+
+@pytest.mark.parametrize("dynamo", [False])
+def test_quantize_dynamic_crnn_matches_onnxruntime(tmp_path: Path, dynamo: bool) -> None:
+    """The zoo's OCR CRNN (conv front end, BiLSTM, CTC head) through quantize_dynamic: its
+    ConvInteger, DynamicQuantizeLSTM and MatMulInteger nodes run, and the log-probabilities
+    are as close to the float model as onnxruntime's own int8 run is."""
+    torch = require("torch")
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from test_graph_zoo import Crnn, _randomised, export
+
+    torch.manual_seed(5)
+    net = _randomised(Crnn()).eval()
+    image = torch.randn(2, 1, 16, 20)
+    src, dst = tmp_path / "crnn.onnx", tmp_path / "crnn_int8.onnx"
+    src.write_bytes(export(net, (image,), ["image"], ["logp"], dynamo,
+                           {"image": {0: "N", 3: "W"}, "logp": {0: "T", 1: "N"}}))  # fmt: skip
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8,
+                     op_types_to_quantize=["Conv", "LSTM", "MatMul", "Gemm"])  # fmt: skip
+    ops = {n.op_type for n in onnx.load(str(dst)).graph.node}
+    assert {"ConvInteger", "DynamicQuantizeLSTM"} <= ops, ops
+    x = np.random.default_rng(6).standard_normal((2, 1, 16, 24)).astype(np.float32)
+    got = lstm_infer.load(str(dst)).run({"image": x})["logp"]
+    want = onnxruntime_run(str(dst), {"image": x})[0]
+    float_y = onnxruntime_run(str(src), {"image": x})[0]
+    ort_err = np.abs(want - float_y).max()
+    assert got.shape == want.shape
+    assert np.abs(got - float_y).max() <= 2 * ort_err + 1e-3, (np.abs(got - float_y).max(), ort_err)
+    # the same best path (greedy CTC) on nearly every frame
+    assert (got.argmax(-1) == want.argmax(-1)).mean() >= 0.9

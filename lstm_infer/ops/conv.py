@@ -67,6 +67,21 @@ def _check_conv(node: Any) -> None:
         raise ModelFormatError(f"{node.label}: group must be >= 1")
 
 
+def check_window_conv(node: Any) -> None:
+    """Conv's window attributes (kernel_shape, strides, dilations, pads, auto_pad, group)
+    checked for another op that takes them (ConvInteger)."""
+    allowed_attrs(*_WINDOW_ATTRS, "group")(node)
+    window_attrs(node)
+    if attr_int(node, "group", 1) < 1:
+        raise ModelFormatError(f"{node.label}: group must be >= 1")
+
+
+def conv_values(ctx: RunContext, node: Any, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Conv of float x by float w (no bias) with node's window attributes: the op's own
+    computation, for ops defined in its terms (ConvInteger, in float64)."""
+    return _conv(ctx, node, [x, w], None)[0]
+
+
 def _compute_dtype(node: Any, x: np.ndarray, w: np.ndarray) -> np.dtype:
     if x.dtype.kind != "f" or x.dtype != w.dtype:
         raise InputError(f"{node.label}: X ({x.dtype}) and W ({w.dtype}) must be one float type")

@@ -1,4 +1,5 @@
-"""Quantization ops: QuantizeLinear, DequantizeLinear, DynamicQuantizeLinear, MatMulInteger.
+"""Quantization ops: QuantizeLinear, DequantizeLinear, DynamicQuantizeLinear, MatMulInteger,
+ConvInteger.
 
 What onnxruntime's quantization tools write around the layers they quantize: QDQ pairs
 (``quantize_static``: QuantizeLinear -> DequantizeLinear before each float op) and dynamic
@@ -6,9 +7,10 @@ chains (``quantize_dynamic``: DynamicQuantizeLinear -> MatMulInteger -> Cast -> 
 runs on whole tensors with the ONNX formulas: rounding half to even, saturation to the
 integer type, per-tensor or per-axis scales and zero points. MatMulInteger sums exactly:
 its products are formed in float64 (BLAS), exact while K * 255 * 255 < 2^53, then stored as
-int32 (the ONNX output type; a sum past int32 wraps). Blocked
-quantization (``block_size``) and float8 types are refused; ConvInteger and the recurrent
-contrib op DynamicQuantizeLSTM are not here yet.
+int32 (the ONNX output type; a sum past int32 wraps). ConvInteger is Conv (the same window
+code) on the zero-point-shifted codes in float64, equally exact. Blocked quantization
+(``block_size``) and float8 types are refused. (com.microsoft.DynamicQuantizeLSTM is lowered
+by the ONNX importer into an LSTM node on the engine's int8 weights.)
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 
 from lstm_infer.errors import InputError, UnsupportedModelError
 from lstm_infer.ops.base import OpDef, RunContext, allowed_attrs, attr_int, op
+from lstm_infer.ops.conv import check_window_conv, conv_values
 
 # Integer types a QuantizeLinear may produce, and their ranges.
 _RANGES = {
@@ -36,6 +39,10 @@ def _check_quantize(node: Any) -> None:
     code = attr_int(node, "output_dtype", 0)
     if code and code not in _OUTPUT_DTYPES:
         raise UnsupportedModelError(f"{node.label}: output_dtype {code} is not supported")
+
+
+def _check_conv_integer(node: Any) -> None:
+    check_window_conv(node)
 
 
 def _check_dequantize(node: Any) -> None:
@@ -145,6 +152,28 @@ def _matmul_integer(ctx: RunContext, node: Any, ins: list, state: Any) -> list[n
     return [product.astype(np.int64).astype(np.int32)]
 
 
+def _conv_integer(ctx: RunContext, node: Any, ins: list, state: Any) -> list[np.ndarray]:
+    x, w = ins[0], ins[1]
+    x_zero = ins[2] if len(ins) > 2 else None
+    w_zero = ins[3] if len(ins) > 3 else None
+    if x.dtype not in (np.uint8, np.int8) or w.dtype not in (np.uint8, np.int8):
+        raise InputError(f"{node.label}: x and w must be uint8 or int8, got {x.dtype}, {w.dtype}")
+    xv = x.astype(np.float64)
+    if x_zero is not None:
+        if x_zero.size != 1:
+            raise InputError(f"{node.label}: x_zero_point must be a scalar, got {x_zero.shape}")
+        xv -= float(x_zero.reshape(()))  # padding with the zero point is padding xv with 0
+    wv = w.astype(np.float64)
+    if w_zero is not None:
+        if w_zero.size == 1:
+            wv -= float(w_zero.reshape(()))
+        elif w_zero.ndim == 1 and w.ndim >= 1 and w_zero.shape[0] == w.shape[0]:
+            wv -= w_zero.astype(np.float64).reshape((-1,) + (1,) * (w.ndim - 1))
+        else:
+            raise InputError(f"{node.label}: w_zero_point of shape {w_zero.shape} for w {w.shape}")
+    return [conv_values(ctx, node, xv, wv).astype(np.int64).astype(np.int32)]
+
+
 OPS: dict[str, OpDef] = {
     "QuantizeLinear": op("QuantizeLinear", _quantize, inputs=(2, 3), check=_check_quantize),
     "DequantizeLinear": op("DequantizeLinear", _dequantize, inputs=(2, 3), check=_check_dequantize),
@@ -156,4 +185,5 @@ OPS: dict[str, OpDef] = {
         check=allowed_attrs(),
     ),
     "MatMulInteger": op("MatMulInteger", _matmul_integer, inputs=(2, 4), check=allowed_attrs()),
+    "ConvInteger": op("ConvInteger", _conv_integer, inputs=(2, 4), check=_check_conv_integer),
 }
