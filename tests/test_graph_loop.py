@@ -17,29 +17,16 @@ from lstm_infer.errors import InputError, ModelFormatError
 
 onnx = require("onnx")
 ort = require("onnxruntime")
+from graph_builders import model_bytes as _model_bytes  # noqa: E402
+from graph_builders import onnxruntime_run, vi  # noqa: E402
 from onnx import TensorProto as TP  # noqa: E402
 from onnx import helper, numpy_helper  # noqa: E402
 
 OPSET = 17
 
 
-def vi(name: str, elem: int, shape: Any) -> Any:
-    return helper.make_tensor_value_info(name, elem, shape)
-
-
 def model_bytes(nodes: list, inputs: list, outputs: list, inits: dict | None = None) -> bytes:
-    inits = [numpy_helper.from_array(v, k) for k, v in (inits or {}).items()]
-    g = helper.make_graph(nodes, "g", inputs, outputs, inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)])
-    onnx.checker.check_model(m)
-    return m.SerializeToString()
-
-
-def onnxruntime_run(data: bytes, feeds: dict) -> list[np.ndarray]:
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
-    return sess.run(None, feeds)
+    return _model_bytes(nodes, inputs, outputs, inits, OPSET)
 
 
 def assert_like_onnxruntime(data: bytes, feeds: dict, atol: float = 1e-5) -> dict:

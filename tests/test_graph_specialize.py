@@ -109,15 +109,20 @@ def test_specialising_never_edits_the_general_program(rng) -> None:
         np.testing.assert_array_equal(got["s"], want[1])
 
 
-def test_integer_feeds_changed_in_place_are_read_again(rng) -> None:
-    """Regression (review): converted integer inputs were cached by array identity, so a
-    caller reusing its pads buffer got the old pads."""
-    data = _model(
+def _pad_model() -> bytes:
+    """y = Pad(x (2, 3), pads p (4,))."""
+    return _model(
         [helper.make_node("Pad", ["x", "p"], ["y"], mode="constant")],
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]),
          helper.make_tensor_value_info("p", TensorProto.INT64, [4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
     )  # fmt: skip
+
+
+def test_integer_feeds_changed_in_place_are_read_again(rng) -> None:
+    """Regression (review): converted integer inputs were cached by array identity, so a
+    caller reusing its pads buffer got the old pads."""
+    data = _pad_model()
     model = lstm_infer.load(data)
     x, p = np.ones((2, 3), np.float32), np.zeros(4, np.int64)
     assert model.run({"x": x, "p": p})["y"].shape == (2, 3)
@@ -142,12 +147,7 @@ def test_the_callers_constant_arrays_stay_writeable() -> None:
     model = GraphModel(graph)
     assert model.run({"x": np.ones((2, 3), np.float32)})["y"].shape == (4, 3)
     assert pads.flags.writeable
-    data = _model(
-        [helper.make_node("Pad", ["x", "p"], ["y"], mode="constant")],
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]),
-         helper.make_tensor_value_info("p", TensorProto.INT64, [4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-    )  # fmt: skip
+    data = _pad_model()
     fixed = lstm_infer.load(data, fixed_inputs={"p": pads})
     pads[:] = 0  # the caller's buffer is its own again: the model keeps what it was given
     assert fixed.run({"x": np.ones((2, 3), np.float32)})["y"].shape == (4, 3)

@@ -60,15 +60,22 @@ def _sig(v):
     return 1.0 / (1.0 + np.exp(-v))
 
 
-def reference_step(cell, x, h, c, W, R, B, *, quantize_x: bool, quantize_h: bool):
-    """One step of an ONNX-order single-direction cell (GRU with linear_before_reset=1),
-    float64, with the int8 path's activation quantization where asked."""
+def cell_step(cell, x, h, c, W, R, B, *, lbr=1, act_x=None, act_h=None):
+    """One float64 step of an ONNX-order single-direction cell; act_x / act_h: what each
+    product sees of its activations (the kernels' quantization or rounding), else exact.
+    act_h also applies to a GRU's r * h when linear_before_reset = 0."""
     W, R, B = W[0].astype(np.float64), R[0].astype(np.float64), B[0].astype(np.float64)
     g = GATES[cell]
     hid = R.shape[1]
-    xa = int8_activations(x) if quantize_x else x.astype(np.float64)
-    ha = int8_activations(h) if quantize_h else h.astype(np.float64)
+    xa = act_x(x) if act_x else x.astype(np.float64)
+    ha = act_h(h) if act_h else h.astype(np.float64)
     xw = xa @ W.T + B[: g * hid]
+    if cell == "gru" and not lbr:
+        zr = xw[:, : 2 * hid] + ha @ R[: 2 * hid].T + B[g * hid : g * hid + 2 * hid]
+        z, r = _sig(zr[:, :hid]), _sig(zr[:, hid:])
+        rh = act_h(r * h) if act_h else r * h
+        n = np.tanh(xw[:, 2 * hid :] + rh @ R[2 * hid :].T + B[g * hid + 2 * hid :])
+        return (1 - z) * n + z * h, None
     hr = ha @ R.T + B[g * hid :]
     if cell == "rnn":
         return np.tanh(xw + hr), None
@@ -80,6 +87,13 @@ def reference_step(cell, x, h, c, W, R, B, *, quantize_x: bool, quantize_h: bool
     r = _sig(xw[:, hid : 2 * hid] + hr[:, hid : 2 * hid])
     n = np.tanh(xw[:, 2 * hid :] + r * hr[:, 2 * hid :])
     return (1 - z) * n + z * h, None
+
+
+def reference_step(cell, x, h, c, W, R, B, *, quantize_x: bool, quantize_h: bool):
+    """One step (GRU with linear_before_reset=1) with the int8 path's activation
+    quantization where asked."""
+    return cell_step(cell, x, h, c, W, R, B, act_x=int8_activations if quantize_x else None,
+                     act_h=int8_activations if quantize_h else None)  # fmt: skip
 
 
 @pytest.mark.parametrize(("cell", "I", "H"), CASES)
@@ -161,34 +175,15 @@ def test_int8_run_equals_stepping(quant_isa, rng, cell, I, H):
 
 
 def rounded_bf16_step(cell, x, h, c, W, R, B, lbr):
-    """One float64 step of an ONNX-order cell on bf16 weights with every product's activations
-    (x, the state h, GRU's r * h) rounded to bf16 as the rounded kernels see them (ml_dtypes:
-    round to nearest even, independent of the engine)."""
-    Wq, Rq = bf16_reference(W)[0].astype(np.float64), bf16_reference(R)[0].astype(np.float64)
-    Bd = B[0].astype(np.float64)
-    g = GATES[cell]
-    hid = Rq.shape[1]
+    """One float64 step on bf16 weights with every product's activations (x, the state h,
+    GRU's r * h) rounded to bf16 as the rounded kernels see them (ml_dtypes: round to
+    nearest even, independent of the engine)."""
 
     def rnd(v):
         return bf16_reference(np.asarray(v, np.float32)).astype(np.float64)
 
-    xw = rnd(x) @ Wq.T + Bd[: g * hid]
-    if cell == "gru" and not lbr:
-        zr = xw[:, : 2 * hid] + rnd(h) @ Rq[: 2 * hid].T + Bd[g * hid : g * hid + 2 * hid]
-        z, r = _sig(zr[:, :hid]), _sig(zr[:, hid:])
-        n = np.tanh(xw[:, 2 * hid :] + rnd(r * h) @ Rq[2 * hid :].T + Bd[g * hid + 2 * hid :])
-        return (1 - z) * n + z * h, None
-    hr = rnd(h) @ Rq.T + Bd[g * hid :]
-    if cell == "rnn":
-        return np.tanh(xw + hr), None
-    if cell == "lstm":
-        i, o, f, cc = np.split(xw + hr, 4, axis=1)
-        c_new = _sig(f) * c + _sig(i) * np.tanh(cc)
-        return _sig(o) * np.tanh(c_new), c_new
-    z = _sig(xw[:, :hid] + hr[:, :hid])
-    r = _sig(xw[:, hid : 2 * hid] + hr[:, hid : 2 * hid])
-    n = np.tanh(xw[:, 2 * hid :] + r * hr[:, 2 * hid :])
-    return (1 - z) * n + z * h, None
+    Wq, Rq = bf16_reference(W), bf16_reference(R)
+    return cell_step(cell, x, h, c, Wq, Rq, B, lbr=lbr, act_x=rnd, act_h=rnd)
 
 
 ROUNDED_CASES = [

@@ -153,6 +153,28 @@ def _empty_scan(out: Any) -> np.ndarray:
     return np.zeros((0,), dtype)
 
 
+def _collect_scans(
+    node: Any, result: dict, keys: list[str], scans: list[list[np.ndarray]], total: int
+) -> int:
+    """Append one iteration's scan outputs (copies: the body may reuse its buffers); refuse
+    a shape change or more than LOOP_MAX_SCAN_BYTES in all. Returns the new byte total."""
+    for k, key in enumerate(keys):
+        value = np.array(result[key])
+        if scans[k] and value.shape != scans[k][0].shape:
+            raise InputError(
+                f"{node.label}: scan output {key!r} changed shape between iterations "
+                f"({scans[k][0].shape} then {value.shape})"
+            )
+        total += value.nbytes
+        if total > LOOP_MAX_SCAN_BYTES:
+            raise InputError(
+                f"{node.label}: scan outputs past {LOOP_MAX_SCAN_BYTES} bytes after "
+                f"{len(scans[k]) + 1} iterations: refused"
+            )
+        scans[k].append(value)
+    return total
+
+
 def _loop_run(ctx: RunContext, node: Any, ins: list, state: Any) -> list[np.ndarray]:
     if state is None:  # (only while folding constants, where prepare has not run)
         state = _loop_prepare(node, dict(enumerate(ins)))
@@ -182,20 +204,7 @@ def _loop_run(ctx: RunContext, node: Any, ins: list, state: Any) -> list[np.ndar
         result = state.run({k: feeds[k] for k in wanted}, out_names, ctx.threads)
         go = bool(_scalar(node, "the body's condition output", result[out_names[0]], "biuf"))
         carried = [result[k] for k in out_names[1 : 1 + n]]
-        for k, key in enumerate(out_names[1 + n :]):
-            value = np.array(result[key])  # a copy: the body may reuse its buffers
-            if scans[k] and value.shape != scans[k][0].shape:
-                raise InputError(
-                    f"{node.label}: scan output {key!r} changed shape between iterations "
-                    f"({scans[k][0].shape} then {value.shape})"
-                )
-            scan_bytes += value.nbytes
-            if scan_bytes > LOOP_MAX_SCAN_BYTES:
-                raise InputError(
-                    f"{node.label}: scan outputs past {LOOP_MAX_SCAN_BYTES} bytes after {i + 1} "
-                    f"iterations: refused"
-                )
-            scans[k].append(value)
+        scan_bytes = _collect_scans(node, result, out_names[1 + n :], scans, scan_bytes)
         i += 1
     stacked = [
         np.stack(s) if s else _empty_scan(body.outputs[1 + n + k]) for k, s in enumerate(scans)
@@ -300,17 +309,7 @@ def _scan_run(ctx: RunContext, node: Any, ins: list, state: Any) -> list[np.ndar
             feeds[names[n + j]] = np.take(v, steps - 1 - t if d else t, axis=a)
         result = state.run({key: feeds[key] for key in wanted}, out_names, ctx.threads)
         carried = [result[key] for key in out_names[:n]]
-        for k, key in enumerate(out_names[n:]):
-            value = np.array(result[key])  # a copy: the body may reuse its buffers
-            if scans[k] and value.shape != scans[k][0].shape:
-                raise InputError(
-                    f"{node.label}: scan output {key!r} changed shape between iterations "
-                    f"({scans[k][0].shape} then {value.shape})"
-                )
-            scan_bytes += value.nbytes
-            if scan_bytes > LOOP_MAX_SCAN_BYTES:
-                raise InputError(f"{node.label}: scan outputs past {LOOP_MAX_SCAN_BYTES} bytes")
-            scans[k].append(value)
+        scan_bytes = _collect_scans(node, result, out_names[n:], scans, scan_bytes)
     outs = []
     for k, s in enumerate(scans):
         if not s:
