@@ -1,0 +1,250 @@
+"""PyTorch reference modules of the cells beyond ONNX's three (training side; needs torch).
+
+Each module implements exactly the definition pinned in ``shared/CELLS.md`` (gate order
+``i, f, g, o``; weights ``(out, in)`` like ``nn.Linear``; LayerNorm over the last axis) and
+owns exactly the state_dict keys listed there, so a model trained with it can be loaded by
+the engine without torch. Common contract: ``forward(x, state=None) -> (output, state)``,
+``x`` of shape ``(T, B, I)`` (``(B, T, I)`` with ``batch_first=True``), a missing state all
+zeros and the step counter 0, ``output`` the top layer's h at every step.
+
+Here so far: :class:`DepthGatedLSTM`, :class:`ClockworkRNN`, :class:`LayerNormLSTM`. The grid
+LSTM and the attention decoder of CELLS.md, loading these state_dicts and their fused engine
+ops are not written yet. The runtime never imports this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from lstm_infer.errors import MissingDependencyError
+
+try:
+    import torch
+    from torch import nn
+except ImportError as exc:  # pragma: no cover - exercised without torch installed
+    raise MissingDependencyError(
+        "lstm_infer.nn holds PyTorch modules for training: it needs torch "
+        "(pip install torch); lstm_infer itself runs these models without it"
+    ) from exc
+
+__all__ = ["ClockworkRNN", "DepthGatedLSTM", "LayerNormLSTM"]
+
+
+def _check_sizes(input_size: int, hidden_size: int, num_layers: int = 1) -> None:
+    for name, v in (("input_size", input_size), ("hidden_size", hidden_size),
+                    ("num_layers", num_layers)):  # fmt: skip
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+
+
+def _uniform_(params: Sequence[torch.Tensor], hidden_size: int) -> None:
+    """PyTorch's recurrent initialisation: U(-1/sqrt(H), 1/sqrt(H))."""
+    bound = hidden_size**-0.5
+    with torch.no_grad():
+        for p in params:
+            p.uniform_(-bound, bound)
+
+
+def _time_major(x: torch.Tensor, batch_first: bool, name: str = "x") -> torch.Tensor:
+    if x.dim() != 3:
+        raise ValueError(
+            f"{name} must be (T, B, I) or, batch_first, (B, T, I); got {tuple(x.shape)}"
+        )
+    return x.transpose(0, 1) if batch_first else x
+
+
+def _lstm_gates(
+    gates: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """i, f, o = sigmoid, g = tanh of the four gate blocks; returns (i, f, g, o)."""
+    i, f, g, o = gates.chunk(4, dim=-1)
+    return torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+
+
+class DepthGatedLSTM(nn.Module):
+    """Depth-gated LSTM (Yao et al. 2015): layer 0 a plain LSTM; every layer above adds a
+    depth gate ``d = sigmoid(D x + e + p * c_prev + q * c_lower)`` that lets the lower layer's
+    new cell into its own: ``c = d * c_lower + f * c_prev + i * g``.
+
+    State: ``(h, c)``, each ``(num_layers, B, H)``.
+    """
+
+    def __init__(
+        self, input_size: int, hidden_size: int, num_layers: int = 1, batch_first: bool = False
+    ) -> None:
+        super().__init__()
+        _check_sizes(input_size, hidden_size, num_layers)
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.batch_first = batch_first
+        H = hidden_size
+        for layer in range(num_layers):
+            width = input_size if layer == 0 else H
+            self.register_parameter(f"weight_ih_l{layer}", nn.Parameter(torch.empty(4 * H, width)))
+            self.register_parameter(f"weight_hh_l{layer}", nn.Parameter(torch.empty(4 * H, H)))
+            self.register_parameter(f"bias_ih_l{layer}", nn.Parameter(torch.empty(4 * H)))
+            self.register_parameter(f"bias_hh_l{layer}", nn.Parameter(torch.empty(4 * H)))
+            if layer:
+                for key, shape in (("depth_weight", (H, H)), ("depth_bias", (H,)),
+                                   ("depth_cell", (H,)), ("depth_lower", (H,))):  # fmt: skip
+                    self.register_parameter(f"{key}_l{layer}", nn.Parameter(torch.empty(*shape)))
+        _uniform_(list(self.parameters()), H)
+
+    def forward(
+        self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        x = _time_major(x, self.batch_first)
+        L, B, H = self.num_layers, x.shape[1], self.hidden_size
+        if state is None:
+            zeros = x.new_zeros(L, B, H)
+            state = (zeros, zeros)
+        h = list(state[0].unbind(0))
+        c = list(state[1].unbind(0))
+        outputs = []
+        for x_t in x.unbind(0):
+            below, c_below = x_t, None
+            for layer in range(L):
+                p = {k: getattr(self, f"{k}_l{layer}") for k in ("weight_ih", "weight_hh",
+                                                                 "bias_ih", "bias_hh")}  # fmt: skip
+                gates = (below @ p["weight_ih"].T + p["bias_ih"] + h[layer] @ p["weight_hh"].T
+                         + p["bias_hh"])  # fmt: skip
+                i, f, g, o = _lstm_gates(gates)
+                new_c = f * c[layer] + i * g
+                if layer:
+                    d = torch.sigmoid(
+                        below @ getattr(self, f"depth_weight_l{layer}").T
+                        + getattr(self, f"depth_bias_l{layer}")
+                        + getattr(self, f"depth_cell_l{layer}") * c[layer]
+                        + getattr(self, f"depth_lower_l{layer}") * c_below
+                    )
+                    new_c = d * c_below + new_c
+                h[layer] = o * torch.tanh(new_c)
+                c[layer] = new_c
+                below, c_below = h[layer], new_c
+            outputs.append(below)
+        y = torch.stack(outputs) if outputs else x.new_zeros(0, B, H)
+        return (y.transpose(0, 1) if self.batch_first else y), (torch.stack(h), torch.stack(c))
+
+
+class ClockworkRNN(nn.Module):
+    """Clockwork RNN (Koutník et al. 2014): the H units form ``len(periods)`` equal modules;
+    module m runs at step t iff ``t % periods[m] == 0`` and reads the state of modules
+    ``n >= m`` only (block upper-triangular recurrence; other entries of ``weight_hh`` are
+    ignored); an inactive module keeps its h.
+
+    State: ``(h, t)``, h ``(1, B, H)`` and t the step counter (an int64 scalar tensor).
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        periods: Sequence[int] = (1, 2, 4, 8),
+        batch_first: bool = False,
+    ) -> None:
+        super().__init__()
+        _check_sizes(input_size, hidden_size)
+        periods = [int(p) for p in periods]
+        if not periods or any(p < 1 for p in periods):
+            raise ValueError(f"periods must be positive ints, got {periods}")
+        if any(a >= b for a, b in zip(periods, periods[1:])):
+            raise ValueError(f"periods must be ascending, got {periods}")
+        if hidden_size % len(periods):
+            raise ValueError(
+                f"hidden_size {hidden_size} is not divisible by the {len(periods)} modules"
+            )
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.batch_first = batch_first
+        H, k = hidden_size, hidden_size // len(periods)
+        self.weight_ih = nn.Parameter(torch.empty(H, input_size))
+        self.weight_hh = nn.Parameter(torch.empty(H, H))
+        self.bias = nn.Parameter(torch.empty(H))
+        self.register_buffer("periods", torch.tensor(periods, dtype=torch.int64))
+        # module of each unit, and the recurrent mask: row unit in module m reads n >= m
+        module = torch.arange(H) // k
+        self.register_buffer("_mask", (module[None, :] >= module[:, None]), persistent=False)
+        self.register_buffer("_module", module, persistent=False)
+        _uniform_([self.weight_ih, self.weight_hh, self.bias], H)
+
+    def forward(
+        self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        x = _time_major(x, self.batch_first)
+        B, H = x.shape[1], self.hidden_size
+        if state is None:
+            h, t = x.new_zeros(1, B, H), torch.tensor(0, dtype=torch.int64)
+        else:
+            h, t = state
+        h = h[0]
+        step = int(t)
+        recurrent = self.weight_hh * self._mask.to(self.weight_hh.dtype)
+        unit_period = self.periods[self._module]
+        outputs = []
+        for x_t in x.unbind(0):
+            active = (step % unit_period) == 0
+            new_h = torch.tanh(x_t @ self.weight_ih.T + self.bias + h @ recurrent.T)
+            h = torch.where(active, new_h, h)
+            outputs.append(h)
+            step += 1
+        y = torch.stack(outputs) if outputs else x.new_zeros(0, B, H)
+        out = y.transpose(0, 1) if self.batch_first else y
+        return out, (h[None], torch.tensor(step, dtype=torch.int64))
+
+
+class LayerNormLSTM(nn.Module):
+    """Layer-normalised LSTM (torchaudio's RNN-T predictor cell): ``gates = LN_g(W x + b +
+    R h)`` over all 4H values, ``c' = LN_c(f * c + i * g)`` (the normalised cell is the state
+    carried on), ``h' = o * tanh(c')``. ``weight_hh`` has no bias.
+
+    State: ``(h, c)``, each ``(num_layers, B, H)``.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        eps: float = 1e-5,
+        batch_first: bool = False,
+    ) -> None:
+        super().__init__()
+        _check_sizes(input_size, hidden_size, num_layers)
+        if not eps > 0:
+            raise ValueError(f"eps must be positive, got {eps!r}")
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.batch_first = batch_first
+        H = hidden_size
+        for layer in range(num_layers):
+            width = input_size if layer == 0 else H
+            self.register_parameter(f"weight_ih_l{layer}", nn.Parameter(torch.empty(4 * H, width)))
+            self.register_parameter(f"bias_ih_l{layer}", nn.Parameter(torch.empty(4 * H)))
+            self.register_parameter(f"weight_hh_l{layer}", nn.Parameter(torch.empty(4 * H, H)))
+        _uniform_(list(self.parameters()), H)
+        for layer in range(num_layers):
+            setattr(self, f"gate_norm_l{layer}", nn.LayerNorm(4 * H, eps=eps))
+            setattr(self, f"cell_norm_l{layer}", nn.LayerNorm(H, eps=eps))
+        self.register_buffer("eps", torch.tensor(eps, dtype=torch.float64))
+
+    def forward(
+        self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        x = _time_major(x, self.batch_first)
+        L, B, H = self.num_layers, x.shape[1], self.hidden_size
+        if state is None:
+            zeros = x.new_zeros(L, B, H)
+            state = (zeros, zeros)
+        h = list(state[0].unbind(0))
+        c = list(state[1].unbind(0))
+        outputs = []
+        for x_t in x.unbind(0):
+            below = x_t
+            for layer in range(L):
+                pre = (below @ getattr(self, f"weight_ih_l{layer}").T
+                       + getattr(self, f"bias_ih_l{layer}")
+                       + h[layer] @ getattr(self, f"weight_hh_l{layer}").T)  # fmt: skip
+                i, f, g, o = _lstm_gates(getattr(self, f"gate_norm_l{layer}")(pre))
+                c[layer] = getattr(self, f"cell_norm_l{layer}")(f * c[layer] + i * g)
+                h[layer] = o * torch.tanh(c[layer])
+                below = h[layer]
+            outputs.append(below)
+        y = torch.stack(outputs) if outputs else x.new_zeros(0, B, H)
+        return (y.transpose(0, 1) if self.batch_first else y), (torch.stack(h), torch.stack(c))

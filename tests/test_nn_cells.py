@@ -1,0 +1,227 @@
+"""lstm_infer.nn (issue 17): the PyTorch reference modules of CELLS.md against float64 numpy
+implementations of the equations written there, their exact state_dict keys, state carried
+across calls, batch_first, training, and the import error without torch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import require, run_python
+
+torch = require("torch")
+from lstm_infer import nn as cells  # noqa: E402
+
+
+def _sig(v: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-v))
+
+
+def _ln(v: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
+    mean = v.mean(-1, keepdims=True)
+    var = ((v - mean) ** 2).mean(-1, keepdims=True)  # biased, as torch.nn.LayerNorm
+    return (v - mean) / np.sqrt(var + eps) * w + b
+
+
+def _params(module) -> dict[str, np.ndarray]:
+    return {k: v.detach().double().numpy() for k, v in module.state_dict().items()}
+
+
+def depth_gated_reference(p: dict, x: np.ndarray, L: int, H: int):
+    h = np.zeros((L, x.shape[1], H))
+    c = np.zeros_like(h)
+    ys = []
+    for x_t in x:
+        below, c_below = x_t, None
+        for layer in range(L):
+            gates = (below @ p[f"weight_ih_l{layer}"].T + p[f"bias_ih_l{layer}"]
+                     + h[layer] @ p[f"weight_hh_l{layer}"].T + p[f"bias_hh_l{layer}"])  # fmt: skip
+            i, f, g, o = np.split(gates, 4, axis=-1)
+            i, f, g, o = _sig(i), _sig(f), np.tanh(g), _sig(o)
+            new_c = f * c[layer] + i * g
+            if layer:
+                d = _sig(below @ p[f"depth_weight_l{layer}"].T + p[f"depth_bias_l{layer}"]
+                         + p[f"depth_cell_l{layer}"] * c[layer]
+                         + p[f"depth_lower_l{layer}"] * c_below)  # fmt: skip
+                new_c = d * c_below + new_c
+            h[layer], c[layer] = o * np.tanh(new_c), new_c
+            below, c_below = h[layer], new_c
+        ys.append(below.copy())
+    return np.stack(ys), h, c
+
+
+def clockwork_reference(p: dict, x: np.ndarray, H: int, t0: int = 0, h0=None):
+    periods = p["periods"].astype(int)
+    k = H // len(periods)
+    W, R, b = p["weight_ih"], p["weight_hh"], p["bias"]
+    h = np.zeros((x.shape[1], H)) if h0 is None else h0.copy()
+    ys = []
+    for s, x_t in enumerate(x):
+        t = t0 + s
+        new = h.copy()
+        for m, period in enumerate(periods):
+            if t % period:
+                continue
+            rows = slice(m * k, (m + 1) * k)
+            cols = slice(m * k, H)  # modules n >= m only
+            new[:, rows] = np.tanh(x_t @ W[rows].T + b[rows] + h[:, cols] @ R[rows, cols].T)
+        h = new
+        ys.append(h.copy())
+    return np.stack(ys), h
+
+
+def layer_norm_reference(p: dict, x: np.ndarray, L: int, H: int):
+    eps = float(p["eps"])
+    h = np.zeros((L, x.shape[1], H))
+    c = np.zeros_like(h)
+    ys = []
+    for x_t in x:
+        below = x_t
+        for layer in range(L):
+            pre = (below @ p[f"weight_ih_l{layer}"].T + p[f"bias_ih_l{layer}"]
+                   + h[layer] @ p[f"weight_hh_l{layer}"].T)  # fmt: skip
+            gates = _ln(pre, p[f"gate_norm_l{layer}.weight"], p[f"gate_norm_l{layer}.bias"], eps)
+            i, f, g, o = np.split(gates, 4, axis=-1)
+            i, f, g, o = _sig(i), _sig(f), np.tanh(g), _sig(o)
+            c[layer] = _ln(f * c[layer] + i * g, p[f"cell_norm_l{layer}.weight"],
+                           p[f"cell_norm_l{layer}.bias"], eps)  # fmt: skip
+            h[layer] = o * np.tanh(c[layer])
+            below = h[layer]
+        ys.append(below.copy())
+    return np.stack(ys), h, c
+
+
+def _randomise_norms(module) -> None:
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5) if name.endswith("weight") else p.uniform_(-0.3, 0.3)
+
+
+@pytest.mark.parametrize("layers", [1, 3])
+def test_depth_gated_lstm_is_the_pinned_equations(rng, layers: int) -> None:
+    torch.manual_seed(1)
+    m = cells.DepthGatedLSTM(5, 8, layers).double()
+    x = rng.standard_normal((7, 3, 5))
+    y, (h, c) = m(torch.from_numpy(x))
+    want_y, want_h, want_c = depth_gated_reference(_params(m), x, layers, 8)
+    np.testing.assert_allclose(y.detach().numpy(), want_y, atol=1e-12)
+    np.testing.assert_allclose(h.detach().numpy(), want_h, atol=1e-12)
+    np.testing.assert_allclose(c.detach().numpy(), want_c, atol=1e-12)
+
+
+def test_depth_gated_lstm_keys() -> None:
+    keys = set(cells.DepthGatedLSTM(5, 8, 2).state_dict())
+    base = {f"{k}_l{i}" for i in (0, 1) for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+    depth = {f"{k}_l1" for k in ("depth_weight", "depth_bias", "depth_cell", "depth_lower")}
+    assert keys == base | depth
+    sd = cells.DepthGatedLSTM(5, 8, 2).state_dict()
+    assert sd["weight_ih_l1"].shape == (32, 8) and sd["depth_weight_l1"].shape == (8, 8)
+
+
+@pytest.mark.parametrize("periods", [(1, 2, 4, 8), (1, 3), (2, 5, 7)])
+def test_clockwork_rnn_is_the_pinned_equations(rng, periods) -> None:
+    torch.manual_seed(2)
+    H = 4 * len(periods)
+    m = cells.ClockworkRNN(3, H, periods).double()
+    x = rng.standard_normal((11, 2, 3))
+    y, (h, t) = m(torch.from_numpy(x))
+    want_y, want_h = clockwork_reference(_params(m), x, H)
+    np.testing.assert_allclose(y.detach().numpy(), want_y, atol=1e-12)
+    np.testing.assert_allclose(h[0].detach().numpy(), want_h, atol=1e-12)
+    assert int(t) == 11
+    # entries of weight_hh below the block diagonal are ignored
+    with torch.no_grad():
+        k = H // len(periods)
+        m.weight_hh[k:, :k] += 5.0
+    np.testing.assert_allclose(m(torch.from_numpy(x))[0].detach().numpy(), want_y, atol=1e-12)
+
+
+def test_clockwork_state_carries_the_step_counter(rng) -> None:
+    """Two calls with the state passed on == one call over the whole sequence (module
+    activity depends on the absolute step index)."""
+    torch.manual_seed(3)
+    m = cells.ClockworkRNN(3, 8, (1, 4)).double()
+    x = torch.from_numpy(rng.standard_normal((9, 2, 3)))
+    whole, _ = m(x)
+    first, state = m(x[:5])
+    second, (_, t) = m(x[5:], state)
+    torch.testing.assert_close(torch.cat([first, second]), whole)
+    assert int(t) == 9
+
+
+def test_clockwork_rnn_keys_and_refusals() -> None:
+    sd = cells.ClockworkRNN(3, 8, (1, 2)).state_dict()
+    assert set(sd) == {"weight_ih", "weight_hh", "bias", "periods"}
+    assert sd["periods"].dtype == torch.int64 and sd["periods"].tolist() == [1, 2]
+    with pytest.raises(ValueError, match="ascending"):
+        cells.ClockworkRNN(3, 8, (2, 1))
+    with pytest.raises(ValueError, match="divisible"):
+        cells.ClockworkRNN(3, 9, (1, 2))
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_layer_norm_lstm_is_the_pinned_equations(rng, layers: int) -> None:
+    torch.manual_seed(4)
+    m = cells.LayerNormLSTM(6, 5, layers, eps=1e-3).double()
+    _randomise_norms(m)
+    x = rng.standard_normal((6, 2, 6))
+    y, (h, c) = m(torch.from_numpy(x))
+    want_y, want_h, want_c = layer_norm_reference(_params(m), x, layers, 5)
+    np.testing.assert_allclose(y.detach().numpy(), want_y, atol=1e-12)
+    np.testing.assert_allclose(h.detach().numpy(), want_h, atol=1e-12)
+    np.testing.assert_allclose(c.detach().numpy(), want_c, atol=1e-12)
+
+
+def test_layer_norm_lstm_keys() -> None:
+    sd = cells.LayerNormLSTM(6, 5, 2, eps=1e-3).state_dict()
+    weights = {f"{k}_l{i}" for i in (0, 1) for k in ("weight_ih", "bias_ih", "weight_hh")}
+    norms = {
+        f"{n}_l{i}.{p}"
+        for i in (0, 1)
+        for n in ("gate_norm", "cell_norm")
+        for p in ("weight", "bias")
+    }
+    want = {"eps"} | weights | norms
+    assert set(sd) == want
+    assert sd["eps"].dtype == torch.float64 and float(sd["eps"]) == pytest.approx(1e-3)
+    assert sd["weight_hh_l1"].shape == (20, 5) and sd["cell_norm_l0.weight"].shape == (5,)
+
+
+@pytest.mark.parametrize("make", [
+    lambda bf: cells.DepthGatedLSTM(4, 6, 2, batch_first=bf),
+    lambda bf: cells.ClockworkRNN(4, 6, (1, 3), batch_first=bf),
+    lambda bf: cells.LayerNormLSTM(4, 6, 2, batch_first=bf),
+])  # fmt: skip
+def test_batch_first_state_and_training(rng, make) -> None:
+    torch.manual_seed(5)
+    tm, bm = make(False).double(), make(True).double()
+    bm.load_state_dict(tm.state_dict())
+    x = torch.from_numpy(rng.standard_normal((5, 3, 4)))
+    y_t, s_t = tm(x)
+    y_b, s_b = bm(x.transpose(0, 1))
+    torch.testing.assert_close(y_b.transpose(0, 1), y_t)
+    for a, b in zip(s_t, s_b):
+        torch.testing.assert_close(a, b)
+    # state passed on: two halves == the whole
+    first, state = tm(x[:2])
+    second, _ = tm(x[2:], state)
+    torch.testing.assert_close(torch.cat([first, second]), y_t)
+    # trainable: every parameter gets a gradient
+    y_t.square().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in tm.parameters())
+
+
+def test_importing_lstm_infer_nn_without_torch_names_it() -> None:
+    code = (
+        "import sys\nsys.modules['torch'] = None\nimport lstm_infer\n"
+        "try:\n    import lstm_infer.nn\nexcept ImportError as e:\n    print(type(e).__name__, e)"
+    )
+    result = run_python(code)
+    assert "MissingDependencyError" in result.stdout and "torch" in result.stdout, (
+        result.stdout + result.stderr
+    )
+
+
+def test_the_runtime_never_imports_lstm_infer_nn() -> None:
+    result = run_python("import sys, lstm_infer\nprint('lstm_infer.nn' in sys.modules)")
+    assert result.stdout.strip() == "False", result.stderr
