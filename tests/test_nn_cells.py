@@ -225,3 +225,22 @@ def test_importing_lstm_infer_nn_without_torch_names_it() -> None:
 def test_the_runtime_never_imports_lstm_infer_nn() -> None:
     result = run_python("import sys, lstm_infer\nprint('lstm_infer.nn' in sys.modules)")
     assert result.stdout.strip() == "False", result.stderr
+
+
+@pytest.mark.parametrize("make", [
+    lambda: cells.DepthGatedLSTM(5, 8, 2),
+    lambda: cells.ClockworkRNN(3, 8, (1, 2)),
+    lambda: cells.LayerNormLSTM(6, 5, 2),
+])  # fmt: skip
+def test_their_state_dicts_are_refused_not_misread(tmp_path, make) -> None:
+    """Until the loader knows these cells, their state_dicts (which share key names with
+    nn.LSTM's) raise ModelFormatError instead of loading as a plain LSTM."""
+    import lstm_infer
+    from lstm_infer.errors import ModelFormatError
+
+    sd = make().state_dict()
+    for drop in ([], ["eps"]):
+        path = tmp_path / "cell.pt"
+        torch.save({k: v for k, v in sd.items() if k not in drop}, path)
+        with pytest.raises(ModelFormatError):
+            lstm_infer.load(path)
