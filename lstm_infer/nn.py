@@ -7,9 +7,9 @@ the engine without torch. Common contract: ``forward(x, state=None) -> (output, 
 ``x`` of shape ``(T, B, I)`` (``(B, T, I)`` with ``batch_first=True``), a missing state all
 zeros and the step counter 0, ``output`` the top layer's h at every step.
 
-Here so far: :class:`DepthGatedLSTM`, :class:`ClockworkRNN`, :class:`LayerNormLSTM`. The grid
-LSTM and the attention decoder of CELLS.md, loading these state_dicts and their fused engine
-ops are not written yet. The runtime never imports this module.
+Here so far: :class:`DepthGatedLSTM`, :class:`ClockworkRNN`, :class:`GridLSTM`,
+:class:`LayerNormLSTM`. The attention decoder of CELLS.md, loading these state_dicts and their
+fused engine ops are not written yet. The runtime never imports this module.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ except ImportError as exc:  # pragma: no cover - exercised without torch install
         "(pip install torch); lstm_infer itself runs these models without it"
     ) from exc
 
-__all__ = ["ClockworkRNN", "DepthGatedLSTM", "LayerNormLSTM"]
+__all__ = ["ClockworkRNN", "DepthGatedLSTM", "GridLSTM", "LayerNormLSTM"]
 
 
 def _check_sizes(input_size: int, hidden_size: int, num_layers: int = 1) -> None:
@@ -248,3 +248,60 @@ class LayerNormLSTM(nn.Module):
             outputs.append(below)
         y = torch.stack(outputs) if outputs else x.new_zeros(0, B, H)
         return (y.transpose(0, 1) if self.batch_first else y), (torch.stack(h), torch.stack(c))
+
+
+class GridLSTM(nn.Module):
+    """Grid LSTM over time x depth (Kalchbrenner et al. 2015): every layer has a time LSTM
+    block (``[h_{t-1}; u_below] -> h, m`` with its own cell m carried in time) and a depth
+    block that sees the new time output (``[h; u_below] -> u, n`` with the cell n of the layer
+    below at this step); ``u`` below layer 0 is ``input_proj x``, its cell zero; the output is
+    the top layer's u.
+
+    State: ``(h, m)``, each ``(num_layers, B, H)`` (the depth pair lives within a step).
+    """
+
+    def __init__(
+        self, input_size: int, hidden_size: int, num_layers: int = 1, batch_first: bool = False
+    ) -> None:
+        super().__init__()
+        _check_sizes(input_size, hidden_size, num_layers)
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.batch_first = batch_first
+        H = hidden_size
+        self.input_proj = nn.Parameter(torch.empty(H, input_size))
+        for layer in range(num_layers):
+            for block in ("time", "depth"):
+                self.register_parameter(
+                    f"{block}_weight_l{layer}", nn.Parameter(torch.empty(4 * H, 2 * H))
+                )
+                self.register_parameter(f"{block}_bias_l{layer}", nn.Parameter(torch.empty(4 * H)))
+        _uniform_(list(self.parameters()), H)
+
+    def forward(
+        self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        x = _time_major(x, self.batch_first)
+        L, B, H = self.num_layers, x.shape[1], self.hidden_size
+        if state is None:
+            zeros = x.new_zeros(L, B, H)
+            state = (zeros, zeros)
+        h = list(state[0].unbind(0))
+        m = list(state[1].unbind(0))
+        outputs = []
+        for x_t in x.unbind(0):
+            u = x_t @ self.input_proj.T
+            n = x.new_zeros(B, H)
+            for layer in range(L):
+                gates = (torch.cat([h[layer], u], -1) @ getattr(self, f"time_weight_l{layer}").T
+                         + getattr(self, f"time_bias_l{layer}"))  # fmt: skip
+                i, f, g, o = _lstm_gates(gates)
+                m[layer] = f * m[layer] + i * g
+                h[layer] = o * torch.tanh(m[layer])
+                gates = (torch.cat([h[layer], u], -1) @ getattr(self, f"depth_weight_l{layer}").T
+                         + getattr(self, f"depth_bias_l{layer}"))  # fmt: skip
+                i, f, g, o = _lstm_gates(gates)
+                n = f * n + i * g
+                u = o * torch.tanh(n)
+            outputs.append(u)
+        y = torch.stack(outputs) if outputs else x.new_zeros(0, B, H)
+        return (y.transpose(0, 1) if self.batch_first else y), (torch.stack(h), torch.stack(m))

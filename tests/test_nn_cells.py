@@ -90,6 +90,47 @@ def layer_norm_reference(p: dict, x: np.ndarray, L: int, H: int):
     return np.stack(ys), h, c
 
 
+def grid_reference(p: dict, x: np.ndarray, L: int, H: int):
+    def block(z, cell):
+        i, f, g, o = np.split(z, 4, axis=-1)
+        new = _sig(f) * cell + _sig(i) * np.tanh(g)
+        return _sig(o) * np.tanh(new), new
+
+    h = np.zeros((L, x.shape[1], H))
+    m = np.zeros_like(h)
+    ys = []
+    for x_t in x:
+        u, n = x_t @ p["input_proj"].T, np.zeros((x.shape[1], H))
+        for layer in range(L):
+            z = np.concatenate([h[layer], u], -1) @ p[f"time_weight_l{layer}"].T
+            h[layer], m[layer] = block(z + p[f"time_bias_l{layer}"], m[layer])
+            z = np.concatenate([h[layer], u], -1) @ p[f"depth_weight_l{layer}"].T
+            u, n = block(z + p[f"depth_bias_l{layer}"], n)
+        ys.append(u)
+    return np.stack(ys), h, m
+
+
+@pytest.mark.parametrize("layers", [1, 3])
+def test_grid_lstm_is_the_pinned_equations(rng, layers: int) -> None:
+    torch.manual_seed(6)
+    mod = cells.GridLSTM(4, 6, layers).double()
+    x = rng.standard_normal((5, 2, 4))
+    y, (h, m) = mod(torch.from_numpy(x))
+    want_y, want_h, want_m = grid_reference(_params(mod), x, layers, 6)
+    np.testing.assert_allclose(y.detach().numpy(), want_y, atol=1e-12)
+    np.testing.assert_allclose(h.detach().numpy(), want_h, atol=1e-12)
+    np.testing.assert_allclose(m.detach().numpy(), want_m, atol=1e-12)
+
+
+def test_grid_lstm_keys() -> None:
+    sd = cells.GridLSTM(4, 6, 2).state_dict()
+    blocks = {
+        f"{b}_{k}_l{i}" for b in ("time", "depth") for k in ("weight", "bias") for i in (0, 1)
+    }
+    assert set(sd) == {"input_proj"} | blocks
+    assert sd["input_proj"].shape == (6, 4) and sd["depth_weight_l1"].shape == (24, 12)
+
+
 def _randomise_norms(module) -> None:
     with torch.no_grad():
         for name, p in module.named_parameters():
@@ -191,6 +232,7 @@ def test_layer_norm_lstm_keys() -> None:
     lambda bf: cells.DepthGatedLSTM(4, 6, 2, batch_first=bf),
     lambda bf: cells.ClockworkRNN(4, 6, (1, 3), batch_first=bf),
     lambda bf: cells.LayerNormLSTM(4, 6, 2, batch_first=bf),
+    lambda bf: cells.GridLSTM(4, 6, 2, batch_first=bf),
 ])  # fmt: skip
 def test_batch_first_state_and_training(rng, make) -> None:
     torch.manual_seed(5)
@@ -231,6 +273,7 @@ def test_the_runtime_never_imports_lstm_infer_nn() -> None:
     lambda: cells.DepthGatedLSTM(5, 8, 2),
     lambda: cells.ClockworkRNN(3, 8, (1, 2)),
     lambda: cells.LayerNormLSTM(6, 5, 2),
+    lambda: cells.GridLSTM(4, 6, 2),
 ])  # fmt: skip
 def test_their_state_dicts_are_refused_not_misread(tmp_path, make) -> None:
     """Until the loader knows these cells, their state_dicts (which share key names with
