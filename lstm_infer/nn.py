@@ -7,9 +7,9 @@ the engine without torch. Common contract: ``forward(x, state=None) -> (output, 
 ``x`` of shape ``(T, B, I)`` (``(B, T, I)`` with ``batch_first=True``), a missing state all
 zeros and the step counter 0, ``output`` the top layer's h at every step.
 
-Here so far: :class:`DepthGatedLSTM`, :class:`ClockworkRNN`, :class:`GridLSTM`,
-:class:`LayerNormLSTM`. The attention decoder of CELLS.md, loading these state_dicts and their
-fused engine ops are not written yet. The runtime never imports this module.
+Here: :class:`DepthGatedLSTM`, :class:`ClockworkRNN`, :class:`GridLSTM`,
+:class:`LayerNormLSTM` and :class:`AttentionDecoder`. Loading these state_dicts for inference
+and their fused engine ops are not written yet. The runtime never imports this module.
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ except ImportError as exc:  # pragma: no cover - exercised without torch install
         "(pip install torch); lstm_infer itself runs these models without it"
     ) from exc
 
-__all__ = ["ClockworkRNN", "DepthGatedLSTM", "GridLSTM", "LayerNormLSTM"]
+__all__ = ["AttentionDecoder", "ClockworkRNN", "DepthGatedLSTM", "GridLSTM", "LayerNormLSTM"]
+
+ATTENTIONS = ("additive", "general", "dot", "location")
 
 
 def _check_sizes(input_size: int, hidden_size: int, num_layers: int = 1) -> None:
@@ -305,3 +307,112 @@ class GridLSTM(nn.Module):
             outputs.append(u)
         y = torch.stack(outputs) if outputs else x.new_zeros(0, B, H)
         return (y.transpose(0, 1) if self.batch_first else y), (torch.stack(h), torch.stack(m))
+
+
+class AttentionDecoder(nn.Module):
+    """An LSTM decoder attending over a memory (Bahdanau 2014, Luong 2015, Chorowski 2015 /
+    Tacotron 2). One step: ``h, c = LSTMCell([y_t; ctx_{t-1}], (h, c))``; scores ``e_j`` by
+    ``attention`` (``"additive"``: ``v . tanh(Wq h + K_j + b)``; ``"general"``: ``h . (Wg
+    M_j)``; ``"dot"``: ``h . M_j``, needs hidden_size == memory_size; ``"location"``: additive
+    plus ``Wl F_j``, F = conv1d over the previous and the cumulative weights); ``alpha`` =
+    softmax over the valid positions (j < length); ``ctx = sum_j alpha_j M_j``; output
+    ``[h; ctx]``. Keys of the memory (``K = M Wm^T``, or ``Wg M``) are computed once per call.
+
+    State: ``(h, c, ctx, alpha, alpha_cum)`` — ``(B, H)``, ``(B, H)``, ``(B, Dm)``, ``(B, S)``,
+    ``(B, S)``; ``alpha_cum`` sums every step's weights so far.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        memory_size: int,
+        attention: str,
+        attention_size: int | None = None,
+        location_filters: int = 32,
+        location_kernel: int = 31,
+        batch_first: bool = False,
+    ) -> None:
+        super().__init__()
+        _check_sizes(input_size, hidden_size)
+        _check_sizes(memory_size, attention_size or hidden_size)
+        if attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
+        if attention == "dot" and hidden_size != memory_size:
+            raise ValueError(
+                f"dot attention needs hidden_size == memory_size, got {hidden_size}, {memory_size}"
+            )
+        if attention == "location" and (location_kernel < 1 or location_kernel % 2 == 0):
+            raise ValueError(f"location_kernel must be odd and positive, got {location_kernel}")
+        self.input_size, self.hidden_size, self.memory_size = input_size, hidden_size, memory_size
+        self.attention, self.batch_first = attention, batch_first
+        A = attention_size or hidden_size
+        self.cell = nn.LSTMCell(input_size + memory_size, hidden_size)
+        if attention in ("additive", "location"):
+            self.query = nn.Linear(hidden_size, A, bias=False)
+            self.memory = nn.Linear(memory_size, A, bias=False)
+            self.energy = nn.Linear(A, 1, bias=False)
+            self.energy_bias = nn.Parameter(torch.zeros(A))
+        if attention == "location":
+            self.location_conv = nn.Conv1d(
+                2, location_filters, location_kernel, padding=(location_kernel - 1) // 2,
+                bias=False,
+            )  # fmt: skip
+            self.location_dense = nn.Linear(location_filters, A, bias=False)
+        if attention == "general":
+            self.score = nn.Linear(memory_size, hidden_size, bias=False)
+
+    def forward(
+        self,
+        y: torch.Tensor,
+        memory: torch.Tensor,
+        memory_lengths: torch.Tensor | None = None,
+        state: tuple[torch.Tensor, ...] | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        y = _time_major(y, self.batch_first, "y")
+        M = _time_major(memory, self.batch_first, "memory")  # (S, B, Dm)
+        S, B = M.shape[0], M.shape[1]
+        if y.shape[1] != B:
+            raise ValueError(f"y has batch {y.shape[1]}, memory batch {B}")
+        if memory_lengths is None:
+            valid = torch.ones(B, S, dtype=torch.bool, device=M.device)
+        else:
+            lengths = torch.as_tensor(memory_lengths, dtype=torch.int64)
+            if lengths.shape != (B,) or bool((lengths < 1).any() | (lengths > S).any()):
+                raise ValueError(f"memory_lengths must be (B,) ints in [1, {S}], got {lengths}")
+            valid = torch.arange(S)[None, :] < lengths[:, None]
+        Mb = M.transpose(0, 1)  # (B, S, Dm)
+        keys = None
+        if self.attention in ("additive", "location"):
+            keys = self.memory(Mb)  # (B, S, A)
+        elif self.attention == "general":
+            keys = self.score(Mb)  # (B, S, H): Wg M_j
+        if state is None:
+            H, Dm = self.hidden_size, self.memory_size
+            h, c, ctx = M.new_zeros(B, H), M.new_zeros(B, H), M.new_zeros(B, Dm)
+            alpha, alpha_cum = M.new_zeros(B, S), M.new_zeros(B, S)
+        else:
+            h, c, ctx, alpha, alpha_cum = state
+        outputs = []
+        for y_t in y.unbind(0):
+            h, c = self.cell(torch.cat([y_t, ctx], -1), (h, c))
+            if self.attention == "dot":
+                e = torch.einsum("bh,bsh->bs", h, Mb)
+            elif self.attention == "general":
+                e = torch.einsum("bh,bsh->bs", h, keys)
+            else:
+                z = self.query(h)[:, None, :] + keys + self.energy_bias
+                if self.attention == "location":
+                    feats = self.location_conv(torch.stack([alpha, alpha_cum], 1))  # (B, F, S)
+                    z = z + self.location_dense(feats.transpose(1, 2))
+                e = self.energy(torch.tanh(z))[..., 0]
+            alpha = torch.softmax(e.masked_fill(~valid, float("-inf")), -1)
+            alpha_cum = alpha_cum + alpha
+            ctx = torch.einsum("bs,bsd->bd", alpha, Mb)
+            outputs.append(torch.cat([h, ctx], -1))
+        out = (
+            torch.stack(outputs)
+            if outputs
+            else M.new_zeros(0, B, self.hidden_size + self.memory_size)
+        )
+        return (out.transpose(0, 1) if self.batch_first else out), (h, c, ctx, alpha, alpha_cum)

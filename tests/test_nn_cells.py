@@ -274,6 +274,7 @@ def test_the_runtime_never_imports_lstm_infer_nn() -> None:
     lambda: cells.ClockworkRNN(3, 8, (1, 2)),
     lambda: cells.LayerNormLSTM(6, 5, 2),
     lambda: cells.GridLSTM(4, 6, 2),
+    lambda: cells.AttentionDecoder(3, 6, 5, "location", location_filters=2, location_kernel=3),
 ])  # fmt: skip
 def test_their_state_dicts_are_refused_not_misread(tmp_path, make) -> None:
     """Until the loader knows these cells, their state_dicts (which share key names with
@@ -287,3 +288,113 @@ def test_their_state_dicts_are_refused_not_misread(tmp_path, make) -> None:
         torch.save({k: v for k, v in sd.items() if k not in drop}, path)
         with pytest.raises(ModelFormatError):
             lstm_infer.load(path)
+
+
+def attention_reference(p: dict, kind: str, y, M, lengths, kernel: int):
+    """float64 numpy of CELLS.md's attention decoder (M: (S, B, Dm), y: (T, B, E))."""
+    S, B, Dm = M.shape
+    H = p["cell.weight_hh"].shape[1]
+    h, c, ctx = np.zeros((B, H)), np.zeros((B, H)), np.zeros((B, Dm))
+    alpha, cum = np.zeros((B, S)), np.zeros((B, S))
+    valid = np.arange(S)[None, :] < lengths[:, None]
+    Mb = M.transpose(1, 0, 2)
+    outs = []
+    for y_t in y:
+        z = (np.concatenate([y_t, ctx], -1) @ p["cell.weight_ih"].T + p["cell.bias_ih"]
+             + h @ p["cell.weight_hh"].T + p["cell.bias_hh"])  # fmt: skip
+        i, f, g, o = np.split(z, 4, -1)
+        c = _sig(f) * c + _sig(i) * np.tanh(g)
+        h = _sig(o) * np.tanh(c)
+        e = np.zeros((B, S))
+        for b in range(B):
+            for j in range(S):
+                if kind == "dot":
+                    e[b, j] = h[b] @ Mb[b, j]
+                elif kind == "general":
+                    e[b, j] = h[b] @ (p["score.weight"] @ Mb[b, j])
+                else:
+                    a = p["query.weight"] @ h[b] + p["memory.weight"] @ Mb[b, j] + p["energy_bias"]
+                    if kind == "location":
+                        half = (kernel - 1) // 2
+                        prev = np.pad(alpha[b], half)
+                        acc = np.pad(cum[b], half)
+                        wf = p["location_conv.weight"]  # (F, 2, kernel), cross-correlation
+                        feats = np.array([(wf[q, 0] * prev[j : j + kernel]).sum()
+                                          + (wf[q, 1] * acc[j : j + kernel]).sum()
+                                          for q in range(wf.shape[0])])  # fmt: skip
+                        a = a + p["location_dense.weight"] @ feats
+                    e[b, j] = p["energy.weight"][0] @ np.tanh(a)
+        e = np.where(valid, e, -np.inf)
+        alpha = np.exp(e - e.max(-1, keepdims=True))
+        alpha /= alpha.sum(-1, keepdims=True)
+        cum = cum + alpha
+        ctx = np.einsum("bs,bsd->bd", alpha, Mb)
+        outs.append(np.concatenate([h, ctx], -1))
+    return np.stack(outs), alpha, cum
+
+
+@pytest.mark.parametrize("kind", ["additive", "general", "dot", "location"])
+def test_attention_decoder_is_the_pinned_equations(rng, kind: str) -> None:
+    torch.manual_seed(7)
+    H = 6
+    mod = cells.AttentionDecoder(3, H, H if kind == "dot" else 5, kind, attention_size=4,
+                                 location_filters=3, location_kernel=5).double()  # fmt: skip
+    with torch.no_grad():
+        for prm in mod.parameters():
+            prm.uniform_(-0.6, 0.6)
+    M = rng.standard_normal((7, 2, mod.memory_size))
+    y = rng.standard_normal((4, 2, 3))
+    lengths = np.array([7, 4])
+    out, (_, _, _, alpha, cum) = mod(torch.from_numpy(y), torch.from_numpy(M),
+                                     torch.from_numpy(lengths))  # fmt: skip
+    want, want_alpha, want_cum = attention_reference(_params(mod), kind, y, M, lengths, 5)
+    np.testing.assert_allclose(out.detach().numpy(), want, atol=1e-12)
+    np.testing.assert_allclose(alpha.detach().numpy(), want_alpha, atol=1e-12)
+    np.testing.assert_allclose(cum.detach().numpy(), want_cum, atol=1e-12)
+    assert float(alpha[1, 4:].detach().abs().max()) == 0.0  # masked positions get no weight
+
+
+def test_attention_decoder_keys_and_refusals() -> None:
+    cell = {"cell.weight_ih", "cell.weight_hh", "cell.bias_ih", "cell.bias_hh"}
+    additive = {"query.weight", "memory.weight", "energy.weight", "energy_bias"}
+    for kind, extra in (
+        ("additive", additive),
+        ("location", additive | {"location_conv.weight", "location_dense.weight"}),
+        ("general", {"score.weight"}),
+        ("dot", set()),
+    ):
+        mod = cells.AttentionDecoder(3, 6, 6, kind, attention_size=4, location_filters=2,
+                                     location_kernel=3)  # fmt: skip
+        assert set(mod.state_dict()) == cell | extra, kind
+    sd = cells.AttentionDecoder(3, 6, 5, "location", attention_size=4, location_filters=2,
+                                location_kernel=3).state_dict()  # fmt: skip
+    assert sd["location_conv.weight"].shape == (2, 2, 3) and sd["energy.weight"].shape == (1, 4)
+    assert sd["cell.weight_ih"].shape == (24, 8) and sd["memory.weight"].shape == (4, 5)
+    with pytest.raises(ValueError, match="dot attention"):
+        cells.AttentionDecoder(3, 6, 5, "dot")
+    with pytest.raises(ValueError, match="odd"):
+        cells.AttentionDecoder(3, 6, 5, "location", location_kernel=4)
+    with pytest.raises(ValueError, match="attention must be"):
+        cells.AttentionDecoder(3, 6, 5, "luong")
+    mod = cells.AttentionDecoder(3, 6, 5, "additive")
+    with pytest.raises(ValueError, match="memory_lengths"):
+        mod(torch.zeros(2, 1, 3), torch.zeros(4, 1, 5), torch.tensor([5]))
+
+
+def test_attention_decoder_state_batch_first_and_training(rng) -> None:
+    torch.manual_seed(8)
+    tm = cells.AttentionDecoder(3, 6, 5, "location", location_filters=2, location_kernel=3)
+    bm = cells.AttentionDecoder(3, 6, 5, "location", location_filters=2, location_kernel=3,
+                                batch_first=True)  # fmt: skip
+    tm, bm = tm.double(), bm.double()
+    bm.load_state_dict(tm.state_dict())
+    y = torch.from_numpy(rng.standard_normal((5, 2, 3)))
+    M = torch.from_numpy(rng.standard_normal((6, 2, 5)))
+    out, _ = tm(y, M)
+    out_b, _ = bm(y.transpose(0, 1), M.transpose(0, 1))
+    torch.testing.assert_close(out_b.transpose(0, 1), out)
+    first, state = tm(y[:2], M)
+    second, _ = tm(y[2:], M, state=state)
+    torch.testing.assert_close(torch.cat([first, second]), out)
+    out.square().sum().backward()
+    assert all(p.grad is not None for p in tm.parameters())
