@@ -8,6 +8,13 @@
  * xproj_packed); then each step computes R h with the packed matvec, fused block by block
  * with the pointwise update when the batch is small (block still in L1), every block first
  * at larger batches, or as one sgemm over the batch when it is large enough for BLAS to win.
+ * Quantized weights project on their own products (project_prepared), and batched bf16
+ * sequences swap in the rounded products (sequence_kernels).
+ *
+ * Why one file of ~750 lines: the three drivers (li_run_direction, its unit split, and
+ * li_stack_step) share ~20 static helpers (step buffers, the product switch, the pointwise
+ * row loops, one recurrent step, the input projections); splitting them apart means an
+ * internal header exposing all of those, planned as recurrent_step.c + unit_split.c.
  */
 #include <sched.h>
 #include <string.h>
