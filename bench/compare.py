@@ -13,6 +13,9 @@ timed. Engines are interleaved round-robin within every repetition and medians a
 A roofline column says how close our time is to what the weights' read bandwidth (or the
 measured sgemm peak, where the work is compute-bound) allows. Run ``python bench/compare.py
 --help``; see bench/README.md for what each column means.
+
+(About 1,000 lines: models, timing, roofline probes, environment capture and the table live
+together so one file can be run on a fresh machine; the peer engines are in bench/peers.py.)
 """
 
 from __future__ import annotations

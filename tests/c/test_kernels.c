@@ -33,6 +33,11 @@
  * Quantized weights are drawn exactly representable in their format (bf16-exact floats;
  * int8 codes times a per-row scale), so the float references see the same weights.
  * Exit status: 0 when everything matches, 1 on any mismatch (details on stderr).
+ *
+ * One file of ~1,500 lines because it is one program that tests/test_c_kernels_sanitized.py
+ * compiles and links with the kernels under the sanitizers; its helpers (packing, canaries,
+ * the naive references) serve every section. Splitting it into per-area files with a shared
+ * test header is planned.
  */
 #include <float.h>
 #include <pthread.h>
