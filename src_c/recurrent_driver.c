@@ -70,6 +70,12 @@ static size_t step_buffer_floats(const li_cell *cell, int B) {
     return (size_t)B * (G * Hp + Hp + 2 * H + Hp + Hp + Hrp + 2) + prep + 64;
 }
 
+/* The first 64-byte boundary at or after p (the buffers above it keep 15 floats of slack). */
+static void *align_64(float *p) {
+    const size_t at = (size_t)p;
+    return (void *)(p + ((64 - at % 64) % 64) / sizeof(float));
+}
+
 static step_buffers carve_step_buffers(const li_cell *cell, int B, float *scratch) {
     const size_t Hp = (size_t)cell->hidden_padded, Hrp = (size_t)round_up_block(cell->state_size);
     const size_t G = (size_t)cell->gates, H = (size_t)cell->hidden_size;
@@ -83,8 +89,7 @@ static step_buffers carve_step_buffers(const li_cell *cell, int B, float *scratc
     s.row_t = (int *)(s.hnext + B * Hrp);
     s.prep_scale = s.hnext + B * Hrp + B;
     s.prep_ld = (int)LI_PREPARED_ROW_BYTES(widest_input(cell));
-    const size_t at = (size_t)(s.prep_scale + B);
-    s.prep = (void *)(s.prep_scale + B + ((64 - at % 64) % 64) / sizeof(float));
+    s.prep = align_64(s.prep_scale + B);
     return s;
 }
 
@@ -271,7 +276,8 @@ static void recurrent_step(const li_cell *cell, const li_kernels *kern, li_sgemm
  * unless there are few rows in all (LI_XPROJ_FEW_ROWS): then all of them go through the
  * packed matvec in one call, which reads each block of W from memory once; OpenBLAS at
  * n <= 48 measured 2-3x slower (Zen 4: BiLSTM-512, 20 rows, 0.5 -> 0.2 ms a direction).
- * Quantized models keep the fp32 sgemm projection they have always had.
+ * Quantized weights project on their own products instead (project_prepared), except bf16
+ * outside the rounded mode, which keeps one fp32 sgemm over the dequantized weights.
  */
 static size_t w_bytes_f32(const li_cell *cell) {
     return sizeof(float) * cell->input_size * cell->gates * (size_t)cell->hidden_padded;
@@ -290,8 +296,6 @@ static size_t xproj_chunk_rows(const li_cell *cell, size_t total_rows) {
     return per > 8 ? (size_t)per : 8;
 }
 
-/* The projection's gate stride is H after sgemm and Hp on the other paths (whole padded
- * blocks): room for Hp either way. */
 /* Rows of layer input prepared at once for a quantized whole-sequence input projection (see
  * project_prepared), and the floats of scratch they take (codes, scales, alignment). */
 #define LI_XPREP_ROWS 128
@@ -299,6 +303,8 @@ static size_t xprep_floats(const li_cell *cell) {
     return LI_XPREP_ROWS * (LI_PREPARED_ROW_BYTES(cell->input_size) / sizeof(float) + 1) + 16;
 }
 
+/* The projection's gate stride is H after sgemm and Hp on the other paths (whole padded
+ * blocks): room for Hp either way. */
 size_t li_direction_scratch_floats(const li_cell *cell, int T, int B) {
     return (size_t)T * B * cell->gates * cell->hidden_padded + step_buffer_floats(cell, B) +
            xprep_floats(cell);
@@ -315,8 +321,7 @@ static prepared_chunk carve_prepared_chunk(const li_cell *cell, float *at) {
     prepared_chunk p;
     p.scale = at;
     p.ldq = (int)LI_PREPARED_ROW_BYTES(cell->input_size);
-    const size_t addr = (size_t)(at + LI_XPREP_ROWS);
-    p.q = (void *)(at + LI_XPREP_ROWS + ((64 - addr % 64) % 64) / sizeof(float));
+    p.q = align_64(at + LI_XPREP_ROWS);
     return p;
 }
 
