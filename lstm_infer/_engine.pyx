@@ -519,7 +519,12 @@ cdef inline bint _is_f32_matrix(cnp.ndarray a, Py_ssize_t rows, Py_ssize_t cols)
             and cnp.PyArray_DIM(a, 1) == cols)
 
 
-# Which tables the default may pick, per CPU vendor (li_cpu_vendor: 0 other, 1 Intel, 2 AMD).
+def cpu_vendor():
+    """``"intel"``, ``"amd"`` or ``"other"``: the CPU family the default table is chosen for."""
+    return ("other", "intel", "amd")[li_cpu_vendor()]
+
+
+# Which tables the default may not pick, per CPU vendor.
 # avx512bf16 differs from avx512vnni in its streaming bf16 product (two VDPBF16PS per weight
 # pair, activations split in two bf16 halves to keep fp32-like accuracy, against widening the
 # weights to fp32 FMAs) and in the rounded VDPBF16PS products of batched whole sequences.
@@ -527,13 +532,7 @@ cdef inline bint _is_f32_matrix(cnp.ndarray a, Py_ssize_t rows, Py_ssize_t cols)
 # product is slower (31 vs 25 us at H=256), so Intel keeps avx512vnni (amx has the rounded
 # products too); on Zen 4 it is faster (19.6 vs 24.2 us at H=256, 411 vs 432 us at H=1024),
 # so AMD takes avx512bf16. Other vendors: as Intel.
-OPT_IN_ISAS_BY_VENDOR = {1: ("avx512bf16",), 2: ()}
-OPT_IN_ISAS = OPT_IN_ISAS_BY_VENDOR.get(li_cpu_vendor(), ("avx512bf16",))
-
-
-def cpu_vendor():
-    """``"intel"``, ``"amd"`` or ``"other"``: the CPU family the default table is chosen for."""
-    return ("other", "intel", "amd")[li_cpu_vendor()]
+OPT_IN_ISAS = () if cpu_vendor() == "amd" else ("avx512bf16",)
 
 
 def default_isa():

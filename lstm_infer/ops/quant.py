@@ -41,10 +41,6 @@ def _check_quantize(node: Any) -> None:
         raise UnsupportedModelError(f"{node.label}: output_dtype {code} is not supported")
 
 
-def _check_conv_integer(node: Any) -> None:
-    check_window_conv(node)
-
-
 def _check_dequantize(node: Any) -> None:
     allowed_attrs("axis", "block_size")(node)
     _check_unblocked(node)
@@ -121,30 +117,39 @@ def _dynamic_quantize(ctx: RunContext, node: Any, ins: list, state: Any) -> list
     return [q, np.array(scale, np.float32), np.array(zero, np.uint8)]
 
 
+def _shifted_codes(
+    node: Any, codes: np.ndarray, zero: np.ndarray | None, axis: int | None, what: str
+) -> np.ndarray:
+    """Integer codes minus their zero point, in float64 (exact): a scalar zero point, or (axis
+    not None) one per index of that axis of ``codes``."""
+    v = codes.astype(np.float64)
+    if zero is None:
+        return v
+    z = zero.astype(np.float64)
+    if z.size == 1:
+        return v - z.reshape(())
+    fits = (
+        axis is not None
+        and z.ndim == 1
+        and codes.ndim >= (-axis if axis < 0 else axis + 1)
+        and z.shape[0] == codes.shape[axis]
+    )
+    if not fits:
+        raise InputError(f"{node.label}: {what} of shape {z.shape} for shape {codes.shape}")
+    shape = [1] * codes.ndim
+    shape[axis] = z.shape[0]
+    return v - z.reshape(shape)
+
+
 def _matmul_integer(ctx: RunContext, node: Any, ins: list, state: Any) -> list[np.ndarray]:
     a, b = ins[0], ins[1]
-    a_zero = ins[2] if len(ins) > 2 else None
-    b_zero = ins[3] if len(ins) > 3 else None
     if a.dtype not in (np.uint8, np.int8) or b.dtype not in (np.uint8, np.int8):
         raise InputError(f"{node.label}: A and B must be uint8 or int8, got {a.dtype}, {b.dtype}")
     if a.ndim < 1 or b.ndim < 1:
         raise InputError(f"{node.label}: MatMulInteger needs operands of rank >= 1")
-    av = a.astype(np.float64)
-    bv = b.astype(np.float64)
-    if a_zero is not None:
-        # A scalar, or one per row of A (its second-to-last axis).
-        z = a_zero.astype(np.float64)
-        if z.size != 1:
-            if a.ndim < 2 or z.ndim != 1 or z.shape[0] != a.shape[-2]:
-                raise InputError(f"{node.label}: a_zero_point of shape {z.shape} for A {a.shape}")
-            z = z[:, None]
-        av = av - z.reshape(()) if z.size == 1 else av - z
-    if b_zero is not None:
-        # A scalar, or one per column of B (its last axis).
-        z = b_zero.astype(np.float64)
-        if z.size != 1 and (z.ndim != 1 or z.shape[0] != b.shape[-1]):
-            raise InputError(f"{node.label}: b_zero_point of shape {z.shape} for B {b.shape}")
-        bv = bv - (z.reshape(()) if z.size == 1 else z)
+    # Zero points: scalars, or one per row of A (its second-to-last axis) / column of B.
+    av = _shifted_codes(node, a, ins[2] if len(ins) > 2 else None, -2, "a_zero_point")
+    bv = _shifted_codes(node, b, ins[3] if len(ins) > 3 else None, -1, "b_zero_point")
     try:
         product = np.matmul(av, bv)
     except ValueError as e:
@@ -154,23 +159,12 @@ def _matmul_integer(ctx: RunContext, node: Any, ins: list, state: Any) -> list[n
 
 def _conv_integer(ctx: RunContext, node: Any, ins: list, state: Any) -> list[np.ndarray]:
     x, w = ins[0], ins[1]
-    x_zero = ins[2] if len(ins) > 2 else None
-    w_zero = ins[3] if len(ins) > 3 else None
     if x.dtype not in (np.uint8, np.int8) or w.dtype not in (np.uint8, np.int8):
         raise InputError(f"{node.label}: x and w must be uint8 or int8, got {x.dtype}, {w.dtype}")
-    xv = x.astype(np.float64)
-    if x_zero is not None:
-        if x_zero.size != 1:
-            raise InputError(f"{node.label}: x_zero_point must be a scalar, got {x_zero.shape}")
-        xv -= float(x_zero.reshape(()))  # padding with the zero point is padding xv with 0
-    wv = w.astype(np.float64)
-    if w_zero is not None:
-        if w_zero.size == 1:
-            wv -= float(w_zero.reshape(()))
-        elif w_zero.ndim == 1 and w.ndim >= 1 and w_zero.shape[0] == w.shape[0]:
-            wv -= w_zero.astype(np.float64).reshape((-1,) + (1,) * (w.ndim - 1))
-        else:
-            raise InputError(f"{node.label}: w_zero_point of shape {w_zero.shape} for w {w.shape}")
+    # Padding with the zero point is padding the shifted codes with 0. x's zero point is a
+    # scalar; w's a scalar or one per output channel.
+    xv = _shifted_codes(node, x, ins[2] if len(ins) > 2 else None, None, "x_zero_point")
+    wv = _shifted_codes(node, w, ins[3] if len(ins) > 3 else None, 0, "w_zero_point")
     return [conv_values(ctx, node, xv, wv).astype(np.int64).astype(np.int32)]
 
 
@@ -185,5 +179,5 @@ OPS: dict[str, OpDef] = {
         check=allowed_attrs(),
     ),
     "MatMulInteger": op("MatMulInteger", _matmul_integer, inputs=(2, 4), check=allowed_attrs()),
-    "ConvInteger": op("ConvInteger", _conv_integer, inputs=(2, 4), check=_check_conv_integer),
+    "ConvInteger": op("ConvInteger", _conv_integer, inputs=(2, 4), check=check_window_conv),
 }
