@@ -17,8 +17,9 @@ the iteration number, the condition and the N loop-carried values, returns the n
 condition, the next carried values and K scan outputs; the node returns the final carried
 values and each scan output stacked over the iterations (axis 0). Like If's branches the body
 reads outer tensors through extra node inputs after the ONNX ones, declared after its own
-inputs; ``lstm_infer_carried`` holds N. Each iteration runs the body program from Python, so
-a loop costs per iteration what its body costs as a graph; loops are never folded at load
+inputs; ``lstm_infer_own_inputs`` holds how many node inputs are the ONNX node's own (2 + N).
+Each iteration runs the body program from Python, so a loop costs per iteration what its
+body costs as a graph; loops are never folded at load
 (their work is unbounded), stop with an error past ``LOOP_MAX_ITERATIONS`` iterations or
 ``LOOP_MAX_SCAN_BYTES`` of scan outputs, and refuse a scan output whose shape changes between
 iterations. Loops whose body is a recurrent cell are not yet replaced by the native op.
@@ -28,7 +29,7 @@ inputs along their axes (``scan_input_axes``, each forward or reversed by
 ``scan_input_directions``), carrying the N state values; the node returns the final states
 and the K scan outputs stacked along ``scan_output_axes`` (reversed where
 ``scan_output_directions`` says 1). Outer tensors come in as for Loop;
-``lstm_infer_declared`` holds N + M. Its length is bounded by its inputs' sizes.
+``lstm_infer_own_inputs`` holds N + M. Its length is bounded by its inputs' sizes.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from lstm_infer.errors import InputError, ModelFormatError
-from lstm_infer.ops.base import OpDef, RunContext, allowed_attrs, op
+from lstm_infer.ops.base import OpDef, RunContext, allowed_attrs, attr_int, op
 
 BRANCHES = ("then_branch", "else_branch")
 
@@ -68,16 +69,21 @@ def _check_if(node: Any) -> None:
         g.validate()
 
 
-def _if_prepare(node: Any, consts: dict[int, np.ndarray]) -> tuple[Any, Any]:
+def _compiled(graph: Any, fixed: dict[str, np.ndarray]) -> Any:
+    """A subgraph compiled once, the constants among its outer tensors fixed in: its batch-size
+    checks fold per input shapes like the outer graph's (ShapeSpecializer)."""
     from lstm_infer.compile.program import GraphProgram  # the compiler runs the ops
     from lstm_infer.compile.specialize import ShapeSpecializer
 
+    return ShapeSpecializer(GraphProgram(graph.with_constants(fixed)))
+
+
+def _if_prepare(node: Any, consts: dict[int, np.ndarray]) -> tuple[Any, Any]:
     runners = []
     for key in BRANCHES:
         g = branch_graph(node, key)
         fixed = {g.inputs[i - 1].name: v for i, v in consts.items() if i > 0}
-        # A branch's batch-size checks fold per input shapes like the outer graph's.
-        runners.append(ShapeSpecializer(GraphProgram(g.with_constants(fixed))))
+        runners.append(_compiled(g, fixed))
     return runners[0], runners[1]
 
 
@@ -103,15 +109,42 @@ LOOP_MAX_ITERATIONS = 100_000
 LOOP_MAX_SCAN_BYTES = 1 << 30
 
 
-def _carried(node: Any) -> int:
-    n = node.attrs.get("lstm_infer_carried")
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-        raise ModelFormatError(f"{node.label}: attribute 'lstm_infer_carried' must be an int >= 0")
+OWN_INPUTS = "lstm_infer_own_inputs"
+
+
+def _own_inputs(node: Any) -> int:
+    """How many of a Loop's or Scan's inputs are the ONNX node's own (the outer tensors its
+    body reads follow them)."""
+    n = node.attrs.get(OWN_INPUTS)
+    if (
+        isinstance(n, bool)
+        or not isinstance(n, (int, np.integer))
+        or not 0 <= n <= len(node.inputs)
+    ):
+        raise ModelFormatError(
+            f"{node.label}: attribute {OWN_INPUTS!r} must be an int in [0, {len(node.inputs)}]"
+        )
     return int(n)
 
 
+def _carried(node: Any) -> int:
+    """A Loop's loop-carried values: its own inputs after M and cond."""
+    n = _own_inputs(node) - 2
+    if n < 0:
+        raise ModelFormatError(f"{node.label}: Loop takes M and cond (either may be empty) first")
+    return n
+
+
+def _body_prepare(node: Any, consts: dict[int, np.ndarray]) -> Any:
+    """Loop's and Scan's body compiled once: its inputs are the node's inputs position by
+    position, the constant outer tensors fixed in."""
+    body = branch_graph(node, "body")
+    first_outer = _own_inputs(node)
+    return _compiled(body, {body.inputs[i].name: v for i, v in consts.items() if i >= first_outer})
+
+
 def _check_loop(node: Any) -> None:
-    allowed_attrs("lstm_infer_carried", required=("body",))(node)
+    allowed_attrs(OWN_INPUTS, required=("body",))(node)
     body = branch_graph(node, "body")
     n = _carried(node)
     if len(node.outputs) < n or len(body.outputs) != 1 + len(node.outputs):
@@ -125,16 +158,6 @@ def _check_loop(node: Any) -> None:
             f"{len(node.inputs)} (M, cond, {n} carried values, then outer tensors)"
         )
     body.validate()
-
-
-def _loop_prepare(node: Any, consts: dict[int, np.ndarray]) -> Any:
-    from lstm_infer.compile.program import GraphProgram
-    from lstm_infer.compile.specialize import ShapeSpecializer
-
-    body = branch_graph(node, "body")
-    first_outer = 2 + _carried(node)
-    fixed = {body.inputs[i].name: v for i, v in consts.items() if i >= first_outer}
-    return ShapeSpecializer(GraphProgram(body.with_constants(fixed)))
 
 
 def _scalar(node: Any, what: str, value: np.ndarray, kinds: str) -> Any:
@@ -177,7 +200,7 @@ def _collect_scans(
 
 def _loop_run(ctx: RunContext, node: Any, ins: list, state: Any) -> list[np.ndarray]:
     if state is None:  # (only while folding constants, where prepare has not run)
-        state = _loop_prepare(node, dict(enumerate(ins)))
+        state = _body_prepare(node, dict(enumerate(ins)))
     body = branch_graph(node, "body")
     n = _carried(node)
     trips = None if ins[0] is None else _scalar(node, "the trip count M", ins[0], "iu")
@@ -218,11 +241,7 @@ SCAN_ATTRS = ("num_scan_inputs", "scan_input_axes", "scan_input_directions",
 
 def _scan_layout(node: Any) -> tuple[int, int, list[int], list[int], list[int], list[int]]:
     """N, M and the four per-input / per-output axis and direction lists, checked."""
-    from lstm_infer.ops.base import attr_int
-
-    declared = node.attrs.get("lstm_infer_declared")
-    if isinstance(declared, bool) or not isinstance(declared, (int, np.integer)):
-        raise ModelFormatError(f"{node.label}: attribute 'lstm_infer_declared' must be an int")
+    declared = _own_inputs(node)
     m = attr_int(node, "num_scan_inputs")
     n = int(declared) - m
     if m < 1 or n < 0:
@@ -249,7 +268,7 @@ def _scan_layout(node: Any) -> tuple[int, int, list[int], list[int], list[int], 
 
 
 def _check_scan(node: Any) -> None:
-    allowed_attrs(*SCAN_ATTRS, "lstm_infer_declared", required=("body", "num_scan_inputs"))(node)
+    allowed_attrs(*SCAN_ATTRS, OWN_INPUTS, required=("body", "num_scan_inputs"))(node)
     body = branch_graph(node, "body")
     n, m, *_ = _scan_layout(node)
     if len(body.inputs) != len(node.inputs) or len(node.inputs) < n + m:
@@ -264,16 +283,6 @@ def _check_scan(node: Any) -> None:
     body.validate()
 
 
-def _scan_prepare(node: Any, consts: dict[int, np.ndarray]) -> Any:
-    from lstm_infer.compile.program import GraphProgram
-    from lstm_infer.compile.specialize import ShapeSpecializer
-
-    body = branch_graph(node, "body")
-    first_outer = int(node.attrs["lstm_infer_declared"])
-    fixed = {body.inputs[i].name: v for i, v in consts.items() if i >= first_outer}
-    return ShapeSpecializer(GraphProgram(body.with_constants(fixed)))
-
-
 def _axis(node: Any, what: str, axis: int, rank: int) -> int:
     if not -rank <= axis < rank:
         raise InputError(f"{node.label}: {what} axis {axis} is outside rank {rank}")
@@ -282,7 +291,7 @@ def _axis(node: Any, what: str, axis: int, rank: int) -> int:
 
 def _scan_run(ctx: RunContext, node: Any, ins: list, state: Any) -> list[np.ndarray]:
     if state is None:  # (only while folding constants, where prepare has not run)
-        state = _scan_prepare(node, dict(enumerate(ins)))
+        state = _body_prepare(node, dict(enumerate(ins)))
     body = branch_graph(node, "body")
     n, m, in_axes, in_dirs, out_axes, out_dirs = _scan_layout(node)
     if any(v is None for v in ins[: n + m]):
@@ -330,7 +339,7 @@ OPS: dict[str, OpDef] = {
         inputs=(0, -1),  # M and cond may be empty; _check_loop counts the rest
         outputs=(1, -1),
         check=_check_loop,
-        prepare=_loop_prepare,
+        prepare=_body_prepare,
         foldable=False,
     ),
     "Scan": op(
@@ -339,7 +348,7 @@ OPS: dict[str, OpDef] = {
         inputs=(1, -1),
         outputs=(1, -1),
         check=_check_scan,
-        prepare=_scan_prepare,
+        prepare=_body_prepare,
         foldable=False,
     ),
 }

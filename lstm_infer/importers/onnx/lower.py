@@ -211,12 +211,9 @@ def _lower_nodes(g: Any, opset: int, consts: dict[str, np.ndarray], depth: int) 
         label = f"node {n.name or f'#{i}'!r} ({n.op_type})"
         if n.domain == "com.microsoft" and n.op_type == "DynamicQuantizeLSTM":
             node = _lower_dynamic_quantize_lstm(n, label, consts, name=n.name or f"#{i}")
-            get_op(node.op, node)
-            nodes.append(node)
-            continue
-        if n.domain not in ("", "ai.onnx"):
+        elif n.domain not in ("", "ai.onnx"):
             raise UnsupportedModelError(f"{label}: domain {n.domain!r} is not supported")
-        if n.op_type == "If":
+        elif n.op_type == "If":
             node = _lower_if(n, label, opset, depth, name=n.name or f"#{i}")
         elif n.op_type == "Loop":
             node = _lower_loop(n, label, opset, depth, name=n.name or f"#{i}")
@@ -238,8 +235,6 @@ def _lower_if(n: Any, label: str, opset: int, depth: int, name: str) -> Node:
     order both branches declare as their inputs (see lstm_infer.ops.control)."""
     from onnx import AttributeProto
 
-    if depth >= MAX_SUBGRAPH_DEPTH:
-        raise ModelFormatError(f"{label}: subgraphs nest deeper than {MAX_SUBGRAPH_DEPTH} levels")
     branches: dict[str, Graph] = {}
     for a in n.attribute:
         if a.name not in ("then_branch", "else_branch") or a.type != AttributeProto.GRAPH:
@@ -309,11 +304,10 @@ def _lower_dynamic_quantize_lstm(n: Any, label: str, consts: dict, name: str) ->
 def _lower_loop(n: Any, label: str, opset: int, depth: int, name: str) -> Node:
     """A Loop node: its body lowered as a graph whose inputs are the body's own (iteration
     number, condition, the N loop-carried values) then the outer tensors it reads, which the
-    node lists after its own inputs; ``lstm_infer_carried`` = N (see lstm_infer.ops.control)."""
+    node lists after its own inputs; ``lstm_infer_own_inputs`` = 2 + N (see
+    lstm_infer.ops.control)."""
     from onnx import AttributeProto
 
-    if depth >= MAX_SUBGRAPH_DEPTH:
-        raise ModelFormatError(f"{label}: subgraphs nest deeper than {MAX_SUBGRAPH_DEPTH} levels")
     if len(n.attribute) != 1 or n.attribute[0].name != "body":
         raise ModelFormatError(f"{label}: Loop takes exactly one attribute, the 'body' graph")
     if n.attribute[0].type != AttributeProto.GRAPH:
@@ -334,19 +328,17 @@ def _lower_loop(n: Any, label: str, opset: int, depth: int, name: str) -> Node:
         )
     body = _lower_subgraph(g, opset, depth + 1, f"{label} body", declared=list(g.input))
     outer = [v.name for v in body.inputs[2 + carried :]]
-    attrs = {"body": body, "lstm_infer_carried": carried}
+    attrs = {"body": body, "lstm_infer_own_inputs": len(n.input)}
     return Node("Loop", [*n.input, *outer], list(n.output), attrs, name=name)
 
 
 def _lower_scan(n: Any, label: str, opset: int, depth: int, name: str) -> Node:
     """A Scan node (opset 9+): its body lowered as a graph whose inputs are the body's own
     (the N state values, then one slice of each of the M scanned inputs) then the outer
-    tensors it reads, which the node lists after its own inputs; ``lstm_infer_declared`` =
+    tensors it reads, which the node lists after its own inputs; ``lstm_infer_own_inputs`` =
     N + M (see lstm_infer.ops.control)."""
     from onnx import AttributeProto
 
-    if depth >= MAX_SUBGRAPH_DEPTH:
-        raise ModelFormatError(f"{label}: subgraphs nest deeper than {MAX_SUBGRAPH_DEPTH} levels")
     if opset < 9:
         raise UnsupportedModelError(f"{label}: Scan before opset 9 (with sequence_lens)")
     attrs: dict[str, Any] = {}
@@ -368,7 +360,7 @@ def _lower_scan(n: Any, label: str, opset: int, depth: int, name: str) -> Node:
         )
     body = _lower_subgraph(body_attr, opset, depth + 1, f"{label} body", declared=list(g_in))
     outer = [v.name for v in body.inputs[len(n.input) :]]
-    attrs.update(body=body, lstm_infer_declared=len(n.input))
+    attrs.update(body=body, lstm_infer_own_inputs=len(n.input))
     return Node("Scan", [*n.input, *outer], list(n.output), attrs, name=name)
 
 
@@ -380,6 +372,8 @@ def _lower_subgraph(
     use)."""
     from lstm_infer.onnx_import import tensor_to_numpy
 
+    if depth > MAX_SUBGRAPH_DEPTH:
+        raise ModelFormatError(f"{label}: subgraphs nest deeper than {MAX_SUBGRAPH_DEPTH} levels")
     consts = {t.name: tensor_to_numpy(t, keep_float_types=True) for t in g.initializer}
     nodes = _lower_nodes(g, opset, consts, depth)
     own = []
