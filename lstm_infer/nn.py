@@ -55,6 +55,24 @@ def _time_major(x: torch.Tensor, batch_first: bool, name: str = "x") -> torch.Te
     return x.transpose(0, 1) if batch_first else x
 
 
+def _layer_states(
+    x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None, layers: int, hidden: int
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """A (layers, B, H) pair of states as two per-layer lists; zeros when state is None."""
+    if state is None:
+        zeros = x.new_zeros(layers, x.shape[1], hidden)
+        state = (zeros, zeros)
+    return list(state[0].unbind(0)), list(state[1].unbind(0))
+
+
+def _sequence_output(
+    outputs: list[torch.Tensor], like: torch.Tensor, width: int, batch_first: bool
+) -> torch.Tensor:
+    """The per-step outputs (B, width) stacked over time, (B, T, width) when batch_first."""
+    y = torch.stack(outputs) if outputs else like.new_zeros(0, like.shape[1], width)
+    return y.transpose(0, 1) if batch_first else y
+
+
 def _lstm_gates(
     gates: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -95,12 +113,8 @@ class DepthGatedLSTM(nn.Module):
         self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         x = _time_major(x, self.batch_first)
-        L, B, H = self.num_layers, x.shape[1], self.hidden_size
-        if state is None:
-            zeros = x.new_zeros(L, B, H)
-            state = (zeros, zeros)
-        h = list(state[0].unbind(0))
-        c = list(state[1].unbind(0))
+        L, H = self.num_layers, self.hidden_size
+        h, c = _layer_states(x, state, L, H)
         outputs = []
         for x_t in x.unbind(0):
             below, c_below = x_t, None
@@ -123,8 +137,8 @@ class DepthGatedLSTM(nn.Module):
                 c[layer] = new_c
                 below, c_below = h[layer], new_c
             outputs.append(below)
-        y = torch.stack(outputs) if outputs else x.new_zeros(0, B, H)
-        return (y.transpose(0, 1) if self.batch_first else y), (torch.stack(h), torch.stack(c))
+        y = _sequence_output(outputs, x, H, self.batch_first)
+        return y, (torch.stack(h), torch.stack(c))
 
 
 class ClockworkRNN(nn.Module):
@@ -187,8 +201,7 @@ class ClockworkRNN(nn.Module):
             h = torch.where(active, new_h, h)
             outputs.append(h)
             step += 1
-        y = torch.stack(outputs) if outputs else x.new_zeros(0, B, H)
-        out = y.transpose(0, 1) if self.batch_first else y
+        out = _sequence_output(outputs, x, H, self.batch_first)
         return out, (h[None], torch.tensor(step, dtype=torch.int64))
 
 
@@ -230,12 +243,8 @@ class LayerNormLSTM(nn.Module):
         self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         x = _time_major(x, self.batch_first)
-        L, B, H = self.num_layers, x.shape[1], self.hidden_size
-        if state is None:
-            zeros = x.new_zeros(L, B, H)
-            state = (zeros, zeros)
-        h = list(state[0].unbind(0))
-        c = list(state[1].unbind(0))
+        L, H = self.num_layers, self.hidden_size
+        h, c = _layer_states(x, state, L, H)
         outputs = []
         for x_t in x.unbind(0):
             below = x_t
@@ -248,8 +257,8 @@ class LayerNormLSTM(nn.Module):
                 h[layer] = o * torch.tanh(c[layer])
                 below = h[layer]
             outputs.append(below)
-        y = torch.stack(outputs) if outputs else x.new_zeros(0, B, H)
-        return (y.transpose(0, 1) if self.batch_first else y), (torch.stack(h), torch.stack(c))
+        y = _sequence_output(outputs, x, H, self.batch_first)
+        return y, (torch.stack(h), torch.stack(c))
 
 
 class GridLSTM(nn.Module):
@@ -284,11 +293,7 @@ class GridLSTM(nn.Module):
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         x = _time_major(x, self.batch_first)
         L, B, H = self.num_layers, x.shape[1], self.hidden_size
-        if state is None:
-            zeros = x.new_zeros(L, B, H)
-            state = (zeros, zeros)
-        h = list(state[0].unbind(0))
-        m = list(state[1].unbind(0))
+        h, m = _layer_states(x, state, L, H)
         outputs = []
         for x_t in x.unbind(0):
             u = x_t @ self.input_proj.T
@@ -305,8 +310,8 @@ class GridLSTM(nn.Module):
                 n = f * n + i * g
                 u = o * torch.tanh(n)
             outputs.append(u)
-        y = torch.stack(outputs) if outputs else x.new_zeros(0, B, H)
-        return (y.transpose(0, 1) if self.batch_first else y), (torch.stack(h), torch.stack(m))
+        y = _sequence_output(outputs, x, H, self.batch_first)
+        return y, (torch.stack(h), torch.stack(m))
 
 
 class AttentionDecoder(nn.Module):
@@ -410,9 +415,5 @@ class AttentionDecoder(nn.Module):
             alpha_cum = alpha_cum + alpha
             ctx = torch.einsum("bs,bsd->bd", alpha, Mb)
             outputs.append(torch.cat([h, ctx], -1))
-        out = (
-            torch.stack(outputs)
-            if outputs
-            else M.new_zeros(0, B, self.hidden_size + self.memory_size)
-        )
-        return (out.transpose(0, 1) if self.batch_first else out), (h, c, ctx, alpha, alpha_cum)
+        out = _sequence_output(outputs, y, self.hidden_size + self.memory_size, self.batch_first)
+        return out, (h, c, ctx, alpha, alpha_cum)
