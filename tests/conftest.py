@@ -38,6 +38,15 @@ def run_python(code: str, *, timeout: float = 120) -> subprocess.CompletedProces
     )  # fmt: skip
 
 
+def import_without(blocked: str, module: str) -> subprocess.CompletedProcess:
+    """Import ``module`` in a fresh interpreter where package ``blocked`` cannot be imported;
+    stdout holds the ImportError's class name and message (empty if the import worked)."""
+    return run_python(
+        f"import sys\nsys.modules[{blocked!r}] = None\nimport lstm_infer\n"
+        f"try:\n    import {module}\nexcept ImportError as e:\n    print(type(e).__name__, e)"
+    )
+
+
 REQUIRE_ALL_ENV = "LSTM_INFER_REQUIRE_ALL"
 ISAS: tuple[str, ...] = ("scalar", "avx2", "avx512")
 # Every kernel table; the *vnni / *bf16 ones differ from their base only in quantized products.

@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import require, run_python
+from conftest import import_without, require
 from reference import lstm_ref
 
 import lstm_infer
@@ -358,11 +358,7 @@ def test_parquet_in_process_with_the_counter_progress(rng, tmp_path, monkeypatch
 
 
 def test_lstm_infer_ray_without_ray_names_the_extra():
-    code = (
-        "import sys\nsys.modules['ray'] = None\nimport lstm_infer\n"
-        "try:\n    import lstm_infer.ray\nexcept ImportError as e:\n    print(type(e).__name__, e)"
-    )
-    result = run_python(code)
+    result = import_without("ray", "lstm_infer.ray")
     assert "MissingDependencyError" in result.stdout and "lstm_infer[ray]" in result.stdout, (
         result.stdout + result.stderr
     )

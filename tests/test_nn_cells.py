@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import require, run_python
+from conftest import import_without, require, run_python
 
 torch = require("torch")
 from lstm_infer import nn as cells  # noqa: E402
@@ -254,11 +254,7 @@ def test_batch_first_state_and_training(rng, make) -> None:
 
 
 def test_importing_lstm_infer_nn_without_torch_names_it() -> None:
-    code = (
-        "import sys\nsys.modules['torch'] = None\nimport lstm_infer\n"
-        "try:\n    import lstm_infer.nn\nexcept ImportError as e:\n    print(type(e).__name__, e)"
-    )
-    result = run_python(code)
+    result = import_without("torch", "lstm_infer.nn")
     assert "MissingDependencyError" in result.stdout and "torch" in result.stdout, (
         result.stdout + result.stderr
     )
