@@ -208,14 +208,15 @@ class Engines:
     peers: list[_peers.Peer] = field(default_factory=list)  # the installed ones (peers.py)
 
 
-def peer_models(w: CellWeights) -> _peers.PeerModels:
-    """The ONNX files the peers load: sequence, step, and sequence with state inputs."""
+def peer_models(w: CellWeights, seq_model: Any = None, step_model: Any = None) -> _peers.PeerModels:
+    """The ONNX files the peers load: sequence, step (either passed in when already built),
+    and sequence with state inputs."""
     return _peers.PeerModels(
         w.cell,
         w.input_size,
         w.hidden,
-        build_onnx(w, stateful=False),
-        build_onnx(w, stateful=True),
+        seq_model if seq_model is not None else build_onnx(w, stateful=False),
+        step_model if step_model is not None else build_onnx(w, stateful=True),
         build_onnx(w, stateful=True, sequence_output=True),
     )
 
@@ -231,7 +232,7 @@ def build_engines(w: CellWeights, threads: int) -> Engines:
         ort_seq=ort_session(seq_model, threads),
         ort_step=ort_session(step_model, threads),
         torch_module=build_torch(w),
-        peers=_peers.build_peers(peer_models(w), threads),
+        peers=_peers.build_peers(peer_models(w, seq_model, step_model), threads),
     )
 
 

@@ -110,7 +110,8 @@ def bench_one(
         sessions["ort int8"] = compare.ort_session(onnx.load(str(i8_path)), 1)
     for k, s in sessions.items():
         runs[k] = lambda s=s: s.run(["Y"], feeds)[0]
-    ov = [p for p in peers.build_peers(compare.peer_models(w), 1) if p.key.startswith("ov_")]
+    models = compare.peer_models(w, seq_model)
+    ov = [p for p in peers.build_peers(models, 1) if p.key.startswith("ov_")]
     for p in ov:
         p.seq(x)  # compile for this shape
         runs[p.label] = lambda p=p: p.seq(x)["Y"]
