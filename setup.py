@@ -20,6 +20,7 @@ PORTABLE_SOURCES = [
     "src_c/cpu_dispatch.c",
     "src_c/recurrent_driver.c",
     "src_c/stack_step_rows.c",
+    "src_c/step_program.c",
 ]
 X86_ISA_SOURCES = {
     "src_c/kernels_avx2.c": ["-mavx2", "-mfma"],
@@ -53,7 +54,7 @@ X86_ISA_SOURCES = {
         "-mavx512bf16",
     ],
 }
-HEADERS = sorted(glob.glob("src_c/*.h")) + ["lstm_infer/_engine_products.pxi"]
+HEADERS = sorted(glob.glob("src_c/*.h")) + ["lstm_infer/_engine_products.pxi", "lstm_infer/_engine_step.pxi"]
 COMMON_CFLAGS = ["-O3", "-std=c11", "-fno-math-errno", "-Wall", "-Wno-unused-function"]
 
 IS_X86_64 = platform.machine().lower() in ("x86_64", "amd64")

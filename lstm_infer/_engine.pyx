@@ -18,6 +18,8 @@ from lstm_infer._kernels cimport (
     li_run_direction_part, li_split_sync, li_unit_split_part_floats, li_unit_split_shared_floats,
     li_stack_step, li_stack_step_scratch_floats, li_stack_step_rows,
     li_stack_step_rows_scratch_floats, li_usable_isas, li_cpu_vendor,
+    LI_STEP_KIND_COUNT, LI_STEP_MAX_RANK, LI_STEP_RECURRENT, li_step_op, li_step_program_run,
+    li_step_recurrent,
 )
 
 cnp.import_array()
@@ -97,6 +99,12 @@ def activation_array(str kind, cnp.ndarray x, str isa_name=None):
 
 
 include "_engine_products.pxi"
+
+
+# ---- step programs: a whole graph's step in one C call (_engine_step.pxi) -----------------
+
+
+include "_engine_step.pxi"
 
 
 cdef inline const float *_ptr(object arr):

@@ -116,3 +116,45 @@ cdef extern from "li_kernels.h" nogil:
                            int capacity, int n, const int32_t *rows, const float *x,
                            const int64_t *tokens, float *const *h_slab, float *const *c_slab,
                            float **h_rows, float **c_rows, float *y, float *scratch)
+
+
+cdef extern from "step_program.h" nogil:
+    enum:
+        LI_STEP_MAX_RANK
+        LI_STEP_KIND_COUNT
+        LI_STEP_RECURRENT
+
+    ctypedef struct li_step_recurrent:
+        const li_cell *cell[2]
+        int reverse[2]
+        int T
+        int B
+        const float *x
+        int ldx
+        float *h[2]
+        float *c[2]
+        float *y
+        ptrdiff_t y_ts
+        ptrdiff_t y_bs
+        ptrdiff_t y_ds
+        float *scratch
+
+    ctypedef struct li_step_op:
+        int kind
+        int op
+        int rank
+        int flags
+        int64_t shape[6]
+        int64_t sy[6]
+        int64_t sa[6]
+        int64_t sb[6]
+        int64_t n[7]
+        float f[4]
+        const float *a
+        const float *b
+        float *y
+        const void *aux
+        const void *aux2
+
+    int li_step_program_run(const li_step_op *ops, int n, const li_kernels *kern,
+                            li_sgemm_fn sgemm)

@@ -466,6 +466,8 @@ def cmd_vad(args: argparse.Namespace) -> int:
     for start, end in found:
         print(f"  {start:8.2f} - {end:8.2f} s")
     rows = [("lstm_infer", ours)]
+    if not ours.compiled:
+        print("(this model's steps ran op by op: a node has no step-program lowering)")
     try:
         rows.append(("onnxruntime", vad.stream_probs_onnxruntime(path, audio, rate)))
     except ImportError:

@@ -144,17 +144,28 @@ class GraphModel:
         arrays = {n: self._feed(n, feeds[n], t) for n, t in self._inputs.items()}
         return self._runner.run(arrays, wanted, int(threads))
 
-    def stream(self, batch_size: int = 1, state_map: Mapping[str, str] | None = None) -> Any:
+    def stream(
+        self,
+        batch_size: int = 1,
+        state_map: Mapping[str, str] | None = None,
+        compile: bool = True,
+    ) -> Any:
         """A session that carries the graph's state outputs into its next call.
 
         For graphs that take and return their state (silero-VAD's ``state`` -> ``stateN``,
         ``h0``/``c0`` -> ``hn``/``cn``): pairs found by name and shape, or ``state_map``
-        (state input -> state output). See :class:`lstm_infer.graph_stream.GraphStream`.
-        Raises StreamError for a graph with no state to carry.
+        (state input -> state output). Each step runs as one C step program
+        (``compile=False``: op by op, as ``run`` does). See
+        :class:`lstm_infer.graph_stream.GraphStream`. Raises StreamError for a graph with no
+        state to carry.
         """
         from lstm_infer.graph_stream import GraphStream
 
-        return GraphStream(self, batch_size, state_map)
+        return GraphStream(self, batch_size, state_map, compile)
+
+    def _program_for(self, feeds: Mapping[str, np.ndarray]) -> GraphProgram:
+        """The program specialised to the shapes of ``feeds`` (checked arrays)."""
+        return self._runner.program_for(feeds)
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the compiled graph (constants folded) in the native format, version 2;

@@ -13,10 +13,14 @@ agree) or given as ``state_map={"state": "stateN"}``. The initial state is zeros
 input's declared shape, its one unnamed or symbolic dim (if any) set to ``batch_size``; or
 what ``reset(initial)`` gives.
 
-Each step is one whole-graph run (the graph's ops at the call's shapes, the shape glue folded
-once per shape by the specialised program): the per-step work is not yet compiled into one C
-call, and time-axis streaming of a graph without state inputs (causal convolutions) is not
-done yet; those raise StreamError naming what is missing.
+Each step is one C call: on the first step at a new set of input shapes the graph's program,
+specialised to them, is compiled into a step program (``lstm_infer.compile.step_program``: a
+flat array of C records over one preallocated arena, the state copies included) and every
+later step at those shapes copies its inputs in, runs it with the GIL released and reads the
+outputs. A graph holding an op the step compiler does not lower runs op by op instead (the
+same results, slower): ``stream.compiled`` says which, ``stream.compile_error`` why.
+Time-axis streaming of a graph without state inputs (causal convolutions) is not done yet
+and raises StreamError.
 """
 
 from __future__ import annotations
@@ -26,7 +30,11 @@ from typing import Any
 
 import numpy as np
 
-from lstm_infer.errors import InputError, StreamError
+from lstm_infer.compile.step_program import CompiledStep, TraceFailed, compile_step
+from lstm_infer.errors import InputError, LstmInferError, StreamError
+
+# Step programs kept per stream, one per set of step input shapes (oldest dropped first).
+MAX_COMPILED_SHAPES = 4
 
 
 def _candidates(name: str) -> list[str]:
@@ -90,7 +98,13 @@ class GraphStream:
     stream is one session; use one per thread).
     """
 
-    def __init__(self, model: Any, batch_size: int = 1, state_map: Mapping | None = None):
+    def __init__(
+        self,
+        model: Any,
+        batch_size: int = 1,
+        state_map: Mapping | None = None,
+        compile: bool = True,
+    ):
         if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool):
             raise TypeError(f"batch_size must be an int, got {batch_size!r}")
         if batch_size < 1:
@@ -104,7 +118,32 @@ class GraphStream:
         state_outputs = set(self.state_map.values())
         self.step_outputs = [t.name for t in model.outputs if t.name not in state_outputs]
         self._state: dict[str, np.ndarray] = {}
+        self._compile = bool(compile)
+        # Compiled steps by the shapes of the step inputs (None: that shape runs op by op).
+        self._steps: dict[tuple, CompiledStep | None] = {}
+        self._errors: dict[tuple, str] = {}
+        # The compiled step whose arena holds the current state (None: self._state does).
+        self._owner: CompiledStep | None = None
+        self._last: CompiledStep | None = None
+        self._last_key: tuple | None = None
         self.reset()
+
+    @property
+    def compiled(self) -> bool:
+        """True when the last step ran as one C step program (False: op by op, or no step
+        yet)."""
+        return self._last is not None
+
+    @property
+    def compile_error(self) -> str | None:
+        """Why the last step's shapes could not be compiled (None when they were)."""
+        return self._errors.get(self._last_key) if self._last is None else None
+
+    def _release(self) -> None:
+        """Move the current state out of a compiled step's arena into self._state."""
+        if self._owner is not None:
+            self._state = {k: self._owner.inputs[k].copy() for k in self.state_map}
+            self._owner = None
 
     def _zeros(self, name: str) -> np.ndarray:
         t = self._state_types[name]
@@ -132,6 +171,7 @@ class GraphStream:
                 state[name] = self._checked_state(name, initial[name])
             else:
                 state[name] = self._zeros(name)
+        self._owner = None
         self._state = state
 
     def _checked_state(self, name: str, value: Any) -> np.ndarray:
@@ -144,13 +184,17 @@ class GraphStream:
     @property
     def state(self) -> dict[str, np.ndarray]:
         """A copy of the current state (state input name -> array); assign to restore."""
+        if self._owner is not None:
+            return {k: self._owner.inputs[k].copy() for k in self.state_map}
         return {k: v.copy() for k, v in self._state.items()}
 
     @state.setter
     def state(self, snapshot: Mapping[str, Any]) -> None:
         if not isinstance(snapshot, Mapping) or set(snapshot) != set(self.state_map):
             raise InputError(f"a state snapshot holds exactly {sorted(self.state_map)}")
-        self._state = {k: self._checked_state(k, v) for k, v in snapshot.items()}
+        state = {k: self._checked_state(k, v) for k, v in snapshot.items()}
+        self._owner = None
+        self._state = state
 
     def step(self, x: Any) -> Any:
         """One call: ``x`` is the model's one non-state input (an array) or a dict of its
@@ -161,13 +205,67 @@ class GraphStream:
             clash = sorted(set(feeds) & set(self.state_map))
             if clash:
                 raise InputError(f"{clash} are carried by the stream; do not feed them")
+            unknown = sorted(set(feeds) - set(self.step_inputs))
+            if unknown:
+                raise InputError(f"unknown input(s) {unknown}; a step takes {self.step_inputs}")
+            missing = [n for n in self.step_inputs if feeds.get(n) is None]
+            if missing:
+                raise InputError(f"missing step input(s) {missing}")
         elif len(self.step_inputs) == 1:
             feeds = {self.step_inputs[0]: x}
         else:
             raise InputError(
                 f"this model takes {self.step_inputs} at each step: pass a dict of them"
             )
-        result = self._model.run({**feeds, **self._state})
+        declared = {t.name: t for t in self._model.graph.inputs}
+        arrays = {n: self._model._feed(n, v, declared[n].type) for n, v in feeds.items()}
+        key = tuple(arrays[n].shape for n in self.step_inputs)
+        self._last_key = key
+        step = self._step_for(key, arrays) if self._compile else None
+        self._last = step
+        if step is None:
+            return self._step_by_ops(arrays)
+        if self._owner is not step:
+            current = self.state
+            for k in self.state_map:
+                np.copyto(step.inputs[k], current[k])
+            self._owner = step
+        for name, value in arrays.items():
+            np.copyto(step.inputs[name], value)
+        step.run()
+        if len(self.step_outputs) == 1:
+            return step.outputs[self.step_outputs[0]].copy()
+        return {n: step.outputs[n].copy() for n in self.step_outputs}
+
+    def _step_for(self, key: tuple, arrays: dict[str, np.ndarray]) -> CompiledStep | None:
+        if key in self._steps:
+            return self._steps[key]
+        state = self.state
+        if any(v.dtype != np.float32 for v in state.values()):
+            step, why = None, "a state that is not float32"
+        else:
+            feeds = {**arrays, **state}
+            try:
+                step, why = compile_step(self._model._program_for(feeds), feeds, self.state_map)
+            except TraceFailed:
+                return None  # bad inputs: the op-by-op run says what is wrong
+            except LstmInferError as exc:
+                return None if isinstance(exc, InputError) else self._failed(key, str(exc))
+        if len(self._steps) >= MAX_COMPILED_SHAPES:
+            self._steps.pop(next(iter(self._steps)))
+        self._steps[key] = step
+        if why is not None:
+            self._errors[key] = why
+        return step
+
+    def _failed(self, key: tuple, why: str) -> None:
+        self._steps[key] = None
+        self._errors[key] = why
+        return None
+
+    def _step_by_ops(self, arrays: dict[str, np.ndarray]) -> Any:
+        self._release()
+        result = self._model.run({**arrays, **self._state})
         self._state = {i: np.asarray(result[o]) for i, o in self.state_map.items()}
         if len(self.step_outputs) == 1:
             return result[self.step_outputs[0]]

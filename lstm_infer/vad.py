@@ -74,6 +74,7 @@ class VadResult:
     latency_us: np.ndarray  # wall time of each chunk's step
     rate: int
     chunk: int
+    compiled: bool = False  # every step ran as one C step program (False: op by op)
 
     @property
     def audio_seconds(self) -> float:
@@ -97,7 +98,7 @@ def stream_probs(model, audio: np.ndarray, rate: int) -> VadResult:  # noqa: ANN
         t = time.perf_counter()
         probs[i] = float(np.asarray(stream.step(x)).reshape(-1)[0])
         lat[i] = (time.perf_counter() - t) * 1e6
-    return VadResult(probs, lat, rate, CHUNK[rate])
+    return VadResult(probs, lat, rate, CHUNK[rate], bool(getattr(stream, "compiled", False)))
 
 
 def stream_probs_onnxruntime(path: str | Path, audio: np.ndarray, rate: int) -> VadResult:

@@ -35,6 +35,7 @@ def test_silero_stream_equals_onnxruntime_fed_by_hand(name, width, fixed, rng) -
     extra = {"sr": np.array(16000, np.int64)} if fixed else {}
     for chunk in _audio(rng, 10, width):
         prob = stream.step(chunk[None])
+        assert stream.compiled, stream.compile_error
         want, state = ref.run(None, {"input": chunk[None], "state": state, **extra})
         np.testing.assert_allclose(prob, want, atol=1e-4)
         np.testing.assert_allclose(stream.state["state"], state, rtol=1e-3, atol=1e-4)

@@ -41,13 +41,27 @@ def write_wav(path, rate: int, seconds: float, rng, width: int = 2) -> np.ndarra
 SPEECH = Path(__file__).parent / "fixtures" / "speech_16k.wav"
 
 
+class _OpByOp:
+    """A model whose streams run op by op (the general path the step program replaces)."""
+
+    def __init__(self, model) -> None:  # noqa: ANN001
+        self.model = model
+
+    def stream(self):  # noqa: ANN201
+        return self.model.stream(compile=False)
+
+
 def test_real_speech_probabilities_and_segments_equal_onnxruntime() -> None:
     audio, rate = vad.read_wav(SPEECH)
     model_path = silero_file("silero_vad.onnx")
     model = lstm_infer.load(model_path, fixed_inputs={"sr": rate})
     ours = vad.stream_probs(model, audio, rate)
+    assert ours.compiled  # every chunk one C step program
     ref = vad.stream_probs_onnxruntime(model_path, audio, rate)
     np.testing.assert_allclose(ours.probs, ref.probs, atol=1e-4)
+    by_ops = vad.stream_probs(_OpByOp(model), audio, rate)
+    np.testing.assert_allclose(by_ops.probs, ref.probs, atol=1e-4)
+    assert not by_ops.compiled
     found = vad.segments(ours)
     assert found == vad.segments(ref)
     # The recording's layout: speech starts after its first second of silence and ends
@@ -64,6 +78,7 @@ def test_stream_probabilities_equal_onnxruntime(rate: int, tmp_path, rng) -> Non
     model_path = silero_file("silero_vad.onnx")
     model = lstm_infer.load(model_path, fixed_inputs={"sr": rate})
     ours = vad.stream_probs(model, audio, rate)
+    assert ours.compiled
     ref = vad.stream_probs_onnxruntime(model_path, audio, rate)
     assert len(ours.probs) == len(audio) // vad.CHUNK[rate]
     # each model input is the chunk after the previous chunk's last samples

@@ -51,6 +51,10 @@ class ShapeSpecializer:
         with self._lock:
             return [p for p in self._cache.values() if p is not None]
 
+    def program_for(self, feeds: Mapping[str, np.ndarray]) -> GraphProgram:
+        """The program for the shapes of ``feeds`` (specialised when enabled and possible)."""
+        return self._program_for(feeds, 1) if self.enabled else self.program
+
     def run(
         self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str], threads: int
     ) -> dict[str, np.ndarray]:

@@ -1,0 +1,147 @@
+# Step programs (src_c/step_program.h), included by _engine.pyx: they run on its active
+# kernel table and call CellPlan's C descriptors.
+#
+# lstm_infer/compile/step_program.py builds the records as dicts (kind, op, rank, flags,
+# shape, sy, sa, sb, n, f, and the buffers a, b, y, aux, aux2 as (array, element offset) or
+# None; RECURRENT records carry "recurrent": a dict of the li_step_recurrent fields) and has
+# checked every extent against its array; here each buffer is checked once more to start
+# inside its array, and the arrays are held for as long as the program lives.
+
+STEP_KINDS = {
+    "fill": 0, "copy": 1, "gather": 2, "unary": 3, "binary": 4, "gemm": 5, "recurrent": 6,
+    "reduce": 7, "softmax": 8, "layernorm": 9,
+}
+STEP_MAX_RANK = LI_STEP_MAX_RANK
+
+
+cdef void *_step_pointer(object ref, bint writable) except? NULL:
+    """The address of element ``offset`` of ``array`` for ref = (array, offset), or NULL."""
+    if ref is None:
+        return NULL
+    arr, offset = ref
+    if not isinstance(arr, np.ndarray) or not arr.flags.c_contiguous:
+        raise TypeError("step program buffers must be C-contiguous arrays")
+    if writable and not arr.flags.writeable:
+        raise ValueError("a step program output buffer is read-only")
+    if not 0 <= offset <= arr.size:
+        raise ValueError(f"step program buffer offset {offset} outside an array of {arr.size}")
+    cdef Py_ssize_t byte_offset = <Py_ssize_t>offset * <Py_ssize_t>arr.itemsize
+    return <void *>(<char *>cnp.PyArray_DATA(<cnp.ndarray>arr) + byte_offset)
+
+
+cdef int _step_ints(dict record, str key, int64_t *dest, int limit, Py_ssize_t i) except -1:
+    values = record.get(key, ())
+    if len(values) > limit:
+        raise ValueError(f"step record {i}: {key} holds more than {limit} values")
+    cdef Py_ssize_t d
+    for d in range(len(values)):
+        dest[d] = values[d]
+    return 0
+
+
+cdef class StepProgram:
+    """A compiled step: li_step_op records run by one C call with the GIL released."""
+
+    cdef li_step_op *ops
+    cdef li_step_recurrent *recurrent
+    cdef int n_ops
+    cdef list _keep
+
+    def __cinit__(self):
+        self.ops = NULL
+        self.recurrent = NULL
+        self.n_ops = 0
+
+    def __init__(self, list records):
+        cdef Py_ssize_t n = len(records), i, d
+        cdef li_step_op *op
+        cdef li_step_recurrent *rec
+        cdef CellPlan plan
+        n_rec = sum(1 for r in records if r["kind"] == STEP_KINDS["recurrent"])
+        self.ops = <li_step_op *>PyMem_Malloc(max(n, 1) * sizeof(li_step_op))
+        self.recurrent = <li_step_recurrent *>PyMem_Malloc(max(n_rec, 1) * sizeof(li_step_recurrent))
+        if self.ops == NULL or self.recurrent == NULL:
+            raise MemoryError()
+        memset(self.ops, 0, max(n, 1) * sizeof(li_step_op))
+        memset(self.recurrent, 0, max(n_rec, 1) * sizeof(li_step_recurrent))
+        self._keep = []
+        cdef int j = 0
+        for i in range(n):
+            r = records[i]
+            op = &self.ops[i]
+            op.kind = r["kind"]
+            if not 0 <= op.kind < LI_STEP_KIND_COUNT:
+                raise ValueError(f"step record {i}: unknown kind {op.kind}")
+            op.op = r.get("op", 0)
+            op.flags = r.get("flags", 0)
+            shape = r.get("shape", ())
+            op.rank = len(shape)
+            if op.rank > LI_STEP_MAX_RANK:
+                raise ValueError(f"step record {i}: rank {op.rank} > {LI_STEP_MAX_RANK}")
+            _step_ints(r, "shape", op.shape, LI_STEP_MAX_RANK, i)
+            _step_ints(r, "sy", op.sy, LI_STEP_MAX_RANK, i)
+            _step_ints(r, "sa", op.sa, LI_STEP_MAX_RANK, i)
+            _step_ints(r, "sb", op.sb, LI_STEP_MAX_RANK, i)
+            _step_ints(r, "n", op.n, 7, i)
+            params = r.get("f", ())
+            if len(params) > 4:
+                raise ValueError(f"step record {i}: more than 4 parameters")
+            for d in range(len(params)):
+                op.f[d] = params[d]
+            op.a = <const float *>_step_pointer(r.get("a"), False)
+            op.b = <const float *>_step_pointer(r.get("b"), False)
+            op.y = <float *>_step_pointer(r.get("y"), True)
+            op.aux = _step_pointer(r.get("aux"), False)
+            op.aux2 = _step_pointer(r.get("aux2"), False)
+            for key in ("a", "b", "y", "aux", "aux2"):
+                if r.get(key) is not None:
+                    self._keep.append(r[key][0])
+            if op.kind == LI_STEP_RECURRENT:
+                rec = &self.recurrent[j]
+                j += 1
+                spec = r["recurrent"]
+                cells = spec["cells"]
+                if not 1 <= len(cells) <= 2:
+                    raise ValueError(f"step record {i}: one or two directions")
+                for d in range(len(cells)):
+                    plan = cells[d]
+                    rec.cell[d] = &plan.c
+                    rec.reverse[d] = spec["reverse"][d]
+                    rec.h[d] = <float *>_step_pointer(spec["h"][d], True)
+                    rec.c[d] = <float *>_step_pointer(spec["c"][d], True)
+                    self._keep.append(plan)
+                rec.T = spec["T"]
+                rec.B = spec["B"]
+                rec.x = <const float *>_step_pointer(spec["x"], False)
+                rec.ldx = spec["ldx"]
+                rec.y = <float *>_step_pointer(spec["y"], True)
+                rec.y_ts = spec["y_ts"]
+                rec.y_bs = spec["y_bs"]
+                rec.y_ds = spec["y_ds"]
+                rec.scratch = <float *>_step_pointer(spec["scratch"], True)
+                for key in ("x", "y", "scratch"):
+                    if spec[key] is not None:
+                        self._keep.append(spec[key][0])
+                self._keep.extend(v[0] for v in list(spec["h"]) + list(spec["c"]) if v is not None)
+                op.aux = rec
+        self.n_ops = <int>n
+
+    def __dealloc__(self):
+        PyMem_Free(self.ops)
+        PyMem_Free(self.recurrent)
+
+    def __len__(self):
+        return self.n_ops
+
+    def run(self):
+        """Run every record once on the active kernel table (the GIL released)."""
+        cdef int rc
+        with nogil:
+            rc = li_step_program_run(self.ops, self.n_ops, _active, <li_sgemm_fn>sgemm)
+        if rc != 0:
+            raise RuntimeError(f"step program record {-1 - rc} failed")
+
+
+def recurrent_scratch_floats(CellPlan plan not None, int T, int B):
+    """Scratch floats one direction of ``plan`` needs over T steps of batch B."""
+    return li_direction_scratch_floats(&plan.c, T, B)

@@ -1,0 +1,276 @@
+"""Dense, convolution and recurrent layers lowered to step program records (the heavy
+records of a step: sgemm and the engine's recurrent driver). Registered in
+:data:`lstm_infer.compile.step_lower.LOWERINGS`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from lstm_infer import _engine
+from lstm_infer.compile.step_buffers import Buf, NotCompiled, StepContext
+from lstm_infer.ops.base import attr_int, attr_str
+from lstm_infer.ops.conv import ACTIVATION_ATTR
+from lstm_infer.ops.window import resolve, window_attrs
+
+# enum li_step_unary (src_c/step_program.h): GEMM records' fused activations.
+UNARY_NONE, UNARY_RELU = 0, 1
+
+
+# ---- dense and convolution -----------------------------------------------------------------
+
+
+def _gemm_record(
+    ctx: StepContext,
+    y: Buf,
+    a: Buf,
+    b: Buf,
+    rows: int,
+    cols: int,
+    k: int,
+    lda: int,
+    ldb: int,
+    ldy: int,
+    trans_a: bool,
+    trans_b: bool,
+    bias_col: Buf | None = None,
+    bias_row: Buf | None = None,
+    act: int = 0,
+    a_offset: int = 0,
+    b_offset: int = 0,
+    y_offset: int = 0,
+) -> None:
+    ctx.b.emit(
+        "gemm",
+        op=act,
+        flags=int(trans_a) | 2 * int(trans_b),
+        n=[rows, cols, k, 1, 0, 0, 0],
+        sa=[lda],
+        sb=[ldb],
+        sy=[ldy],
+        f=[1.0, 0.0, 0.0],
+        a=(a, a_offset),
+        b=(b, b_offset),
+        y=(y, y_offset),
+        aux=None if bias_col is None else (bias_col, 0),
+        aux2=None if bias_row is None else (bias_row, 0),
+    )
+
+
+def dense(ctx: StepContext, node: Any, state: Any) -> None:
+    """MatMul / Gemm by a constant weight (the op's prepared CompiledDense)."""
+    if state is None or getattr(state, "activation", None):
+        raise NotCompiled(f"{node.label}: a product of two computed operands")
+    x = ctx.buf(node, node.inputs[0])
+    if not x.shape:
+        raise NotCompiled(f"{node.label}: a scalar operand")
+    n, k = state.weight.shape
+    if x.shape[-1] != k:
+        raise NotCompiled(f"{node.label}: {x.shape[-1]} features for a weight taking {k}")
+    rows = x.size // k
+    y = ctx.out(node)
+    w = ctx.b.constant(state.weight)
+    bias = None if state.bias is None else ctx.b.constant(state.bias)
+    _gemm_record(ctx, y, x, w, rows, n, k, k, k, n, False, True, bias_col=bias)
+
+
+def gemm(ctx: StepContext, node: Any, state: Any) -> None:
+    if attr_int(node, "transA", 0):
+        raise NotCompiled(f"{node.label}: Gemm with transA")
+    dense(ctx, node, state)
+
+
+def conv(ctx: StepContext, node: Any, state: Any) -> None:
+    """Conv 1-D / 2-D: the padded input in the arena, its windows (im2col) as one strided
+    COPY, one GEMM per batch entry and group. A strided 1-D window over one channel per group
+    whose windows do not overlap is read in place: its windows are rows ``stride`` floats
+    apart (BLAS refuses a leading dimension below the row length, so overlapping windows, an
+    STFT as Conv1d, are copied)."""
+    if state is None or state.w.dtype != np.float32:
+        raise NotCompiled(f"{node.label}: weights computed at run time")
+    x = ctx.buf(node, node.inputs[0])
+    if len(x.shape) not in (3, 4):
+        raise NotCompiled(f"{node.label}: a {len(x.shape) - 2}-D convolution")
+    two_d = len(x.shape) == 4
+    group = attr_int(node, "group", 1)
+    if group > 64:
+        raise NotCompiled(f"{node.label}: {group} groups")
+    r = resolve(node, window_attrs(node), x.shape[2:], state.w.shape[2:])
+    batch, c = x.shape[:2]
+    m, cg = state.w.shape[:2]
+    mg = m // group
+    kh, kw = r.kernel if two_d else (1, r.kernel[0])
+    sh, sw = r.strides if two_d else (1, r.strides[0])
+    dh, dw = r.dilations if two_d else (1, r.dilations[0])
+    oh, ow = r.out if two_d else (1, r.out[0])
+    ih, iw = x.shape[2:] if two_d else (1, x.shape[2])
+    (pt, pl), (pb, pr) = (r.begin, r.end) if two_d else ((0, r.begin[0]), (0, r.end[0]))
+    hp, wp = ih + pt + pb, iw + pl + pr
+    y = ctx.out(node)
+    act = UNARY_RELU if attr_str(node, ACTIVATION_ATTR) == "Relu" else UNARY_NONE
+    w = ctx.b.constant(state.rows)
+    bias = None if state.bias is None else ctx.b.constant(state.bias)
+    k = cg * kh * kw
+    positions = oh * ow
+    if any((pt, pl, pb, pr)):
+        xp = ctx.b.region((batch, c, hp, wp))
+        ctx.b.fill(xp, 0.0)
+        ctx.b.copy(xp, x, (batch * c, ih, iw), (hp * wp, wp, 1), (ih * iw, iw, 1), pt * wp + pl, 0)
+    else:
+        xp = x
+    in_place = not two_d and cg == 1 and dw == 1 and sw >= kw
+    pointwise = k == cg and sh == sw == 1 and (oh, ow) == (hp, wp)
+    for e in range(batch):
+        for g in range(group):
+            x_off = (e * c + g * cg) * hp * wp
+            y_off = (e * m + g * mg) * positions
+            bias_g = None if bias is None else bias.at(g * mg, (mg,))
+            w_off = g * mg * k
+            if pointwise:  # y = W (mg, cg) @ x (cg, positions)
+                _gemm_record(
+                    ctx,
+                    y,
+                    w,
+                    xp,
+                    mg,
+                    positions,
+                    k,
+                    k,
+                    positions,
+                    positions,
+                    False,
+                    False,
+                    bias_row=bias_g,
+                    act=act,
+                    a_offset=w_off,
+                    b_offset=x_off,
+                    y_offset=y_off,
+                )
+                continue
+            if in_place:  # windows of one channel: rows sw apart, kw long
+                cols, c_off, ldb = xp, x_off, sw
+                if (ow - 1) * sw + kw > wp:
+                    raise NotCompiled(f"{node.label}: windows past the input (internal)")
+            else:
+                cols = ctx.b.region((positions, k))
+                ctx.b.copy(
+                    cols,
+                    xp,
+                    (oh, ow, cg, kh, kw),
+                    (ow * k, k, kh * kw, kw, 1),
+                    (sh * wp, sw, hp * wp, dh * wp, dw),
+                    0,
+                    x_off,
+                )
+                c_off, ldb = 0, k
+            _gemm_record(
+                ctx,
+                y,
+                w,
+                cols,
+                mg,
+                positions,
+                k,
+                k,
+                ldb,
+                positions,
+                False,
+                True,
+                bias_row=bias_g,
+                act=act,
+                a_offset=w_off,
+                b_offset=c_off,
+                y_offset=y_off,
+            )
+
+
+# ---- recurrent layers ----------------------------------------------------------------------
+
+
+def recurrent(ctx: StepContext, node: Any, state: Any) -> None:
+    """RNN / LSTM / GRU on the engine's whole-sequence driver, one record for both
+    directions. The state starts from initial_h / initial_c (or zeros) on every step, unless
+    the stream carries it (``ctx.carry_state``, time-axis streaming): then it lives in the
+    arena from one step to the next, reset to those initial values."""
+    model, feeds, _outs = state
+    roles = {role: node.inputs[i] for role, i in feeds}
+    if "sequence_lens" in roles:
+        raise NotCompiled(f"{node.label}: sequence_lens in a step")
+    layer, plans = model._spec.layers[0], model._plans[0]
+    d_count, hr, hidden = layer.num_directions, layer.state_size, layer.hidden_size
+    lstm = layer.cell == "lstm"
+    layout = attr_int(node, "layout", 0)
+    x = ctx.buf(node, roles["X"])
+    if len(x.shape) != 3:
+        raise NotCompiled(f"{node.label}: X of shape {x.shape}")
+    t_steps, batch = (x.shape[0], x.shape[1]) if layout == 0 else (x.shape[1], x.shape[0])
+    width = x.shape[2]
+    if layout == 1:  # the driver reads time-major rows
+        xt = ctx.b.region((t_steps, batch, width))
+        ctx.b.copy(
+            xt, x, (t_steps, batch, width), (batch * width, width, 1), (width, t_steps * width, 1)
+        )
+        x = xt
+    states = {}
+    for role, size in (("initial_h", hr), ("initial_c", hidden)):
+        if role == "initial_c" and not lstm:
+            continue
+        name = roles.get(role)
+        shape = (d_count, batch, size)
+        if ctx.carry_state and (not name or ctx.const(name) is not None):
+            start = np.zeros(shape, np.float32)
+            if name:
+                start[...] = _time_major_state(ctx.const(name), layout)
+            buf = ctx.b.region(shape)
+            ctx.b.carried.append((buf, start))
+        else:
+            buf = ctx.b.region(shape)
+            if name:
+                src = ctx.buf(node, name)
+                sa = (batch * size, size, 1) if layout == 0 else (size, d_count * size, 1)
+                ctx.b.copy(buf, src, shape, (batch * size, size, 1), sa)
+            else:
+                ctx.b.fill(buf, 0.0)
+        states[role] = buf
+    h, c = states["initial_h"], states.get("initial_c")
+    outputs = dict(zip(("Y", "Y_h", "Y_c"), node.outputs))
+    y = ctx.out(node, 0) if outputs.get("Y") else None
+    if layout == 0:
+        y_ts, y_bs, y_ds = d_count * batch * hr, hr, batch * hr
+    else:
+        y_ts, y_bs, y_ds = d_count * hr, t_steps * d_count * hr, hr
+    spec = {
+        "cells": list(plans),
+        "reverse": [int(layer.direction == "reverse"), 1][:d_count],
+        "T": t_steps,
+        "B": batch,
+        "x": (x, 0),
+        "ldx": width,
+        "h": [(h, d * batch * hr) for d in range(d_count)],
+        "c": [None if c is None else (c, d * batch * hidden) for d in range(d_count)],
+        "y": None if y is None else (y, 0),
+        "y_ts": y_ts,
+        "y_bs": y_bs,
+        "y_ds": y_ds,
+        "scratch": None,
+    }
+    scratch = max(_engine.recurrent_scratch_floats(p, t_steps, batch) for p in plans)
+    record = ctx.b.emit("recurrent", recurrent=spec)
+    ctx.b.scratch(scratch, spec, "scratch")
+    del record
+    for i, (role, buf, size) in enumerate((("Y_h", h, hr), ("Y_c", c, hidden))):
+        if not outputs.get(role):
+            continue
+        if layout == 0:
+            ctx.bind(node, i + 1, buf)
+        else:
+            out = ctx.out(node, i + 1)
+            ctx.b.copy(
+                out, buf, (d_count, batch, size), (size, d_count * size, 1), (batch * size, size, 1)
+            )
+
+
+def _time_major_state(value: np.ndarray, layout: int) -> np.ndarray:
+    return value if layout == 0 else np.swapaxes(value, 0, 1)

@@ -1,0 +1,192 @@
+"""A graph's step compiled into one C call (src_c/step_program.h).
+
+A stream calls its graph once per chunk with the same shapes every time. :class:`CompiledStep`
+takes the graph's program specialised to those shapes, runs it once op by op (the trace: the
+shape and dtype of every tensor, and reference values), lowers every node to C records
+(:mod:`lstm_infer.compile.step_lower`) over one preallocated arena, and appends the copies
+that carry state outputs into the state inputs for the next call. A step is then: copy the
+inputs into the arena, one C call with the GIL released (no Python per op, no allocation),
+read the outputs.
+
+Before it is used, the compiled step is run on the traced inputs and must reproduce the
+traced outputs (a mismatch is a lowering bug: the stream then runs op by op and says why).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from lstm_infer.compile.program import GraphProgram
+from lstm_infer.compile.step_buffers import Buf, NotCompiled, StepBuilder, StepContext
+from lstm_infer.compile.step_lower import LOWERINGS
+from lstm_infer.errors import LstmInferError
+from lstm_infer.ops import RunContext
+from lstm_infer.runtime.threads import blas_threads
+
+# How far the compiled step may stray from the op-by-op trace in the self-check (the C
+# records use libm and their own summation order; float32 rounding differences only).
+SELF_CHECK_RTOL = 1e-3
+SELF_CHECK_ATOL = 1e-4
+
+
+def trace(program: GraphProgram, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every tensor's value in one op-by-op run of ``program`` (nothing freed)."""
+    env: dict[str, np.ndarray] = dict(program.constants)
+    env.update(feeds)
+    ctx = RunContext()
+    with blas_threads(1):
+        for step in program.steps:
+            node = step.node
+            outs = step.op.run(ctx, node, [env[n] if n else None for n in node.inputs], step.state)
+            for name, value in zip(node.outputs, outs):
+                if name:
+                    env[name] = np.asarray(value)
+    return env
+
+
+class TraceFailed(NotCompiled):
+    """The op-by-op trace itself failed (bad inputs): nothing to say about compiling."""
+
+
+class CompiledStep:
+    """One step of ``program`` at the shapes of ``feeds``, as a C step program.
+
+    Parameters
+    ----------
+    program : GraphProgram
+        The graph's program specialised to the step's input shapes.
+    feeds : mapping of input name -> array
+        Example inputs of the step's shapes (values used only by the self-check).
+    state_map : mapping of state input -> state output
+        The state the step carries: after each call the outputs are copied into the inputs.
+    carry_state : bool
+        Recurrent layers keep their own state between calls (time-axis streams).
+
+    Raises NotCompiled naming the first node (or tensor) the step compiler cannot handle.
+    """
+
+    def __init__(
+        self,
+        program: GraphProgram,
+        feeds: Mapping[str, np.ndarray],
+        state_map: Mapping[str, str],
+        carry_state: bool = False,
+    ) -> None:
+        # The program's guards (shapes a specialisation assumed) hold here by construction:
+        # every lowered node's non-data inputs are constants, so each shape is a function of
+        # the input shapes alone, which are fixed.
+        try:
+            env = trace(program, feeds)
+        except LstmInferError as exc:
+            raise TraceFailed(f"the trace run failed: {exc}") from exc
+        shapes = {n: tuple(np.shape(v)) for n, v in env.items()}
+        dtypes = {n: np.asarray(v).dtype for n, v in env.items()}
+        b = StepBuilder()
+        for name, value in feeds.items():
+            if value.dtype != np.float32:
+                raise NotCompiled(f"input {name!r} is {value.dtype} (the step program is float32)")
+            b.values[name] = b.region(value.shape)
+        ctx = StepContext(b, shapes, dtypes, program.constants)
+        ctx.carry_state = carry_state
+        for step in program.steps:
+            lower = LOWERINGS.get(step.node.op)
+            if lower is None:
+                raise NotCompiled(f"{step.node.label}: no step lowering for {step.node.op}")
+            lower(ctx, step.node, step.state)
+        outputs = {}
+        for name in program.graph.output_names:
+            if name in b.values:
+                outputs[name] = b.values[name]
+            elif name in program.constants:
+                outputs[name] = ctx.buf(None, name)
+            else:
+                raise NotCompiled(f"output {name!r} has no value")
+        self._carry(b, state_map, outputs)
+        self.program, self.arena = b.finish()
+        self.inputs = {n: b.view(buf) for n, buf in b.values.items() if n in feeds}
+        self.outputs = {n: b.view(buf) for n, buf in outputs.items()}
+        self.carried = [(b.view(buf), start) for buf, start in b.carried]
+        self.records = len(self.program)
+        self._self_check(feeds, env, state_map)
+
+    @staticmethod
+    def _carry(b: StepBuilder, state_map: Mapping[str, str], outputs: dict[str, Buf]) -> None:
+        """Copies of the state outputs into the state inputs, last in the program. An output
+        that overlaps any state input is staged first (a copy would overwrite what a later
+        copy reads)."""
+        targets = [b.values[i] for i in state_map]
+        staged = []
+        for state_in, state_out in state_map.items():
+            src = outputs[state_out]
+            if src.size != b.values[state_in].size:
+                raise NotCompiled(
+                    f"state {state_in!r} has shape {b.values[state_in].shape}, its output "
+                    f"{state_out!r} {src.shape}"
+                )
+            if any(
+                src.overlaps(t) and not (src.offset == t.offset and src.base is t.base)
+                for t in targets
+            ):
+                stage = b.region(src.shape)
+                b.copy_whole(stage, src)
+                src = stage
+            staged.append((b.values[state_in], src))
+        for dst, src in staged:
+            b.copy_whole(dst, src)
+
+    def _self_check(
+        self, feeds: Mapping[str, np.ndarray], env: dict[str, np.ndarray], state_map: Mapping
+    ) -> None:
+        self.reset_carried()
+        for name, value in feeds.items():
+            np.copyto(self.inputs[name], value)
+        self.run()
+        for name, view in self.outputs.items():
+            want = env[name]
+            if name in state_map.values():
+                continue  # already copied into its input: compared there
+            self._compare(name, view, want)
+        for state_in, state_out in state_map.items():
+            self._compare(state_out, self.inputs[state_in], env[state_out])
+        self.reset_carried()
+
+    @staticmethod
+    def _compare(name: str, got: np.ndarray, want: np.ndarray) -> None:
+        want = np.asarray(want, np.float32).reshape(got.shape)
+        if not np.allclose(got, want, rtol=SELF_CHECK_RTOL, atol=SELF_CHECK_ATOL, equal_nan=True):
+            err = float(np.nanmax(np.abs(got - want))) if got.size else 0.0
+            raise NotCompiled(f"self-check: output {name!r} differs from the op-by-op run by {err}")
+
+    def reset_carried(self) -> None:
+        """The carried regions (time-axis recurrent state) back to their initial values."""
+        for view, start in self.carried:
+            view[...] = start
+
+    def run(self) -> None:
+        """One step over what the input views hold."""
+        self.program.run()
+
+    def __repr__(self) -> str:
+        return f"CompiledStep({self.records} records, {self.arena.size * 4} arena bytes)"
+
+
+def compile_step(
+    program: GraphProgram,
+    feeds: Mapping[str, np.ndarray],
+    state_map: Mapping[str, str],
+    carry_state: bool = False,
+) -> tuple[CompiledStep | None, str | None]:
+    """(the compiled step, None), or (None, why not). Raises TraceFailed when the inputs
+    themselves do not run (the caller's op-by-op run then reports them)."""
+    try:
+        return CompiledStep(program, feeds, state_map, carry_state), None
+    except TraceFailed:
+        raise
+    except NotCompiled as exc:
+        return None, str(exc)
+
+
+__all__: list[Any] = ["CompiledStep", "NotCompiled", "TraceFailed", "compile_step", "trace"]
