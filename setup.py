@@ -54,7 +54,10 @@ X86_ISA_SOURCES = {
         "-mavx512bf16",
     ],
 }
-HEADERS = sorted(glob.glob("src_c/*.h")) + ["lstm_infer/_engine_products.pxi", "lstm_infer/_engine_step.pxi"]
+HEADERS = sorted(glob.glob("src_c/*.h")) + [
+    "lstm_infer/_engine_products.pxi",
+    "lstm_infer/_engine_step.pxi",
+]
 COMMON_CFLAGS = ["-O3", "-std=c11", "-fno-math-errno", "-Wall", "-Wno-unused-function"]
 
 IS_X86_64 = platform.machine().lower() in ("x86_64", "amd64")

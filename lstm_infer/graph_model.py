@@ -16,7 +16,7 @@ import numpy as np
 from lstm_infer._spec import TensorInfo
 from lstm_infer.compile.program import GraphProgram
 from lstm_infer.compile.specialize import ShapeSpecializer
-from lstm_infer.errors import InputError, InputTypeError
+from lstm_infer.errors import InputError, InputTypeError, StreamError
 from lstm_infer.graph import Graph, TensorType
 
 # Feed dtypes converted without loss of meaning to what the graph declares.
@@ -149,18 +149,32 @@ class GraphModel:
         batch_size: int = 1,
         state_map: Mapping[str, str] | None = None,
         compile: bool = True,
+        time_axis: int | None = None,
     ) -> Any:
-        """A session that carries the graph's state outputs into its next call.
+        """A session over this graph that keeps its state between calls.
 
-        For graphs that take and return their state (silero-VAD's ``state`` -> ``stateN``,
-        ``h0``/``c0`` -> ``hn``/``cn``): pairs found by name and shape, or ``state_map``
-        (state input -> state output). Each step runs as one C step program
-        (``compile=False``: op by op, as ``run`` does). See
-        :class:`lstm_infer.graph_stream.GraphStream`. Raises StreamError for a graph with no
-        state to carry.
+        * A graph that takes and returns its state (silero-VAD's ``state`` -> ``stateN``,
+          ``h0``/``c0`` -> ``hn``/``cn``; pairs found by name and shape, or ``state_map``:
+          state input -> state output) gives a
+          :class:`~lstm_infer.graph_stream.GraphStream`: each step one call on a chunk, the
+          state outputs carried into the next call's inputs; ``batch_size`` sizes the zero
+          initial state.
+        * Any other graph streams along its input's time axis
+          (:class:`~lstm_infer.time_stream.TimeStream`: recurrent states and causal
+          convolution histories carried; ``time_axis`` names the input's axis, else the
+          first symbolic one the graph streams along). A graph that needs future frames
+          raises StreamError naming the node.
+
+        Each step runs as one C step program (``compile=False``, state-carrying graphs
+        only: op by op, as ``run`` does).
         """
-        from lstm_infer.graph_stream import GraphStream
+        from lstm_infer.graph_stream import GraphStream, find_state_pairs
+        from lstm_infer.time_stream import TimeStream
 
+        if state_map is None and not find_state_pairs(self):
+            if not compile:
+                raise StreamError("a time-axis stream runs only as a compiled step program")
+            return TimeStream(self, time_axis)
         return GraphStream(self, batch_size, state_map, compile)
 
     def _program_for(self, feeds: Mapping[str, np.ndarray]) -> GraphProgram:

@@ -19,8 +19,8 @@ flat array of C records over one preallocated arena, the state copies included) 
 later step at those shapes copies its inputs in, runs it with the GIL released and reads the
 outputs. A graph holding an op the step compiler does not lower runs op by op instead (the
 same results, slower): ``stream.compiled`` says which, ``stream.compile_error`` why.
-Time-axis streaming of a graph without state inputs (causal convolutions) is not done yet
-and raises StreamError.
+A graph without state inputs streams along its time axis instead
+(:mod:`lstm_infer.time_stream`).
 """
 
 from __future__ import annotations
@@ -58,6 +58,20 @@ def _shapes_agree(a: tuple | None, b: tuple | None) -> bool:
     return all(not (isinstance(x, int) and isinstance(y, int)) or x == y for x, y in zip(a, b))
 
 
+def find_state_pairs(model: Any) -> dict[str, str]:
+    """State input -> state output pairs found by name and shape ({} when none)."""
+    inputs = {t.name: t for t in model.inputs}
+    outputs = {t.name: t for t in model.outputs}
+    pairs: dict[str, str] = {}
+    for name, t in inputs.items():
+        for cand in _candidates(name):
+            out = outputs.get(cand)
+            if out is not None and cand not in pairs.values() and _shapes_agree(t.shape, out.shape):
+                pairs[name] = cand
+                break
+    return pairs
+
+
 def pair_states(model: Any, state_map: Mapping[str, str] | None) -> dict[str, str]:
     """State input name -> state output name, given or found by convention."""
     inputs = {t.name: t for t in model.inputs}
@@ -73,18 +87,11 @@ def pair_states(model: Any, state_map: Mapping[str, str] | None) -> dict[str, st
         if len(set(state_map.values())) != len(state_map):
             raise StreamError("state_map: two state inputs map to one output")
         return dict(state_map)
-    pairs: dict[str, str] = {}
-    for name, t in inputs.items():
-        for cand in _candidates(name):
-            out = outputs.get(cand)
-            if out is not None and cand not in pairs.values() and _shapes_agree(t.shape, out.shape):
-                pairs[name] = cand
-                break
+    pairs = find_state_pairs(model)
     if not pairs:
         raise StreamError(
             "this graph takes no state input that pairs with an output by name (state -> "
-            "stateN, h0 -> hn, ...): pass state_map={'input': 'output'}; streaming a graph "
-            "along its time axis without state inputs is not supported yet"
+            "stateN, h0 -> hn, ...): pass state_map={'input': 'output'}"
         )
     if len(pairs) == len(inputs):
         raise StreamError("every input of this graph pairs with an output: nothing to step with")
@@ -126,6 +133,8 @@ class GraphStream:
         self._owner: CompiledStep | None = None
         self._last: CompiledStep | None = None
         self._last_key: tuple | None = None
+        # (shape, compiled step, its input view, one output?) of the last array step
+        self._fast: tuple | None = None
         self.reset()
 
     @property
@@ -200,6 +209,18 @@ class GraphStream:
         """One call: ``x`` is the model's one non-state input (an array) or a dict of its
         non-state inputs. Returns the non-state output (an array) or a dict of them. On an
         error nothing changes (the state stays what it was)."""
+        fast = self._fast
+        if (
+            fast is not None
+            and type(x) is np.ndarray
+            and x.shape == fast[0]
+            and x.dtype == np.float32
+            and self._owner is fast[1]
+        ):  # the last step's shape again: no checks or conversions needed
+            step = fast[1]
+            np.copyto(fast[2], x)
+            step.run()
+            return step.outputs[self.step_outputs[0]].copy() if fast[3] else self._outputs(step)
         if isinstance(x, Mapping):
             feeds = dict(x)
             clash = sorted(set(feeds) & set(self.state_map))
@@ -232,9 +253,16 @@ class GraphStream:
             self._owner = step
         for name, value in arrays.items():
             np.copyto(step.inputs[name], value)
+        if len(self.step_inputs) == 1 and not isinstance(x, Mapping):
+            name = self.step_inputs[0]
+            single = len(self.step_outputs) == 1
+            self._fast = (arrays[name].shape, step, step.inputs[name], single)
         step.run()
         if len(self.step_outputs) == 1:
             return step.outputs[self.step_outputs[0]].copy()
+        return self._outputs(step)
+
+    def _outputs(self, step: CompiledStep) -> dict[str, np.ndarray]:
         return {n: step.outputs[n].copy() for n in self.step_outputs}
 
     def _step_for(self, key: tuple, arrays: dict[str, np.ndarray]) -> CompiledStep | None:

@@ -202,8 +202,9 @@ def test_graph_model_api(rng) -> None:
     for threads in (1, 2):
         np.testing.assert_allclose(model.run({"x": longer}, threads=threads)["y"], want,
                                    rtol=TOL, atol=TOL)  # fmt: skip
-    with pytest.raises(lstm_infer.errors.StreamError, match="not supported yet"):
-        model.stream()
+    stream = model.stream()  # no state inputs: it streams along its time axis
+    np.testing.assert_allclose(stream.feed(longer, chunk=3), want, rtol=TOL, atol=TOL)
+    assert stream.time_axis == 0
     with pytest.raises(lstm_infer.errors.InputError, match="size 7 on axis 2"):
         model.run({"x": np.zeros((5, 3, 6), np.float32)})
 

@@ -20,6 +20,7 @@ from lstm_infer.graph import Graph, Node
 from lstm_infer.ops import OpDef, RunContext, get_op
 from lstm_infer.ops.base import element_limit
 from lstm_infer.passes.fold_batchnorm import fold_batchnorm
+from lstm_infer.passes.fold_pad import fold_pad, weight_ranks
 from lstm_infer.passes.fuse_activation import fuse_activation
 from lstm_infer.passes.inline_if import inline_constant_ifs
 from lstm_infer.runtime.threads import blas_threads
@@ -131,6 +132,7 @@ class GraphProgram:
                 break
             folded = fold_constants(folded)
         keep = set(guards or {})  # a guarded tensor must stay what its guard checks
+        folded = fold_pad(folded, weight_ranks(folded), keep)
         folded = fuse_activation(fold_batchnorm(folded, keep), keep)
         guards = dict(guards or {})
         folded.nodes = _dead_nodes_removed(folded, set(guards))

@@ -111,9 +111,10 @@ class StepBuilder:
         self._scratch_floats = 0
         self._scratch_users: list[dict[str, Any]] = []
         self.arena: np.ndarray | None = None
-        # Regions that keep their values from one step to the next (a recurrent layer's
-        # state in a time-axis stream), with the values a reset gives them.
-        self.carried: list[tuple[Buf, np.ndarray]] = []
+        # Regions that keep their values from one step to the next in a time-axis stream (a
+        # recurrent layer's state, a causal convolution's last frames): (key naming the node
+        # and role, region, the values a reset gives it). Keys match across chunk lengths.
+        self.carried: list[tuple[str, Buf, np.ndarray]] = []
 
     # ---- regions -------------------------------------------------------------------------
 
@@ -254,8 +255,10 @@ class StepContext:
         self.shapes = shapes
         self.dtypes = dtypes
         self.consts = consts
-        # Time-axis streams: recurrent layers keep their state in the arena between steps.
+        # Time-axis streams: recurrent layers and causal convolutions keep their state in
+        # the arena between steps; time_axes gives each tensor's time axis (None: no time).
         self.carry_state = False
+        self.time_axes: dict[str, int | None] = {}
         self._const_bufs: dict[str, Buf] = {}
 
     def const(self, name: str) -> np.ndarray | None:

@@ -66,6 +66,11 @@ REDUCE_CODES = {
     "ReduceSumSquare": 7,
     "ReduceLogSumExp": 8,
 }
+# Ops whose output is a selection of their first input's elements (lowered by indices).
+LAYOUT_OPS = (
+    "Slice", "Transpose", "Gather", "Pad", "Expand", "Tile", "Split", "Squeeze", "Unsqueeze",
+    "Reshape", "Flatten", "GatherElements", "DepthToSpace", "SpaceToDepth",
+)  # fmt: skip
 _UNARY_PARAMS = {
     "LeakyRelu": lambda n: [attr_float(n, "alpha", 0.01)],
     "Elu": lambda n: [attr_float(n, "alpha", 1.0)],
@@ -345,25 +350,7 @@ LOWERINGS: dict[str, Lowering] = {
     **{name: _lower_unary for name in UNARY_CODES},
     **{name: _binary for name in BINARY_CODES},
     **{name: _reduce for name in REDUCE_CODES},
-    **{
-        name: _by_indices
-        for name in (
-            "Slice",
-            "Transpose",
-            "Gather",
-            "Pad",
-            "Expand",
-            "Tile",
-            "Split",
-            "Squeeze",
-            "Unsqueeze",
-            "Reshape",
-            "Flatten",
-            "GatherElements",
-            "DepthToSpace",
-            "SpaceToDepth",
-        )
-    },
+    **{name: _by_indices for name in LAYOUT_OPS},
     "Identity": _alias,
     "Cast": _cast,
     "Dropout": _dropout,

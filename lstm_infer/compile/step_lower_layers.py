@@ -114,12 +114,27 @@ def conv(ctx: StepContext, node: Any, state: Any) -> None:
     bias = None if state.bias is None else ctx.b.constant(state.bias)
     k = cg * kh * kw
     positions = oh * ow
+    # A causal convolution in a time-axis stream: its left padding holds the last pl input
+    # frames of the previous chunk (zeros after a reset), carried in a region of their own.
+    causal = ctx.carry_state and ctx.time_axes.get(node.inputs[0]) == len(x.shape) - 1 and pl
     if any((pt, pl, pb, pr)):
+        # The arena starts zeroed and nothing else writes this region's padding: only the
+        # interior (and a causal history) is written each step.
         xp = ctx.b.region((batch, c, hp, wp))
-        ctx.b.fill(xp, 0.0)
         ctx.b.copy(xp, x, (batch * c, ih, iw), (hp * wp, wp, 1), (ih * iw, iw, 1), pt * wp + pl, 0)
     else:
         xp = x
+    if causal:
+        rows = batch * c * hp
+        history = ctx.b.region((rows, pl))
+        ctx.b.carried.append(
+            (
+                f"{node.name or node.outputs[0]}/history",
+                history,
+                np.zeros(history.shape, np.float32),
+            )
+        )
+        ctx.b.copy(xp, history, (rows, pl), (wp, 1), (pl, 1))
     in_place = not two_d and cg == 1 and dw == 1 and sw >= kw
     pointwise = k == cg and sh == sw == 1 and (oh, ow) == (hp, wp)
     for e in range(batch):
@@ -184,6 +199,8 @@ def conv(ctx: StepContext, node: Any, state: Any) -> None:
                 b_offset=c_off,
                 y_offset=y_off,
             )
+    if causal:  # the last pl frames of this chunk's padded input become the next history
+        ctx.b.copy(history, xp, (rows, pl), (pl, 1), (wp, 1), 0, iw)
 
 
 # ---- recurrent layers ----------------------------------------------------------------------
@@ -224,7 +241,7 @@ def recurrent(ctx: StepContext, node: Any, state: Any) -> None:
             if name:
                 start[...] = _time_major_state(ctx.const(name), layout)
             buf = ctx.b.region(shape)
-            ctx.b.carried.append((buf, start))
+            ctx.b.carried.append((f"{node.name or node.outputs[0]}/{role}", buf, start))
         else:
             buf = ctx.b.region(shape)
             if name:

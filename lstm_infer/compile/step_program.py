@@ -63,7 +63,8 @@ class CompiledStep:
     state_map : mapping of state input -> state output
         The state the step carries: after each call the outputs are copied into the inputs.
     carry_state : bool
-        Recurrent layers keep their own state between calls (time-axis streams).
+        Recurrent layers and causal convolutions keep their own state between calls
+        (time-axis streams); ``time_axes`` then gives each tensor's time axis.
 
     Raises NotCompiled naming the first node (or tensor) the step compiler cannot handle.
     """
@@ -74,6 +75,7 @@ class CompiledStep:
         feeds: Mapping[str, np.ndarray],
         state_map: Mapping[str, str],
         carry_state: bool = False,
+        time_axes: Mapping[str, int | None] | None = None,
     ) -> None:
         # The program's guards (shapes a specialisation assumed) hold here by construction:
         # every lowered node's non-data inputs are constants, so each shape is a function of
@@ -91,6 +93,7 @@ class CompiledStep:
             b.values[name] = b.region(value.shape)
         ctx = StepContext(b, shapes, dtypes, program.constants)
         ctx.carry_state = carry_state
+        ctx.time_axes = dict(time_axes or {})
         for step in program.steps:
             lower = LOWERINGS.get(step.node.op)
             if lower is None:
@@ -108,7 +111,8 @@ class CompiledStep:
         self.program, self.arena = b.finish()
         self.inputs = {n: b.view(buf) for n, buf in b.values.items() if n in feeds}
         self.outputs = {n: b.view(buf) for n, buf in outputs.items()}
-        self.carried = [(b.view(buf), start) for buf, start in b.carried]
+        # key -> (view, reset value) of each carried region
+        self.carried = {key: (b.view(buf), start) for key, buf, start in b.carried}
         self.records = len(self.program)
         self._self_check(feeds, env, state_map)
 
@@ -162,7 +166,7 @@ class CompiledStep:
 
     def reset_carried(self) -> None:
         """The carried regions (time-axis recurrent state) back to their initial values."""
-        for view, start in self.carried:
+        for view, start in self.carried.values():
             view[...] = start
 
     def run(self) -> None:
@@ -178,11 +182,12 @@ def compile_step(
     feeds: Mapping[str, np.ndarray],
     state_map: Mapping[str, str],
     carry_state: bool = False,
+    time_axes: Mapping[str, int | None] | None = None,
 ) -> tuple[CompiledStep | None, str | None]:
     """(the compiled step, None), or (None, why not). Raises TraceFailed when the inputs
     themselves do not run (the caller's op-by-op run then reports them)."""
     try:
-        return CompiledStep(program, feeds, state_map, carry_state), None
+        return CompiledStep(program, feeds, state_map, carry_state, time_axes), None
     except TraceFailed:
         raise
     except NotCompiled as exc:

@@ -1,0 +1,134 @@
+"""Time-axis streams of whole graphs against torch on the whole sequence.
+
+Graphs exported by torch (a causal Conv1d front end written as F.pad + Conv1d, an LSTM,
+LayerNorm, a Linear head; time-major and batch-first layouts) stream frame by frame and in
+chunks of several sizes, and the joined outputs equal the module's output on the whole
+sequence; causal convolution state crosses chunk boundaries; snapshots restore; graphs that
+need the future are refused with the node named.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from conftest import require
+
+torch = require("torch")
+nn = torch.nn
+
+import lstm_infer  # noqa: E402
+from lstm_infer.errors import InputError, StreamError  # noqa: E402
+
+
+class ConvLstmHead(nn.Module):
+    """(B, C, T) -> causal conv (k=3, dilation 2) -> ReLU -> LSTM -> LayerNorm -> Linear."""
+
+    def __init__(self, causal: bool = True, bidirectional: bool = False) -> None:
+        super().__init__()
+        self.left, self.right = (4, 0) if causal else (2, 2)
+        self.conv = nn.Conv1d(6, 12, 3, dilation=2)
+        self.lstm = nn.LSTM(12, 16, batch_first=True, bidirectional=bidirectional)
+        self.norm = nn.LayerNorm(16 * (2 if bidirectional else 1))
+        self.head = nn.Linear(16 * (2 if bidirectional else 1), 4)
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        h = torch.relu(self.conv(nn.functional.pad(x, (self.left, self.right))))
+        y, _ = self.lstm(h.transpose(1, 2))
+        return self.head(self.norm(y))
+
+
+class NormHead(nn.Module):
+    """(T, B, I) time-major: LSTM -> LayerNorm -> Linear (the issue's streamed head)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(10, 24)
+        self.norm = nn.LayerNorm(24)
+        self.head = nn.Linear(24, 3)
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        y, _ = self.lstm(x)
+        return self.head(self.norm(y))
+
+
+def _export(net: nn.Module, x: np.ndarray, time_axis: int) -> bytes:
+    buf = io.BytesIO()
+    torch.onnx.export(
+        net, (torch.from_numpy(x),), buf, input_names=["x"], output_names=["y"],
+        dynamic_axes={"x": {time_axis: "T"}, "y": {1 if time_axis == 2 else 0: "T"}},
+        dynamo=False,
+    )  # fmt: skip
+    return buf.getvalue()
+
+
+def _torch(net: nn.Module, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return net(torch.from_numpy(x)).numpy()
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 5, 23])
+def test_causal_conv_lstm_head_streams_in_chunks_equal_to_the_whole_run(chunk: int, rng) -> None:
+    torch.manual_seed(3)
+    net = ConvLstmHead().eval()
+    x = rng.standard_normal((2, 6, 23)).astype(np.float32)
+    model = lstm_infer.load(_export(net, x[:, :, :9], 2))
+    stream = model.stream()
+    got = stream.feed(x, chunk=chunk)
+    assert stream.time_axis == 2 and stream.compiled
+    np.testing.assert_allclose(got, _torch(net, x), atol=1e-5)
+
+
+def test_chunks_of_changing_sizes_carry_the_conv_history(rng) -> None:
+    torch.manual_seed(4)
+    net = ConvLstmHead().eval()
+    x = rng.standard_normal((1, 6, 20)).astype(np.float32)
+    stream = lstm_infer.load(_export(net, x, 2)).stream()
+    parts, start = [], 0
+    for size in (1, 3, 1, 7, 2, 6):
+        parts.append(stream.step(x[:, :, start : start + size]))
+        start += size
+    np.testing.assert_allclose(np.concatenate(parts, axis=1), _torch(net, x), atol=1e-5)
+
+
+def test_lstm_layernorm_linear_frame_by_frame_time_major(rng) -> None:
+    torch.manual_seed(5)
+    net = NormHead().eval()
+    x = rng.standard_normal((30, 3, 10)).astype(np.float32)
+    stream = lstm_infer.load(_export(net, x[:4], 0)).stream()
+    frames = [stream.step(x[t : t + 1]) for t in range(30)]
+    assert stream.time_axis == 0
+    np.testing.assert_allclose(np.concatenate(frames), _torch(net, x), atol=1e-5)
+
+
+def test_snapshot_restore_and_reset(rng) -> None:
+    torch.manual_seed(6)
+    net = ConvLstmHead().eval()
+    x = rng.standard_normal((1, 6, 12)).astype(np.float32)
+    stream = lstm_infer.load(_export(net, x, 2)).stream()
+    first = stream.feed(x[:, :, :6], chunk=2)
+    snap = stream.state
+    assert any(k.endswith("/history") for k in snap) and any("initial_c" in k for k in snap)
+    rest = stream.feed(x[:, :, 6:], chunk=3)
+    stream.state = snap
+    np.testing.assert_array_equal(stream.feed(x[:, :, 6:], chunk=3), rest)
+    stream.reset()
+    np.testing.assert_array_equal(stream.feed(x[:, :, :6], chunk=2), first)
+    with pytest.raises(InputError, match="snapshot"):
+        stream.state = {"nope": np.zeros(1)}
+
+
+@pytest.mark.parametrize(
+    ("net", "match"),
+    [
+        (ConvLstmHead(causal=False), "Conv.*pads \\(2, 2\\) along time"),
+        (ConvLstmHead(bidirectional=True), "LSTM.*needs the future"),
+    ],
+)
+def test_graphs_needing_the_future_are_refused_naming_the_node(net, match, rng) -> None:
+    x = rng.standard_normal((1, 6, 10)).astype(np.float32)
+    model = lstm_infer.load(_export(net.eval(), x, 2))
+    stream = model.stream()
+    with pytest.raises(StreamError, match=match):
+        stream.step(x[:, :, :1])
