@@ -32,6 +32,7 @@ import numpy as np
 
 from lstm_infer.compile.step_program import CompiledStep, TraceFailed, compile_step
 from lstm_infer.errors import InputError, LstmInferError, StreamError
+from lstm_infer.time_stream import step_results
 
 # Step programs kept per stream, one per set of step input shapes (oldest dropped first).
 MAX_COMPILED_SHAPES = 4
@@ -133,8 +134,10 @@ class GraphStream:
         self._owner: CompiledStep | None = None
         self._last: CompiledStep | None = None
         self._last_key: tuple | None = None
-        # (shape, compiled step, its input view, one output?) of the last array step
+        # (shape, compiled step, its input view, the one output's name or None) of the last
+        # array step: the next step of that shape skips the checks
         self._fast: tuple | None = None
+        self._views: dict[int, tuple] = {}
         self.reset()
 
     @property
@@ -205,10 +208,12 @@ class GraphStream:
         self._owner = None
         self._state = state
 
-    def step(self, x: Any) -> Any:
+    def step(self, x: Any, out: Any = None) -> Any:
         """One call: ``x`` is the model's one non-state input (an array) or a dict of its
-        non-state inputs. Returns the non-state output (an array) or a dict of them. On an
-        error nothing changes (the state stays what it was)."""
+        non-state inputs. Returns the non-state output (an array) or a dict of them; with
+        ``out`` (an array, or a dict of arrays) they are written there instead (compiled
+        steps then allocate nothing). On an error nothing changes (the state stays what it
+        was)."""
         fast = self._fast
         if (
             fast is not None
@@ -220,7 +225,7 @@ class GraphStream:
             step = fast[1]
             np.copyto(fast[2], x)
             step.run()
-            return step.outputs[self.step_outputs[0]].copy() if fast[3] else self._outputs(step)
+            return step_results(self._step_outputs_of(step), fast[3], out)
         if isinstance(x, Mapping):
             feeds = dict(x)
             clash = sorted(set(feeds) & set(self.state_map))
@@ -245,7 +250,7 @@ class GraphStream:
         step = self._step_for(key, arrays) if self._compile else None
         self._last = step
         if step is None:
-            return self._step_by_ops(arrays)
+            return self._step_by_ops(arrays, out)
         if self._owner is not step:
             current = self.state
             for k in self.state_map:
@@ -253,17 +258,19 @@ class GraphStream:
             self._owner = step
         for name, value in arrays.items():
             np.copyto(step.inputs[name], value)
+        single = self.step_outputs[0] if len(self.step_outputs) == 1 else None
         if len(self.step_inputs) == 1 and not isinstance(x, Mapping):
             name = self.step_inputs[0]
-            single = len(self.step_outputs) == 1
             self._fast = (arrays[name].shape, step, step.inputs[name], single)
         step.run()
-        if len(self.step_outputs) == 1:
-            return step.outputs[self.step_outputs[0]].copy()
-        return self._outputs(step)
+        return step_results(self._step_outputs_of(step), single, out)
 
-    def _outputs(self, step: CompiledStep) -> dict[str, np.ndarray]:
-        return {n: step.outputs[n].copy() for n in self.step_outputs}
+    def _step_outputs_of(self, step: CompiledStep) -> dict[str, np.ndarray]:
+        views = self._views.get(id(step))
+        if views is None or views[0] is not step:
+            views = (step, {n: step.outputs[n] for n in self.step_outputs})
+            self._views[id(step)] = views
+        return views[1]
 
     def _step_for(self, key: tuple, arrays: dict[str, np.ndarray]) -> CompiledStep | None:
         if key in self._steps:
@@ -291,13 +298,14 @@ class GraphStream:
         self._errors[key] = why
         return None
 
-    def _step_by_ops(self, arrays: dict[str, np.ndarray]) -> Any:
+    def _step_by_ops(self, arrays: dict[str, np.ndarray], out: Any = None) -> Any:
         self._release()
         result = self._model.run({**arrays, **self._state})
         self._state = {i: np.asarray(result[o]) for i, o in self.state_map.items()}
-        if len(self.step_outputs) == 1:
-            return result[self.step_outputs[0]]
-        return {n: result[n] for n in self.step_outputs}
+        single = self.step_outputs[0] if len(self.step_outputs) == 1 else None
+        if out is not None:
+            return step_results({n: result[n] for n in self.step_outputs}, single, out)
+        return result[single] if single is not None else {n: result[n] for n in self.step_outputs}
 
     def feed(self, xs: Any) -> list[Any]:
         """``step`` over each entry of ``xs`` in order (chunks along its first axis, or a list

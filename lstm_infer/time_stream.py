@@ -101,18 +101,25 @@ class TimeStream:
         return short_p, axes
 
     def _infer_axis(self, x: np.ndarray) -> int:
-        """The first candidate axis of x the graph streams along (the time axis, set)."""
+        """The first candidate axis the graph streams along, tried on ``x`` itself (the time
+        axis, set)."""
         why = "its input has no symbolic dim to stream along"
+        bad_input: InputError | None = None
         for axis in self._candidates():
             if x.shape[axis] < 1:
                 continue
             try:
-                self._analysed(np.ascontiguousarray(x.take([0], axis=axis)), axis)
+                self._analysed(x, axis)
             except StreamError as exc:
-                why = str(exc)
+                why, bad_input = str(exc), None
+                continue
+            except InputError as exc:  # this axis as time does not run at all
+                bad_input = bad_input or exc
                 continue
             self._axis = axis
             return axis
+        if bad_input is not None:
+            raise bad_input
         raise StreamError(f"this graph cannot stream along time: {why}")
 
     def _compile(self, x: np.ndarray) -> CompiledStep:
@@ -148,9 +155,11 @@ class TimeStream:
             self._state = {k: v.copy() for k, (v, _) in self._owner.carried.items()}
             self._owner = None
 
-    def step(self, x: Any) -> Any:
+    def step(self, x: Any, out: Any = None) -> Any:
         """One chunk (the input with one or more frames on its time axis) in; the outputs of
-        those frames out (an array, or a dict for several outputs). The state carries on."""
+        those frames out (an array, or a dict for several outputs). The state carries on.
+        ``out``: an array (a dict of arrays for several outputs) of the outputs' shapes to
+        write into instead of new arrays (then a step allocates nothing)."""
         fast = self._fast
         if (
             fast is not None
@@ -169,9 +178,7 @@ class TimeStream:
             self._fast = (x.shape, step, step.inputs[self._input.name])
         np.copyto(self._fast[2], x)
         step.run()
-        if self._single is not None:
-            return step.outputs[self._single].copy()
-        return {n: v.copy() for n, v in step.outputs.items()}
+        return step_results(step.outputs, self._single, out)
 
     def feed(self, xs: Any, chunk: int = 1) -> Any:
         """Step through ``xs`` (a whole sequence) ``chunk`` frames at a time (the last chunk
@@ -223,3 +230,26 @@ class TimeStream:
             arrays[key] = arr
         for key, arr in arrays.items():
             carried[key][0][...] = arr
+
+
+def step_results(outputs: dict[str, np.ndarray], single: str | None, out: Any) -> Any:
+    """The step's outputs as fresh arrays, or written into ``out`` (returned)."""
+    if out is None:
+        return (
+            outputs[single].copy()
+            if single is not None
+            else {n: v.copy() for n, v in outputs.items()}
+        )
+    if single is not None:
+        if not isinstance(out, np.ndarray) or out.shape != outputs[single].shape:
+            raise InputError(f"out must be an array of shape {outputs[single].shape}")
+        np.copyto(out, outputs[single])
+        return out
+    if not isinstance(out, dict) or set(out) != set(outputs):
+        raise InputError(f"out must be a dict of arrays for {sorted(outputs)}")
+    for n, v in outputs.items():
+        if np.shape(out[n]) != v.shape:
+            raise InputError(f"out[{n!r}] must have shape {v.shape}")
+    for n, v in outputs.items():
+        np.copyto(out[n], v)
+    return out

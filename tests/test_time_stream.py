@@ -132,3 +132,81 @@ def test_graphs_needing_the_future_are_refused_naming_the_node(net, match, rng) 
     stream = model.stream()
     with pytest.raises(StreamError, match=match):
         stream.step(x[:, :, :1])
+
+
+class WideHead(nn.Module):
+    """LSTM -> LayerNorm -> Linear to 4096 outputs: a step's output is 16 KB, so allocating
+    it shows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(8, 16)
+        self.norm = nn.LayerNorm(16)
+        self.head = nn.Linear(16, 4096)
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        return self.head(self.norm(self.lstm(x)[0]))
+
+
+def _peak_bytes_of(body, steps: int) -> int:  # noqa: ANN001
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        body()  # warm: anything cached on first use
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        for _ in range(steps):
+            body()
+        return tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_step_with_out_allocates_nothing(rng) -> None:
+    torch.manual_seed(9)
+    net = WideHead().eval()
+    x = rng.standard_normal((5, 1, 8)).astype(np.float32)
+    stream = lstm_infer.load(_export(net, x, 0)).stream()
+    frame = x[:1]
+    out = np.empty((1, 1, 4096), np.float32)
+    stream.step(frame, out=out)
+    with_out = _peak_bytes_of(lambda: stream.step(frame, out=out), 500)
+    without = _peak_bytes_of(lambda: stream.step(frame), 500)
+    assert without >= 4096 * 4  # the fresh output array each step (the measure sees it)
+    assert with_out < 2048, with_out  # nothing per step beyond interpreter small objects
+    stream.reset()
+    np.testing.assert_allclose(
+        np.concatenate([stream.step(x[t : t + 1]) for t in range(5)]), _torch(net, x), atol=1e-5
+    )
+    with pytest.raises(InputError, match="out must be"):
+        stream.step(frame, out=np.empty((2, 4096), np.float32))
+
+
+ZOO_EXPECTED = {  # zoo graph -> (its time axis, None when it streams or the refusal)
+    "norm_residual": (0, None),
+    "crnn": (3, "(MaxPool|Conv).*cannot stream along time"),
+    "vad": (1, "cannot stream along time"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ZOO_EXPECTED))
+def test_zoo_graphs_stream_frame_by_frame_or_are_refused(name: str, rng) -> None:
+    from test_graph_zoo import ZOO, _randomised, export
+
+    torch.manual_seed(3)
+    make, shape = ZOO[name]
+    axis, refusal = ZOO_EXPECTED[name]
+    net = _randomised(make())
+    x = rng.standard_normal(shape).astype(np.float32)
+    data = export(net, (torch.from_numpy(x),), ["x"], ["y"], False, {"x": {axis: "T"}})
+    model = lstm_infer.load(data)
+    stream = model.stream()
+    if refusal is None:
+        frames = np.concatenate([stream.step(x[t : t + 1]) for t in range(shape[0])])
+        np.testing.assert_allclose(frames, _torch(net, x), atol=1e-5)
+        stream.reset()
+        np.testing.assert_allclose(stream.feed(x, chunk=4), _torch(net, x), atol=1e-5)
+    else:
+        with pytest.raises(StreamError, match=refusal):
+            stream.step(x)
