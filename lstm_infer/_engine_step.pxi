@@ -9,9 +9,12 @@
 
 STEP_KINDS = {
     "fill": 0, "copy": 1, "gather": 2, "unary": 3, "binary": 4, "gemm": 5, "recurrent": 6,
-    "reduce": 7, "softmax": 8, "layernorm": 9,
+    "reduce": 7, "softmax": 8, "layernorm": 9, "conv": 10,
+    "pool": 11,
 }
 STEP_MAX_RANK = LI_STEP_MAX_RANK
+
+import time
 
 
 cdef void *_step_pointer(object ref, bint writable) except? NULL:
@@ -140,6 +143,33 @@ cdef class StepProgram:
             rc = li_step_program_run(self.ops, self.n_ops, _active, <li_sgemm_fn>sgemm)
         if rc != 0:
             raise RuntimeError(f"step program record {-1 - rc} failed")
+
+
+    def profile(self, int repeat=10):
+        """Median seconds of each record over ``repeat`` runs of the whole program, record
+        by record (where a step's time goes). The program's effects are those of ``repeat``
+        runs."""
+        cdef int i, r, rc = 0
+        cdef double t0
+        times = [[0.0] * repeat for _ in range(self.n_ops)]
+        for r in range(repeat):
+            for i in range(self.n_ops):
+                t0 = _monotonic()
+                with nogil:
+                    rc = li_step_program_run(self.ops + i, 1, _active, <li_sgemm_fn>sgemm)
+                times[i][r] = _monotonic() - t0
+                if rc != 0:
+                    raise RuntimeError(f"step program record {i} failed")
+        return [sorted(t)[repeat // 2] for t in times]
+
+    def kinds(self):
+        """The kind name of each record, in order."""
+        names = {v: k for k, v in STEP_KINDS.items()}
+        return [names[self.ops[i].kind] for i in range(self.n_ops)]
+
+
+cdef double _monotonic():
+    return time.perf_counter()
 
 
 def recurrent_scratch_floats(CellPlan plan not None, int T, int B):

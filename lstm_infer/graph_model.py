@@ -16,6 +16,7 @@ import numpy as np
 from lstm_infer._spec import TensorInfo
 from lstm_infer.compile.program import GraphProgram
 from lstm_infer.compile.specialize import ShapeSpecializer
+from lstm_infer.compile.step_program import CompiledRuns
 from lstm_infer.errors import InputError, InputTypeError, StreamError
 from lstm_infer.graph import Graph, TensorType
 
@@ -47,6 +48,7 @@ class GraphModel:
         self._output_names = graph.output_names
         self.threads = 1
         self._runner = ShapeSpecializer(self._program)
+        self._compiled = CompiledRuns()
 
     @property
     def specialize_shapes(self) -> bool:
@@ -57,6 +59,16 @@ class GraphModel:
     @specialize_shapes.setter
     def specialize_shapes(self, value: bool) -> None:
         self._runner.enabled = bool(value)
+
+    @property
+    def compile_runs(self) -> bool:
+        """Whether ``run`` at input shapes seen before (one thread) executes as one C step
+        program (:class:`lstm_infer.compile.step_program.CompiledRuns`). Default True."""
+        return self._compiled.enabled
+
+    @compile_runs.setter
+    def compile_runs(self, value: bool) -> None:
+        self._compiled.enabled = bool(value)
 
     @property
     def graph(self) -> Graph:
@@ -142,6 +154,10 @@ class GraphModel:
         if not isinstance(threads, (int, np.integer)) or isinstance(threads, bool) or threads < 1:
             raise ValueError(f"threads must be a positive int, got {threads!r}")
         arrays = {n: self._feed(n, feeds[n], t) for n, t in self._inputs.items()}
+        if threads == 1 and self._runner.enabled:
+            out = self._compiled.run(self._runner.program_for, arrays, wanted)
+            if out is not None:
+                return out
         return self._runner.run(arrays, wanted, int(threads))
 
     def stream(

@@ -317,6 +317,36 @@ static void run_layernorm(const li_step_op *op) {
     }
 }
 
+static void run_pool(const li_step_op *op) {
+    const int64_t planes = op->n[0], KH = op->n[1], KW = op->n[2], OH = op->n[3], OW = op->n[4];
+    const int64_t sh = op->shape[0], sw = op->shape[1], dh = op->shape[2], dw = op->shape[3];
+    const int is_sum = op->op == 1;
+    for (int64_t p = 0; p < planes; p++) {
+        const float *plane = op->a + p * op->sa[0];
+        for (int64_t oh = 0; oh < OH; oh++) {
+            float *y = op->y + (p * OH + oh) * OW;
+            for (int64_t i = 0; i < KH; i++) {
+                const float *row = plane + (oh * sh + i * dh) * op->sa[1];
+                for (int64_t j = 0; j < KW; j++) {
+                    const float *x = row + j * dw;
+                    if (i == 0 && j == 0) {
+                        for (int64_t ow = 0; ow < OW; ow++)
+                            y[ow] = x[ow * sw];
+                    } else if (is_sum) {
+                        for (int64_t ow = 0; ow < OW; ow++)
+                            y[ow] += x[ow * sw];
+                    } else {
+                        for (int64_t ow = 0; ow < OW; ow++) {
+                            const float v = x[ow * sw], m = y[ow];
+                            y[ow] = (v > m || v != v) ? v : m; /* NaN wins, as np.maximum */
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 int li_step_program_run(const li_step_op *ops, int n, const li_kernels *kern,
                         li_sgemm_fn sgemm) {
     for (int i = 0; i < n; i++) {
@@ -341,6 +371,14 @@ int li_step_program_run(const li_step_op *ops, int n, const li_kernels *kern,
                                    op->op);
             break;
         case LI_STEP_LAYERNORM: run_layernorm(op); break;
+        case LI_STEP_POOL: run_pool(op); break;
+        case LI_STEP_CONV:
+            kern->conv2d(op->a, (size_t)op->sa[0], (size_t)op->sa[1], (int)op->n[0], (int)op->n[1],
+                         (int)op->n[2], (int)op->shape[0], (int)op->shape[1], (int)op->shape[2],
+                         (int)op->n[3], (int)op->n[4], op->b, (int)op->n[5],
+                         (const float *)op->aux, op->y, (size_t)op->sy[0], (int)op->n[6],
+                         (const float **)op->aux2);
+            break;
         default: return -1 - i;
         }
     }

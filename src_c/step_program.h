@@ -57,7 +57,18 @@ enum li_step_kind {
      * scale + bias, scale = aux and bias = aux2 (n[1] floats each; NULL: 1 and 0). In place
      * allowed. */
     LI_STEP_LAYERNORM = 9,
-    LI_STEP_KIND_COUNT = 10
+    /* One group of a convolution on the table's direct kernel (li_conv2d_fn): x = a (the
+     * padded input, channel stride sa[0], row stride sa[1]), packed weights b, C n[0], KH
+     * n[1], KW n[2], OH n[3], OW n[4], M n[5], relu n[6]; sh shape[0], dh shape[1], dw
+     * shape[2]; y rows sy[0] apart; bias aux (M floats or NULL); aux2 the kernel's
+     * C*KH*KW row pointers of scratch (writable). */
+    LI_STEP_CONV = 10,
+    /* Max (op 0) or sum (op 1) over every window of n[0] planes of the padded input a
+     * (planes sa[0] apart, rows sa[1] apart): y[p][oh][ow] = reduce over i < n[1], j < n[2]
+     * of a[p][oh*shape[0] + i*shape[2]][ow*shape[1] + j*shape[3]], OH n[3], OW n[4], y
+     * contiguous. NaN propagates through the max. */
+    LI_STEP_POOL = 11,
+    LI_STEP_KIND_COUNT = 12
 };
 
 enum li_step_unary {

@@ -240,7 +240,14 @@ def test_matmul_gemm_batchnorm(rng) -> None:
     )
 
 
-CONV_CASES = {
+CONV_CASES = {  # widths of 16 outputs and more run on the direct kernel (CONV records)
+    "1d_direct_dilated": ((2, 4, 40), (6, 4, 3), dict(pads=[2, 2], dilations=[2])),
+    "2d_direct": ((1, 3, 6, 20), (8, 3, 3, 3), dict(pads=[1, 1, 1, 1])),
+    "2d_direct_groups_row_stride": (
+        (2, 4, 7, 24),
+        (6, 2, 3, 3),
+        dict(group=2, strides=[2, 1], pads=[0, 1, 1, 1]),
+    ),
     "1d_pad_stride_dilation": (
         (2, 4, 19),
         (6, 4, 3),
@@ -452,3 +459,56 @@ def test_bad_steps_leave_a_compiled_stream_unchanged(rng) -> None:
     with pytest.raises(lstm_infer.errors.InputTypeError):
         stream.step(np.array([["a"]]))
     np.testing.assert_array_equal(stream.state["state"], before["state"])
+
+
+POOL_CASES = {
+    "max_2d_pads_ceil": ("MaxPool", (1, 3, 7, 9), dict(kernel_shape=[3, 2], strides=[2, 2],
+                                                        pads=[1, 0, 1, 1], ceil_mode=1)),
+    "max_2d_dilated": ("MaxPool", (2, 2, 8, 8), dict(kernel_shape=[2, 2], dilations=[2, 1])),
+    "max_1d": ("MaxPool", (2, 3, 11), dict(kernel_shape=[3], strides=[2], pads=[1, 1])),
+    "avg_2d_exclude_pad": ("AveragePool", (1, 2, 6, 7), dict(kernel_shape=[3, 3],
+                                                              pads=[1, 1, 1, 1])),
+    "avg_2d_include_pad": ("AveragePool", (1, 2, 6, 7), dict(kernel_shape=[3, 3],
+                                                              pads=[1, 1, 1, 1],
+                                                              count_include_pad=1)),
+    "avg_1d_ceil": ("AveragePool", (1, 4, 10), dict(kernel_shape=[3], strides=[2],
+                                                     ceil_mode=1)),
+    "global_avg": ("GlobalAveragePool", (2, 3, 4, 5), {}),
+    "global_max": ("GlobalMaxPool", (2, 3, 7), {}),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(POOL_CASES))
+def test_pools(case: str, rng) -> None:
+    op, shape, attrs = POOL_CASES[case]
+    x = rng.standard_normal(shape).astype(np.float32)
+    x[0, 0, 0] = -50.0  # a padded max must never pick the padding
+    _check([helper.make_node(op, ["x"], ["y"], **attrs)], [vi("x", F, shape)],
+           [vi("y", F, None)], {"x": x}, opset=19)  # fmt: skip
+
+
+def test_runs_at_a_repeated_shape_compile_and_agree(rng) -> None:
+    """GraphModel.run executes a shape seen before as one step program (CompiledRuns)."""
+    x = rng.standard_normal((2, 3, 16, 20)).astype(np.float32)
+    inits = {"w": rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
+             "b": rng.standard_normal(4).astype(np.float32)}  # fmt: skip
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("MaxPool", ["r"], ["y"], kernel_shape=[2, 2], strides=[2, 2]),
+    ]
+    data = model_bytes(nodes, [vi("x", F, ("N", 3, 16, 20))], [vi("y", F, None)], inits)
+    model = graph_model(data)
+    want = onnxruntime_run(data, {"x": x})[0]
+    first = model.run({"x": x})["y"]  # op by op (first sight of the shape)
+    assert not model._compiled._steps
+    second = model.run({"x": x})["y"]  # compiled now
+    (entry,) = model._compiled._steps.values()
+    assert entry is not None
+    kinds = [k for k, _ in entry[0].profile(2)]
+    assert "conv" in kinds and "pool" in kinds
+    third = model.run({"x": x})["y"]
+    for got in (first, second, third):
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    model.compile_runs = False
+    np.testing.assert_allclose(model.run({"x": x})["y"], want, atol=1e-5)

@@ -115,6 +115,9 @@ class StepBuilder:
         # recurrent layer's state, a causal convolution's last frames): (key naming the node
         # and role, region, the values a reset gives it). Keys match across chunk lengths.
         self.carried: list[tuple[str, Buf, np.ndarray]] = []
+        # Regions given a value once, when the arena is made, that nothing writes later (a
+        # max pool's -inf padding).
+        self.preset: list[tuple[Buf, float]] = []
 
     # ---- regions -------------------------------------------------------------------------
 
@@ -192,6 +195,8 @@ class StepBuilder:
         start = (-raw.ctypes.data // 4) % ALIGN_FLOATS
         arena = raw[start : start + floats]
         self.arena = arena
+        for buf, value in self.preset:
+            self.view(buf)[...] = value
         scratch = (arena, self._arena_floats)
         for user, key in self._scratch_users:
             user[key] = scratch

@@ -28,7 +28,7 @@ from lstm_infer.compile.step_buffers import (
     StepContext,
     collapse,
 )
-from lstm_infer.compile.step_lower_layers import conv, dense, gemm, recurrent
+from lstm_infer.compile.step_lower_layers import conv, dense, gemm, global_pool, pool, recurrent
 from lstm_infer.ops import RunContext, get_op
 from lstm_infer.ops.base import attr_float, attr_int, attr_str
 
@@ -360,6 +360,10 @@ LOWERINGS: dict[str, Lowering] = {
     "MatMul": dense,
     "Gemm": gemm,
     "Conv": conv,
+    "MaxPool": pool,
+    "AveragePool": pool,
+    "GlobalAveragePool": global_pool,
+    "GlobalMaxPool": global_pool,
     "LayerNormalization": _layernorm,
     "BatchNormalization": _batchnorm,
     "Softmax": _softmax,

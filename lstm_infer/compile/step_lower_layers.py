@@ -13,10 +13,15 @@ from lstm_infer import _engine
 from lstm_infer.compile.step_buffers import Buf, NotCompiled, StepContext
 from lstm_infer.ops.base import attr_int, attr_str
 from lstm_infer.ops.conv import ACTIVATION_ATTR
+from lstm_infer.ops.pool import window_counts
 from lstm_infer.ops.window import resolve, window_attrs
 
 # enum li_step_unary (src_c/step_program.h): GEMM records' fused activations.
 UNARY_NONE, UNARY_RELU = 0, 1
+# enum li_step_reduce and li_step_binary codes the pools use.
+REDUCE_MEAN, REDUCE_MAX, BINARY_DIV = 1, 2, 3
+# Output widths from which a stride-1 convolution runs on the direct kernel (as ops/conv.py).
+DIRECT_MIN_WIDTH = 16
 
 
 # ---- dense and convolution -----------------------------------------------------------------
@@ -100,7 +105,6 @@ def conv(ctx: StepContext, node: Any, state: Any) -> None:
     r = resolve(node, window_attrs(node), x.shape[2:], state.w.shape[2:])
     batch, c = x.shape[:2]
     m, cg = state.w.shape[:2]
-    mg = m // group
     kh, kw = r.kernel if two_d else (1, r.kernel[0])
     sh, sw = r.strides if two_d else (1, r.strides[0])
     dh, dw = r.dilations if two_d else (1, r.dilations[0])
@@ -112,8 +116,6 @@ def conv(ctx: StepContext, node: Any, state: Any) -> None:
     act = UNARY_RELU if attr_str(node, ACTIVATION_ATTR) == "Relu" else UNARY_NONE
     w = ctx.b.constant(state.rows)
     bias = None if state.bias is None else ctx.b.constant(state.bias)
-    k = cg * kh * kw
-    positions = oh * ow
     # A causal convolution in a time-axis stream: its left padding holds the last pl input
     # frames of the previous chunk (zeros after a reset), carried in a region of their own.
     causal = ctx.carry_state and ctx.time_axes.get(node.inputs[0]) == len(x.shape) - 1 and pl
@@ -135,6 +137,66 @@ def conv(ctx: StepContext, node: Any, state: Any) -> None:
             )
         )
         ctx.b.copy(xp, history, (rows, pl), (wp, 1), (pl, 1))
+    if state.packed is not None and sw == 1 and ow >= DIRECT_MIN_WIDTH:
+        _conv_direct(ctx, node, state, xp, y, (batch, c, hp, wp, m, group), r, act, bias)
+    else:
+        _conv_by_gemm(ctx, xp, y, w, bias, act, (batch, c, hp, wp, m, cg, group),
+                      (kh, kw, sh, sw, dh, dw, oh, ow))  # fmt: skip
+    if causal:  # the last pl frames of this chunk's padded input become the next history
+        ctx.b.copy(history, xp, (rows, pl), (pl, 1), (wp, 1), 0, iw)
+
+
+def _conv_direct(
+    ctx: StepContext,
+    node: Any,
+    state: Any,
+    xp: Buf,
+    y: Buf,
+    dims: tuple,
+    r: Any,
+    act: int,
+    bias: Buf | None,
+) -> None:
+    """Per batch entry and group one CONV record on the table's direct kernel (an indirect
+    GEMM over the padded input's rows, Relu fused into the stores)."""
+    batch, c, hp, wp, m, group = dims
+    two_d = len(r.out) == 2
+    kh, kw = r.kernel if two_d else (1, r.kernel[0])
+    sh, dh = (r.strides[0], r.dilations[0]) if two_d else (1, 1)
+    oh, ow = r.out if two_d else (1, r.out[0])
+    mg, cg = m // group, c // group
+    k = cg * kh * kw
+    for g in range(group):
+        wpack = ctx.b.constant(state.packed[g])
+        for e in range(batch):
+            record = ctx.b.emit(
+                "conv", n=[cg, kh, kw, oh, ow, mg, int(act == UNARY_RELU)],
+                shape=[sh, dh, r.dilations[-1]], sa=[hp * wp, wp], sy=[oh * ow],
+                a=(xp, (e * c + g * cg) * hp * wp), b=(wpack, 0),
+                y=(y, (e * m + g * mg) * oh * ow),
+                aux=None if bias is None else (bias, g * mg),
+            )  # fmt: skip
+            ctx.b.scratch(2 * k, record, "aux2")  # k row pointers
+
+
+def _conv_by_gemm(
+    ctx: StepContext,
+    xp: Buf,
+    y: Buf,
+    w: Buf,
+    bias: Buf | None,
+    act: int,
+    dims: tuple,
+    window: tuple,
+) -> None:
+    """im2col as one strided COPY (or the input read in place), one GEMM per batch entry and
+    group."""
+    batch, c, hp, wp, m, cg, group = dims
+    kh, kw, sh, sw, dh, dw, oh, ow = window
+    mg = m // group
+    k = cg * kh * kw
+    positions = oh * ow
+    two_d = kh > 1 or hp > 1
     in_place = not two_d and cg == 1 and dw == 1 and sw >= kw
     pointwise = k == cg and sh == sw == 1 and (oh, ow) == (hp, wp)
     for e in range(batch):
@@ -167,7 +229,7 @@ def conv(ctx: StepContext, node: Any, state: Any) -> None:
             if in_place:  # windows of one channel: rows sw apart, kw long
                 cols, c_off, ldb = xp, x_off, sw
                 if (ow - 1) * sw + kw > wp:
-                    raise NotCompiled(f"{node.label}: windows past the input (internal)")
+                    raise NotCompiled("convolution windows past the input (internal)")
             else:
                 cols = ctx.b.region((positions, k))
                 ctx.b.copy(
@@ -199,8 +261,71 @@ def conv(ctx: StepContext, node: Any, state: Any) -> None:
                 b_offset=c_off,
                 y_offset=y_off,
             )
-    if causal:  # the last pl frames of this chunk's padded input become the next history
-        ctx.b.copy(history, xp, (rows, pl), (pl, 1), (wp, 1), 0, iw)
+
+
+# ---- pooling ------------------------------------------------------------------------------
+
+
+def pool(ctx: StepContext, node: Any, state: Any) -> None:
+    """MaxPool / AveragePool: the input padded (-inf / 0, written once: nothing else writes
+    the padding), one POOL record over every window (max, or sum then divided by each
+    window's count, as the op does)."""
+    if len(node.outputs) > 1 and node.outputs[1]:
+        raise NotCompiled(f"{node.label}: MaxPool's Indices output")
+    x = ctx.buf(node, node.inputs[0])
+    if len(x.shape) not in (3, 4):
+        raise NotCompiled(f"{node.label}: a {len(x.shape) - 2}-D pool")
+    w = window_attrs(node, ceil_mode_allowed=True)
+    r = resolve(node, w, x.shape[2:], w.kernel)
+    two_d = len(x.shape) == 4
+    kh, kw = r.kernel if two_d else (1, r.kernel[0])
+    sh, sw = r.strides if two_d else (1, r.strides[0])
+    dh, dw = r.dilations if two_d else (1, r.dilations[0])
+    oh, ow = r.out if two_d else (1, r.out[0])
+    ih, iw = x.shape[2:] if two_d else (1, x.shape[2])
+    (pt, pl), (pb, pr) = (r.begin, r.end) if two_d else ((0, r.begin[0]), (0, r.end[0]))
+    hp, wp = ih + pt + pb, iw + pl + pr
+    planes = x.shape[0] * x.shape[1]
+    is_max = node.op == "MaxPool"
+    if any((pt, pl, pb, pr)):
+        xp = ctx.b.region((planes, hp, wp))
+        if is_max:
+            ctx.b.preset.append((xp, -np.inf))
+        ctx.b.copy(xp, x, (planes, ih, iw), (hp * wp, wp, 1), (ih * iw, iw, 1), pt * wp + pl)
+    else:
+        xp = x
+    y = ctx.out(node)
+    ctx.b.emit("pool", op=0 if is_max else 1, n=[planes, kh, kw, oh, ow],
+               shape=[sh, sw, dh, dw], sa=[hp * wp, wp], a=(xp, 0), y=(y, 0))  # fmt: skip
+    _check_windows(xp, planes, hp, wp, (kh, kw, sh, sw, dh, dw, oh, ow))
+    if is_max:
+        return
+    include_pad = bool(attr_int(node, "count_include_pad", 0))
+    counts = (
+        np.maximum(window_counts(r, x.shape[2:], include_pad), 1).astype(np.float32).reshape(-1)
+    )
+    divisor = ctx.b.constant(counts)
+    ctx.b.emit("binary", op=BINARY_DIV, shape=[planes, oh * ow], sy=[oh * ow, 1],
+               sa=[oh * ow, 1], sb=[0, 1], a=(y, 0), b=(divisor, 0), y=(y, 0))  # fmt: skip
+
+
+def _check_windows(xp: Buf, planes: int, hp: int, wp: int, window: tuple) -> None:
+    """Every window a POOL record reads lies inside the padded input."""
+    kh, kw, sh, sw, dh, dw, oh, ow = window
+    if (oh - 1) * sh + (kh - 1) * dh >= hp or (ow - 1) * sw + (kw - 1) * dw >= wp:
+        raise NotCompiled("pool windows past the padded input (internal)")
+    if planes * hp * wp > xp.size:
+        raise NotCompiled("pool planes past the input (internal)")
+
+
+def global_pool(ctx: StepContext, node: Any, state: Any) -> None:
+    x = ctx.buf(node, node.inputs[0])
+    if len(x.shape) < 3:
+        raise NotCompiled(f"{node.label}: X of rank {len(x.shape)}")
+    planes, spatial = x.shape[0] * x.shape[1], x.size // max(1, x.shape[0] * x.shape[1])
+    y = ctx.out(node)
+    code = REDUCE_MEAN if node.op == "GlobalAveragePool" else REDUCE_MAX
+    ctx.b.emit("reduce", op=code, n=[planes, spatial, 1], a=(x, 0), y=(y, 0))
 
 
 # ---- recurrent layers ----------------------------------------------------------------------

@@ -14,7 +14,8 @@ traced outputs (a mismatch is a lowering bug: the stream then runs op by op and 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import threading
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -173,6 +174,12 @@ class CompiledStep:
         """One step over what the input views hold."""
         self.program.run()
 
+    def profile(self, repeat: int = 10) -> list[tuple[str, float]]:
+        """(record kind, median seconds) of every record over ``repeat`` runs of the step on
+        what the input views hold: where a step's time goes. Runs the step ``repeat`` times
+        (carried state advances)."""
+        return list(zip(self.program.kinds(), self.program.profile(repeat)))
+
     def __repr__(self) -> str:
         return f"CompiledStep({self.records} records, {self.arena.size * 4} arena bytes)"
 
@@ -194,4 +201,81 @@ def compile_step(
         return None, str(exc)
 
 
-__all__: list[Any] = ["CompiledStep", "NotCompiled", "TraceFailed", "compile_step", "trace"]
+class CompiledRuns:
+    """Whole ``run`` calls of a graph as step programs, per set of input shapes.
+
+    A shape set seen a second time is compiled (one-off calls never pay for it) when its
+    program lowers completely and its arena stays under ``max_arena_bytes``; later calls at
+    those shapes are one C call. Each compiled step has one arena: a call finding it busy
+    (another thread inside) runs op by op instead, so ``run`` stays thread-safe.
+    """
+
+    def __init__(self, max_arena_bytes: int = 64 << 20, cache_size: int = 8) -> None:
+        self.enabled = True
+        self.max_arena_bytes = max_arena_bytes
+        self.cache_size = cache_size
+        self._seen: dict[tuple, int] = {}
+        self._steps: dict[tuple, tuple[CompiledStep, threading.Lock] | None] = {}
+        self._errors: dict[tuple, str] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(feeds: Mapping[str, np.ndarray]) -> tuple:
+        return tuple((n, a.shape, a.dtype.str) for n, a in feeds.items())
+
+    def error(self, feeds: Mapping[str, np.ndarray]) -> str | None:
+        """Why the shapes of ``feeds`` run op by op (None: compiled, or not tried yet)."""
+        return self._errors.get(self.key(feeds))
+
+    def run(
+        self, program_for: Any, feeds: Mapping[str, np.ndarray], outputs: Sequence[str]
+    ) -> dict[str, np.ndarray] | None:
+        """The outputs from the compiled step, or None (the caller runs op by op)."""
+        if not self.enabled:
+            return None
+        key = self.key(feeds)
+        with self._lock:
+            entry = self._steps.get(key, False)
+            if entry is False:
+                self._seen[key] = self._seen.get(key, 0) + 1
+                if self._seen[key] < 2:
+                    return None
+        if entry is False:
+            entry = self._compile(key, program_for(feeds), feeds)
+        if entry is None or not entry[1].acquire(blocking=False):
+            return None
+        step = entry[0]
+        try:
+            for name, value in feeds.items():
+                np.copyto(step.inputs[name], value)
+            step.run()
+            return {n: step.outputs[n].copy() for n in outputs}
+        finally:
+            entry[1].release()
+
+    def _compile(self, key: tuple, program: GraphProgram, feeds: Mapping) -> tuple | None:
+        try:
+            step, why = compile_step(program, feeds, {})
+        except TraceFailed:
+            return None
+        if step is not None and step.arena.nbytes > self.max_arena_bytes:
+            step, why = None, f"its arena would take {step.arena.nbytes} bytes"
+        entry = None if step is None else (step, threading.Lock())
+        with self._lock:
+            if len(self._steps) >= self.cache_size:
+                self._steps.pop(next(iter(self._steps)))
+            self._steps[key] = entry
+            self._seen.pop(key, None)
+            if why is not None:
+                self._errors[key] = why
+        return entry
+
+
+__all__: list[Any] = [
+    "CompiledRuns",
+    "CompiledStep",
+    "NotCompiled",
+    "TraceFailed",
+    "compile_step",
+    "trace",
+]

@@ -78,7 +78,7 @@ def _max_pool(ctx: RunContext, node: Any, ins: Ins, state: Any) -> list[np.ndarr
     return [y]
 
 
-def _counts(r: Resolved, sizes: tuple, include_pad: bool) -> np.ndarray:
+def window_counts(r: Resolved, sizes: tuple, include_pad: bool) -> np.ndarray:
     """Per output position, how many taps the average divides by (outer product over dims)."""
     total = np.ones((), np.int64)
     for i, size in enumerate(sizes):
@@ -95,7 +95,7 @@ def _average_pool(ctx: RunContext, node: Any, ins: Ins, state: Any) -> list[np.n
     if x.dtype.kind != "f":
         raise InputError(f"{node.label}: AveragePool needs a floating-point input, got {x.dtype}")
     y, r = _pooled(node, x, 0.0, np.add)
-    counts = _counts(r, x.shape[2:], bool(attr_int(node, "count_include_pad", 0)))
+    counts = window_counts(r, x.shape[2:], bool(attr_int(node, "count_include_pad", 0)))
     # A window wholly in the padding (possible with large pads) averages nothing: 0, not NaN.
     y /= np.maximum(counts, 1).astype(x.dtype)
     return [y]
