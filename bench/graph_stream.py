@@ -8,10 +8,13 @@
    fused recurrent stack path), and onnxruntime running the whole graph on one frame with
    its state fed back (h0/c0 inputs).
 
+3. silero-VAD sessions in a ``StreamPool``: a round of every session stepping one chunk as
+   one pool step, against the same sessions as solo compiled streams and onnxruntime calls.
+
 Outputs are checked to agree first. Engines interleaved round-robin (compare.py's
 ``time_interleaved``), medians of ``--repeat`` blocks, ratios within the run.
 
-    python bench/graph_stream.py [--repeat 15] [--hidden 256]
+    python bench/graph_stream.py [--repeat 15] [--hidden 256] [--sessions 8 64]
 """
 
 from __future__ import annotations
@@ -84,6 +87,55 @@ def silero_rows(repeat: int, block_s: float) -> list[dict]:
         print(f"  {k:<22}{v:9.1f}   ({v / med['onnxruntime']:.2f}x onnxruntime)")
     return [{"bench": "silero_step", "engine": k, "median_us": v, "samples_s": t[k]}
             for k, v in med.items()]  # fmt: skip
+
+
+def silero_pool_rows(sessions: int, repeat: int, block_s: float) -> list[dict]:
+    """One round of ``sessions`` silero-VAD sessions each stepping one chunk: one pool step
+    (batch = sessions) against solo compiled streams and onnxruntime, one call each."""
+    import silero_vad
+
+    path = str(Path(silero_vad.__file__).parent / "data" / "silero_vad.onnx")
+    model = lstm_infer.load(path, fixed_inputs={"sr": 16000})
+    rng = np.random.default_rng(2)
+    chunks = (rng.standard_normal((sessions, 1, 576)) * 0.1).astype(np.float32)
+    pool = lstm_infer.StreamPool(model)
+    sids = [pool.open() for _ in range(sessions)]
+    solo = [model.stream() for _ in range(sessions)]
+    sess = _ort(path)
+    sr = np.array(16000, np.int64)
+    states = [np.zeros((2, 1, 128), np.float32) for _ in range(sessions)]
+    ys = pool.step(dict(zip(sids, chunks)))
+    for k in range(sessions):  # agreement first
+        want, states[k] = sess.run(None, {"input": chunks[k], "state": states[k], "sr": sr})
+        np.testing.assert_allclose(ys[sids[k]], want[0], atol=1e-4)
+        np.testing.assert_allclose(solo[k].step(chunks[k])[0], want[0], atol=1e-4)
+    feeds = dict(zip(sids, chunks))
+
+    def loop_pool(n: int) -> None:
+        for _ in range(n):
+            pool.step(feeds)
+
+    def loop_solo(n: int) -> None:
+        for _ in range(n):
+            for k in range(sessions):
+                solo[k].step(chunks[k])
+
+    def loop_ort(n: int) -> None:
+        for _ in range(n):
+            for k in range(sessions):
+                _, states[k] = sess.run(None, {"input": chunks[k], "state": states[k], "sr": sr})
+
+    t = time_interleaved(
+        {"pool step": loop_pool, "solo streams": loop_solo, "onnxruntime": loop_ort},
+        repeat, block_s,
+    )  # fmt: skip
+    med = {k: statistics.median(v) * 1e6 for k, v in t.items()}
+    print(f"\nsilero-VAD, {sessions} sessions, one round (every session one chunk), us:")
+    for k, v in med.items():
+        print(f"  {k:<16}{v:10.1f}   ({v / med['onnxruntime']:.2f}x onnxruntime, "
+              f"{v / sessions:.1f} per session)")  # fmt: skip
+    return [{"bench": f"silero_pool_{sessions}", "engine": k, "median_us": v,
+             "samples_s": t[k]} for k, v in med.items()]  # fmt: skip
 
 
 def norm_head_rows(hidden: int, repeat: int, block_s: float) -> list[dict]:
@@ -168,10 +220,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=15)
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--block-ms", type=float, default=25.0)
+    p.add_argument("--sessions", type=int, nargs="*", default=[8, 64],
+                   help="silero-VAD pool sizes")  # fmt: skip
     p.add_argument("--output", type=Path)
     args = p.parse_args(argv)
     block = args.block_ms / 1e3
     rows = silero_rows(args.repeat, block) + norm_head_rows(args.hidden, args.repeat, block)
+    for n in args.sessions:
+        rows += silero_pool_rows(n, args.repeat, block)
     write_results("graph_stream", rows, 1, args.output)
     return 0
 

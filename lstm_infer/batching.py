@@ -230,3 +230,61 @@ def _resolve(pairs: list[tuple[Any, Any]]) -> None:
             future.set_exception(out)
         else:
             future.set_result(out)
+
+
+class BatchingFrontEnd:
+    """``submit`` / ``submit_blocking`` / ``stats`` / ``shutdown`` of a pool, on a
+    :class:`StepBatcher`. The pool provides ``_lock`` (its step lock), ``_batcher`` (None
+    until the first submit), ``max_batch``, ``max_wait_us``, and the batcher's hooks:
+    ``_rows`` (the open sessions), ``_stage(sid, x_t)`` and ``_step_staged_locked``.
+    """
+
+    async def submit(self, sid: int, x_t: Any) -> np.ndarray:
+        """Step one session, batched with the steps other coroutines and threads submit.
+
+        The waiting steps run as one :meth:`step` when ``max_batch`` of them wait, when
+        every open session has one waiting, or ``max_wait_us`` after the first arrived;
+        the kernel runs on a worker thread, so the event loop goes on meanwhile. A bad input
+        raises here, at once, and never fails the others' batch.
+
+        Raises
+        ------
+        StreamError
+            ``sid`` already has a step in flight (one session steps one step at a time;
+            await the first before submitting the next).
+        """
+        return await self._get_batcher().submit_async(sid, x_t)
+
+    def submit_blocking(self, sid: int, x_t: Any, timeout: float | None = None) -> np.ndarray:
+        """:meth:`submit` for threads: blocks until the session's step ran (batched with
+        the other threads' and coroutines' steps); same errors."""
+        return self._get_batcher().submit(sid, x_t).result(timeout)
+
+    def _get_batcher(self) -> Any:
+        batcher = self._batcher  # no lock on this path: a step may be holding it
+        if batcher is not None:
+            return batcher
+        with self._lock:
+            if self._batcher is None:
+                self._batcher = StepBatcher(self, self.max_batch, self.max_wait_us)
+            return self._batcher
+
+    @property
+    def stats(self) -> Any:
+        """Counters of the batching front end (:class:`lstm_infer.batching.BatchStats`), or
+        None before the first :meth:`submit`."""
+        return None if self._batcher is None else self._batcher.stats
+
+    def shutdown(self) -> None:
+        """Stop the batching worker thread (steps waiting are run first). Sessions stay open
+        and :meth:`step` keeps working; a later :meth:`submit` starts a new worker."""
+        with self._lock:
+            batcher, self._batcher = self._batcher, None
+        if batcher is not None:
+            batcher.stop()
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()

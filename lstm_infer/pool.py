@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from lstm_infer import _engine
+from lstm_infer.batching import BatchingFrontEnd
 from lstm_infer.dense_head import apply_head
 from lstm_infer.errors import InputError, InputTypeError, SessionError, StreamError
 
@@ -36,14 +37,16 @@ __all__ = ["StreamPool"]
 _FIRST_CAPACITY = 8
 
 
-class StreamPool:
+class StreamPool(BatchingFrontEnd):
     """Many independent streams of one model, stepped together.
 
     Parameters
     ----------
-    model : Model
+    model : Model or GraphModel
         A model that streams (``model.stream()`` works): unidirectional layers, weights
-        not fed at run time.
+        not fed at run time. A GraphModel that takes and returns its state gives a
+        :class:`~lstm_infer.graph_pool.GraphStreamPool` (same methods; its sessions' state is
+        the graph's own state inputs).
     capacity : int, optional
         The most sessions open at once. By default the slab starts small and doubles as
         sessions open (rows are reused after ``close``; the slab never shrinks).
@@ -63,6 +66,15 @@ class StreamPool:
     the structure of ``Stream.state`` for a batch-1 stream, so they move freely between a
     pool session and a ``model.stream()``.
     """
+
+    def __new__(cls, model: Any = None, *args: Any, **kwargs: Any) -> Any:
+        from lstm_infer.graph_model import GraphModel
+
+        if isinstance(model, GraphModel):  # a graph's sessions: lstm_infer.graph_pool
+            from lstm_infer.graph_pool import GraphStreamPool
+
+            return GraphStreamPool(model, *args, **kwargs)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -294,60 +306,6 @@ class StreamPool:
             raise InputError(str(exc)) from None
         y = apply_head(out, self._head) if self._head else out
         return list(y)
-
-    # ---- batching front end --------------------------------------------------------------
-
-    async def submit(self, sid: int, x_t: Any) -> np.ndarray:
-        """Step one session, batched with the steps other coroutines and threads submit.
-
-        The waiting steps run as one :meth:`step` when ``max_batch`` of them wait, when
-        every open session has one waiting, or ``max_wait_us`` after the first arrived;
-        the kernel runs on a worker thread, so the event loop goes on meanwhile. A bad input
-        raises here, at once, and never fails the others' batch.
-
-        Raises
-        ------
-        StreamError
-            ``sid`` already has a step in flight (one session steps one step at a time;
-            await the first before submitting the next).
-        """
-        return await self._get_batcher().submit_async(sid, x_t)
-
-    def submit_blocking(self, sid: int, x_t: Any, timeout: float | None = None) -> np.ndarray:
-        """:meth:`submit` for threads: blocks until the session's step ran (batched with
-        the other threads' and coroutines' steps); same errors."""
-        return self._get_batcher().submit(sid, x_t).result(timeout)
-
-    def _get_batcher(self) -> Any:
-        batcher = self._batcher  # no lock on this path: a step may be holding it
-        if batcher is not None:
-            return batcher
-        with self._lock:
-            if self._batcher is None:
-                from lstm_infer.batching import StepBatcher
-
-                self._batcher = StepBatcher(self, self.max_batch, self.max_wait_us)
-            return self._batcher
-
-    @property
-    def stats(self) -> Any:
-        """Counters of the batching front end (:class:`lstm_infer.batching.BatchStats`), or
-        None before the first :meth:`submit`."""
-        return None if self._batcher is None else self._batcher.stats
-
-    def shutdown(self) -> None:
-        """Stop the batching worker thread (steps waiting are run first). Sessions stay open
-        and :meth:`step` keeps working; a later :meth:`submit` starts a new worker."""
-        with self._lock:
-            batcher, self._batcher = self._batcher, None
-        if batcher is not None:
-            batcher.stop()
-
-    def __enter__(self) -> StreamPool:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.shutdown()
 
     # ---- rows ----------------------------------------------------------------------------
 

@@ -1,0 +1,336 @@
+"""A StreamPool of a graph model that takes and returns its state (silero-VAD and the like).
+
+``lstm_infer.StreamPool(graph_model)`` gives this pool. Every session's state is one row of a
+slab per state input (the slab's batch axis is the state input's one symbolic dim: silero's
+``state (2, N, 128)`` has its sessions on axis 1). A step of n sessions gathers their rows,
+runs the graph's step program compiled at batch n (the same compiled step a
+``model.stream()`` runs, :mod:`lstm_infer.compile.step_program`) with the state copies as its
+last records, and scatters the new state back; sessions left out keep theirs. Batch sizes are
+rounded up to a power of two (the padding rows' inputs are zeros and their results dropped),
+so at most log2(capacity) + 1 programs are ever compiled. A graph with a node the step
+compiler does not lower steps op by op at the same batch, with the same results.
+
+A session's step input is the model's one step input with batch 1 on axis 0 (silero: a
+``(1, 576)`` chunk, or ``(576,)``); all sessions of one pool step chunks of one shape, set
+by ``step_shape`` or by the first step. Outputs are per session, batch axis dropped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from lstm_infer.batching import BatchingFrontEnd
+from lstm_infer.compile.step_program import CompiledStep, TraceFailed, compile_step
+from lstm_infer.errors import InputError, InputTypeError, LstmInferError, SessionError, StreamError
+
+__all__ = ["GraphStreamPool"]
+
+_FIRST_CAPACITY = 8
+
+
+def _bucket(n: int) -> int:
+    """The batch a step of n sessions runs at: n rounded up to a power of two."""
+    return 1 << (n - 1).bit_length()
+
+
+class GraphStreamPool(BatchingFrontEnd):
+    """Many sessions of one state-carrying graph model, stepped as one batch.
+
+    Parameters
+    ----------
+    model : GraphModel
+        A graph whose ``stream()`` carries state (state inputs paired with outputs).
+    capacity : int, optional
+        The most sessions open at once; by default the slab doubles as sessions open.
+    state_map : mapping, optional
+        State input -> state output, as ``model.stream(state_map=...)`` takes it.
+    step_shape : tuple of int, optional
+        One session's step input shape without its batch axis (silero: ``(576,)``). By
+        default the input's declared dims when they are static, else the first step's.
+    max_batch, max_wait_us
+        The batching front end's settings (see :meth:`submit`).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        capacity: int | None = None,
+        *,
+        state_map: Mapping[str, str] | None = None,
+        step_shape: tuple[int, ...] | None = None,
+        max_batch: int = 64,
+        max_wait_us: float = 500.0,
+    ) -> None:
+        from lstm_infer.graph_stream import GraphStream
+
+        if capacity is not None and (not isinstance(capacity, int) or capacity < 1):
+            raise ValueError(f"capacity must be a positive int or None, got {capacity!r}")
+        if not isinstance(max_batch, int) or max_batch < 1:
+            raise ValueError(f"max_batch must be a positive int, got {max_batch!r}")
+        if not max_wait_us >= 0:
+            raise ValueError(f"max_wait_us must be >= 0, got {max_wait_us!r}")
+        probe = model.stream(1, state_map=state_map)
+        if not isinstance(probe, GraphStream):
+            raise StreamError(
+                "a StreamPool of a graph without state inputs (a time-axis stream) is not "
+                "supported yet: pool graphs that take and return their state"
+            )
+        if len(probe.step_inputs) != 1:
+            raise StreamError(f"a pooled graph takes one step input, this one {probe.step_inputs}")
+        self._model = model
+        self._probe = probe
+        self._input = probe.step_inputs[0]
+        self._outputs = list(probe.step_outputs)
+        self.state_map = dict(probe.state_map)
+        declared = {t.name: t for t in model.inputs}
+        self._axes = {}
+        for name in self.state_map:
+            free = [i for i, d in enumerate(declared[name].shape) if not isinstance(d, int)]
+            if len(free) != 1:
+                raise StreamError(
+                    f"state input {name!r} of shape {declared[name].shape} needs exactly one "
+                    "symbolic dim (its batch axis) to be pooled"
+                )
+            self._axes[name] = free[0]
+        self._default = probe.state  # batch-1 initial state
+        dims = declared[self._input].shape[1:]
+        if step_shape is None and all(isinstance(d, int) for d in dims):
+            step_shape = tuple(dims)
+        self._step_shape = None if step_shape is None else tuple(int(d) for d in step_shape)
+        self._fixed = capacity is not None
+        self._capacity = capacity or _FIRST_CAPACITY
+        self._slabs = {n: self._slab(n, self._capacity) for n in self.state_map}
+        self._rows: dict[int, int] = {}
+        self._free = list(range(self._capacity - 1, -1, -1))
+        self._ids = itertools.count(1)
+        self._programs: dict[int, CompiledStep | None] = {}
+        self._lock = threading.Lock()
+        self.max_batch = int(max_batch)
+        self.max_wait_us = float(max_wait_us)
+        self._batcher: Any = None
+
+    # ---- description ---------------------------------------------------------------------
+
+    @property
+    def model(self) -> Any:
+        return self._model
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    @property
+    def takes_tokens(self) -> bool:
+        return False
+
+    @property
+    def input_size(self) -> int:
+        """Values of one session's step input (0 until the step shape is known)."""
+        return int(np.prod(self._step_shape)) if self._step_shape is not None else 0
+
+    @property
+    def output_size(self) -> int:
+        """Values of one session's first step output (0 until the first step)."""
+        return getattr(self, "_output_size", 0)
+
+    def sessions(self) -> list[int]:
+        with self._lock:
+            return list(self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __contains__(self, sid: object) -> bool:
+        return sid in self._rows
+
+    # ---- sessions ------------------------------------------------------------------------
+
+    def open(self, initial: Mapping[str, Any] | None = None) -> int:
+        """Open a session at the graph's initial state (zeros) or ``initial``'s values (as
+        ``stream.reset(initial)`` takes them for a batch of one); returns its id."""
+        state = self._checked(initial)
+        with self._lock:
+            if not self._free:
+                if self._fixed:
+                    raise StreamError(f"the pool is full ({self._capacity} sessions open)")
+                self._grow(2 * self._capacity)
+            row = self._free.pop()
+            self._write(row, state)
+            sid = next(self._ids)
+            self._rows[sid] = row
+            return sid
+
+    def close(self, sid: int) -> None:
+        with self._lock:
+            self._free.append(self._row(sid))
+            del self._rows[sid]
+        batcher = self._batcher
+        if batcher is not None:
+            batcher.poke()
+
+    def fork(self, sid: int) -> int:
+        """A new session whose state is a copy of ``sid``'s."""
+        with self._lock:
+            state = self._read(self._row(sid))
+        return self.open(state)
+
+    def reset(self, sid: int, initial: Mapping[str, Any] | None = None) -> None:
+        state = self._checked(initial)
+        with self._lock:
+            self._write(self._row(sid), state)
+
+    def state(self, sid: int) -> dict[str, np.ndarray]:
+        """A copy of the session's state, as a batch-1 ``stream.state``."""
+        with self._lock:
+            return self._read(self._row(sid))
+
+    def set_state(self, sid: int, snap: Mapping[str, Any]) -> None:
+        if not isinstance(snap, Mapping) or set(snap) != set(self.state_map):
+            raise InputError(f"a state snapshot holds exactly {sorted(self.state_map)}")
+        state = self._checked(snap)
+        with self._lock:
+            self._write(self._row(sid), state)
+
+    # ---- stepping ------------------------------------------------------------------------
+
+    def step(self, inputs: Mapping[int, Any]) -> dict[int, Any]:
+        """Advance the sessions in ``inputs`` (session id -> step input) as one batch;
+        returns session id -> its output (a dict of outputs for several). Nothing changes on
+        an error (the message names the session)."""
+        if not isinstance(inputs, Mapping):
+            raise InputTypeError(
+                f"step takes a dict of session id -> input, got {type(inputs).__name__}"
+            )
+        sids = list(inputs)
+        staged = [self._stage(sid, inputs[sid]) for sid in sids]
+        return dict(zip(sids, self._step_staged_locked(sids, staged)))
+
+    def _stage(self, sid: int, x_t: Any) -> np.ndarray:
+        """One session's step input as float32 of the step shape (no state read)."""
+        self._row(sid)
+        x = np.asarray(x_t)
+        if x.dtype.kind not in "fiub":
+            raise InputTypeError(f"step input of session {sid} must be numeric, got {x.dtype}")
+        shape = self._step_shape
+        if shape is None:
+            shape = x.shape[1:] if x.ndim >= 1 and x.shape[:1] == (1,) else x.shape
+        if x.shape != shape and x.shape != (1, *shape):
+            raise InputError(
+                f"step input of session {sid} must have shape {shape} or {(1, *shape)}, "
+                f"got {tuple(x.shape)}"
+            )
+        return x.reshape(shape).astype(np.float32, copy=False)
+
+    def _step_staged_locked(self, sids: list[int], staged: list[np.ndarray]) -> list[Any]:
+        if not sids:
+            return []
+        if len(set(sids)) != len(sids):
+            raise InputError("a session appears twice in one step")
+        shapes = {s.shape for s in staged}
+        if len(shapes) != 1 or (self._step_shape is not None and shapes != {self._step_shape}):
+            raise InputError(f"one pool steps chunks of one shape, got {sorted(shapes)}")
+        with self._lock:
+            rows = [self._row(sid) for sid in sids]
+            n, batch = len(sids), _bucket(len(sids))
+            x = np.zeros((batch, *staged[0].shape), np.float32)
+            x[:n] = np.stack(staged)
+            states = {}
+            for name, slab in self._slabs.items():
+                axis = self._axes[name]
+                part = np.take(slab, rows, axis=axis)
+                if batch > n:
+                    pad = [(0, 0)] * part.ndim
+                    pad[axis] = (0, batch - n)
+                    part = np.pad(part, pad)
+                states[name] = part
+            outs, new_states = self._run(x, states)
+            for name, slab in self._slabs.items():
+                axis = self._axes[name]
+                index = [slice(None)] * slab.ndim
+                index[axis] = rows
+                slab[tuple(index)] = np.take(new_states[name], range(n), axis=axis)
+            if self._step_shape is None:
+                self._step_shape = staged[0].shape
+        first = outs[self._outputs[0]]
+        self._output_size = int(np.prod(first.shape[1:]))
+        if len(self._outputs) == 1:
+            return [first[i].copy() for i in range(n)]
+        return [{k: v[i].copy() for k, v in outs.items()} for i in range(n)]
+
+    def _run(self, x: np.ndarray, states: dict[str, np.ndarray]) -> tuple[dict, dict]:
+        """The step's outputs and new states at batch len(x) (compiled when it lowers)."""
+        batch = len(x)
+        feeds = {self._input: x, **states}
+        if batch not in self._programs:
+            try:
+                program = self._model._program_for(feeds)
+                step, _why = compile_step(program, feeds, self.state_map)
+            except TraceFailed:
+                step = None
+            except LstmInferError as exc:
+                raise InputError(f"a pool step at batch {batch} does not run: {exc}") from exc
+            self._programs[batch] = step
+        step = self._programs[batch]
+        if step is None:
+            result = self._model.run(feeds)
+            return ({k: result[k] for k in self._outputs},
+                    {i: result[o] for i, o in self.state_map.items()})  # fmt: skip
+        for name, value in feeds.items():
+            np.copyto(step.inputs[name], value)
+        step.run()
+        return ({k: step.outputs[k] for k in self._outputs},
+                {i: step.inputs[i] for i in self.state_map})  # fmt: skip
+
+    # ---- rows ----------------------------------------------------------------------------
+
+    def _row(self, sid: Any) -> int:
+        is_id = isinstance(sid, (int, np.integer)) and not isinstance(sid, bool)
+        row = self._rows.get(sid) if is_id else None
+        if row is None:
+            raise SessionError(f"session {sid!r} is not open in this pool")
+        return row
+
+    def _slab(self, name: str, rows: int) -> np.ndarray:
+        one = self._default[name]
+        shape = list(one.shape)
+        shape[self._axes[name]] = rows
+        return np.zeros(shape, one.dtype)
+
+    def _grow(self, capacity: int) -> None:
+        for name, old in list(self._slabs.items()):
+            new = self._slab(name, capacity)
+            index = [slice(None)] * new.ndim
+            index[self._axes[name]] = slice(0, self._capacity)
+            new[tuple(index)] = old
+            self._slabs[name] = new
+        self._free = list(range(capacity - 1, self._capacity - 1, -1)) + self._free
+        self._capacity = capacity
+
+    def _checked(self, initial: Mapping[str, Any] | None) -> dict[str, np.ndarray]:
+        """A batch-1 state from ``initial`` (zeros for what it leaves out), checked as a
+        stream's reset checks it."""
+        if not initial:
+            return self._default
+        self._probe.reset(dict(initial))
+        state = self._probe.state
+        for name, value in state.items():
+            if value.shape[self._axes[name]] != 1:
+                raise InputError(
+                    f"state {name!r} of one session has 1 on axis {self._axes[name]}, "
+                    f"got shape {value.shape}"
+                )
+        return state
+
+    def _read(self, row: int) -> dict[str, np.ndarray]:
+        return {n: np.take(s, [row], axis=self._axes[n]).copy() for n, s in self._slabs.items()}
+
+    def _write(self, row: int, state: Mapping[str, np.ndarray]) -> None:
+        for name, slab in self._slabs.items():
+            index = [slice(None)] * slab.ndim
+            index[self._axes[name]] = row
+            slab[tuple(index)] = np.take(state[name], 0, axis=self._axes[name])
