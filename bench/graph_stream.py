@@ -7,7 +7,6 @@
    graph) against the bare LSTM's stream step (``lstm_infer.load`` of the same LSTM alone: the
    fused recurrent stack path), and onnxruntime running the whole graph on one frame with
    its state fed back (h0/c0 inputs).
-
 3. silero-VAD sessions in a ``StreamPool``: a round of every session stepping one chunk as
    one pool step, against the same sessions as solo compiled streams and onnxruntime calls.
 
