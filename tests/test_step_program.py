@@ -255,6 +255,8 @@ CONV_CASES = {  # widths of 16 outputs and more run on the direct kernel (CONV r
     ),
     "1d_groups": ((1, 6, 11), (9, 2, 3), dict(group=3, pads=[1, 1])),
     "1d_pointwise": ((2, 5, 7), (3, 5, 1), {}),
+    "1d_pointwise_one_position_batched": ((3, 5, 1), (4, 5, 1), {}),
+    "1d_batched_strided": ((4, 3, 12), (5, 3, 4), dict(strides=[4], pads=[1, 0])),
     "1d_strided_windows": ((1, 1, 64), (10, 1, 16), dict(strides=[16])),
     "1d_stft_like": ((1, 1, 80), (12, 1, 32), dict(strides=[8])),
     "2d_same_upper": ((1, 3, 7, 9), (4, 3, 3, 3), dict(auto_pad="SAME_UPPER", strides=[1, 2])),

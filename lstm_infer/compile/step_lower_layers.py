@@ -199,6 +199,9 @@ def _conv_by_gemm(
     two_d = kh > 1 or hp > 1
     in_place = not two_d and cg == 1 and dw == 1 and sw >= kw
     pointwise = k == cg and sh == sw == 1 and (oh, ow) == (hp, wp)
+    if batch > 1 and group == 1:
+        _conv_batched(ctx, xp, y, w, bias, act, dims, window, pointwise)
+        return
     for e in range(batch):
         for g in range(group):
             x_off = (e * c + g * cg) * hp * wp
@@ -261,6 +264,45 @@ def _conv_by_gemm(
                 b_offset=c_off,
                 y_offset=y_off,
             )
+
+
+def _conv_batched(
+    ctx: StepContext,
+    xp: Buf,
+    y: Buf,
+    w: Buf,
+    bias: Buf | None,
+    act: int,
+    dims: tuple,
+    window: tuple,
+    pointwise: bool,
+) -> None:
+    """One GEMM for every batch entry (a pool's sessions, a batch of recordings): the
+    windows of all entries as rows of one matrix, then the (M, batch, positions) product
+    moved into y's (batch, M, positions). Per-entry GEMMs of a few positions each (a
+    streamed chunk) would leave the product's columns nearly empty."""
+    batch, c, hp, wp, m, _cg, _group = dims
+    kh, kw, sh, sw, dh, dw, oh, ow = window
+    k = c * kh * kw
+    positions = oh * ow
+    if pointwise and positions == 1:  # y (batch, M) = x (batch, C) W^T: no copies at all
+        _gemm_record(ctx, y, xp, w, batch, m, k, k, k, m, False, True, bias_col=bias, act=act)
+        return
+    cols = ctx.b.region((batch * positions, k))
+    if pointwise:
+        ctx.b.copy(cols, xp, (batch, positions, c), (positions * k, k, 1),
+                   (c * positions, 1, positions))  # fmt: skip
+    else:
+        ctx.b.copy(
+            cols, xp, (batch, oh, ow, c, kh, kw),
+            (positions * k, ow * k, k, kh * kw, kw, 1),
+            (c * hp * wp, sh * wp, sw, hp * wp, dh * wp, dw),
+        )  # fmt: skip
+    product = ctx.b.region((m, batch * positions))
+    _gemm_record(ctx, product, w, cols, m, batch * positions, k, k, k, batch * positions,
+                 False, True, bias_row=bias, act=act)  # fmt: skip
+    ctx.b.copy(y, product, (batch, m, positions), (m * positions, positions, 1),
+               (positions, batch * positions, 1))  # fmt: skip
 
 
 # ---- pooling ------------------------------------------------------------------------------

@@ -21,16 +21,32 @@ from typing import Any
 import numpy as np
 
 from lstm_infer.compile.program import GraphProgram
-from lstm_infer.compile.step_buffers import Buf, NotCompiled, StepBuilder, StepContext
+from lstm_infer.compile.step_buffers import KIND, Buf, NotCompiled, StepBuilder, StepContext
 from lstm_infer.compile.step_lower import LOWERINGS
 from lstm_infer.errors import LstmInferError
 from lstm_infer.ops import RunContext
 from lstm_infer.runtime.threads import blas_threads
 
+# The product size from which OpenBLAS threads a GEMM (its SMP threshold, M*N*K).
+BLAS_THREADED = 1 << 18
 # How far the compiled step may stray from the op-by-op trace in the self-check (the C
 # records use libm and their own summation order; float32 rounding differences only).
 SELF_CHECK_RTOL = 1e-3
 SELF_CHECK_ATOL = 1e-4
+
+
+def _may_thread_blas(record: dict[str, Any]) -> bool:
+    """Whether a record may call a GEMM OpenBLAS would thread: a large GEMM record, or a
+    recurrent layer over enough rows for the driver's sgemm input projection (few rows
+    take the packed matvec)."""
+    if record["kind"] == KIND["gemm"]:
+        return record["n"][0] * record["n"][1] * record["n"][2] >= BLAS_THREADED
+    if record["kind"] == KIND["recurrent"]:
+        spec = record["recurrent"]
+        rows = spec["T"] * spec["B"]
+        plan = spec["cells"][0]
+        return rows >= 16 and rows * 4 * plan.hidden_size * plan.input_size >= BLAS_THREADED
+    return False
 
 
 def trace(program: GraphProgram, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -109,6 +125,9 @@ class CompiledStep:
             else:
                 raise NotCompiled(f"output {name!r} has no value")
         self._carry(b, state_map, outputs)
+        # OpenBLAS runs a product of M*N*K >= 2**18 on every core it has (2 here), which on a
+        # busy machine costs milliseconds of waiting: such steps hold the BLAS at one thread.
+        self._one_blas_thread = any(_may_thread_blas(r) for r in b.records)
         self.program, self.arena = b.finish()
         self.inputs = {n: b.view(buf) for n, buf in b.values.items() if n in feeds}
         self.outputs = {n: b.view(buf) for n, buf in outputs.items()}
@@ -172,7 +191,11 @@ class CompiledStep:
 
     def run(self) -> None:
         """One step over what the input views hold."""
-        self.program.run()
+        if self._one_blas_thread:
+            with blas_threads(1):
+                self.program.run()
+        else:
+            self.program.run()
 
     def profile(self, repeat: int = 10) -> list[tuple[str, float]]:
         """(record kind, median seconds) of every record over ``repeat`` runs of the step on
