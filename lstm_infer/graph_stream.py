@@ -32,7 +32,7 @@ import numpy as np
 
 from lstm_infer.compile.step_program import CompiledStep, TraceFailed, compile_step
 from lstm_infer.errors import InputError, LstmInferError, StreamError
-from lstm_infer.time_stream import step_results
+from lstm_infer.time_stream import fast_hit, step_results
 
 # Step programs kept per stream, one per set of step input shapes (oldest dropped first).
 MAX_COMPILED_SHAPES = 4
@@ -215,13 +215,7 @@ class GraphStream:
         steps then allocate nothing). On an error nothing changes (the state stays what it
         was)."""
         fast = self._fast
-        if (
-            fast is not None
-            and type(x) is np.ndarray
-            and x.shape == fast[0]
-            and x.dtype == np.float32
-            and self._owner is fast[1]
-        ):  # the last step's shape again: no checks or conversions needed
+        if fast_hit(fast, self._owner, x):  # the last step's shape again: nothing to check
             step = fast[1]
             np.copyto(fast[2], x)
             step.run()

@@ -161,13 +161,7 @@ class TimeStream:
         ``out``: an array (a dict of arrays for several outputs) of the outputs' shapes to
         write into instead of new arrays (then a step allocates nothing)."""
         fast = self._fast
-        if (
-            fast is not None
-            and type(x) is np.ndarray
-            and x.shape == fast[0]
-            and x.dtype == np.float32
-            and self._owner is fast[1]
-        ):
+        if fast_hit(fast, self._owner, x):
             step = fast[1]
         else:  # checked and converted; a new shape compiles (or switches) its step
             t = self._model.graph.inputs[0].type
@@ -230,6 +224,19 @@ class TimeStream:
             arrays[key] = arr
         for key, arr in arrays.items():
             carried[key][0][...] = arr
+
+
+def fast_hit(fast: tuple | None, owner: Any, x: Any) -> bool:
+    """Whether ``x`` steps the stream's last compiled step again as it is: a float32 array
+    of the last step's shape, and that step still holds the state (``fast`` is (shape,
+    step, ...) or None)."""
+    return (
+        fast is not None
+        and type(x) is np.ndarray
+        and x.shape == fast[0]
+        and x.dtype == np.float32
+        and owner is fast[1]
+    )
 
 
 def step_results(outputs: dict[str, np.ndarray], single: str | None, out: Any) -> Any:
