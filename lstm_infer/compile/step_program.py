@@ -229,13 +229,18 @@ class CompiledRuns:
 
     A shape set seen a second time is compiled (one-off calls never pay for it) when its
     program lowers completely and its arena stays under ``max_arena_bytes``; later calls at
-    those shapes are one C call. Each compiled step has one arena: a call finding it busy
+    those shapes are one C call. At most ``cache_size`` shape sets and ``max_total_bytes``
+    of arenas are kept (the oldest dropped first: a model run at many sequence lengths
+    keeps the recent ones). Each compiled step has one arena: a call finding it busy
     (another thread inside) runs op by op instead, so ``run`` stays thread-safe.
     """
 
-    def __init__(self, max_arena_bytes: int = 64 << 20, cache_size: int = 8) -> None:
+    def __init__(
+        self, max_arena_bytes: int = 64 << 20, cache_size: int = 8, max_total_bytes: int = 128 << 20
+    ) -> None:
         self.enabled = True
         self.max_arena_bytes = max_arena_bytes
+        self.max_total_bytes = max_total_bytes
         self.cache_size = cache_size
         self._seen: dict[tuple, int] = {}
         self._steps: dict[tuple, tuple[CompiledStep, threading.Lock] | None] = {}
@@ -276,6 +281,9 @@ class CompiledRuns:
         finally:
             entry[1].release()
 
+    def _arena_bytes(self) -> int:
+        return sum(e[0].arena.nbytes for e in self._steps.values() if e is not None)
+
     def _compile(self, key: tuple, program: GraphProgram, feeds: Mapping) -> tuple | None:
         try:
             step, why = compile_step(program, feeds, {})
@@ -285,9 +293,11 @@ class CompiledRuns:
             step, why = None, f"its arena would take {step.arena.nbytes} bytes"
         entry = None if step is None else (step, threading.Lock())
         with self._lock:
-            if len(self._steps) >= self.cache_size:
-                self._steps.pop(next(iter(self._steps)))
             self._steps[key] = entry
+            while len(self._steps) > self.cache_size or (
+                len(self._steps) > 1 and self._arena_bytes() > self.max_total_bytes
+            ):
+                self._steps.pop(next(iter(self._steps)))
             self._seen.pop(key, None)
             if why is not None:
                 self._errors[key] = why
