@@ -265,6 +265,8 @@ class CompiledRuns:
         with self._lock:
             entry = self._steps.get(key, False)
             if entry is False:
+                if len(self._seen) >= 256:  # shapes seen once, bounded
+                    self._seen.clear()
                 self._seen[key] = self._seen.get(key, 0) + 1
                 if self._seen[key] < 2:
                     return None
