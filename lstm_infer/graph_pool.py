@@ -12,7 +12,9 @@ compiler does not lower steps op by op at the same batch, with the same results.
 
 A session's step input is the model's one step input with batch 1 on axis 0 (silero: a
 ``(1, 576)`` chunk, or ``(576,)``); all sessions of one pool step chunks of one shape, set
-by ``step_shape`` or by the first step. Outputs are per session, batch axis dropped.
+by ``step_shape`` or by the first step. Outputs are per session, batch axis dropped. The
+graph must keep its batch rows independent (as every per-session model does): a graph that
+normalises or reduces over the batch axis would mix the sessions stepped together.
 """
 
 from __future__ import annotations
@@ -110,6 +112,7 @@ class GraphStreamPool(BatchingFrontEnd):
         self._ids = itertools.count(1)
         self._programs: dict[int, CompiledStep | None] = {}
         self._lock = threading.Lock()
+        self._probe_lock = threading.Lock()
         self.max_batch = int(max_batch)
         self.max_wait_us = float(max_wait_us)
         self._batcher: Any = None
@@ -256,11 +259,13 @@ class GraphStreamPool(BatchingFrontEnd):
                 slab[tuple(index)] = np.take(new_states[name], range(n), axis=axis)
             if self._step_shape is None:
                 self._step_shape = staged[0].shape
-        first = outs[self._outputs[0]]
-        self._output_size = int(np.prod(first.shape[1:]))
-        if len(self._outputs) == 1:
-            return [first[i].copy() for i in range(n)]
-        return [{k: v[i].copy() for k, v in outs.items()} for i in range(n)]
+            # Copies inside the lock: the outputs are views of the step's arena, which the
+            # next step (another thread's) overwrites.
+            first = outs[self._outputs[0]]
+            self._output_size = int(np.prod(first.shape[1:]))
+            if len(self._outputs) == 1:
+                return [first[i].copy() for i in range(n)]
+            return [{k: v[i].copy() for k, v in outs.items()} for i in range(n)]
 
     def _run(self, x: np.ndarray, states: dict[str, np.ndarray]) -> tuple[dict, dict]:
         """The step's outputs and new states at batch len(x) (compiled when it lowers)."""
@@ -316,8 +321,9 @@ class GraphStreamPool(BatchingFrontEnd):
         stream's reset checks it."""
         if not initial:
             return self._default
-        self._probe.reset(dict(initial))
-        state = self._probe.state
+        with self._probe_lock:  # one probe stream checks every caller's state
+            self._probe.reset(dict(initial))
+            state = self._probe.state
         for name, value in state.items():
             if value.shape[self._axes[name]] != 1:
                 raise InputError(

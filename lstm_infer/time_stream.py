@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from lstm_infer.compile.step_program import CompiledStep, compile_step, trace
-from lstm_infer.compile.time_axis import check_streamable, time_axes
+from lstm_infer.compile.time_axis import check_streamable, chunk_dependent, time_axes
 from lstm_infer.errors import InputError, LstmInferError, StreamError
 
 # Compiled steps kept per stream, one per chunk shape (oldest dropped first).
@@ -97,7 +97,7 @@ class TimeStream:
         except LstmInferError as exc:
             raise InputError(f"a chunk of shape {x.shape} does not run: {exc}") from exc
         axes[name] = axis
-        check_streamable(short_p, axes, short)
+        check_streamable(short_p, axes, short, chunk_dependent(short_p, long_p))
         return short_p, axes
 
     def _infer_axis(self, x: np.ndarray) -> int:

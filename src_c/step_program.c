@@ -99,7 +99,10 @@ static float unary_value(int kind, float x, float p0, float p1) {
     case LI_UNARY_ELU: return x >= 0.0f ? x : p0 * (expf(x) - 1.0f);
     case LI_UNARY_SELU: return p1 * (x > 0.0f ? x : p0 * (expf(x) - 1.0f));
     case LI_UNARY_SOFTPLUS: return x > 20.0f ? x : log1pf(expf(x));
-    case LI_UNARY_HARD_SIGMOID: return fmaxf(0.0f, fminf(1.0f, p0 * x + p1));
+    case LI_UNARY_HARD_SIGMOID: { /* comparisons, not fminf/fmaxf: NaN stays NaN */
+        const float v = p0 * x + p1;
+        return v < 0.0f ? 0.0f : (v > 1.0f ? 1.0f : v);
+    }
     case LI_UNARY_CLIP: return x < p0 ? p0 : (x > p1 ? p1 : x);
     case LI_UNARY_ERF: return erff(x);
     case LI_UNARY_GELU: return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));

@@ -164,3 +164,32 @@ def test_time_axis_graphs_are_refused_for_now(rng) -> None:
     data = model_bytes(nodes, [vi("x", F, ("T", 1, 3))], [vi("out", F, None)], inits, 17)
     with pytest.raises(StreamError, match="time-axis"):
         lstm_infer.StreamPool(graph_model(data))
+
+
+def test_threads_stepping_their_own_sessions_get_their_own_outputs() -> None:
+    """Outputs are copied out of the arena before another thread's step reuses it."""
+    import threading
+
+    nodes = [
+        helper.make_node("Add", ["x", "h"], ["y"]),
+        helper.make_node("Identity", ["h"], ["hn"]),
+    ]
+    data = model_bytes(nodes, [vi("x", F, ("B", 4)), vi("h", F, ("B", 4))],
+                       [vi("y", F, ("B", 4)), vi("hn", F, ("B", 4))])  # fmt: skip
+    pool = lstm_infer.StreamPool(graph_model(data), state_map={"h": "hn"})
+    wrong = []
+
+    def run(value: float) -> None:
+        sid = pool.open()
+        x = np.full((1, 4), value, np.float32)
+        for _ in range(1500):
+            y = pool.step({sid: x})[sid]
+            if not np.array_equal(y, x[0]):
+                wrong.append(y)
+
+    threads = [threading.Thread(target=run, args=(v,)) for v in (1.0, 2.0)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not wrong

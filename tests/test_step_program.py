@@ -514,3 +514,80 @@ def test_runs_at_a_repeated_shape_compile_and_agree(rng) -> None:
         np.testing.assert_allclose(got, want, atol=1e-5)
     model.compile_runs = False
     np.testing.assert_allclose(model.run({"x": x})["y"], want, atol=1e-5)
+
+
+# ---- regressions found in review -------------------------------------------------------------
+
+
+def test_an_output_aliasing_a_state_input_reads_the_old_state() -> None:
+    """y = Identity(h) must give the state before the step, not after the state copies."""
+    nodes = [
+        helper.make_node("Identity", ["h"], ["y"]),
+        helper.make_node("Add", ["h", "x"], ["hn"]),
+    ]
+    data = model_bytes(nodes, [vi("x", F, (1, 4)), vi("h", F, (1, 4))],
+                       [vi("y", F, (1, 4)), vi("hn", F, (1, 4))])  # fmt: skip
+    xs = [np.zeros((1, 4), np.float32)] + [np.ones((1, 4), np.float32)] * 3
+    for compile_ in (True, False):
+        stream = graph_model(data).stream(state_map={"h": "hn"}, compile=compile_)
+        got = [float(stream.step(x)[0, 0]) for x in xs]
+        assert stream.compiled == compile_
+        assert got == [0.0, 0.0, 1.0, 2.0]
+
+
+def test_two_states_that_swap() -> None:
+    nodes = [helper.make_node("Identity", ["b"], ["an"]),
+             helper.make_node("Identity", ["a"], ["bn"]),
+             helper.make_node("Add", ["a", "x"], ["y"])]  # fmt: skip
+    shape = (1, 2)
+    data = model_bytes(nodes, [vi(n, F, shape) for n in "xab"],
+                       [vi(n, F, shape) for n in ("y", "an", "bn")])  # fmt: skip
+    x = np.zeros(shape, np.float32)
+    stream = graph_model(data).stream(state_map={"a": "an", "b": "bn"})
+    stream.step(x)  # compiles (on zeros, where a swap looks right either way)
+    assert stream.compiled
+    stream.state = {"a": np.full(shape, 1, np.float32), "b": np.full(shape, 2, np.float32)}
+    assert [float(stream.step(x)[0, 0]) for _ in range(4)] == [1.0, 2.0, 1.0, 2.0]
+
+
+def test_runs_at_an_empty_batch_and_failing_runs_keep_their_error_type(rng) -> None:
+    inits = _recurrent_weights(rng, "LSTM", 1, 3, 4)
+    nodes = [helper.make_node("LSTM", ["x", "W", "R", "B"], ["y", "yh"], hidden_size=3),
+             helper.make_node("Tanh", ["y"], ["t"])]  # fmt: skip
+    data = model_bytes(nodes, [vi("x", F, ("T", "N", 4))], [vi("t", F, None), vi("yh", F, None)],
+                       inits, 14)  # fmt: skip
+    model = graph_model(data)
+    for _ in range(3):  # the second call would compile: an empty batch runs op by op
+        out = model.run({"x": np.zeros((3, 0, 4), np.float32)})
+        assert out["t"].shape == (3, 1, 0, 3)
+    clip = model_bytes([helper.make_node("Clip", ["x", "lo"], ["y"])], [vi("x", F, (2, 3))],
+                       [vi("y", F, None)], {"lo": np.zeros(2, np.float32)})  # fmt: skip
+    bad = graph_model(clip)
+    for _ in range(3):  # one error type on every call, compiled or not
+        with pytest.raises(lstm_infer.errors.InputError):
+            bad.run({"x": np.zeros((2, 3), np.float32)})
+
+
+def test_hard_sigmoid_and_clip_keep_nan_compiled() -> None:
+    nodes = [helper.make_node("HardSigmoid", ["x"], ["y"]),
+             helper.make_node("Clip", ["x", "lo", "hi"], ["z"])]  # fmt: skip
+    inits = {"lo": np.array(-1.0, np.float32), "hi": np.array(1.0, np.float32)}
+    data = model_bytes(nodes, [vi("x", F, (1, 3))], [vi("y", F, None), vi("z", F, None)], inits)
+    x = np.array([[np.nan, 0.0, 9.0]], np.float32)
+    model = graph_model(data)
+    want = onnxruntime_run(data, {"x": x})
+    for _ in range(3):
+        got = model.run({"x": x})
+        np.testing.assert_allclose(got["y"], want[0])
+        np.testing.assert_allclose(got["z"], want[1])
+
+
+def test_a_run_too_large_to_compile_is_refused_before_allocating(rng) -> None:
+    nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Neg", ["a"], ["y"])]
+    data = model_bytes(nodes, [vi("x", F, (64, 1024))], [vi("y", F, None)])
+    model = graph_model(data)
+    model._compiled.max_arena_bytes = 256 * 1024  # less than the two 256 KB tensors
+    x = rng.standard_normal((64, 1024)).astype(np.float32)
+    for _ in range(3):
+        np.testing.assert_array_equal(model.run({"x": x})["y"], -np.maximum(x, 0))
+    assert "exceed" in model._compiled.error({"x": x})

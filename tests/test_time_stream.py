@@ -210,3 +210,47 @@ def test_zoo_graphs_stream_frame_by_frame_or_are_refused(name: str, rng) -> None
     else:
         with pytest.raises(StreamError, match=refusal):
             stream.step(x)
+
+
+def test_values_computed_from_the_sequence_length_are_refused(rng) -> None:
+    """x + pe[:T] (a positional table sliced to the input's length) would add the chunk's
+    first rows to every chunk: refused, naming the node."""
+
+    class Positional(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("pe", torch.arange(64 * 6, dtype=torch.float32).reshape(64, 1, 6))
+            self.lstm = nn.LSTM(6, 5)
+            self.norm = nn.LayerNorm(5)
+
+        def forward(self, x):  # noqa: ANN001, ANN201
+            return self.norm(self.lstm(x + self.pe[: x.shape[0]])[0])
+
+    x = rng.standard_normal((8, 1, 6)).astype(np.float32)
+    model = lstm_infer.load(_export(Positional().eval(), x, 0))
+    with pytest.raises(StreamError, match="sequence length"):
+        model.stream().feed(x, chunk=2)
+
+
+class FreqPool(nn.Module):
+    """(B, 1, F, T) spectrogram -> conv over (freq, causal time) -> max pool over freq only
+    -> LSTM over time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, (3, 2))
+        self.pool = nn.MaxPool2d((2, 1))
+        self.lstm = nn.LSTM(4 * 3, 6, batch_first=True)
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        f = self.pool(torch.relu(self.conv(nn.functional.pad(x, (1, 0, 1, 1)))))
+        b, c, h, w = f.shape
+        return self.lstm(f.reshape(b, c * h, w).transpose(1, 2))[0]
+
+
+def test_pooling_over_frequency_streams(rng) -> None:
+    torch.manual_seed(11)
+    net = FreqPool().eval()
+    x = rng.standard_normal((2, 1, 6, 15)).astype(np.float32)
+    stream = lstm_infer.load(_export(net, x, 3)).stream()
+    np.testing.assert_allclose(stream.feed(x, chunk=4), _torch(net, x), atol=1e-5)

@@ -23,8 +23,11 @@ KIND = _engine.STEP_KINDS
 MAX_RANK = _engine.STEP_MAX_RANK
 # Floats between the starts of two arena regions (64 bytes: vector loads never straddle).
 ALIGN_FLOATS = 16
-# The largest index table a GATHER record may hold; bigger layouts are not compiled.
+# The largest index table a GATHER record may hold, and the largest tensor a layout op is
+# lowered for by running it on element indices (int64, 8 bytes each); bigger ones are not
+# compiled.
 MAX_GATHER = 1 << 22
+MAX_INDEXED = 1 << 22
 
 
 class NotCompiled(Exception):
@@ -103,7 +106,9 @@ def collapse(
 class StepBuilder:
     """Regions, aliases and records of one step program (see the module doc)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_bytes: int | None = None) -> None:
+        # The arena's bound, checked as regions are handed out (before anything is made).
+        self.max_floats = None if max_bytes is None else max_bytes // 4
         self.values: dict[str, Buf] = {}  # tensor name -> its buffer
         self.records: list[dict[str, Any]] = []
         self.keep: list[Any] = []  # arrays and plans the records point into
@@ -128,6 +133,8 @@ class StepBuilder:
             raise NotCompiled(f"a step tensor of shape {shape} is too large to compile")
         buf = Buf(ARENA, self._arena_floats, tuple(shape))
         self._arena_floats += -(-max(n, 1) // ALIGN_FLOATS) * ALIGN_FLOATS
+        if self.max_floats is not None and self._arena_floats > self.max_floats:
+            raise NotCompiled(f"the step's arena would exceed {self.max_floats * 4} bytes")
         return buf
 
     def constant(self, value: np.ndarray) -> Buf:
@@ -146,6 +153,9 @@ class StepBuilder:
     def scratch(self, floats: int, user: dict[str, Any], key: str) -> None:
         """Point ``user[key]`` at the program's shared scratch (records run one at a time)."""
         self._scratch_floats = max(self._scratch_floats, int(floats))
+        total = self._arena_floats + self._scratch_floats
+        if self.max_floats is not None and total > self.max_floats:
+            raise NotCompiled(f"the step's arena would exceed {self.max_floats * 4} bytes")
         self._scratch_users.append((user, key))
 
     # ---- records -------------------------------------------------------------------------

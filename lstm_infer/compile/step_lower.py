@@ -22,6 +22,7 @@ import numpy as np
 
 from lstm_infer.compile.step_buffers import (
     MAX_GATHER,
+    MAX_INDEXED,
     MAX_RANK,
     Buf,
     NotCompiled,
@@ -135,6 +136,8 @@ def _by_indices(ctx: StepContext, node: Any, state: Any) -> None:
     """A layout op whose first input is the data and whose other inputs are constants."""
     data = node.inputs[0]
     src = ctx.buf(node, data)
+    if src.size > MAX_INDEXED:
+        raise NotCompiled(f"{node.label}: a layout of {src.size} elements")
     others = []
     for name in node.inputs[1:]:
         if name and ctx.const(name) is None:

@@ -391,6 +391,8 @@ def recurrent(ctx: StepContext, node: Any, state: Any) -> None:
         raise NotCompiled(f"{node.label}: X of shape {x.shape}")
     t_steps, batch = (x.shape[0], x.shape[1]) if layout == 0 else (x.shape[1], x.shape[0])
     width = x.shape[2]
+    if t_steps == 0 or batch == 0:
+        raise NotCompiled(f"{node.label}: a recurrent layer over {t_steps} steps of {batch} rows")
     if layout == 1:  # the driver reads time-major rows
         xt = ctx.b.region((t_steps, batch, width))
         ctx.b.copy(

@@ -27,6 +27,10 @@ from lstm_infer.errors import LstmInferError
 from lstm_infer.ops import RunContext
 from lstm_infer.runtime.threads import blas_threads
 
+# A compiled step's arena bound unless the caller gives one (streams step small chunks).
+DEFAULT_MAX_ARENA_BYTES = 256 << 20
+# Intermediates a trace keeps by value (larger ones by shape only).
+TRACE_KEEP_ELEMENTS = 1 << 16
 # The product size from which OpenBLAS threads a GEMM (its SMP threshold, M*N*K).
 BLAS_THREADED = 1 << 18
 # How far the compiled step may stray from the op-by-op trace in the self-check (the C
@@ -49,18 +53,39 @@ def _may_thread_blas(record: dict[str, Any]) -> bool:
     return False
 
 
+def _stand_in(value: np.ndarray) -> np.ndarray:
+    """A zero-strided array of ``value``'s shape and dtype: its shape, none of its memory."""
+    return np.lib.stride_tricks.as_strided(
+        np.zeros(1, value.dtype), value.shape, (0,) * value.ndim, writeable=False
+    )
+
+
 def trace(program: GraphProgram, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Every tensor's value in one op-by-op run of ``program`` (nothing freed)."""
+    """Every tensor of one op-by-op run of ``program``: the graph's outputs, constants and
+    feeds, and intermediates of at most TRACE_KEEP_ELEMENTS, by value; larger intermediates
+    only by shape and dtype (zero-strided stand-ins once their last reader ran), so a trace
+    holds no more than the run itself would. Raises TraceFailed when the run fails."""
     env: dict[str, np.ndarray] = dict(program.constants)
     env.update(feeds)
+    keep = set(program.graph.output_names) | set(program.constants) | set(feeds)
     ctx = RunContext()
     with blas_threads(1):
         for step in program.steps:
             node = step.node
-            outs = step.op.run(ctx, node, [env[n] if n else None for n in node.inputs], step.state)
+            try:
+                ins = [env[n] if n else None for n in node.inputs]
+                outs = step.op.run(ctx, node, ins, step.state)
+            except LstmInferError as exc:
+                raise TraceFailed(f"the trace run failed: {exc}") from exc
+            except (ValueError, TypeError, IndexError, MemoryError) as exc:
+                raise TraceFailed(f"the trace run failed at {node.label}: {exc}") from exc
             for name, value in zip(node.outputs, outs):
                 if name:
                     env[name] = np.asarray(value)
+            for name in step.free_after:
+                value = env.get(name)
+                if name not in keep and value is not None and value.size > TRACE_KEEP_ELEMENTS:
+                    env[name] = _stand_in(value)
     return env
 
 
@@ -93,17 +118,15 @@ class CompiledStep:
         state_map: Mapping[str, str],
         carry_state: bool = False,
         time_axes: Mapping[str, int | None] | None = None,
+        max_arena_bytes: int | None = DEFAULT_MAX_ARENA_BYTES,
     ) -> None:
         # The program's guards (shapes a specialisation assumed) hold here by construction:
         # every lowered node's non-data inputs are constants, so each shape is a function of
         # the input shapes alone, which are fixed.
-        try:
-            env = trace(program, feeds)
-        except LstmInferError as exc:
-            raise TraceFailed(f"the trace run failed: {exc}") from exc
+        env = trace(program, feeds)
         shapes = {n: tuple(np.shape(v)) for n, v in env.items()}
         dtypes = {n: np.asarray(v).dtype for n, v in env.items()}
-        b = StepBuilder()
+        b = StepBuilder(max_arena_bytes)
         for name, value in feeds.items():
             if value.dtype != np.float32:
                 raise NotCompiled(f"input {name!r} is {value.dtype} (the step program is float32)")
@@ -138,27 +161,35 @@ class CompiledStep:
 
     @staticmethod
     def _carry(b: StepBuilder, state_map: Mapping[str, str], outputs: dict[str, Buf]) -> None:
-        """Copies of the state outputs into the state inputs, last in the program. An output
-        that overlaps any state input is staged first (a copy would overwrite what a later
-        copy reads)."""
-        targets = [b.values[i] for i in state_map]
-        staged = []
-        for state_in, state_out in state_map.items():
-            src = outputs[state_out]
-            if src.size != b.values[state_in].size:
-                raise NotCompiled(
-                    f"state {state_in!r} has shape {b.values[state_in].shape}, its output "
-                    f"{state_out!r} {src.shape}"
-                )
-            if any(
-                src.overlaps(t) and not (src.offset == t.offset and src.base is t.base)
-                for t in targets
+        """Copies of the state outputs into the state inputs, last in the program.
+
+        Those copies overwrite the state inputs, so whatever still reads one afterwards gets
+        a region of its own first: every graph output that overlaps a state input (``y =
+        Identity(h)`` must give the old h), and every state output that overlaps a state
+        input other than its own destination (two states that swap). An output already in
+        its own destination needs no copy.
+        """
+        targets = {i: b.values[i] for i in state_map}
+        own = {o: i for i, o in state_map.items()}
+        for name, buf in list(outputs.items()):
+            dst = targets.get(own.get(name, ""))
+            exact = dst is not None and buf.base is dst.base and buf.offset == dst.offset
+            clash = any(buf.overlaps(t) for i, t in targets.items() if t is not dst)
+            if (
+                clash
+                or (dst is not None and not exact and buf.overlaps(dst))
+                or (name not in own and any(buf.overlaps(t) for t in targets.values()))
             ):
-                stage = b.region(src.shape)
-                b.copy_whole(stage, src)
-                src = stage
-            staged.append((b.values[state_in], src))
-        for dst, src in staged:
+                stage = b.region(buf.shape)
+                b.copy_whole(stage, buf)
+                outputs[name] = stage
+        for state_in, state_out in state_map.items():
+            src, dst = outputs[state_out], targets[state_in]
+            if src.size != dst.size:
+                raise NotCompiled(
+                    f"state {state_in!r} has shape {dst.shape}, its output {state_out!r} "
+                    f"{src.shape}"
+                )
             b.copy_whole(dst, src)
 
     def _self_check(
@@ -167,7 +198,10 @@ class CompiledStep:
         self.reset_carried()
         for name, value in feeds.items():
             np.copyto(self.inputs[name], value)
-        self.run()
+        try:
+            self.run()
+        except RuntimeError as exc:  # a record refused its arguments: not this program
+            raise NotCompiled(f"self-check: {exc}") from exc
         for name, view in self.outputs.items():
             want = env[name]
             if name in state_map.values():
@@ -213,11 +247,13 @@ def compile_step(
     state_map: Mapping[str, str],
     carry_state: bool = False,
     time_axes: Mapping[str, int | None] | None = None,
+    max_arena_bytes: int | None = None,
 ) -> tuple[CompiledStep | None, str | None]:
     """(the compiled step, None), or (None, why not). Raises TraceFailed when the inputs
     themselves do not run (the caller's op-by-op run then reports them)."""
     try:
-        return CompiledStep(program, feeds, state_map, carry_state, time_axes), None
+        limit = DEFAULT_MAX_ARENA_BYTES if max_arena_bytes is None else max_arena_bytes
+        return CompiledStep(program, feeds, state_map, carry_state, time_axes, limit), None
     except TraceFailed:
         raise
     except NotCompiled as exc:
@@ -288,11 +324,9 @@ class CompiledRuns:
 
     def _compile(self, key: tuple, program: GraphProgram, feeds: Mapping) -> tuple | None:
         try:
-            step, why = compile_step(program, feeds, {})
+            step, why = compile_step(program, feeds, {}, max_arena_bytes=self.max_arena_bytes)
         except TraceFailed:
             return None
-        if step is not None and step.arena.nbytes > self.max_arena_bytes:
-            step, why = None, f"its arena would take {step.arena.nbytes} bytes"
         entry = None if step is None else (step, threading.Lock())
         with self._lock:
             self._steps[key] = entry
@@ -302,6 +336,8 @@ class CompiledRuns:
                 self._steps.pop(next(iter(self._steps)))
             self._seen.pop(key, None)
             if why is not None:
+                if len(self._errors) >= 64:
+                    self._errors.clear()
                 self._errors[key] = why
         return entry
 

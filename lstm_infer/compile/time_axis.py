@@ -57,10 +57,37 @@ def time_axes(
     return axes
 
 
-def check_streamable(program: Any, axes: Mapping[str, int | None], short: Mapping) -> None:
-    """Raise StreamError naming the first node that cannot stream along time."""
+def chunk_dependent(short: Any, long: Any) -> set[str]:
+    """The constants of the program at T frames that the program at T + 1 frames does not
+    have, or has with another shape or value: values folded from the chunk's length (a
+    positional table sliced to ``Shape(x)``, a division by the sequence length). A stream
+    would use the chunk's value where the whole sequence uses its own: refused."""
+    out = set()
+    for name, value in short.constants.items():
+        other = long.constants.get(name)
+        if other is None or np.shape(other) != np.shape(value):
+            out.add(name)
+        elif not np.array_equal(np.asarray(other), np.asarray(value), equal_nan=True):
+            out.add(name)
+    return out
+
+
+def check_streamable(
+    program: Any, axes: Mapping[str, int | None], short: Mapping, dependent: set[str] = frozenset()
+) -> None:
+    """Raise StreamError naming the first node that cannot stream along time (``dependent``:
+    constants whose values depend on the chunk length, see chunk_dependent)."""
     for step in program.steps:
         node = step.node
+        # A layout op's shape, index and pad inputs may follow the chunk length (a Reshape to
+        # (B, C, T)): the index check below decides those. Data read at that length may not.
+        read = node.inputs[:1] if node.op in LAYOUT_OPS else node.inputs
+        bad = [n for n in read if n in dependent]
+        if bad:
+            raise StreamError(
+                f"{node.label} cannot stream along time: {bad[0]!r} is computed from the "
+                "sequence length (a whole run and a stream of chunks would use different values)"
+            )
         ins = {n: axes.get(n) for n in node.inputs if n}
         timed = {n: a for n, a in ins.items() if a is not None}
         if not timed:
@@ -123,6 +150,8 @@ def _refusal(node: Any, state: Any, timed: dict, outs: dict, short: Mapping) -> 
         return None
     if op in LAYOUT_OPS:
         return _layout_refusal(node, state, timed, outs, short)
+    if op in ("MaxPool", "AveragePool"):
+        return _pool_refusal(node, timed, short)
     return "an op that has no streaming form"
 
 
@@ -149,6 +178,21 @@ def _conv_refusal(node: Any, state: Any, timed: dict, short: Mapping) -> str | N
             f"pads ({r.begin[-1]}, {r.end[-1]}) along time: a causal convolution pads "
             f"({(k - 1) * d}, 0)"
         )
+    return None
+
+
+def _pool_refusal(node: Any, timed: dict, short: Mapping) -> str | None:
+    """A pool streams when its window covers one frame along time (pooling over frequency
+    in a spectrogram front end): kernel 1, stride 1 and no padding on the time axis."""
+    x = node.inputs[0]
+    rank = len(np.shape(short[x]))
+    if timed[x] < 2:
+        return "time is not one of its spatial axes"
+    w = window_attrs(node, ceil_mode_allowed=True)
+    r = resolve(node, w, np.shape(short[x])[2:], w.kernel)
+    d = timed[x] - 2
+    if (r.kernel[d], r.strides[d], r.begin[d], r.end[d]) != (1, 1, 0, 0) or rank != 2 + len(r.out):
+        return "it pools over time"
     return None
 
 
