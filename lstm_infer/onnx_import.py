@@ -3,8 +3,8 @@
 A graph of one recurrent node: the node's weights (initializers, or Constant nodes) are
 converted once into the internal model description; the node's optional inputs that are graph
 inputs stay inputs of ``run``, and those that are initializers are baked in. Any other graph is
-lowered into the same description by :mod:`lstm_infer.onnx_graph`. Output names are the
-graph's own. Loading the proto (external data read from the model's folder only) and
+lowered into the same description by :mod:`lstm_infer.importers.onnx.stack`. Output names are
+the graph's own. Loading the proto (external data read from the model's folder only) and
 decoding its tensors is :mod:`lstm_infer.importers.onnx.proto`; its names are re-exported here.
 """
 
@@ -31,6 +31,7 @@ from lstm_infer.importers.onnx.proto import (
     tensor_to_numpy,
     used_tensor_names,
 )
+from lstm_infer.importers.onnx.stack import lower_graph
 
 __all__ = [
     "GATE_COUNT",
@@ -45,6 +46,7 @@ __all__ = [
     "import_single_node",
     "is_single_node",
     "load_onnx_proto",
+    "lower_graph",
     "tensor_to_numpy",
     "used_tensor_names",
 ]
@@ -242,11 +244,9 @@ def import_onnx(source: Any) -> ModelSpec:
 
     A graph of one recurrent node maps onto the operator's own tensors ("onnx_node"
     signature); any other graph (what exporters write: embedding, stacked layers, layout
-    glue, a dense head) is lowered by :func:`lstm_infer.onnx_graph.lower_graph`.
+    glue, a dense head) is lowered by :func:`lstm_infer.importers.onnx.stack.lower_graph`.
     """
     model = load_onnx_proto(source)
     if is_single_node(model):
         return import_single_node(model)
-    from lstm_infer.onnx_graph import lower_graph
-
     return lower_graph(model)
