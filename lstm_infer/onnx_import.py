@@ -87,7 +87,26 @@ def _constants(graph: Any) -> dict[str, np.ndarray]:
 
 
 def import_single_node(model: Any) -> ModelSpec:
-    """Lower a graph made of one RNN/LSTM/GRU node (plus Constants) to a ModelSpec."""
+    """Lower a graph made of one RNN/LSTM/GRU node (plus Constants) to a ModelSpec.
+
+    Parameters
+    ----------
+    model : onnx.ModelProto
+        The model, loaded by :func:`load_onnx_proto` (see :func:`is_single_node`).
+
+    Returns
+    -------
+    ModelSpec
+        One layer, with the operator's own signature ("onnx_node"): its optional inputs that
+        are graph inputs stay inputs of ``run``, weights fed at run time included.
+
+    Raises
+    ------
+    UnsupportedModelError
+        For another kind of graph, another domain or an unsupported attribute.
+    ModelFormatError
+        For a malformed node (missing W/R/X, wrong shapes, an input that is nothing).
+    """
     graph = model.graph
     consts = _constants(graph)
     nodes = [n for n in graph.node if n.op_type != "Constant"]
@@ -234,7 +253,16 @@ def _static_shape(graph: Any, name: str, node: Any) -> tuple[int, ...]:
 
 
 def is_single_node(model: Any) -> bool:
-    """Whether the graph is one RNN/LSTM/GRU node (plus Constant nodes) and nothing else."""
+    """Whether the graph is one RNN/LSTM/GRU node (plus Constant nodes) and nothing else.
+
+    Parameters
+    ----------
+    model : onnx.ModelProto
+
+    Returns
+    -------
+    bool
+    """
     nodes = [n for n in model.graph.node if n.op_type != "Constant"]
     return len(nodes) == 1 and nodes[0].op_type in RECURRENT_OPS
 
@@ -245,6 +273,22 @@ def import_onnx(source: Any) -> ModelSpec:
     A graph of one recurrent node maps onto the operator's own tensors ("onnx_node"
     signature); any other graph (what exporters write: embedding, stacked layers, layout
     glue, a dense head) is lowered by :func:`lstm_infer.importers.onnx.stack.lower_graph`.
+
+    Parameters
+    ----------
+    source : str, os.PathLike, bytes or onnx.ModelProto
+        The model (see :func:`load_onnx_proto`).
+
+    Returns
+    -------
+    ModelSpec
+
+    Raises
+    ------
+    UnsupportedModelError
+        Naming the node, its op type and why, for what the recurrent stack cannot run.
+    ModelFormatError
+        For a malformed model.
     """
     model = load_onnx_proto(source)
     if is_single_node(model):

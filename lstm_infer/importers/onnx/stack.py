@@ -286,6 +286,18 @@ class GraphLowering(LayoutOps, DenseOps, RecurrentOps, Assembly):
 def lower_graph(model: Any) -> ModelSpec:
     """Lower an exported ONNX graph (a ModelProto, external data already loaded).
 
+    Parameters
+    ----------
+    model : onnx.ModelProto
+        The model, loaded by :func:`~lstm_infer.importers.onnx.proto.load_onnx_proto`; its
+        local functions are inlined first.
+
+    Returns
+    -------
+    ModelSpec
+        The plan: embedding, recurrent layers, dense head, and the signature naming the graph's
+        inputs and outputs.
+
     Raises
     ------
     UnsupportedModelError
