@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from lstm_infer.errors import LstmInferError, MissingDependencyError
+from lstm_infer.importers.onnx.proto import load_onnx_proto
 
 __all__ = ["OutputReport", "ValidationReport", "main_validate", "validate"]
 
@@ -280,7 +281,6 @@ def validate(
     from lstm_infer.graph_model import GraphModel
     from lstm_infer.importers.onnx.load import load_onnx
     from lstm_infer.model import Model
-    from lstm_infer.onnx_import import load_onnx_proto
 
     if isinstance(path_or_model, (Model, GraphModel)):
         raise TypeError(

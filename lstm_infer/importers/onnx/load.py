@@ -16,8 +16,9 @@ from lstm_infer.errors import ModelFormatError
 from lstm_infer.graph import Graph
 from lstm_infer.graph_model import GraphModel
 from lstm_infer.importers.onnx.lower import graph_from_onnx
+from lstm_infer.importers.onnx.proto import load_onnx_proto
 from lstm_infer.model import Model
-from lstm_infer.onnx_import import import_onnx, load_onnx_proto
+from lstm_infer.onnx_import import import_onnx
 
 
 def load_onnx(source: Any, fixed_inputs: Mapping[str, Any] | None = None) -> Model | GraphModel:

@@ -1,10 +1,10 @@
 """An ONNX ModelProto as a model graph, node for node.
 
-The proto is loaded and checked by ``lstm_infer.onnx_import.load_onnx_proto`` (external data
-read only from the model's folder, sizes checked before reading). Initializers and Constant
-nodes become the graph's constants; every other node becomes a graph node of the same op,
-its attributes decoded to Python values and its older-opset forms rewritten once into the
-newest opset's (attributes that became inputs, Softmax's old flattening axis), so the op
+The proto is loaded and checked by :func:`lstm_infer.importers.onnx.proto.load_onnx_proto`
+(external data read only from the model's folder, sizes checked before reading). Initializers
+and Constant nodes become the graph's constants; every other node becomes a graph node of the
+same op, its attributes decoded to Python values and its older-opset forms rewritten once into
+the newest opset's (attributes that became inputs, Softmax's old flattening axis), so the op
 registry implements one semantics per op. If's branches and the bodies of Loop and Scan are
 lowered the same way, as graphs of their own. Anything the registry does not know, or a node
 of another domain, raises UnsupportedModelError naming the node, before anything is
@@ -19,6 +19,7 @@ import numpy as np
 
 from lstm_infer.errors import ModelFormatError, UnsupportedModelError
 from lstm_infer.graph import Graph, Node, TensorType, ValueInfo, topological_order
+from lstm_infer.importers.onnx.proto import tensor_to_numpy, used_tensor_names
 from lstm_infer.ops import get_op
 
 # ONNX TensorProto element types -> numpy dtype names of the graph.
@@ -58,8 +59,6 @@ def _tensor_type(value_info: Any) -> TensorType:
 def _attributes(node: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
     """The node's attributes as Python values (``skip``: names lowered by the caller)."""
     from onnx import AttributeProto, helper
-
-    from lstm_infer.onnx_import import tensor_to_numpy
 
     out: dict[str, Any] = {}
     for a in node.attribute:
@@ -175,8 +174,6 @@ def graph_from_onnx(model: Any) -> Graph:
     Raises UnsupportedModelError (naming the node, its op type and why) for anything the op
     registry cannot run, ModelFormatError for malformed graphs (cycles, undefined tensors).
     """
-    from lstm_infer.onnx_import import tensor_to_numpy, used_tensor_names
-
     g = model.graph
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
     used = used_tensor_names(g)
@@ -370,8 +367,6 @@ def _lower_subgraph(
     """A branch or loop body as a graph whose inputs are its ``declared`` inputs (a Loop
     body's own; none for an If branch) then the outer tensors it reads (in order of first
     use)."""
-    from lstm_infer.onnx_import import tensor_to_numpy
-
     if depth > MAX_SUBGRAPH_DEPTH:
         raise ModelFormatError(f"{label}: subgraphs nest deeper than {MAX_SUBGRAPH_DEPTH} levels")
     consts = {t.name: tensor_to_numpy(t, keep_float_types=True) for t in g.initializer}
