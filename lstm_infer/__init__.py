@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import numpy as np
+
 from lstm_infer import errors
 from lstm_infer._engine import available_isas, isa, set_isa
 from lstm_infer._spec import TensorInfo
@@ -66,7 +68,12 @@ def load(source: Any, **options: Any) -> Model | GraphModel:
     """
     from lstm_infer.errors import ModelFormatError
     from lstm_infer.importers.onnx.load import load_onnx
-    from lstm_infer.native_format import is_native, spec_from_safetensors
+    from lstm_infer.native_format import (
+        is_native,
+        spec_from_safetensors,
+        stored_heads,
+        stored_plans,
+    )
     from lstm_infer.native_graph import graph_from_native, is_native_graph, native_source
     from lstm_infer.safetensors_io import is_safetensors, read_safetensors
     from lstm_infer.torch_import import import_torch, is_torch_checkpoint, spec_from_state_dict
@@ -112,13 +119,17 @@ def load(source: Any, **options: Any) -> Model | GraphModel:
             "onnx.ModelProto, a torch module or a state_dict"
         )
     if is_safetensors(head):
-        tensors, metadata = read_safetensors(source)
+        # A file is memory-mapped: a native model is built on its pages (see Model.save).
+        tensors, metadata = read_safetensors(source, mapped=path is not None)
         if is_native(metadata):
             no_options("native lstm_infer files")
             if is_native_graph(metadata):
+                tensors = {k: np.array(v) for k, v in tensors.items()}  # graphs: own copies
                 graph = graph_from_native(tensors, metadata)
                 return GraphModel(graph, source=native_source(metadata))
-            return Model(spec_from_safetensors(tensors, metadata))
+            spec = spec_from_safetensors(tensors, metadata)
+            return Model(spec, stored_plans(tensors, spec), stored_heads(tensors, spec))
+        tensors = {k: np.array(v) for k, v in tensors.items()}  # the importer's own copies
         floats = {k: v for k, v in tensors.items() if v.dtype == "float32"}
         # safetensors sorts its names: their order says nothing about the modules'
         return Model(spec_from_state_dict(floats, **{"ordered": False, **options}))

@@ -199,6 +199,10 @@ cdef class CellPlan:
     def input_size(self):
         return self.c.input_size
 
+    def arrays(self):
+        """The arrays the C descriptor points into, by name (the same objects, not copies)."""
+        return dict(self._arrays)
+
     @property
     def takes_tokens(self):
         """True when the input projection is a token table (the input is token ids)."""

@@ -112,27 +112,17 @@ def token_table(embedding: np.ndarray, dw: DirectionWeights, gates: int) -> np.n
     return out
 
 
-def compile_direction(
-    layer: RecurrentLayer, d: int, embedding: np.ndarray | None = None
-) -> _engine.CellPlan:
-    """Build the CellPlan of direction ``d`` of ``layer``.
+# The arrays of a CellPlan that a RecurrentLayer's own weights do not already hold: the
+# packed layouts and what goes with them. Native files may store them (plans.*), so that a
+# memory-mapped load builds the plan on the file's pages instead of packing a private copy.
+_PAIR = {"float32": 1, "bfloat16": 2, "int8": 4}
+_PACKED_DTYPE = {"float32": np.float32, "bfloat16": np.uint16, "int8": np.int8}
 
-    ``embedding`` (first layer only): fold it into a token table when folds_embedding says so.
-    """
-    dw = layer.directions[d]
-    g = GATES[layer.cell]
-    h = layer.hidden_size
-    fmt = layer.weight_format
+
+def _matrices(layer: RecurrentLayer, dw: DirectionWeights) -> dict[str, tuple[np.ndarray, int]]:
+    """name -> (the matrix the kernels pack, its gate count)."""
+    g, h = GATES[layer.cell], layer.hidden_size
     w, r = _f32(dw.w), _f32(dw.r)
-    arrays: dict[str, np.ndarray | None] = {
-        "w": w,
-        "r": r,
-        "bias": _f32(dw.bias),
-        "bias_packed": _pad_gate_vector(_f32(dw.bias), g),
-        "peephole": _f32(dw.peephole),
-        "proj": _f32(dw.proj),
-        "bias_rn": _f32(dw.bias_rn) if layer.linear_before_reset else None,
-    }
     mats = {"w": (w, g), "r": (r, g)}
     if dw.proj is not None:
         mats["proj"] = (_f32(dw.proj), 1)
@@ -140,11 +130,76 @@ def compile_direction(
         # z and r share one pass over h; n needs its own (it may read r * h).
         mats["r"] = (np.ascontiguousarray(r[: 2 * h]), 2)
         mats["rn"] = (np.ascontiguousarray(r[2 * h :]), 1)
-    for name, (m, gates) in mats.items():
+    return mats
+
+
+def derived_arrays(
+    layer: RecurrentLayer, d: int, embedding: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """The packed arrays of direction ``d`` (see derived_shapes), computed."""
+    dw = layer.directions[d]
+    g, fmt = GATES[layer.cell], layer.weight_format
+    out: dict[str, np.ndarray] = {"bias_packed": _pad_gate_vector(_f32(dw.bias), g)}
+    for name, (m, gates) in _matrices(layer, dw).items():
         for key, arr in _pack(m, gates, fmt).items():
-            arrays[f"{name}_{key}"] = arr
+            if arr is not None:
+                out[f"{name}_{key}"] = arr
     if folds_embedding(embedding, layer):
-        arrays["token_table"] = token_table(embedding, dw, g)
+        out["token_table"] = token_table(embedding, dw, g)
+    return out
+
+
+def derived_shapes(
+    layer: RecurrentLayer, d: int, embedding: np.ndarray | None = None
+) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """The shape and dtype of every array derived_arrays makes, from the sizes alone (to
+    check arrays a file stores without packing anything)."""
+    dw = layer.directions[d]
+    g, fmt = GATES[layer.cell], layer.weight_format
+    pair = _PAIR[fmt]
+
+    def padded(rows: int, gates: int) -> int:
+        return gates * (-(-(rows // gates) // BLOCK) * BLOCK)
+
+    gh = padded(g * layer.hidden_size, g)
+    out = {"bias_packed": ((gh,), np.dtype(np.float32))}
+    for name, (m, gates) in _matrices(layer, dw).items():
+        rows, k = m.shape
+        hp = padded(rows, gates) // gates
+        shape = (hp // BLOCK, -(-k // pair), gates, BLOCK, pair)
+        out[f"{name}_packed"] = (shape, np.dtype(_PACKED_DTYPE[fmt]))
+        if fmt == "int8":
+            out[f"{name}_scale"] = ((gates * hp,), np.dtype(np.float32))
+            out[f"{name}_rowsum"] = ((gates * hp,), np.dtype(np.int32))
+    if folds_embedding(embedding, layer):
+        out["token_table"] = ((embedding.shape[0], gh), np.dtype(np.float32))
+    return out
+
+
+def compile_direction(
+    layer: RecurrentLayer,
+    d: int,
+    embedding: np.ndarray | None = None,
+    stored: dict[str, np.ndarray] | None = None,
+) -> _engine.CellPlan:
+    """Build the CellPlan of direction ``d`` of ``layer``.
+
+    ``embedding`` (first layer only): fold it into a token table when folds_embedding says so.
+    ``stored``: the derived arrays already made (read from a native file, checked against
+    derived_shapes by the caller) instead of packing them here.
+    """
+    dw = layer.directions[d]
+    h = layer.hidden_size
+    fmt = layer.weight_format
+    arrays: dict[str, np.ndarray | None] = {
+        "w": _f32(dw.w),
+        "r": _f32(dw.r),
+        "bias": _f32(dw.bias),
+        "peephole": _f32(dw.peephole),
+        "proj": _f32(dw.proj),
+        "bias_rn": _f32(dw.bias_rn) if layer.linear_before_reset else None,
+    }
+    arrays.update(derived_arrays(layer, d, embedding) if stored is None else stored)
     acts = [(a.code, a.alpha, a.beta) for a in dw.activations]
     return _engine.CellPlan(
         layer.cell,
@@ -162,7 +217,12 @@ def compile_direction(
 
 
 def compile_layer(
-    layer: RecurrentLayer, embedding: np.ndarray | None = None
+    layer: RecurrentLayer,
+    embedding: np.ndarray | None = None,
+    stored: list[dict[str, np.ndarray]] | None = None,
 ) -> list[_engine.CellPlan]:
-    """One CellPlan per direction (``embedding``: see compile_direction)."""
-    return [compile_direction(layer, d, embedding) for d in range(layer.num_directions)]
+    """One CellPlan per direction (``embedding``, ``stored``: see compile_direction)."""
+    return [
+        compile_direction(layer, d, embedding, None if stored is None else stored[d])
+        for d in range(layer.num_directions)
+    ]

@@ -55,8 +55,13 @@ class CompiledDense:
     bias_padded: np.ndarray
 
     @classmethod
-    def of(cls, dense: DenseLayer) -> CompiledDense:
+    def of(cls, dense: DenseLayer, stored: tuple | None = None) -> CompiledDense:
+        """Compile ``dense``; ``stored`` = (packed, bias_padded) already made (from a native
+        file, checked against packed_head_shapes) instead of packing here."""
         w = np.ascontiguousarray(dense.weight, np.float32)
+        if stored is not None:
+            b = None if dense.bias is None else np.ascontiguousarray(dense.bias, np.float32)
+            return cls(w, b, dense.activation, stored[0], stored[1])
         b = None if dense.bias is None else np.ascontiguousarray(dense.bias, np.float32)
         out = w.shape[0]
         padded_out = -(-out // _GROUP) * _GROUP
@@ -118,8 +123,20 @@ class CompiledDense:
         return padded if padded.shape[1] == out else np.ascontiguousarray(padded[:, :out])
 
 
-def compile_head(head: Sequence[DenseLayer]) -> tuple[CompiledDense, ...]:
-    return tuple(CompiledDense.of(d) for d in head)
+def compile_head(
+    head: Sequence[DenseLayer], stored: Sequence[tuple] | None = None
+) -> tuple[CompiledDense, ...]:
+    return tuple(
+        CompiledDense.of(d, None if stored is None else stored[i]) for i, d in enumerate(head)
+    )
+
+
+def packed_head_shapes(dense: DenseLayer) -> tuple[tuple[tuple, str], tuple[tuple, str]]:
+    """The shapes CompiledDense.of gives ``packed`` and ``bias_padded`` for ``dense``."""
+    out, k = np.shape(dense.weight)
+    padded_out = -(-out // _GROUP) * _GROUP
+    blocks = padded_out // PACKED_GATES // _engine.BLOCK
+    return ((blocks, k, PACKED_GATES, _engine.BLOCK, 1), "packed"), ((padded_out,), "bias_padded")
 
 
 def _activate(y: np.ndarray, activation: str | None, n: int) -> None:

@@ -125,16 +125,27 @@ class Model:
     recurrent state between calls.
     """
 
-    def __init__(self, spec: ModelSpec) -> None:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        stored_plans: list | None = None,
+        stored_heads: list | None = None,
+    ) -> None:
         spec.validate()
         self._spec = spec
+        # stored_*: packed arrays a native file holds (checked by lstm_infer.native_format),
+        # used as they are, e.g. views of the memory-mapped file.
         self._plans = [
-            compile_layer(layer, spec.embedding if i == 0 else None)
+            compile_layer(
+                layer,
+                spec.embedding if i == 0 else None,
+                None if stored_plans is None else stored_plans[i],
+            )
             for i, layer in enumerate(spec.layers)
         ]
         # The first layer looks token ids up in a precomputed table (see folds_embedding).
         self._takes_tokens = self._plans[0][0].takes_tokens
-        self._head = compile_head(spec.head)
+        self._head = compile_head(spec.head, stored_heads)
         self._threads = 1
         # Looked up on every run(): computed once (the spec does not change after this).
         sig = spec.signature
@@ -748,10 +759,21 @@ class Model:
     # ---- native format -----------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the model in the native format (safetensors + JSON metadata)."""
+        """Write the model in the native format (safetensors + JSON metadata), its packed
+        weights included: ``lstm_infer.load(path)`` then maps the file and builds the model on
+        its pages (processes loading one file share them)."""
+        from lstm_infer._plan import derived_shapes
         from lstm_infer.native_format import save_spec
 
-        save_spec(self._spec, path)
+        plans = []
+        for i, (layer, per_layer) in enumerate(zip(self._spec.layers, self._plans)):
+            emb = self._spec.embedding if i == 0 else None
+            plans.append([
+                {k: plan.arrays()[k] for k in derived_shapes(layer, d, emb)}
+                for d, plan in enumerate(per_layer)
+            ])  # fmt: skip
+        heads = [(h.packed, h.bias_padded) for h in self._head]
+        save_spec(self._spec, path, plans, heads)
 
 
 class Stream:

@@ -28,9 +28,26 @@ FORMAT_VERSION = 1
 _DIRECTION_ARRAYS = ("w", "r", "bias", "bias_rn", "peephole", "proj")
 
 
-def save_spec(spec: ModelSpec, path: str | os.PathLike[str]) -> None:
-    """Write ``spec`` to ``path`` (conventionally ``*.safetensors``)."""
+def save_spec(
+    spec: ModelSpec,
+    path: str | os.PathLike[str],
+    plans: list[list[dict[str, np.ndarray]]] | None = None,
+    heads: list[tuple[np.ndarray, np.ndarray]] | None = None,
+) -> None:
+    """Write ``spec`` to ``path`` (conventionally ``*.safetensors``).
+
+    ``plans`` (per layer, per direction: lstm_infer._plan.derived_arrays) and ``heads`` (per
+    dense layer: its packed weight and padded bias) are stored too, as ``plans.*`` and
+    ``heads.*``: a memory-mapped load then builds the model on the file's pages.
+    """
     tensors: dict[str, np.ndarray] = {}
+    for li, per_layer in enumerate(plans or []):
+        for d, arrays in enumerate(per_layer):
+            for key, arr in arrays.items():
+                tensors[f"plans.{li}.{d}.{key}"] = arr
+    for i, (packed, bias_padded) in enumerate(heads or []):
+        tensors[f"heads.{i}.packed"] = packed
+        tensors[f"heads.{i}.bias_padded"] = bias_padded
     layers_meta = []
     for li, layer in enumerate(spec.layers):
         dirs_meta = []
@@ -83,6 +100,59 @@ def save_spec(spec: ModelSpec, path: str | os.PathLike[str]) -> None:
         "source": spec.source,
     }
     write_safetensors(path, tensors, {FORMAT_NAME: json.dumps(meta)})
+
+
+def stored_plans(tensors: dict[str, np.ndarray], spec: ModelSpec) -> list | None:
+    """The derived plan arrays a native file stores, per layer and direction, each checked
+    against the shapes and dtypes the layer's packing gives (ModelFormatError otherwise);
+    None when the file stores none (files written before they were stored)."""
+    from lstm_infer._plan import derived_shapes
+
+    if not any(k.startswith("plans.") for k in tensors):
+        return None
+    out = []
+    for li, layer in enumerate(spec.layers):
+        per_layer = []
+        for d in range(layer.num_directions):
+            want = derived_shapes(layer, d, spec.embedding if li == 0 else None)
+            prefix = f"plans.{li}.{d}."
+            got = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+            if set(got) != set(want):
+                raise ModelFormatError(
+                    f"native file: layer {li} direction {d} stores plan arrays "
+                    f"{sorted(got)}, expected {sorted(want)}"
+                )
+            for key, (shape, dtype) in want.items():
+                if got[key].shape != shape or got[key].dtype != dtype:
+                    raise ModelFormatError(
+                        f"native file: plans.{li}.{d}.{key} is {got[key].dtype}"
+                        f"{list(got[key].shape)}, expected {dtype}{list(shape)}"
+                    )
+            per_layer.append(got)
+        out.append(per_layer)
+    extra = [k for k in tensors if k.startswith("plans.") and int(k.split(".")[1]) >= len(out)]
+    if extra:
+        raise ModelFormatError(f"native file: plan arrays {extra[:3]} for layers it lacks")
+    return out
+
+
+def stored_heads(tensors: dict[str, np.ndarray], spec: ModelSpec) -> list | None:
+    """(packed, bias_padded) per dense layer as the file stores them, checked; or None."""
+    from lstm_infer.dense_head import packed_head_shapes
+
+    if not any(k.startswith("heads.") for k in tensors):
+        return None
+    out = []
+    for i, dense in enumerate(spec.head):
+        pair = (tensors.get(f"heads.{i}.packed"), tensors.get(f"heads.{i}.bias_padded"))
+        for arr, (shape, what) in zip(pair, packed_head_shapes(dense)):
+            if arr is None or arr.dtype != np.float32 or arr.shape != shape:
+                raise ModelFormatError(
+                    f"native file: heads.{i}.{what} must be float32{list(shape)}, got "
+                    f"{None if arr is None else (arr.dtype, list(arr.shape))}"
+                )
+        out.append(pair)
+    return out
 
 
 def is_native(metadata: dict[str, Any]) -> bool:

@@ -8,6 +8,7 @@ ModelFormatError instead of crashing or allocating absurd sizes.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import struct
 from typing import Any
@@ -26,9 +27,11 @@ _DTYPES = {
     "I16": np.dtype("<i2"),
     "I8": np.dtype("i1"),
     "U8": np.dtype("u1"),
+    "U16": np.dtype("<u2"),
     "BOOL": np.dtype("?"),
 }
 _NAMES = {
+    np.dtype("<u2"): "U16",
     np.dtype("<f4"): "F32",
     np.dtype("<i8"): "I64",
     np.dtype("<i4"): "I32",
@@ -54,15 +57,26 @@ def is_safetensors(data: bytes) -> bool:
     return 2 <= n <= MAX_HEADER_BYTES and data[8:9] == b"{"
 
 
-def read_safetensors(source: str | os.PathLike[str] | bytes) -> tuple[dict[str, np.ndarray], dict]:
-    """Read every tensor (floating ones as float32) and the ``__metadata__`` dict."""
+def read_safetensors(
+    source: str | os.PathLike[str] | bytes, mapped: bool = False
+) -> tuple[dict[str, np.ndarray], dict]:
+    """Read every tensor (floating ones as float32) and the ``__metadata__`` dict.
+
+    ``mapped`` (a path only): the file is memory-mapped read-only and every float32, int32,
+    int8 and uint16 tensor at an aligned offset is a read-only view of the mapping instead
+    of a copy, so processes loading the same file share its pages (the page cache). The
+    header is checked exactly as for a read.
+    """
     if isinstance(source, (bytes, bytearray, memoryview)):
-        data = bytes(source)
+        data: Any = bytes(source)
         label = "<bytes>"
     else:
         label = os.fspath(source)
-        with open(label, "rb") as fh:
-            data = fh.read()
+        data = _mapped(label) if mapped else None
+        if data is None:
+            with open(label, "rb") as fh:
+                data = fh.read()
+            mapped = False
     if len(data) < 8:
         raise ModelFormatError(f"{label}: too short for a safetensors file ({len(data)} bytes)")
     (n,) = struct.unpack("<Q", data[:8])
@@ -114,7 +128,9 @@ def read_safetensors(source: str | os.PathLike[str] | bytes) -> tuple[dict[str, 
                 f"{end - start} data bytes"
             )
         arr = np.frombuffer(body[start:end], dtype=dtype).reshape(shape)
-        if dtype_name == "BF16":
+        if mapped and dtype_name in _MAPPED and start % dtype.itemsize == 0:
+            pass  # a view of the mapping (read-only; keeps the mapping alive)
+        elif dtype_name == "BF16":
             arr = bf16_to_f32(arr)
         elif dtype.kind == "f":
             arr = arr.astype(np.float32)
@@ -122,6 +138,19 @@ def read_safetensors(source: str | os.PathLike[str] | bytes) -> tuple[dict[str, 
             arr = arr.copy()
         tensors[name] = arr
     return tensors, metadata
+
+
+# Dtypes a mapped read hands out as views (what the engine uses as it is stored).
+_MAPPED = frozenset({"F32", "I32", "I8", "U16"})
+
+
+def _mapped(path: str) -> Any:
+    """The file mapped read-only, or None where it cannot be (empty, not a regular file)."""
+    try:
+        with open(path, "rb") as fh:
+            return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):
+        return None
 
 
 def write_safetensors(
