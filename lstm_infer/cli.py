@@ -423,10 +423,38 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_frame_bytes=args.max_frame_bytes,
         idle_timeout_s=args.idle_timeout,
     )
-    model = _load(args.model, args)
+    fixed = _fixed_inputs(args.fixed_input or [])
+    if fixed:
+        import lstm_infer
+
+        model = lstm_infer.load(args.model, fixed_inputs=fixed)
+    else:
+        model = _load(args.model, args)
+    step_shape = tuple(int(d) for d in args.step_shape.split(",")) if args.step_shape else None
     serve(model, args.host, args.port, max_batch=args.max_batch,
-          max_wait_us=args.max_wait_us, limits=limits)  # fmt: skip
+          max_wait_us=args.max_wait_us, limits=limits, step_shape=step_shape)  # fmt: skip
     return 0
+
+
+def _fixed_inputs(items: list[str]) -> dict[str, Any]:
+    """NAME=VALUE pairs (an int, a float, or a comma-separated list of them)."""
+    import numpy as np
+
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"--fixed-input takes NAME=VALUE, got {item!r}")
+        parts = text.split(",")
+        try:
+            values = [int(p) for p in parts]
+        except ValueError:
+            try:
+                values = [float(p) for p in parts]
+            except ValueError:
+                raise SystemExit(f"--fixed-input {name}: {text!r} is not a number") from None
+        out[name] = np.array(values[0] if len(values) == 1 else values)
+    return out
 
 
 def _add_serve_parser(sub: Any) -> None:
@@ -439,6 +467,14 @@ def _add_serve_parser(sub: Any) -> None:
     s.add_argument("--max-sessions", type=int, default=1024)
     s.add_argument("--max-frame-bytes", type=int, default=1 << 20)
     s.add_argument("--idle-timeout", type=float, default=300.0, help="seconds")
+    s.add_argument(
+        "--fixed-input",
+        action="append",
+        metavar="NAME=VALUE",
+        help="ONNX graphs: make an input a constant (silero-VAD: sr=16000)",
+    )
+    s.add_argument("--step-shape", metavar="D[,D...]",
+                   help="graphs: one session's step input shape (silero-VAD: 576)")  # fmt: skip
     _add_torch_options(s)
     s.set_defaults(func=cmd_serve)
 

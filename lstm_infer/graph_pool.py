@@ -104,6 +104,11 @@ class GraphStreamPool(BatchingFrontEnd):
         if step_shape is None and all(isinstance(d, int) for d in dims):
             step_shape = tuple(dims)
         self._step_shape = None if step_shape is None else tuple(int(d) for d in step_shape)
+        if self._step_shape is not None:  # one probe step: the output's size, for describe()
+            first = probe.step(np.zeros((1, *self._step_shape), np.float32))
+            first = first[probe.step_outputs[0]] if isinstance(first, dict) else first
+            self._output_size = int(np.prod(np.shape(first)[1:]))
+            probe.reset()
         self._fixed = capacity is not None
         self._capacity = capacity or _FIRST_CAPACITY
         self._slabs = {n: self._slab(n, self._capacity) for n in self.state_map}

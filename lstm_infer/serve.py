@@ -97,10 +97,29 @@ def _import_starlette() -> Any:
 class _Server:
     """State shared by the endpoints: the pool, the limits, counters."""
 
-    def __init__(self, model: Any, max_batch: int, max_wait_us: float, limits: ServeLimits) -> None:
+    def __init__(
+        self,
+        model: Any,
+        max_batch: int,
+        max_wait_us: float,
+        limits: ServeLimits,
+        step_shape: tuple[int, ...] | None = None,
+    ) -> None:
         self.model = model
         self.limits = limits
-        self.pool = StreamPool(model, max_batch=max_batch, max_wait_us=max_wait_us)
+        extra = {} if step_shape is None else {"step_shape": tuple(step_shape)}
+        self.pool = StreamPool(model, max_batch=max_batch, max_wait_us=max_wait_us, **extra)
+        self.graph = not hasattr(model, "spec")  # a GraphModel's sessions (graph_pool)
+        if self.graph:
+            if not self.pool.input_size:
+                raise ValueError(
+                    "this graph's step input has symbolic dims: give one session's step shape "
+                    "(step_shape=..., lstm-infer serve --step-shape 576)"
+                )
+            if len(self.pool._outputs) != 1:
+                raise ValueError(
+                    f"a served graph has one step output, this one {self.pool._outputs}"
+                )
         self.sessions = 0
         self.rejected = 0
         self.bad_frames = 0
@@ -219,6 +238,10 @@ class _Server:
             raise _FrameError(
                 f"'x' must be T >= 1 timesteps of {pool.input_size} values, got shape {x.shape}"
             )
+        if self.graph:  # each row one step of a fresh session, its state carried
+            stream = self.model.stream(1, state_map=self.pool.state_map)
+            shape = (1, *self.pool._step_shape)
+            return np.stack([np.asarray(stream.step(row.reshape(shape))).reshape(-1) for row in x])
         batch_first = self.model.spec.signature.layout == 1
         chunk = x[None] if batch_first else x[:, None]
         y = self.model.stream(1).feed(chunk)
@@ -231,11 +254,14 @@ def create_app(
     max_batch: int = 64,
     max_wait_us: float = 500.0,
     limits: ServeLimits | None = None,
+    step_shape: tuple[int, ...] | None = None,
 ) -> Any:
     """The Starlette app serving ``model`` (see the module docstring for the endpoints).
 
     ``app.state.server.pool`` is its :class:`StreamPool`; the pool's worker thread stops
-    when the app shuts down.
+    when the app shuts down. A GraphModel that takes and returns its state (silero-VAD) is
+    served the same way, one session per connection, a step's input being one session's
+    chunk of ``step_shape`` (needed where the graph's input dims are symbolic).
     """
     _import_starlette()
     from contextlib import asynccontextmanager
@@ -246,7 +272,7 @@ def create_app(
     from starlette.routing import Route, WebSocketRoute
     from starlette.websockets import WebSocket, WebSocketDisconnect
 
-    server = _Server(model, max_batch, max_wait_us, limits or ServeLimits())
+    server = _Server(model, max_batch, max_wait_us, limits or ServeLimits(), step_shape)
     lim = server.limits
 
     async def stream(ws: WebSocket) -> None:
@@ -365,12 +391,14 @@ def serve(
     max_batch: int = 64,
     max_wait_us: float = 500.0,
     limits: ServeLimits | None = None,
+    step_shape: tuple[int, ...] | None = None,
 ) -> None:
     """Serve ``model`` with uvicorn until interrupted."""
     _import_starlette()
     import uvicorn
 
     limits = limits or ServeLimits()
-    app = create_app(model, max_batch=max_batch, max_wait_us=max_wait_us, limits=limits)
+    app = create_app(model, max_batch=max_batch, max_wait_us=max_wait_us, limits=limits,
+                     step_shape=step_shape)  # fmt: skip
     # uvicorn's own limit sits above ours, so an oversize frame gets our clear message.
     uvicorn.run(app, host=host, port=port, ws_max_size=2 * limits.max_frame_bytes + 1024)

@@ -390,3 +390,47 @@ def test_cli_parses_serve_and_the_core_never_imports_the_server_stack() -> None:
     )
     result = run_python(code)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_state_carrying_graph_is_served_session_by_session() -> None:
+    """silero-VAD behind the server: 6 concurrent WebSocket sessions of 576-sample chunks
+    (binary and JSON), each equal to its own model.stream(); POST /v1/run of a session's
+    chunks equals the same; a graph without a step shape is refused at start."""
+    from test_silero_vad import silero_file
+
+    vad = lstm_infer.load(silero_file("silero_vad.onnx"), fixed_inputs={"sr": 16000})
+    with pytest.raises(ValueError, match="step shape"):
+        create_app(vad)
+    app = create_app(vad, max_batch=8, max_wait_us=2000, step_shape=(576,))
+    running = _Running(app)
+    rng = np.random.default_rng(5)
+    inputs = [(rng.standard_normal((4, 576)) * 0.2).astype(np.float32) for _ in range(6)]
+
+    async def session(k: int) -> np.ndarray:
+        out = []
+        async with aconnect(running.ws) as ws:
+            for x in inputs[k]:
+                if k % 2:
+                    await ws.send(json.dumps({"x": x.tolist()}))
+                    out.append(np.array(json.loads(await ws.recv())["y"], np.float32))
+                else:
+                    await ws.send(x.astype("<f4").tobytes())
+                    out.append(np.frombuffer(await ws.recv(), "<f4"))
+        return np.stack(out)
+
+    async def main() -> list[np.ndarray]:
+        return await asyncio.wait_for(asyncio.gather(*(session(k) for k in range(6))), 120)
+
+    try:
+        outs = asyncio.run(main())
+        for k in range(6):
+            stream = vad.stream()
+            want = np.stack([stream.step(x[None]).reshape(-1) for x in inputs[k]])
+            np.testing.assert_allclose(outs[k], want, atol=1e-5)
+        status, body = running.http("/v1/run", inputs[0].astype("<f4").tobytes(),
+                                    "application/octet-stream")  # fmt: skip
+        assert status == 200, body
+        np.testing.assert_allclose(np.array(json.loads(body)["y"], np.float32).reshape(4, -1),
+                                   outs[0], atol=1e-5)  # fmt: skip
+    finally:
+        running.stop()
