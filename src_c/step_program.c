@@ -320,6 +320,9 @@ static void run_layernorm(const li_step_op *op) {
     }
 }
 
+/* NaN wins, as in np.maximum (an unordered compare picks the new value). */
+static inline float max_nan(float m, float v) { return (v > m || v != v) ? v : m; }
+
 static void run_pool(const li_step_op *op) {
     const int64_t planes = op->n[0], KH = op->n[1], KW = op->n[2], OH = op->n[3], OW = op->n[4];
     const int64_t sh = op->shape[0], sw = op->shape[1], dh = op->shape[2], dw = op->shape[3];
@@ -328,6 +331,16 @@ static void run_pool(const li_step_op *op) {
         const float *plane = op->a + p * op->sa[0];
         for (int64_t oh = 0; oh < OH; oh++) {
             float *y = op->y + (p * OH + oh) * OW;
+            if (!is_sum && KH == 2 && KW == 2 && sh == 2 && sw == 2 && dh == 1 && dw == 1) {
+                /* the common 2x2 / stride 2 max: both rows of a window at once */
+                const float *r0 = plane + (oh * 2) * op->sa[1], *r1 = r0 + op->sa[1];
+                for (int64_t ow = 0; ow < OW; ow++) {
+                    const float a = max_nan(r0[2 * ow], r0[2 * ow + 1]);
+                    const float b = max_nan(r1[2 * ow], r1[2 * ow + 1]);
+                    y[ow] = max_nan(a, b);
+                }
+                continue;
+            }
             for (int64_t i = 0; i < KH; i++) {
                 const float *row = plane + (oh * sh + i * dh) * op->sa[1];
                 for (int64_t j = 0; j < KW; j++) {
@@ -339,10 +352,8 @@ static void run_pool(const li_step_op *op) {
                         for (int64_t ow = 0; ow < OW; ow++)
                             y[ow] += x[ow * sw];
                     } else {
-                        for (int64_t ow = 0; ow < OW; ow++) {
-                            const float v = x[ow * sw], m = y[ow];
-                            y[ow] = (v > m || v != v) ? v : m; /* NaN wins, as np.maximum */
-                        }
+                        for (int64_t ow = 0; ow < OW; ow++)
+                            y[ow] = max_nan(y[ow], x[ow * sw]);
                     }
                 }
             }
