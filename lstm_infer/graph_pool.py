@@ -1,4 +1,6 @@
-"""A StreamPool of a graph model that takes and returns its state (silero-VAD and the like).
+"""StreamPools of graph models: graphs that take and return their state (silero-VAD and the
+like, :class:`GraphStreamPool`) and graphs streamed along their time axis
+(:class:`TimeAxisPool`).
 
 ``lstm_infer.StreamPool(graph_model)`` gives this pool. Every session's state is one row of a
 slab per state input (the slab's batch axis is the state input's one symbolic dim: silero's
@@ -30,9 +32,18 @@ from lstm_infer.batching import BatchingFrontEnd
 from lstm_infer.compile.step_program import CompiledStep, TraceFailed, compile_step
 from lstm_infer.errors import InputError, InputTypeError, LstmInferError, SessionError, StreamError
 
-__all__ = ["GraphStreamPool"]
+__all__ = ["GraphStreamPool", "TimeAxisPool"]
 
 _FIRST_CAPACITY = 8
+
+
+def _check_settings(capacity: Any, max_batch: Any, max_wait_us: Any) -> None:
+    if capacity is not None and (not isinstance(capacity, int) or capacity < 1):
+        raise ValueError(f"capacity must be a positive int or None, got {capacity!r}")
+    if not isinstance(max_batch, int) or max_batch < 1:
+        raise ValueError(f"max_batch must be a positive int, got {max_batch!r}")
+    if not max_wait_us >= 0:
+        raise ValueError(f"max_wait_us must be >= 0, got {max_wait_us!r}")
 
 
 def _bucket(n: int) -> int:
@@ -70,18 +81,10 @@ class GraphStreamPool(BatchingFrontEnd):
     ) -> None:
         from lstm_infer.graph_stream import GraphStream
 
-        if capacity is not None and (not isinstance(capacity, int) or capacity < 1):
-            raise ValueError(f"capacity must be a positive int or None, got {capacity!r}")
-        if not isinstance(max_batch, int) or max_batch < 1:
-            raise ValueError(f"max_batch must be a positive int, got {max_batch!r}")
-        if not max_wait_us >= 0:
-            raise ValueError(f"max_wait_us must be >= 0, got {max_wait_us!r}")
+        _check_settings(capacity, max_batch, max_wait_us)
         probe = model.stream(1, state_map=state_map)
         if not isinstance(probe, GraphStream):
-            raise StreamError(
-                "a StreamPool of a graph without state inputs (a time-axis stream) is not "
-                "supported yet: pool graphs that take and return their state"
-            )
+            raise StreamError("internal: a time-axis graph's pool is a TimeAxisPool")
         if len(probe.step_inputs) != 1:
             raise StreamError(f"a pooled graph takes one step input, this one {probe.step_inputs}")
         self._model = model
@@ -109,9 +112,13 @@ class GraphStreamPool(BatchingFrontEnd):
             first = first[probe.step_outputs[0]] if isinstance(first, dict) else first
             self._output_size = int(np.prod(np.shape(first)[1:]))
             probe.reset()
+        self._start(capacity, max_batch, max_wait_us)
+
+    def _start(self, capacity: int | None, max_batch: int, max_wait_us: float) -> None:
+        """The sessions' bookkeeping, once ``_default`` and ``_axes`` are known."""
         self._fixed = capacity is not None
         self._capacity = capacity or _FIRST_CAPACITY
-        self._slabs = {n: self._slab(n, self._capacity) for n in self.state_map}
+        self._slabs = {n: self._slab(n, self._capacity) for n in self._default}
         self._rows: dict[int, int] = {}
         self._free = list(range(self._capacity - 1, -1, -1))
         self._ids = itertools.count(1)
@@ -198,8 +205,8 @@ class GraphStreamPool(BatchingFrontEnd):
             return self._read(self._row(sid))
 
     def set_state(self, sid: int, snap: Mapping[str, Any]) -> None:
-        if not isinstance(snap, Mapping) or set(snap) != set(self.state_map):
-            raise InputError(f"a state snapshot holds exactly {sorted(self.state_map)}")
+        if not isinstance(snap, Mapping) or set(snap) != set(self._default):
+            raise InputError(f"a state snapshot holds exactly {sorted(self._default)}")
         state = self._checked(snap)
         with self._lock:
             self._write(self._row(sid), state)
@@ -345,3 +352,94 @@ class GraphStreamPool(BatchingFrontEnd):
             index = [slice(None)] * slab.ndim
             index[self._axes[name]] = row
             slab[tuple(index)] = np.take(state[name], 0, axis=self._axes[name])
+
+
+class TimeAxisPool(GraphStreamPool):
+    """Many sessions of a graph that streams along its time axis (no state inputs: a causal
+    conv front end -> LSTM -> head), stepped as one batch.
+
+    A session's state is what its time-axis stream carries: the recurrent layers' states and
+    the causal convolutions' last frames (:mod:`lstm_infer.time_stream`), one slab per
+    carried region along its batch axis. A step input is one session's chunk without the
+    batch axis, of ``step_shape`` (required: e.g. ``(channels, frames)`` for a (B, C, T)
+    input); the input's and outputs' batch axis must be their first (batch-first or
+    channels-first graphs; time-major ones are refused). Snapshots are dicts of the carried
+    regions by node and role, for a batch of one.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        capacity: int | None = None,
+        *,
+        step_shape: tuple[int, ...] | None = None,
+        time_axis: int | None = None,
+        max_batch: int = 64,
+        max_wait_us: float = 500.0,
+    ) -> None:
+        from lstm_infer.time_stream import TimeStream
+
+        _check_settings(capacity, max_batch, max_wait_us)
+        if step_shape is None:
+            raise StreamError(
+                "a pool of a time-axis graph needs one session's chunk shape: step_shape="
+                "(channels, frames) for a (B, C, T) input, (frames, features) for (B, T, F)"
+            )
+        self._model = model
+        self._stream = TimeStream(model, time_axis)
+        self._input = model.input_names[0]
+        self._outputs = list(model.output_names)
+        self._step_shape = tuple(int(d) for d in step_shape)
+        one = self._compiled(1)
+        two = self._compiled(2)
+        if self._stream.time_axis == 0:
+            raise StreamError("a time-major graph (time on the input's axis 0) is not pooled yet")
+        bad = [n for n, a in self._stream._output_axes.items() if a == 0]
+        if bad:
+            raise StreamError(f"outputs {bad} carry time on axis 0: not pooled yet")
+        self._axes = {}
+        for key, (view, _start) in one.carried.items():
+            other = two.carried[key][0].shape
+            diff = [i for i, (a, b) in enumerate(zip(view.shape, other)) if a != b]
+            if len(diff) != 1:
+                raise StreamError(f"carried state {key!r} has no single batch axis")
+            self._axes[key] = diff[0]
+        self._default = {k: np.array(start) for k, (_v, start) in one.carried.items()}
+        self.state_map: dict[str, str] = {}
+        self._output_size = int(np.prod(one.outputs[self._outputs[0]].shape[1:]))
+        self._start(capacity, max_batch, max_wait_us)
+        self._programs = {1: one, 2: two}
+
+    def _compiled(self, batch: int) -> CompiledStep:
+        x = np.zeros((batch, *self._step_shape), np.float32)
+        try:
+            return self._stream._compile(x)
+        except InputError as exc:
+            raise InputError(f"a chunk of shape {self._step_shape} does not run: {exc}") from exc
+
+    def _run(self, x: np.ndarray, states: dict[str, np.ndarray]) -> tuple[dict, dict]:
+        batch = len(x)
+        step = self._programs.get(batch)
+        if step is None:
+            step = self._programs[batch] = self._compiled(batch)
+        for key, value in states.items():
+            np.copyto(step.carried[key][0], value)
+        np.copyto(step.inputs[self._input], x)
+        step.run()
+        return ({k: step.outputs[k] for k in self._outputs},
+                {k: v for k, (v, _s) in step.carried.items()})  # fmt: skip
+
+    def _checked(self, initial: Mapping[str, Any] | None) -> dict[str, np.ndarray]:
+        if not initial:
+            return self._default
+        if not isinstance(initial, Mapping) or not set(initial) <= set(self._default):
+            raise InputError(f"a state holds some of {sorted(self._default)}")
+        state = dict(self._default)
+        for key, value in initial.items():
+            arr = np.asarray(value, np.float32)
+            if arr.shape != self._default[key].shape:
+                raise InputError(
+                    f"state {key!r} of one session must have shape {self._default[key].shape}"
+                )
+            state[key] = arr
+        return state

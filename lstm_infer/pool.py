@@ -71,8 +71,12 @@ class StreamPool(BatchingFrontEnd):
         from lstm_infer.graph_model import GraphModel
 
         if isinstance(model, GraphModel):  # a graph's sessions: lstm_infer.graph_pool
-            from lstm_infer.graph_pool import GraphStreamPool
+            from lstm_infer.graph_pool import GraphStreamPool, TimeAxisPool
+            from lstm_infer.graph_stream import find_state_pairs
 
+            if kwargs.get("state_map") is None and not find_state_pairs(model):
+                kwargs.pop("state_map", None)
+                return TimeAxisPool(model, *args, **kwargs)
             return GraphStreamPool(model, *args, **kwargs)
         return super().__new__(cls)
 

@@ -128,7 +128,7 @@ def conv(ctx: StepContext, node: Any, state: Any) -> None:
         xp = x
     if causal:
         rows = batch * c * hp
-        history = ctx.b.region((rows, pl))
+        history = ctx.b.region((batch, c * hp, pl))  # batch first: a pool gathers sessions
         ctx.b.carried.append(
             (
                 f"{node.name or node.outputs[0]}/history",
