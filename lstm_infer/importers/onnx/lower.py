@@ -19,7 +19,7 @@ import numpy as np
 
 from lstm_infer.errors import ModelFormatError, UnsupportedModelError
 from lstm_infer.graph import Graph, Node, TensorType, ValueInfo, topological_order
-from lstm_infer.importers.onnx.proto import tensor_to_numpy, used_tensor_names
+from lstm_infer.importers.onnx.proto import listed_constant, tensor_to_numpy, used_tensor_names
 from lstm_infer.ops import get_op
 
 # ONNX TensorProto element types -> numpy dtype names of the graph.
@@ -400,12 +400,7 @@ def _constant_value(label: str, attrs: dict[str, Any]) -> np.ndarray:
         if not isinstance(attrs["value"], np.ndarray):
             raise ModelFormatError(f"{label}: Constant 'value' is not a tensor")
         return attrs["value"]
-    for key, dtype in (
-        ("value_float", np.float32),
-        ("value_floats", np.float32),
-        ("value_int", np.int64),
-        ("value_ints", np.int64),
-    ):
-        if key in attrs:
-            return np.asarray(attrs[key], dtype=dtype)
-    raise UnsupportedModelError(f"{label}: Constant with attributes {sorted(attrs)}")
+    value = listed_constant(attrs)
+    if value is None:
+        raise UnsupportedModelError(f"{label}: Constant with attributes {sorted(attrs)}")
+    return value

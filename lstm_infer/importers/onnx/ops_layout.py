@@ -17,7 +17,7 @@ import numpy as np
 
 from lstm_infer.errors import ModelFormatError
 from lstm_infer.importers.onnx.base import Handler
-from lstm_infer.importers.onnx.proto import tensor_to_numpy
+from lstm_infer.importers.onnx.proto import listed_constant, tensor_to_numpy
 from lstm_infer.importers.onnx.unrolled import UnrolledCells
 from lstm_infer.importers.onnx.values import (
     Const,
@@ -55,15 +55,10 @@ class LayoutOps(UnrolledCells):
     def _op_Constant(self, node: Any, ins: list[Any], attrs: dict[str, Any]) -> Const:
         if "value" in attrs:
             return Const(tensor_to_numpy(attrs["value"]))
-        for key, dtype in (
-            ("value_float", np.float32),
-            ("value_floats", np.float32),
-            ("value_int", np.int64),
-            ("value_ints", np.int64),
-        ):
-            if key in attrs:
-                return Const(np.asarray(attrs[key], dtype=dtype))
-        raise _Unsupported(f"attributes {sorted(attrs)} are not supported")
+        value = listed_constant(attrs)
+        if value is None:
+            raise _Unsupported(f"attributes {sorted(attrs)} are not supported")
+        return Const(value)
 
     def _op_Identity(self, node: Any, ins: list[Any], attrs: dict[str, Any]) -> Any:
         return ins[0]

@@ -309,3 +309,17 @@ def tensor_to_numpy(tensor: Any, keep_float_types: bool = False) -> np.ndarray:
     if arr.dtype.name == "bfloat16" or (arr.dtype.kind == "f" and not keep_float_types):
         arr = arr.astype(np.float32)
     return arr
+
+
+def listed_constant(attrs: dict[str, Any]) -> np.ndarray | None:
+    """A Constant node's value given by a ``value_float(s)`` / ``value_int(s)`` attribute
+    (float32 / int64), or None when it has none of them."""
+    for key, dtype in (
+        ("value_float", np.float32),
+        ("value_floats", np.float32),
+        ("value_int", np.int64),
+        ("value_ints", np.int64),
+    ):
+        if key in attrs:
+            return np.asarray(attrs[key], dtype=dtype)
+    return None
