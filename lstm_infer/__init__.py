@@ -57,6 +57,11 @@ def load(source: Any, **options: Any) -> Model | GraphModel:
         architecture, ``embedding="emb.weight"`` (or False) / ``head=["fc", ...]`` (or []).
         For ONNX models: ``fixed_inputs={"sr": 16000}`` makes inputs constants (they leave
         ``model.inputs``; branches they decide are resolved at load).
+        For native files: ``mmap=True`` maps the file and builds the model on its pages
+        (every process loading that file shares them: batch jobs, Ray actors); the file must
+        then stay as it is while the model lives (replace it by writing a new file and
+        renaming it over, as ``Model.save`` does; rewriting or truncating it in place changes
+        or crashes the loaded model). Default False: the weights are read into memory.
         For a live module whose forward is more than a recurrent stack (a conv front end,
         layer norm, ...): ``example_inputs=(x, ...)`` (and optionally ``input_names``)
         exports it with torch.onnx and loads that graph.
@@ -118,9 +123,12 @@ def load(source: Any, **options: Any) -> Model | GraphModel:
             f"cannot load a model from {type(source).__name__}; pass a path, bytes, an "
             "onnx.ModelProto, a torch module or a state_dict"
         )
+    mapped = options.pop("mmap", False)
+    if not isinstance(mapped, bool):
+        raise TypeError(f"mmap must be True or False, got {mapped!r}")
     if is_safetensors(head):
-        # A file is memory-mapped: a native model is built on its pages (see Model.save).
-        tensors, metadata = read_safetensors(source, mapped=path is not None)
+        # mmap=True: a native model is built on the file's pages (see Model.save).
+        tensors, metadata = read_safetensors(source, mapped=mapped and path is not None)
         if is_native(metadata):
             no_options("native lstm_infer files")
             if is_native_graph(metadata):

@@ -165,6 +165,10 @@ def derived_shapes(
     out = {"bias_packed": ((gh,), np.dtype(np.float32))}
     for name, (m, gates) in _matrices(layer, dw).items():
         rows, k = m.shape
+        if fmt == "int8" and k > INT8_MAX_INPUTS:  # as _pack refuses it
+            raise ModelFormatError(
+                f"int8 weights support at most {INT8_MAX_INPUTS} inputs per row, got {k}"
+            )
         hp = padded(rows, gates) // gates
         shape = (hp // BLOCK, -(-k // pair), gates, BLOCK, pair)
         out[f"{name}_packed"] = (shape, np.dtype(_PACKED_DTYPE[fmt]))

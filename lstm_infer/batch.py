@@ -135,7 +135,11 @@ class BatchRunner:
         if isinstance(model, (str, os.PathLike)):
             import lstm_infer
 
-            model = lstm_infer.load(model, **dict(load_options or {}))
+            # A native file is mapped: every worker on a machine shares its pages.
+            options = {"mmap": _is_native_file(model), **dict(load_options or {})}
+            if not options["mmap"]:
+                options.pop("mmap")
+            model = lstm_infer.load(model, **options)
         elif load_options:
             raise TypeError("load_options apply only when model is a path")
         if not isinstance(model, Model):
@@ -411,3 +415,15 @@ def run_batch(
     """Run one batch of rows through ``model``: ``BatchRunner(model, inputs, outputs,
     **options)(columns)``. See :class:`BatchRunner`."""
     return BatchRunner(model, inputs, outputs, **options)(columns)
+
+
+def _is_native_file(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is an lstm_infer native file (safetensors with our metadata)."""
+    from lstm_infer.safetensors_io import is_safetensors
+
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(1 << 16)
+    except OSError:
+        return False
+    return is_safetensors(head) and b'"lstm_infer"' in head

@@ -427,10 +427,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if fixed:
         import lstm_infer
 
+        if _load_options(args):
+            raise SystemExit("--fixed-input is for ONNX graphs; the PyTorch options do not apply")
         model = lstm_infer.load(args.model, fixed_inputs=fixed)
     else:
         model = _load(args.model, args)
-    step_shape = tuple(int(d) for d in args.step_shape.split(",")) if args.step_shape else None
+    try:
+        step_shape = tuple(int(d) for d in args.step_shape.split(",")) if args.step_shape else None
+    except ValueError:
+        raise SystemExit(f"--step-shape takes D[,D...] (ints), got {args.step_shape!r}") from None
     serve(model, args.host, args.port, max_batch=args.max_batch,
           max_wait_us=args.max_wait_us, limits=limits, step_shape=step_shape)  # fmt: skip
     return 0

@@ -234,6 +234,8 @@ class GraphStreamPool(BatchingFrontEnd):
         shape = self._step_shape
         if shape is None:
             shape = x.shape[1:] if x.ndim >= 1 and x.shape[:1] == (1,) else x.shape
+        if x.ndim == 1 and len(shape) > 1 and x.size == int(np.prod(shape)):
+            x = x.reshape(shape)  # a flat frame of the step's values (a binary WebSocket frame)
         if x.shape != shape and x.shape != (1, *shape):
             raise InputError(
                 f"step input of session {sid} must have shape {shape} or {(1, *shape)}, "

@@ -760,8 +760,9 @@ class Model:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the model in the native format (safetensors + JSON metadata), its packed
-        weights included: ``lstm_infer.load(path)`` then maps the file and builds the model on
-        its pages (processes loading one file share them)."""
+        weights included: ``lstm_infer.load(path, mmap=True)`` then maps the file and builds
+        the model on its pages (processes loading one file share them). Written to a new file
+        renamed over ``path``: a process that mapped the old file keeps the old one."""
         from lstm_infer._plan import derived_shapes
         from lstm_infer.native_format import save_spec
 

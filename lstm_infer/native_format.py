@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any
 
 import numpy as np
@@ -44,7 +45,9 @@ def save_spec(
     for li, per_layer in enumerate(plans or []):
         for d, arrays in enumerate(per_layer):
             for key, arr in arrays.items():
-                tensors[f"plans.{li}.{d}.{key}"] = arr
+                # bf16 bits as int16: a dtype every reader of version 1 files knows
+                stored = arr.view(np.int16) if arr.dtype == np.uint16 else arr
+                tensors[f"plans.{li}.{d}.{key}"] = stored
     for i, (packed, bias_padded) in enumerate(heads or []):
         tensors[f"heads.{i}.packed"] = packed
         tensors[f"heads.{i}.bias_padded"] = bias_padded
@@ -99,49 +102,80 @@ def save_spec(
         },
         "source": spec.source,
     }
-    write_safetensors(path, tensors, {FORMAT_NAME: json.dumps(meta)})
+    # 64-byte aligned tensors: a mapped load's packed blocks start on cache lines.
+    write_safetensors(path, tensors, {FORMAT_NAME: json.dumps(meta)}, align=64)
+
+
+_PLAN_KEY = re.compile(r"plans\.(\d{1,6})\.(\d)\.([a-z_]{1,32})")
+_HEAD_KEY = re.compile(r"heads\.(\d{1,6})\.(packed|bias_padded)")
 
 
 def stored_plans(tensors: dict[str, np.ndarray], spec: ModelSpec) -> list | None:
-    """The derived plan arrays a native file stores, per layer and direction, each checked
-    against the shapes and dtypes the layer's packing gives (ModelFormatError otherwise);
-    None when the file stores none (files written before they were stored)."""
-    from lstm_infer._plan import derived_shapes
+    """The derived plan arrays a native file stores, per layer and direction; None when it
+    stores none (files written before they were). Each must be exactly what packing the
+    layer's own weights gives: names, shapes and dtypes are checked first, then the values
+    against a fresh packing (made and dropped one direction at a time), so one file can
+    never hold two different models. ModelFormatError otherwise."""
+    from lstm_infer._plan import derived_arrays, derived_shapes
 
-    if not any(k.startswith("plans.") for k in tensors):
+    keys = [k for k in tensors if k.startswith("plans.")]
+    if not keys:
         return None
+    found: dict[tuple[int, int], dict[str, np.ndarray]] = {}
+    for key in keys:
+        m = _PLAN_KEY.fullmatch(key)
+        if m is None:
+            raise ModelFormatError(f"native file: malformed plan array name {key!r}")
+        li, d = int(m.group(1)), int(m.group(2))
+        if li >= len(spec.layers) or d >= spec.layers[li].num_directions:
+            raise ModelFormatError(f"native file: {key!r} names a layer direction it lacks")
+        found.setdefault((li, d), {})[m.group(3)] = tensors[key]
     out = []
     for li, layer in enumerate(spec.layers):
+        emb = spec.embedding if li == 0 else None
         per_layer = []
         for d in range(layer.num_directions):
-            want = derived_shapes(layer, d, spec.embedding if li == 0 else None)
-            prefix = f"plans.{li}.{d}."
-            got = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+            want = derived_shapes(layer, d, emb)
+            got = found.get((li, d), {})
             if set(got) != set(want):
                 raise ModelFormatError(
                     f"native file: layer {li} direction {d} stores plan arrays "
                     f"{sorted(got)}, expected {sorted(want)}"
                 )
             for key, (shape, dtype) in want.items():
-                if got[key].shape != shape or got[key].dtype != dtype:
+                arr = got[key]
+                if dtype == np.uint16 and arr.dtype == np.int16:
+                    arr = got[key] = arr.view(np.uint16)
+                if arr.shape != shape or arr.dtype != dtype:
                     raise ModelFormatError(
-                        f"native file: plans.{li}.{d}.{key} is {got[key].dtype}"
-                        f"{list(got[key].shape)}, expected {dtype}{list(shape)}"
+                        f"native file: plans.{li}.{d}.{key} is {arr.dtype}{list(arr.shape)}, "
+                        f"expected {dtype}{list(shape)}"
                     )
+            fresh = derived_arrays(layer, d, emb)
+            for key, arr in fresh.items():
+                if not np.array_equal(arr, got[key], equal_nan=arr.dtype.kind == "f"):
+                    raise ModelFormatError(
+                        f"native file: plans.{li}.{d}.{key} does not hold the packing of "
+                        f"layer {li}'s weights"
+                    )
+            del fresh
             per_layer.append(got)
         out.append(per_layer)
-    extra = [k for k in tensors if k.startswith("plans.") and int(k.split(".")[1]) >= len(out)]
-    if extra:
-        raise ModelFormatError(f"native file: plan arrays {extra[:3]} for layers it lacks")
     return out
 
 
 def stored_heads(tensors: dict[str, np.ndarray], spec: ModelSpec) -> list | None:
-    """(packed, bias_padded) per dense layer as the file stores them, checked; or None."""
-    from lstm_infer.dense_head import packed_head_shapes
+    """(packed, bias_padded) per dense layer as the file stores them, checked like the plans
+    (names, shapes, and values against a fresh packing); or None."""
+    from lstm_infer.dense_head import CompiledDense, packed_head_shapes
 
-    if not any(k.startswith("heads.") for k in tensors):
+    keys = [k for k in tensors if k.startswith("heads.")]
+    if not keys:
         return None
+    for key in keys:
+        m = _HEAD_KEY.fullmatch(key)
+        if m is None or int(m.group(1)) >= len(spec.head):
+            raise ModelFormatError(f"native file: {key!r} names no dense layer of the model")
     out = []
     for i, dense in enumerate(spec.head):
         pair = (tensors.get(f"heads.{i}.packed"), tensors.get(f"heads.{i}.bias_padded"))
@@ -151,6 +185,10 @@ def stored_heads(tensors: dict[str, np.ndarray], spec: ModelSpec) -> list | None
                     f"native file: heads.{i}.{what} must be float32{list(shape)}, got "
                     f"{None if arr is None else (arr.dtype, list(arr.shape))}"
                 )
+        fresh = CompiledDense.of(dense)
+        if not (np.array_equal(fresh.packed, pair[0], equal_nan=True)
+                and np.array_equal(fresh.bias_padded, pair[1], equal_nan=True)):  # fmt: skip
+            raise ModelFormatError(f"native file: heads.{i} does not hold its layer's packing")
         out.append(pair)
     return out
 

@@ -7,10 +7,12 @@ ModelFormatError instead of crashing or allocating absurd sizes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import mmap
 import os
 import struct
+import tempfile
 from typing import Any
 
 import numpy as np
@@ -128,7 +130,7 @@ def read_safetensors(
                 f"{end - start} data bytes"
             )
         arr = np.frombuffer(body[start:end], dtype=dtype).reshape(shape)
-        if mapped and dtype_name in _MAPPED and start % dtype.itemsize == 0:
+        if mapped and dtype_name in _MAPPED and (8 + n + start) % dtype.itemsize == 0:
             pass  # a view of the mapping (read-only; keeps the mapping alive)
         elif dtype_name == "BF16":
             arr = bf16_to_f32(arr)
@@ -141,7 +143,7 @@ def read_safetensors(
 
 
 # Dtypes a mapped read hands out as views (what the engine uses as it is stored).
-_MAPPED = frozenset({"F32", "I32", "I8", "U16"})
+_MAPPED = frozenset({"F32", "I32", "I16", "I8", "U16"})
 
 
 def _mapped(path: str) -> Any:
@@ -154,14 +156,30 @@ def _mapped(path: str) -> Any:
 
 
 def write_safetensors(
-    path: str | os.PathLike[str], tensors: dict[str, np.ndarray], metadata: dict[str, str]
+    path: str | os.PathLike[str],
+    tensors: dict[str, np.ndarray],
+    metadata: dict[str, str],
+    align: int = 1,
 ) -> None:
-    """Write tensors (floats as float32; int8-64, uint8, bool as they are) and string metadata
-    as a safetensors file."""
+    """Write tensors (floats as float32; int8-64, uint8, uint16, bool as they are) and string
+    metadata as a safetensors file.
+
+    ``align`` (a power of two): every tensor's data starts at a multiple of it in the file
+    (uint8 ``__pad.N`` tensors fill the gaps, as the format has no holes; readers that do
+    not know them ignore them), so a mapped file's arrays are that aligned in memory.
+    """
     header: dict[str, Any] = {"__metadata__": metadata}
     chunks = []
     offset = 0
+    pads = 0
     for name in sorted(tensors):
+        gap = -offset % align
+        if gap:
+            header[f"__pad.{pads}"] = {"dtype": "U8", "shape": [gap],
+                                       "data_offsets": [offset, offset + gap]}  # fmt: skip
+            chunks.append(b"\0" * gap)
+            offset += gap
+            pads += 1
         arr = np.asarray(tensors[name])  # (ascontiguousarray would make a 0-D tensor 1-D)
         if arr.dtype.newbyteorder("<") not in _NAMES:
             arr = arr.astype(np.float32)
@@ -175,11 +193,23 @@ def write_safetensors(
         chunks.append(raw)
         offset += len(raw)
     head = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    head += b" " * (-len(head) % 8)  # align the data area to 8 bytes
-    tmp = os.fspath(path) + ".tmp"
-    with open(tmp, "wb") as fh:
-        fh.write(struct.pack("<Q", len(head)))
-        fh.write(head)
-        for raw in chunks:
-            fh.write(raw)
-    os.replace(tmp, path)
+    head += b" " * (-(8 + len(head)) % max(8, align))  # the data area starts aligned
+    # A temporary file of its own (two writers of one path never share one), renamed over the
+    # path: a process that mapped the old file keeps reading the old inode.
+    target = os.fspath(path)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(target) + ".", suffix=".tmp",
+                               dir=os.path.dirname(os.path.abspath(target)))  # fmt: skip
+    try:
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # what open() would have given, not mkstemp's 0600
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(struct.pack("<Q", len(head)))
+            fh.write(head)
+            for raw in chunks:
+                fh.write(raw)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
