@@ -11,7 +11,8 @@ Endpoints
     ``input_size`` little-endian float32 values (one little-endian int64 for a model that
     takes token ids), or a text frame of JSON, ``{"x": [...]}`` or a bare list (a token id
     for a token model). The reply is one message per step, in kind: binary little-endian
-    float32 outputs, or ``{"y": [...]}``. ``{"reset": true}`` returns the session to the
+    float32 outputs, or ``{"y": [...]}`` (NaN and Inf as ``null``: JSON has no such
+    numbers). ``{"reset": true}`` returns the session to the
     initial state (reply ``{"reset": true}``). A bad frame gets ``{"error": "..."}`` and the
     connection is closed (code 1003, 1009 for an oversize frame); the others go on.
 ``POST /v1/run``
@@ -34,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,6 +85,19 @@ class _FrameError(ValueError):
     def __init__(self, message: str, code: int = CLOSE_UNSUPPORTED) -> None:
         super().__init__(message)
         self.code = code
+
+
+def json_values(y: np.ndarray) -> Any:
+    """``y`` as nested lists for a JSON reply, NaN and +-Inf as null (JSON has no such
+    numbers; binary frames carry them as they are)."""
+    y = np.asarray(y)
+    return y.tolist() if np.isfinite(y).all() else _nulls(y.tolist())
+
+
+def _nulls(values: Any) -> Any:
+    if isinstance(values, list):
+        return [_nulls(v) for v in values]
+    return values if math.isfinite(values) else None
 
 
 def _import_starlette() -> Any:
@@ -309,7 +324,7 @@ def create_app(
                 if binary:
                     await ws.send_bytes(y.astype("<f4").tobytes())
                 else:
-                    await ws.send_json({"y": y.tolist()})
+                    await ws.send_json({"y": json_values(y)})
         except WebSocketDisconnect:
             return
         finally:
@@ -351,7 +366,7 @@ def create_app(
             y = await asyncio.to_thread(server.run_sequence, x)
         except (_FrameError, LstmInferError) as exc:
             return JSONResponse({"error": str(exc)}, 400)
-        return JSONResponse({"y": y.tolist()})
+        return JSONResponse({"y": json_values(y)})
 
     async def describe(request: Request) -> Response:
         return JSONResponse(server.describe())

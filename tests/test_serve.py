@@ -434,3 +434,18 @@ def test_a_state_carrying_graph_is_served_session_by_session() -> None:
                                    outs[0], atol=1e-5)  # fmt: skip
     finally:
         running.stop()
+
+
+def test_non_finite_outputs_reach_json_clients_as_null(server: _Running) -> None:
+    """A NaN input makes NaN outputs: binary frames carry them, JSON replies (WebSocket and
+    /v1/run) give null instead of failing."""
+    x = np.full((2, I), np.nan, np.float32)
+    with connect(server.ws) as ws:
+        ws.send(json.dumps({"x": [0.0] * I}))
+        json.loads(ws.recv(timeout=TIMEOUT))
+        ws.send(x[0].astype("<f4").tobytes())
+        assert np.isnan(np.frombuffer(ws.recv(timeout=TIMEOUT), "<f4")).all()
+    status, body = server.http("/v1/run", x.astype("<f4").tobytes(), "application/octet-stream")
+    assert status == 200, body
+    y = json.loads(body)["y"]
+    assert all(v is None for row in y for v in row)
