@@ -278,19 +278,16 @@ class GraphStream:
                 step, why = compile_step(self._model._program_for(feeds), feeds, self.state_map)
             except TraceFailed:
                 return None  # bad inputs: the op-by-op run says what is wrong
-            except LstmInferError as exc:
-                return None if isinstance(exc, InputError) else self._failed(key, str(exc))
+            except InputError:
+                return None  # the same: these inputs do not run
+            except LstmInferError as exc:  # cannot specialise: this shape runs op by op
+                step, why = None, str(exc)
         if len(self._steps) >= MAX_COMPILED_SHAPES:
             self._steps.pop(next(iter(self._steps)))
         self._steps[key] = step
         if why is not None:
             self._errors[key] = why
         return step
-
-    def _failed(self, key: tuple, why: str) -> None:
-        self._steps[key] = None
-        self._errors[key] = why
-        return None
 
     def _step_by_ops(self, arrays: dict[str, np.ndarray], out: Any = None) -> Any:
         self._release()

@@ -81,7 +81,19 @@ def _lstm_gates(
     return torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
 
 
-class DepthGatedLSTM(nn.Module):
+class _Stacked(nn.Module):
+    """What the layered cells share: sizes checked and kept, the batch_first flag."""
+
+    def __init__(
+        self, input_size: int, hidden_size: int, num_layers: int, batch_first: bool
+    ) -> None:
+        super().__init__()
+        _check_sizes(input_size, hidden_size, num_layers)
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.batch_first = batch_first
+
+
+class DepthGatedLSTM(_Stacked):
     """Depth-gated LSTM (Yao et al. 2015): layer 0 a plain LSTM; every layer above adds a
     depth gate ``d = sigmoid(D x + e + p * c_prev + q * c_lower)`` that lets the lower layer's
     new cell into its own: ``c = d * c_lower + f * c_prev + i * g``.
@@ -92,10 +104,7 @@ class DepthGatedLSTM(nn.Module):
     def __init__(
         self, input_size: int, hidden_size: int, num_layers: int = 1, batch_first: bool = False
     ) -> None:
-        super().__init__()
-        _check_sizes(input_size, hidden_size, num_layers)
-        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
-        self.batch_first = batch_first
+        super().__init__(input_size, hidden_size, num_layers, batch_first)
         H = hidden_size
         for layer in range(num_layers):
             width = input_size if layer == 0 else H
@@ -205,7 +214,7 @@ class ClockworkRNN(nn.Module):
         return out, (h[None], torch.tensor(step, dtype=torch.int64))
 
 
-class LayerNormLSTM(nn.Module):
+class LayerNormLSTM(_Stacked):
     """Layer-normalised LSTM (torchaudio's RNN-T predictor cell): ``gates = LN_g(W x + b +
     R h)`` over all 4H values, ``c' = LN_c(f * c + i * g)`` (the normalised cell is the state
     carried on), ``h' = o * tanh(c')``. ``weight_hh`` has no bias.
@@ -221,12 +230,9 @@ class LayerNormLSTM(nn.Module):
         eps: float = 1e-5,
         batch_first: bool = False,
     ) -> None:
-        super().__init__()
-        _check_sizes(input_size, hidden_size, num_layers)
+        super().__init__(input_size, hidden_size, num_layers, batch_first)
         if not eps > 0:
             raise ValueError(f"eps must be positive, got {eps!r}")
-        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
-        self.batch_first = batch_first
         H = hidden_size
         for layer in range(num_layers):
             width = input_size if layer == 0 else H
@@ -261,7 +267,7 @@ class LayerNormLSTM(nn.Module):
         return y, (torch.stack(h), torch.stack(c))
 
 
-class GridLSTM(nn.Module):
+class GridLSTM(_Stacked):
     """Grid LSTM over time x depth (Kalchbrenner et al. 2015): every layer has a time LSTM
     block (``[h_{t-1}; u_below] -> h, m`` with its own cell m carried in time) and a depth
     block that sees the new time output (``[h; u_below] -> u, n`` with the cell n of the layer
@@ -274,10 +280,7 @@ class GridLSTM(nn.Module):
     def __init__(
         self, input_size: int, hidden_size: int, num_layers: int = 1, batch_first: bool = False
     ) -> None:
-        super().__init__()
-        _check_sizes(input_size, hidden_size, num_layers)
-        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
-        self.batch_first = batch_first
+        super().__init__(input_size, hidden_size, num_layers, batch_first)
         H = hidden_size
         self.input_proj = nn.Parameter(torch.empty(H, input_size))
         for layer in range(num_layers):

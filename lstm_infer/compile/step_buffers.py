@@ -69,10 +69,9 @@ class Buf:
         return Buf(self.base, self.offset + offset, tuple(shape))
 
     def reshaped(self, shape: tuple[int, ...]) -> Buf:
-        return self.at(0, tuple(shape)) if math.prod(shape) == self.size else self._bad(shape)
-
-    def _bad(self, shape: tuple[int, ...]) -> Buf:
-        raise NotCompiled(f"internal: reshape of {self.shape} to {shape}")
+        if math.prod(shape) != self.size:
+            raise NotCompiled(f"internal: reshape of {self.shape} to {shape}")
+        return self.at(0, tuple(shape))
 
     def overlaps(self, other: Buf) -> bool:
         return (
@@ -114,7 +113,7 @@ class StepBuilder:
         self.keep: list[Any] = []  # arrays and plans the records point into
         self._arena_floats = 0
         self._scratch_floats = 0
-        self._scratch_users: list[dict[str, Any]] = []
+        self._scratch_users: list[tuple[dict[str, Any], str]] = []
         self.arena: np.ndarray | None = None
         # Regions that keep their values from one step to the next in a time-axis stream (a
         # recurrent layer's state, a causal convolution's last frames): (key naming the node
@@ -133,9 +132,15 @@ class StepBuilder:
             raise NotCompiled(f"a step tensor of shape {shape} is too large to compile")
         buf = Buf(ARENA, self._arena_floats, tuple(shape))
         self._arena_floats += -(-max(n, 1) // ALIGN_FLOATS) * ALIGN_FLOATS
-        if self.max_floats is not None and self._arena_floats > self.max_floats:
-            raise NotCompiled(f"the step's arena would exceed {self.max_floats * 4} bytes")
+        self._check_bound()
         return buf
+
+    def _check_bound(self) -> None:
+        if (
+            self.max_floats is not None
+            and self._arena_floats + self._scratch_floats > self.max_floats
+        ):
+            raise NotCompiled(f"the step's arena would exceed {self.max_floats * 4} bytes")
 
     def constant(self, value: np.ndarray) -> Buf:
         """A constant as a float32 buffer of its own (kept alive by the program)."""
@@ -153,9 +158,7 @@ class StepBuilder:
     def scratch(self, floats: int, user: dict[str, Any], key: str) -> None:
         """Point ``user[key]`` at the program's shared scratch (records run one at a time)."""
         self._scratch_floats = max(self._scratch_floats, int(floats))
-        total = self._arena_floats + self._scratch_floats
-        if self.max_floats is not None and total > self.max_floats:
-            raise NotCompiled(f"the step's arena would exceed {self.max_floats * 4} bytes")
+        self._check_bound()
         self._scratch_users.append((user, key))
 
     # ---- records -------------------------------------------------------------------------
@@ -235,9 +238,7 @@ def _resolved_ref(ref: Any, arena: np.ndarray) -> Any:
         buf, extra = ref
         base = arena if buf.base is ARENA else buf.base
         return (base, buf.offset + extra)
-    if isinstance(ref, tuple) and len(ref) == 2 and ref[0] is ARENA:
-        return (arena, ref[1])
-    return ref
+    return ref  # (array, offset) already: an index table, the shared scratch
 
 
 def _resolved(record: dict[str, Any], arena: np.ndarray) -> dict[str, Any]:

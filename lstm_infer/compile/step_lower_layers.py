@@ -443,9 +443,8 @@ def recurrent(ctx: StepContext, node: Any, state: Any) -> None:
         "scratch": None,
     }
     scratch = max(_engine.recurrent_scratch_floats(p, t_steps, batch) for p in plans)
-    record = ctx.b.emit("recurrent", recurrent=spec)
+    ctx.b.emit("recurrent", recurrent=spec)
     ctx.b.scratch(scratch, spec, "scratch")
-    del record
     for i, (role, buf, size) in enumerate((("Y_h", h, hr), ("Y_c", c, hidden))):
         if not outputs.get(role):
             continue
