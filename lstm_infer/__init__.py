@@ -18,8 +18,9 @@ from lstm_infer import errors
 from lstm_infer._engine import available_isas, isa, set_isa
 from lstm_infer._spec import TensorInfo
 from lstm_infer.graph_model import GraphModel
-from lstm_infer.model import Model, Stream
+from lstm_infer.model import Model
 from lstm_infer.pool import StreamPool
+from lstm_infer.stream import Stream
 from lstm_infer.validate import validate
 
 __version__ = "0.1.0"
