@@ -21,6 +21,8 @@ PORTABLE_SOURCES = [
     "src_c/recurrent_driver.c",
     "src_c/stack_step_rows.c",
     "src_c/step_program.c",
+    "src_c/cells_common.c",
+    "src_c/cell_layer_norm_lstm.c",
 ]
 X86_ISA_SOURCES = {
     "src_c/kernels_avx2.c": ["-mavx2", "-mfma"],
@@ -57,6 +59,7 @@ X86_ISA_SOURCES = {
 HEADERS = sorted(glob.glob("src_c/*.h")) + [
     "lstm_infer/_engine_products.pxi",
     "lstm_infer/_engine_step.pxi",
+    "lstm_infer/_engine_cells.pxi",
 ]
 COMMON_CFLAGS = ["-O3", "-std=c11", "-fno-math-errno", "-Wall", "-Wno-unused-function"]
 

@@ -39,6 +39,24 @@ __all__ = [
 ]
 
 
+def _from_state(
+    state: dict[str, np.ndarray], found: dict[str, Any], options: dict[str, Any]
+) -> Model | GraphModel:
+    """A state_dict's model: one of CELLS.md's cells (a graph) or a recurrent stack.
+    ``found``: the options the source implies, ``options`` the caller's (they win)."""
+    from lstm_infer.cells.load import cell_graph, load_cell_options
+    from lstm_infer.torch_import import floating, spec_from_state_dict
+
+    merged = {**found, **options}
+    graph = cell_graph(
+        state, prefix=merged.get("prefix"), batch_first=merged.get("batch_first", False)
+    )
+    if graph is None:
+        return Model(spec_from_state_dict(floating(state), **merged))
+    load_cell_options(options)  # refuses the options that apply to stacks only
+    return GraphModel(graph, source="pytorch")
+
+
 def load(source: Any, **options: Any) -> Model | GraphModel:
     """Load a model.
 
@@ -82,7 +100,7 @@ def load(source: Any, **options: Any) -> Model | GraphModel:
     )
     from lstm_infer.native_graph import graph_from_native, is_native_graph, native_source
     from lstm_infer.safetensors_io import is_safetensors, read_safetensors
-    from lstm_infer.torch_import import import_torch, is_torch_checkpoint, spec_from_state_dict
+    from lstm_infer.torch_import import is_torch_checkpoint, read_state
 
     def no_options(kind: str) -> None:
         if options:
@@ -119,7 +137,7 @@ def load(source: Any, **options: Any) -> Model | GraphModel:
             no_options("a module exported with example_inputs")
             return load_onnx(export_module(source, example, names))
         if hasattr(source, "state_dict") or isinstance(source, dict):
-            return Model(import_torch(source, **options))
+            return _from_state(*read_state(source, key=options.pop("key", None)), options)
         raise ModelFormatError(
             f"cannot load a model from {type(source).__name__}; pass a path, bytes, an "
             "onnx.ModelProto, a torch module or a state_dict"
@@ -138,10 +156,13 @@ def load(source: Any, **options: Any) -> Model | GraphModel:
                 return GraphModel(graph, source=native_source(metadata))
             spec = spec_from_safetensors(tensors, metadata)
             return Model(spec, stored_plans(tensors, spec), stored_heads(tensors, spec))
-        tensors = {k: np.array(v) for k, v in tensors.items()}  # the importer's own copies
-        floats = {k: v for k, v in tensors.items() if v.dtype == "float32"}
+        tensors = {
+            k: np.array(v, np.int64 if v.dtype.kind in "iu" else v.dtype)  # own copies
+            for k, v in tensors.items()
+            if v.dtype == "float32" or v.dtype.kind in "iu"
+        }
         # safetensors sorts its names: their order says nothing about the modules'
-        return Model(spec_from_state_dict(floats, **{"ordered": False, **options}))
+        return _from_state(tensors, {"ordered": False}, options)
     if is_torch_checkpoint(head, path):
-        return Model(import_torch(source, **options))
+        return _from_state(*read_state(source, key=options.pop("key", None)), options)
     return load_onnx(source, **onnx_options())

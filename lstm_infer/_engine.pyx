@@ -19,7 +19,9 @@ from lstm_infer._kernels cimport (
     li_stack_step, li_stack_step_scratch_floats, li_stack_step_rows,
     li_stack_step_rows_scratch_floats, li_usable_isas, li_cpu_vendor,
     LI_STEP_KIND_COUNT, LI_STEP_MAX_RANK, LI_STEP_RECURRENT, li_step_op, li_step_program_run,
-    li_step_recurrent,
+    li_step_recurrent, LI_STEP_CELL, li_step_cell, LI_RCELL_MAX_STATES, li_rcell, li_rcell_io,
+    li_rcell_check, li_rcell_output_size, li_rcell_run, li_rcell_scratch_floats,
+    li_rcell_state_floats,
 )
 
 cnp.import_array()
@@ -104,6 +106,7 @@ include "_engine_products.pxi"
 # ---- step programs: a whole graph's step in one C call (_engine_step.pxi) -----------------
 
 
+include "_engine_cells.pxi"
 include "_engine_step.pxi"
 
 

@@ -10,7 +10,7 @@
 STEP_KINDS = {
     "fill": 0, "copy": 1, "gather": 2, "unary": 3, "binary": 4, "gemm": 5, "recurrent": 6,
     "reduce": 7, "softmax": 8, "layernorm": 9, "conv": 10,
-    "pool": 11,
+    "pool": 11, "cell": 12,
 }
 STEP_MAX_RANK = LI_STEP_MAX_RANK
 
@@ -47,12 +47,14 @@ cdef class StepProgram:
 
     cdef li_step_op *ops
     cdef li_step_recurrent *recurrent
+    cdef li_step_cell *cells
     cdef int n_ops
     cdef list _keep
 
     def __cinit__(self):
         self.ops = NULL
         self.recurrent = NULL
+        self.cells = NULL
         self.n_ops = 0
 
     def __init__(self, list records):
@@ -61,14 +63,17 @@ cdef class StepProgram:
         cdef li_step_recurrent *rec
         cdef CellPlan plan
         n_rec = sum(1 for r in records if r["kind"] == STEP_KINDS["recurrent"])
+        n_cell = sum(1 for r in records if r["kind"] == STEP_KINDS["cell"])
         self.ops = <li_step_op *>PyMem_Malloc(max(n, 1) * sizeof(li_step_op))
         self.recurrent = <li_step_recurrent *>PyMem_Malloc(max(n_rec, 1) * sizeof(li_step_recurrent))
-        if self.ops == NULL or self.recurrent == NULL:
+        self.cells = <li_step_cell *>PyMem_Malloc(max(n_cell, 1) * sizeof(li_step_cell))
+        if self.ops == NULL or self.recurrent == NULL or self.cells == NULL:
             raise MemoryError()
         memset(self.ops, 0, max(n, 1) * sizeof(li_step_op))
         memset(self.recurrent, 0, max(n_rec, 1) * sizeof(li_step_recurrent))
+        memset(self.cells, 0, max(n_cell, 1) * sizeof(li_step_cell))
         self._keep = []
-        cdef int j = 0
+        cdef int j = 0, k = 0
         for i in range(n):
             r = records[i]
             op = &self.ops[i]
@@ -127,11 +132,39 @@ cdef class StepProgram:
                         self._keep.append(spec[key][0])
                 self._keep.extend(v[0] for v in list(spec["h"]) + list(spec["c"]) if v is not None)
                 op.aux = rec
+            elif op.kind == LI_STEP_CELL:
+                self._cell_record(&self.cells[k], r["cell"], i)
+                k += 1
+                op.aux = &self.cells[k - 1]
         self.n_ops = <int>n
+
+    cdef int _cell_record(self, li_step_cell *rc, dict spec, Py_ssize_t i) except -1:
+        cdef RCell cell = spec["rcell"]
+        rc.cell = &cell.c
+        self._keep.append(cell)
+        rc.io.T = spec["T"]
+        rc.io.B = spec["B"]
+        rc.io.x = <const float *>_step_pointer(spec["x"], False)
+        rc.io.ldx = spec["ldx"]
+        rc.io.y = <float *>_step_pointer(spec["y"], True)
+        rc.io.y_ts = spec["y_ts"]
+        rc.io.y_bs = spec["y_bs"]
+        rc.io.scratch = <float *>_step_pointer(spec["scratch"], True)
+        states = spec["states"]
+        if len(states) > LI_RCELL_MAX_STATES:
+            raise ValueError(f"step record {i}: more than {LI_RCELL_MAX_STATES} cell states")
+        cdef Py_ssize_t s
+        for s in range(len(states)):
+            rc.io.state[s] = <float *>_step_pointer(states[s], True)
+        for ref in [spec["x"], spec["y"], spec["scratch"], *states]:
+            if ref is not None:
+                self._keep.append(ref[0])
+        return 0
 
     def __dealloc__(self):
         PyMem_Free(self.ops)
         PyMem_Free(self.recurrent)
+        PyMem_Free(self.cells)
 
     def __len__(self):
         return self.n_ops

@@ -118,11 +118,51 @@ cdef extern from "li_kernels.h" nogil:
                            float **h_rows, float **c_rows, float *y, float *scratch)
 
 
+cdef extern from "li_cells.h" nogil:
+    enum:
+        LI_RCELL_MAX_STATES
+        LI_RCELL_KIND_COUNT
+
+    ctypedef struct li_rcell:
+        int kind
+        int input_size
+        int hidden_size
+        int layers
+        int modules
+        float eps
+        int n_arrays
+        const void *const *array
+        const int64_t *array_len
+
+    ctypedef struct li_rcell_io:
+        int T
+        int B
+        const float *x
+        int ldx
+        float *y
+        ptrdiff_t y_ts
+        ptrdiff_t y_bs
+        float *state[4]
+        float *scratch
+
+    int li_rcell_check(const li_rcell *cell)
+    size_t li_rcell_scratch_floats(const li_rcell *cell, int T, int B)
+    size_t li_rcell_state_floats(const li_rcell *cell, int s, int B)
+    int li_rcell_output_size(const li_rcell *cell)
+    int li_rcell_run(const li_rcell *cell, const li_kernels *kern, li_sgemm_fn sgemm,
+                     const li_rcell_io *io)
+
+
 cdef extern from "step_program.h" nogil:
     enum:
         LI_STEP_MAX_RANK
         LI_STEP_KIND_COUNT
         LI_STEP_RECURRENT
+        LI_STEP_CELL
+
+    ctypedef struct li_step_cell:
+        const li_rcell *cell
+        li_rcell_io io
 
     ctypedef struct li_step_recurrent:
         const li_cell *cell[2]

@@ -587,7 +587,7 @@ def _check_zip_entry(info: zipfile.ZipInfo, archive_size: int) -> None:
         )
 
 
-def _read_zip(source: _Source, key: str | None) -> dict[str, np.ndarray]:
+def _read_zip(source: _Source, key: str | None, integers: bool = False) -> dict[str, np.ndarray]:
     with zipfile.ZipFile(source.stream()) as archive:
         names = archive.namelist()
         pickles = [n for n in names if n.endswith("data.pkl") and n.count("/") <= 1]
@@ -629,10 +629,10 @@ def _read_zip(source: _Source, key: str | None) -> dict[str, np.ndarray]:
         _check_zip_entry(info, source.size)
         table = _StorageTable(5, fetch)
         top = _unpickle(io.BytesIO(archive.read(info)), table)
-        return _to_arrays(_select_state_dict(top, key), byteorder)
+        return _to_arrays(_select_state_dict(top, key), byteorder, integers)
 
 
-def _read_legacy(source: _Source, key: str | None) -> dict[str, np.ndarray]:
+def _read_legacy(source: _Source, key: str | None, integers: bool = False) -> dict[str, np.ndarray]:
     data = source.read_at(0, source.size)
     stream = io.BytesIO(data)
     if _unpickle(stream) != _LEGACY_MAGIC_NUMBER:
@@ -668,15 +668,22 @@ def _read_legacy(source: _Source, key: str | None) -> dict[str, np.ndarray]:
             )
         storage.attach(source.read_at(offset + 8, nbytes))
         offset += 8 + nbytes
-    return _to_arrays(_select_state_dict(top, key), byteorder)
+    return _to_arrays(_select_state_dict(top, key), byteorder, integers)
 
 
-def _read_safetensors(source: _Source) -> dict[str, np.ndarray]:
-    """The floating-point tensors of a flat safetensors file (shared strict parser)."""
+def _read_safetensors(source: _Source, integers: bool = False) -> dict[str, np.ndarray]:
+    """The floating-point tensors of a flat safetensors file (shared strict parser), and its
+    integer ones as int64 with ``integers``."""
     try:
         tensors, _ = read_safetensors(bytes(source.read_at(0, source.size)))
     except ModelFormatError as exc:
         raise CheckpointFormatError(str(exc)) from exc
+    if integers:
+        return {
+            name: np.array(arr, np.int64) if arr.dtype.kind in "iu" else arr
+            for name, arr in tensors.items()
+            if arr.dtype == np.float32 or arr.dtype.kind in "iu"
+        }
     return {name: arr for name, arr in tensors.items() if arr.dtype == np.float32}
 
 
@@ -759,7 +766,9 @@ def _as_float32(view: np.ndarray, element_type: _ElementType) -> np.ndarray:
         return np.array(view, dtype=np.float32, order="C")
 
 
-def _tensor_to_float32(name: object, tensor: _Tensor, byteorder: str) -> np.ndarray | None:
+def _tensor_to_float32(
+    name: object, tensor: _Tensor, byteorder: str, integers: bool = False
+) -> np.ndarray | None:
     element_type = tensor.element_type
     itemsize = element_type.itemsize
     storage = tensor.storage
@@ -782,7 +791,8 @@ def _tensor_to_float32(name: object, tensor: _Tensor, byteorder: str) -> np.ndar
         raise CheckpointFormatError(
             f"tensor {_brief(name)} has {numel} elements but its storage holds {storage_elements}"
         )
-    if element_type.kind == "skip":
+    keep_integer = integers and element_type.kind == "skip" and element_type.name != "bool"
+    if element_type.kind == "skip" and not keep_integer:
         return None
     _check_supported(name, element_type)
     if numel == 0:
@@ -794,17 +804,21 @@ def _tensor_to_float32(name: object, tensor: _Tensor, byteorder: str) -> np.ndar
         strides=tuple(s * itemsize for s in tensor.strides),
         writeable=False,
     )
+    if keep_integer:
+        return np.array(view, dtype=np.int64, order="C")
     return _as_float32(view, element_type)
 
 
-def _to_arrays(state_dict: dict[object, object], byteorder: str) -> dict[str, np.ndarray]:
+def _to_arrays(
+    state_dict: dict[object, object], byteorder: str, integers: bool = False
+) -> dict[str, np.ndarray]:
     result: dict[str, np.ndarray] = {}
     for name, value in state_dict.items():
         if not isinstance(value, _Tensor):
             continue  # e.g. extra_state or a stray '_metadata' entry
         if not isinstance(name, str):
             raise CheckpointFormatError(f"state dict key {_brief(name)} is not a string")
-        array = _tensor_to_float32(name, value, byteorder)
+        array = _tensor_to_float32(name, value, byteorder, integers)
         if array is not None:
             result[name] = array
     return result
@@ -816,7 +830,7 @@ def _to_arrays(state_dict: dict[object, object], byteorder: str) -> dict[str, np
 
 
 def read_checkpoint(
-    source: str | os.PathLike[str] | bytes, *, key: str | None = None
+    source: str | os.PathLike[str] | bytes, *, key: str | None = None, integers: bool = False
 ) -> dict[str, np.ndarray]:
     """Read the floating-point weights of a PyTorch checkpoint, without torch.
 
@@ -831,6 +845,9 @@ def read_checkpoint(
         if it holds tensors itself, else the single entry that is a dict of tensors (with
         ``state_dict``, ``model_state_dict``, ``model``, ``net`` preferred, in that order).
         Not accepted for safetensors, which are flat.
+    integers : bool, default False
+        Also return the integer tensors (as int64 arrays; bool ones stay out): the cells of
+        CELLS.md keep some of their structure in them (the clockwork RNN's ``periods``).
 
     Returns
     -------
@@ -856,10 +873,10 @@ def read_checkpoint(
         if kind == "safetensors":
             if key is not None:
                 raise CheckpointFormatError("key= does not apply to safetensors files (flat)")
-            return _read_safetensors(src)
+            return _read_safetensors(src, integers)
         if kind == "zip":
-            return _read_zip(src, key)
-        return _read_legacy(src, key)
+            return _read_zip(src, key, integers)
+        return _read_legacy(src, key, integers)
     except (CheckpointFormatError, UnsafeCheckpointError):
         raise
     except Exception as exc:  # a corrupt file can trip any parser; report it as a format error

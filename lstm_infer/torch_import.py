@@ -518,7 +518,8 @@ def is_torch_checkpoint(head: bytes, path: str | None = None) -> bool:
 
 
 def _live_state_dict(obj: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """A torch module or state_dict as numpy arrays, plus options read off the module."""
+    """A torch module or state_dict as numpy arrays (floating point as float32, integer
+    buffers as int64), plus options read off the module."""
     options: dict[str, Any] = {}
     if hasattr(obj, "state_dict") and callable(obj.state_dict):
         rec = [m for m in obj.modules() if type(m).__name__ in ("LSTM", "GRU", "RNN")]
@@ -526,16 +527,23 @@ def _live_state_dict(obj: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
             options["batch_first"] = bool(rec[0].batch_first)
             nls = [getattr(m, "nonlinearity", "tanh") for m in rec]
             options["nonlinearity"] = nls[0] if len(set(nls)) == 1 else nls
+        elif isinstance(getattr(obj, "batch_first", None), bool):
+            options["batch_first"] = obj.batch_first  # the cells of lstm_infer.nn
         obj = obj.state_dict()
     state = {}
     for k, v in obj.items():
         if hasattr(v, "detach"):
             if not v.is_floating_point():
+                if v.dtype.is_complex or str(v.dtype) == "torch.bool":
+                    continue
+                state[str(k)] = v.detach().cpu().numpy().astype(np.int64)
                 continue
             v = v.detach().float().cpu().numpy()
         arr = np.asarray(v)
         if arr.dtype.kind == "f":
             state[str(k)] = np.ascontiguousarray(arr, np.float32)
+        elif arr.dtype.kind in "iu":
+            state[str(k)] = np.asarray(arr, np.int64)
     return state, options
 
 
@@ -548,20 +556,33 @@ def _is_safetensors_source(src: str | os.PathLike[str] | bytes) -> bool:
         return is_safetensors(fh.read(16))
 
 
-def import_torch(source: Any, *, key: str | None = None, **options: Any) -> ModelSpec:
-    """A ModelSpec from a checkpoint path/bytes, a state_dict (torch or numpy) or a module."""
+def read_state(
+    source: Any, *, key: str | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Every array of a checkpoint path/bytes, a state_dict (torch or numpy) or a module
+    (floating point as float32, integer buffers as int64), and the loader options the source
+    implies (safetensors: no module order; a module: its batch_first / nonlinearity)."""
     if isinstance(source, (str, os.PathLike, bytes, bytearray, memoryview)):
         from lstm_infer.torch_checkpoint import read_checkpoint
 
         src = bytes(source) if isinstance(source, (bytearray, memoryview)) else source
-        state = read_checkpoint(src, key=key)
-        if _is_safetensors_source(src):  # sorted names: no module order to go by
-            options = {"ordered": False, **options}
-        return spec_from_state_dict(state, **options)
-    state, found = _live_state_dict(source)
+        state = read_checkpoint(src, key=key, integers=True)
+        # safetensors sort their names: no module order to go by
+        return state, ({"ordered": False} if _is_safetensors_source(src) else {})
     if key is not None:
         raise ModelFormatError("key= applies to checkpoint files; pass the state_dict itself")
-    return spec_from_state_dict(state, **{**found, **options})
+    return _live_state_dict(source)
+
+
+def floating(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The float32 weights of a state read by read_state (integer buffers left out)."""
+    return {k: v for k, v in state.items() if v.dtype == np.float32}
+
+
+def import_torch(source: Any, *, key: str | None = None, **options: Any) -> ModelSpec:
+    """A ModelSpec from a checkpoint path/bytes, a state_dict (torch or numpy) or a module."""
+    state, found = read_state(source, key=key)
+    return spec_from_state_dict(floating(state), **{**found, **options})
 
 
 def export_module(

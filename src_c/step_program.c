@@ -386,6 +386,12 @@ int li_step_program_run(const li_step_op *ops, int n, const li_kernels *kern,
             break;
         case LI_STEP_LAYERNORM: run_layernorm(op); break;
         case LI_STEP_POOL: run_pool(op); break;
+        case LI_STEP_CELL: {
+            const li_step_cell *rc = (const li_step_cell *)op->aux;
+            if (rc == NULL || li_rcell_run(rc->cell, kern, sgemm, &rc->io) != 0)
+                return -1 - i;
+            break;
+        }
         case LI_STEP_CONV:
             kern->conv2d(op->a, (size_t)op->sa[0], (size_t)op->sa[1], (int)op->n[0], (int)op->n[1],
                          (int)op->n[2], (int)op->shape[0], (int)op->shape[1], (int)op->shape[2],

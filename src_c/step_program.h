@@ -14,6 +14,7 @@
 #ifndef LI_STEP_PROGRAM_H
 #define LI_STEP_PROGRAM_H
 
+#include "li_cells.h"
 #include "li_kernels.h"
 
 #ifdef __cplusplus
@@ -68,7 +69,9 @@ enum li_step_kind {
      * of a[p][oh*shape[0] + i*shape[2]][ow*shape[1] + j*shape[3]], OH n[3], OW n[4], y
      * contiguous. NaN propagates through the max. */
     LI_STEP_POOL = 11,
-    LI_STEP_KIND_COUNT = 12
+    /* One of CELLS.md's cells over T steps: aux points to a li_step_cell. */
+    LI_STEP_CELL = 12,
+    LI_STEP_KIND_COUNT = 13
 };
 
 enum li_step_unary {
@@ -143,6 +146,12 @@ typedef struct {
     ptrdiff_t y_ts, y_bs, y_ds;
     float *scratch;
 } li_step_recurrent;
+
+/* A CELL record's cell and the block it runs (li_cells.h). */
+typedef struct {
+    const li_rcell *cell;
+    li_rcell_io io;
+} li_step_cell;
 
 typedef struct {
     int kind;  /* enum li_step_kind */

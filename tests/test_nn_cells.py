@@ -9,105 +9,16 @@ import pytest
 from conftest import import_without, require, run_python
 
 torch = require("torch")
+from cell_references import (  # noqa: E402
+    attention_reference,
+    clockwork_reference,
+    depth_gated_reference,
+    grid_reference,
+    layer_norm_reference,
+    params,
+)
+
 from lstm_infer import nn as cells  # noqa: E402
-
-
-def _sig(v: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-v))
-
-
-def _ln(v: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
-    mean = v.mean(-1, keepdims=True)
-    var = ((v - mean) ** 2).mean(-1, keepdims=True)  # biased, as torch.nn.LayerNorm
-    return (v - mean) / np.sqrt(var + eps) * w + b
-
-
-def _params(module) -> dict[str, np.ndarray]:
-    return {k: v.detach().double().numpy() for k, v in module.state_dict().items()}
-
-
-def depth_gated_reference(p: dict, x: np.ndarray, L: int, H: int):
-    h = np.zeros((L, x.shape[1], H))
-    c = np.zeros_like(h)
-    ys = []
-    for x_t in x:
-        below, c_below = x_t, None
-        for layer in range(L):
-            gates = (below @ p[f"weight_ih_l{layer}"].T + p[f"bias_ih_l{layer}"]
-                     + h[layer] @ p[f"weight_hh_l{layer}"].T + p[f"bias_hh_l{layer}"])  # fmt: skip
-            i, f, g, o = np.split(gates, 4, axis=-1)
-            i, f, g, o = _sig(i), _sig(f), np.tanh(g), _sig(o)
-            new_c = f * c[layer] + i * g
-            if layer:
-                d = _sig(below @ p[f"depth_weight_l{layer}"].T + p[f"depth_bias_l{layer}"]
-                         + p[f"depth_cell_l{layer}"] * c[layer]
-                         + p[f"depth_lower_l{layer}"] * c_below)  # fmt: skip
-                new_c = d * c_below + new_c
-            h[layer], c[layer] = o * np.tanh(new_c), new_c
-            below, c_below = h[layer], new_c
-        ys.append(below.copy())
-    return np.stack(ys), h, c
-
-
-def clockwork_reference(p: dict, x: np.ndarray, H: int, t0: int = 0, h0=None):
-    periods = p["periods"].astype(int)
-    k = H // len(periods)
-    W, R, b = p["weight_ih"], p["weight_hh"], p["bias"]
-    h = np.zeros((x.shape[1], H)) if h0 is None else h0.copy()
-    ys = []
-    for s, x_t in enumerate(x):
-        t = t0 + s
-        new = h.copy()
-        for m, period in enumerate(periods):
-            if t % period:
-                continue
-            rows = slice(m * k, (m + 1) * k)
-            cols = slice(m * k, H)  # modules n >= m only
-            new[:, rows] = np.tanh(x_t @ W[rows].T + b[rows] + h[:, cols] @ R[rows, cols].T)
-        h = new
-        ys.append(h.copy())
-    return np.stack(ys), h
-
-
-def layer_norm_reference(p: dict, x: np.ndarray, L: int, H: int):
-    eps = float(p["eps"])
-    h = np.zeros((L, x.shape[1], H))
-    c = np.zeros_like(h)
-    ys = []
-    for x_t in x:
-        below = x_t
-        for layer in range(L):
-            pre = (below @ p[f"weight_ih_l{layer}"].T + p[f"bias_ih_l{layer}"]
-                   + h[layer] @ p[f"weight_hh_l{layer}"].T)  # fmt: skip
-            gates = _ln(pre, p[f"gate_norm_l{layer}.weight"], p[f"gate_norm_l{layer}.bias"], eps)
-            i, f, g, o = np.split(gates, 4, axis=-1)
-            i, f, g, o = _sig(i), _sig(f), np.tanh(g), _sig(o)
-            c[layer] = _ln(f * c[layer] + i * g, p[f"cell_norm_l{layer}.weight"],
-                           p[f"cell_norm_l{layer}.bias"], eps)  # fmt: skip
-            h[layer] = o * np.tanh(c[layer])
-            below = h[layer]
-        ys.append(below.copy())
-    return np.stack(ys), h, c
-
-
-def grid_reference(p: dict, x: np.ndarray, L: int, H: int):
-    def block(z, cell):
-        i, f, g, o = np.split(z, 4, axis=-1)
-        new = _sig(f) * cell + _sig(i) * np.tanh(g)
-        return _sig(o) * np.tanh(new), new
-
-    h = np.zeros((L, x.shape[1], H))
-    m = np.zeros_like(h)
-    ys = []
-    for x_t in x:
-        u, n = x_t @ p["input_proj"].T, np.zeros((x.shape[1], H))
-        for layer in range(L):
-            z = np.concatenate([h[layer], u], -1) @ p[f"time_weight_l{layer}"].T
-            h[layer], m[layer] = block(z + p[f"time_bias_l{layer}"], m[layer])
-            z = np.concatenate([h[layer], u], -1) @ p[f"depth_weight_l{layer}"].T
-            u, n = block(z + p[f"depth_bias_l{layer}"], n)
-        ys.append(u)
-    return np.stack(ys), h, m
 
 
 @pytest.mark.parametrize("layers", [1, 3])
@@ -116,7 +27,7 @@ def test_grid_lstm_is_the_pinned_equations(rng, layers: int) -> None:
     mod = cells.GridLSTM(4, 6, layers).double()
     x = rng.standard_normal((5, 2, 4))
     y, (h, m) = mod(torch.from_numpy(x))
-    want_y, want_h, want_m = grid_reference(_params(mod), x, layers, 6)
+    want_y, want_h, want_m = grid_reference(params(mod), x, layers, 6)
     np.testing.assert_allclose(y.detach().numpy(), want_y, atol=1e-12)
     np.testing.assert_allclose(h.detach().numpy(), want_h, atol=1e-12)
     np.testing.assert_allclose(m.detach().numpy(), want_m, atol=1e-12)
@@ -144,7 +55,7 @@ def test_depth_gated_lstm_is_the_pinned_equations(rng, layers: int) -> None:
     m = cells.DepthGatedLSTM(5, 8, layers).double()
     x = rng.standard_normal((7, 3, 5))
     y, (h, c) = m(torch.from_numpy(x))
-    want_y, want_h, want_c = depth_gated_reference(_params(m), x, layers, 8)
+    want_y, want_h, want_c = depth_gated_reference(params(m), x, layers, 8)
     np.testing.assert_allclose(y.detach().numpy(), want_y, atol=1e-12)
     np.testing.assert_allclose(h.detach().numpy(), want_h, atol=1e-12)
     np.testing.assert_allclose(c.detach().numpy(), want_c, atol=1e-12)
@@ -166,7 +77,7 @@ def test_clockwork_rnn_is_the_pinned_equations(rng, periods) -> None:
     m = cells.ClockworkRNN(3, H, periods).double()
     x = rng.standard_normal((11, 2, 3))
     y, (h, t) = m(torch.from_numpy(x))
-    want_y, want_h = clockwork_reference(_params(m), x, H)
+    want_y, want_h = clockwork_reference(params(m), x, H)
     np.testing.assert_allclose(y.detach().numpy(), want_y, atol=1e-12)
     np.testing.assert_allclose(h[0].detach().numpy(), want_h, atol=1e-12)
     assert int(t) == 11
@@ -207,7 +118,7 @@ def test_layer_norm_lstm_is_the_pinned_equations(rng, layers: int) -> None:
     _randomise_norms(m)
     x = rng.standard_normal((6, 2, 6))
     y, (h, c) = m(torch.from_numpy(x))
-    want_y, want_h, want_c = layer_norm_reference(_params(m), x, layers, 5)
+    want_y, want_h, want_c = layer_norm_reference(params(m), x, layers, 5)
     np.testing.assert_allclose(y.detach().numpy(), want_y, atol=1e-12)
     np.testing.assert_allclose(h.detach().numpy(), want_h, atol=1e-12)
     np.testing.assert_allclose(c.detach().numpy(), want_c, atol=1e-12)
@@ -268,13 +179,13 @@ def test_the_runtime_never_imports_lstm_infer_nn() -> None:
 @pytest.mark.parametrize("make", [
     lambda: cells.DepthGatedLSTM(5, 8, 2),
     lambda: cells.ClockworkRNN(3, 8, (1, 2)),
-    lambda: cells.LayerNormLSTM(6, 5, 2),
     lambda: cells.GridLSTM(4, 6, 2),
     lambda: cells.AttentionDecoder(3, 6, 5, "location", location_filters=2, location_kernel=3),
 ])  # fmt: skip
 def test_their_state_dicts_are_refused_not_misread(tmp_path, make) -> None:
-    """Until the loader knows these cells, their state_dicts (which share key names with
-    nn.LSTM's) raise ModelFormatError instead of loading as a plain LSTM."""
+    """Until the loader knows these cells (those it knows: test_cells_engine.py), their
+    state_dicts (which share key names with nn.LSTM's) raise ModelFormatError instead of
+    loading as a plain LSTM."""
     import lstm_infer
     from lstm_infer.errors import ModelFormatError
 
@@ -284,49 +195,6 @@ def test_their_state_dicts_are_refused_not_misread(tmp_path, make) -> None:
         torch.save({k: v for k, v in sd.items() if k not in drop}, path)
         with pytest.raises(ModelFormatError):
             lstm_infer.load(path)
-
-
-def attention_reference(p: dict, kind: str, y, M, lengths, kernel: int):
-    """float64 numpy of CELLS.md's attention decoder (M: (S, B, Dm), y: (T, B, E))."""
-    S, B, Dm = M.shape
-    H = p["cell.weight_hh"].shape[1]
-    h, c, ctx = np.zeros((B, H)), np.zeros((B, H)), np.zeros((B, Dm))
-    alpha, cum = np.zeros((B, S)), np.zeros((B, S))
-    valid = np.arange(S)[None, :] < lengths[:, None]
-    Mb = M.transpose(1, 0, 2)
-    outs = []
-    for y_t in y:
-        z = (np.concatenate([y_t, ctx], -1) @ p["cell.weight_ih"].T + p["cell.bias_ih"]
-             + h @ p["cell.weight_hh"].T + p["cell.bias_hh"])  # fmt: skip
-        i, f, g, o = np.split(z, 4, -1)
-        c = _sig(f) * c + _sig(i) * np.tanh(g)
-        h = _sig(o) * np.tanh(c)
-        e = np.zeros((B, S))
-        for b in range(B):
-            for j in range(S):
-                if kind == "dot":
-                    e[b, j] = h[b] @ Mb[b, j]
-                elif kind == "general":
-                    e[b, j] = h[b] @ (p["score.weight"] @ Mb[b, j])
-                else:
-                    a = p["query.weight"] @ h[b] + p["memory.weight"] @ Mb[b, j] + p["energy_bias"]
-                    if kind == "location":
-                        half = (kernel - 1) // 2
-                        prev = np.pad(alpha[b], half)
-                        acc = np.pad(cum[b], half)
-                        wf = p["location_conv.weight"]  # (F, 2, kernel), cross-correlation
-                        feats = np.array([(wf[q, 0] * prev[j : j + kernel]).sum()
-                                          + (wf[q, 1] * acc[j : j + kernel]).sum()
-                                          for q in range(wf.shape[0])])  # fmt: skip
-                        a = a + p["location_dense.weight"] @ feats
-                    e[b, j] = p["energy.weight"][0] @ np.tanh(a)
-        e = np.where(valid, e, -np.inf)
-        alpha = np.exp(e - e.max(-1, keepdims=True))
-        alpha /= alpha.sum(-1, keepdims=True)
-        cum = cum + alpha
-        ctx = np.einsum("bs,bsd->bd", alpha, Mb)
-        outs.append(np.concatenate([h, ctx], -1))
-    return np.stack(outs), alpha, cum
 
 
 @pytest.mark.parametrize("kind", ["additive", "general", "dot", "location"])
@@ -343,7 +211,7 @@ def test_attention_decoder_is_the_pinned_equations(rng, kind: str) -> None:
     lengths = np.array([7, 4])
     out, (_, _, _, alpha, cum) = mod(torch.from_numpy(y), torch.from_numpy(M),
                                      torch.from_numpy(lengths))  # fmt: skip
-    want, want_alpha, want_cum = attention_reference(_params(mod), kind, y, M, lengths, 5)
+    want, want_alpha, want_cum = attention_reference(params(mod), kind, y, M, lengths, 5)
     np.testing.assert_allclose(out.detach().numpy(), want, atol=1e-12)
     np.testing.assert_allclose(alpha.detach().numpy(), want_alpha, atol=1e-12)
     np.testing.assert_allclose(cum.detach().numpy(), want_cum, atol=1e-12)

@@ -253,6 +253,13 @@ def _resolved(record: dict[str, Any], arena: np.ndarray) -> dict[str, Any]:
         spec["h"] = [_resolved_ref(v, arena) for v in spec["h"]]
         spec["c"] = [_resolved_ref(v, arena) for v in spec["c"]]
         out["recurrent"] = spec
+    spec = record.get("cell")
+    if spec is not None:
+        spec = dict(spec)
+        for key in ("x", "y", "scratch"):
+            spec[key] = _resolved_ref(spec[key], arena)
+        spec["states"] = [_resolved_ref(v, arena) for v in spec["states"]]
+        out["cell"] = spec
     return out
 
 

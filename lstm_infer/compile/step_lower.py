@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from lstm_infer.cells import CELLS
 from lstm_infer.compile.step_buffers import (
     MAX_GATHER,
     MAX_INDEXED,
@@ -29,7 +30,15 @@ from lstm_infer.compile.step_buffers import (
     StepContext,
     collapse,
 )
-from lstm_infer.compile.step_lower_layers import conv, dense, gemm, global_pool, pool, recurrent
+from lstm_infer.compile.step_lower_layers import (
+    cell,
+    conv,
+    dense,
+    gemm,
+    global_pool,
+    pool,
+    recurrent,
+)
 from lstm_infer.ops import RunContext, get_op
 from lstm_infer.ops.base import attr_float, attr_int, attr_str
 
@@ -374,4 +383,5 @@ LOWERINGS: dict[str, Lowering] = {
     "RNN": recurrent,
     "LSTM": recurrent,
     "GRU": recurrent,
+    **{name: cell for name in CELLS},
 }

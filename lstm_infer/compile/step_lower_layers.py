@@ -5,6 +5,7 @@ records of a step: sgemm and the engine's recurrent driver). Registered in
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -455,6 +456,59 @@ def recurrent(ctx: StepContext, node: Any, state: Any) -> None:
             ctx.b.copy(
                 out, buf, (d_count, batch, size), (size, d_count * size, 1), (batch * size, size, 1)
             )
+
+
+def cell(ctx: StepContext, node: Any, state: Any) -> None:
+    """One of CELLS.md's cells (lstm_infer.ops.cells) on its fused C function, one record.
+    Its states start from the node's initial-state inputs (or zeros) on every step, unless
+    the stream carries them (``ctx.carry_state``): then they live in the arena from one step
+    to the next, reset to those initial values."""
+    from lstm_infer.cells import CELLS
+
+    kind = CELLS[node.op]
+    x = ctx.buf(node, node.inputs[0])
+    if len(x.shape) != 3 or x.shape[2] != state.input_size:
+        raise NotCompiled(f"{node.label}: X of shape {x.shape}")
+    t_steps, batch, width = x.shape
+    if t_steps == 0 or batch == 0:
+        raise NotCompiled(f"{node.label}: a cell over {t_steps} steps of {batch} rows")
+    shapes = kind.state_shapes(node.attrs, batch)
+    bufs = []
+    for s, (role, shape) in enumerate(zip(kind.states, shapes)):
+        if math.prod(shape) != state.state_floats(s, batch):
+            raise NotCompiled(f"internal: {node.label} state {role} of {shape}")
+        name = node.inputs[1 + s] if 1 + s < len(node.inputs) else ""
+        buf = ctx.b.region(shape)
+        if ctx.carry_state and (not name or ctx.const(name) is not None):
+            start = np.zeros(shape, np.float32)
+            if name:
+                start[...] = ctx.const(name)
+            ctx.b.carried.append((f"{node.name or node.outputs[0]}/{role}", buf, start))
+        elif name:
+            ctx.b.copy_whole(buf, ctx.buf(node, name))
+        else:
+            ctx.b.fill(buf, 0.0)
+        bufs.append(buf)
+    y = ctx.out(node, 0) if node.outputs[0] else None
+    if y is not None and y.shape != (t_steps, batch, state.output_size):
+        raise NotCompiled(f"internal: {node.label} output of {y.shape}")
+    spec = {
+        "rcell": state,
+        "T": t_steps,
+        "B": batch,
+        "x": (x, 0),
+        "ldx": width,
+        "y": None if y is None else (y, 0),
+        "y_ts": batch * state.output_size,
+        "y_bs": state.output_size,
+        "states": [(b, 0) for b in bufs],
+        "scratch": None,
+    }
+    ctx.b.emit("cell", cell=spec)
+    ctx.b.scratch(state.scratch_floats(t_steps, batch), spec, "scratch")
+    for s, buf in enumerate(bufs):
+        if 1 + s < len(node.outputs) and node.outputs[1 + s]:
+            ctx.bind(node, 1 + s, buf)
 
 
 def _time_major_state(value: np.ndarray, layout: int) -> np.ndarray:

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from lstm_infer.cells import CELLS
 from lstm_infer.compile.step_lower import LAYOUT_OPS, REDUCE_CODES, UNARY_CODES
 from lstm_infer.errors import StreamError
 from lstm_infer.ops import RunContext, get_op
@@ -34,6 +35,7 @@ _ELEMENTWISE = set(UNARY_CODES) | {
     "Dropout", "BatchNormalization",
 }  # fmt: skip
 _RECURRENT = ("RNN", "LSTM", "GRU")
+_CELLS = tuple(CELLS)  # time-major, forward: they keep their state from chunk to chunk
 
 
 def time_axes(
@@ -113,6 +115,12 @@ def _refusal(node: Any, state: Any, timed: dict, outs: dict, short: Mapping) -> 
         if len(timed) > 1:
             return "its weights or states change along time"
         return None
+    if op in _CELLS:
+        if timed.get(node.inputs[0]) != 0:
+            return "its input's time axis is not the cell's sequence axis (0)"
+        if len(timed) > 1:
+            return "its states change along time"
+        return None
     if any(a is None or a == -1 for n, a in outs.items() if n in _timed_outputs(node)):
         return "its output has no time axis of its own (it reduces over or picks along time)"
     if op in _ELEMENTWISE:
@@ -157,7 +165,9 @@ def _refusal(node: Any, state: Any, timed: dict, outs: dict, short: Mapping) -> 
 
 def _timed_outputs(node: Any) -> list[str]:
     """The outputs that must carry time (a recurrent layer's final states need not)."""
-    return [n for n in node.outputs[:1] if n] if node.op in _RECURRENT else list(node.outputs)
+    if node.op in _RECURRENT or node.op in _CELLS:
+        return [n for n in node.outputs[:1] if n]
+    return list(node.outputs)
 
 
 def _conv_refusal(node: Any, state: Any, timed: dict, short: Mapping) -> str | None:

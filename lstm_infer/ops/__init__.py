@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from lstm_infer.errors import UnsupportedModelError
 from lstm_infer.ops import (
+    cells,
     control,
     conv,
     dense,
@@ -25,7 +26,7 @@ from lstm_infer.ops.base import OpDef, RunContext
 
 __all__ = ["REGISTRY", "OpDef", "RunContext", "get_op"]
 
-_FAMILIES = (elementwise, layout, dense, conv, pool, norm, recurrent, reduce, quant, control)
+_FAMILIES = (elementwise, layout, dense, conv, pool, norm, recurrent, cells, reduce, quant, control)
 
 
 def _merge() -> dict[str, OpDef]:

@@ -1,0 +1,76 @@
+"""The cells of CELLS.md (lstm_infer.cells) as graph ops: ``LayerNormLSTM``, ...
+
+Inputs: X, the time-major sequence (T, B, I), then optionally each initial state in the cell's
+order (zeros when omitted). Outputs: Y (T, B, H), the top layer's output at every step, then
+optionally each final state. Attributes: the cell's sizes and its weights under CELLS.md's
+state_dict keys (lstm_infer.cells.base). Whole sequences and stream steps run the same fused
+C function (src_c/li_cells.h).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from lstm_infer import _engine
+from lstm_infer.cells import CELLS, CellDef
+from lstm_infer.errors import InputError
+from lstm_infer.ops.base import OpDef, RunContext, op
+
+
+def cell_of(node: Any) -> CellDef:
+    return CELLS[node.op]
+
+
+def _check(node: Any) -> None:
+    cell_of(node).check(node.attrs, node.label)
+
+
+def _prepare(node: Any, consts: dict[int, np.ndarray]) -> Any:
+    return cell_of(node).compile(node.attrs)
+
+
+def initial_states(node: Any, ins: list, batch: int) -> list[np.ndarray]:
+    """The initial states of a run: the inputs given (checked), zeros for the others."""
+    cell = cell_of(node)
+    out = []
+    for s, (name, shape) in enumerate(zip(cell.states, cell.state_shapes(node.attrs, batch))):
+        given = ins[1 + s] if 1 + s < len(ins) else None
+        if given is None:
+            out.append(np.zeros(shape, np.float32))
+            continue
+        if np.shape(given) != shape:
+            raise InputError(
+                f"{node.label}: initial {name} has shape {np.shape(given)}, expected {shape}"
+            )
+        out.append(np.array(given, np.float32, order="C"))
+    return out
+
+
+def _run(ctx: RunContext, node: Any, ins: list, state: Any) -> list[np.ndarray]:
+    x = ins[0]
+    width = node.attrs["input_size"]
+    if np.ndim(x) != 3 or np.shape(x)[2] != width:
+        raise InputError(f"{node.label}: X must be (time, batch, {width}), got shape {np.shape(x)}")
+    x = np.ascontiguousarray(x, np.float32)
+    states = initial_states(node, ins, x.shape[1])
+    y = np.empty((x.shape[0], x.shape[1], state.output_size), np.float32)
+    _engine.run_rcell(state, x, states, y)
+    results = [y, *states]
+    return [results[i] if name else np.zeros(0, np.float32) for i, name in enumerate(node.outputs)]
+
+
+OPS: dict[str, OpDef] = {
+    name: op(
+        name,
+        _run,
+        inputs=(1, 1 + len(cell.states)),
+        outputs=(1, 1 + len(cell.states)),
+        check=_check,
+        prepare=_prepare,
+        foldable=False,
+        doc=cell.doc,
+    )
+    for name, cell in CELLS.items()
+}

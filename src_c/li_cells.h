@@ -1,0 +1,101 @@
+/*
+ * The cells of CELLS.md that no ONNX operator describes (layer-normalised LSTM, depth-gated
+ * LSTM, clockwork RNN, grid LSTM), as fused engine ops: one function per kind runs a block of
+ * T steps of batch B over its whole stack of layers, its products on the kernel table's packed
+ * matvec (few rows) or sgemm (many rows), its pointwise work in one pass per layer and step.
+ *
+ * A cell is described by li_rcell: its sizes and a list of weight arrays whose order and
+ * shapes are the kind's layout, written above the kind's run function (cell_*.c). Python
+ * (lstm_infer/cells/) builds the arrays; li_rcell_check verifies every array's length against
+ * the sizes before the cell is used, so a caller cannot make the kernels read past an array.
+ * Whole-sequence runs and stream steps call the same function (a step is T = 1), so a stream
+ * reproduces a run exactly.
+ */
+#ifndef LI_CELLS_H
+#define LI_CELLS_H
+
+#include "li_kernels.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum li_rcell_kind {
+    LI_RCELL_LAYER_NORM_LSTM = 0,
+    LI_RCELL_DEPTH_GATED_LSTM = 1,
+    LI_RCELL_CLOCKWORK_RNN = 2,
+    LI_RCELL_GRID_LSTM = 3,
+    LI_RCELL_KIND_COUNT = 4
+};
+
+#define LI_RCELL_MAX_STATES 4
+#define LI_RCELL_MAX_MODULES 64 /* clockwork modules */
+
+/* A compiled cell. Every pointer is owned by Python and outlives the cell. */
+typedef struct {
+    int kind;        /* enum li_rcell_kind */
+    int input_size;  /* I */
+    int hidden_size; /* H */
+    int layers;      /* L (1 for the clockwork RNN) */
+    int modules;     /* clockwork: module count (H divisible by it); else 0 */
+    float eps;       /* layer norm epsilon (layer-normalised LSTM) */
+    int n_arrays;
+    const void *const *array;   /* the kind's arrays, in its layout's order */
+    const int64_t *array_len;   /* elements of each (float32, or int32 where the layout says) */
+} li_rcell;
+
+/* The data of one block of T steps. State s is state[s], laid out as the kind says (read as
+ * the state before step 0, updated in place to the state after step T-1). */
+typedef struct {
+    int T, B;
+    const float *x;  /* [T][B] rows of I floats, row r at x + r*ldx */
+    int ldx;
+    float *y;        /* step t, row b at y + t*y_ts + b*y_bs; NULL: not written */
+    ptrdiff_t y_ts, y_bs;
+    float *state[LI_RCELL_MAX_STATES];
+    float *scratch;  /* li_rcell_scratch_floats(cell, T, B) floats */
+} li_rcell_io;
+
+/* 0 when the cell's sizes are in range and every array has the length its layout needs;
+ * else a negative code (nothing may run). */
+int li_rcell_check(const li_rcell *cell);
+/* Floats of state s (0 <= s < LI_RCELL_MAX_STATES) for B rows; 0: the kind has no state s. */
+size_t li_rcell_state_floats(const li_rcell *cell, int s, int B);
+/* Floats of scratch li_rcell_run needs for T steps of B rows. */
+size_t li_rcell_scratch_floats(const li_rcell *cell, int T, int B);
+/* Output floats per step and row (H for every kind so far). */
+int li_rcell_output_size(const li_rcell *cell);
+/* Run the block. Returns 0, or a negative value for invalid arguments (nothing written). */
+int li_rcell_run(const li_rcell *cell, const li_kernels *kern, li_sgemm_fn sgemm,
+                 const li_rcell_io *io);
+
+/* ---- shared by the kinds (cells_common.c) ----------------------------------------------- */
+/* Rows of a block whose input projections are computed together (one sgemm or packed call):
+ * about 256 KB of projections, at least one step. */
+int li_rcell_chunk_steps(int T, int B, int proj_floats_per_row);
+/* out[r][g*Hp + u] = bias[g*Hp + u] + sum_k x[r*ldx + k] W[g][u][k] for r < rows, every
+ * padded unit (padding lanes get bias + 0). w_pad: [G*Hp][K] fp32 (padding rows zero) for
+ * sgemm; w_packed: pack_gate_blocks(W, G) for the kernel table; bias_pad: [G*Hp] or NULL.
+ * Few rows take the packed matvec (weights read once into registers per block), many rows
+ * one sgemm. out rows are G*Hp floats apart. */
+void li_rcell_project(const li_kernels *kern, li_sgemm_fn sgemm, const float *w_pad,
+                      const void *w_packed, int G, int Hp, int K, const float *bias_pad,
+                      const float *x, int ldx, int rows, float *out);
+/* y = layer_norm(x) * w + b over n floats (biased variance, eps inside the square root, as
+ * torch.nn.LayerNorm); y may be x. Mean and variance accumulate in double. */
+void li_rcell_layer_norm(const float *x, int n, const float *w, const float *b, float eps,
+                         float *y);
+/* Units of H rounded up to the packed block. */
+static inline int li_rcell_padded(int H) { return (H + LI_BLOCK - 1) / LI_BLOCK * LI_BLOCK; }
+
+/* The kinds (one file each). */
+int li_layer_norm_lstm_check(const li_rcell *cell);
+size_t li_layer_norm_lstm_scratch(const li_rcell *cell, int T, int B);
+size_t li_layer_norm_lstm_state(const li_rcell *cell, int s, int B);
+int li_layer_norm_lstm_run(const li_rcell *cell, const li_kernels *kern, li_sgemm_fn sgemm,
+                           const li_rcell_io *io);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* LI_CELLS_H */
