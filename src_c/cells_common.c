@@ -80,14 +80,17 @@ int li_rcell_run(const li_rcell *cell, const li_kernels *kern, li_sgemm_fn sgemm
 
 /* ---- helpers ------------------------------------------------------------------------------ */
 
-/* Rows of projections a chunk holds: 256 KB, the size that stays in L2 on both families. */
-#define RCELL_CHUNK_FLOATS (64 << 10)
+/* Projections a chunk holds: 256 KB, the size that stays in L2 on both families (the
+ * sanitized tests build with a small one, so short sequences span several chunks). */
+#ifndef LI_RCELL_CHUNK_FLOATS
+#define LI_RCELL_CHUNK_FLOATS (64 << 10)
+#endif
 /* Below this many rows the packed matvec beats sgemm (BLAS's per-call cost dominates). */
 #define RCELL_SGEMM_MIN_ROWS 8
 
 int li_rcell_chunk_steps(int T, int B, int proj_floats_per_row) {
     long per_step = (long)B * (proj_floats_per_row > 0 ? proj_floats_per_row : 1);
-    long steps = RCELL_CHUNK_FLOATS / per_step;
+    long steps = LI_RCELL_CHUNK_FLOATS / per_step;
     if (steps < 1)
         steps = 1;
     return steps < T ? (int)steps : T;

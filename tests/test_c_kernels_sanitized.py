@@ -65,7 +65,14 @@ def _build(test_source: Path, tmp_path: Path) -> Path:
     common = [f for f in consts["COMMON_CFLAGS"] if not f.startswith("-O")]  # type: ignore[union-attr]
     # A 4 KB input-projection chunk (the build's is 256 KB) so the small test sequences run
     # their projections chunk by chunk too, including one step per chunk.
-    base = [*SANITIZE, *common, "-pthread", f"-I{ROOT / 'src_c'}", "-DLI_XPROJ_CHUNK_BYTES=4096"]
+    base = [
+        *SANITIZE,
+        *common,
+        "-pthread",
+        f"-I{ROOT / 'src_c'}",
+        "-DLI_XPROJ_CHUNK_BYTES=4096",
+        "-DLI_RCELL_CHUNK_FLOATS=512",
+    ]
     is_x86_64 = platform.machine().lower() in ("x86_64", "amd64")
     # (source, extra flags) per translation unit: only the per-ISA files get -m flags.
     units = [(ROOT / s, []) for s in consts["PORTABLE_SOURCES"]]  # type: ignore[union-attr]
@@ -112,3 +119,9 @@ def test_step_program_under_sanitizers(tmp_path: Path) -> None:
     """tests/c/test_step_program.c: every record kind against naive references, buffers
     allocated to their exact extents, on every usable kernel table."""
     _run_clean(_build(ROOT / "tests" / "c" / "test_step_program.c", tmp_path))
+
+
+def test_layer_norm_lstm_cell_under_sanitizers(tmp_path: Path) -> None:
+    """tests/c/test_cell_layer_norm_lstm.c: the fused cell against a naive double version of
+    CELLS.md's equations on every usable kernel table, arrays at their exact lengths."""
+    _run_clean(_build(ROOT / "tests" / "c" / "test_cell_layer_norm_lstm.c", tmp_path))
