@@ -6,25 +6,26 @@
  *     h'    = o * tanh(c')
  *
  * The input projections of a chunk of steps are one product per layer (li_rcell_project);
- * each step is one packed matvec of R over the batch, then one pointwise pass per row that
+ * each step is one product of R with the batch's h (li_rcell_recurrent), then one pointwise pass per row that
  * adds the two, normalises the gates, applies the activations on the table's vector
  * functions, updates and normalises the cell. A layer's outputs over the chunk are the next
  * layer's inputs, so a deep stack keeps its big products.
  *
- * Arrays, 8 per layer l (I_0 = input_size, I_l = H above; Hp = H padded to LI_BLOCK):
- *   [8l+0] w_pad     [4*Hp][I_l]  input weights, gate rows padded with zeros (sgemm)
- *   [8l+1] w_packed  pack_gate_blocks(W, 4): ceil(H/BLOCK) * I_l * 4 * BLOCK floats
- *   [8l+2] bias_pad  [4*Hp]       bias_ih
- *   [8l+3] r_packed  pack_gate_blocks(R, 4) over K = H
- *   [8l+4] gate_w, [8l+5] gate_b  [4H]  gate norm
- *   [8l+6] cell_w, [8l+7] cell_b  [H]   cell norm
+ * Arrays, 9 per layer l (I_0 = input_size, I_l = H above; Hp = H padded to LI_BLOCK):
+ *   [9l+0] w_pad     [4*Hp][I_l]  input weights, gate rows padded with zeros (sgemm)
+ *   [9l+1] w_packed  pack_gate_blocks(W, 4): ceil(H/BLOCK) * I_l * 4 * BLOCK floats
+ *   [9l+2] bias_pad  [4*Hp]       bias_ih
+ *   [9l+3] r_pad     [4*Hp][H]    recurrent weights, padded rows (sgemm for large batches)
+ *   [9l+4] r_packed  pack_gate_blocks(R, 4) over K = H
+ *   [9l+5] gate_w, [9l+6] gate_b  [4H]  gate norm
+ *   [9l+7] cell_w, [9l+8] cell_b  [H]   cell norm
  * States: state[0] h, state[1] c, each [L][B][H].
  */
 #include "li_cells.h"
 
 #include <math.h>
 
-#define ARRAYS_PER_LAYER 8
+#define ARRAYS_PER_LAYER 9
 
 static int layer_inputs(const li_rcell *cell, int l) {
     return l == 0 ? cell->input_size : cell->hidden_size;
@@ -37,8 +38,9 @@ int li_layer_norm_lstm_check(const li_rcell *cell) {
         return -10;
     for (int l = 0; l < cell->layers; l++) {
         const int64_t K = layer_inputs(cell, l);
-        const int64_t want[ARRAYS_PER_LAYER] = {4 * Hp * K, Hp * K * 4, 4 * Hp, Hp * H * 4,
-                                                4 * H,      4 * H,      H,      H};
+        const int64_t want[ARRAYS_PER_LAYER] = {4 * Hp * K, Hp * K * 4, 4 * Hp, 4 * Hp * H,
+                                                Hp * H * 4, 4 * H,      4 * H,  H,
+                                                H};
         for (int i = 0; i < ARRAYS_PER_LAYER; i++)
             if (cell->array_len[ARRAYS_PER_LAYER * l + i] != want[i])
                 return -11 - i;
@@ -70,14 +72,14 @@ static void row_update(const li_rcell *cell, const li_kernels *kern, int l, cons
     for (int g = 0; g < 4; g++)
         for (int u = 0; u < H; u++)
             z[g * H + u] = xp[g * Hp + u] + rec[g * Hp + u];
-    li_rcell_layer_norm(z, 4 * H, a[4], a[5], cell->eps, z);
+    li_rcell_layer_norm(z, 4 * H, a[5], a[6], cell->eps, z);
     kern->activation_array(LI_ACT_SIGMOID, z, act, 2 * (size_t)H);         /* i, f */
     kern->activation_array(LI_ACT_TANH, z + 2 * H, act + 2 * H, (size_t)H); /* g */
     kern->activation_array(LI_ACT_SIGMOID, z + 3 * H, act + 3 * H, (size_t)H); /* o */
     const float *i_g = act, *f_g = act + H, *g_g = act + 2 * H, *o_g = act + 3 * H;
     for (int u = 0; u < H; u++)
         tc[u] = f_g[u] * c[u] + i_g[u] * g_g[u];
-    li_rcell_layer_norm(tc, H, a[6], a[7], cell->eps, c);
+    li_rcell_layer_norm(tc, H, a[7], a[8], cell->eps, c);
     kern->activation_array(LI_ACT_TANH, c, tc, (size_t)H);
     for (int u = 0; u < H; u++)
         h[u] = o_g[u] * tc[u];
@@ -111,8 +113,7 @@ int li_layer_norm_lstm_run(const li_rcell *cell, const li_kernels *kern, li_sgem
                                  steps * B, xp);
             float *h = io->state[0] + (size_t)l * B * H, *c = io->state[1] + (size_t)l * B * H;
             for (int s = 0; s < steps; s++) {
-                kern->matvec_f32(w[3], H, G, 0, Hp / LI_BLOCK, h, H, B, NULL, Hp, rec, Hp,
-                                 G * Hp);
+                li_rcell_recurrent(kern, sgemm, w[3], w[4], G, Hp, H, h, H, B, rec);
                 for (int b = 0; b < B; b++) {
                     float *out;
                     if (top)

@@ -85,8 +85,15 @@ int li_rcell_run(const li_rcell *cell, const li_kernels *kern, li_sgemm_fn sgemm
 #ifndef LI_RCELL_CHUNK_FLOATS
 #define LI_RCELL_CHUNK_FLOATS (64 << 10)
 #endif
-/* Below this many rows the packed matvec beats sgemm (BLAS's per-call cost dominates). */
-#define RCELL_SGEMM_MIN_ROWS 8
+/* The product policy of the recurrent driver (recurrent_driver.c, measured there on both
+ * families): the packed matvec reads pre-packed weights once per block per row tile, so it
+ * beats OpenBLAS sgemm (which repacks the weights on every call) for recurrent products up
+ * to RCELL_PACKED_MAX_ROWS rows, and for input projections whose weights fit in L2 (then in
+ * chunks of rows whose inputs stay in L1) or that have few rows in all. */
+#define RCELL_PACKED_MAX_ROWS 1024
+#define RCELL_XPROJ_PACKED_MAX_BYTES ((size_t)1 << 20)
+#define RCELL_XPROJ_FEW_ROWS 48
+#define RCELL_XPROJ_CHUNK_FLOATS 12288
 
 int li_rcell_chunk_steps(int T, int B, int proj_floats_per_row) {
     long per_step = (long)B * (proj_floats_per_row > 0 ? proj_floats_per_row : 1);
@@ -96,26 +103,47 @@ int li_rcell_chunk_steps(int T, int B, int proj_floats_per_row) {
     return steps < T ? (int)steps : T;
 }
 
-void li_rcell_project(const li_kernels *kern, li_sgemm_fn sgemm, const float *w_pad,
-                      const void *w_packed, int G, int Hp, int K, const float *bias_pad,
-                      const float *x, int ldx, int rows, float *out) {
-    const int ldo = G * Hp;
-    if (rows < RCELL_SGEMM_MIN_ROWS) {
-        kern->matvec_f32(w_packed, K, G, 0, Hp / LI_BLOCK, x, ldx, rows, bias_pad, Hp, out, Hp,
-                         ldo);
-        return;
-    }
-    /* Row-major out (rows x G*Hp) = x (rows x K) W^T: column-major out^T = W x^T. */
+/* out (rows x G*Hp) = x W^T + bias on sgemm: column-major out^T = W x^T. */
+static void sgemm_rows(li_sgemm_fn sgemm, const float *w_pad, int n, int K, const float *x,
+                       int ldx, int rows, const float *bias_pad, float *out) {
     char ta = 'T', tb = 'N';
-    int n = ldo, m = rows, k = K, lda = K, ldb = ldx, ldc = ldo;
+    int m = rows, k = K, lda = K, ldb = ldx, ldc = n;
     float one = 1.0f, zero = 0.0f;
     sgemm(&ta, &tb, &n, &m, &k, &one, (float *)w_pad, &lda, (float *)x, &ldb, &zero, out, &ldc);
     if (bias_pad != NULL)
         for (int r = 0; r < rows; r++) {
-            float *o = out + (size_t)r * ldo;
-            for (int j = 0; j < ldo; j++)
+            float *o = out + (size_t)r * n;
+            for (int j = 0; j < n; j++)
                 o[j] += bias_pad[j];
         }
+}
+
+void li_rcell_project(const li_kernels *kern, li_sgemm_fn sgemm, const float *w_pad,
+                      const void *w_packed, int G, int Hp, int K, const float *bias_pad,
+                      const float *x, int ldx, int rows, float *out) {
+    const int ldo = G * Hp;
+    const size_t bytes = sizeof(float) * (size_t)ldo * K;
+    if (bytes > RCELL_XPROJ_PACKED_MAX_BYTES && rows > RCELL_XPROJ_FEW_ROWS) {
+        sgemm_rows(sgemm, w_pad, ldo, K, x, ldx, rows, bias_pad, out);
+        return;
+    }
+    const int per = RCELL_XPROJ_CHUNK_FLOATS / (K > 0 ? K : 1);
+    const int chunk = bytes > RCELL_XPROJ_PACKED_MAX_BYTES ? rows : (per > 8 ? per : 8);
+    for (int r0 = 0; r0 < rows; r0 += chunk) {
+        const int n = rows - r0 < chunk ? rows - r0 : chunk;
+        kern->matvec_f32(w_packed, K, G, 0, Hp / LI_BLOCK, x + (size_t)r0 * ldx, ldx, n,
+                         bias_pad, Hp, out + (size_t)r0 * ldo, Hp, ldo);
+    }
+}
+
+void li_rcell_recurrent(const li_kernels *kern, li_sgemm_fn sgemm, const float *r_pad,
+                        const void *r_packed, int G, int Hp, int K, const float *h, int ldh,
+                        int rows, float *out) {
+    if (rows > RCELL_PACKED_MAX_ROWS)
+        sgemm_rows(sgemm, r_pad, G * Hp, K, h, ldh, rows, NULL, out);
+    else
+        kern->matvec_f32(r_packed, K, G, 0, Hp / LI_BLOCK, h, ldh, rows, NULL, Hp, out, Hp,
+                         G * Hp);
 }
 
 void li_rcell_layer_norm(const float *x, int n, const float *w, const float *b, float eps,

@@ -73,14 +73,19 @@ int li_rcell_run(const li_rcell *cell, const li_kernels *kern, li_sgemm_fn sgemm
 /* Rows of a block whose input projections are computed together (one sgemm or packed call):
  * about 256 KB of projections, at least one step. */
 int li_rcell_chunk_steps(int T, int B, int proj_floats_per_row);
-/* out[r][g*Hp + u] = bias[g*Hp + u] + sum_k x[r*ldx + k] W[g][u][k] for r < rows, every
- * padded unit (padding lanes get bias + 0). w_pad: [G*Hp][K] fp32 (padding rows zero) for
- * sgemm; w_packed: pack_gate_blocks(W, G) for the kernel table; bias_pad: [G*Hp] or NULL.
- * Few rows take the packed matvec (weights read once into registers per block), many rows
- * one sgemm. out rows are G*Hp floats apart. */
+/* An input projection: out[r][g*Hp + u] = bias[g*Hp + u] + sum_k x[r*ldx + k] W[g][u][k]
+ * for r < rows, every padded unit (padding lanes get bias + 0). w_pad: [G*Hp][K] fp32
+ * (padding rows zero) for sgemm; w_packed: pack_gate_blocks(W, G) for the kernel table;
+ * bias_pad: [G*Hp] or NULL. out rows are G*Hp floats apart. The packed matvec where the
+ * recurrent driver measured it faster (weights within L2, or few rows), else one sgemm. */
 void li_rcell_project(const li_kernels *kern, li_sgemm_fn sgemm, const float *w_pad,
                       const void *w_packed, int G, int Hp, int K, const float *bias_pad,
                       const float *x, int ldx, int rows, float *out);
+/* A recurrent product, the same layout without bias, over rows of h (ldh apart): the packed
+ * matvec up to 1024 rows (weights read once per row tile), sgemm on r_pad beyond. */
+void li_rcell_recurrent(const li_kernels *kern, li_sgemm_fn sgemm, const float *r_pad,
+                        const void *r_packed, int G, int Hp, int K, const float *h, int ldh,
+                        int rows, float *out);
 /* y = layer_norm(x) * w + b over n floats (biased variance, eps inside the square root, as
  * torch.nn.LayerNorm); y may be x. Mean and variance accumulate in double. */
 void li_rcell_layer_norm(const float *x, int n, const float *w, const float *b, float eps,

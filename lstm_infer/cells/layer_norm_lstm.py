@@ -22,6 +22,7 @@ from lstm_infer.cells.base import (
     Shape,
     f32,
     float_weights,
+    gate_rows_padded,
     input_weights,
     layer_count,
     matrix,
@@ -72,7 +73,8 @@ def compile_cell(a: Mapping[str, Any]) -> Any:
     arrays: list[np.ndarray] = []
     for layer in range(a["num_layers"]):
         arrays += input_weights(a[f"weight_ih_l{layer}"], 4, a[f"bias_ih_l{layer}"])
-        arrays.append(packed(a[f"weight_hh_l{layer}"], 4))
+        r = a[f"weight_hh_l{layer}"]
+        arrays += [gate_rows_padded(r, 4), packed(r, 4)]
         for key in ("gate_norm", "cell_norm"):
             arrays += [f32(a[f"{key}_l{layer}.weight"]), f32(a[f"{key}_l{layer}.bias"])]
     return rcell("layer_norm_lstm", a, arrays, eps=float(a["eps"]))

@@ -13,8 +13,8 @@ typedef struct {
     int I, H, L;
     float eps;
     float *w[MAX_L], *r[MAX_L], *b[MAX_L], *gw[MAX_L], *gb[MAX_L], *cw[MAX_L], *cb[MAX_L];
-    const void *arrays[8 * MAX_L];
-    int64_t lens[8 * MAX_L];
+    const void *arrays[9 * MAX_L];
+    int64_t lens[9 * MAX_L];
     li_rcell cell;
 } lnlstm;
 
@@ -42,25 +42,26 @@ static void build(lnlstm *m, int I, int H, int L, unsigned seed) {
         m->gb[l] = test_floats((size_t)4 * H, seed + 10 * l + 5, 0.5f);
         m->cw[l] = test_floats((size_t)H, seed + 10 * l + 6, 1.0f);
         m->cb[l] = test_floats((size_t)H, seed + 10 * l + 7, 0.5f);
-        const void **a = m->arrays + 8 * l;
-        int64_t *n = m->lens + 8 * l;
+        const void **a = m->arrays + 9 * l;
+        int64_t *n = m->lens + 9 * l;
         a[0] = test_pad_rows(m->w[l], 4, H, K, &n[0]);
         a[1] = test_pack(m->w[l], 4, H, K, &n[1]);
         a[2] = test_pad_vector(m->b[l], 4, H, &n[2]);
-        a[3] = test_pack(m->r[l], 4, H, H, &n[3]);
-        a[4] = m->gw[l], n[4] = 4 * H;
-        a[5] = m->gb[l], n[5] = 4 * H;
-        a[6] = m->cw[l], n[6] = H;
-        a[7] = m->cb[l], n[7] = H;
+        a[3] = test_pad_rows(m->r[l], 4, H, H, &n[3]);
+        a[4] = test_pack(m->r[l], 4, H, H, &n[4]);
+        a[5] = m->gw[l], n[5] = 4 * H;
+        a[6] = m->gb[l], n[6] = 4 * H;
+        a[7] = m->cw[l], n[7] = H;
+        a[8] = m->cb[l], n[8] = H;
     }
-    li_rcell c = {LI_RCELL_LAYER_NORM_LSTM, I, H, L, 0, m->eps, 8 * L, m->arrays, m->lens};
+    li_rcell c = {LI_RCELL_LAYER_NORM_LSTM, I, H, L, 0, m->eps, 9 * L, m->arrays, m->lens};
     m->cell = c;
 }
 
 static void release(lnlstm *m) {
     for (int l = 0; l < m->L; l++) {
-        for (int i = 0; i < 4; i++)
-            free((void *)m->arrays[8 * l + i]);
+        for (int i = 0; i < 5; i++)
+            free((void *)m->arrays[9 * l + i]);
         free(m->w[l]), free(m->r[l]), free(m->b[l]), free(m->gw[l]), free(m->gb[l]);
         free(m->cw[l]), free(m->cb[l]);
     }
@@ -140,12 +141,12 @@ static void run_case(const li_kernels *kern, int I, int H, int L, int T, int B) 
 static void test_refusals(const li_kernels *kern) {
     lnlstm m;
     build(&m, 3, 5, 1, 3);
-    m.lens[3] -= 1; /* r_packed one float short */
+    m.lens[4] -= 1; /* r_packed one float short */
     CHECK(li_rcell_check(&m.cell) != 0, "a short array is refused");
-    m.lens[3] += 1;
-    m.cell.n_arrays = 7;
-    CHECK(li_rcell_check(&m.cell) != 0, "a missing array is refused");
+    m.lens[4] += 1;
     m.cell.n_arrays = 8;
+    CHECK(li_rcell_check(&m.cell) != 0, "a missing array is refused");
+    m.cell.n_arrays = 9;
     m.cell.eps = NAN;
     CHECK(li_rcell_check(&m.cell) != 0, "a NaN eps is refused");
     m.cell.eps = 1e-5f;

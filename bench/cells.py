@@ -1,0 +1,247 @@
+"""The cells of CELLS.md on the engine against the PyTorch module and onnxruntime on the
+module's torch.onnx export (decomposed into standard ops), one thread each, one run.
+
+Per cell two rows:
+
+1. stream step: one frame of batch 1 (``stream.step(x, out=...)``), against the module's
+   forward on one step with its state passed back, and onnxruntime on the one-step export
+   with the state as inputs and outputs fed back by hand;
+2. whole sequence: T = ``--steps`` frames of batch ``--batch`` (``model.run``), against the
+   module's forward and onnxruntime on the export at that T (unrolled by the exporter).
+
+The clockwork RNN's export bakes its step counter in (the module reads it as a Python int),
+so its onnxruntime step always runs step 0's work: every module active. Its step is also
+shown against our own dense RNN step of the same size (the cell's purpose: the target is
+<= 0.5x). Outputs are checked to agree first; engines interleaved round-robin; medians of
+``--repeat`` blocks.
+
+    python bench/cells.py [--hidden 256] [--input 64] [--steps 100] [--batch 16]
+                          [--cells layer_norm_lstm ...] [--repeat 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+BENCH = Path(__file__).resolve().parent
+if str(BENCH) not in sys.path:
+    sys.path.insert(0, str(BENCH))
+
+from compare import time_interleaved, write_results  # noqa: E402
+
+import lstm_infer  # noqa: E402
+
+
+@dataclass(frozen=True)
+class CellBench:
+    """make(I, H) -> module; states(module, batch) -> the module's initial state tuple as
+    tensors for the export (None: the module's own zero start, with a baked counter)."""
+
+    make: Callable
+    op: str
+    state_count: int  # tensors of the exported step's state (inputs and outputs)
+
+
+def _cells() -> dict[str, CellBench]:
+    from lstm_infer import nn as cells
+
+    return {
+        "layer_norm_lstm": CellBench(lambda i, h: cells.LayerNormLSTM(i, h, 2), "LayerNormLSTM", 2),
+        "depth_gated_lstm": CellBench(
+            lambda i, h: cells.DepthGatedLSTM(i, h, 2), "DepthGatedLSTM", 2
+        ),
+        "grid_lstm": CellBench(lambda i, h: cells.GridLSTM(i, h, 2), "GridLSTM", 2),
+        "clockwork_rnn": CellBench(
+            lambda i, h: cells.ClockworkRNN(i, h, (1, 2, 4, 8)), "ClockworkRNN", 1
+        ),
+    }
+
+
+def _ort(data: bytes):  # noqa: ANN202
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+
+
+def _step_module(module, count: int):  # noqa: ANN001, ANN202
+    """A module whose forward(x, *state) -> (y, *state): the state as plain tensors."""
+    import torch
+
+    class Step(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.cell = module
+
+        def forward(self, x, *state):  # noqa: ANN001, ANN202
+            if count == 1:  # the clockwork RNN: (h, t) with t baked in at 0
+                y, (h, _t) = self.cell(x, (state[0], torch.tensor(0, dtype=torch.int64)))
+                return y, h
+            y, new = self.cell(x, tuple(state))
+            return (y, *new)
+
+    return Step().eval()
+
+
+def _export(module, args: tuple, names: list[str]) -> bytes:  # noqa: ANN001
+    import torch
+
+    buf = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(module, args, buf, input_names=names, dynamo=False)
+    return buf.getvalue()
+
+
+def _initial(module, count: int, batch: int):  # noqa: ANN001, ANN202
+    import torch
+
+    layers = getattr(module, "num_layers", 1)
+    return tuple(torch.zeros(layers, batch, module.hidden_size) for _ in range(count))
+
+
+def step_rows(name: str, bench: CellBench, i: int, h: int, repeat: int, block: float) -> list:
+    import torch
+
+    torch.manual_seed(0)
+    module = bench.make(i, h).eval()
+    model = lstm_infer.load(module)
+    stream = model.stream()
+    rng = np.random.default_rng(0)
+    frames = rng.standard_normal((64, 1, 1, i)).astype(np.float32)
+    state0 = _initial(module, bench.state_count, 1)
+    step = _step_module(module, bench.state_count)
+    names = ["x"] + [f"s{k}" for k in range(bench.state_count)]
+    sess = _ort(_export(step, (torch.from_numpy(frames[0]), *state0), names))
+    out = np.empty((1, 1, h), np.float32)
+    want = sess.run(None, {"x": frames[0], **{f"s{k}": s.numpy() for k, s in enumerate(state0)}})
+    np.testing.assert_allclose(stream.step(frames[0]), want[0], atol=1e-4)  # step 0 agrees
+    box = {"ort": [s.numpy() for s in state0], "torch": state0}
+
+    def loop_ours(n: int) -> None:
+        for k in range(n):
+            stream.step(frames[k % 64], out=out)
+
+    def loop_torch(n: int) -> None:
+        s = box["torch"]
+        with torch.no_grad():
+            for k in range(n):
+                res = step(torch.from_numpy(frames[k % 64]), *s)
+                s = res[1:]
+        box["torch"] = s
+
+    def loop_ort(n: int) -> None:
+        s = box["ort"]
+        for k in range(n):
+            res = sess.run(None, {"x": frames[k % 64], **{f"s{j}": v for j, v in enumerate(s)}})
+            s = res[1:]
+        box["ort"] = s
+
+    loops = {"lstm_infer": loop_ours, "torch": loop_torch, "onnxruntime": loop_ort}
+    if name == "clockwork_rnn":  # the cell's point: fewer rows than the dense RNN step
+        dense = lstm_infer.load(torch.nn.RNN(i, h)).stream()
+        flat = frames.reshape(64, 1, i)
+        dense_out = np.empty((1, h), np.float32)
+
+        def loop_dense(n: int) -> None:
+            for k in range(n):
+                dense.step(flat[k % 64], out=dense_out)
+
+        loops["lstm_infer dense RNN"] = loop_dense
+    t = time_interleaved(loops, repeat, block)
+    return _report(f"{name}_step", t, f"{name} stream step, H={h}, I={i}, batch 1")
+
+
+def run_rows(
+    name: str, bench: CellBench, i: int, h: int, steps: int, batch: int, repeat: int, block: float
+) -> list:
+    import torch
+
+    torch.manual_seed(0)
+    module = bench.make(i, h).eval()
+    model = lstm_infer.load(module)
+    x = np.random.default_rng(1).standard_normal((steps, batch, i)).astype(np.float32)
+    xt = torch.from_numpy(x)
+    sess = _ort(_export(module, (xt,), ["x"]))
+    want = sess.run(None, {"x": x})[0]
+    np.testing.assert_allclose(model.run({"input": x})["output"], want, atol=1e-4)
+
+    def loop_ours(n: int) -> None:
+        for _ in range(n):
+            model.run({"input": x}, threads=1)
+
+    def loop_torch(n: int) -> None:
+        with torch.no_grad():
+            for _ in range(n):
+                module(xt)
+
+    def loop_ort(n: int) -> None:
+        for _ in range(n):
+            sess.run(None, {"x": x})
+
+    t = time_interleaved(
+        {"lstm_infer": loop_ours, "torch": loop_torch, "onnxruntime": loop_ort}, repeat, block
+    )
+    return _report(f"{name}_run", t, f"{name} run, T={steps}, batch {batch}, H={h}, I={i}")
+
+
+def _report(bench: str, t: dict[str, list[float]], title: str) -> list[dict]:
+    med = {k: statistics.median(v) * 1e6 for k, v in t.items()}
+    print(f"\n{title}, us, median:")
+    for k, v in med.items():
+        print(
+            f"  {k:<22}{v:11.1f}   ({v / med['onnxruntime']:.2f}x onnxruntime, "
+            f"{med['lstm_infer'] / v:.2f} lstm_infer/this)"
+        )
+    return [
+        {"bench": bench, "engine": k, "median_us": v, "samples_s": t[k]} for k, v in med.items()
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(1)
+    threadpool_limits(1)  # every BLAS in the process, ours (scipy's) included
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--input", type=int, default=64)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--repeat", type=int, default=15)
+    p.add_argument("--block-ms", type=float, default=25.0)
+    p.add_argument("--cells", nargs="*", help="default: every cell the engine runs")
+    p.add_argument("--output", type=Path)
+    args = p.parse_args(argv)
+    from lstm_infer.cells import CELLS
+
+    table = _cells()
+    chosen = args.cells or [n for n, b in table.items() if b.op in CELLS]
+    rows: list[dict] = []
+    block = args.block_ms / 1e3
+    for name in chosen:
+        bench = table[name]
+        if bench.op not in CELLS:
+            print(f"{name}: not on the engine yet, skipped")
+            continue
+        rows += step_rows(name, bench, args.input, args.hidden, args.repeat, block)
+        rows += run_rows(
+            name, bench, args.input, args.hidden, args.steps, args.batch, args.repeat, block
+        )
+    write_results("cells", rows, 1, args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
