@@ -209,3 +209,30 @@ def test_a_wrong_input_is_a_clear_error() -> None:
         model.run({"input": np.ones((3, 2, 5), np.float32)})
     with pytest.raises(TypeError, match="head_activation"):
         lstm_infer.load(_numpy_state(_module(CASES["layer_norm_lstm"])), head_activation="relu")
+
+
+@pytest.mark.parametrize("make", [
+    lambda: cells.LayerNormLSTM(6, 20, 2),
+    lambda: cells.DepthGatedLSTM(6, 20, 2),
+    lambda: cells.GridLSTM(6, 20, 2),
+    lambda: cells.ClockworkRNN(6, 20, (1, 2, 5, 10)),
+])  # fmt: skip
+def test_their_onnx_exports_load_and_run(rng, make) -> None:
+    """torch.onnx's export of each cell (its loop unrolled into standard ops at the traced
+    length) loads as a graph of generic ops and equals onnxruntime on it."""
+    import io
+
+    ort = require("onnxruntime")
+    torch.manual_seed(0)
+    module = make().eval()
+    x = rng.standard_normal((9, 3, 6)).astype(np.float32)
+    buf = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(module, (torch.from_numpy(x),), buf, input_names=["x"], dynamo=False)
+    session = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
+    want = session.run(None, {"x": x})
+    model = lstm_infer.load(buf.getvalue())
+    got = model.run({"x": x})
+    assert len(got) == len(want)
+    for value, expected in zip(got.values(), want):
+        np.testing.assert_allclose(value, expected, rtol=1e-4, atol=1e-5)
