@@ -356,6 +356,29 @@ class GraphStreamPool(BatchingFrontEnd):
             slab[tuple(index)] = np.take(state[name], 0, axis=self._axes[name])
 
 
+def _input_batch_axis(model: Any, batch_axis: int | None, rank: int) -> int:
+    """The pooled input's batch axis: as given, else 1 for an input declaring time on axis 0,
+    else 0."""
+    if batch_axis is None:
+        declared = model.graph.inputs[0].type.time_axis
+        return 1 if declared == 0 and rank > 1 else 0
+    if (
+        isinstance(batch_axis, bool)
+        or not isinstance(batch_axis, int)
+        or not 0 <= batch_axis < rank
+    ):
+        raise ValueError(f"batch_axis must be an axis of the input's {rank}, got {batch_axis!r}")
+    return batch_axis
+
+
+def _batch_axis_of(what: str, one: tuple[int, ...], two: tuple[int, ...]) -> int:
+    """The one axis along which a tensor of the batch-1 program grows to batch 2."""
+    diff = [i for i, (a, b) in enumerate(zip(one, two)) if a != b]
+    if len(one) != len(two) or len(diff) != 1 or (one[diff[0]], two[diff[0]]) != (1, 2):
+        raise StreamError(f"{what} has no single batch axis ({one} at batch 1, {two} at 2)")
+    return diff[0]
+
+
 class TimeAxisPool(GraphStreamPool):
     """Many sessions of a graph that streams along its time axis (no state inputs: a causal
     conv front end -> LSTM -> head), stepped as one batch.
@@ -364,9 +387,11 @@ class TimeAxisPool(GraphStreamPool):
     the causal convolutions' last frames (:mod:`lstm_infer.time_stream`), one slab per
     carried region along its batch axis. A step input is one session's chunk without the
     batch axis, of ``step_shape`` (required: e.g. ``(channels, frames)`` for a (B, C, T)
-    input); the input's and outputs' batch axis must be their first (batch-first or
-    channels-first graphs; time-major ones are refused). Snapshots are dicts of the carried
-    regions by node and role, for a batch of one.
+    input, ``(frames, features)`` for (T, B, F) or (B, T, F)). The input's batch axis is
+    ``batch_axis``: by default 1 when the input declares time on axis 0 (a time-major graph,
+    as the cells of CELLS.md load), else 0; each output's is found from the batch-1 and
+    batch-2 programs, and outputs are per session, batch axis dropped. Snapshots are dicts of
+    the carried regions by node and role, for a batch of one.
     """
 
     def __init__(
@@ -376,6 +401,7 @@ class TimeAxisPool(GraphStreamPool):
         *,
         step_shape: tuple[int, ...] | None = None,
         time_axis: int | None = None,
+        batch_axis: int | None = None,
         max_batch: int = 64,
         max_wait_us: float = 500.0,
     ) -> None:
@@ -392,28 +418,31 @@ class TimeAxisPool(GraphStreamPool):
         self._input = model.input_names[0]
         self._outputs = list(model.output_names)
         self._step_shape = tuple(int(d) for d in step_shape)
+        self._batch_axis = _input_batch_axis(model, batch_axis, len(self._step_shape) + 1)
         one = self._compiled(1)
         two = self._compiled(2)
-        if self._stream.time_axis == 0:
-            raise StreamError("a time-major graph (time on the input's axis 0) is not pooled yet")
-        bad = [n for n, a in self._stream._output_axes.items() if a == 0]
-        if bad:
-            raise StreamError(f"outputs {bad} carry time on axis 0: not pooled yet")
-        self._axes = {}
-        for key, (view, _start) in one.carried.items():
-            other = two.carried[key][0].shape
-            diff = [i for i, (a, b) in enumerate(zip(view.shape, other)) if a != b]
-            if len(diff) != 1:
-                raise StreamError(f"carried state {key!r} has no single batch axis")
-            self._axes[key] = diff[0]
+        if self._stream.time_axis == self._batch_axis:
+            raise StreamError(f"the input's batch axis {self._batch_axis} is its time axis")
+        self._axes = {
+            key: _batch_axis_of(f"carried state {key!r}", view.shape, two.carried[key][0].shape)
+            for key, (view, _start) in one.carried.items()
+        }
+        self._out_axes = {
+            name: _batch_axis_of(f"output {name!r}", one.outputs[name].shape,
+                                 two.outputs[name].shape)
+            for name in self._outputs
+        }  # fmt: skip
         self._default = {k: np.array(start) for k, (_v, start) in one.carried.items()}
         self.state_map: dict[str, str] = {}
-        self._output_size = int(np.prod(one.outputs[self._outputs[0]].shape[1:]))
+        first = one.outputs[self._outputs[0]]
+        self._output_size = first.size
         self._start(capacity, max_batch, max_wait_us)
         self._programs = {1: one, 2: two}
 
     def _compiled(self, batch: int) -> CompiledStep:
-        x = np.zeros((batch, *self._step_shape), np.float32)
+        shape = list(self._step_shape)
+        shape.insert(self._batch_axis, batch)
+        x = np.zeros(shape, np.float32)
         try:
             return self._stream._compile(x)
         except InputError as exc:
@@ -426,10 +455,10 @@ class TimeAxisPool(GraphStreamPool):
             step = self._programs[batch] = self._compiled(batch)
         for key, value in states.items():
             np.copyto(step.carried[key][0], value)
-        np.copyto(step.inputs[self._input], x)
+        np.copyto(step.inputs[self._input], np.moveaxis(x, 0, self._batch_axis))
         step.run()
-        return ({k: step.outputs[k] for k in self._outputs},
-                {k: v for k, (v, _s) in step.carried.items()})  # fmt: skip
+        outs = {k: np.moveaxis(step.outputs[k], self._out_axes[k], 0) for k in self._outputs}
+        return outs, {k: v for k, (v, _s) in step.carried.items()}
 
     def _checked(self, initial: Mapping[str, Any] | None) -> dict[str, np.ndarray]:
         if not initial:

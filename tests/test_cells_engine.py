@@ -148,21 +148,23 @@ def test_native_save_and_load_round_trip(tmp_path, rng, case: Case) -> None:
     _close(stream.feed(x, chunk=2), want, 1e-6)
 
 
-def test_a_pool_of_sessions_equals_solo_streams(rng) -> None:
-    """Batch-first (pools batch the sessions on the input's first axis): sessions stepped
-    together, one leaving early, each equal to its own solo stream."""
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_a_pool_of_sessions_equals_solo_streams(rng, batch_first: bool) -> None:
+    """Sessions stepped together (the time-major model pooled on its axis 1, the batch-first
+    one on axis 0), one leaving early, each equal to its own solo stream."""
     case = CASES["layer_norm_lstm"]
-    model = lstm_infer.load(_module(case), batch_first=True)
-    xs = [_sequence(rng, case, 6, 1).transpose(1, 0, 2) for _ in range(3)]  # (1, T, I)
+    model = lstm_infer.load(_module(case), batch_first=batch_first)
+    xs = [_sequence(rng, case, 6, 1)[:, 0] for _ in range(3)]  # (T, I) per session
     pool = lstm_infer.StreamPool(model, step_shape=(1, case.input_size))
     sids = [pool.open() for _ in xs]
     got: list[list[np.ndarray]] = [[] for _ in xs]
     for t in range(6):
-        live = {sid: xs[i][0, t : t + 1] for i, sid in enumerate(sids) if t < 4 or i != 1}
+        live = {sid: xs[i][t : t + 1] for i, sid in enumerate(sids) if t < 4 or i != 1}
         for sid, y in pool.step(live).items():
             got[sids.index(sid)].append(np.asarray(y).reshape(1, -1))
     for i, x in enumerate(xs):
-        solo = model.stream().feed(x)[0]
+        solo = model.stream().feed(x[None] if batch_first else x[:, None])
+        solo = solo[0] if batch_first else solo[:, 0]
         n = len(got[i])
         assert n == (4 if i == 1 else 6)
         _close(np.concatenate(got[i]), solo[:n], 1e-6)

@@ -194,11 +194,25 @@ def test_time_axis_graph_sessions_equal_solo_streams(rng) -> None:
         pool.step({a: np.zeros((6, 4), np.float32)})  # another chunk length
 
 
-def test_time_major_graphs_are_refused_for_now(rng) -> None:
+def test_time_major_graphs_pool_on_their_batch_axis(rng) -> None:
+    """An ONNX LSTM -> LayerNorm over (T, B, 3) pools on axis 1 (batch_axis=1): sessions
+    stepped together equal their solo streams; taking the time axis as the batch axis is
+    refused with StreamError."""
     inits = _recurrent_weights(rng, "LSTM", 1, 4, 3)
     inits["g"] = np.ones(4, np.float32)
     nodes = [helper.make_node("LSTM", ["x", "W", "R", "B"], ["y"], hidden_size=4),
              helper.make_node("LayerNormalization", ["y", "g"], ["out"])]  # fmt: skip
-    data = model_bytes(nodes, [vi("x", F, ("T", 1, 3))], [vi("out", F, None)], inits, 17)
-    with pytest.raises(StreamError, match="time-major"):
-        lstm_infer.StreamPool(graph_model(data), step_shape=(1, 3))
+    data = model_bytes(nodes, [vi("x", F, ("T", "N", 3))], [vi("out", F, None)], inits, 17)
+    model = graph_model(data)
+    with pytest.raises(StreamError, match="batch axis"):
+        lstm_infer.StreamPool(model, step_shape=(1, 3))
+    pool = lstm_infer.StreamPool(model, step_shape=(1, 3), batch_axis=1)
+    xs = [rng.standard_normal((5, 1, 3)).astype(np.float32) for _ in range(3)]
+    sids = [pool.open() for _ in xs]
+    got = {sid: [] for sid in sids}
+    for t in range(5):
+        for sid, y in pool.step({sid: x[t] for sid, x in zip(sids, xs)}).items():
+            got[sid].append(np.asarray(y))
+    for sid, x in zip(sids, xs):
+        solo = model.stream().feed(x)  # (T, 1, 1, 4)
+        np.testing.assert_allclose(np.stack(got[sid]).reshape(-1), solo.reshape(-1), atol=1e-6)
