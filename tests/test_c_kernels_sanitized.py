@@ -112,3 +112,9 @@ def test_step_program_under_sanitizers(tmp_path: Path) -> None:
     """tests/c/test_step_program.c: every record kind against naive references, buffers
     allocated to their exact extents, on every usable kernel table."""
     _run_clean(_build(ROOT / "tests" / "c" / "test_step_program.c", tmp_path))
+
+
+def test_cell_clockwork_rnn_under_sanitizers(tmp_path: Path) -> None:
+    """tests/c/test_cell_clockwork_rnn.c: the clockwork RNN cell against a naive double
+    reference (rows at different step counters, strided output), on every usable table."""
+    _run_clean(_build(ROOT / "tests" / "c" / "test_cell_clockwork_rnn.c", tmp_path))
