@@ -68,7 +68,7 @@ def check_periods(periods: Any, hidden: int) -> list[int]:
 
 def read(state: Mapping[str, np.ndarray]) -> dict[str, Any]:
     w = matrix(state, "weight_ih", WHAT)
-    hidden = matrix(state, "weight_hh", WHAT).shape[1]
+    hidden = w.shape[0]  # weight_hh and bias are then checked against it, key by key
     if "periods" not in state:
         raise ModelFormatError(f"{WHAT}: missing periods")
     periods = np.asarray(state["periods"])
