@@ -10,7 +10,7 @@ attribute here, a list of ints). State: h (1, B, H) and each row's step counter 
 as ``t mod lcm(periods)`` in float32 (exact: the lcm is refused above 2**24). A zero state
 is the start of a sequence, so ``Stream.reset()`` zeroes h and sets t = 0. Runs on
 src_c/cell_clockwork_rnn.c, which computes only the active modules' rows, each over the
-columns of modules n >= m.
+columns of modules n >= m (input projection and recurrence in one packed matvec).
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from lstm_infer.cells.base import (
     Shape,
     f32,
     float_weights,
-    gate_rows_padded,
     gate_vector_padded,
     matrix,
     packed,
+    padded,
     rcell,
 )
 from lstm_infer.errors import ModelFormatError
@@ -103,20 +103,30 @@ def _concat_aligned(parts: list[np.ndarray]) -> np.ndarray:
     return out
 
 
+def module_gates(k: int) -> int:
+    """The gates a module of k units is split into, so the packed matvec keeps several
+    accumulator chains (src_c/cell_clockwork_rnn.c's rule: 4 or 2 when that adds no
+    padding, else 1)."""
+    for gates in (4, 2):
+        if k % gates == 0 and gates * padded(k // gates) <= padded(k):
+            return gates
+    return 1
+
+
 def compile_cell(a: Mapping[str, Any]) -> Any:
-    """The arrays of src_c/cell_clockwork_rnn.c's layout."""
+    """The arrays of src_c/cell_clockwork_rnn.c's layout: per module m its rows of
+    [W | R restricted to the columns of modules n >= m], packed in G gates, and its bias."""
     hidden = a["hidden_size"]
     periods = check_periods(a["periods"], hidden)
     modules, k = len(periods), hidden // len(periods)
+    gates = module_gates(k)
     w, r, b = f32(a["weight_ih"]), f32(a["weight_hh"]), f32(a["bias"])
     rows = [slice(m * k, (m + 1) * k) for m in range(modules)]
+    blocks = [packed(np.hstack([w[rows[m]], r[rows[m], m * k :]]), gates) for m in range(modules)]
     arrays = [
         np.asarray(periods, np.int32),
-        gate_rows_padded(w, modules),
-        packed(w, modules),
-        gate_vector_padded(b, modules),
-        _concat_aligned([packed(w[rows[m]], 1) for m in range(modules)]),
-        _concat_aligned([packed(r[rows[m], m * k :], 1) for m in range(modules)]),
+        _concat_aligned(blocks),
+        np.concatenate([gate_vector_padded(b[rows[m]], gates) for m in range(modules)]),
     ]
     return rcell("clockwork_rnn", a, arrays, modules=modules)
 
