@@ -177,3 +177,22 @@ def test_a_good_state_dict_loads_and_runs_against_the_module(rng) -> None:
         from lstm_infer.cells.clockwork_rnn import read
 
         read({k: v for k, v in state.items() if k != "periods"})
+
+
+def test_a_restored_counter_out_of_range_is_reduced_not_misread(rng) -> None:
+    """A snapshot's counter is t mod lcm; one written by hand beyond the range (t itself,
+    a negative value, a fraction) counts as floor(t) mod lcm, and NaN as 0."""
+    model = lstm_infer.load(_module(3, 8, (1, 3)))
+    x = rng.standard_normal((5, 1, 3)).astype(np.float32)
+    stream = model.stream()
+    stream.feed(x[:1])
+    (t_key,) = [k for k in stream.state if k.endswith("/t")]
+    base = {k: np.zeros_like(v) for k, v in stream.state.items()}
+
+    def run_from(counter: float) -> np.ndarray:
+        stream.state = {**base, t_key: np.array([counter], np.float32)}
+        return stream.feed(x)
+
+    for counter, same_as in ((25.0, 1.0), (-1.0, 2.0), (2.5, 2.0), (float("nan"), 0.0)):
+        _close(run_from(counter), run_from(same_as), 0)
+        assert _counter(stream).tolist() == [(same_as + 5) % 3]
