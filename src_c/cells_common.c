@@ -20,6 +20,8 @@ typedef struct {
 static const rcell_ops RCELL_OPS[LI_RCELL_KIND_COUNT] = {
     [LI_RCELL_LAYER_NORM_LSTM] = {li_layer_norm_lstm_check, li_layer_norm_lstm_scratch,
                                   li_layer_norm_lstm_state, li_layer_norm_lstm_run},
+    [LI_RCELL_CLOCKWORK_RNN] = {li_clockwork_rnn_check, li_clockwork_rnn_scratch,
+                                li_clockwork_rnn_state, li_clockwork_rnn_run},
 };
 
 /* Sizes far above any trained cell, low enough that every product below fits an int. */

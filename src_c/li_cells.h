@@ -99,6 +99,11 @@ size_t li_layer_norm_lstm_scratch(const li_rcell *cell, int T, int B);
 size_t li_layer_norm_lstm_state(const li_rcell *cell, int s, int B);
 int li_layer_norm_lstm_run(const li_rcell *cell, const li_kernels *kern, li_sgemm_fn sgemm,
                            const li_rcell_io *io);
+int li_clockwork_rnn_check(const li_rcell *cell);
+size_t li_clockwork_rnn_scratch(const li_rcell *cell, int T, int B);
+size_t li_clockwork_rnn_state(const li_rcell *cell, int s, int B);
+int li_clockwork_rnn_run(const li_rcell *cell, const li_kernels *kern, li_sgemm_fn sgemm,
+                         const li_rcell_io *io);
 
 #ifdef __cplusplus
 }

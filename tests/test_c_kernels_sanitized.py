@@ -125,3 +125,9 @@ def test_layer_norm_lstm_cell_under_sanitizers(tmp_path: Path) -> None:
     """tests/c/test_cell_layer_norm_lstm.c: the fused cell against a naive double version of
     CELLS.md's equations on every usable kernel table, arrays at their exact lengths."""
     _run_clean(_build(ROOT / "tests" / "c" / "test_cell_layer_norm_lstm.c", tmp_path))
+
+
+def test_cell_clockwork_rnn_under_sanitizers(tmp_path: Path) -> None:
+    """tests/c/test_cell_clockwork_rnn.c: the clockwork RNN cell against a naive double
+    reference (rows at different step counters, strided output), on every usable table."""
+    _run_clean(_build(ROOT / "tests" / "c" / "test_cell_clockwork_rnn.c", tmp_path))

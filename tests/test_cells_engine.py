@@ -31,6 +31,8 @@ class Case:
 CASES = {
     "layer_norm_lstm": Case(lambda: cells.LayerNormLSTM(6, 20, 2), 6),
     "layer_norm_lstm_wide": Case(lambda: cells.LayerNormLSTM(5, 40, 1, eps=1e-3), 5),
+    "clockwork_rnn": Case(lambda: cells.ClockworkRNN(5, 12, (1, 2, 3)), 5),
+    "clockwork_rnn_wide": Case(lambda: cells.ClockworkRNN(4, 32, (1, 2, 4, 8)), 4),
 }
 
 
@@ -105,7 +107,11 @@ def test_batch_first(rng, case: Case) -> None:
 
 
 def _state_dict(module: torch.nn.Module, prefix: str = "") -> dict:
-    return {prefix + k: v.float() for k, v in module.state_dict().items()}
+    """Floating-point tensors as float32, integer buffers (periods) as they are."""
+    return {
+        prefix + k: v.float() if v.is_floating_point() else v
+        for k, v in module.state_dict().items()
+    }
 
 
 def test_loads_from_files_without_torch(tmp_path, rng, case: Case) -> None:
