@@ -20,6 +20,8 @@ typedef struct {
 static const rcell_ops RCELL_OPS[LI_RCELL_KIND_COUNT] = {
     [LI_RCELL_LAYER_NORM_LSTM] = {li_layer_norm_lstm_check, li_layer_norm_lstm_scratch,
                                   li_layer_norm_lstm_state, li_layer_norm_lstm_run},
+    [LI_RCELL_DEPTH_GATED_LSTM] = {li_depth_gated_lstm_check, li_depth_gated_lstm_scratch,
+                                   li_depth_gated_lstm_state, li_depth_gated_lstm_run},
 };
 
 /* Sizes far above any trained cell, low enough that every product below fits an int. */
@@ -83,7 +85,7 @@ int li_rcell_run(const li_rcell *cell, const li_kernels *kern, li_sgemm_fn sgemm
 /* Rows of projections a chunk holds: 256 KB, the size that stays in L2 on both families. */
 #define RCELL_CHUNK_FLOATS (64 << 10)
 /* Below this many rows the packed matvec beats sgemm (BLAS's per-call cost dominates). */
-#define RCELL_SGEMM_MIN_ROWS 8
+#define RCELL_SGEMM_MIN_ROWS LI_RCELL_SGEMM_MIN_ROWS
 
 int li_rcell_chunk_steps(int T, int B, int proj_floats_per_row) {
     long per_step = (long)B * (proj_floats_per_row > 0 ? proj_floats_per_row : 1);

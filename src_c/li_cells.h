@@ -73,6 +73,8 @@ int li_rcell_run(const li_rcell *cell, const li_kernels *kern, li_sgemm_fn sgemm
 /* Rows of a block whose input projections are computed together (one sgemm or packed call):
  * about 256 KB of projections, at least one step. */
 int li_rcell_chunk_steps(int T, int B, int proj_floats_per_row);
+/* Rows from which li_rcell_project takes sgemm (below: the packed matvec). */
+#define LI_RCELL_SGEMM_MIN_ROWS 8
 /* out[r][g*Hp + u] = bias[g*Hp + u] + sum_k x[r*ldx + k] W[g][u][k] for r < rows, every
  * padded unit (padding lanes get bias + 0). w_pad: [G*Hp][K] fp32 (padding rows zero) for
  * sgemm; w_packed: pack_gate_blocks(W, G) for the kernel table; bias_pad: [G*Hp] or NULL.
@@ -94,6 +96,11 @@ size_t li_layer_norm_lstm_scratch(const li_rcell *cell, int T, int B);
 size_t li_layer_norm_lstm_state(const li_rcell *cell, int s, int B);
 int li_layer_norm_lstm_run(const li_rcell *cell, const li_kernels *kern, li_sgemm_fn sgemm,
                            const li_rcell_io *io);
+int li_depth_gated_lstm_check(const li_rcell *cell);
+size_t li_depth_gated_lstm_scratch(const li_rcell *cell, int T, int B);
+size_t li_depth_gated_lstm_state(const li_rcell *cell, int s, int B);
+int li_depth_gated_lstm_run(const li_rcell *cell, const li_kernels *kern, li_sgemm_fn sgemm,
+                            const li_rcell_io *io);
 
 #ifdef __cplusplus
 }
