@@ -22,6 +22,8 @@ static const rcell_ops RCELL_OPS[LI_RCELL_KIND_COUNT] = {
                                   li_layer_norm_lstm_state, li_layer_norm_lstm_run},
     [LI_RCELL_DEPTH_GATED_LSTM] = {li_depth_gated_lstm_check, li_depth_gated_lstm_scratch,
                                    li_depth_gated_lstm_state, li_depth_gated_lstm_run},
+    [LI_RCELL_GRID_LSTM] = {li_grid_lstm_check, li_grid_lstm_scratch, li_grid_lstm_state,
+                            li_grid_lstm_run},
 };
 
 /* Sizes far above any trained cell, low enough that every product below fits an int. */

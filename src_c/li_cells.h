@@ -101,6 +101,11 @@ size_t li_depth_gated_lstm_scratch(const li_rcell *cell, int T, int B);
 size_t li_depth_gated_lstm_state(const li_rcell *cell, int s, int B);
 int li_depth_gated_lstm_run(const li_rcell *cell, const li_kernels *kern, li_sgemm_fn sgemm,
                             const li_rcell_io *io);
+int li_grid_lstm_check(const li_rcell *cell);
+size_t li_grid_lstm_scratch(const li_rcell *cell, int T, int B);
+size_t li_grid_lstm_state(const li_rcell *cell, int s, int B);
+int li_grid_lstm_run(const li_rcell *cell, const li_kernels *kern, li_sgemm_fn sgemm,
+                     const li_rcell_io *io);
 
 #ifdef __cplusplus
 }

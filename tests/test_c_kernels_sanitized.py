@@ -115,7 +115,7 @@ def test_step_program_under_sanitizers(tmp_path: Path) -> None:
 
 
 def test_cells_lstm_blocks_under_sanitizers(tmp_path: Path) -> None:
-    """tests/c/test_cells_lstm_blocks.c: the depth-gated LSTM (src_c/cell_*.c) against
+    """tests/c/test_cells_lstm_blocks.c: the depth-gated and grid LSTMs (src_c/cell_*.c) against
     naive double references of CELLS.md, weights packed by the test in the documented layout,
     exact-size buffers, on every usable kernel table."""
     _run_clean(_build(ROOT / "tests" / "c" / "test_cells_lstm_blocks.c", tmp_path))

@@ -33,6 +33,8 @@ CASES = {
     "layer_norm_lstm_wide": Case(lambda: cells.LayerNormLSTM(5, 40, 1, eps=1e-3), 5),
     "depth_gated_lstm": Case(lambda: cells.DepthGatedLSTM(6, 20, 3), 6),
     "depth_gated_lstm_wide": Case(lambda: cells.DepthGatedLSTM(5, 32, 2), 5),
+    "grid_lstm": Case(lambda: cells.GridLSTM(6, 20, 3), 6),
+    "grid_lstm_wide": Case(lambda: cells.GridLSTM(5, 32, 2), 5),
 }
 
 

@@ -347,6 +347,162 @@ static void test_depth_gated(const li_kernels *kern, const char *table) {
     }
 }
 
+/* ---- the grid LSTM ------------------------------------------------------------------------ */
+
+typedef struct {
+    int I, H, L;
+    float *P, *Tw[8], *a[8], *Ew[8], *b[8];
+} grid;
+
+static void grid_make(grid *m, int I, int H, int L) {
+    memset(m, 0, sizeof *m);
+    m->I = I;
+    m->H = H;
+    m->L = L;
+    m->P = random_floats((size_t)H * I, 0.6f);
+    for (int l = 0; l < L; l++) {
+        m->Tw[l] = random_floats((size_t)4 * H * 2 * H, 0.6f);
+        m->a[l] = random_floats((size_t)4 * H, 0.6f);
+        m->Ew[l] = random_floats((size_t)4 * H * 2 * H, 0.6f);
+        m->b[l] = random_floats((size_t)4 * H, 0.6f);
+    }
+}
+
+static void grid_free(grid *m) {
+    free(m->P);
+    for (int l = 0; l < m->L; l++) {
+        free(m->Tw[l]);
+        free(m->a[l]);
+        free(m->Ew[l]);
+        free(m->b[l]);
+    }
+}
+
+/* Columns [c0, c0 + n) of a (rows, K) matrix. */
+static float *columns(const float *m, int rows, int K, int c0, int n) {
+    float *out = malloc((size_t)rows * n * sizeof(float));
+    for (int r = 0; r < rows; r++)
+        memcpy(out + (size_t)r * n, m + (size_t)r * K + c0, (size_t)n * sizeof(float));
+    return out;
+}
+
+/* The layout of src_c/cell_grid_lstm.c. */
+static void grid_arrays(const grid *m, arrays *a) {
+    const int H = m->H, Hp = padded(H), I = m->I;
+    a->n = 0;
+    add(a, rows_padded(m->P, 1, H, I), (int64_t)Hp * I);
+    add(a, pack(m->P, 1, H, I), (int64_t)Hp * I);
+    for (int l = 0; l < m->L; l++) {
+        float *ti = columns(m->Tw[l], 4 * H, 2 * H, H, H);
+        float *tr = columns(m->Tw[l], 4 * H, 2 * H, 0, H);
+        add(a, rows_padded(ti, 4, H, H), (int64_t)4 * Hp * H);
+        add(a, pack(ti, 4, H, H), (int64_t)Hp * H * 4);
+        add(a, vector_padded(m->a[l], 4, H), 4 * Hp);
+        add(a, pack(tr, 4, H, H), (int64_t)Hp * H * 4);
+        add(a, rows_padded(m->Ew[l], 4, H, 2 * H), (int64_t)4 * Hp * 2 * H);
+        add(a, pack(m->Ew[l], 4, H, 2 * H), (int64_t)Hp * 2 * H * 4);
+        add(a, vector_padded(m->b[l], 4, H), 4 * Hp);
+        free(ti);
+        free(tr);
+    }
+}
+
+/* One LSTM block in double: z (4H pre-activations) and cell (in: old, out: new) -> out. */
+static void block(const double *z, int H, double *cell, double *out) {
+    for (int u = 0; u < H; u++) {
+        cell[u] = sig(z[H + u]) * cell[u] + sig(z[u]) * tanh(z[2 * H + u]);
+        out[u] = sig(z[3 * H + u]) * tanh(cell[u]);
+    }
+}
+
+/* CELLS.md's equations in double: y (T, B, H), final h and m ([L][B][H]). */
+static void grid_reference(const grid *m, int T, int B, const float *x, double *y, double *h,
+                           double *mc) {
+    const int H = m->H, L = m->L, I = m->I;
+    memset(h, 0, (size_t)L * B * H * sizeof(double));
+    memset(mc, 0, (size_t)L * B * H * sizeof(double));
+    double *in = malloc((size_t)2 * H * sizeof(double)); /* [h; u] */
+    double *z = malloc((size_t)4 * H * sizeof(double)), *n = malloc(H * sizeof(double));
+    double *u = malloc(H * sizeof(double));
+    for (int t = 0; t < T; t++)
+        for (int b = 0; b < B; b++) {
+            for (int j = 0; j < H; j++) {
+                double acc = 0.0;
+                for (int k = 0; k < I; k++)
+                    acc += (double)m->P[(size_t)j * I + k] * x[((size_t)t * B + b) * I + k];
+                u[j] = acc;
+                n[j] = 0.0;
+            }
+            for (int l = 0; l < L; l++) {
+                double *hl = h + ((size_t)l * B + b) * H, *ml = mc + ((size_t)l * B + b) * H;
+                memcpy(in, hl, H * sizeof(double));
+                memcpy(in + H, u, H * sizeof(double));
+                for (int j = 0; j < 4 * H; j++) {
+                    double acc = m->a[l][j];
+                    for (int k = 0; k < 2 * H; k++)
+                        acc += (double)m->Tw[l][(size_t)j * 2 * H + k] * in[k];
+                    z[j] = acc;
+                }
+                block(z, H, ml, hl);
+                memcpy(in, hl, H * sizeof(double));
+                for (int j = 0; j < 4 * H; j++) {
+                    double acc = m->b[l][j];
+                    for (int k = 0; k < 2 * H; k++)
+                        acc += (double)m->Ew[l][(size_t)j * 2 * H + k] * in[k];
+                    z[j] = acc;
+                }
+                block(z, H, n, u);
+            }
+            memcpy(y + ((size_t)t * B + b) * H, u, H * sizeof(double));
+        }
+    free(in);
+    free(z);
+    free(n);
+    free(u);
+}
+
+static void test_grid(const li_kernels *kern, const char *table) {
+    static const int cases[][5] = {/* I, H, L, T, B */
+                                   {5, 20, 3, 7, 3},  {3, 17, 2, 60, 9}, {4, 33, 2, 5, 1},
+                                   {6, 16, 1, 4, 2},  {2, 9, 4, 12, 8}};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const int I = cases[c][0], H = cases[c][1], L = cases[c][2], T = cases[c][3],
+                  B = cases[c][4];
+        grid m;
+        grid_make(&m, I, H, L);
+        arrays a;
+        grid_arrays(&m, &a);
+        li_rcell cell = {LI_RCELL_GRID_LSTM, I, H, L, 0, 0.0f, a.n, a.ptr, a.len};
+        CHECK(li_rcell_check(&cell) == 0, "grid check %d", li_rcell_check(&cell));
+        float *x = random_floats((size_t)T * B * I, 1.5f);
+        float *y = malloc((size_t)T * B * H * sizeof(float));
+        float *hm[2] = {malloc((size_t)L * B * H * sizeof(float)),
+                        malloc((size_t)L * B * H * sizeof(float))};
+        double *wy = malloc((size_t)T * B * H * sizeof(double));
+        double *wh = malloc((size_t)L * B * H * sizeof(double));
+        double *wm = malloc((size_t)L * B * H * sizeof(double));
+        run_cell(&cell, kern, T, B, x, y, 2, hm);
+        grid_reference(&m, T, B, x, wy, wh, wm);
+        compare("grid y", y, wy, (size_t)T * B * H, table, I, H, L, T, B);
+        compare("grid h", hm[0], wh, (size_t)L * B * H, table, I, H, L, T, B);
+        compare("grid m", hm[1], wm, (size_t)L * B * H, table, I, H, L, T, B);
+        a.len[2]--;
+        CHECK(li_rcell_check(&cell) != 0, "a short array is refused");
+        a.len[2]++;
+        cell.n_arrays--;
+        CHECK(li_rcell_check(&cell) != 0, "a missing array is refused");
+        free(x);
+        free(y);
+        free(hm[0]);
+        free(hm[1]);
+        free(wy);
+        free(wh);
+        free(wm);
+        free_arrays(&a);
+        grid_free(&m);
+    }
+}
+
 int main(void) {
     static const char *names[LI_ISA_COUNT] = {"scalar", "avx2", "avx2vnni", "avx512",
                                               "avx512vnni", "avx512bf16", "amx"};
@@ -357,6 +513,7 @@ int main(void) {
             continue;
         int before = failures;
         test_depth_gated(kern, names[isa]);
+        test_grid(kern, names[isa]);
         printf("%-10s %s\n", names[isa], failures == before ? "ok" : "FAILED");
     }
     if (failures == 0)
