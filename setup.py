@@ -24,6 +24,8 @@ PORTABLE_SOURCES = [
     "src_c/cells_common.c",
     "src_c/cell_layer_norm_lstm.c",
     "src_c/cell_clockwork_rnn.c",
+    "src_c/cell_depth_gated_lstm.c",
+    "src_c/cell_grid_lstm.c",
 ]
 X86_ISA_SOURCES = {
     "src_c/kernels_avx2.c": ["-mavx2", "-mfma"],

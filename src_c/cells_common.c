@@ -22,6 +22,10 @@ static const rcell_ops RCELL_OPS[LI_RCELL_KIND_COUNT] = {
                                   li_layer_norm_lstm_state, li_layer_norm_lstm_run},
     [LI_RCELL_CLOCKWORK_RNN] = {li_clockwork_rnn_check, li_clockwork_rnn_scratch,
                                 li_clockwork_rnn_state, li_clockwork_rnn_run},
+    [LI_RCELL_DEPTH_GATED_LSTM] = {li_depth_gated_lstm_check, li_depth_gated_lstm_scratch,
+                                   li_depth_gated_lstm_state, li_depth_gated_lstm_run},
+    [LI_RCELL_GRID_LSTM] = {li_grid_lstm_check, li_grid_lstm_scratch, li_grid_lstm_state,
+                            li_grid_lstm_run},
 };
 
 /* Sizes far above any trained cell, low enough that every product below fits an int. */
@@ -120,12 +124,17 @@ static void sgemm_rows(li_sgemm_fn sgemm, const float *w_pad, int n, int K, cons
         }
 }
 
+int li_rcell_projects_packed(int G, int Hp, int K, int rows) {
+    const size_t bytes = sizeof(float) * (size_t)G * Hp * K;
+    return G <= 4 && (bytes <= RCELL_XPROJ_PACKED_MAX_BYTES || rows <= RCELL_XPROJ_FEW_ROWS);
+}
+
 void li_rcell_project(const li_kernels *kern, li_sgemm_fn sgemm, const float *w_pad,
                       const void *w_packed, int G, int Hp, int K, const float *bias_pad,
                       const float *x, int ldx, int rows, float *out) {
     const int ldo = G * Hp;
     const size_t bytes = sizeof(float) * (size_t)ldo * K;
-    if (bytes > RCELL_XPROJ_PACKED_MAX_BYTES && rows > RCELL_XPROJ_FEW_ROWS) {
+    if (w_packed == NULL || !li_rcell_projects_packed(G, Hp, K, rows)) {
         sgemm_rows(sgemm, w_pad, ldo, K, x, ldx, rows, bias_pad, out);
         return;
     }

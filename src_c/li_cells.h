@@ -81,6 +81,9 @@ int li_rcell_chunk_steps(int T, int B, int proj_floats_per_row);
 void li_rcell_project(const li_kernels *kern, li_sgemm_fn sgemm, const float *w_pad,
                       const void *w_packed, int G, int Hp, int K, const float *bias_pad,
                       const float *x, int ldx, int rows, float *out);
+/* Whether li_rcell_project takes the packed matvec for these sizes (else sgemm); a kind
+ * whose projection has more groups than one packed call takes (4) asks before splitting it. */
+int li_rcell_projects_packed(int G, int Hp, int K, int rows);
 /* A recurrent product, the same layout without bias, over rows of h (ldh apart): the packed
  * matvec up to 1024 rows (weights read once per row tile), sgemm on r_pad beyond. */
 void li_rcell_recurrent(const li_kernels *kern, li_sgemm_fn sgemm, const float *r_pad,
@@ -104,6 +107,16 @@ size_t li_clockwork_rnn_scratch(const li_rcell *cell, int T, int B);
 size_t li_clockwork_rnn_state(const li_rcell *cell, int s, int B);
 int li_clockwork_rnn_run(const li_rcell *cell, const li_kernels *kern, li_sgemm_fn sgemm,
                          const li_rcell_io *io);
+int li_depth_gated_lstm_check(const li_rcell *cell);
+size_t li_depth_gated_lstm_scratch(const li_rcell *cell, int T, int B);
+size_t li_depth_gated_lstm_state(const li_rcell *cell, int s, int B);
+int li_depth_gated_lstm_run(const li_rcell *cell, const li_kernels *kern, li_sgemm_fn sgemm,
+                            const li_rcell_io *io);
+int li_grid_lstm_check(const li_rcell *cell);
+size_t li_grid_lstm_scratch(const li_rcell *cell, int T, int B);
+size_t li_grid_lstm_state(const li_rcell *cell, int s, int B);
+int li_grid_lstm_run(const li_rcell *cell, const li_kernels *kern, li_sgemm_fn sgemm,
+                     const li_rcell_io *io);
 
 #ifdef __cplusplus
 }

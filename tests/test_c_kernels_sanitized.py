@@ -131,3 +131,10 @@ def test_cell_clockwork_rnn_under_sanitizers(tmp_path: Path) -> None:
     """tests/c/test_cell_clockwork_rnn.c: the clockwork RNN cell against a naive double
     reference (rows at different step counters, strided output), on every usable table."""
     _run_clean(_build(ROOT / "tests" / "c" / "test_cell_clockwork_rnn.c", tmp_path))
+
+
+def test_cells_lstm_blocks_under_sanitizers(tmp_path: Path) -> None:
+    """tests/c/test_cells_lstm_blocks.c: the depth-gated and grid LSTMs (src_c/cell_*.c) against
+    naive double references of CELLS.md, weights packed by the test in the documented layout,
+    exact-size buffers, on every usable kernel table."""
+    _run_clean(_build(ROOT / "tests" / "c" / "test_cells_lstm_blocks.c", tmp_path))

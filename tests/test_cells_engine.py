@@ -33,6 +33,10 @@ CASES = {
     "layer_norm_lstm_wide": Case(lambda: cells.LayerNormLSTM(5, 40, 1, eps=1e-3), 5),
     "clockwork_rnn": Case(lambda: cells.ClockworkRNN(5, 12, (1, 2, 3)), 5),
     "clockwork_rnn_wide": Case(lambda: cells.ClockworkRNN(4, 32, (1, 2, 4, 8)), 4),
+    "depth_gated_lstm": Case(lambda: cells.DepthGatedLSTM(6, 20, 3), 6),
+    "depth_gated_lstm_wide": Case(lambda: cells.DepthGatedLSTM(5, 32, 2), 5),
+    "grid_lstm": Case(lambda: cells.GridLSTM(6, 20, 3), 6),
+    "grid_lstm_wide": Case(lambda: cells.GridLSTM(5, 32, 2), 5),
 }
 
 

@@ -8,9 +8,12 @@ of the registry; ``lstm_infer.cells.load`` builds a model from a state_dict hold
 
 from __future__ import annotations
 
-from lstm_infer.cells import clockwork_rnn, layer_norm_lstm
+from lstm_infer.cells import clockwork_rnn, depth_gated_lstm, grid_lstm, layer_norm_lstm
 from lstm_infer.cells.base import CellDef
 
-CELLS: dict[str, CellDef] = {cell.op: cell for cell in (layer_norm_lstm.CELL, clockwork_rnn.CELL)}
+CELLS: dict[str, CellDef] = {
+    cell.op: cell
+    for cell in (layer_norm_lstm.CELL, depth_gated_lstm.CELL, grid_lstm.CELL, clockwork_rnn.CELL)
+}
 
 __all__ = ["CELLS", "CellDef"]
