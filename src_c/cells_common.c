@@ -14,12 +14,16 @@ typedef struct {
     size_t (*state)(const li_rcell *cell, int s, int B);
     int (*run)(const li_rcell *cell, const li_kernels *kern, li_sgemm_fn sgemm,
                const li_rcell_io *io);
+    int (*output)(const li_rcell *cell); /* floats per step and row; NULL: H */
 } rcell_ops;
 
 /* Indexed by enum li_rcell_kind; a kind not built yet has a row of NULLs and is refused. */
 static const rcell_ops RCELL_OPS[LI_RCELL_KIND_COUNT] = {
     [LI_RCELL_LAYER_NORM_LSTM] = {li_layer_norm_lstm_check, li_layer_norm_lstm_scratch,
                                   li_layer_norm_lstm_state, li_layer_norm_lstm_run},
+    [LI_RCELL_ATTENTION_DECODER] = {li_attention_decoder_check, li_attention_decoder_scratch,
+                                    li_attention_decoder_state, li_attention_decoder_run,
+                                    li_attention_decoder_output},
 };
 
 /* Sizes far above any trained cell, low enough that every product below fits an int. */
@@ -62,7 +66,10 @@ size_t li_rcell_state_floats(const li_rcell *cell, int s, int B) {
     return ops->state(cell, s, B);
 }
 
-int li_rcell_output_size(const li_rcell *cell) { return cell->hidden_size; }
+int li_rcell_output_size(const li_rcell *cell) {
+    const rcell_ops *ops = ops_of(cell);
+    return ops != NULL && ops->output != NULL ? ops->output(cell) : cell->hidden_size;
+}
 
 int li_rcell_run(const li_rcell *cell, const li_kernels *kern, li_sgemm_fn sgemm,
                  const li_rcell_io *io) {

@@ -180,7 +180,6 @@ def test_the_runtime_never_imports_lstm_infer_nn() -> None:
     lambda: cells.DepthGatedLSTM(5, 8, 2),
     lambda: cells.ClockworkRNN(3, 8, (1, 2)),
     lambda: cells.GridLSTM(4, 6, 2),
-    lambda: cells.AttentionDecoder(3, 6, 5, "location", location_filters=2, location_kernel=3),
 ])  # fmt: skip
 def test_their_state_dicts_are_refused_not_misread(tmp_path, make) -> None:
     """Until the loader knows these cells (those it knows: test_cells_engine.py), their

@@ -8,9 +8,11 @@ of the registry; ``lstm_infer.cells.load`` builds a model from a state_dict hold
 
 from __future__ import annotations
 
-from lstm_infer.cells import layer_norm_lstm
+from lstm_infer.cells import attention_decoder, layer_norm_lstm
 from lstm_infer.cells.base import CellDef
 
-CELLS: dict[str, CellDef] = {cell.op: cell for cell in (layer_norm_lstm.CELL,)}
+CELLS: dict[str, CellDef] = {
+    cell.op: cell for cell in (layer_norm_lstm.CELL, attention_decoder.CELL)
+}
 
 __all__ = ["CELLS", "CellDef"]

@@ -64,9 +64,9 @@ def _run(ctx: RunContext, node: Any, ins: list, state: Any) -> list[np.ndarray]:
 OPS: dict[str, OpDef] = {
     name: op(
         name,
-        _run,
-        inputs=(1, 1 + len(cell.states)),
-        outputs=(1, 1 + len(cell.states)),
+        getattr(cell, "run", None) or _run,  # a kind with inputs beyond X has its own
+        inputs=getattr(cell, "inputs", (1, 1 + len(cell.states))),
+        outputs=getattr(cell, "outputs", (1, 1 + len(cell.states))),
         check=_check,
         prepare=_prepare,
         foldable=False,

@@ -1,0 +1,230 @@
+"""The attention LSTM decoder of CELLS.md on the engine (lstm_infer.cells.attention_decoder,
+src_c/cell_attention_decoder.c): teacher-forced runs of every attention kind against the
+lstm_infer.nn module in float64 torch (fp32 here, 1e-5), with and without lengths, final
+states, loading without torch, native save / load, a head's logits, and bad inputs refused
+with a clear error."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import require, run_python
+
+torch = require("torch")
+import lstm_infer  # noqa: E402
+from lstm_infer import nn as cells  # noqa: E402
+from lstm_infer.errors import InputError, ModelFormatError  # noqa: E402
+from lstm_infer.safetensors_io import write_safetensors  # noqa: E402
+
+TOL = 1e-5
+KINDS = ("additive", "general", "dot", "location")
+E, H = 5, 20
+
+
+def _module(kind: str, seed: int = 0, hidden: int = H, memory: int = 13, **kw) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    mod = cells.AttentionDecoder(
+        E, hidden, hidden if kind == "dot" else memory, kind,
+        **{"attention_size": 7, "location_filters": 3, "location_kernel": 5, **kw},
+    )  # fmt: skip
+    mod = mod.double()
+    with torch.no_grad():
+        for p in mod.parameters():
+            p.uniform_(-0.6, 0.6)
+    return mod.eval()
+
+
+def _data(rng, mod, steps: int = 6, batch: int = 3, positions: int = 9):
+    y = rng.standard_normal((steps, batch, E)).astype(np.float32)
+    m = rng.standard_normal((positions, batch, mod.memory_size)).astype(np.float32)
+    return y, m
+
+
+def _expected(mod, y, m, lengths=None, state=None):
+    with torch.no_grad():
+        out, st = mod(
+            torch.from_numpy(y.astype(np.float64)),
+            torch.from_numpy(m.astype(np.float64)),
+            None if lengths is None else torch.from_numpy(np.asarray(lengths)),
+            state,
+        )
+    return out.numpy(), [s.numpy() for s in st]
+
+
+def _close(got, want, tol: float = TOL) -> None:
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
+def _state_dict(mod, prefix: str = "") -> dict[str, np.ndarray]:
+    return {prefix + k: v.float().numpy().copy() for k, v in mod.state_dict().items()}
+
+
+@pytest.fixture(params=KINDS)
+def kind(request) -> str:
+    return request.param
+
+
+def test_run_equals_the_torch_module(rng, kind: str) -> None:
+    mod = _module(kind)
+    model = lstm_infer.load(mod)
+    assert model.input_names == ["input", "memory", "memory_lengths"]
+    assert model.output_names == ["output"]
+    for steps, batch, positions in ((6, 3, 9), (1, 1, 1), (70, 2, 5), (3, 9, 17)):
+        y, m = _data(rng, mod, steps, batch, positions)
+        lengths = rng.integers(1, positions + 1, batch)
+        lengths[0] = positions
+        got = model.run({"input": y, "memory": m, "memory_lengths": lengths})["output"]
+        assert got.shape == (steps, batch, H + mod.memory_size)
+        _close(got, _expected(mod, y, m, lengths)[0])
+        # without lengths (the module's None) is every position valid
+        full = np.full(batch, positions)
+        got = model.run({"input": y, "memory": m, "memory_lengths": full})["output"]
+        _close(got, _expected(mod, y, m)[0])
+
+
+def test_the_op_with_initial_and_final_states(rng, kind: str) -> None:
+    """The graph op alone (no lengths input) from given states, returning the final ones."""
+    from lstm_infer.graph import Graph, Node, TensorType, ValueInfo
+
+    mod = _module(kind, seed=3)
+    model = lstm_infer.load(mod)
+    attrs = dict(model.graph.nodes[0].attrs)
+    y, m = _data(rng, mod, 4, 2, 6)
+    _, start = _expected(mod, y, m)  # some non-zero state
+    names = ["h", "c", "ctx", "alpha", "alpha_cum"]
+    graph = Graph(
+        [ValueInfo("y", TensorType("float32")), ValueInfo("m", TensorType("float32"))]
+        + [ValueInfo(n, TensorType("float32")) for n in names],
+        [ValueInfo(n, TensorType("float32")) for n in ["out", *(f"{n}_n" for n in names)]],
+        [
+            Node(
+                "AttentionDecoder",
+                ["y", "m", "", *names],
+                ["out", *(f"{n}_n" for n in names)],
+                attrs,
+                "dec",
+            )
+        ],  # fmt: skip
+    )
+    op_model = lstm_infer.GraphModel(graph)
+    feeds = {"y": y, "m": m, **{n: s.astype(np.float32) for n, s in zip(names, start)}}
+    got = op_model.run(feeds)
+    want, final = _expected(mod, y, m, state=tuple(torch.from_numpy(s) for s in start))
+    _close(got["out"], want)
+    for n, s in zip(names, final):
+        _close(got[f"{n}_n"], s)
+
+
+def test_batch_first(rng) -> None:
+    mod = _module("location")
+    model = lstm_infer.load(mod, batch_first=True)
+    y, m = _data(rng, mod, 5, 2, 7)
+    lengths = np.array([7, 3])
+    got = model.run(
+        {
+            "input": np.ascontiguousarray(y.transpose(1, 0, 2)),
+            "memory": np.ascontiguousarray(m.transpose(1, 0, 2)),
+            "memory_lengths": lengths,
+        }
+    )["output"]
+    _close(got.transpose(1, 0, 2), _expected(mod, y, m, lengths)[0])
+
+
+def test_a_head_gives_logits(rng) -> None:
+    mod = _module("additive", seed=1)
+    head = torch.nn.Linear(H + mod.memory_size, 11).double()
+    state = {**_state_dict(mod, "decoder."), **_state_dict(head, "head.")}
+    model = lstm_infer.load(state)
+    assert model.output_names == ["output", "logits"]
+    y, m = _data(rng, mod)
+    out = model.run({"input": y, "memory": m, "memory_lengths": np.array([9, 2, 5])})
+    want, _ = _expected(mod, y, m, np.array([9, 2, 5]))
+    _close(out["output"], want)
+    with torch.no_grad():
+        _close(out["logits"], head(torch.from_numpy(want)).numpy())
+
+
+def test_loads_from_files_without_torch(tmp_path, rng) -> None:
+    mod = _module("location", seed=2)
+    y, m = _data(rng, mod, 5, 2, 6)
+    lengths = np.array([6, 2])
+    np.savez(tmp_path / "data.npz", y=y, m=m, lengths=lengths)
+    tensors = lambda pre: {pre + k: v.float() for k, v in mod.state_dict().items()}  # noqa: E731
+    torch.save(tensors(""), tmp_path / "plain.pt")
+    torch.save({"model": tensors("net.decoder."), "epoch": 3}, tmp_path / "train.pt")
+    write_safetensors(tmp_path / "dec.safetensors", _state_dict(mod), {})
+    code = (
+        "import sys\nsys.modules['torch'] = None\nimport numpy as np, lstm_infer\n"
+        f"d = {str(tmp_path)!r}\nz = np.load(d + '/data.npz')\n"
+        "for name in ('plain.pt', 'train.pt', 'dec.safetensors'):\n"
+        "    model = lstm_infer.load(d + '/' + name)\n"
+        "    feeds = {'input': z['y'], 'memory': z['m'], 'memory_lengths': z['lengths']}\n"
+        "    np.save(d + '/' + name + '.npy', model.run(feeds)['output'])\n"
+        "print('ok', 'torch' in sys.modules and sys.modules['torch'] is not None)\n"
+    )
+    result = run_python(code)
+    assert result.stdout.strip() == "ok False", result.stdout + result.stderr
+    want, _ = _expected(mod, y, m, lengths)
+    for name in ("plain.pt", "train.pt", "dec.safetensors"):
+        _close(np.load(tmp_path / f"{name}.npy"), want)
+
+
+def test_native_save_and_load_round_trip(tmp_path, rng, kind: str) -> None:
+    mod = _module(kind)
+    head = torch.nn.Linear(H + mod.memory_size, 6)
+    emb = torch.nn.Embedding(6, E)
+    model = lstm_infer.load(
+        {**_state_dict(mod), **_state_dict(head, "head."), **_state_dict(emb, "embedding.")}
+    )
+    y, m = _data(rng, mod)
+    feeds = {"input": y, "memory": m, "memory_lengths": np.array([9, 1, 4])}
+    want = model.run(feeds)
+    path = tmp_path / "dec.lstm_infer"
+    model.save(path)
+    again = lstm_infer.load(path)
+    for name in ("output", "logits"):
+        np.testing.assert_array_equal(again.run(feeds)[name], want[name])
+
+
+# ---- bad inputs ---------------------------------------------------------------------------
+
+
+def test_bad_inputs_are_clear_errors(rng) -> None:
+    mod = _module("additive")
+    model = lstm_infer.load(mod)
+    y, m = _data(rng, mod, 3, 2, 4)
+    ok = np.array([4, 1])
+    with pytest.raises(InputError, match="memory.* 13"):
+        model.run({"input": y, "memory": m[..., :-1], "memory_lengths": ok})
+    with pytest.raises(InputError, match="batch"):
+        model.run({"input": y, "memory": m[:, :1], "memory_lengths": ok[:1]})
+    for bad in ([0, 1], [5, 1], [4, -2]):
+        with pytest.raises(InputError, match=r"memory_lengths must be in \[1, 4\]"):
+            model.run({"input": y, "memory": m, "memory_lengths": np.array(bad)})
+    with pytest.raises(InputError, match=r"memory_lengths must be \(2,\)"):
+        model.run({"input": y, "memory": m, "memory_lengths": np.array([4, 1, 1])})
+    with pytest.raises(InputError, match="S = 0"):
+        model.run({"input": y, "memory": m[:0], "memory_lengths": ok})
+    with pytest.raises(InputError, match="input.* 5"):
+        model.run({"input": y[..., :-1], "memory": m, "memory_lengths": ok})
+
+
+def test_bad_state_dicts_are_named() -> None:
+    state = _state_dict(_module("location"))
+    with pytest.raises(ModelFormatError, match="query.weight"):
+        lstm_infer.load({k: v for k, v in state.items() if k != "query.weight"})
+    bad = dict(state)
+    bad["location_dense.weight"] = bad["location_dense.weight"][:, :-1]
+    with pytest.raises(ModelFormatError, match="location_dense.weight"):
+        lstm_infer.load(bad)
+    bad = dict(state)
+    bad["cell.weight_hh"] = bad["cell.weight_hh"][:-1]
+    with pytest.raises(ModelFormatError, match="cell.weight_hh"):
+        lstm_infer.load(bad)
+    even = _state_dict(_module("location"))
+    even["location_conv.weight"] = np.zeros((3, 2, 4), np.float32)
+    with pytest.raises(ModelFormatError, match="odd"):
+        lstm_infer.load(even)
+    head = {**state, "head.weight": np.zeros((4, 3), np.float32)}
+    with pytest.raises(ModelFormatError, match="head.weight"):
+        lstm_infer.load(head)
