@@ -228,3 +228,127 @@ def test_bad_state_dicts_are_named() -> None:
     head = {**state, "head.weight": np.zeros((4, 3), np.float32)}
     with pytest.raises(ModelFormatError, match="head.weight"):
         lstm_infer.load(head)
+
+
+# ---- streams --------------------------------------------------------------------------------
+
+
+def test_stream_steps_equal_the_run(rng, kind: str) -> None:
+    mod = _module(kind, seed=4)
+    model = lstm_infer.load(mod)
+    y, m = _data(rng, mod, 7, 3, 8)
+    lengths = np.array([8, 3, 1])
+    want = model.run({"input": y, "memory": m, "memory_lengths": lengths})["output"]
+    stream = model.stream()
+    stream.reset({"memory": m, "memory_lengths": lengths})
+    stepped = np.stack([stream.step(y[t]) for t in range(len(y))])
+    _close(stepped, want, 1e-6)
+    # again after a reset (same memory), 3-D steps, and into out= buffers
+    stream.reset()
+    out = np.empty((1, 3, stream.step(y[0]).shape[1]), np.float32)
+    stream.reset()
+    for t in range(len(y)):
+        assert stream.step(y[t : t + 1], out=out) is out
+        _close(out[0], want[t], 1e-6)
+    # without lengths: every position valid; snapshot / restore continues identically
+    stream.reset({"memory": m})
+    _close(stream.feed(y), _expected(mod, y, m)[0])
+    stream.reset()
+    stream.feed(y[:3])
+    snap = stream.state
+    assert set(snap) == {"h", "c", "ctx", "alpha", "alpha_cum"} and snap["alpha"].shape == (3, 8)
+    first = stream.feed(y[3:])
+    stream.state = snap
+    np.testing.assert_array_equal(stream.feed(y[3:]), first)
+
+
+def test_stream_bad_inputs(rng) -> None:
+    mod = _module("general")
+    stream = lstm_infer.load(mod).stream()
+    y, m = _data(rng, mod, 2, 2, 5)
+    with pytest.raises(lstm_infer.errors.StreamError, match="memory"):
+        stream.step(y[0])
+    with pytest.raises(InputError, match="memory_lengths must be in"):
+        stream.reset({"memory": m, "memory_lengths": np.array([6, 1])})
+    with pytest.raises(InputError, match="S = 0"):
+        stream.reset({"memory": m[:0]})
+    with pytest.raises(InputError, match="memory must be"):
+        stream.reset({"memory": m[..., :3]})
+    stream.reset({"memory": m})
+    with pytest.raises(InputError, match="shape"):
+        stream.step(y[0, :1])
+
+
+# ---- generation -----------------------------------------------------------------------------
+
+
+def _generator(kind: str, vocab: int = 9, seed: int = 5):
+    mod = _module(kind, seed=seed)
+    torch.manual_seed(seed)
+    head = torch.nn.Linear(H + mod.memory_size, vocab).double()
+    emb = torch.nn.Embedding(vocab, E).double()
+    with torch.no_grad():
+        head.weight.uniform_(-2, 2)
+    state = {**_state_dict(mod), **_state_dict(head, "head."), **_state_dict(emb, "embedding.")}
+    # the reference runs the fp32 weights the engine holds, in float64
+    for module, pre in ((mod, ""), (head, "head."), (emb, "embedding.")):
+        own = {k: state[pre + k] for k in module.state_dict()}
+        module.load_state_dict({k: torch.from_numpy(v).double() for k, v in own.items()})
+    return mod, head, emb, lstm_infer.load(state)
+
+
+def _greedy(mod, head, emb, m, lengths, bos: int, eos: int | None, steps: int) -> np.ndarray:
+    """The Python loop over the torch modules: embedding -> decoder step -> head -> argmax."""
+    batch = m.shape[1]
+    memory = torch.from_numpy(m.astype(np.float64))
+    lens = None if lengths is None else torch.from_numpy(lengths)
+    tok = torch.full((batch,), bos, dtype=torch.int64)
+    done = torch.zeros(batch, dtype=torch.bool)
+    state, out = None, []
+    with torch.no_grad():
+        for _ in range(steps):
+            y, state = mod(emb(tok)[None], memory, lens, state)
+            nxt = head(y[0]).argmax(-1)
+            nxt = torch.where(done, torch.full_like(nxt, -1 if eos is None else eos), nxt)
+            out.append(nxt)
+            if eos is not None:
+                done = done | (nxt == eos)
+                if bool(done.all()):
+                    break
+            tok = nxt
+    return torch.stack(out, 1).numpy()
+
+
+def test_generate_equals_a_greedy_torch_loop(rng, kind: str) -> None:
+    mod, head, emb, model = _generator(kind)
+    m = rng.standard_normal((8, 4, mod.memory_size)).astype(np.float32)
+    lengths = np.array([8, 5, 1, 3])
+    got = model.generate(m, lengths, bos=0, max_steps=15)
+    assert got.dtype == np.int64 and got.shape == (4, 15)
+    np.testing.assert_array_equal(got, _greedy(mod, head, emb, m, lengths, 0, None, 15))
+    # with an eos: every row stops at its first eos, the later tokens are eos
+    eos = int(got[0, 2])
+    got = model.generate(m, lengths, bos=1, eos=eos, max_steps=12)
+    want = _greedy(mod, head, emb, m, lengths, 1, eos, 12)
+    np.testing.assert_array_equal(got, want)
+    for row in got:
+        hit = np.flatnonzero(row == eos)
+        if hit.size:
+            assert (row[hit[0] :] == eos).all()
+    got = model.generate(m, None, bos=2, max_steps=6)
+    np.testing.assert_array_equal(got, _greedy(mod, head, emb, m, None, 2, None, 6))
+
+
+def test_generate_bad_arguments(rng) -> None:
+    mod, _, _, model = _generator("additive")
+    m = rng.standard_normal((4, 2, mod.memory_size)).astype(np.float32)
+    with pytest.raises(InputError, match="bos"):
+        model.generate(m, bos=9)
+    with pytest.raises(InputError, match="eos"):
+        model.generate(m, bos=0, eos=-1)
+    with pytest.raises(InputError, match="max_steps"):
+        model.generate(m, bos=0, max_steps=0)
+    with pytest.raises(InputError, match="memory_lengths must be in"):
+        model.generate(m, np.array([5, 1]), bos=0)
+    with pytest.raises(lstm_infer.errors.StreamError, match="embedding"):
+        lstm_infer.load(_module("additive")).generate(m, bos=0)
