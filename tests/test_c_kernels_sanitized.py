@@ -112,3 +112,10 @@ def test_step_program_under_sanitizers(tmp_path: Path) -> None:
     """tests/c/test_step_program.c: every record kind against naive references, buffers
     allocated to their exact extents, on every usable kernel table."""
     _run_clean(_build(ROOT / "tests" / "c" / "test_step_program.c", tmp_path))
+
+
+def test_attention_decoder_cell_under_sanitizers(tmp_path: Path) -> None:
+    """tests/c/test_cell_attention_decoder.c: the attention decoder (every attention kind,
+    runs and greedy generation) against a naive double reference, arrays allocated to their
+    exact lengths, on every usable kernel table."""
+    _run_clean(_build(ROOT / "tests" / "c" / "test_cell_attention_decoder.c", tmp_path))
