@@ -61,7 +61,8 @@ static sizes sizes_of(const li_rcell *cell) {
     z.kernel = s[3];
     z.V = s[4];
     z.Vp = z.V > 0 ? li_rcell_padded(z.V) : 0;
-    const int additive = z.attention == LI_ATTENTION_ADDITIVE || z.attention == LI_ATTENTION_LOCATION;
+    const int additive =
+        z.attention == LI_ATTENTION_ADDITIVE || z.attention == LI_ATTENTION_LOCATION;
     z.Kw = additive ? z.A : z.attention == LI_ATTENTION_GENERAL ? z.H : 0;
     z.Kp = z.Kw > 0 ? li_rcell_padded(z.Kw) : 0;
     return z;
@@ -135,11 +136,11 @@ size_t li_attention_keys_floats(const li_rcell *cell, int S, int B) {
     return (size_t)S * B * z.Kp;
 }
 
-/* Work: scores [S], energies before and after tanh [S][A] each, the padded location input
- * [2][S + kernel - 1]. */
+/* Work: scores [S], q + b [A], energies before and after tanh [S][A] each, the padded
+ * location input [2][S + kernel - 1]. */
 size_t li_attention_work_floats(const li_rcell *cell, int S) {
     const sizes z = sizes_of(cell);
-    return (size_t)S + (has_energy(&z) ? 2 * (size_t)S * z.A : 0) +
+    return (size_t)S + (has_energy(&z) ? 2 * (size_t)S * z.A + z.A : 0) +
            (z.attention == LI_ATTENTION_LOCATION ? 2 * ((size_t)S + z.kernel) : 0) + LI_BLOCK;
 }
 
@@ -182,9 +183,18 @@ static void lstm_row(const li_kernels *kern, const sizes *z, const float *xp, co
         h[u] = act[3 * H + u] * tc[u];
 }
 
+/* Sixteen independent partial sums: the compiler vectorises them (one serial sum would be
+ * bound by the add latency over the S x A energies of every step). */
 static float dot(const float *a, const float *b, int n) {
+    float acc[16] = {0};
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int l = 0; l < 16; l++)
+            acc[l] += a[i + l] * b[i + l];
     float s = 0.0f;
-    for (int i = 0; i < n; i++)
+    for (int l = 0; l < 16; l++)
+        s += acc[l];
+    for (; i < n; i++)
         s += a[i] * b[i];
     return s;
 }
@@ -199,13 +209,15 @@ static void attend_row(const li_rcell *cell, const li_kernels *kern, const sizes
     const float *const *a = (const float *const *)cell->array;
     float *e = mem->work;
     if (has_energy(z)) {
-        float *zz = e + S, *th = zz + (size_t)S * A;
         const float *v = a[8], *eb = a[9];
+        float *qb = e + S, *zz = qb + A, *th = zz + (size_t)S * A; /* q + b, energies */
+        for (int i = 0; i < A; i++)
+            qb[i] = q[i] + eb[i];
         for (int j = 0; j < n; j++) {
             const float *k = mem->keys + ((size_t)j * B + b) * z->Kp;
             float *row = zz + (size_t)j * A;
             for (int i = 0; i < A; i++)
-                row[i] = q[i] + k[i] + eb[i];
+                row[i] = qb[i] + k[i];
         }
         if (z->attention == LI_ATTENTION_LOCATION) {
             /* x_ch padded with P zeros each side: xin[ch][P + j] = state[ch][j]. */

@@ -82,6 +82,20 @@ def test_run_equals_the_torch_module(rng, kind: str) -> None:
         _close(got, _expected(mod, y, m)[0])
 
 
+def test_every_kernel_table(rng, isa: str) -> None:
+    """Runs, stream steps and generation on each table the CPU has, against the module."""
+    for kind in KINDS:
+        mod = _module(kind, seed=7)
+        model = lstm_infer.load(mod)
+        y, m = _data(rng, mod, 9, 3, 6)
+        lengths = np.array([6, 2, 5])
+        want = _expected(mod, y, m, lengths)[0]
+        _close(model.run({"input": y, "memory": m, "memory_lengths": lengths})["output"], want)
+        stream = model.stream()
+        stream.reset({"memory": m, "memory_lengths": lengths})
+        _close(stream.feed(y), want)
+
+
 def test_the_op_with_initial_and_final_states(rng, kind: str) -> None:
     """The graph op alone (no lengths input) from given states, returning the final ones."""
     from lstm_infer.graph import Graph, Node, TensorType, ValueInfo

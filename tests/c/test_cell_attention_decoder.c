@@ -135,7 +135,8 @@ typedef struct {
 
 static void pack_cell(const model *m, int with_head, packed_cell *p) {
     const int H = m->H, E = m->E, Dm = m->Dm, A = m->A, Hp = padded(H), Ap = padded(A);
-    const int energy = m->attention == LI_ATTENTION_ADDITIVE || m->attention == LI_ATTENTION_LOCATION;
+    const int energy =
+        m->attention == LI_ATTENTION_ADDITIVE || m->attention == LI_ATTENTION_LOCATION;
     const int Kw = energy ? A : m->attention == LI_ATTENTION_GENERAL ? H : 0;
     const int V = with_head ? m->V : 0;
     memset(p, 0, sizeof *p);
@@ -178,7 +179,8 @@ static void pack_cell(const model *m, int with_head, packed_cell *p) {
     }
     p->len[8] = p->len[9] = energy ? A : 0;
     const int loc = m->attention == LI_ATTENTION_LOCATION;
-    float *filt = zeros(loc ? (size_t)2 * m->K * A : 0); /* [2][K][A] = sum_f Wl[a][f] Wf[f][ch][k] */
+    /* [2][K][A]: filt[ch][k][a] = sum_f Wl[a][f] Wf[f][ch][k] */
+    float *filt = zeros(loc ? (size_t)2 * m->K * A : 0);
     if (loc)
         for (int ch = 0; ch < 2; ch++)
             for (int k = 0; k < m->K; k++)
@@ -236,7 +238,8 @@ static void ref_step(const model *m, const float *M, int S, int B, int b, int n,
         c[u] = sigm(g[H + u]) * c[u] + sigm(g[u]) * tanh(g[2 * H + u]);
         h[u] = sigm(g[3 * H + u]) * tanh(c[u]);
     }
-    double *e = malloc((size_t)S * sizeof(double)), *feat = malloc((size_t)(m->F + 1) * sizeof(double));
+    double *e = malloc((size_t)S * sizeof(double));
+    double *feat = malloc((size_t)(m->F + 1) * sizeof(double));
     for (int j = 0; j < n; j++) {
         const float *mj = M + ((size_t)j * B + b) * Dm;
         double s = 0.0;
@@ -450,8 +453,9 @@ static void test_generate(const li_kernels *kern, int attention) {
                 done = want == eos;
                 tok = want;
             }
-            CHECK(tokens[(size_t)b * steps + t] == want, "attention %d row %d step %d: %lld, want %d",
-                  attention, b, t, (long long)tokens[(size_t)b * steps + t], want);
+            CHECK(tokens[(size_t)b * steps + t] == want,
+                  "attention %d row %d step %d: %lld, want %d", attention, b, t,
+                  (long long)tokens[(size_t)b * steps + t], want);
         }
         all_done &= done;
         free(h), free(c), free(ctx), free(al), free(cum), free(out), free(yy);
