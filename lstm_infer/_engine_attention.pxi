@@ -6,6 +6,9 @@
 # generate_attention pass it to the cell's C run as io.memory. The state is h, c, ctx and one
 # (2, B, S) array holding alpha then alpha_cum.
 
+from libc.stdint cimport uint64_t
+
+
 cdef extern from "cell_attention_decoder.h" nogil:
     ctypedef struct li_attention_memory:
         int S
@@ -22,7 +25,7 @@ cdef extern from "cell_attention_decoder.h" nogil:
     size_t li_attention_generate_scratch_floats(const li_rcell *cell, int B)
     int li_attention_generate(const li_rcell *cell, const li_kernels *kern, li_sgemm_fn sgemm,
                               const li_rcell_io *io, int64_t bos, int64_t eos, int max_steps,
-                              int64_t *tokens)
+                              float temperature, uint64_t seed, int64_t *tokens)
 
 
 cdef class AttentionMemory:
@@ -129,9 +132,11 @@ def run_attention_decoder(RCell cell not None, AttentionMemory mem not None,
 
 
 def generate_attention(RCell cell not None, AttentionMemory mem not None, list states not None,
-                       long long bos, long long eos, int max_steps):
-    """Greedy tokens (B, steps <= max_steps) int64 from the states (updated in place): one C
-    call runs the whole loop (li_attention_generate)."""
+                       long long bos, long long eos, int max_steps, float temperature=0.0,
+                       unsigned long long seed=0):
+    """Tokens (B, steps <= max_steps) int64 from the states (updated in place): argmax at
+    temperature 0, else seeded draws; one C call runs the whole loop
+    (li_attention_generate)."""
     if mem.cell is not cell:
         raise ValueError("the memory was made for another cell")
     if max_steps < 1:
@@ -147,7 +152,7 @@ def generate_attention(RCell cell not None, AttentionMemory mem not None, list s
     cdef int rc
     with nogil:
         rc = li_attention_generate(&cell.c, _active, <li_sgemm_fn>sgemm, &io, bos, eos,
-                                   max_steps, tp)
+                                   max_steps, temperature, seed, tp)
     if rc < 0:
         raise RuntimeError(f"attention decoder generation refused its arguments (code {rc})")
     return np.ascontiguousarray(tokens[:, :rc])

@@ -209,8 +209,9 @@ class GraphModel:
         eos: int | None = None,
         max_steps: int = 100,
         temperature: float = 0.0,
+        seed: int = 0,
     ) -> np.ndarray:
-        """Greedy decoding of a loaded attention decoder with ``embedding.weight`` and a head
+        """Decoding of a loaded attention decoder with ``embedding.weight`` and a head
         (lstm_infer.cells.decoder_stream.generate), the whole loop in one C call.
 
         Parameters
@@ -224,17 +225,21 @@ class GraphModel:
             once every row has. None: always ``max_steps`` steps.
         max_steps : int
         temperature : float
-            0 (argmax); sampling is not implemented yet.
+            0: each token the argmax of the head's logits; > 0: drawn from
+            softmax(logits / temperature).
+        seed : int
+            The sampler's seed (splitmix64, one draw per running row and step, rows in
+            order; src_c/cell_attention_decoder.h): the same seed, the same tokens.
 
         Returns
         -------
-        int64 array (B, steps), steps <= max_steps: each step's token (argmax of the head).
+        int64 array (B, steps), steps <= max_steps: each step's token.
         """
         from lstm_infer.cells.decoder_stream import generate
 
         return generate(
             self, memory, memory_lengths, bos=bos, eos=eos, max_steps=max_steps,
-            temperature=temperature,
+            temperature=temperature, seed=seed,
         )  # fmt: skip
 
     def _program_for(self, feeds: Mapping[str, np.ndarray]) -> GraphProgram:

@@ -367,12 +367,41 @@ size_t li_attention_generate_scratch_floats(const li_rcell *cell, int B) {
            (size_t)B * z.Vp + (size_t)B;
 }
 
+static uint64_t splitmix64(uint64_t *state) {
+    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* The token of one row's logits: argmax (temperature 0) or a draw (cell_attention_decoder.h). */
+static int pick(const float *l, int V, float temperature, uint64_t *rng) {
+    int best = 0;
+    for (int v = 1; v < V; v++)
+        if (l[v] > l[best])
+            best = v;
+    if (temperature == 0.0f)
+        return best;
+    const double inv = 1.0 / temperature, top = l[best];
+    double sum = 0.0;
+    for (int v = 0; v < V; v++)
+        sum += exp((l[v] - top) * inv);
+    const double u = (double)(splitmix64(rng) >> 11) * 0x1.0p-53 * sum;
+    double cum = 0.0;
+    for (int v = 0; v < V; v++) {
+        cum += exp((l[v] - top) * inv);
+        if (cum > u)
+            return v;
+    }
+    return best; /* u * sum at the very top (rounding): the likeliest token */
+}
+
 int li_attention_generate(const li_rcell *cell, const li_kernels *kern, li_sgemm_fn sgemm,
                           const li_rcell_io *io, int64_t bos, int64_t eos, int max_steps,
-                          int64_t *tokens) {
+                          float temperature, uint64_t seed, int64_t *tokens) {
     if (cell == NULL || kern == NULL || sgemm == NULL || io == NULL || tokens == NULL ||
         cell->kind != LI_RCELL_ATTENTION_DECODER || io->B <= 0 || max_steps <= 0 ||
-        io->scratch == NULL)
+        io->scratch == NULL || !(temperature >= 0.0f) || !isfinite(temperature))
         return -1;
     const sizes z = sizes_of(cell);
     if (z.V <= 0 || bos < 0 || bos >= z.V || eos < -1 || eos >= z.V)
@@ -391,6 +420,7 @@ int li_attention_generate(const li_rcell *cell, const li_kernels *kern, li_sgemm
         memcpy(ybuf + (size_t)b * E, emb + (size_t)bos * E, sizeof(float) * E);
         done[b] = 0.0f;
     }
+    uint64_t rng = seed;
     int t = 0;
     while (t < max_steps) {
         li_rcell_project(kern, sgemm, a[1], a[2], G, Hp, E, a[3], ybuf, E, B, xp);
@@ -403,12 +433,7 @@ int li_attention_generate(const li_rcell *cell, const li_kernels *kern, li_sgemm
             if (done[b] != 0.0f) {
                 tok = eos;
             } else {
-                const float *l = logits + (size_t)b * Vp;
-                int best = 0;
-                for (int v = 1; v < z.V; v++)
-                    if (l[v] > l[best])
-                        best = v;
-                tok = best;
+                tok = pick(logits + (size_t)b * Vp, z.V, temperature, &rng);
                 if (tok == eos)
                     done[b] = 1.0f;
                 else

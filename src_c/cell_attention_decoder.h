@@ -42,16 +42,19 @@ size_t li_attention_work_floats(const li_rcell *cell, int S);
 int li_attention_set_memory(const li_rcell *cell, const li_kernels *kern, li_sgemm_fn sgemm,
                             li_attention_memory *mem);
 
-/* Greedy generation (the cell compiled with its head and embedding, vocab V > 0): from the
- * states in io->state (B rows, io->memory set), feed bos's embedding, then each step's
- * argmax token's embedding, for at most max_steps steps. tokens: [B][max_steps] int64; a row
- * that emitted eos writes eos at every later step. Stops early once every row has emitted
- * eos; returns the steps run (>= 1), or a negative value for invalid arguments. io->x, io->y
- * are unused; io->scratch holds li_attention_generate_scratch_floats(cell, B) floats. */
+/* Generation (the cell compiled with its head and embedding, vocab V > 0): from the states
+ * in io->state (B rows, io->memory set), feed bos's embedding, then each step's token's
+ * embedding, for at most max_steps steps. temperature 0: the token is the argmax of the
+ * logits (the first on ties); > 0: drawn from softmax(logits / temperature) by one uniform
+ * u = (splitmix64(seed) >> 11) * 2^-53 per row still running, rows in order, the first token
+ * whose cumulative weight exceeds u * sum. tokens: [B][max_steps] int64; a row that emitted
+ * eos (-1: none) writes eos at every later step. Stops early once every row has emitted eos;
+ * returns the steps run (>= 1), or a negative value for invalid arguments. io->x, io->y are
+ * unused; io->scratch holds li_attention_generate_scratch_floats(cell, B) floats. */
 size_t li_attention_generate_scratch_floats(const li_rcell *cell, int B);
 int li_attention_generate(const li_rcell *cell, const li_kernels *kern, li_sgemm_fn sgemm,
                           const li_rcell_io *io, int64_t bos, int64_t eos, int max_steps,
-                          int64_t *tokens);
+                          float temperature, uint64_t seed, int64_t *tokens);
 
 #ifdef __cplusplus
 }

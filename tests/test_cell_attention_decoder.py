@@ -353,6 +353,65 @@ def test_generate_equals_a_greedy_torch_loop(rng, kind: str) -> None:
     np.testing.assert_array_equal(got, _greedy(mod, head, emb, m, None, 2, None, 6))
 
 
+MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(state: list[int]) -> int:
+    state[0] = (state[0] + 0x9E3779B97F4A7C15) & MASK64
+    z = state[0]
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+    return z ^ (z >> 31)
+
+
+def _sampled(mod, head, emb, m, lengths, bos, eos, steps, temperature, seed) -> np.ndarray:
+    """The sampler of src_c/cell_attention_decoder.h over the torch modules: one uniform per
+    running row and step, rows in order; the first token whose cumulative weight exceeds it."""
+    batch = m.shape[1]
+    memory = torch.from_numpy(m.astype(np.float64))
+    lens = torch.from_numpy(lengths)
+    toks = [bos] * batch
+    done = [False] * batch
+    rng_state, state, out = [seed], None, []
+    with torch.no_grad():
+        for _ in range(steps):
+            y, state = mod(emb(torch.tensor(toks))[None], memory, lens, state)
+            logits = head(y[0]).numpy()
+            row = []
+            for b in range(batch):
+                if done[b]:
+                    row.append(eos)
+                    continue
+                w = np.exp((logits[b] - logits[b].max()) / temperature)
+                u = (_splitmix64(rng_state) >> 11) * 2.0**-53 * w.sum()
+                tok = int(np.searchsorted(np.cumsum(w), u, side="right"))
+                row.append(min(tok, len(w) - 1))
+                done[b] = row[-1] == eos
+            out.append(row)
+            toks = row
+            if all(done):
+                break
+    return np.array(out, np.int64).T
+
+
+def test_generate_samples_with_a_seed(rng) -> None:
+    mod, head, emb, model = _generator("location")
+    m = rng.standard_normal((6, 3, mod.memory_size)).astype(np.float32)
+    lengths = np.array([6, 3, 1])
+    got = model.generate(m, lengths, bos=0, eos=5, max_steps=10, temperature=1.5, seed=11)
+    want = _sampled(mod, head, emb, m, lengths, 0, 5, 10, 1.5, 11)
+    np.testing.assert_array_equal(got, want)
+    got = model.generate(m, lengths, bos=2, max_steps=8, temperature=0.7, seed=3)  # no eos
+    np.testing.assert_array_equal(got, _sampled(mod, head, emb, m, lengths, 2, None, 8, 0.7, 3))
+    got = model.generate(m, lengths, bos=0, eos=5, max_steps=10, temperature=1.5, seed=11)
+    again = model.generate(m, lengths, bos=0, eos=5, max_steps=10, temperature=1.5, seed=11)
+    np.testing.assert_array_equal(again, got)
+    other = model.generate(m, lengths, bos=0, max_steps=10, temperature=1.5, seed=12)
+    assert not np.array_equal(other, got[:, : other.shape[1]])
+    with pytest.raises(InputError, match="temperature"):
+        model.generate(m, bos=0, temperature=-1.0)
+
+
 def test_generate_bad_arguments(rng) -> None:
     mod, _, _, model = _generator("additive")
     m = rng.standard_normal((4, 2, mod.memory_size)).astype(np.float32)

@@ -8,9 +8,9 @@ at ``reset`` and then steps the decoder inputs::
     y_t = stream.step(y)                               # y (B, E) or (1, B, E)
 
 Each step is one C call (src_c/cell_attention_decoder.c, T = 1) on state arrays the stream
-owns; with ``out=`` a step allocates no array. ``generate`` runs greedy decoding of a model
-with an embedding and a head in one C call. GraphModel.stream / .generate pick these when the
-graph is a loaded attention decoder (:func:`decoder_node`).
+owns; with ``out=`` a step allocates no array. ``generate`` runs the decoding (greedy, or
+seeded sampling) of a model with an embedding and a head in one C call. GraphModel.stream
+and .generate pick these when the graph is a loaded attention decoder (:func:`decoder_node`).
 """
 
 from __future__ import annotations
@@ -187,8 +187,9 @@ def generate(
     eos: int | None = None,
     max_steps: int = 100,
     temperature: float = 0.0,
+    seed: int = 0,
 ) -> np.ndarray:
-    """Greedy decoding in one C call; see GraphModel.generate."""
+    """Decoding in one C call; see GraphModel.generate."""
     node = decoder_node(model.graph)
     if node is None:
         raise StreamError("generate needs a loaded attention decoder")
@@ -196,8 +197,16 @@ def generate(
     emb = node.attrs.get(EMBEDDING)
     if emb is None or weight is None:
         raise StreamError("generate needs the state_dict's embedding.weight and head.weight")
-    if temperature != 0:
-        raise NotImplementedError("only greedy generation (temperature=0) is implemented")
+    if not isinstance(temperature, (int, float, np.integer, np.floating)) or not (
+        0.0 <= float(temperature) < float("inf")
+    ):
+        raise InputError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    if (
+        not isinstance(seed, (int, np.integer))
+        or isinstance(seed, bool)
+        or not (0 <= int(seed) < 1 << 64)
+    ):
+        raise InputError(f"seed must be an int in [0, 2**64), got {seed!r}")
     vocab = int(weight.shape[0])
     if emb.shape[0] != vocab:
         raise InputError(f"embedding.weight has {emb.shape[0]} rows, the head {vocab} outputs")
@@ -218,8 +227,9 @@ def generate(
     mem = _engine.AttentionMemory(cell, mem_arr, lengths)
     states = initial_states(node.attrs, [], mem_arr.shape[1], mem_arr.shape[0], node.label)
     return _engine.generate_attention(
-        cell, mem, states, int(bos), -1 if eos is None else int(eos), int(max_steps)
-    )
+        cell, mem, states, int(bos), -1 if eos is None else int(eos), int(max_steps),
+        float(temperature), int(seed),
+    )  # fmt: skip
 
 
 def _head_of(graph: Any) -> tuple[Any, Any]:

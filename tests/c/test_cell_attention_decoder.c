@@ -427,7 +427,8 @@ static void test_generate(const li_kernels *kern, int attention) {
     run_data d;
     CHECK(setup(&p, kern, M, len, S, B, li_attention_generate_scratch_floats(&p.cell, B), &d) == 0,
           "set_memory");
-    const int ran = li_attention_generate(&p.cell, kern, naive_sgemm, &d.io, 1, eos, steps, tokens);
+    const int ran = li_attention_generate(&p.cell, kern, naive_sgemm, &d.io, 1, eos, steps, 0.0f, 0,
+                                         tokens);
     CHECK(ran >= 1 && ran <= steps, "generate ran %d", ran);
     int all_done = 1;
     for (int b = 0; b < B; b++) {
@@ -461,7 +462,8 @@ static void test_generate(const li_kernels *kern, int attention) {
         free(h), free(c), free(ctx), free(al), free(cum), free(out), free(yy);
     }
     CHECK(ran == steps || all_done, "stopped early at %d with rows running", ran);
-    CHECK(li_attention_generate(&p.cell, kern, naive_sgemm, &d.io, V, eos, steps, tokens) < 0,
+    CHECK(li_attention_generate(&p.cell, kern, naive_sgemm, &d.io, V, eos, steps, 0.0f, 0,
+                                tokens) < 0,
           "a bos beyond the vocabulary is refused");
     teardown(&d);
     free_cell(&p);
