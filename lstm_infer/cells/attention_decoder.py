@@ -53,6 +53,7 @@ SIZES = (
     "location_kernel",
 )
 EMBEDDING = "embedding.weight"
+MAX_KERNEL = 4095  # the C check's bound on the location kernel
 HEAD = ("head.weight", "head.bias")
 
 
@@ -205,9 +206,12 @@ class AttentionCellDef(CellDef):
                 f"{where}: dot attention needs hidden_size == memory_size, got "
                 f"{attrs['hidden_size']} and {attrs['memory_size']}"
             )
-        if kind == "location" and attrs["location_kernel"] % 2 == 0:
+        if kind == "location" and (
+            attrs["location_kernel"] % 2 == 0 or attrs["location_kernel"] > MAX_KERNEL
+        ):
             raise ModelFormatError(
-                f"{where}: location_kernel {attrs['location_kernel']} is not odd"
+                f"{where}: location_kernel {attrs['location_kernel']} is not odd and at most "
+                f"{MAX_KERNEL}"
             )
         emb = attrs.get(EMBEDDING)
         if emb is not None and not 0 < emb.shape[0] <= MAX_SIZE:
@@ -219,7 +223,7 @@ class AttentionCellDef(CellDef):
 
 def memory_lengths(value: Any, batch: int, positions: int, where: str) -> np.ndarray | None:
     """The lengths as int32 (None: all valid), each checked in [1, S]."""
-    if value is None or np.size(value) == 0 and batch != 0:
+    if value is None:
         return None
     arr = np.asarray(value)
     if arr.dtype.kind not in "iu" or arr.shape != (batch,):
@@ -256,7 +260,7 @@ def initial_states(
     shapes = state_shapes(attrs, batch, positions)
     out = []
     for name, shape, value in zip(CELL.states, shapes, given + [None] * 5):
-        if value is None or (np.size(value) == 0 and np.prod(shape) != 0):
+        if value is None:
             out.append(np.zeros(shape, np.float32))
             continue
         if np.shape(value) != shape:
