@@ -26,6 +26,7 @@ PORTABLE_SOURCES = [
     "src_c/cell_clockwork_rnn.c",
     "src_c/cell_depth_gated_lstm.c",
     "src_c/cell_grid_lstm.c",
+    "src_c/cell_attention_decoder.c",
 ]
 X86_ISA_SOURCES = {
     "src_c/kernels_avx2.c": ["-mavx2", "-mfma"],
@@ -63,6 +64,7 @@ HEADERS = sorted(glob.glob("src_c/*.h")) + [
     "lstm_infer/_engine_products.pxi",
     "lstm_infer/_engine_step.pxi",
     "lstm_infer/_engine_cells.pxi",
+    "lstm_infer/_engine_attention.pxi",
 ]
 COMMON_CFLAGS = ["-O3", "-std=c11", "-fno-math-errno", "-Wall", "-Wno-unused-function"]
 

@@ -107,6 +107,7 @@ include "_engine_products.pxi"
 
 
 include "_engine_cells.pxi"
+include "_engine_attention.pxi"
 include "_engine_step.pxi"
 
 

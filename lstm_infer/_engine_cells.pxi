@@ -4,7 +4,8 @@
 # them to li_rcell_check, which verifies every length against the sizes, so no call below can
 # make the kernels read past an array. run_rcell checks the data once, then one nogil call.
 
-RCELL_KINDS = {"layer_norm_lstm": 0, "depth_gated_lstm": 1, "clockwork_rnn": 2, "grid_lstm": 3}
+RCELL_KINDS = {"layer_norm_lstm": 0, "depth_gated_lstm": 1, "clockwork_rnn": 2, "grid_lstm": 3,
+               "attention_decoder": 4}
 RCELL_MAX_STATES = LI_RCELL_MAX_STATES
 _RCELL_DTYPES = (np.float32, np.int32)
 

@@ -144,6 +144,7 @@ cdef extern from "li_cells.h" nogil:
         ptrdiff_t y_bs
         float *state[4]
         float *scratch
+        const void *memory
 
     int li_rcell_check(const li_rcell *cell)
     size_t li_rcell_scratch_floats(const li_rcell *cell, int T, int B)

@@ -181,17 +181,66 @@ class GraphModel:
           first symbolic one the graph streams along). A graph that needs future frames
           raises StreamError naming the node.
 
+        * A loaded attention decoder (lstm_infer.cells.attention_decoder) gives a
+          :class:`~lstm_infer.cells.decoder_stream.DecoderStream`:
+          ``reset({"memory": M, "memory_lengths": L})`` then ``step(y)``.
+
         Each step runs as one C step program (``compile=False``, state-carrying graphs
         only: op by op, as ``run`` does).
         """
+        from lstm_infer.cells.decoder_stream import DecoderStream, decoder_node
         from lstm_infer.graph_stream import GraphStream, find_state_pairs
         from lstm_infer.time_stream import TimeStream
 
+        if decoder_node(self._graph) is not None:  # its memory is set by reset(), once
+            return DecoderStream(self)
         if state_map is None and not find_state_pairs(self):
             if not compile:
                 raise StreamError("a time-axis stream runs only as a compiled step program")
             return TimeStream(self, time_axis)
         return GraphStream(self, batch_size, state_map, compile)
+
+    def generate(
+        self,
+        memory: Any,
+        memory_lengths: Any = None,
+        *,
+        bos: int,
+        eos: int | None = None,
+        max_steps: int = 100,
+        temperature: float = 0.0,
+        seed: int = 0,
+    ) -> np.ndarray:
+        """Decoding of a loaded attention decoder with ``embedding.weight`` and a head
+        (lstm_infer.cells.decoder_stream.generate), the whole loop in one C call.
+
+        Parameters
+        ----------
+        memory : array (S, B, Dm) (batch_first: (B, S, Dm))
+        memory_lengths : array (B,) of ints in [1, S], optional (default: all valid)
+        bos : int
+            The token whose embedding is the first step's input.
+        eos : int, optional
+            A row that emits it stops: its later tokens are ``eos``; decoding ends early
+            once every row has. None: always ``max_steps`` steps.
+        max_steps : int
+        temperature : float
+            0: each token the argmax of the head's logits; > 0: drawn from
+            softmax(logits / temperature).
+        seed : int
+            The sampler's seed (splitmix64, one draw per running row and step, rows in
+            order; src_c/cell_attention_decoder.h): the same seed, the same tokens.
+
+        Returns
+        -------
+        int64 array (B, steps), steps <= max_steps: each step's token.
+        """
+        from lstm_infer.cells.decoder_stream import generate
+
+        return generate(
+            self, memory, memory_lengths, bos=bos, eos=eos, max_steps=max_steps,
+            temperature=temperature, seed=seed,
+        )  # fmt: skip
 
     def _program_for(self, feeds: Mapping[str, np.ndarray]) -> GraphProgram:
         """The program specialised to the shapes of ``feeds`` (checked arrays)."""

@@ -14,6 +14,7 @@ typedef struct {
     size_t (*state)(const li_rcell *cell, int s, int B);
     int (*run)(const li_rcell *cell, const li_kernels *kern, li_sgemm_fn sgemm,
                const li_rcell_io *io);
+    int (*output)(const li_rcell *cell); /* floats per step and row; NULL: H */
 } rcell_ops;
 
 /* Indexed by enum li_rcell_kind; a kind not built yet has a row of NULLs and is refused. */
@@ -26,6 +27,9 @@ static const rcell_ops RCELL_OPS[LI_RCELL_KIND_COUNT] = {
                                    li_depth_gated_lstm_state, li_depth_gated_lstm_run},
     [LI_RCELL_GRID_LSTM] = {li_grid_lstm_check, li_grid_lstm_scratch, li_grid_lstm_state,
                             li_grid_lstm_run},
+    [LI_RCELL_ATTENTION_DECODER] = {li_attention_decoder_check, li_attention_decoder_scratch,
+                                    li_attention_decoder_state, li_attention_decoder_run,
+                                    li_attention_decoder_output},
 };
 
 /* Sizes far above any trained cell, low enough that every product below fits an int. */
@@ -68,7 +72,10 @@ size_t li_rcell_state_floats(const li_rcell *cell, int s, int B) {
     return ops->state(cell, s, B);
 }
 
-int li_rcell_output_size(const li_rcell *cell) { return cell->hidden_size; }
+int li_rcell_output_size(const li_rcell *cell) {
+    const rcell_ops *ops = ops_of(cell);
+    return ops != NULL && ops->output != NULL ? ops->output(cell) : cell->hidden_size;
+}
 
 int li_rcell_run(const li_rcell *cell, const li_kernels *kern, li_sgemm_fn sgemm,
                  const li_rcell_io *io) {

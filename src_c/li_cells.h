@@ -25,7 +25,8 @@ enum li_rcell_kind {
     LI_RCELL_DEPTH_GATED_LSTM = 1,
     LI_RCELL_CLOCKWORK_RNN = 2,
     LI_RCELL_GRID_LSTM = 3,
-    LI_RCELL_KIND_COUNT = 4
+    LI_RCELL_ATTENTION_DECODER = 4,
+    LI_RCELL_KIND_COUNT = 5
 };
 
 #define LI_RCELL_MAX_STATES 4
@@ -54,6 +55,7 @@ typedef struct {
     ptrdiff_t y_ts, y_bs;
     float *state[LI_RCELL_MAX_STATES];
     float *scratch;  /* li_rcell_scratch_floats(cell, T, B) floats */
+    const void *memory; /* attention decoder: its li_attention_memory; NULL for the others */
 } li_rcell_io;
 
 /* 0 when the cell's sizes are in range and every array has the length its layout needs;
@@ -63,7 +65,7 @@ int li_rcell_check(const li_rcell *cell);
 size_t li_rcell_state_floats(const li_rcell *cell, int s, int B);
 /* Floats of scratch li_rcell_run needs for T steps of B rows. */
 size_t li_rcell_scratch_floats(const li_rcell *cell, int T, int B);
-/* Output floats per step and row (H for every kind so far). */
+/* Output floats per step and row (H, or the kind's own: H + Dm for the attention decoder). */
 int li_rcell_output_size(const li_rcell *cell);
 /* Run the block. Returns 0, or a negative value for invalid arguments (nothing written). */
 int li_rcell_run(const li_rcell *cell, const li_kernels *kern, li_sgemm_fn sgemm,
@@ -117,6 +119,12 @@ size_t li_grid_lstm_scratch(const li_rcell *cell, int T, int B);
 size_t li_grid_lstm_state(const li_rcell *cell, int s, int B);
 int li_grid_lstm_run(const li_rcell *cell, const li_kernels *kern, li_sgemm_fn sgemm,
                      const li_rcell_io *io);
+int li_attention_decoder_check(const li_rcell *cell);
+size_t li_attention_decoder_scratch(const li_rcell *cell, int T, int B);
+size_t li_attention_decoder_state(const li_rcell *cell, int s, int B);
+int li_attention_decoder_output(const li_rcell *cell);
+int li_attention_decoder_run(const li_rcell *cell, const li_kernels *kern, li_sgemm_fn sgemm,
+                             const li_rcell_io *io);
 
 #ifdef __cplusplus
 }

@@ -121,20 +121,17 @@ def test_step_program_under_sanitizers(tmp_path: Path) -> None:
     _run_clean(_build(ROOT / "tests" / "c" / "test_step_program.c", tmp_path))
 
 
-def test_layer_norm_lstm_cell_under_sanitizers(tmp_path: Path) -> None:
-    """tests/c/test_cell_layer_norm_lstm.c: the fused cell against a naive double version of
-    CELLS.md's equations on every usable kernel table, arrays at their exact lengths."""
-    _run_clean(_build(ROOT / "tests" / "c" / "test_cell_layer_norm_lstm.c", tmp_path))
-
-
-def test_cell_clockwork_rnn_under_sanitizers(tmp_path: Path) -> None:
-    """tests/c/test_cell_clockwork_rnn.c: the clockwork RNN cell against a naive double
-    reference (rows at different step counters, strided output), on every usable table."""
-    _run_clean(_build(ROOT / "tests" / "c" / "test_cell_clockwork_rnn.c", tmp_path))
-
-
-def test_cells_lstm_blocks_under_sanitizers(tmp_path: Path) -> None:
-    """tests/c/test_cells_lstm_blocks.c: the depth-gated and grid LSTMs (src_c/cell_*.c) against
-    naive double references of CELLS.md, weights packed by the test in the documented layout,
-    exact-size buffers, on every usable kernel table."""
-    _run_clean(_build(ROOT / "tests" / "c" / "test_cells_lstm_blocks.c", tmp_path))
+@pytest.mark.parametrize(
+    "source",
+    [
+        "test_cell_layer_norm_lstm.c",  # the layer-normalised LSTM
+        "test_cell_clockwork_rnn.c",  # rows at different step counters, strided output
+        "test_cells_lstm_blocks.c",  # the depth-gated and grid LSTMs
+        "test_cell_attention_decoder.c",  # every attention kind, runs and greedy generation
+    ],
+)
+def test_cells_under_sanitizers(tmp_path: Path, source: str) -> None:
+    """tests/c/test_cell*.c: each fused cell of CELLS.md (src_c/cell_*.c) against a naive
+    double version of its equations, weights packed by the test in the documented layout,
+    arrays allocated to their exact lengths, on every usable kernel table."""
+    _run_clean(_build(ROOT / "tests" / "c" / source, tmp_path))

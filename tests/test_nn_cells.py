@@ -176,24 +176,6 @@ def test_the_runtime_never_imports_lstm_infer_nn() -> None:
     assert result.stdout.strip() == "False", result.stderr
 
 
-@pytest.mark.parametrize("make", [
-    lambda: cells.AttentionDecoder(3, 6, 5, "location", location_filters=2, location_kernel=3),
-])  # fmt: skip
-def test_their_state_dicts_are_refused_not_misread(tmp_path, make) -> None:
-    """Until the loader knows these cells (those it knows: test_cells_engine.py), their
-    state_dicts (which share key names with nn.LSTM's) raise ModelFormatError instead of
-    loading as a plain LSTM."""
-    import lstm_infer
-    from lstm_infer.errors import ModelFormatError
-
-    sd = make().state_dict()
-    for drop in ([], ["eps"]):
-        path = tmp_path / "cell.pt"
-        torch.save({k: v for k, v in sd.items() if k not in drop}, path)
-        with pytest.raises(ModelFormatError):
-            lstm_infer.load(path)
-
-
 @pytest.mark.parametrize("kind", ["additive", "general", "dot", "location"])
 def test_attention_decoder_is_the_pinned_equations(rng, kind: str) -> None:
     torch.manual_seed(7)

@@ -8,12 +8,16 @@ of the registry; ``lstm_infer.cells.load`` builds a model from a state_dict hold
 
 from __future__ import annotations
 
-from lstm_infer.cells import clockwork_rnn, depth_gated_lstm, grid_lstm, layer_norm_lstm
+from lstm_infer.cells import (
+    attention_decoder,
+    clockwork_rnn,
+    depth_gated_lstm,
+    grid_lstm,
+    layer_norm_lstm,
+)
 from lstm_infer.cells.base import CellDef
 
-CELLS: dict[str, CellDef] = {
-    cell.op: cell
-    for cell in (layer_norm_lstm.CELL, depth_gated_lstm.CELL, grid_lstm.CELL, clockwork_rnn.CELL)
-}
+_KINDS = (layer_norm_lstm, depth_gated_lstm, grid_lstm, clockwork_rnn, attention_decoder)
+CELLS: dict[str, CellDef] = {kind.CELL.op: kind.CELL for kind in _KINDS}
 
 __all__ = ["CELLS", "CellDef"]

@@ -57,6 +57,9 @@ def cell_graph(
     try:
         attrs = cell.read(own)
         cell.check(attrs, where)
+        build = getattr(cell, "graph", None)  # a kind whose model is more than X -> Y
+        if build is not None:
+            return build(attrs, state, pre, batch_first, where)
     except ModelFormatError as exc:
         msg = str(exc)
         raise ModelFormatError(msg if msg.startswith(where) else f"{where}: {msg}") from exc

@@ -383,5 +383,5 @@ LOWERINGS: dict[str, Lowering] = {
     "RNN": recurrent,
     "LSTM": recurrent,
     "GRU": recurrent,
-    **{name: cell for name in CELLS},
+    **{name: cell for name, kind in CELLS.items() if getattr(kind, "run", None) is None},
 }

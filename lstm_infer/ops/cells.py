@@ -49,6 +49,9 @@ def initial_states(node: Any, ins: list, batch: int) -> list[np.ndarray]:
 
 
 def _run(ctx: RunContext, node: Any, ins: list, state: Any) -> list[np.ndarray]:
+    own = getattr(cell_of(node), "run", None)  # a kind with inputs beyond X and states
+    if own is not None:
+        return own(ctx, node, ins, state)
     x = ins[0]
     width = node.attrs["input_size"]
     if np.ndim(x) != 3 or np.shape(x)[2] != width:
@@ -65,8 +68,8 @@ OPS: dict[str, OpDef] = {
     name: op(
         name,
         _run,
-        inputs=(1, 1 + len(cell.states)),
-        outputs=(1, 1 + len(cell.states)),
+        inputs=getattr(cell, "inputs", (1, 1 + len(cell.states))),
+        outputs=getattr(cell, "outputs", (1, 1 + len(cell.states))),
         check=_check,
         prepare=_prepare,
         foldable=False,
