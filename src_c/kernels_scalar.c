@@ -216,4 +216,5 @@ const li_kernels li_kernels_scalar = {
     activation_array_scalar,
     softmax_rows_scalar,
     conv2d_scalar,
+    .matvec_f32_rows = {0, 1, 1, 1, 1}, /* matvec_scalar: one row at a time */
 };

@@ -211,6 +211,10 @@ typedef struct {
      * keep matvec_bf16 (fp32-accurate activations) everywhere. */
     li_product_fn matvec_bf16_rounded;
     li_prepare_fn prepare_bf16_rounded;
+    /* Rows of one register tile of matvec_f32 at G gates, [G] for G = 1..4: how many rows
+     * share each weight load. The whole-sequence input projection goes through the packed
+     * matvec only where that reuse is high enough to beat sgemm (recurrent_driver.c). */
+    unsigned char matvec_f32_rows[5];
 } li_kernels;
 
 /* Batch rows from which a whole sequence of bf16 weights runs on the rounded products: the

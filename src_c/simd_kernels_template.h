@@ -276,5 +276,7 @@ static void gru_output_simd(const li_cell *cell, int u0, int u1, const float *xp
     {                                                                                          \
         NAME, matvec_packed_f32, matvec_bf16_widen, 0, matvec_i8_base, prepare_i8_simd, 0,     \
             rnn_pointwise_simd, lstm_pointwise_simd, gru_gates_simd, gru_output_simd,          \
-            activation_array_simd, softmax_rows_simd, conv2d_simd                              \
+            activation_array_simd, softmax_rows_simd, conv2d_simd,                             \
+            .matvec_f32_rows = {0, MV_MAX_ROWS(1), MV_MAX_ROWS(2), MV_MAX_ROWS(3),              \
+                                MV_MAX_ROWS(4)}                                                \
     }
