@@ -284,21 +284,24 @@ static size_t w_bytes_f32(const li_cell *cell) {
 }
 
 /* Rows from which the packed matvec's register tile reuses each weight load often enough to
- * project a whole sequence faster than sgemm, and the passes over W (tiles of rows) it may
- * take whatever the size of W. The numbers above are AVX-512's tiles (6 rows at 4 gates:
- * 48 rows = 8 passes). AVX2 holds only 1 row at 4 gates and 2 at 3 (its 16 registers), so
- * each row re-reads every weight: Zen 4 without AVX-512, the zoo's CRNN BiLSTM (I = 512,
- * H = 128, 128 rows, W = 1 MB) took 2.0 ms a direction packed and 1.0 ms on sgemm. */
+ * project a whole sequence faster than sgemm. The numbers above are AVX-512's tiles (6 rows
+ * at 4 gates). AVX2 holds only 1 row at 4 gates and 2 at 3 (its 16 registers), so each row
+ * re-reads every weight: Zen 4 without AVX-512, the zoo's CRNN BiLSTM (I = 512, H = 128,
+ * 128 rows, W = 1 MB) took 2.0 ms a direction packed and 1.0 ms on sgemm. Such tables take
+ * sgemm only from LI_XPROJ_NARROW_MAX_BYTES of W (not measured below it, where each row's
+ * pass finds W in L2 or L1; the packed path there also gives a row the same sums whatever
+ * the batch and unit split around it). Few rows in all (LI_XPROJ_FEW_ROWS) keep the packed
+ * matvec on every table, as measured above. */
 #define LI_XPROJ_MIN_TILE_ROWS 4
-#define LI_XPROJ_FEW_PASSES 8
+#define LI_XPROJ_NARROW_MAX_BYTES ((size_t)256 << 10)
 
 static int xproj_packed(const li_cell *cell, const li_kernels *kern, size_t total_rows) {
     if (cell->weight_format != LI_WEIGHTS_F32 || cell->input_size <= 0) return 0;
-    const size_t tile = kern->matvec_f32_rows[cell->gates] ? kern->matvec_f32_rows[cell->gates]
-                                                            : 1;
-    const size_t passes = (total_rows + tile - 1) / tile;
-    if (total_rows <= LI_XPROJ_FEW_ROWS && passes <= LI_XPROJ_FEW_PASSES) return 1;
-    return tile >= LI_XPROJ_MIN_TILE_ROWS && w_bytes_f32(cell) <= LI_XPROJ_PACKED_MAX_BYTES;
+    if (total_rows <= LI_XPROJ_FEW_ROWS) return 1;
+    const size_t limit = kern->matvec_f32_rows[cell->gates] >= LI_XPROJ_MIN_TILE_ROWS
+                             ? LI_XPROJ_PACKED_MAX_BYTES
+                             : LI_XPROJ_NARROW_MAX_BYTES;
+    return w_bytes_f32(cell) <= limit;
 }
 
 /* Rows per packed-matvec call: chunks whose inputs stay in L1 when W fits in L2, else all of
