@@ -288,12 +288,13 @@ static size_t w_bytes_f32(const li_cell *cell) {
  * at 4 gates). AVX2 holds only 1 row at 4 gates and 2 at 3 (its 16 registers), so each row
  * re-reads every weight: Zen 4 without AVX-512, the zoo's CRNN BiLSTM (I = 512, H = 128,
  * 128 rows, W = 1 MB) took 2.0 ms a direction packed and 1.0 ms on sgemm. Such tables take
- * sgemm only from LI_XPROJ_NARROW_MAX_BYTES of W (not measured below it, where each row's
- * pass finds W in L2 or L1; the packed path there also gives a row the same sums whatever
- * the batch and unit split around it). Few rows in all (LI_XPROJ_FEW_ROWS) keep the packed
- * matvec on every table, as measured above. */
+ * sgemm only above LI_XPROJ_NARROW_MAX_BYTES of W: up to it each row's pass finds W in L2,
+ * and the zoo's LSTM-256 (I = 128, W = 512 KB, 800 rows) ran 3-5% faster packed than on
+ * sgemm. The packed path also gives a row the same sums whatever the batch and unit split
+ * around it. Few rows in all (LI_XPROJ_FEW_ROWS) keep the packed matvec on every table, as
+ * measured above. */
 #define LI_XPROJ_MIN_TILE_ROWS 4
-#define LI_XPROJ_NARROW_MAX_BYTES ((size_t)256 << 10)
+#define LI_XPROJ_NARROW_MAX_BYTES ((size_t)512 << 10)
 
 static int xproj_packed(const li_cell *cell, const li_kernels *kern, size_t total_rows) {
     if (cell->weight_format != LI_WEIGHTS_F32 || cell->input_size <= 0) return 0;
