@@ -201,6 +201,26 @@ static void conv2d_scalar(const float *x, size_t xcs, size_t xrs, int C, int KH,
     }
 }
 
+/* NaN wins: an unordered compare picks the new value, and a NaN already held stays (no
+ * ordered compare replaces it). */
+static inline float max_nan(float m, float v) { return (v > m || v != v) ? v : m; }
+
+/* The reference 2 x 2 max pool: li_max_pool_2x2_fn's formula, window by window. */
+static void max_pool_2x2_scalar(const float *x, size_t xps, size_t xrs, int planes, int OH,
+                                int OW, float *y) {
+    for (int p = 0; p < planes; ++p)
+        for (int oh = 0; oh < OH; ++oh) {
+            const float *r0 = x + (size_t)p * xps + (size_t)(2 * oh) * xrs, *r1 = r0 + xrs;
+            float *out = y + ((size_t)p * OH + oh) * OW;
+            for (int ow = 0; ow < OW; ++ow) {
+                float m = r0[2 * ow];
+                m = max_nan(m, r0[2 * ow + 1]);
+                m = max_nan(m, r1[2 * ow]);
+                out[ow] = max_nan(m, r1[2 * ow + 1]);
+            }
+        }
+}
+
 const li_kernels li_kernels_scalar = {
     "scalar",
     matvec_f32_scalar,
@@ -216,4 +236,6 @@ const li_kernels li_kernels_scalar = {
     activation_array_scalar,
     softmax_rows_scalar,
     conv2d_scalar,
+    .matvec_f32_rows = {0, 1, 1, 1, 1}, /* matvec_scalar: one row at a time */
+    .max_pool_2x2 = max_pool_2x2_scalar,
 };

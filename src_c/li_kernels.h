@@ -189,6 +189,12 @@ typedef void (*li_conv2d_fn)(const float *x, size_t xcs, size_t xrs, int C, int 
                              int sh, int dh, int dw, int OH, int OW, const float *wpack, int M,
                              const float *bias, float *y, size_t ldy, int relu,
                              const float **rows);
+/* Max pooling over 2 x 2 windows at stride 2 (the CNN front ends' MaxPool2d(2)):
+ *   y[(p*OH + oh)*OW + ow] = max_{i,j < 2} x[p*xps + (2*oh + i)*xrs + 2*ow + j]
+ * for p < planes; a NaN anywhere in a window gives NaN, as np.max does. Every index the
+ * formula reaches must be inside x; y is contiguous and does not overlap x. */
+typedef void (*li_max_pool_2x2_fn)(const float *x, size_t xps, size_t xrs, int planes, int OH,
+                                   int OW, float *y);
 
 typedef struct {
     const char *name;
@@ -211,6 +217,11 @@ typedef struct {
      * keep matvec_bf16 (fp32-accurate activations) everywhere. */
     li_product_fn matvec_bf16_rounded;
     li_prepare_fn prepare_bf16_rounded;
+    /* Rows of one register tile of matvec_f32 at G gates, [G] for G = 1..4: how many rows
+     * share each weight load. The whole-sequence input projection goes through the packed
+     * matvec only where that reuse is high enough to beat sgemm (recurrent_driver.c). */
+    unsigned char matvec_f32_rows[5];
+    li_max_pool_2x2_fn max_pool_2x2; /* graph MaxPool 2 x 2 / stride 2 (step programs) */
 } li_kernels;
 
 /* Batch rows from which a whole sequence of bf16 weights runs on the rounded products: the

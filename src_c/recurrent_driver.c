@@ -283,9 +283,26 @@ static size_t w_bytes_f32(const li_cell *cell) {
     return sizeof(float) * cell->input_size * cell->gates * (size_t)cell->hidden_padded;
 }
 
-static int xproj_packed(const li_cell *cell, size_t total_rows) {
-    return cell->weight_format == LI_WEIGHTS_F32 && cell->input_size > 0 &&
-           (w_bytes_f32(cell) <= LI_XPROJ_PACKED_MAX_BYTES || total_rows <= LI_XPROJ_FEW_ROWS);
+/* Rows from which the packed matvec's register tile reuses each weight load often enough to
+ * project a whole sequence faster than sgemm. The numbers above are AVX-512's tiles (6 rows
+ * at 4 gates). AVX2 holds only 1 row at 4 gates and 2 at 3 (its 16 registers), so each row
+ * re-reads every weight: Zen 4 without AVX-512, the zoo's CRNN BiLSTM (I = 512, H = 128,
+ * 128 rows, W = 1 MB) took 2.0 ms a direction packed and 1.0 ms on sgemm. Such tables take
+ * sgemm only above LI_XPROJ_NARROW_MAX_BYTES of W: up to it each row's pass finds W in L2,
+ * and the zoo's LSTM-256 (I = 128, W = 512 KB, 800 rows) ran 3-5% faster packed than on
+ * sgemm. The packed path also gives a row the same sums whatever the batch and unit split
+ * around it. Few rows in all (LI_XPROJ_FEW_ROWS) keep the packed matvec on every table, as
+ * measured above. */
+#define LI_XPROJ_MIN_TILE_ROWS 4
+#define LI_XPROJ_NARROW_MAX_BYTES ((size_t)512 << 10)
+
+static int xproj_packed(const li_cell *cell, const li_kernels *kern, size_t total_rows) {
+    if (cell->weight_format != LI_WEIGHTS_F32 || cell->input_size <= 0) return 0;
+    if (total_rows <= LI_XPROJ_FEW_ROWS) return 1;
+    const size_t limit = kern->matvec_f32_rows[cell->gates] >= LI_XPROJ_MIN_TILE_ROWS
+                             ? LI_XPROJ_PACKED_MAX_BYTES
+                             : LI_XPROJ_NARROW_MAX_BYTES;
+    return w_bytes_f32(cell) <= limit;
 }
 
 /* Rows per packed-matvec call: chunks whose inputs stay in L1 when W fits in L2, else all of
@@ -419,7 +436,7 @@ static void project_part(const li_cell *cell, const li_kernels *kern, li_sgemm_f
     }
     /* With W larger than L2 every call covers the whole sequence (xproj_chunk_steps), so
      * rows is the projection's total. */
-    if (xproj_packed(cell, rows)) {
+    if (xproj_packed(cell, kern, rows)) {
         const size_t chunk = xproj_chunk_rows(cell, rows);
         for (size_t r0 = 0; r0 < rows; r0 += chunk) {
             const int n = rows - r0 < chunk ? (int)(rows - r0) : (int)chunk;
@@ -449,7 +466,7 @@ static int project_inputs(const li_cell *cell, const li_kernels *kern, li_sgemm_
                           size_t rows, const prepared_chunk *xprep, float *out) {
     const int G = cell->gates, I = cell->input_size, Hp = cell->hidden_padded;
     const int amx = cell->weight_format == LI_WEIGHTS_BF16 && kern->project_bf16 && rows >= 16;
-    if (tokens || amx || projects_prepared(cell, kern) || xproj_packed(cell, rows)) {
+    if (tokens || amx || projects_prepared(cell, kern) || xproj_packed(cell, kern, rows)) {
         project_part(cell, kern, sgemm, x, ldx, tokens, row0, rows, 0, Hp / LI_BLOCK, xprep,
                      out);
         return Hp;

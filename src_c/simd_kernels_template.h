@@ -9,6 +9,8 @@
  *   v_load_n(p,n) v_store_n(p,v,n)   first n lanes only (0 < n < VW), others zero / untouched
  *   v_set1 v_zero v_add v_sub v_mul v_div v_min v_max
  *   v_fmadd(a,b,c) = a*b+c   v_fnmadd(a,b,c) = c-a*b
+ *   v_max_nan(a,b)         max, NaN if either is NaN
+ *   v_evens(lo,hi) v_odds(lo,hi)   the even / odd lanes of the 2*VW floats lo then hi
  *   v_round(x)             round to nearest integer (as float)
  *   v_ldexp(x,n)           x * 2^n for integer-valued n in [-126, 127]
  *   v_abs(x)               |x|
@@ -271,10 +273,14 @@ static void gru_output_simd(const li_cell *cell, int u0, int u1, const float *xp
 }
 
 #include "simd_conv_template.h"
+#include "simd_pool_template.h"
 
 #define LI_SIMD_TABLE(NAME)                                                                    \
     {                                                                                          \
         NAME, matvec_packed_f32, matvec_bf16_widen, 0, matvec_i8_base, prepare_i8_simd, 0,     \
             rnn_pointwise_simd, lstm_pointwise_simd, gru_gates_simd, gru_output_simd,          \
-            activation_array_simd, softmax_rows_simd, conv2d_simd                              \
+            activation_array_simd, softmax_rows_simd, conv2d_simd,                             \
+            .matvec_f32_rows = {0, MV_MAX_ROWS(1), MV_MAX_ROWS(2), MV_MAX_ROWS(3),              \
+                                MV_MAX_ROWS(4)},                                               \
+            .max_pool_2x2 = max_pool_2x2_simd                                                  \
     }

@@ -28,6 +28,17 @@ static const int lane_mask_window[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0
 #define v_min _mm256_min_ps
 #define v_max _mm256_max_ps
 #define v_abs(x) _mm256_andnot_ps(_mm256_set1_ps(-0.0f), (x))
+/* max(a, b) with a NaN on either side giving NaN (vmaxps alone returns b when either is). */
+static inline vf v_max_nan(vf a, vf b) {
+    return _mm256_blendv_ps(_mm256_max_ps(a, b), a, _mm256_cmp_ps(a, a, _CMP_UNORD_Q));
+}
+/* The even and the odd lanes of the 2*VW floats lo, hi, in order. vshufps picks within each
+ * 128-bit half (l0 l2 h0 h2 | l4 l6 h4 h6); vpermpd puts the 64-bit pairs back in order. */
+static inline vf v_in_order(vf v) {
+    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(v), 0xd8));
+}
+#define v_evens(lo, hi) v_in_order(_mm256_shuffle_ps((lo), (hi), 0x88))
+#define v_odds(lo, hi) v_in_order(_mm256_shuffle_ps((lo), (hi), 0xdd))
 #define v_fmadd _mm256_fmadd_ps
 #define v_fnmadd _mm256_fnmadd_ps
 #define v_round(x) _mm256_round_ps((x), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)

@@ -27,6 +27,22 @@ typedef __m512i vi;
 #define v_min _mm512_min_ps
 #define v_max _mm512_max_ps
 #define v_abs _mm512_abs_ps
+/* max(a, b) with a NaN on either side giving NaN (vmaxps alone returns b when either is). */
+static inline vf v_max_nan(vf a, vf b) {
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q), _mm512_max_ps(a, b), a);
+}
+/* The even and the odd lanes of the 2*VW floats lo, hi, in order (lane i of the index picks
+ * lo[2i] / lo[2i+1] for i < 8, hi's for the rest). */
+static inline vf v_evens(vf lo, vf hi) {
+    const __m512i idx =
+        _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    return _mm512_permutex2var_ps(lo, idx, hi);
+}
+static inline vf v_odds(vf lo, vf hi) {
+    const __m512i idx =
+        _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    return _mm512_permutex2var_ps(lo, idx, hi);
+}
 #define v_fmadd _mm512_fmadd_ps
 #define v_fnmadd _mm512_fnmadd_ps
 #define v_round(x) _mm512_roundscale_ps((x), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)

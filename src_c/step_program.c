@@ -385,7 +385,15 @@ int li_step_program_run(const li_step_op *ops, int n, const li_kernels *kern,
                                    op->op);
             break;
         case LI_STEP_LAYERNORM: run_layernorm(op); break;
-        case LI_STEP_POOL: run_pool(op); break;
+        case LI_STEP_POOL:
+            /* MaxPool2d(2) on the table's vector kernel; other windows the loop here */
+            if (op->op == 0 && kern->max_pool_2x2 && op->n[1] == 2 && op->n[2] == 2 &&
+                op->shape[0] == 2 && op->shape[1] == 2 && op->shape[2] == 1 && op->shape[3] == 1)
+                kern->max_pool_2x2(op->a, (size_t)op->sa[0], (size_t)op->sa[1], (int)op->n[0],
+                                   (int)op->n[3], (int)op->n[4], op->y);
+            else
+                run_pool(op);
+            break;
         case LI_STEP_CELL: {
             const li_step_cell *rc = (const li_step_cell *)op->aux;
             if (rc == NULL || li_rcell_run(rc->cell, kern, sgemm, &rc->io) != 0)

@@ -3,8 +3,8 @@
  * record kind, under AddressSanitizer and UBSan (tests/test_c_kernels_sanitized.py builds and
  * runs it). Every buffer is allocated to exactly the extent its record may reach, so a record
  * that reads or writes one element too far is a sanitizer report. The kinds that call into a
- * kernel table (SOFTMAX, CONV) run on every usable table; GEMM on a naive column-major sgemm
- * of the Fortran interface the executor calls.
+ * kernel table (SOFTMAX, CONV, POOL's 2x2 max) run on every usable table; GEMM on a naive
+ * column-major sgemm of the Fortran interface the executor calls.
  */
 #include <math.h>
 #include <stdio.h>
@@ -360,6 +360,42 @@ static void test_conv(const li_kernels *kern) {
     free(rows);
 }
 
+/* li_max_pool_2x2_fn on its own: widths around the vector widths (the vector part and the
+ * scalar tail), padded rows and planes, NaN in each window position and in vector lanes,
+ * -inf and +inf; x allocated to exactly the last element the formula reaches. */
+static void test_max_pool_2x2(const li_kernels *kern) {
+    static const int widths[] = {1, 3, 7, 8, 9, 15, 16, 17, 24, 33};
+    for (size_t wi = 0; wi < sizeof widths / sizeof widths[0]; wi++) {
+        const int OW = widths[wi], OH = 3, planes = 3;
+        const size_t xrs = 2 * (size_t)OW + (wi % 3), xps = 2 * OH * xrs + (wi % 2) * 5;
+        const size_t extent = (planes - 1) * xps + (2 * OH - 1) * xrs + 2 * (size_t)OW;
+        float *x = floats(extent, 40 + (unsigned)wi);
+        float *y = malloc(planes * OH * OW * sizeof(float));
+        for (size_t i = 0; i < extent; i += 7 + wi)
+            x[i] = NAN; /* every window slot and lane, over the widths */
+        x[extent - 1] = -INFINITY;
+        x[xrs + 1] = INFINITY;
+        kern->max_pool_2x2(x, xps, xrs, planes, OH, OW, y);
+        for (int p = 0; p < planes; p++)
+            for (int oh = 0; oh < OH; oh++)
+                for (int ow = 0; ow < OW; ow++) {
+                    float want = -INFINITY;
+                    int nan = 0;
+                    for (int i = 0; i < 2; i++)
+                        for (int j = 0; j < 2; j++) {
+                            const float v = x[p * xps + (2 * oh + i) * xrs + 2 * ow + j];
+                            nan |= v != v;
+                            want = v > want ? v : want;
+                        }
+                    const float got = y[(p * OH + oh) * OW + ow];
+                    CHECK(nan ? got != got : got == want, "max_pool_2x2 OW=%d p=%d oh=%d ow=%d: "
+                          "%g vs %s%g", OW, p, oh, ow, got, nan ? "NaN, not " : "", want);
+                }
+        free(x);
+        free(y);
+    }
+}
+
 int main(void) {
     static const char *names[LI_ISA_COUNT] = {"scalar", "avx2", "avx2vnni", "avx512",
                                               "avx512vnni", "avx512bf16", "amx"};
@@ -374,6 +410,7 @@ int main(void) {
         test_reduce_norm_softmax(kern);
         test_pool_gemm(kern);
         test_conv(kern);
+        test_max_pool_2x2(kern);
         printf("%-10s %s\n", names[isa], failures == before ? "ok" : "FAILED");
     }
     li_step_op bad = {0};
