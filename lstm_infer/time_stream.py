@@ -161,7 +161,13 @@ class TimeStream:
         ``out``: an array (a dict of arrays for several outputs) of the outputs' shapes to
         write into instead of new arrays (then a step allocates nothing)."""
         fast = self._fast
-        if fast_hit(fast, self._owner, x):
+        if (  # the last step's shape again: no checks to redo (inlined: ~1 us of a step)
+            fast is not None
+            and type(x) is np.ndarray
+            and x.shape == fast[0]
+            and x.dtype == np.float32
+            and self._owner is fast[1]
+        ):
             step = fast[1]
         else:  # checked and converted; a new shape compiles (or switches) its step
             t = self._model.graph.inputs[0].type
@@ -169,9 +175,14 @@ class TimeStream:
             if x.dtype != np.float32:
                 raise InputError(f"a time-axis stream takes float32 input, got {x.dtype}")
             step = self._step_for(x)
-            self._fast = (x.shape, step, step.inputs[self._input.name])
-        np.copyto(self._fast[2], x)
-        step.run()
+            fast = self._fast = (x.shape, step, step.inputs[self._input.name], step.runner)
+        fast[2][...] = x  # (a third of np.copyto's cost on these small arrays)
+        fast[3]()
+        if self._single is not None and type(out) is np.ndarray:
+            y = step.outputs[self._single]
+            if out.shape == y.shape:
+                out[...] = y
+                return out
         return step_results(step.outputs, self._single, out)
 
     def feed(self, xs: Any, chunk: int = 1) -> Any:
@@ -250,7 +261,7 @@ def step_results(outputs: dict[str, np.ndarray], single: str | None, out: Any) -
     if single is not None:
         if not isinstance(out, np.ndarray) or out.shape != outputs[single].shape:
             raise InputError(f"out must be an array of shape {outputs[single].shape}")
-        np.copyto(out, outputs[single])
+        out[...] = outputs[single]
         return out
     if not isinstance(out, dict) or set(out) != set(outputs):
         raise InputError(f"out must be a dict of arrays for {sorted(outputs)}")

@@ -127,16 +127,36 @@ def test_matmul_integer(a_type: Any, b_type: Any, zeros: str, rng: np.random.Gen
         [vi("y", TP.INT32, shape)],
         inits,
     )
-    if zeros == "per_row_col":  # onnxruntime takes only scalar zero points here
-        got = lstm_infer.load(data).run({"a": a})
-    else:
-        got = assert_like_onnxruntime(data, {"a": a})
+    got = lstm_infer.load(data).run({"a": a})
     az = inits.get("az", np.array(0)).astype(np.int64)
     if az.ndim == 1:
         az = az[:, None]
     bz = inits.get("bz", np.array(0)).astype(np.int64)
     want = np.matmul(a.astype(np.int64) - az, b.astype(np.int64) - bz)  # exact integers
     np.testing.assert_array_equal(got["y"], want)
+    if zeros != "per_row_col":  # onnxruntime takes only scalar zero points here
+        (ort_y,) = onnxruntime_run(data, {"a": a})
+        assert ort_y.dtype == got["y"].dtype and ort_y.shape == got["y"].shape
+        # MatMulInteger is exact int32 arithmetic; onnxruntime's uint8 x int8 kernel on CPUs
+        # without VNNI (VPMADDUBSW) saturates pairs of products at int16 for full-range
+        # values, so only there may it differ from the exact result (and so from us).
+        if not (a_type == np.uint8 and b_type == np.int8) or _ort_uint8_int8_is_exact():
+            np.testing.assert_array_equal(ort_y, want)
+
+
+def _ort_uint8_int8_is_exact() -> bool:
+    """Whether onnxruntime's uint8 x int8 MatMulInteger is exact on this CPU (without VNNI
+    its VPMADDUBSW kernel saturates pairs of full-range products at int16)."""
+    a = np.full((1, 64), 255, np.uint8)
+    b = np.full((64, 16), 127, np.int8)
+    data = model_bytes(
+        [helper.make_node("MatMulInteger", ["a", "b"], ["y"])],
+        [vi("a", TP.UINT8, [1, 64])],
+        [vi("y", TP.INT32, [1, 16])],
+        {"b": b},
+    )
+    (y,) = onnxruntime_run(data, {"a": a})
+    return bool(np.all(y == 255 * 127 * 64))
 
 
 def _float_mlp(path: Path, rng: np.random.Generator) -> None:
@@ -176,9 +196,12 @@ def test_quantize_dynamic_model_matches_onnxruntime(
     got = lstm_infer.load(str(dst)).run({"x": x})["y"]
     want = onnxruntime_run(str(dst), {"x": x})[0]
     float_y = onnxruntime_run(str(src), {"x": x})[0]
-    # Same codes up to a rounding tie in x / scale (one code moves a product by one scale).
-    np.testing.assert_allclose(got, want, atol=2e-2 * np.abs(float_y).max())
     assert np.abs(got - float_y).max() < 0.1 * np.abs(float_y).max()
+    if _ort_uint8_int8_is_exact():
+        # Same codes up to a rounding tie in x / scale (one code moves a product by one scale).
+        np.testing.assert_allclose(got, want, atol=2e-2 * np.abs(float_y).max())
+    else:  # onnxruntime saturates here: we must be at least as close to the float model
+        assert np.abs(got - float_y).max() <= np.abs(want - float_y).max() + 1e-6
 
 
 def test_qdq_model_matches_onnxruntime(rng: np.random.Generator) -> None:
@@ -359,5 +382,8 @@ def test_quantize_dynamic_crnn_matches_onnxruntime(tmp_path: Path, dynamo: bool)
     ort_err = np.abs(want - float_y).max()
     assert got.shape == want.shape
     assert np.abs(got - float_y).max() <= 2 * ort_err + 1e-3, (np.abs(got - float_y).max(), ort_err)
-    # the same best path (greedy CTC) on nearly every frame
-    assert (got.argmax(-1) == want.argmax(-1)).mean() >= 0.9
+    # the float model's best path (greedy CTC) on as many frames as onnxruntime's int8 run
+    # (which on CPUs without VNNI saturates some uint8 x int8 sums and strays further)
+    ours_path = (got.argmax(-1) == float_y.argmax(-1)).mean()
+    ort_path = (want.argmax(-1) == float_y.argmax(-1)).mean()
+    assert ours_path >= min(ort_path, 0.9), (ours_path, ort_path)

@@ -41,8 +41,8 @@ SELF_CHECK_ATOL = 1e-4
 
 def _may_thread_blas(record: dict[str, Any]) -> bool:
     """Whether a record may call a GEMM OpenBLAS would thread: a large GEMM record, or a
-    recurrent layer over enough rows for the driver's sgemm input projection (few rows
-    take the packed matvec)."""
+    recurrent layer or cell over enough rows for an sgemm input projection (few rows take
+    the packed matvec)."""
     if record["kind"] == KIND["gemm"]:
         return record["n"][0] * record["n"][1] * record["n"][2] >= BLAS_THREADED
     if record["kind"] == KIND["recurrent"]:
@@ -50,6 +50,9 @@ def _may_thread_blas(record: dict[str, Any]) -> bool:
         rows = spec["T"] * spec["B"]
         plan = spec["cells"][0]
         return rows >= 16 and rows * 4 * plan.hidden_size * plan.input_size >= BLAS_THREADED
+    if record["kind"] == KIND["cell"]:  # the cells' sgemm starts beyond 48 rows (li_cells.h)
+        spec = record["cell"]
+        return spec["T"] * spec["B"] > 48
     return False
 
 
@@ -222,6 +225,12 @@ class CompiledStep:
         """The carried regions (time-axis recurrent state) back to their initial values."""
         for view, start in self.carried.values():
             view[...] = start
+
+    @property
+    def runner(self) -> Any:
+        """The callable that runs one step (the program's own when no BLAS thread limit is
+        needed: one call less on the per-step path)."""
+        return self.run if self._one_blas_thread else self.program.run
 
     def run(self) -> None:
         """One step over what the input views hold."""
