@@ -16,7 +16,8 @@ shown against our own dense RNN step of the same size (the cell's purpose: the t
 of ``--memory-steps`` positions) step with the memory set once per sequence at ``reset``; the
 exported step takes the memory as an input, so onnxruntime recomputes its keys every step, as
 a caller of a one-step export must. Outputs are checked to agree first; engines interleaved
-round-robin; medians of ``--repeat`` blocks.
+round-robin; medians of ``--repeat`` blocks. Steps and runs of the cells are also timed on
+bf16 and int8 weights (``model.quantize``; "lstm_infer bf16" / "lstm_infer int8" rows).
 
     python bench/cells.py [--hidden 256] [--input 64] [--steps 100] [--batch 16]
                           [--memory-steps 100] [--cells layer_norm_lstm ...] [--repeat 15]
@@ -231,10 +232,22 @@ def decoder_run_rows(
         for _ in range(n):
             sess.run(None, feeds)
 
-    t = time_interleaved(
-        {"lstm_infer": loop_ours, "torch": loop_torch, "onnxruntime": loop_ort}, repeat, block
-    )
+    loops = {"lstm_infer": loop_ours, "torch": loop_torch, "onnxruntime": loop_ort}
+    for fmt in ("bf16", "int8"):
+        quantized = model.quantize(fmt)
+        loops[f"lstm_infer {fmt}"] = lambda n, q=quantized: [
+            q.run(ours, threads=1) for _ in range(n)
+        ]
+    t = time_interleaved(loops, repeat, block)
     return _report(f"{name}_run", t, f"{name} run, T={steps}, batch {batch}, H={h}, S={s}")
+
+
+def _stream_loop(stream, frames: np.ndarray, out: np.ndarray):  # noqa: ANN001, ANN202
+    def loop(n: int) -> None:
+        for k in range(n):
+            stream.step(frames[k % len(frames)], out=out)
+
+    return loop
 
 
 def step_rows(name: str, bench: CellBench, i: int, h: int, repeat: int, block: float) -> list:
@@ -275,6 +288,8 @@ def step_rows(name: str, bench: CellBench, i: int, h: int, repeat: int, block: f
         box["ort"] = s
 
     loops = {"lstm_infer": loop_ours, "torch": loop_torch, "onnxruntime": loop_ort}
+    for fmt in ("bf16", "int8"):  # the same cell on quantized weights (GraphModel.quantize)
+        loops[f"lstm_infer {fmt}"] = _stream_loop(model.quantize(fmt).stream(), frames, out)
     if name == "clockwork_rnn":  # the cell's point: fewer rows than the dense RNN step
         dense = lstm_infer.load(torch.nn.RNN(i, h)).stream()
         flat = frames.reshape(64, 1, i)
@@ -316,9 +331,13 @@ def run_rows(
         for _ in range(n):
             sess.run(None, {"x": x})
 
-    t = time_interleaved(
-        {"lstm_infer": loop_ours, "torch": loop_torch, "onnxruntime": loop_ort}, repeat, block
-    )
+    loops = {"lstm_infer": loop_ours, "torch": loop_torch, "onnxruntime": loop_ort}
+    for fmt in ("bf16", "int8"):
+        quantized = model.quantize(fmt)
+        loops[f"lstm_infer {fmt}"] = lambda n, q=quantized: [
+            q.run({"input": x}, threads=1) for _ in range(n)
+        ]
+    t = time_interleaved(loops, repeat, block)
     return _report(f"{name}_run", t, f"{name} run, T={steps}, batch {batch}, H={h}, I={i}")
 
 

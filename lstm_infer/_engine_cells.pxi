@@ -7,7 +7,9 @@
 RCELL_KINDS = {"layer_norm_lstm": 0, "depth_gated_lstm": 1, "clockwork_rnn": 2, "grid_lstm": 3,
                "attention_decoder": 4}
 RCELL_MAX_STATES = LI_RCELL_MAX_STATES
-_RCELL_DTYPES = (np.float32, np.int32)
+# float32 / int32 arrays; packed matrices of bf16 / int8 cells are byte arrays (li_cells.h).
+_RCELL_DTYPES = (np.float32, np.int32, np.uint8)
+RCELL_WEIGHT_FORMATS = {"float32": 0, "bfloat16": 1, "int8": 2}
 
 
 cdef class RCell:
@@ -17,6 +19,7 @@ cdef class RCell:
     cdef const void **_ptrs
     cdef int64_t *_lens
     cdef readonly str kind
+    cdef readonly str weight_format
     cdef list _keep
 
     def __cinit__(self):
@@ -24,9 +27,11 @@ cdef class RCell:
         self._lens = NULL
 
     def __init__(self, str kind, int input_size, int hidden_size, int layers, list arrays,
-                 int modules=0, float eps=0.0):
+                 int modules=0, float eps=0.0, str weight_format="float32"):
         if kind not in RCELL_KINDS:
             raise ValueError(f"unknown cell kind {kind!r}")
+        if weight_format not in RCELL_WEIGHT_FORMATS:
+            raise ValueError(f"unknown weight format {weight_format!r}")
         cdef Py_ssize_t n = len(arrays), i
         self._ptrs = <const void **>PyMem_Malloc(max(n, 1) * sizeof(void *))
         self._lens = <int64_t *>PyMem_Malloc(max(n, 1) * sizeof(int64_t))
@@ -37,7 +42,8 @@ cdef class RCell:
             a = arrays[i]
             if (not isinstance(a, np.ndarray) or a.dtype not in _RCELL_DTYPES
                     or not a.flags.c_contiguous):
-                raise TypeError(f"{kind} cell array {i} must be C-contiguous float32 or int32")
+                raise TypeError(f"{kind} cell array {i} must be C-contiguous float32, int32 "
+                                "or (packed bf16 / int8 matrices) uint8")
             self._keep.append(a)
             self._ptrs[i] = cnp.PyArray_DATA(<cnp.ndarray>a)
             self._lens[i] = a.size
@@ -48,6 +54,8 @@ cdef class RCell:
         self.c.layers = layers
         self.c.modules = modules
         self.c.eps = eps
+        self.c.weight_format = RCELL_WEIGHT_FORMATS[weight_format]
+        self.weight_format = weight_format
         self.c.n_arrays = <int>n
         self.c.array = self._ptrs
         self.c.array_len = self._lens

@@ -130,6 +130,7 @@ cdef extern from "li_cells.h" nogil:
         int layers
         int modules
         float eps
+        int weight_format
         int n_arrays
         const void *const *array
         const int64_t *array_len
@@ -145,6 +146,7 @@ cdef extern from "li_cells.h" nogil:
         float *state[4]
         float *scratch
         const void *memory
+        void *prep
 
     int li_rcell_check(const li_rcell *cell)
     size_t li_rcell_scratch_floats(const li_rcell *cell, int T, int B)

@@ -14,11 +14,15 @@ from typing import Any
 import numpy as np
 
 from lstm_infer._spec import TensorInfo
+from lstm_infer.cells import CELLS
+from lstm_infer.cells.base import WEIGHT_FORMAT
 from lstm_infer.compile.program import GraphProgram
 from lstm_infer.compile.specialize import ShapeSpecializer
 from lstm_infer.compile.step_program import CompiledRuns
-from lstm_infer.errors import InputError, InputTypeError, StreamError
-from lstm_infer.graph import Graph, TensorType
+from lstm_infer.errors import InputError, InputTypeError, ModelFormatError, StreamError
+from lstm_infer.graph import Graph, Node, TensorType
+from lstm_infer.ops.recurrent import RECURRENT_OPS, WEIGHT_FORMAT_ATTR
+from lstm_infer.quantize import canonical_format
 
 # Feed dtypes converted without loss of meaning to what the graph declares.
 _CONVERTIBLE = {
@@ -29,6 +33,44 @@ _CONVERTIBLE = {
     "int32": "iub",
     "bool": "b",
 }
+
+
+_SHORT = {"float32": "fp32", "bfloat16": "bf16", "int8": "int8"}
+
+
+def _quantized(graph: Graph, fmt: str) -> tuple[Graph, int]:
+    """A copy of ``graph`` whose recurrent layers and cells (also inside If / Loop bodies)
+    carry weight format ``fmt``, and how many nodes it marked."""
+    count = 0
+
+    def mark(node: Node) -> Node:
+        nonlocal count
+        attrs = {}
+        for k, v in node.attrs.items():
+            if isinstance(v, Graph):
+                v, n = _quantized(v, fmt)
+                count += n
+            attrs[k] = v
+        if node.op in CELLS or node.op in RECURRENT_OPS:
+            count += 1
+            # cells spell the format as numpy does; the recurrent ops as the stack's quantize
+            key, value = (
+                (WEIGHT_FORMAT, fmt) if node.op in CELLS else (WEIGHT_FORMAT_ATTR, _SHORT[fmt])
+            )
+            attrs.pop(key, None)
+            if fmt != "float32":
+                attrs[key] = value
+        return Node(node.op, list(node.inputs), list(node.outputs), attrs, node.name)
+
+    nodes = [mark(n) for n in graph.nodes]
+    copy = Graph(
+        list(graph.inputs),
+        list(graph.outputs),
+        nodes,
+        dict(graph.initializers),
+        dict(graph.value_types),
+    )
+    return copy, count
 
 
 def _shape_of(t: TensorType) -> tuple[int | str, ...]:
@@ -245,6 +287,26 @@ class GraphModel:
     def _program_for(self, feeds: Mapping[str, np.ndarray]) -> GraphProgram:
         """The program specialised to the shapes of ``feeds`` (checked arrays)."""
         return self._runner.program_for(feeds)
+
+    def quantize(self, weight_format: str) -> GraphModel:
+        """A copy whose recurrent layers (LSTM / GRU / RNN nodes) and cells (LayerNormLSTM,
+        ...) multiply bf16 or int8 weights, as :meth:`lstm_infer.Model.quantize` does for a
+        stack: ``"bf16"`` rounds each weight to bfloat16, ``"int8"`` each output row to
+        [-127, 127] with its own scale (activations quantized per row and step). The other
+        ops keep float32. ``"fp32"`` gives float32 layers back (the weights are kept).
+
+        Raises
+        ------
+        ModelFormatError
+            For an unknown format, or a graph with no recurrent layer or cell.
+        """
+        fmt = canonical_format(weight_format)
+        graph, count = _quantized(self._graph, fmt)
+        if count == 0:
+            raise ModelFormatError("quantize: the graph has no recurrent layer or cell to quantize")
+        model = GraphModel(graph, self.source)
+        model.threads = self.threads
+        return model
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the compiled graph (constants folded) in the native format, version 2;

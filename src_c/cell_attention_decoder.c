@@ -93,21 +93,21 @@ int li_attention_decoder_check(const li_rcell *cell) {
         return -12;
     if (z.attention == LI_ATTENTION_LOCATION && z.kernel % 2 == 0)
         return -13;
-    const int64_t E = z.E, H = z.H, Hp = z.Hp, Dm = z.Dm, A = z.A, Ap = z.Ap, Kp = z.Kp;
+    const int64_t E = z.E, Hp = z.Hp, Dm = z.Dm, A = z.A, Kp = z.Kp;
     const int64_t V = z.V, Vp = z.Vp, e = has_energy(&z);
     const int64_t loc = z.attention == LI_ATTENTION_LOCATION;
     const int64_t want[N_ARRAYS] = {5,
                                     4 * Hp * E,
-                                    Hp * E * 4,
+                                    li_rcell_packed_len(cell, 4, z.Hp, z.E),
                                     4 * Hp,
-                                    Hp * (Dm + H) * 4,
-                                    e * Ap * H,
+                                    li_rcell_packed_len(cell, 4, z.Hp, z.Dm + z.H),
+                                    e ? li_rcell_packed_len(cell, 1, z.Ap, z.H) : 0,
                                     Kp * Dm,
-                                    Kp * Dm,
+                                    Kp ? li_rcell_packed_len(cell, 1, z.Kp, z.Dm) : 0,
                                     e * A,
                                     e * A,
                                     loc * 2 * z.kernel * A,
-                                    Vp * (H + Dm),
+                                    V ? li_rcell_packed_len(cell, 1, z.Vp, z.H + z.Dm) : 0,
                                     Vp,
                                     V * E};
     for (int i = 1; i < N_ARRAYS; i++)
@@ -143,12 +143,17 @@ size_t li_attention_keys_floats(const li_rcell *cell, int S, int B) {
 }
 
 /* Work: scores [S], q + b [A], energies before and after tanh [S][A] each, the location
- * windows of a block of positions [LOC_BLOCK][2][kernel]. */
+ * windows of a block of positions [LOC_BLOCK][2][kernel]; then the prepared rows of the
+ * keys' product (quantized weights). */
+static size_t work_own_floats(const sizes *z, int S) {
+    return (size_t)S + (has_energy(z) ? 2 * (size_t)S * z->A + z->A : 0) +
+           (z->attention == LI_ATTENTION_LOCATION ? 2 * (size_t)LOC_BLOCK * z->kernel : 0) +
+           LI_BLOCK;
+}
+
 size_t li_attention_work_floats(const li_rcell *cell, int S) {
     const sizes z = sizes_of(cell);
-    return (size_t)S + (has_energy(&z) ? 2 * (size_t)S * z.A + z.A : 0) +
-           (z.attention == LI_ATTENTION_LOCATION ? 2 * (size_t)LOC_BLOCK * z.kernel : 0) +
-           LI_BLOCK;
+    return work_own_floats(&z, S) + li_rcell_prep_floats(cell);
 }
 
 int li_attention_set_memory(const li_rcell *cell, const li_kernels *kern, li_sgemm_fn sgemm,
@@ -168,8 +173,8 @@ int li_attention_set_memory(const li_rcell *cell, const li_kernels *kern, li_sge
     if (mem->keys == NULL)
         return -2;
     const float *const *a = (const float *const *)cell->array;
-    li_rcell_project(kern, sgemm, a[6], a[7], 1, z.Kp, z.Dm, NULL, mem->memory, z.Dm,
-                     mem->S * mem->B, mem->keys);
+    li_rcell_project(kern, sgemm, cell, a[6], a[7], 1, z.Kp, z.Dm, NULL, mem->memory, z.Dm,
+                     mem->S * mem->B, mem->keys, mem->work + work_own_floats(&z, mem->S));
     return 0;
 }
 
@@ -297,7 +302,7 @@ typedef struct {
  * [h ; ctx] to out + b*ldo when out is not NULL. sc: the scratch after the projections. */
 static void step(const li_rcell *cell, const li_kernels *kern, li_sgemm_fn sgemm,
                  const sizes *z, const li_attention_memory *mem, const states *st, int B,
-                 const float *xp, float *out, ptrdiff_t ldo, float *sc) {
+                 const float *xp, float *out, ptrdiff_t ldo, float *sc, void *prep) {
     const int H = z->H, Hp = z->Hp, Dm = z->Dm, S = mem->S, K = Dm + H;
     const void *const *a = cell->array;
     float *rec = sc, *rows = rec + (size_t)B * 4 * Hp, *q = rows + (size_t)B * K;
@@ -306,13 +311,14 @@ static void step(const li_rcell *cell, const li_kernels *kern, li_sgemm_fn sgemm
         memcpy(rows + (size_t)b * K, st->ctx + (size_t)b * Dm, sizeof(float) * Dm);
         memcpy(rows + (size_t)b * K + Dm, st->h + (size_t)b * H, sizeof(float) * H);
     }
-    kern->matvec_f32(a[4], K, 4, 0, Hp / LI_BLOCK, rows, K, B, NULL, Hp, rec, Hp, 4 * Hp);
+    li_rcell_matvec(kern, cell, a[4], K, 4, Hp, 0, Hp / LI_BLOCK, rows, K, B, NULL, rec, Hp,
+                    4 * Hp, prep);
     for (int b = 0; b < B; b++)
         lstm_row(kern, z, xp + (size_t)b * 4 * Hp, rec + (size_t)b * 4 * Hp,
                  st->h + (size_t)b * H, st->c + (size_t)b * H, act, tc);
     if (has_energy(z))
-        kern->matvec_f32(a[5], H, 1, 0, z->Ap / LI_BLOCK, st->h, H, B, NULL, z->Ap, q, z->Ap,
-                         z->Ap);
+        li_rcell_matvec(kern, cell, a[5], H, 1, z->Ap, 0, z->Ap / LI_BLOCK, st->h, H, B, NULL,
+                        q, z->Ap, z->Ap, prep);
     for (int b = 0; b < B; b++) {
         float *ctx = st->ctx + (size_t)b * Dm;
         attend_row(cell, kern, sgemm, z, mem, b, st->h + (size_t)b * H, q + (size_t)b * z->Ap,
@@ -358,12 +364,12 @@ int li_attention_decoder_run(const li_rcell *cell, const li_kernels *kern, li_sg
     const void *const *a = cell->array;
     for (int t0 = 0; t0 < T; t0 += C) {
         const int steps = T - t0 < C ? T - t0 : C;
-        li_rcell_project(kern, sgemm, a[1], a[2], G, Hp, z.E, a[3],
-                         io->x + (size_t)t0 * B * io->ldx, io->ldx, steps * B, xp);
+        li_rcell_project(kern, sgemm, cell, a[1], a[2], G, Hp, z.E, a[3],
+                         io->x + (size_t)t0 * B * io->ldx, io->ldx, steps * B, xp, io->prep);
         for (int s = 0; s < steps; s++) {
             float *out = io->y == NULL ? NULL : io->y + (ptrdiff_t)(t0 + s) * io->y_ts;
             step(cell, kern, sgemm, &z, mem, &st, B, xp + (size_t)s * B * G * Hp, out,
-                 io->y_bs, sc);
+                 io->y_bs, sc, io->prep);
         }
     }
     return 0;
@@ -376,7 +382,7 @@ int li_attention_decoder_run(const li_rcell *cell, const li_kernels *kern, li_sg
 size_t li_attention_generate_scratch_floats(const li_rcell *cell, int B) {
     const sizes z = sizes_of(cell);
     return step_scratch(&z, 1, B) + (size_t)B * z.E + (size_t)B * (z.H + z.Dm) +
-           (size_t)B * z.Vp + (size_t)B;
+           (size_t)B * z.Vp + (size_t)B + li_rcell_prep_floats(cell);
 }
 
 static uint64_t splitmix64(uint64_t *state) {
@@ -428,6 +434,7 @@ int li_attention_generate(const li_rcell *cell, const li_kernels *kern, li_sgemm
     float *xp = io->scratch, *sc = xp + (size_t)B * G * Hp;
     float *ybuf = io->scratch + step_scratch(&z, 1, B), *obuf = ybuf + (size_t)B * E;
     float *logits = obuf + (size_t)B * O, *done = logits + (size_t)B * Vp;
+    void *prep = done + B;
     for (int b = 0; b < B; b++) {
         memcpy(ybuf + (size_t)b * E, emb + (size_t)bos * E, sizeof(float) * E);
         done[b] = 0.0f;
@@ -435,10 +442,10 @@ int li_attention_generate(const li_rcell *cell, const li_kernels *kern, li_sgemm
     uint64_t rng = seed;
     int t = 0;
     while (t < max_steps) {
-        li_rcell_project(kern, sgemm, a[1], a[2], G, Hp, E, a[3], ybuf, E, B, xp);
-        step(cell, kern, sgemm, &z, mem, &st, B, xp, obuf, O, sc);
-        kern->matvec_f32(a[11], O, 1, 0, Vp / LI_BLOCK, obuf, O, B, (const float *)a[12], Vp,
-                         logits, Vp, Vp);
+        li_rcell_project(kern, sgemm, cell, a[1], a[2], G, Hp, E, a[3], ybuf, E, B, xp, prep);
+        step(cell, kern, sgemm, &z, mem, &st, B, xp, obuf, O, sc, prep);
+        li_rcell_matvec(kern, cell, a[11], O, 1, Vp, 0, Vp / LI_BLOCK, obuf, O, B,
+                        (const float *)a[12], logits, Vp, Vp, prep);
         int live = 0;
         for (int b = 0; b < B; b++) {
             int64_t tok;

@@ -23,7 +23,7 @@
  * Arrays (kg = k / G, kgp = kg padded to LI_BLOCK, nbg = kgp / LI_BLOCK):
  *   [0] periods   int32 [M], ascending, positive, lcm <= 2^24
  *   [1] a_modules per module m, pack_gate_blocks([W_m | R[m*k:(m+1)*k, m*k:H]], G):
- *                 nbg * K_m * G * LI_BLOCK floats each, module after module
+ *                 module after module, each li_rcell_packed_len(G, kgp, K_m) long
  *   [2] bias      per module m, its k biases gate-padded [G][kgp]: M * G * kgp floats
  * States: state[0] h [B][H]; state[1] the step counter of each row [B], t mod lcm(periods)
  * as a float (exact below 2^24). A counter that is not such a value is reduced to one
@@ -65,14 +65,15 @@ static int module_gates(int k) {
     return 1;
 }
 
-static int64_t module_floats(int I, int H, int k, int m) {
+/* Elements of module m's packed matrix in the cell's weight format. */
+static int64_t module_len(const li_rcell *cell, int k, int m) {
     const int G = module_gates(k);
-    return (int64_t)(li_rcell_padded(k / G) / LI_BLOCK) * (I + H - (int64_t)m * k) * G *
-           LI_BLOCK;
+    return li_rcell_packed_len(cell, G, li_rcell_padded(k / G),
+                               cell->input_size + cell->hidden_size - m * k);
 }
 
 int li_clockwork_rnn_check(const li_rcell *cell) {
-    const int M = cell->modules, H = cell->hidden_size, I = cell->input_size;
+    const int M = cell->modules, H = cell->hidden_size;
     if (cell->layers != 1 || M < 1 || M > LI_RCELL_MAX_MODULES || H % M != 0 ||
         cell->n_arrays != N_ARRAYS)
         return -10;
@@ -87,7 +88,7 @@ int li_clockwork_rnn_check(const li_rcell *cell) {
     const int k = H / M, G = module_gates(k);
     int64_t a_total = 0;
     for (int m = 0; m < M; m++)
-        a_total += module_floats(I, H, k, m);
+        a_total += module_len(cell, k, m);
     if (cell->array_len[1] != a_total)
         return -12;
     if (cell->array_len[2] != (int64_t)M * G * li_rcell_padded(k / G))
@@ -128,7 +129,8 @@ int li_clockwork_rnn_run(const li_rcell *cell, const li_kernels *kern, li_sgemm_
         return -2;
     const int32_t *periods = (const int32_t *)cell->array[0];
     const long lcm = periods_lcm(periods, M);
-    const float *a_mod = cell->array[1], *bias = cell->array[2];
+    const void *a_mod = cell->array[1];
+    const float *bias = cell->array[2];
     float *in = io->scratch, *out = in + (size_t)B * (I + H), *count = out + (size_t)B * ldo;
     float *rows = count + B, *z = rows + B;
     float *h = io->state[0];
@@ -136,11 +138,11 @@ int li_clockwork_rnn_run(const li_rcell *cell, const li_kernels *kern, li_sgemm_
         count[b] = (float)reduced_counter(io->state[1][b], lcm);
     for (int t = 0; t < T; t++) {
         const float *xt = io->x + (size_t)t * B * io->ldx;
-        const float *a_m = a_mod;
+        const void *a_m = a_mod;
         for (int m = 0; m < M; m++) {
             const int K = I + H - m * k;
-            const float *am = a_m;
-            a_m += (size_t)nbg * K * G * LI_BLOCK;
+            const void *am = a_m;
+            a_m = li_rcell_packed_at(cell, a_m, module_len(cell, k, m));
             int n = 0;
             for (int b = 0; b < B; b++)
                 if ((long)count[b] % periods[m] == 0)
@@ -153,8 +155,8 @@ int li_clockwork_rnn_run(const li_rcell *cell, const li_kernels *kern, li_sgemm_
                 memcpy(in + (size_t)j * K + I, h + (size_t)b * H + (size_t)m * k,
                        (size_t)(K - I) * sizeof(float));
             }
-            kern->matvec_f32(am, K, G, 0, nbg, in, K, n, bias + (size_t)m * ldo, kgp, out, kgp,
-                             ldo);
+            li_rcell_matvec(kern, cell, am, K, G, kgp, 0, nbg, in, K, n, bias + (size_t)m * ldo,
+                            out, kgp, ldo, io->prep);
             for (int j = 0; j < n; j++) {
                 const float *o = out + (size_t)j * ldo;
                 for (int g = 0; g < G; g++)

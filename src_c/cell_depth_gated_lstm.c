@@ -44,12 +44,19 @@ int li_depth_gated_lstm_check(const li_rcell *cell) {
     const int64_t I = cell->input_size;
     if (cell->n_arrays != LAYER0_ARRAYS + UPPER_ARRAYS * (cell->layers - 1))
         return -10;
-    const int64_t first[LAYER0_ARRAYS] = {4 * Hp * I, Hp * I * 4, 4 * Hp, Hp * H * 4};
+    const int hp = (int)Hp, h = (int)H, i0 = (int)I;
+    const int64_t first[LAYER0_ARRAYS] = {4 * Hp * I, li_rcell_packed_len(cell, 4, hp, i0),
+                                          4 * Hp, li_rcell_packed_len(cell, 4, hp, h)};
     for (int i = 0; i < LAYER0_ARRAYS; i++)
         if (cell->array_len[i] != first[i])
             return -11 - i;
-    const int64_t upper[UPPER_ARRAYS] = {5 * Hp * H, Hp * H * 4, Hp * H, 5 * Hp,
-                                         Hp * H * 4, H,          H};
+    const int64_t upper[UPPER_ARRAYS] = {5 * Hp * H,
+                                         li_rcell_packed_len(cell, 4, hp, h),
+                                         li_rcell_packed_len(cell, 1, hp, h),
+                                         5 * Hp,
+                                         li_rcell_packed_len(cell, 4, hp, h),
+                                         H,
+                                         H};
     for (int l = 1; l < cell->layers; l++)
         for (int i = 0; i < UPPER_ARRAYS; i++)
             if (cell->array_len[LAYER0_ARRAYS + UPPER_ARRAYS * (l - 1) + i] != upper[i])
@@ -76,16 +83,18 @@ size_t li_depth_gated_lstm_state(const li_rcell *cell, int s, int B) {
 }
 
 /* out rows (5*Hp floats apart) = [W; D] x + [b; e] over `rows` rows of x (layer l >= 1). */
-static void project_with_depth(const li_kernels *kern, li_sgemm_fn sgemm,
+static void project_with_depth(const li_kernels *kern, li_sgemm_fn sgemm, const li_rcell *cell,
                                const float *const *w, int Hp, int K, const float *x, int ldx,
-                               int rows, float *out) {
+                               int rows, float *out, void *prep) {
     if (!li_rcell_projects_packed(5, Hp, K, rows)) {
-        li_rcell_project(kern, sgemm, w[0], NULL, 5, Hp, K, w[3], x, ldx, rows, out);
+        li_rcell_project(kern, sgemm, cell, w[0], NULL, 5, Hp, K, w[3], x, ldx, rows, out,
+                         prep);
         return;
     }
-    kern->matvec_f32(w[1], K, 4, 0, Hp / LI_BLOCK, x, ldx, rows, w[3], Hp, out, Hp, 5 * Hp);
-    kern->matvec_f32(w[2], K, 1, 0, Hp / LI_BLOCK, x, ldx, rows, w[3] + 4 * Hp, Hp,
-                     out + 4 * Hp, Hp, 5 * Hp);
+    li_rcell_matvec(kern, cell, w[1], K, 4, Hp, 0, Hp / LI_BLOCK, x, ldx, rows, w[3], out, Hp,
+                    5 * Hp, prep);
+    li_rcell_matvec(kern, cell, w[2], K, 1, Hp, 0, Hp / LI_BLOCK, x, ldx, rows, w[3] + 4 * Hp,
+                    out + 4 * Hp, Hp, 5 * Hp, prep);
 }
 
 /* Layer l >= 1, one row: xp (5 groups) + rec (4 groups), gate stride Hp. c_low holds the
@@ -147,15 +156,17 @@ int li_depth_gated_lstm_run(const li_rcell *cell, const li_kernels *kern, li_sge
             const float *const *w = layer_arrays(cell, l);
             const int top = l == L - 1, row_floats = l == 0 ? 4 * Hp : 5 * Hp;
             if (l == 0)
-                li_rcell_project(kern, sgemm, w[0], w[1], 4, Hp, cell->input_size, w[2],
-                                 io->x + (size_t)t0 * B * io->ldx, io->ldx, steps * B, xp);
+                li_rcell_project(kern, sgemm, cell, w[0], w[1], 4, Hp, cell->input_size, w[2],
+                                 io->x + (size_t)t0 * B * io->ldx, io->ldx, steps * B, xp,
+                                 io->prep);
             else
-                project_with_depth(kern, sgemm, w, Hp, H, between, H, steps * B, xp);
+                project_with_depth(kern, sgemm, cell, w, Hp, H, between, H, steps * B, xp,
+                                   io->prep);
             const float *r_packed = l == 0 ? w[3] : w[4];
             float *h = io->state[0] + (size_t)l * B * H, *c = io->state[1] + (size_t)l * B * H;
             for (int s = 0; s < steps; s++) {
-                kern->matvec_f32(r_packed, H, 4, 0, Hp / LI_BLOCK, h, H, B, NULL, Hp, rec, Hp,
-                                 4 * Hp);
+                li_rcell_matvec(kern, cell, r_packed, H, 4, Hp, 0, Hp / LI_BLOCK, h, H, B, NULL,
+                                rec, Hp, 4 * Hp, io->prep);
                 for (int b = 0; b < B; b++) {
                     const size_t row = (size_t)s * B + b;
                     const float *xrow = xp + row * row_floats, *rrow = rec + (size_t)b * 4 * Hp;

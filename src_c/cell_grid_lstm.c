@@ -36,10 +36,17 @@ int li_grid_lstm_check(const li_rcell *cell) {
     const int64_t I = cell->input_size;
     if (cell->n_arrays != INPUT_ARRAYS + LAYER_ARRAYS * cell->layers)
         return -10;
-    if (cell->array_len[0] != Hp * I || cell->array_len[1] != Hp * I)
+    const int hp = (int)Hp, h = (int)H;
+    if (cell->array_len[0] != Hp * I ||
+        cell->array_len[1] != li_rcell_packed_len(cell, 1, hp, (int)I))
         return -11;
-    const int64_t want[LAYER_ARRAYS] = {4 * Hp * H, Hp * H * 4,     4 * Hp, Hp * H * 4,
-                                        4 * Hp * 2 * H, Hp * 2 * H * 4, 4 * Hp};
+    const int64_t want[LAYER_ARRAYS] = {4 * Hp * H,
+                                        li_rcell_packed_len(cell, 4, hp, h),
+                                        4 * Hp,
+                                        li_rcell_packed_len(cell, 4, hp, h),
+                                        4 * Hp * 2 * H,
+                                        li_rcell_packed_len(cell, 4, hp, 2 * h),
+                                        4 * Hp};
     for (int l = 0; l < cell->layers; l++)
         for (int i = 0; i < LAYER_ARRAYS; i++)
             if (cell->array_len[INPUT_ARRAYS + LAYER_ARRAYS * l + i] != want[i])
@@ -93,8 +100,8 @@ int li_grid_lstm_run(const li_rcell *cell, const li_kernels *kern, li_sgemm_fn s
         const int steps = T - t0 < C ? T - t0 : C;
         const int rows = steps * B;
         /* u_{-1} = P x over the chunk, into each row's u half; n_{-1} = 0. */
-        li_rcell_project(kern, sgemm, a[0], a[1], 1, Hp, cell->input_size, NULL,
-                         io->x + (size_t)t0 * B * io->ldx, io->ldx, rows, xp);
+        li_rcell_project(kern, sgemm, cell, a[0], a[1], 1, Hp, cell->input_size, NULL,
+                         io->x + (size_t)t0 * B * io->ldx, io->ldx, rows, xp, io->prep);
         for (int r = 0; r < rows; r++)
             memcpy(hu + (size_t)r * 2 * H + H, xp + (size_t)r * Hp, (size_t)H * sizeof(float));
         memset(n, 0, (size_t)rows * H * sizeof(float));
@@ -102,10 +109,11 @@ int li_grid_lstm_run(const li_rcell *cell, const li_kernels *kern, li_sgemm_fn s
             const float *const *w = a + INPUT_ARRAYS + LAYER_ARRAYS * l;
             float *h = io->state[0] + (size_t)l * B * H, *m = io->state[1] + (size_t)l * B * H;
             /* time block: inputs T_l[:, H:] u_{l-1} + a_l for the chunk, then the recurrence */
-            li_rcell_project(kern, sgemm, w[0], w[1], G, Hp, H, w[2], hu + H, 2 * H, rows, xp);
+            li_rcell_project(kern, sgemm, cell, w[0], w[1], G, Hp, H, w[2], hu + H, 2 * H, rows,
+                             xp, io->prep);
             for (int s = 0; s < steps; s++) {
-                kern->matvec_f32(w[3], H, G, 0, Hp / LI_BLOCK, h, H, B, NULL, Hp, rec, Hp,
-                                 G * Hp);
+                li_rcell_matvec(kern, cell, w[3], H, G, Hp, 0, Hp / LI_BLOCK, h, H, B, NULL,
+                                rec, Hp, G * Hp, io->prep);
                 for (int b = 0; b < B; b++) {
                     const size_t r = (size_t)s * B + b;
                     float *hb = h + (size_t)b * H;
@@ -116,7 +124,8 @@ int li_grid_lstm_run(const li_rcell *cell, const li_kernels *kern, li_sgemm_fn s
             }
             /* depth block: E_l [h; u_{l-1}] + b_l over the chunk, cell n_{l-1} -> n_l; u_l
              * replaces u_{l-1} in each row (the product above has read it). */
-            li_rcell_project(kern, sgemm, w[4], w[5], G, Hp, 2 * H, w[6], hu, 2 * H, rows, xp);
+            li_rcell_project(kern, sgemm, cell, w[4], w[5], G, Hp, 2 * H, w[6], hu, 2 * H, rows,
+                             xp, io->prep);
             for (int r = 0; r < rows; r++)
                 kern->lstm_pointwise(&block, 0, H, xp + (size_t)r * G * Hp, Hp, zero, 0,
                                      n + (size_t)r * H, hu + (size_t)r * 2 * H + H);

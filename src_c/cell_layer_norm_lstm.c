@@ -6,14 +6,14 @@
  *     h'    = o * tanh(c')
  *
  * The input projections of a chunk of steps are one product per layer (li_rcell_project);
- * each step is one product of R with the batch's h (li_rcell_recurrent), then one pointwise pass per row that
- * adds the two, normalises the gates, applies the activations on the table's vector
+ * each step is one product of R with the batch's h (li_rcell_recurrent), then one pointwise
+ * pass per row that adds the two, normalises the gates, applies the activations on the table's vector
  * functions, updates and normalises the cell. A layer's outputs over the chunk are the next
  * layer's inputs, so a deep stack keeps its big products.
  *
  * Arrays, 9 per layer l (I_0 = input_size, I_l = H above; Hp = H padded to LI_BLOCK):
  *   [9l+0] w_pad     [4*Hp][I_l]  input weights, gate rows padded with zeros (sgemm)
- *   [9l+1] w_packed  pack_gate_blocks(W, 4): ceil(H/BLOCK) * I_l * 4 * BLOCK floats
+ *   [9l+1] w_packed  pack_gate_blocks(W, 4) in the weight format (li_rcell_packed_len)
  *   [9l+2] bias_pad  [4*Hp]       bias_ih
  *   [9l+3] r_pad     [4*Hp][H]    recurrent weights, padded rows (sgemm for large batches)
  *   [9l+4] r_packed  pack_gate_blocks(R, 4) over K = H
@@ -38,8 +38,14 @@ int li_layer_norm_lstm_check(const li_rcell *cell) {
         return -10;
     for (int l = 0; l < cell->layers; l++) {
         const int64_t K = layer_inputs(cell, l);
-        const int64_t want[ARRAYS_PER_LAYER] = {4 * Hp * K, Hp * K * 4, 4 * Hp, 4 * Hp * H,
-                                                Hp * H * 4, 4 * H,      4 * H,  H,
+        const int64_t want[ARRAYS_PER_LAYER] = {4 * Hp * K,
+                                                li_rcell_packed_len(cell, 4, (int)Hp, (int)K),
+                                                4 * Hp,
+                                                4 * Hp * H,
+                                                li_rcell_packed_len(cell, 4, (int)Hp, (int)H),
+                                                4 * H,
+                                                4 * H,
+                                                H,
                                                 H};
         for (int i = 0; i < ARRAYS_PER_LAYER; i++)
             if (cell->array_len[ARRAYS_PER_LAYER * l + i] != want[i])
@@ -106,14 +112,16 @@ int li_layer_norm_lstm_run(const li_rcell *cell, const li_kernels *kern, li_sgem
             const float *const *w = a + ARRAYS_PER_LAYER * l;
             const int top = l == L - 1;
             if (l == 0)
-                li_rcell_project(kern, sgemm, w[0], w[1], G, Hp, cell->input_size, w[2],
-                                 io->x + (size_t)t0 * B * io->ldx, io->ldx, steps * B, xp);
+                li_rcell_project(kern, sgemm, cell, w[0], w[1], G, Hp, cell->input_size, w[2],
+                                 io->x + (size_t)t0 * B * io->ldx, io->ldx, steps * B, xp,
+                                 io->prep);
             else
-                li_rcell_project(kern, sgemm, w[0], w[1], G, Hp, H, w[2], between, H,
-                                 steps * B, xp);
+                li_rcell_project(kern, sgemm, cell, w[0], w[1], G, Hp, H, w[2], between, H,
+                                 steps * B, xp, io->prep);
             float *h = io->state[0] + (size_t)l * B * H, *c = io->state[1] + (size_t)l * B * H;
             for (int s = 0; s < steps; s++) {
-                li_rcell_recurrent(kern, sgemm, w[3], w[4], G, Hp, H, h, H, B, rec);
+                li_rcell_recurrent(kern, sgemm, cell, w[3], w[4], G, Hp, H, h, H, B, rec,
+                                   io->prep);
                 for (int b = 0; b < B; b++) {
                     float *out;
                     if (top)

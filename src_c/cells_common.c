@@ -6,6 +6,7 @@
 #include "li_cells.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 typedef struct {
@@ -55,6 +56,9 @@ int li_rcell_check(const li_rcell *cell) {
     for (int i = 0; i < cell->n_arrays; i++)
         if (cell->array[i] == NULL || cell->array_len[i] < 0)
             return -3;
+    if (cell->weight_format != LI_WEIGHTS_F32 && cell->weight_format != LI_WEIGHTS_BF16 &&
+        cell->weight_format != LI_WEIGHTS_I8)
+        return -4;
     return ops->check(cell);
 }
 
@@ -62,7 +66,7 @@ size_t li_rcell_scratch_floats(const li_rcell *cell, int T, int B) {
     const rcell_ops *ops = ops_of(cell);
     if (ops == NULL || T <= 0 || B <= 0)
         return 0;
-    return ops->scratch(cell, T, B);
+    return ops->scratch(cell, T, B) + li_rcell_prep_floats(cell);
 }
 
 size_t li_rcell_state_floats(const li_rcell *cell, int s, int B) {
@@ -88,7 +92,9 @@ int li_rcell_run(const li_rcell *cell, const li_kernels *kern, li_sgemm_fn sgemm
         return 0;
     if (io->x == NULL || io->scratch == NULL)
         return -2;
-    return ops->run(cell, kern, sgemm, io);
+    li_rcell_io with_prep = *io; /* the prepared rows after the kind's own scratch */
+    with_prep.prep = io->scratch + ops->scratch(cell, io->T, io->B);
+    return ops->run(cell, kern, sgemm, &with_prep);
 }
 
 /* ---- helpers ------------------------------------------------------------------------------ */
@@ -136,9 +142,90 @@ int li_rcell_projects_packed(int G, int Hp, int K, int rows) {
     return G <= 4 && (bytes <= RCELL_XPROJ_PACKED_MAX_BYTES || rows <= RCELL_XPROJ_FEW_ROWS);
 }
 
-void li_rcell_project(const li_kernels *kern, li_sgemm_fn sgemm, const float *w_pad,
-                      const void *w_packed, int G, int Hp, int K, const float *bias_pad,
-                      const float *x, int ldx, int rows, float *out) {
+/* ---- weight formats ---------------------------------------------------------------------- */
+
+/* Rows prepared at once for a quantized product: their codes stay in L1 next to the block
+ * of weights being read. */
+#define RCELL_PREP_ROWS 32
+
+static size_t round_up_64(size_t n) { return (n + 63) / 64 * 64; }
+
+int64_t li_rcell_packed_len(const li_rcell *cell, int G, int Hp, int K) {
+    const int64_t rows = (int64_t)G * Hp;
+    switch (cell->weight_format) {
+    case LI_WEIGHTS_F32:
+        return rows * K;
+    case LI_WEIGHTS_BF16:
+        return rows * ((K + 1) / 2 * 2) * 2;
+    case LI_WEIGHTS_I8:
+        return (int64_t)round_up_64((size_t)(rows * ((K + 3) / 4 * 4))) + rows * 8;
+    default:
+        return -1;
+    }
+}
+
+/* Inputs of the widest product any kind makes (the attention decoder's [ctx ; h] and
+ * [h ; ctx] are Dm + H; the others at most I + H or 2H): a bound for the prepared rows. */
+static int64_t widest_inputs(const li_rcell *cell) {
+    int64_t dm = 0;
+    if (cell->kind == LI_RCELL_ATTENTION_DECODER && cell->n_arrays > 0 &&
+        cell->array_len[0] >= 2)
+        dm = ((const int32_t *)cell->array[0])[1];
+    return (int64_t)cell->input_size + 2 * (int64_t)cell->hidden_size + dm;
+}
+
+size_t li_rcell_prep_floats(const li_rcell *cell) {
+    if (cell->weight_format == LI_WEIGHTS_F32)
+        return 0;
+    const size_t bytes = (size_t)RCELL_PREP_ROWS * LI_PREPARED_ROW_BYTES(widest_inputs(cell)) +
+                         sizeof(float) * RCELL_PREP_ROWS + 64; /* codes, scales, alignment */
+    return (bytes + sizeof(float) - 1) / sizeof(float);
+}
+
+void li_rcell_matvec(const li_kernels *kern, const li_rcell *cell, const void *packed, int K,
+                     int G, int Hp, int blk0, int blk1, const float *x, int ldx, int rows,
+                     const float *bias, float *out, int ogs, int ldo, void *prep) {
+    if (cell->weight_format == LI_WEIGHTS_F32) {
+        kern->matvec_f32(packed, K, G, blk0, blk1, x, ldx, rows, bias, Hp, out, ogs, ldo);
+        return;
+    }
+    const int i8 = cell->weight_format == LI_WEIGHTS_I8;
+    const float *scale = NULL;
+    const int32_t *rowsum = NULL;
+    if (i8) { /* after the codes, at a 64-byte boundary: every padded row's scale, code sum */
+        const size_t codes = (size_t)G * Hp * ((K + 3) / 4 * 4);
+        scale = (const float *)((const char *)packed + round_up_64(codes));
+        rowsum = (const int32_t *)(scale + (size_t)G * Hp);
+    }
+    const li_prepare_fn prepare = i8 ? kern->prepare_i8 : kern->prepare_bf16;
+    li_rows r = {x, ldx, NULL, 0, NULL};
+    if (!i8 && prepare == NULL) { /* the table's bf16 product reads the float32 rows */
+        kern->matvec_bf16(packed, K, G, blk0, blk1, &r, rows, bias, NULL, NULL, Hp, out, ogs,
+                          ldo);
+        return;
+    }
+    const int ldq = (int)LI_PREPARED_ROW_BYTES(K);
+    char *q = (char *)(((uintptr_t)prep + 63) & ~(uintptr_t)63);
+    float *qscale = (float *)(q + (size_t)RCELL_PREP_ROWS * ldq);
+    for (int r0 = 0; r0 < rows; r0 += RCELL_PREP_ROWS) {
+        const int n = rows - r0 < RCELL_PREP_ROWS ? rows - r0 : RCELL_PREP_ROWS;
+        const float *xr = x + (size_t)r0 * ldx;
+        prepare(xr, ldx, n, K, q, ldq, qscale);
+        r = (li_rows){xr, ldx, q, ldq, qscale};
+        float *o = out + (size_t)r0 * ldo;
+        if (i8)
+            kern->matvec_i8(packed, K, G, blk0, blk1, &r, n, bias, scale, rowsum, Hp, o, ogs,
+                            ldo);
+        else
+            kern->matvec_bf16(packed, K, G, blk0, blk1, &r, n, bias, NULL, NULL, Hp, o, ogs,
+                              ldo);
+    }
+}
+
+void li_rcell_project(const li_kernels *kern, li_sgemm_fn sgemm, const li_rcell *cell,
+                      const float *w_pad, const void *w_packed, int G, int Hp, int K,
+                      const float *bias_pad, const float *x, int ldx, int rows, float *out,
+                      void *prep) {
     const int ldo = G * Hp;
     const size_t bytes = sizeof(float) * (size_t)ldo * K;
     if (w_packed == NULL || !li_rcell_projects_packed(G, Hp, K, rows)) {
@@ -149,19 +236,19 @@ void li_rcell_project(const li_kernels *kern, li_sgemm_fn sgemm, const float *w_
     const int chunk = bytes > RCELL_XPROJ_PACKED_MAX_BYTES ? rows : (per > 8 ? per : 8);
     for (int r0 = 0; r0 < rows; r0 += chunk) {
         const int n = rows - r0 < chunk ? rows - r0 : chunk;
-        kern->matvec_f32(w_packed, K, G, 0, Hp / LI_BLOCK, x + (size_t)r0 * ldx, ldx, n,
-                         bias_pad, Hp, out + (size_t)r0 * ldo, Hp, ldo);
+        li_rcell_matvec(kern, cell, w_packed, K, G, Hp, 0, Hp / LI_BLOCK, x + (size_t)r0 * ldx,
+                        ldx, n, bias_pad, out + (size_t)r0 * ldo, Hp, ldo, prep);
     }
 }
 
-void li_rcell_recurrent(const li_kernels *kern, li_sgemm_fn sgemm, const float *r_pad,
-                        const void *r_packed, int G, int Hp, int K, const float *h, int ldh,
-                        int rows, float *out) {
+void li_rcell_recurrent(const li_kernels *kern, li_sgemm_fn sgemm, const li_rcell *cell,
+                        const float *r_pad, const void *r_packed, int G, int Hp, int K,
+                        const float *h, int ldh, int rows, float *out, void *prep) {
     if (rows > RCELL_PACKED_MAX_ROWS)
         sgemm_rows(sgemm, r_pad, G * Hp, K, h, ldh, rows, NULL, out);
     else
-        kern->matvec_f32(r_packed, K, G, 0, Hp / LI_BLOCK, h, ldh, rows, NULL, Hp, out, Hp,
-                         G * Hp);
+        li_rcell_matvec(kern, cell, r_packed, K, G, Hp, 0, Hp / LI_BLOCK, h, ldh, rows, NULL,
+                        out, Hp, G * Hp, prep);
 }
 
 void li_rcell_layer_norm(const float *x, int n, const float *w, const float *b, float eps,

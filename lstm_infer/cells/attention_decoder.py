@@ -38,6 +38,7 @@ from lstm_infer.cells.base import (
     matrix,
     packed,
     rcell,
+    weight_format,
 )
 from lstm_infer.errors import InputError, ModelFormatError
 
@@ -141,6 +142,7 @@ def compile_cell(a: Mapping[str, Any], head: tuple[np.ndarray, np.ndarray] | Non
     energy = kind in ("additive", "location")
     keys_w = a["memory.weight"] if energy else a["score.weight"] if kind == "general" else None
     vocab = 0 if head is None else int(head[0].shape[0])
+    fmt = weight_format(a)
     arrays: list[np.ndarray] = [
         np.array(
             [
@@ -152,11 +154,13 @@ def compile_cell(a: Mapping[str, Any], head: tuple[np.ndarray, np.ndarray] | Non
             ],
             np.int32,
         ),  # fmt: skip
-        *input_weights(f32(w_ih[:, :e]), 4, f32(bias)),
-        packed(np.concatenate([w_ih[:, e:], np.asarray(a["cell.weight_hh"], np.float64)], 1), 4),
-        packed(a["query.weight"], 1) if energy else empty,
-        gate_rows_padded(f32(keys_w), 1) if keys_w is not None else empty,
-        packed(keys_w, 1) if keys_w is not None else empty,
+        *input_weights(f32(w_ih[:, :e]), 4, f32(bias), fmt),
+        packed(
+            np.concatenate([w_ih[:, e:], np.asarray(a["cell.weight_hh"], np.float64)], 1), 4, fmt
+        ),
+        packed(a["query.weight"], 1, fmt) if energy else empty,
+        gate_rows_padded(f32(keys_w), 1, fmt) if keys_w is not None else empty,
+        packed(keys_w, 1, fmt) if keys_w is not None else empty,
         f32(a["energy.weight"]).reshape(-1) if energy else empty,
         f32(a["energy_bias"]) if energy else empty,
         _location_filter(a) if kind == "location" else empty,
@@ -165,7 +169,7 @@ def compile_cell(a: Mapping[str, Any], head: tuple[np.ndarray, np.ndarray] | Non
         arrays += [empty, empty, empty]
     else:
         weight, b = head
-        arrays += [packed(weight, 1), gate_vector_padded(f32(b), 1), f32(a[EMBEDDING])]
+        arrays += [packed(weight, 1, fmt), gate_vector_padded(f32(b), 1), f32(a[EMBEDDING])]
     return rcell("attention_decoder", a, arrays)
 
 

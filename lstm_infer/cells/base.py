@@ -18,12 +18,18 @@ from typing import Any
 import numpy as np
 
 from lstm_infer import _engine
-from lstm_infer._plan import BLOCK, pack_gate_blocks
+from lstm_infer._plan import BLOCK, INT8_MAX_INPUTS, _aligned_empty, pack_gate_blocks
 from lstm_infer.errors import ModelFormatError
+from lstm_infer.quantize import from_bf16_bits, int8_rows, to_bf16_bits
 
 # Sizes far above any trained cell and below the C layer's own bound (2**20).
 MAX_SIZE = 1 << 16
 MAX_LAYERS = 64
+# The node attribute naming the format of the cell's packed matrices (GraphModel.quantize);
+# absent: float32. The node keeps its float32 weights, so a saved quantized model reloads
+# to the same packed bytes.
+WEIGHT_FORMAT = "weight_format"
+WEIGHT_FORMATS = ("float32", "bfloat16", "int8")
 
 Shape = tuple[int, ...]
 
@@ -64,8 +70,11 @@ class CellDef:
             limit = MAX_LAYERS if name == "num_layers" else MAX_SIZE
             if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= limit:
                 raise ModelFormatError(f"{where}: {name} {value!r} is not in [1, {limit}]")
+        fmt = attrs.get(WEIGHT_FORMAT, "float32")
+        if fmt not in WEIGHT_FORMATS:
+            raise ModelFormatError(f"{where}: weight format {fmt!r} is not one of {WEIGHT_FORMATS}")
         want = self.expected(attrs)
-        weights = {k: v for k, v in attrs.items() if k not in self.sizes}
+        weights = {k: v for k, v in attrs.items() if k not in self.sizes and k != WEIGHT_FORMAT}
         missing = sorted(set(want) - set(weights))
         extra = sorted(set(weights) - set(want))
         if missing or extra:
@@ -90,9 +99,23 @@ def padded(h: int) -> int:
     return -(-h // BLOCK) * BLOCK
 
 
-def gate_rows_padded(m: np.ndarray, gates: int) -> np.ndarray:
+def dequantized(m: np.ndarray, fmt: str) -> np.ndarray:
+    """m as the products in format ``fmt`` see it: float32 as is, bf16-rounded, or int8
+    codes times their row's scale (the values the sgemm path of many rows multiplies)."""
+    m = np.ascontiguousarray(m, np.float32)
+    if fmt == "bfloat16":
+        return from_bf16_bits(to_bf16_bits(m))
+    if fmt == "int8":
+        q, scale = int8_rows(m)
+        return q.astype(np.float32) * scale[:, None]
+    return m
+
+
+def gate_rows_padded(m: np.ndarray, gates: int, fmt: str = "float32") -> np.ndarray:
     """(G*H, K) -> (G*Hp, K) float32, each gate's rows zero padded to whole blocks (sgemm
-    then writes the padded layout the packed products write)."""
+    then writes the padded layout the packed products write); ``fmt``: of the dequantized
+    weights."""
+    m = dequantized(m, fmt)
     gh, k = m.shape
     h = gh // gates
     out = np.zeros((gates, padded(h), k), np.float32)
@@ -107,19 +130,56 @@ def gate_vector_padded(v: np.ndarray, gates: int) -> np.ndarray:
     return out.reshape(-1)
 
 
-def input_weights(w: np.ndarray, gates: int, bias: np.ndarray | None) -> list[np.ndarray]:
+def input_weights(
+    w: np.ndarray, gates: int, bias: np.ndarray | None, fmt: str = "float32"
+) -> list[np.ndarray]:
     """The three arrays of an input projection: padded rows (sgemm), packed blocks (matvec),
     padded bias (zeros without one)."""
     b = np.zeros(w.shape[0], np.float32) if bias is None else bias
     return [
-        gate_rows_padded(w, gates),
-        pack_gate_blocks(np.ascontiguousarray(w, np.float32), gates),
+        gate_rows_padded(w, gates, fmt),
+        packed(w, gates, fmt),
         gate_vector_padded(np.asarray(b, np.float32), gates),
     ]
 
 
-def packed(m: np.ndarray, gates: int) -> np.ndarray:
-    return pack_gate_blocks(np.ascontiguousarray(m, np.float32), gates)
+def _bytes(parts: list[np.ndarray]) -> np.ndarray:
+    """The parts' bytes back to back, each from a 64-byte boundary, in one aligned array."""
+    offsets, end = [], 0
+    for p in parts:
+        offsets.append(end)
+        end += -(-p.nbytes // 64) * 64
+    out = _aligned_empty((max(offsets[-1] + parts[-1].nbytes, 1),), np.uint8)
+    out[...] = 0
+    for off, p in zip(offsets, parts):
+        out[off : off + p.nbytes] = np.ascontiguousarray(p).reshape(-1).view(np.uint8)
+    return out
+
+
+def packed(m: np.ndarray, gates: int, fmt: str = "float32") -> np.ndarray:
+    """A (G*H, K) matrix packed for the products in format ``fmt`` (li_cells.h): float32
+    pack_gate_blocks, or bytes: bf16 blocks, or int8 blocks then each padded row's scale
+    and code sum."""
+    m = np.ascontiguousarray(m, np.float32)
+    if fmt == "bfloat16":
+        return _bytes([to_bf16_bits(pack_gate_blocks(m, gates, pair=2))])
+    if fmt == "int8":
+        if m.shape[1] > INT8_MAX_INPUTS:
+            raise ModelFormatError(
+                f"int8 weights support at most {INT8_MAX_INPUTS} inputs per row, got {m.shape[1]}"
+            )
+        q, scale = int8_rows(m)
+        rowsum = q.astype(np.int32).sum(axis=1, dtype=np.int32)
+        codes = pack_gate_blocks(q, gates, np.int8, pair=4)
+        h = m.shape[0] // gates
+        sums = np.zeros((gates, padded(h)), np.int32)
+        sums[:, :h] = rowsum.reshape(gates, h)
+        return _bytes([codes, gate_vector_padded(scale, gates), sums.reshape(-1)])
+    return pack_gate_blocks(m, gates)
+
+
+def weight_format(attrs: Mapping[str, Any]) -> str:
+    return str(attrs.get(WEIGHT_FORMAT, "float32"))
 
 
 def f32(a: Any) -> np.ndarray:
@@ -133,6 +193,7 @@ def rcell(kind: str, attrs: Mapping[str, Any], arrays: list[np.ndarray], **extra
         int(attrs["hidden_size"]),
         int(attrs.get("num_layers", 1)),
         [np.ascontiguousarray(a) for a in arrays],
+        weight_format=weight_format(attrs),
         **extra,
     )
 

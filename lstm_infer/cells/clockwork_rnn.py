@@ -32,6 +32,7 @@ from lstm_infer.cells.base import (
     packed,
     padded,
     rcell,
+    weight_format,
 )
 from lstm_infer.errors import ModelFormatError
 
@@ -95,7 +96,7 @@ def state_shapes(a: Mapping[str, Any], batch: int) -> list[Shape]:
 
 
 def _concat_aligned(parts: list[np.ndarray]) -> np.ndarray:
-    out = _aligned_empty((sum(p.size for p in parts),))
+    out = _aligned_empty((sum(p.size for p in parts),), parts[0].dtype)
     at = 0
     for p in parts:
         out[at : at + p.size] = p.reshape(-1)
@@ -122,7 +123,10 @@ def compile_cell(a: Mapping[str, Any]) -> Any:
     gates = module_gates(k)
     w, r, b = f32(a["weight_ih"]), f32(a["weight_hh"]), f32(a["bias"])
     rows = [slice(m * k, (m + 1) * k) for m in range(modules)]
-    blocks = [packed(np.hstack([w[rows[m]], r[rows[m], m * k :]]), gates) for m in range(modules)]
+    fmt = weight_format(a)
+    blocks = [
+        packed(np.hstack([w[rows[m]], r[rows[m], m * k :]]), gates, fmt) for m in range(modules)
+    ]
     arrays = [
         np.asarray(periods, np.int32),
         _concat_aligned(blocks),

@@ -35,6 +35,7 @@ from lstm_infer.cells.base import (
     matrix,
     packed,
     rcell,
+    weight_format,
 )
 
 WHAT = "DepthGatedLSTM"
@@ -80,16 +81,16 @@ def _bias(a: Mapping[str, Any], layer: int) -> np.ndarray:
 
 def compile_cell(a: Mapping[str, Any]) -> Any:
     """The arrays of src_c/cell_depth_gated_lstm.c's layout, layer by layer."""
-    w0 = a["weight_ih_l0"]
-    arrays = [*input_weights(w0, 4, _bias(a, 0)), packed(a["weight_hh_l0"], 4)]
+    w0, fmt = a["weight_ih_l0"], weight_format(a)
+    arrays = [*input_weights(w0, 4, _bias(a, 0), fmt), packed(a["weight_hh_l0"], 4, fmt)]
     for layer in range(1, a["num_layers"]):
         w, d = a[f"weight_ih_l{layer}"], a[f"depth_weight_l{layer}"]
         arrays += [
-            gate_rows_padded(np.concatenate([w, d]), 5),
-            packed(w, 4),
-            packed(d, 1),
+            gate_rows_padded(np.concatenate([w, d]), 5, fmt),
+            packed(w, 4, fmt),
+            packed(d, 1, fmt),
             gate_vector_padded(np.concatenate([_bias(a, layer), a[f"depth_bias_l{layer}"]]), 5),
-            packed(a[f"weight_hh_l{layer}"], 4),
+            packed(a[f"weight_hh_l{layer}"], 4, fmt),
             f32(a[f"depth_cell_l{layer}"]),
             f32(a[f"depth_lower_l{layer}"]),
         ]

@@ -29,6 +29,7 @@ from lstm_infer.cells.base import (
     matrix,
     packed,
     rcell,
+    weight_format,
 )
 
 WHAT = "GridLSTM"
@@ -65,13 +66,13 @@ def state_shapes(a: Mapping[str, Any], batch: int) -> list[Shape]:
 def compile_cell(a: Mapping[str, Any]) -> Any:
     """The arrays of src_c/cell_grid_lstm.c's layout."""
     h = a["hidden_size"]
-    proj = a["input_proj"]
-    arrays = [gate_rows_padded(proj, 1), packed(proj, 1)]
+    proj, fmt = a["input_proj"], weight_format(a)
+    arrays = [gate_rows_padded(proj, 1, fmt), packed(proj, 1, fmt)]
     for layer in range(a["num_layers"]):
         time = a[f"time_weight_l{layer}"]
-        arrays += input_weights(np.ascontiguousarray(time[:, h:]), 4, a[f"time_bias_l{layer}"])
-        arrays.append(packed(time[:, :h], 4))
-        arrays += input_weights(a[f"depth_weight_l{layer}"], 4, a[f"depth_bias_l{layer}"])
+        arrays += input_weights(np.ascontiguousarray(time[:, h:]), 4, a[f"time_bias_l{layer}"], fmt)
+        arrays.append(packed(time[:, :h], 4, fmt))
+        arrays += input_weights(a[f"depth_weight_l{layer}"], 4, a[f"depth_bias_l{layer}"], fmt)
     return rcell("grid_lstm", a, arrays)
 
 

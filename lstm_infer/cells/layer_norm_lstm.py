@@ -28,6 +28,7 @@ from lstm_infer.cells.base import (
     matrix,
     packed,
     rcell,
+    weight_format,
 )
 from lstm_infer.errors import ModelFormatError
 
@@ -71,10 +72,11 @@ def state_shapes(a: Mapping[str, Any], batch: int) -> list[Shape]:
 
 def compile_cell(a: Mapping[str, Any]) -> Any:
     arrays: list[np.ndarray] = []
+    fmt = weight_format(a)
     for layer in range(a["num_layers"]):
-        arrays += input_weights(a[f"weight_ih_l{layer}"], 4, a[f"bias_ih_l{layer}"])
+        arrays += input_weights(a[f"weight_ih_l{layer}"], 4, a[f"bias_ih_l{layer}"], fmt)
         r = a[f"weight_hh_l{layer}"]
-        arrays += [gate_rows_padded(r, 4), packed(r, 4)]
+        arrays += [gate_rows_padded(r, 4, fmt), packed(r, 4, fmt)]
         for key in ("gate_norm", "cell_norm"):
             arrays += [f32(a[f"{key}_l{layer}.weight"]), f32(a[f"{key}_l{layer}.bias"])]
     return rcell("layer_norm_lstm", a, arrays, eps=float(a["eps"]))

@@ -1,12 +1,14 @@
 /*
  * What the sanitized tests of the cells (tests/c/test_cell_*.c) share: deterministic random
  * floats, a tolerance check, the naive column-major sgemm of the BLAS interface the cells
- * call, and the packed gate-block layout of lstm_infer/_plan.py pack_gate_blocks.
+ * call, and the packed gate-block layouts of lstm_infer/_plan.py pack_gate_blocks (float32)
+ * and lstm_infer/cells/base.py packed (bf16, int8).
  */
 #ifndef CELL_TEST_COMMON_H
 #define CELL_TEST_COMMON_H
 
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -86,6 +88,70 @@ static float *test_pad_vector(const float *v, int G, int H, int64_t *len) {
     float *p = calloc((size_t)*len, sizeof(float));
     for (int g = 0; g < G; g++)
         memcpy(p + (size_t)g * Hp, v + (size_t)g * H, (size_t)H * sizeof(float));
+    return p;
+}
+
+/* The packed matrix in a quantized weight format (li_cells.h "Weight formats", as
+ * lstm_infer/cells/base.py packed writes it), *len its bytes, 64-byte aligned. m is replaced
+ * first by the weights the format holds (bf16: the top halves; int8: code * its row's scale,
+ * the scale peak / 127) so a reference reading m computes the quantized model.
+ * bf16: [nblk][ceil(K/2)][G][BLOCK][2] uint16; int8: [nblk][ceil(K/4)][G][BLOCK][4] codes,
+ * then from the next 64 bytes the [G][Hp] float scales and int32 code sums. */
+static void *test_pack_format(float *m, int G, int H, int K, int format, int64_t *len) {
+    const int Hp = li_rcell_padded(H), nblk = Hp / LI_BLOCK, P = format == LI_WEIGHTS_I8 ? 4 : 2;
+    const int Kp = (K + P - 1) / P * P;
+    float *scale = calloc((size_t)G * Hp, sizeof(float));
+    int32_t *sum = calloc((size_t)G * Hp, sizeof(int32_t));
+    for (int g = 0; g < G; g++)
+        for (int u = 0; u < Hp; u++) {
+            float *row = m + ((size_t)g * H + u) * K;
+            float peak = 0;
+            for (int k = 0; u < H && k < K; k++)
+                peak = fabsf(row[k]) > peak ? fabsf(row[k]) : peak;
+            const float sc = peak > 0 ? peak / 127.0f : 1.0f;
+            scale[(size_t)g * Hp + u] = u < H ? sc : 1.0f;
+            for (int k = 0; u < H && k < K; k++) {
+                if (format == LI_WEIGHTS_I8) {
+                    const float code = nearbyintf(row[k] / sc);
+                    sum[(size_t)g * Hp + u] += (int32_t)code;
+                    row[k] = code * sc;
+                } else {
+                    uint32_t bits;
+                    memcpy(&bits, &row[k], 4);
+                    bits &= 0xFFFF0000u;
+                    memcpy(&row[k], &bits, 4);
+                }
+            }
+        }
+    const size_t n = (size_t)nblk * Kp * G * LI_BLOCK, el = format == LI_WEIGHTS_I8 ? 1 : 2;
+    const size_t codes = (n * el + 63) / 64 * 64;
+    *len = format == LI_WEIGHTS_I8 ? (int64_t)(codes + (size_t)G * Hp * 8) : (int64_t)(n * el);
+    unsigned char *p = aligned_alloc(64, ((size_t)*len + 63) / 64 * 64);
+    memset(p, 0, ((size_t)*len + 63) / 64 * 64);
+    for (int blk = 0; blk < nblk; blk++)
+        for (int k = 0; k < K; k++)
+            for (int g = 0; g < G; g++)
+                for (int l = 0; l < LI_BLOCK; l++) {
+                    const int u = blk * LI_BLOCK + l;
+                    if (u >= H)
+                        continue;
+                    const size_t at =
+                        ((((size_t)blk * (Kp / P) + k / P) * G + g) * LI_BLOCK + l) * P + k % P;
+                    const float v = m[((size_t)g * H + u) * K + k];
+                    if (format == LI_WEIGHTS_I8) {
+                        ((int8_t *)p)[at] = (int8_t)lrintf(v / scale[(size_t)g * Hp + u]);
+                    } else {
+                        uint32_t bits;
+                        memcpy(&bits, &v, 4);
+                        const uint16_t top = (uint16_t)(bits >> 16);
+                        memcpy(p + at * 2, &top, 2);
+                    }
+                }
+    if (format == LI_WEIGHTS_I8) {
+        memcpy(p + codes, scale, (size_t)G * Hp * 4);
+        memcpy(p + codes + (size_t)G * Hp * 4, sum, (size_t)G * Hp * 4);
+    }
+    free(scale), free(sum);
     return p;
 }
 

@@ -31,7 +31,8 @@ static void layer_norm_ref(const double *x, int n, const float *w, const float *
         y[i] = (x[i] - mean) / sqrt(var + eps) * w[i] + b[i];
 }
 
-static void build(lnlstm *m, int I, int H, int L, unsigned seed) {
+/* format: the packed matrices' (the reference then reads the weights the format holds). */
+static void build(lnlstm *m, int I, int H, int L, unsigned seed, int format) {
     m->I = I, m->H = H, m->L = L, m->eps = 1e-5f;
     for (int l = 0; l < L; l++) {
         const int K = l ? H : I;
@@ -44,17 +45,20 @@ static void build(lnlstm *m, int I, int H, int L, unsigned seed) {
         m->cb[l] = test_floats((size_t)H, seed + 10 * l + 7, 0.5f);
         const void **a = m->arrays + 9 * l;
         int64_t *n = m->lens + 9 * l;
+        const int f32 = format == LI_WEIGHTS_F32;
+        a[1] = f32 ? test_pack(m->w[l], 4, H, K, &n[1])
+                   : test_pack_format(m->w[l], 4, H, K, format, &n[1]);
+        a[4] = f32 ? test_pack(m->r[l], 4, H, H, &n[4])
+                   : test_pack_format(m->r[l], 4, H, H, format, &n[4]);
         a[0] = test_pad_rows(m->w[l], 4, H, K, &n[0]);
-        a[1] = test_pack(m->w[l], 4, H, K, &n[1]);
         a[2] = test_pad_vector(m->b[l], 4, H, &n[2]);
         a[3] = test_pad_rows(m->r[l], 4, H, H, &n[3]);
-        a[4] = test_pack(m->r[l], 4, H, H, &n[4]);
         a[5] = m->gw[l], n[5] = 4 * H;
         a[6] = m->gb[l], n[6] = 4 * H;
         a[7] = m->cw[l], n[7] = H;
         a[8] = m->cb[l], n[8] = H;
     }
-    li_rcell c = {LI_RCELL_LAYER_NORM_LSTM, I, H, L, 0, m->eps, 9 * L, m->arrays, m->lens};
+    li_rcell c = {LI_RCELL_LAYER_NORM_LSTM, I, H, L, 0, m->eps, 9 * L, m->arrays, m->lens, format};
     m->cell = c;
 }
 
@@ -102,9 +106,13 @@ static void reference(const lnlstm *m, int T, int B, const float *x, double *h, 
     free(in), free(z), free(cell);
 }
 
-static void run_case(const li_kernels *kern, int I, int H, int L, int T, int B) {
+/* tol: bf16 tables multiply activations split in two bf16 halves; int8 quantizes them per
+ * row and step, which the reference does not (a bound, not the exact quantized model: that
+ * is tests/test_cells_quantized.py's). */
+static void run_case(const li_kernels *kern, int format, int I, int H, int L, int T, int B) {
+    const double tol = format == LI_WEIGHTS_I8 ? 0.05 : format == LI_WEIGHTS_BF16 ? 5e-5 : 2e-5;
     lnlstm m;
-    build(&m, I, H, L, (unsigned)(I * 131 + H * 17 + L));
+    build(&m, I, H, L, (unsigned)(I * 131 + H * 17 + L), format);
     CHECK(li_rcell_check(&m.cell) == 0, "check of a well-formed cell");
     const size_t S = (size_t)L * B * H;
     CHECK(li_rcell_state_floats(&m.cell, 0, B) == S && li_rcell_state_floats(&m.cell, 2, B) == 0,
@@ -123,10 +131,11 @@ static void run_case(const li_kernels *kern, int I, int H, int L, int T, int B) 
     reference(&m, T, B, x, hr, cr, yr);
     int bad = 0;
     for (size_t i = 0; i < (size_t)T * B * H; i++)
-        bad += !test_close(y[i], yr[i], 2e-5);
+        bad += !test_close(y[i], yr[i], tol);
     for (size_t i = 0; i < S; i++)
-        bad += !test_close(h[i], hr[i], 2e-5) + !test_close(c[i], cr[i], 2e-5);
-    CHECK(bad == 0, "I=%d H=%d L=%d T=%d B=%d: %d values differ", I, H, L, T, B, bad);
+        bad += !test_close(h[i], hr[i], tol) + !test_close(c[i], cr[i], tol);
+    CHECK(bad == 0, "format %d I=%d H=%d L=%d T=%d B=%d: %d values differ", format, I, H, L, T,
+          B, bad);
     /* y NULL: the states still advance the same way */
     float *h2 = test_floats(S, 8, 0.5f), *c2 = test_floats(S, 9, 0.5f);
     li_rcell_io quiet = {T, B, x, I, NULL, 0, 0, {h2, c2, NULL, NULL}, scratch};
@@ -140,10 +149,15 @@ static void run_case(const li_kernels *kern, int I, int H, int L, int T, int B) 
 
 static void test_refusals(const li_kernels *kern) {
     lnlstm m;
-    build(&m, 3, 5, 1, 3);
+    build(&m, 3, 5, 1, 3, LI_WEIGHTS_F32);
     m.lens[4] -= 1; /* r_packed one float short */
     CHECK(li_rcell_check(&m.cell) != 0, "a short array is refused");
     m.lens[4] += 1;
+    m.cell.weight_format = LI_WEIGHTS_BF16; /* float32 arrays are too long for bf16 blocks */
+    CHECK(li_rcell_check(&m.cell) != 0, "arrays of another format are refused");
+    m.cell.weight_format = 7;
+    CHECK(li_rcell_check(&m.cell) != 0, "an unknown weight format is refused");
+    m.cell.weight_format = LI_WEIGHTS_F32;
     m.cell.n_arrays = 8;
     CHECK(li_rcell_check(&m.cell) != 0, "a missing array is refused");
     m.cell.n_arrays = 9;
@@ -167,10 +181,12 @@ int main(void) {
         if (kern == NULL || !(usable & (1u << isa)))
             continue;
         int before = failures;
-        run_case(kern, 5, 20, 2, 1, 1);   /* one step, packed projections */
-        run_case(kern, 5, 20, 2, 9, 3);   /* sgemm projections, several chunks */
-        run_case(kern, 7, 16, 3, 4, 9);   /* H a whole block, batch above the threshold */
-        run_case(kern, 3, 33, 1, 12, 1);  /* three blocks, the last one unit */
+        for (int format = 0; format < LI_WEIGHT_FORMAT_COUNT; format++) {
+            run_case(kern, format, 5, 20, 2, 1, 1);  /* one step, packed projections */
+            run_case(kern, format, 5, 20, 2, 9, 3);  /* sgemm projections, several chunks */
+            run_case(kern, format, 7, 16, 3, 4, 9);  /* H a whole block, batch above threshold */
+            run_case(kern, format, 3, 33, 1, 12, 1); /* three blocks, the last one unit */
+        }
         test_refusals(kern);
         printf("%-10s %s\n", TEST_ISA_NAMES[isa], failures == before ? "ok" : "FAILED");
     }
