@@ -292,7 +292,10 @@ static size_t w_bytes_f32(const li_cell *cell) {
  * and the zoo's LSTM-256 (I = 128, W = 512 KB, 800 rows) ran 3-5% faster packed than on
  * sgemm. The packed path also gives a row the same sums whatever the batch and unit split
  * around it. Few rows in all (LI_XPROJ_FEW_ROWS) keep the packed matvec on every table, as
- * measured above. */
+ * measured above. (Since then the matvec splits AVX2's 4-gate tiles into one-gate tiles of 4
+ * rows for batches; a run letting such tables project up to LI_XPROJ_PACKED_MAX_BYTES packed
+ * showed no clear gain over sgemm on a shared Zen 4, so the choice still reads the whole-block
+ * tile rows.) */
 #define LI_XPROJ_MIN_TILE_ROWS 4
 #define LI_XPROJ_NARROW_MAX_BYTES ((size_t)512 << 10)
 

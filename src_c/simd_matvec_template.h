@@ -7,15 +7,18 @@
  *   MV_WLOAD(p)  VW weights at p as a float vector
  */
 
-/* One register tile: G gates x LI_BLOCK units x R rows. Always inlined with constant G and R
- * so the accumulators become registers; weights stream once per tile, straight from memory. */
+/* One register tile: G gates x LI_BLOCK units x R rows, of a block packed with GS >= G gates
+ * per input (GS > G: a tile of one gate, wb at that gate). Always inlined with constant G, R
+ * and PAR so the accumulators become registers; weights stream once per tile, straight from
+ * memory. */
 static inline __attribute__((always_inline)) void MV_NAME(mv_tile)(
-    const MV_WTYPE *wb, int K, const int G, const int R, const float *x, int ldx,
-    const float *bias, int bgs, float *out, int ogs, int ldo, const char *pf,
-    const char *pf_end, int pf_step) {
+    const MV_WTYPE *wb, int K, const int G, const int GS, const int R, const int PAR,
+    const float *x, int ldx, const float *bias, int bgs, float *out, int ogs, int ldo,
+    const char *pf, const char *pf_end, int pf_step) {
     /* Small tiles (batch 1-2) would wait on FMA latency with one accumulator per output:
-     * they keep two sets, for even and odd k, when both fit the ISA's register budget. */
-    const int S = 2 * R * G * V_PER_BLOCK <= MV_ACC_BUDGET ? 2 : 1;
+     * they keep two sets, for even and odd k, when both fit the ISA's register budget (PAR;
+     * gate-split tiles never do, so every row sums in the order of the whole-block tile). */
+    const int S = PAR && 2 * R * G * V_PER_BLOCK <= MV_ACC_BUDGET ? 2 : 1;
     vf acc[2][8][4][V_PER_BLOCK]; /* [k parity][row][gate][vector]: R <= 8, G <= 4 */
     for (int s = 0; s < S; ++s)
         for (int b = 0; b < R; ++b)
@@ -37,7 +40,7 @@ static inline __attribute__((always_inline)) void MV_NAME(mv_tile)(
         }
         for (; k < k_end; k += S)
             for (int s = 0; s < S; ++s) {
-                const MV_WTYPE *wk = wb + (size_t)(k + s) * G * LI_BLOCK;
+                const MV_WTYPE *wk = wb + (size_t)(k + s) * GS * LI_BLOCK;
                 vf xs[8];
                 for (int b = 0; b < R; ++b) xs[b] = v_set1(x[(size_t)b * ldx + k + s]);
                 for (int g = 0; g < G; ++g)
@@ -49,7 +52,7 @@ static inline __attribute__((always_inline)) void MV_NAME(mv_tile)(
             }
     }
     for (; k < K; ++k) { /* odd K with two sets: the last input */
-        const MV_WTYPE *wk = wb + (size_t)k * G * LI_BLOCK;
+        const MV_WTYPE *wk = wb + (size_t)k * GS * LI_BLOCK;
         for (int g = 0; g < G; ++g)
             for (int v = 0; v < V_PER_BLOCK; ++v) {
                 const vf w = MV_WLOAD(wk + g * LI_BLOCK + v * VW);
@@ -72,12 +75,19 @@ static inline __attribute__((always_inline)) void MV_NAME(mv_tile)(
 #define MV_CASE(G, R)                                                                          \
     case (G) * 16 + (R):                                                                       \
         if ((R) <= MV_MAX_ROWS(G))                                                             \
-            MV_NAME(mv_tile)(wb, K, G, R, x, ldx, bias, bgs, out, ogs, ldo, pf, pf_end,        \
+            MV_NAME(mv_tile)(wb, K, G, G, R, 1, x, ldx, bias, bgs, out, ogs, ldo, pf, pf_end,  \
                              pf_step);                                                         \
         break;
 #define MV_CASES(G)                                                                            \
     MV_CASE(G, 1) MV_CASE(G, 2) MV_CASE(G, 3) MV_CASE(G, 4) MV_CASE(G, 5) MV_CASE(G, 6)         \
         MV_CASE(G, 7) MV_CASE(G, 8)
+/* A one-gate tile of a block of GS gates (the gate-split tiles below). */
+#define MV_SPLIT_CASE(R)                                                                       \
+    case (R):                                                                                  \
+        if ((R) <= MV_MAX_ROWS(1))                                                             \
+            MV_NAME(mv_tile)(wb, K, 1, GS, R, 0, x, ldx, bias, bgs, out, ogs, ldo, pf, pf_end, \
+                             pf_step);                                                         \
+        break;
 
 static void MV_NAME(mv_tile_dispatch)(const MV_WTYPE *wb, int K, int G, int R, const float *x,
                                       int ldx, const float *bias, int bgs, float *out, int ogs,
@@ -90,6 +100,37 @@ static void MV_NAME(mv_tile_dispatch)(const MV_WTYPE *wb, int K, int G, int R, c
         MV_CASES(4)
     default: break;
     }
+}
+
+static void MV_NAME(mv_split_dispatch)(const MV_WTYPE *wb, int K, int GS, int R,
+                                       const float *x, int ldx, const float *bias, int bgs,
+                                       float *out, int ogs, int ldo, const char *pf,
+                                       const char *pf_end, int pf_step) {
+    switch (R) {
+        MV_SPLIT_CASE(1)
+        MV_SPLIT_CASE(2)
+        MV_SPLIT_CASE(3)
+        MV_SPLIT_CASE(4)
+        MV_SPLIT_CASE(5)
+        MV_SPLIT_CASE(6)
+        MV_SPLIT_CASE(7)
+        MV_SPLIT_CASE(8)
+    default: break;
+    }
+}
+
+/*
+ * Gate-split tiles. A tile of all G gates holds G * LI_BLOCK accumulators per row; on AVX2
+ * (16 registers) that is one row at 4 gates, so a batch re-reads every weight from L2 once
+ * per row and the batched product ran at the L2 load rate (LSTM H = 256: ~34 GFLOP/s at
+ * batch 1 to 64, Zen 4 with AVX-512 masked). Where a one-gate tile holds at least twice the
+ * rows (MV_MAX_ROWS(1) >= 2 MV_MAX_ROWS(G)), blocks of several rows run as G one-gate tiles
+ * instead: each weight load then feeds MV_MAX_ROWS(1) rows. Each gate's weights of an input
+ * are one whole cache line (LI_BLOCK floats), so the passes read disjoint lines. Not on
+ * AVX-512, whose 4-gate tile already holds 6 rows.
+ */
+static int MV_NAME(splits_gates)(int G, int rows) {
+    return G > 1 && rows > MV_MAX_ROWS(G) && MV_MAX_ROWS(1) >= 2 * MV_MAX_ROWS(G);
 }
 
 /*
@@ -113,31 +154,42 @@ static void MV_NAME(matvec_packed)(const void *packed, int K, int G, int blk0, i
                                    const float *x, int ldx, int rows, const float *bias,
                                    int bgs, float *out, int ogs, int ldo) {
     const size_t block_elems = (size_t)K * G * LI_BLOCK;
-    const int max_rows = MV_MAX_ROWS(G);
+    const int split = MV_NAME(splits_gates)(G, rows);
+    const int max_rows = split ? MV_MAX_ROWS(1) : MV_MAX_ROWS(G);
+    const int passes = split ? G : 1; /* tiles per row tile */
     /* Bytes of the next block each tile prefetches, and per input (whole cache lines). */
     const size_t block_bytes = block_elems * sizeof(MV_WTYPE);
     const int prefetch =
         rows > 3 * max_rows && (size_t)(blk1 - blk0) * block_bytes >= MV_PREFETCH_MIN_BYTES &&
         K > 0;
-    const int tiles = prefetch ? (rows + max_rows - 1) / max_rows : 1;
+    const int tiles = prefetch ? (rows + max_rows - 1) / max_rows * passes : 1;
     const size_t share = prefetch ? (block_bytes + tiles - 1) / tiles : 0;
     const int pf_step = prefetch ? (int)((share / K + 63) / 64 * 64) : 0;
     for (int blk = blk0; blk < blk1; ++blk) {
         const MV_WTYPE *wb = (const MV_WTYPE *)packed + (size_t)blk * block_elems;
         const char *next = blk + 1 < blk1 ? (const char *)(wb + block_elems) : 0;
         const int u0 = blk * LI_BLOCK;
-        for (int b = 0, tile = 0; b < rows; b += max_rows, ++tile) {
-            const int r = rows - b < max_rows ? rows - b : max_rows;
-            const char *pf = next && prefetch ? next + (size_t)tile * share : 0;
-            const char *pf_end = pf ? next + (tile + 1 < tiles ? (size_t)(tile + 1) * share
-                                                                : block_bytes)
-                                    : 0;
-            MV_NAME(mv_tile_dispatch)(wb, K, G, r, x + (size_t)b * ldx, ldx,
-                                      bias ? bias + u0 : 0, bgs, out + (size_t)b * ldo + u0, ogs,
-                                      ldo, pf, pf_end, pf_step);
-        }
+        for (int b = 0, tile = 0; b < rows; b += max_rows)
+            for (int g = 0; g < passes; ++g, ++tile) {
+                const int r = rows - b < max_rows ? rows - b : max_rows;
+                const char *pf = next && prefetch ? next + (size_t)tile * share : 0;
+                const char *pf_end = pf ? next + (tile + 1 < tiles ? (size_t)(tile + 1) * share
+                                                                    : block_bytes)
+                                        : 0;
+                const float *xb = x + (size_t)b * ldx;
+                float *ob = out + (size_t)b * ldo + u0;
+                if (split)
+                    MV_NAME(mv_split_dispatch)(wb + (size_t)g * LI_BLOCK, K, G, r, xb, ldx,
+                                               bias ? bias + u0 + (size_t)g * bgs : 0, bgs,
+                                               ob + (size_t)g * ogs, ogs, ldo, pf, pf_end,
+                                               pf_step);
+                else
+                    MV_NAME(mv_tile_dispatch)(wb, K, G, r, xb, ldx, bias ? bias + u0 : 0, bgs,
+                                              ob, ogs, ldo, pf, pf_end, pf_step);
+            }
     }
 }
 
 #undef MV_CASE
 #undef MV_CASES
+#undef MV_SPLIT_CASE
