@@ -12,11 +12,14 @@ Per cell two rows:
 The clockwork RNN's export bakes its step counter in (the module reads it as a Python int),
 so its onnxruntime step always runs step 0's work: every module active. Its step is also
 shown against our own dense RNN step of the same size (the cell's purpose: the target is
-<= 0.5x). Outputs are checked to agree first; engines interleaved round-robin; medians of
-``--repeat`` blocks.
+<= 0.5x). The attention decoders (additive and location attention, E = Dm = A = H, a memory
+of ``--memory-steps`` positions) step with the memory set once per sequence at ``reset``; the
+exported step takes the memory as an input, so onnxruntime recomputes its keys every step, as
+a caller of a one-step export must. Outputs are checked to agree first; engines interleaved
+round-robin; medians of ``--repeat`` blocks.
 
     python bench/cells.py [--hidden 256] [--input 64] [--steps 100] [--batch 16]
-                          [--cells layer_norm_lstm ...] [--repeat 15]
+                          [--memory-steps 100] [--cells layer_norm_lstm ...] [--repeat 15]
 """
 
 from __future__ import annotations
@@ -61,6 +64,12 @@ def _cells() -> dict[str, CellBench]:
         "grid_lstm": CellBench(lambda i, h: cells.GridLSTM(i, h, 2), "GridLSTM", 2),
         "clockwork_rnn": CellBench(
             lambda i, h: cells.ClockworkRNN(i, h, (1, 2, 4, 8)), "ClockworkRNN", 1
+        ),
+        "attention_decoder_additive": CellBench(
+            lambda i, h: cells.AttentionDecoder(h, h, h, "additive"), "AttentionDecoder", 5
+        ),
+        "attention_decoder_location": CellBench(
+            lambda i, h: cells.AttentionDecoder(h, h, h, "location"), "AttentionDecoder", 5
         ),
     }
 
@@ -108,6 +117,124 @@ def _initial(module, count: int, batch: int):  # noqa: ANN001, ANN202
 
     layers = getattr(module, "num_layers", 1)
     return tuple(torch.zeros(layers, batch, module.hidden_size) for _ in range(count))
+
+
+def _decoder_step_module(module):  # noqa: ANN001, ANN202
+    """forward(y, memory, *state) -> (out, *state) of one teacher-forced step."""
+    import torch
+
+    class Step(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.cell = module
+
+        def forward(self, y, memory, *state):  # noqa: ANN001, ANN202
+            out, new = self.cell(y, memory, None, tuple(state))
+            return (out, *new)
+
+    return Step().eval()
+
+
+def decoder_step_rows(name: str, bench: CellBench, h: int, s: int, repeat: int, block: float):
+    """The decoder's stream step (memory set once) vs the module's step and onnxruntime's
+    one-step export fed its five states back."""
+    import torch
+
+    torch.manual_seed(0)
+    module = bench.make(h, h).eval()
+    model = lstm_infer.load(module)
+    rng = np.random.default_rng(0)
+    memory = rng.standard_normal((s, 1, h)).astype(np.float32)
+    frames = rng.standard_normal((64, 1, 1, h)).astype(np.float32)
+    stream = model.stream()
+    stream.reset({"memory": memory})
+    mt = torch.from_numpy(memory)
+    state0 = tuple(torch.zeros(1, n) for n in (h, h, h, s, s))
+    step = _decoder_step_module(module)
+    names = ["y", "memory"] + [f"s{k}" for k in range(5)]
+    sess = _ort(_export(step, (torch.from_numpy(frames[0]), mt, *state0), names))
+    # the export drops the state inputs a step never reads (alpha, alpha_cum but for location)
+    read = {i.name for i in sess.get_inputs()}
+    feeds0 = {f"s{k}": v.numpy() for k, v in enumerate(state0)}
+    first = {"y": frames[0], "memory": memory, **feeds0}
+    want = sess.run(None, {k: v for k, v in first.items() if k in read})
+    out = np.empty((1, 1, 2 * h), np.float32)
+    np.testing.assert_allclose(stream.step(frames[0]), want[0], atol=1e-4)
+    box = {"ort": list(feeds0.values()), "torch": state0}
+
+    def loop_ours(n: int) -> None:
+        for k in range(n):
+            stream.step(frames[k % 64], out=out)
+
+    def loop_torch(n: int) -> None:
+        st = box["torch"]
+        with torch.no_grad():
+            for k in range(n):
+                st = step(torch.from_numpy(frames[k % 64]), mt, *st)[1:]
+        box["torch"] = st
+
+    def loop_ort(n: int) -> None:
+        st = box["ort"]
+        for k in range(n):
+            feeds = {"y": frames[k % 64], "memory": memory}
+            feeds.update({f"s{j}": v for j, v in enumerate(st) if f"s{j}" in read})
+            st = sess.run(None, feeds)[1:]
+        box["ort"] = st
+
+    t = time_interleaved(
+        {"lstm_infer": loop_ours, "torch": loop_torch, "onnxruntime": loop_ort}, repeat, block
+    )
+    return _report(f"{name}_step", t, f"{name} stream step, E=Dm=A=H={h}, S={s}, batch 1")
+
+
+def decoder_run_rows(
+    name: str, bench: CellBench, h: int, s: int, steps: int, batch: int, repeat: int,
+    block: float,
+) -> list:  # fmt: skip
+    """A teacher-forced run over T steps of a batch, memory lengths all S."""
+    import torch
+
+    torch.manual_seed(0)
+    module = bench.make(h, h).eval()
+    model = lstm_infer.load(module)
+    rng = np.random.default_rng(1)
+    y = rng.standard_normal((steps, batch, h)).astype(np.float32)
+    memory = rng.standard_normal((s, batch, h)).astype(np.float32)
+    lengths = np.full(batch, s, np.int64)
+    yt, mt, lt = torch.from_numpy(y), torch.from_numpy(memory), torch.from_numpy(lengths)
+
+    class Run(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.cell = module
+
+        def forward(self, y, memory, lengths):  # noqa: ANN001, ANN202
+            return self.cell(y, memory, lengths)[0]
+
+    run = Run().eval()
+    sess = _ort(_export(run, (yt, mt, lt), ["y", "memory", "lengths"]))
+    feeds = {"y": y, "memory": memory, "lengths": lengths}
+    ours = {"input": y, "memory": memory, "memory_lengths": lengths}
+    want = sess.run(None, feeds)[0]
+    np.testing.assert_allclose(model.run(ours)["output"], want, atol=1e-4)
+
+    def loop_ours(n: int) -> None:
+        for _ in range(n):
+            model.run(ours, threads=1)
+
+    def loop_torch(n: int) -> None:
+        with torch.no_grad():
+            for _ in range(n):
+                run(yt, mt, lt)
+
+    def loop_ort(n: int) -> None:
+        for _ in range(n):
+            sess.run(None, feeds)
+
+    t = time_interleaved(
+        {"lstm_infer": loop_ours, "torch": loop_torch, "onnxruntime": loop_ort}, repeat, block
+    )
+    return _report(f"{name}_run", t, f"{name} run, T={steps}, batch {batch}, H={h}, S={s}")
 
 
 def step_rows(name: str, bench: CellBench, i: int, h: int, repeat: int, block: float) -> list:
@@ -219,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--input", type=int, default=64)
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--memory-steps", type=int, default=100, help="decoders' memory length S")
     p.add_argument("--repeat", type=int, default=15)
     p.add_argument("--block-ms", type=float, default=25.0)
     p.add_argument("--cells", nargs="*", help="default: every cell the engine runs")
@@ -234,6 +362,11 @@ def main(argv: list[str] | None = None) -> int:
         bench = table[name]
         if bench.op not in CELLS:
             print(f"{name}: not on the engine yet, skipped")
+            continue
+        if bench.op == "AttentionDecoder":
+            h, s = args.hidden, args.memory_steps
+            rows += decoder_step_rows(name, bench, h, s, args.repeat, block)
+            rows += decoder_run_rows(name, bench, h, s, args.steps, args.batch, args.repeat, block)
             continue
         rows += step_rows(name, bench, args.input, args.hidden, args.repeat, block)
         rows += run_rows(

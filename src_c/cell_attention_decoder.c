@@ -11,7 +11,9 @@
  *
  * The location convolution (F filters over [alpha_{t-1}; alpha_cum], kernel k, P = (k-1)/2
  * zeros each side, no bias) and location_dense (A x F) are one linear map, folded in Python
- * into one filter Wlf (A x 2 x k), stored [2][k][A] so its inner loop runs over A.
+ * into one filter Wlf (A x 2 x k), stored [2][k][A]: the location term of the n valid
+ * positions is then one sgemm, (n x 2k windows of the two weight rows) x Wlf, added onto the
+ * energies (portable loops over n x 2k x A ran at a few GFLOP/s and were 2/3 of a step).
  *
  * The y part of the input projection of a chunk of steps is one product (li_rcell_project,
  * biases b_ih + b_hh folded); per step one packed matvec of [W_ctx | R] over the rows
@@ -43,6 +45,10 @@
 #include <string.h>
 
 #define N_ARRAYS 14
+
+/* Positions whose location windows one sgemm takes (bounds the windows' work to
+ * LOC_BLOCK x 2 x kernel floats, whatever the memory's length). */
+#define LOC_BLOCK 128
 
 typedef struct {
     int attention, E, H, Hp, Dm, A, Ap, Kw, Kp, kernel, V, Vp;
@@ -136,12 +142,13 @@ size_t li_attention_keys_floats(const li_rcell *cell, int S, int B) {
     return (size_t)S * B * z.Kp;
 }
 
-/* Work: scores [S], q + b [A], energies before and after tanh [S][A] each, the padded
- * location input [2][S + kernel - 1]. */
+/* Work: scores [S], q + b [A], energies before and after tanh [S][A] each, the location
+ * windows of a block of positions [LOC_BLOCK][2][kernel]. */
 size_t li_attention_work_floats(const li_rcell *cell, int S) {
     const sizes z = sizes_of(cell);
     return (size_t)S + (has_energy(&z) ? 2 * (size_t)S * z.A + z.A : 0) +
-           (z.attention == LI_ATTENTION_LOCATION ? 2 * ((size_t)S + z.kernel) : 0) + LI_BLOCK;
+           (z.attention == LI_ATTENTION_LOCATION ? 2 * (size_t)LOC_BLOCK * z.kernel : 0) +
+           LI_BLOCK;
 }
 
 int li_attention_set_memory(const li_rcell *cell, const li_kernels *kern, li_sgemm_fn sgemm,
@@ -199,11 +206,37 @@ static float dot(const float *a, const float *b, int n) {
     return s;
 }
 
+/* zz[j][:] += sum_{ch,k} Wlf[ch][k][:] x_ch[j + k - P] for the n valid positions j, x_0 =
+ * alpha, x_1 = alpha_cum, zero outside [0, S): per block of positions, their windows
+ * (rows x 2k, row-major in win) times Wlf (2k x A) in one sgemm (column-major: zz^T +=
+ * Wlf^T win^T). */
+static void add_location(li_sgemm_fn sgemm, const sizes *z, int S, int n, const float *alpha,
+                         const float *alpha_cum, const float *filt, float *win, float *zz) {
+    const int K = z->kernel, P = (K - 1) / 2;
+    for (int j0 = 0; j0 < n; j0 += LOC_BLOCK) {
+        const int rows = n - j0 < LOC_BLOCK ? n - j0 : LOC_BLOCK;
+        for (int r = 0; r < rows; r++)
+            for (int ch = 0; ch < 2; ch++) {
+                const float *src = ch == 0 ? alpha : alpha_cum;
+                float *w = win + ((size_t)r * 2 + ch) * K;
+                for (int k = 0; k < K; k++) {
+                    const int p = j0 + r + k - P;
+                    w[k] = p >= 0 && p < S ? src[p] : 0.0f;
+                }
+            }
+        char ta = 'N', tb = 'N';
+        int m = z->A, cols = rows, inner = 2 * K, lda = z->A, ldb = 2 * K, ldc = z->A;
+        float one = 1.0f;
+        sgemm(&ta, &tb, &m, &cols, &inner, &one, (float *)filt, &lda, win, &ldb, &one,
+              zz + (size_t)j0 * z->A, &ldc);
+    }
+}
+
 /* Row b's attention after its h is new: scores, masked softmax into alpha (alpha_cum
  * updated), ctx. q: Wq h (additive, location). */
-static void attend_row(const li_rcell *cell, const li_kernels *kern, const sizes *z,
-                       const li_attention_memory *mem, int b, const float *h, const float *q,
-                       float *ctx, float *alpha, float *alpha_cum) {
+static void attend_row(const li_rcell *cell, const li_kernels *kern, li_sgemm_fn sgemm,
+                       const sizes *z, const li_attention_memory *mem, int b, const float *h,
+                       const float *q, float *ctx, float *alpha, float *alpha_cum) {
     const int S = mem->S, B = mem->B, A = z->A, Dm = z->Dm;
     const int n = mem->lengths == NULL ? S : mem->lengths[b];
     const float *const *a = (const float *const *)cell->array;
@@ -219,30 +252,8 @@ static void attend_row(const li_rcell *cell, const li_kernels *kern, const sizes
             for (int i = 0; i < A; i++)
                 row[i] = qb[i] + k[i];
         }
-        if (z->attention == LI_ATTENTION_LOCATION) {
-            /* x_ch padded with P zeros each side: xin[ch][P + j] = state[ch][j]. */
-            const int K = z->kernel, P = (K - 1) / 2, W = S + K - 1;
-            float *xin = th + (size_t)S * A;
-            for (int ch = 0; ch < 2; ch++) {
-                const float *src = ch == 0 ? alpha : alpha_cum;
-                float *dst = xin + (size_t)ch * W;
-                memset(dst, 0, sizeof(float) * (size_t)W);
-                memcpy(dst + P, src, sizeof(float) * (size_t)S);
-            }
-            const float *filt = a[10]; /* [2][K][A] */
-            for (int j = 0; j < n; j++) {
-                float *row = zz + (size_t)j * A;
-                for (int ch = 0; ch < 2; ch++)
-                    for (int k = 0; k < K; k++) {
-                        const float x = xin[(size_t)ch * W + j + k];
-                        if (x == 0.0f)
-                            continue;
-                        const float *w = filt + ((size_t)ch * K + k) * A;
-                        for (int i = 0; i < A; i++)
-                            row[i] += w[i] * x;
-                    }
-            }
-        }
+        if (z->attention == LI_ATTENTION_LOCATION)
+            add_location(sgemm, z, S, n, alpha, alpha_cum, a[10], th + (size_t)S * A, zz);
         kern->activation_array(LI_ACT_TANH, zz, th, (size_t)n * A);
         for (int j = 0; j < n; j++)
             e[j] = dot(v, th + (size_t)j * A, A);
@@ -284,9 +295,9 @@ typedef struct {
 
 /* One step over the batch from its y projections xp ([B][4Hp], biases in); row b's output
  * [h ; ctx] to out + b*ldo when out is not NULL. sc: the scratch after the projections. */
-static void step(const li_rcell *cell, const li_kernels *kern, const sizes *z,
-                 const li_attention_memory *mem, const states *st, int B, const float *xp,
-                 float *out, ptrdiff_t ldo, float *sc) {
+static void step(const li_rcell *cell, const li_kernels *kern, li_sgemm_fn sgemm,
+                 const sizes *z, const li_attention_memory *mem, const states *st, int B,
+                 const float *xp, float *out, ptrdiff_t ldo, float *sc) {
     const int H = z->H, Hp = z->Hp, Dm = z->Dm, S = mem->S, K = Dm + H;
     const void *const *a = cell->array;
     float *rec = sc, *rows = rec + (size_t)B * 4 * Hp, *q = rows + (size_t)B * K;
@@ -304,8 +315,8 @@ static void step(const li_rcell *cell, const li_kernels *kern, const sizes *z,
                          z->Ap);
     for (int b = 0; b < B; b++) {
         float *ctx = st->ctx + (size_t)b * Dm;
-        attend_row(cell, kern, z, mem, b, st->h + (size_t)b * H, q + (size_t)b * z->Ap, ctx,
-                   st->alpha + (size_t)b * S, st->alpha_cum + (size_t)b * S);
+        attend_row(cell, kern, sgemm, z, mem, b, st->h + (size_t)b * H, q + (size_t)b * z->Ap,
+                   ctx, st->alpha + (size_t)b * S, st->alpha_cum + (size_t)b * S);
         if (out != NULL) {
             float *o = out + (ptrdiff_t)b * ldo;
             memcpy(o, st->h + (size_t)b * H, sizeof(float) * H);
@@ -351,7 +362,8 @@ int li_attention_decoder_run(const li_rcell *cell, const li_kernels *kern, li_sg
                          io->x + (size_t)t0 * B * io->ldx, io->ldx, steps * B, xp);
         for (int s = 0; s < steps; s++) {
             float *out = io->y == NULL ? NULL : io->y + (ptrdiff_t)(t0 + s) * io->y_ts;
-            step(cell, kern, &z, mem, &st, B, xp + (size_t)s * B * G * Hp, out, io->y_bs, sc);
+            step(cell, kern, sgemm, &z, mem, &st, B, xp + (size_t)s * B * G * Hp, out,
+                 io->y_bs, sc);
         }
     }
     return 0;
@@ -424,7 +436,7 @@ int li_attention_generate(const li_rcell *cell, const li_kernels *kern, li_sgemm
     int t = 0;
     while (t < max_steps) {
         li_rcell_project(kern, sgemm, a[1], a[2], G, Hp, E, a[3], ybuf, E, B, xp);
-        step(cell, kern, &z, mem, &st, B, xp, obuf, O, sc);
+        step(cell, kern, sgemm, &z, mem, &st, B, xp, obuf, O, sc);
         kern->matvec_f32(a[11], O, 1, 0, Vp / LI_BLOCK, obuf, O, B, (const float *)a[12], Vp,
                          logits, Vp, Vp);
         int live = 0;

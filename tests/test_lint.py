@@ -27,3 +27,22 @@ def test_ruff_clean() -> None:
         text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_subpackage_is_installed() -> None:
+    """A package folder missing from pyproject's list works in a source checkout and breaks
+    every import of an installed wheel (CI installs with ``pip install .``)."""
+    if not (ROOT / "pyproject.toml").exists():
+        pytest.skip("not a source checkout")
+    import tomllib
+
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for init in (ROOT / "lstm_infer").rglob("__init__.py")
+    }
+    assert found - listed == set(), (
+        f"package folders missing from pyproject.toml: {sorted(found - listed)}"
+    )

@@ -485,6 +485,7 @@ int main(void) {
             test_run(kern, att, 12, 3, 17, 6, 1);  /* sgemm projections, chunks */
             test_run(kern, att, 3, 9, 33, 1, 0);   /* one position, no lengths */
             test_run(kern, att, 70, 2, 20, 11, 0); /* several chunks */
+            test_run(kern, att, 4, 2, 18, 300, 1); /* several blocks of location windows */
             test_generate(kern, att);
         }
         printf("%-10s %s\n", names[isa], failures == before ? "ok" : "FAILED");
