@@ -7,11 +7,15 @@ runs them as one :meth:`StreamPool.step`. The kernel runs on that thread with th
 released, so an event loop goes on serving meanwhile.
 
 Each input is checked when it is submitted (a bad one raises to its submitter, never to
-the batch); a session closed while its step waited gets a SessionError of its own.
+the batch) and copied straight into its batch's input array; a session closed while its
+step waited gets a SessionError of its own. The results of a batch reach each event loop
+in one ``call_soon_threadsafe``, and the worker is woken only to start a wait or to run a
+batch, so a step costs its submitter a few microseconds of Python besides the kernel.
 """
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import threading
 import time
@@ -22,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from lstm_infer.errors import LstmInferError, StreamError
+from lstm_infer.errors import InputError, LstmInferError, StreamError
 
 __all__ = ["BatchStats", "StepBatcher"]
 
@@ -68,6 +72,44 @@ class BatchStats:
         return {q: float(v) for q, v in zip(qs, np.quantile(lat, qs))}
 
 
+class _Batch:
+    """Steps that will run together, in arrival order: their sessions, waiters, arrival
+    times, and their inputs already staged into one array (the batch's gather buffer).
+
+    ``loops`` maps each event loop to the indices of its futures, ``threads`` lists the
+    indices of the threads' futures, so the results are handed out per loop in one call.
+    """
+
+    __slots__ = ("sids", "waiters", "times", "x", "row_shape", "loops", "threads")
+
+    def __init__(self) -> None:
+        self.sids: list[int] = []
+        self.waiters: list[Any] = []
+        self.times: list[float] = []
+        self.x: np.ndarray | None = None  # (rows, *row_shape); the first len(sids) filled
+        self.row_shape: tuple[int, ...] = ()
+        self.loops: dict[Any, list[int]] = {}
+        self.threads: list[int] = []
+
+    def put(self, i: int, sid: int, staged: np.ndarray, pool: Any, max_batch: int) -> None:
+        """Copy step ``i``'s staged input into the buffer (made as long as the pool has open
+        sessions, at most ``max_batch``, for the first step; doubled when full)."""
+        x = self.x
+        if x is None:
+            self.row_shape = staged.shape
+            rows = min(max_batch, max(len(pool._rows), 1))
+            self.x = x = np.empty((rows, *staged.shape), staged.dtype)
+        elif staged.shape != self.row_shape:
+            raise InputError(
+                f"step input of session {sid} has shape {staged.shape}, but the steps "
+                f"waiting to run with it have shape {self.row_shape} (a batch steps inputs "
+                "of one shape)"
+            )
+        elif i == len(x):
+            self.x = x = np.concatenate([x, np.empty_like(x)])
+        x[i] = staged
+
+
 class StepBatcher:
     """Collects single-session steps for a pool and runs them in batches on a worker thread.
 
@@ -84,10 +126,13 @@ class StepBatcher:
         self._pool = pool
         self._max_batch = max_batch
         self._max_wait = max_wait_us * 1e-6
-        self._cond = threading.Condition()
-        # session id -> (staged input, waiter, time submitted), in arrival order; a waiter is
-        # a concurrent.futures.Future (threads) or an asyncio.Future (coroutines)
-        self._pending: dict[int, tuple[np.ndarray, Any, float]] = {}
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        # The batches waiting, oldest first; only the last one takes new steps (the others
+        # are full). _waiting: the sessions with a step in them; _count: their steps.
+        self._batches: deque[_Batch] = deque()
+        self._waiting: set[int] = set()
+        self._count = 0
         self._stopping = False
         self.stats = BatchStats()
         self._worker = threading.Thread(target=self._run, name="lstm-infer-batcher", daemon=True)
@@ -100,39 +145,66 @@ class StepBatcher:
         that already has a step waiting, or a stopped batcher.
         """
         future: Future = Future()
-        self._queue(sid, x_t, future)
+        self._queue(sid, x_t, future, None)
+        return future
+
+    def submit_future(self, sid: int, x_t: Any) -> Any:
+        """:meth:`submit` for a coroutine: an ``asyncio.Future`` of the running event loop.
+        The results of a batch reach each event loop in one call (one wake-up per batch, not
+        per step). A cancelled future's step may still have run."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queue(sid, x_t, future, loop)
         return future
 
     async def submit_async(self, sid: int, x_t: Any) -> np.ndarray:
-        """:meth:`submit` for a coroutine: the results of a batch reach each event loop in
-        one call (one wake-up per batch, not per step). A cancelled await may still have
-        been stepped."""
-        import asyncio
+        """Await :meth:`submit_future`."""
+        return await self.submit_future(sid, x_t)
 
-        future = asyncio.get_running_loop().create_future()
-        self._queue(sid, x_t, future)
-        return await future
-
-    def _queue(self, sid: int, x_t: Any, waiter: Any) -> None:
-        # Reads no state, so no lock; a copy: the caller may reuse its array meanwhile.
-        staged = np.array(self._pool._stage(sid, x_t))
-        with self._cond:
+    def _queue(self, sid: int, x_t: Any, waiter: Any, loop: Any) -> None:
+        staged = self._pool._stage(sid, x_t)  # reads no session state: no lock
+        with self._lock:  # the condition's lock (a plain one: cheaper to enter)
             if self._stopping:
                 raise StreamError("this pool's batching front end has been shut down")
-            if sid in self._pending:
+            if sid in self._waiting:
                 raise StreamError(
                     f"session {sid} already has a step in flight; wait for its result "
                     "before submitting the next"
                 )
-            self._pending[sid] = (staged, waiter, time.perf_counter())
-            # Wake the worker only to start the wait (first step) or when a batch is ready.
-            if len(self._pending) == 1 or self._ready():
+            batches = self._batches
+            batch = batches[-1] if batches else None
+            if batch is None or len(batch.sids) >= self._max_batch:
+                batch = _Batch()
+            i = len(batch.sids)
+            # A copy: the caller may reuse its array before the step runs.
+            batch.put(i, sid, staged, self._pool, self._max_batch)
+            if i == 0:
+                batches.append(batch)
+            batch.sids.append(sid)
+            batch.waiters.append(waiter)
+            batch.times.append(time.perf_counter())
+            if loop is None:
+                batch.threads.append(i)
+            else:
+                mine = batch.loops.get(loop)
+                if mine is None:
+                    batch.loops[loop] = mine = []
+                mine.append(i)
+            self._waiting.add(sid)
+            count = self._count = self._count + 1
+            # Wake the worker only to start the wait (first step) or when a batch is ready
+            # (_ready, inlined: this runs once per step).
+            if (
+                count == 1
+                or count >= len(self._pool._rows)
+                or len(batches[0].sids) >= self._max_batch
+            ):
                 self._cond.notify()
 
     def poke(self) -> None:
         """Wake the worker if the waiting steps became a batch (a session was closed)."""
         with self._cond:
-            if self._pending and self._ready():
+            if self._count and self._ready():
                 self._cond.notify()
 
     def stop(self) -> None:
@@ -143,89 +215,124 @@ class StepBatcher:
         self._worker.join()
 
     def _ready(self) -> bool:
-        """Whether the waiting steps should run now (called with the condition held)."""
-        n = len(self._pending)
-        return n >= self._max_batch or n >= len(self._pool._rows) or self._stopping
+        """Whether the oldest batch should run now (called with the condition held)."""
+        return (
+            len(self._batches[0].sids) >= self._max_batch
+            or self._count >= len(self._pool._rows)
+            or self._stopping
+        )
 
-    def _take(self) -> list[tuple[int, np.ndarray, Any, float]] | None:
+    def _take(self) -> _Batch | None:
         """Wait for a batch and take it; None when stopping with nothing left."""
         with self._cond:
-            while not self._pending:
+            while not self._batches:
                 if self._stopping:
                     return None
                 self._cond.wait()
-            deadline = next(iter(self._pending.values()))[2] + self._max_wait
+            deadline = self._batches[0].times[0] + self._max_wait
             while not self._ready():
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
-            sids = list(self._pending)[: self._max_batch]
-            return [(sid, *self._pending.pop(sid)) for sid in sids]
+            batch = self._batches.popleft()
+            self._waiting.difference_update(batch.sids)
+            self._count -= len(batch.sids)
+            return batch
 
     def _run(self) -> None:
         while True:
             batch = self._take()
             if batch is None:
                 return
+            n = len(batch.sids)
             # A step whose awaiter gave up (e.g. a client gone) is dropped, not stepped.
-            batch = [item for item in batch if _still_wanted(item[2])]
-            if batch:
-                self._deliver(batch, self._step(batch))
+            waiters = batch.waiters
+            gone = [i for i in batch.threads if not waiters[i].set_running_or_notify_cancel()]
+            for mine in batch.loops.values():  # read from the worker: a benign race
+                gone += [i for i in mine if waiters[i].done()]
+            if not gone:
+                outs = self._step(batch.sids, batch.x[:n], batch.times)
+            elif len(gone) < n:
+                keep = sorted(set(range(n)).difference(gone))
+                part = self._step(
+                    [batch.sids[i] for i in keep], batch.x[keep], [batch.times[i] for i in keep]
+                )
+                outs = [_DROPPED] * n
+                for i, out in zip(keep, part):
+                    outs[i] = out
+            else:
+                continue
+            self._deliver(batch, outs)
 
-    def _step(self, batch: list[tuple[int, np.ndarray, Any, float]]) -> list[Any]:
-        """Each item's output, or the exception to raise to its submitter."""
+    def _step(self, sids: list[int], x: np.ndarray, times: list[float]) -> Any:
+        """Each step's output (a sequence indexed like ``sids``), or the exception to raise
+        to its submitter."""
         try:
-            outs = self._pool._step_staged_locked([b[0] for b in batch], [b[1] for b in batch])
+            outs = self._pool._step_batch_locked(sids, x)
         except LstmInferError:
-            # Only a session closed while it waited can fail here (inputs were checked at
-            # submit): step the others one by one so each gets its own result or error.
-            return [self._step_one(item) for item in batch]
+            # Inputs were checked at submit: a session closed while it waited is the one
+            # failure expected here. Those get their SessionError, the others a step.
+            return self._step_apart(sids, x, times)
         except BaseException as exc:  # pragma: no cover - a bug: report it to every caller
-            return [exc] * len(batch)
+            return [exc] * len(sids)
         done = time.perf_counter()
-        self.stats.record(len(batch), [done - b[3] for b in batch])
+        self.stats.record(len(sids), [done - t for t in times])
         return outs
 
-    def _step_one(self, item: tuple[int, np.ndarray, Any, float]) -> Any:
-        sid, staged, _, t0 = item
-        try:
-            (y,) = self._pool._step_staged_locked([sid], [staged])
-        except BaseException as exc:
-            return exc
-        self.stats.record(1, [time.perf_counter() - t0])
-        return y
-
-    def _deliver(self, batch: list[tuple[int, np.ndarray, Any, float]], outs: list[Any]) -> None:
-        """Hand out the results: thread futures directly, asyncio ones per event loop."""
-        by_loop: dict[Any, list[tuple[Any, Any]]] = {}
-        for item, out in zip(batch, outs):
-            waiter = item[2]
-            if isinstance(waiter, Future):
-                if isinstance(out, BaseException):
-                    waiter.set_exception(out)
-                else:
-                    waiter.set_result(out)
-            else:
-                by_loop.setdefault(waiter.get_loop(), []).append((waiter, out))
-        for loop, pairs in by_loop.items():
+    def _step_apart(self, sids: list[int], x: np.ndarray, times: list[float]) -> list[Any]:
+        outs: list[Any] = [None] * len(sids)
+        rest = []
+        for i, sid in enumerate(sids):
             try:
-                loop.call_soon_threadsafe(_resolve, pairs)
+                self._pool._row(sid)
+            except LstmInferError as exc:
+                outs[i] = exc
+            else:
+                rest.append(i)
+        if rest and len(rest) < len(sids):  # step the open sessions together again
+            part = self._step([sids[i] for i in rest], x[rest], [times[i] for i in rest])
+            for i, out in zip(rest, part):
+                outs[i] = out
+        else:  # none closed (another error): one by one, so only its own step fails
+            for i in rest:
+                try:
+                    (outs[i],) = self._pool._step_batch_locked([sids[i]], x[i : i + 1])
+                except BaseException as exc:
+                    outs[i] = exc
+                else:
+                    self.stats.record(1, [time.perf_counter() - times[i]])
+        return outs
+
+    def _deliver(self, batch: _Batch, outs: Any) -> None:
+        """Hand out the results: thread futures directly, asyncio ones in one call per
+        event loop."""
+        waiters = batch.waiters
+        for i in batch.threads:
+            out = outs[i]
+            if out is _DROPPED:
+                continue
+            if isinstance(out, BaseException):
+                waiters[i].set_exception(out)
+            else:
+                waiters[i].set_result(out)
+        for loop, mine in batch.loops.items():
+            try:
+                loop.call_soon_threadsafe(_resolve, waiters, outs, mine)
             except RuntimeError:  # the loop is closed: nobody waits any more
                 pass
 
 
-def _still_wanted(waiter: Any) -> bool:
-    if isinstance(waiter, Future):
-        return waiter.set_running_or_notify_cancel()
-    return not waiter.done()  # an asyncio future, read from the worker: a benign race
+_DROPPED = object()  # the output of a step not run (its waiter was cancelled)
 
 
-def _resolve(pairs: list[tuple[Any, Any]]) -> None:
-    """Set asyncio futures' results (runs in their event loop)."""
-    for future, out in pairs:
-        if future.done():
+def _resolve(waiters: list[Any], outs: Any, mine: list[int]) -> None:
+    """Set the results of one event loop's futures of a batch (runs in that loop)."""
+    for i in mine:
+        future = waiters[i]
+        if future.done():  # cancelled meanwhile (or before: then it was not stepped)
             continue
+        out = outs[i]
         if isinstance(out, BaseException):
             future.set_exception(out)
         else:
@@ -236,7 +343,11 @@ class BatchingFrontEnd:
     """``submit`` / ``submit_blocking`` / ``stats`` / ``shutdown`` of a pool, on a
     :class:`StepBatcher`. The pool provides ``_lock`` (its step lock), ``_batcher`` (None
     until the first submit), ``max_batch``, ``max_wait_us``, and the batcher's hooks:
-    ``_rows`` (the open sessions), ``_stage(sid, x_t)`` and ``_step_staged_locked``.
+    ``_rows`` (the open sessions), ``_row(sid)`` (raises SessionError for a session not
+    open), ``_stage(sid, x_t)`` (checks one input without a lock, returns it in the kernel's
+    form, possibly a view of the caller's array) and ``_step_batch_locked(sids, x)`` (steps
+    the sessions from the staged inputs stacked as ``x``, taking the pool's lock; returns
+    their outputs as a sequence).
     """
 
     async def submit(self, sid: int, x_t: Any) -> np.ndarray:
@@ -253,7 +364,10 @@ class BatchingFrontEnd:
             ``sid`` already has a step in flight (one session steps one step at a time;
             await the first before submitting the next).
         """
-        return await self._get_batcher().submit_async(sid, x_t)
+        batcher = self._batcher
+        if batcher is None:
+            batcher = self._get_batcher()
+        return await batcher.submit_future(sid, x_t)
 
     def submit_blocking(self, sid: int, x_t: Any, timeout: float | None = None) -> np.ndarray:
         """:meth:`submit` for threads: blocks until the session's step ran (batched with

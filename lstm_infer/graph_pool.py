@@ -246,16 +246,27 @@ class GraphStreamPool(BatchingFrontEnd):
     def _step_staged_locked(self, sids: list[int], staged: list[np.ndarray]) -> list[Any]:
         if not sids:
             return []
+        shapes = {s.shape for s in staged}
+        if len(shapes) != 1:
+            raise InputError(f"one pool steps chunks of one shape, got {sorted(shapes)}")
+        return self._step_batch_locked(sids, np.stack(staged))
+
+    def _step_batch_locked(self, sids: list[int], staged: np.ndarray) -> list[Any]:
+        """Step the sessions from their staged inputs stacked ``(n, *step shape)``; returns
+        their outputs."""
         if len(set(sids)) != len(sids):
             raise InputError("a session appears twice in one step")
-        shapes = {s.shape for s in staged}
-        if len(shapes) != 1 or (self._step_shape is not None and shapes != {self._step_shape}):
-            raise InputError(f"one pool steps chunks of one shape, got {sorted(shapes)}")
+        shape = staged.shape[1:]
+        if self._step_shape is not None and shape != self._step_shape:
+            raise InputError(
+                f"one pool steps chunks of one shape, got {shape} (the pool's is "
+                f"{self._step_shape})"
+            )
         with self._lock:
             rows = [self._row(sid) for sid in sids]
             n, batch = len(sids), _bucket(len(sids))
-            x = np.zeros((batch, *staged[0].shape), np.float32)
-            x[:n] = np.stack(staged)
+            x = np.zeros((batch, *shape), np.float32)
+            x[:n] = staged
             states = {}
             for name, slab in self._slabs.items():
                 axis = self._axes[name]
@@ -272,7 +283,7 @@ class GraphStreamPool(BatchingFrontEnd):
                 index[axis] = rows
                 slab[tuple(index)] = np.take(new_states[name], range(n), axis=axis)
             if self._step_shape is None:
-                self._step_shape = staged[0].shape
+                self._step_shape = shape
             # Copies inside the lock: the outputs are views of the step's arena, which the
             # next step (another thread's) overwrites.
             first = outs[self._outputs[0]]

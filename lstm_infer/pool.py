@@ -35,6 +35,7 @@ __all__ = ["StreamPool"]
 
 # Rows of a growing pool's first slab; it doubles whenever every row is taken.
 _FIRST_CAPACITY = 8
+_FLOAT32 = np.dtype(np.float32)
 
 
 class StreamPool(BatchingFrontEnd):
@@ -109,6 +110,7 @@ class StreamPool(BatchingFrontEnd):
         self._head = model._head
         self._takes_tokens = model.spec.embedding is not None
         self._input_size = self._probe._core.input_size
+        self._step_shape = (self._input_size,)
         core_out = self._probe._core.output_size
         self._output_size = (
             apply_head(np.zeros((1, core_out), np.float32), self._head).shape[1]
@@ -267,49 +269,63 @@ class StreamPool(BatchingFrontEnd):
 
     def _stage(self, sid: int, x_t: Any) -> np.ndarray:
         """One session's input in the kernel's form: float32 (input_size,) or an int64 id
-        (or its embedding row when the model embeds tokens itself). Reads no session state,
-        so it needs no lock (the batching front end checks inputs while a step runs)."""
-        self._row(sid)
+        (or its embedding row when the model embeds tokens itself), possibly a view of
+        ``x_t``. Reads no session state, so it needs no lock (the batching front end checks
+        inputs while a step runs)."""
+        if type(sid) is not int or sid not in self._rows:
+            self._row(sid)  # raises unless an open id of another integer type
         if self._takes_tokens:
             try:
                 return self._probe._step_input(np.reshape(x_t, (-1,)))[0]
             except (InputError, InputTypeError) as exc:
                 raise type(exc)(f"step input of session {sid}: {exc}") from None
-        x = np.asarray(x_t)
-        if x.dtype.kind not in "fiub":
-            raise InputTypeError(
-                f"step input of session {sid} must be numeric, got dtype {x.dtype}"
-            )
+        x = x_t if type(x_t) is np.ndarray else np.asarray(x_t)
         size = self._input_size
-        if x.shape != (size,) and x.shape != (1, size):
-            raise InputError(
-                f"step input of session {sid} must have shape ({size},) or (1, {size}), "
-                f"got {tuple(x.shape)}"
-            )
-        return x.reshape(size).astype(np.float32, copy=False)
+        if x.dtype is not _FLOAT32:
+            if x.dtype.kind not in "fiub":
+                raise InputTypeError(
+                    f"step input of session {sid} must be numeric, got dtype {x.dtype}"
+                )
+            x = x.astype(np.float32)
+        if x.shape != self._step_shape:
+            if x.shape != (1, size):
+                raise InputError(
+                    f"step input of session {sid} must have shape ({size},) or (1, {size}), "
+                    f"got {tuple(x.shape)}"
+                )
+            x = x.reshape(size)
+        return x
 
-    def _step_staged_locked(self, sids: list[int], staged: list[np.ndarray]) -> list[np.ndarray]:
-        """``_step_staged`` under the lock (for the batching front end)."""
+    def _step_batch_locked(self, sids: list[int], x: np.ndarray) -> np.ndarray:
+        """``_step_rows`` under the lock (for the batching front end)."""
         with self._lock:
-            return self._step_staged(sids, staged)
+            return self._step_rows(sids, x)
 
     def _step_staged(self, sids: list[int], staged: list[np.ndarray]) -> list[np.ndarray]:
         """Step sessions whose inputs went through ``_stage``; the caller holds the lock."""
         if not sids:
             return []
+        return list(self._step_rows(sids, np.stack(staged)))
+
+    def _step_rows(self, sids: list[int], x: np.ndarray) -> np.ndarray:
+        """Step sessions from their staged inputs stacked, C-contiguous ``(n, ...)``;
+        returns their outputs ``(n, features)``. The caller holds the lock."""
         with self._rows_lock:
             self._reclaim()  # no step runs now
-            rows = np.fromiter((self._row(sid) for sid in sids), np.int32, len(sids))
+            try:
+                rows = np.array([self._rows[sid] for sid in sids], np.int32)
+            except (KeyError, TypeError):  # the error names the first session not open
+                for sid in sids:
+                    self._row(sid)
+                raise  # pragma: no cover - an id open under another integer type
         if len(set(sids)) != len(sids):
             raise InputError("a session appears twice in one step")
-        x = np.stack(staged)
         out = np.empty((len(sids), self._core.output_size), np.float32)
         try:
             self._core.step_rows(rows, x, out)
         except ValueError as exc:  # a token id out of range: nothing was written
             raise InputError(str(exc)) from None
-        y = apply_head(out, self._head) if self._head else out
-        return list(y)
+        return apply_head(out, self._head) if self._head else out
 
     # ---- rows ----------------------------------------------------------------------------
 

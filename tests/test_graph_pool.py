@@ -156,6 +156,29 @@ def test_submit_batches_graph_sessions(silero, rng) -> None:
     assert stats.steps == 18 and max(stats.batch_sizes) > 1
 
 
+def test_submit_of_another_chunk_shape_fails_alone(silero, rng) -> None:
+    """A pool whose step shape is not fixed yet batches inputs of one shape: a submit of
+    another shape than the steps waiting raises to its submitter only."""
+    _, model = silero
+    x = {k: _chunk(rng) for k in "abc"}
+
+    async def main(pool: lstm_infer.StreamPool) -> None:
+        a, b, c = pool.open(), pool.open(), pool.open()
+        first = asyncio.ensure_future(pool.submit(a, x["a"]))
+        await asyncio.sleep(0)  # a waits for b and c (max_wait_us is far away)
+        with pytest.raises(InputError, match=f"session {b} has shape"):
+            await pool.submit(b, x["b"][:, :512])
+        ys = await asyncio.wait_for(
+            asyncio.gather(first, pool.submit(b, x["b"]), pool.submit(c, x["c"])), timeout=60
+        )
+        for k, y in zip("abc", ys):
+            np.testing.assert_allclose(y, model.stream().step(x[k])[0], atol=1e-5)
+        assert list(pool.stats.batch_sizes) == [3]
+
+    with lstm_infer.StreamPool(model, max_wait_us=60e6) as pool:
+        asyncio.run(main(pool))
+
+
 def test_time_axis_graph_sessions_equal_solo_streams(rng) -> None:
     """A causal conv -> LSTM -> LayerNorm -> Linear graph streamed along time: pooled
     sessions (ragged subsets, a fork, snapshots) equal one model.stream() each."""

@@ -382,6 +382,145 @@ def test_session_closed_while_its_step_waits(rng, lstm) -> None:
         asyncio.run(main(pool))
 
 
+def test_submit_from_many_event_loops_and_threads(rng, lstm) -> None:
+    """Three event loops (four coroutines each) and three threads submit to one pool at
+    once: batches mix their steps, and every session's outputs equal a solo stream's."""
+    model, _ = lstm
+    T, loops, per_loop, threads = 10, 3, 4, 3
+    n = loops * per_loop + threads
+    xs = rng.standard_normal((n, T, I)).astype(np.float32)
+    outs: dict[int, list[np.ndarray]] = {}
+    errors: list[BaseException] = []
+    start = threading.Barrier(loops + threads)
+
+    with lstm_infer.StreamPool(model, max_wait_us=200_000) as pool:
+        sids = [pool.open() for _ in range(n)]
+
+        async def session(k: int) -> None:
+            outs[k] = [await pool.submit(sids[k], xs[k, t]) for t in range(T)]
+
+        async def loop_main(first: int) -> None:
+            group = (session(k) for k in range(first, first + per_loop))
+            await asyncio.wait_for(asyncio.gather(*group), timeout=60)
+
+        def run_loop(first: int) -> None:
+            try:
+                start.wait(30)
+                asyncio.run(loop_main(first))
+            except BaseException as exc:
+                errors.append(exc)
+
+        def run_thread(k: int) -> None:
+            try:
+                start.wait(30)
+                outs[k] = [pool.submit_blocking(sids[k], xs[k, t], timeout=30) for t in range(T)]
+            except BaseException as exc:
+                errors.append(exc)
+
+        workers = [threading.Thread(target=run_loop, args=(j * per_loop,)) for j in range(loops)]
+        workers += [threading.Thread(target=run_thread, args=(n - 1 - j,)) for j in range(threads)]
+        for th in workers:
+            th.start()
+        for th in workers:
+            th.join(timeout=120)
+        stats = pool.stats
+    assert not errors and not any(th.is_alive() for th in workers)
+    for k in range(n):
+        solo = model.stream(1)
+        ref = [solo.step(xs[k, t][None])[0] for t in range(T)]
+        np.testing.assert_allclose(outs[k], ref, atol=1e-6)
+    assert stats.steps == n * T
+    assert max(stats.batch_sizes) > per_loop  # a batch held steps of several submitters
+
+
+def test_cancelled_waiting_submit_is_dropped_from_its_batch(rng, lstm) -> None:
+    """A coroutine cancelled while its step waits: the batch runs without that step (the
+    session keeps its state), the others get their results."""
+    model, _ = lstm
+    x = _inputs(rng, 4)
+
+    async def main(pool: lstm_infer.StreamPool) -> None:
+        a, b, c, d = (pool.open() for _ in range(4))
+        tasks = [asyncio.ensure_future(pool.submit(s, x[k])) for k, s in enumerate((a, b, c))]
+        await asyncio.sleep(0)  # the three wait for d (max_wait_us is far away)
+        tasks[2].cancel()
+        tasks.append(asyncio.ensure_future(pool.submit(d, x[3])))  # every session waits: runs
+        ya, yb, yd = await asyncio.wait_for(asyncio.gather(*tasks[:2], tasks[3]), timeout=30)
+        with pytest.raises(asyncio.CancelledError):
+            await tasks[2]
+        for y, k in ((ya, 0), (yb, 1), (yd, 3)):
+            np.testing.assert_allclose(y, model.stream(1).step(x[k][None])[0], atol=1e-6)
+        _assert_states_equal([model.stream(1).state], [pool.state(c)])  # c was not stepped
+        assert pool.stats.steps == 3 and list(pool.stats.batch_sizes) == [3]
+        for s in (a, b, d):
+            pool.close(s)
+        yc = await asyncio.wait_for(pool.submit(c, x[2]), timeout=30)  # c can step again
+        np.testing.assert_allclose(yc, model.stream(1).step(x[2][None])[0], atol=1e-6)
+
+    with lstm_infer.StreamPool(model, max_wait_us=60e6) as pool:
+        asyncio.run(main(pool))
+
+
+def test_cancelled_during_its_batch_leaves_the_others(rng, lstm) -> None:
+    """A coroutine cancelled while its batch's kernel runs: the others get their results;
+    the cancelled session's step did run (as documented), and it can submit again."""
+    model, _ = lstm
+    x = _inputs(rng, 3)
+    running, release = threading.Event(), threading.Event()
+
+    async def main(pool: lstm_infer.StreamPool) -> None:
+        step = pool._step_batch_locked
+
+        def held_step(sids: list[int], staged: np.ndarray) -> np.ndarray:
+            running.set()
+            assert release.wait(30)
+            return step(sids, staged)
+
+        pool._step_batch_locked = held_step
+        a, b = pool.open(), pool.open()
+        ta = asyncio.ensure_future(pool.submit(a, x[0]))
+        tb = asyncio.ensure_future(pool.submit(b, x[1]))
+        loop = asyncio.get_running_loop()
+        assert await loop.run_in_executor(None, running.wait, 30)
+        ta.cancel()
+        release.set()
+        yb = await asyncio.wait_for(tb, timeout=30)
+        with pytest.raises(asyncio.CancelledError):
+            await ta
+        np.testing.assert_allclose(yb, model.stream(1).step(x[1][None])[0], atol=1e-6)
+        pool.close(b)  # a alone: its next step runs at once
+        ya2 = await asyncio.wait_for(pool.submit(a, x[2]), timeout=30)
+        solo = model.stream(1)
+        solo.step(x[0][None])
+        np.testing.assert_allclose(ya2, solo.step(x[2][None])[0], atol=1e-6)
+
+    with lstm_infer.StreamPool(model, max_wait_us=60e6) as pool:
+        asyncio.run(main(pool))
+
+
+def test_closed_sessions_fail_alone_and_the_rest_run_as_one_batch(rng, lstm) -> None:
+    """Two sessions of a waiting batch are closed: their submitters get SessionError, the
+    other steps of the batch still run together, equal to solo streams."""
+    model, _ = lstm
+    x = _inputs(rng, 4)
+
+    async def main(pool: lstm_infer.StreamPool) -> None:
+        sids = [pool.open() for _ in range(5)]
+        tasks = [asyncio.ensure_future(pool.submit(s, x[k])) for k, s in enumerate(sids[:4])]
+        await asyncio.sleep(0)  # four wait for the fifth
+        pool.close(sids[0])
+        pool.close(sids[2])  # now every open session has a step waiting: the batch runs
+        done = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=30)
+        for k in (0, 2):
+            assert isinstance(done[k], SessionError) and f"session {sids[k]}" in str(done[k])
+        for k in (1, 3):
+            np.testing.assert_allclose(done[k], model.stream(1).step(x[k][None])[0], atol=1e-6)
+        assert list(pool.stats.batch_sizes) == [2]
+
+    with lstm_infer.StreamPool(model, max_wait_us=60e6) as pool:
+        asyncio.run(main(pool))
+
+
 def test_nan_stays_in_its_session(rng, lstm) -> None:
     """NaN and Inf propagate as in a stream, only through the session that was fed them."""
     model, _ = lstm
