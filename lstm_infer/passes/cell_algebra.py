@@ -35,6 +35,7 @@ MAX_CONST_ELEMENTS = 1 << 22
 MAX_TERMS = 12
 MAX_DEGREE = 3
 ELEMENTWISE = ("Add", "Sub", "Mul", "Neg")
+ZERO = "<zero state>"  # the name every all-zero constant state is read as
 ACTIVATIONS = ("Sigmoid", "Tanh")
 
 Monomial = tuple[str, ...]  # sorted atom names
@@ -111,6 +112,10 @@ class CellAlgebra:
         node = self.producer.get(name)
         if node is None or depth > 16 or node.op in ("If", "Loop", "Scan"):
             return None
+        width = self._width_read(node)
+        if width is not None:
+            self._consts[name] = width
+            return width
         op = get_op(node.op, node)
         if not op.foldable or not node.outputs:
             return None
@@ -128,6 +133,28 @@ class CellAlgebra:
             if out:
                 self._consts[out] = np.asarray(value)
         return self._consts[name]
+
+    def _width_read(self, node: Node) -> np.ndarray | None:
+        """``Gather(Shape(a), 1)`` of an affine map ``a`` (torch's ``chunk`` reads its
+        input's width so): the width, a constant."""
+        shape = self.producer.get(node.inputs[0]) if node.op == "Gather" else None
+        if shape is None or shape.op != "Shape" or shape.attrs or int(node.attrs.get("axis", 0)):
+            return None
+        index = self.constant(node.inputs[1])
+        if index is None or index.size != 1 or int(index.reshape(-1)[0]) not in (1, -1):
+            return None
+        a = self.affine(shape.inputs[0], set())
+        if a is None:
+            return None
+        return np.array(a.width if index.ndim == 0 else [a.width], np.int64)
+
+    def state_name(self, name: str) -> str:
+        """``name``, or ZERO for a constant of zeros (every zero state is the same one, however
+        many constants the exporter wrote for it)."""
+        value = self.constant(name)
+        if value is not None and value.dtype.kind == "f" and value.size > 1 and not value.any():
+            return ZERO
+        return name
 
     def scalar(self, name: str) -> float | None:
         value = self.constant(name)
@@ -208,14 +235,13 @@ class CellAlgebra:
                     return None
                 bias = b * float(node.attrs.get("beta", 1.0))
             self.gemm_leaves.add(ins[0])
-        leaf = ins[0]
+        leaf = self.state_name(ins[0])
         concat = self.producer.get(leaf)
         if (
             concat is not None
             and concat.op == "Concat"
             and len(concat.inputs) == 2
             and concat.attrs.get("axis") in (1, -1)
-            and all(self.constant(n) is None for n in concat.inputs)
         ):
             self.concat_parts[leaf] = list(concat.inputs)
             nodes.add(id(concat))
@@ -283,6 +309,8 @@ class CellAlgebra:
     def atom_kind(self, name: str) -> str:
         """The atom's kind: "sigmoid" / "tanh" (an activation's output), "affine",
         "const" or "leaf"."""
+        if name == ZERO:
+            return "leaf"
         node = self.producer.get(name)
         if node is not None and node.op in ACTIVATIONS and len(node.inputs) == 1:
             return node.op.lower()
@@ -319,6 +347,8 @@ class CellAlgebra:
             return _mul(parts[0], parts[1])
         if node is not None and node.op in ACTIVATIONS:
             visited.add(id(node))
+        elif self.affine(name, set()) is None and self.state_name(name) == ZERO:
+            return {(ZERO,): 1.0}  # (a product of a zero state stays an affine map)
         return {(name,): 1.0}
 
     def linear(self, name: str, visited: set[int]) -> Affine | None:

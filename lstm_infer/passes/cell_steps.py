@@ -23,11 +23,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lstm_infer.graph import Node
-from lstm_infer.passes.cell_algebra import Affine, CellAlgebra, Poly
+from lstm_infer.passes.cell_algebra import ZERO, Affine, CellAlgebra, Poly
 
 LSTM_GATES = ("i", "o", "f", "c")  # the ONNX LSTM operator's order
 GRU_GATES = ("z", "r", "nx", "nh")
-ZERO = "<zero state>"  # a state the mixing multiplied away (a scalar zero)
 
 
 @dataclass
@@ -150,19 +149,11 @@ def match_gru(alg: CellAlgebra, node: Node) -> CellStep | None:
     return step if _same_width(step) else None
 
 
-def _is_zero(alg: CellAlgebra, name: str) -> bool:
-    """Whether ``name`` is a zero state (every zero constant is the same state)."""
-    if name == ZERO:
-        return True
-    value = alg.constant(name)
-    return value is not None and value.dtype.kind == "f" and not value.any()
-
-
 def _gru_candidate(
     alg: CellAlgebra, n_arg: str, h_prev: str, nodes: set[int]
 ) -> tuple[int, dict[str, Affine], str, str] | None:
-    """(linear_before_reset, {"nx", "nh"}, the reset gate, the state the products read) from
-    the candidate's argument (a zero ``h_prev`` stands for any zero constant)."""
+    """(linear_before_reset, {"nx", "nh"}, the reset gate, the state) from the candidate's
+    argument."""
     pn: Poly | None = alg.poly(n_arg, nodes)
     if pn is None:
         return None
@@ -181,7 +172,7 @@ def _gru_candidate(
         if nh is None or nx is None or len(nh.terms) != 1:
             return None
         (leaf,) = nh.terms
-        if leaf != h_prev and not (_is_zero(alg, h_prev) and _is_zero(alg, leaf)):
+        if leaf != h_prev:
             return None
         return 1, {"nx": nx, "nh": nh}, r, leaf
     if products:

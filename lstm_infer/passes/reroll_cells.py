@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lstm_infer.graph import Graph, Node, TensorType, ValueInfo, topological_order
-from lstm_infer.passes.cell_algebra import CellAlgebra
+from lstm_infer.passes.cell_algebra import ZERO, CellAlgebra
 from lstm_infer.passes.cell_steps import (
     CellStep,
     leaf_candidates,
@@ -51,6 +51,7 @@ class _Found:
     origin: dict[str, str | None] = field(default_factory=dict)
     inputs: list[tuple[str, int]] = field(default_factory=list)
     outputs: list[tuple[str, int]] = field(default_factory=list)
+    sliced: bool = False
 
 
 @dataclass
@@ -60,6 +61,7 @@ class _Chain:
     axis: int
     times: list[int]  # each step's timestep
     length: int | None  # the sequence's length on ``axis`` where known
+    region: set[int]  # ids of the nodes the chain's node replaces
 
 
 def reroll_cells(graph: Graph) -> Graph:
@@ -72,9 +74,12 @@ def reroll_cells(graph: Graph) -> Graph:
         chains = _find_chains(alg)
         if not chains:
             break
-        current = _rewrite(alg, chains, round_, found)
-    if current is graph:
-        return graph
+        # Chains over whole sequences first: their outputs' lengths are then known to the
+        # next round's chains over them (a fixed slice would tie those to the traced T).
+        whole = [c for c in chains if c.length == len(c.steps)]
+        current = _rewrite(alg, whole or chains, round_, found)
+    if current is graph or found.sliced:
+        return current
     return _relax_time(current, found)
 
 
@@ -189,12 +194,37 @@ def _unit_piece(alg: CellAlgebra, node: Node, name: str) -> tuple[str, int, int]
     return None
 
 
-def _declared(alg: CellAlgebra, name: str) -> tuple | None:
+# Ops whose output has the shape of their (first) input, and Concat: the time length of a
+# sequence passes through them.
+_SHAPE_KEEPING = ("Identity", "Dropout", "Relu", "Tanh", "Sigmoid", "Add", "Sub", "Mul")
+
+
+def _declared(alg: CellAlgebra, name: str, depth: int = 0) -> tuple | None:
+    """What is known of ``name``'s shape: declared, recorded by a rewrite, or carried through
+    shape-keeping ops and Concat from their inputs."""
     for v in alg.graph.inputs:
         if v.name == name:
             return v.type.shape
     t = alg.types.get(name) or alg.graph.value_types.get(name)
-    return None if t is None else t.shape
+    if t is not None or depth > 8:
+        return None if t is None else t.shape
+    node = alg.producer.get(name)
+    if node is None or not node.inputs:
+        return None
+    if node.op in _SHAPE_KEEPING:
+        return _declared(alg, node.inputs[0], depth + 1)
+    if node.op != "Concat":
+        return None
+    shapes = [_declared(alg, n, depth + 1) for n in node.inputs]
+    if any(sh is None or len(sh) != len(shapes[0]) for sh in shapes):
+        return None
+    axis = int(node.attrs.get("axis", 0)) % len(shapes[0])
+    dims = list(shapes[0])
+    dims[axis] = None
+    for k in range(len(dims)):
+        if k != axis and any(sh[k] != dims[k] for sh in shapes):
+            dims[k] = None
+    return tuple(dims)
 
 
 def _rank(alg: CellAlgebra, seq: str, step_input: str) -> int | None:
@@ -257,21 +287,23 @@ def _as_chain(alg: CellAlgebra, steps: list[CellStep]) -> _Chain | None:
             return None
         if any(not np.array_equal(a, b) for a, b in zip(s.weights, first.weights)):
             return None
-    if not _region_closed(alg, steps):
+    region = _region_closed(alg, steps)
+    if region is None:
         return None
-    return _Chain(steps, seq, axis, times, length)
+    return _Chain(steps, seq, axis, times, length, region)
 
 
-def _region_closed(alg: CellAlgebra, steps: list[CellStep]) -> bool:
-    """Every tensor the chain's nodes make is read only inside the chain, except the hidden
-    states and the last cell state; no node belongs to two steps."""
+def _region_closed(alg: CellAlgebra, steps: list[CellStep]) -> set[int] | None:
+    """The chain's nodes if every tensor they make is read only inside the chain, except the
+    hidden states and the last cell state, and no node belongs to two steps; else None."""
     region: set[int] = set()
     for s in steps:
         if region & s.nodes:
-            return False
+            return None
         region |= s.nodes
     exposed = {s.h_out for s in steps} | {steps[-1].c_out}
     outputs = set(alg.graph.output_names)
+    _absorb_side_reads(alg, steps, region, outputs)
     for node in alg.graph.nodes:
         if id(node) not in region:
             continue
@@ -279,8 +311,26 @@ def _region_closed(alg: CellAlgebra, steps: list[CellStep]) -> bool:
             if not out or out in exposed:
                 continue
             if out in outputs or any(id(r) not in region for r in alg.consumers.get(out, [])):
-                return False
-    return True
+                return None
+    return region
+
+
+def _absorb_side_reads(
+    alg: CellAlgebra, steps: list[CellStep], region: set[int], outputs: set[str]
+) -> None:
+    """Add to ``region`` the nodes only it reads (the Shape arithmetic of torch's ``chunk``,
+    the steps' input slices), except those making the chain's inputs."""
+    keep = {steps[0].h_prev, steps[0].c_prev} | {s.x for s in steps}
+    changed = True
+    while changed:
+        changed = False
+        for node in reversed(alg.graph.nodes):
+            if id(node) in region or any(o in keep or o in outputs for o in node.outputs):
+                continue
+            readers = [r for o in node.outputs if o for r in alg.consumers.get(o, [])]
+            if readers and all(id(r) in region for r in readers):
+                region.add(id(node))
+                changed = True
 
 
 # ---- rewriting -----------------------------------------------------------------------------
@@ -340,7 +390,7 @@ def _live(nodes: list[Node], needed: set[str]) -> list[Node]:
 def _rewrite_chain(alg: CellAlgebra, chain: _Chain, b: _Builder, found: _Found) -> set[int]:
     """Add the chain's node (and its glue) to ``b``; the ids of the nodes it replaces."""
     steps, first, last = chain.steps, chain.steps[0], chain.steps[-1]
-    region = set().union(*(s.nodes for s in steps))
+    region = chain.region
     w, r, bias = first.weights
     hidden = r.shape[2]
     layout = 1 if chain.axis == 1 else 0
@@ -375,7 +425,7 @@ def _rewrite_chain(alg: CellAlgebra, chain: _Chain, b: _Builder, found: _Found) 
     is_input = chain.seq in alg.graph.input_names
     origin = found.origin.get(chain.seq, chain.seq if is_input else None)
     if chain.length != len(steps):
-        origin = None  # a fixed slice of the sequence: its length stays the traced one
+        found.sliced = True  # a chain over a fixed prefix: other lengths would be cut short
     found.origin[seq] = origin
     found.types[seq] = _seq_type(len(steps), seq_time)
     joined = _join(alg, chain, region)
@@ -407,7 +457,7 @@ def _perm(src: int, dst: int) -> list[int]:
 
 def _initial(alg: CellAlgebra, b: _Builder, name: str | None, axis: int) -> str:
     """The operator's initial state input for a step's [B, H] state (zeros: omitted)."""
-    if not name:
+    if not name or name == ZERO:
         return ""
     value = alg.constant(name)
     if value is not None and not value.any():
