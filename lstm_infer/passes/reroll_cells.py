@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lstm_infer.errors import LstmInferError
 from lstm_infer.graph import Graph, Node, TensorType, ValueInfo, topological_order
 from lstm_infer.passes.cell_algebra import ZERO, CellAlgebra
 from lstm_infer.passes.cell_steps import (
@@ -67,6 +68,15 @@ class _Chain:
 def reroll_cells(graph: Graph) -> Graph:
     """``graph`` with every recognised unrolled LSTM / GRU chain as one node (a new Graph;
     ``graph`` and its nodes are not modified). The same graph when there is none."""
+    try:
+        return _reroll(graph)
+    except (LstmInferError, ArithmeticError, IndexError, KeyError, TypeError, ValueError):
+        # An attribute or constant of a form the readers do not expect (the graph's nodes
+        # check their own when compiled): the graph runs unrolled, as exported.
+        return graph
+
+
+def _reroll(graph: Graph) -> Graph:
     found = _Found()
     current = graph
     for round_ in range(MAX_ROUNDS):
