@@ -1,0 +1,537 @@
+"""Re-roll LSTM and GRU cells an exporter unrolled over time into one recurrent node.
+
+A module that loops ``nn.LSTMCell`` / ``nn.GRUCell`` (or its own gate arithmetic) over T
+timesteps exports as T copies of the step. This pass finds the steps by their equations
+(:mod:`lstm_infer.passes.cell_steps`), chains them (step t's hidden state, and an LSTM's
+cell state, is what step t + 1 reads), and replaces a chain by one ONNX ``LSTM`` / ``GRU``
+node when:
+
+* every step has the same weights;
+* the steps' inputs are consecutive timesteps of one (3-D) sequence, taken by ``Gather``, or
+  ``Slice`` / ``Split`` then ``Squeeze``, on one axis: t = 0..T-1 (a forward chain) or
+  T-1..0 (a reverse one);
+* nothing outside the chain reads an intermediate of it other than the hidden states (any
+  step's: read back from the output sequence) and the last cell state.
+
+The node reads the whole sequence, so ``Unsqueeze`` + ``Concat`` of the hidden states in time
+order becomes the node's output sequence and the last step's states its final states. Where the
+sequence is a graph input that nothing else reads, its time axis is declared symbolic
+(``time``): the graph then runs at any sequence length. Chains on the outputs of a re-rolled
+chain (stacked layers) are re-rolled in the next round. Anything that does not match exactly
+is left as it was (the unrolled nodes run as before).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from lstm_infer.errors import LstmInferError
+from lstm_infer.graph import Graph, Node, TensorType, ValueInfo, topological_order
+from lstm_infer.passes.cell_algebra import ZERO, CellAlgebra
+from lstm_infer.passes.cell_steps import (
+    CellStep,
+    leaf_candidates,
+    match_gru,
+    match_lstm,
+    onnx_weights,
+)
+
+MAX_ROUNDS = 8
+TIME_DIM = "time"
+PREFIX = "__lstm_infer_reroll"  # names of the nodes and constants the pass adds
+
+
+@dataclass
+class _Found:
+    """What the rounds learn: the sequences made (3-D types, time at a known axis), which
+    graph input each came from, and the inputs / outputs whose time axis may be symbolic."""
+
+    types: dict[str, TensorType] = field(default_factory=dict)
+    origin: dict[str, str | None] = field(default_factory=dict)
+    inputs: list[tuple[str, int]] = field(default_factory=list)
+    outputs: list[tuple[str, int]] = field(default_factory=list)
+    sliced: bool = False
+
+
+@dataclass
+class _Chain:
+    steps: list[CellStep]
+    seq: str
+    axis: int
+    times: list[int]  # each step's timestep
+    length: int | None  # the sequence's length on ``axis`` where known
+    region: set[int]  # ids of the nodes the chain's node replaces
+
+
+def reroll_cells(graph: Graph) -> Graph:
+    """``graph`` with every recognised unrolled LSTM / GRU chain as one node (a new Graph;
+    ``graph`` and its nodes are not modified). The same graph when there is none."""
+    try:
+        return _reroll(graph)
+    except (LstmInferError, ArithmeticError, IndexError, KeyError, TypeError, ValueError):
+        # An attribute or constant of a form the readers do not expect (the graph's nodes
+        # check their own when compiled): the graph runs unrolled, as exported.
+        return graph
+
+
+def _reroll(graph: Graph) -> Graph:
+    found = _Found()
+    current = graph
+    for round_ in range(MAX_ROUNDS):
+        alg = CellAlgebra(current, found.types)
+        chains = _find_chains(alg)
+        if not chains:
+            break
+        # Chains over whole sequences first: their outputs' lengths are then known to the
+        # next round's chains over them (a fixed slice would tie those to the traced T).
+        whole = [c for c in chains if c.length == len(c.steps)]
+        current = _rewrite(alg, whole or chains, round_, found)
+    if current is graph or found.sliced:
+        return current
+    return _relax_time(current, found)
+
+
+# ---- finding chains ------------------------------------------------------------------------
+
+
+def _find_chains(alg: CellAlgebra) -> list[_Chain]:
+    steps: list[CellStep] = []
+    for node in alg.graph.nodes:
+        if node.op == "Tanh" and len(node.inputs) == 1:
+            step = match_lstm(alg, node)
+        elif node.op in ("Add", "Sub") and len(node.outputs) == 1:
+            step = match_gru(alg, node)
+        else:
+            continue
+        if step is not None:
+            steps.append(step)
+    by_h = {s.h_out: s for s in steps}
+    if len(by_h) != len(steps):
+        return []
+    pred: dict[int, CellStep] = {}
+    for s in steps:
+        s.leaves = leaf_candidates(alg, s)
+        if s.cell == "gru":
+            before = by_h.get(s.h_prev or "")
+        else:
+            before = next(
+                (by_h[n] for n in s.leaves if n in by_h and by_h[n].c_out == s.c_prev), None
+            )
+            if before is not None:
+                s.h_prev = before.h_out
+        if before is not None and before.cell == s.cell:
+            pred[id(s)] = before
+    succ: dict[int, list[CellStep]] = {}
+    for s in steps:
+        if id(s) in pred:
+            succ.setdefault(id(pred[id(s)]), []).append(s)
+    chains = []
+    for head in steps:
+        if id(head) in pred:
+            continue
+        chain = [head]
+        while len(succ.get(id(chain[-1]), [])) == 1:
+            chain.append(succ[id(chain[-1])][0])
+        if len(succ.get(id(chain[-1]), [])) > 1:
+            continue  # one state read by two steps: not a chain
+        found = _as_chain(alg, chain)
+        if found is not None:
+            chains.append(found)
+    return chains
+
+
+def _time_slice(alg: CellAlgebra, name: str) -> tuple[str, int, int] | None:
+    """(sequence, axis, index) if ``name`` is one timestep of a 3-D sequence."""
+    node = alg.producer.get(name)
+    if node is None:
+        return None
+    if node.op == "Gather":
+        index = alg.constant(node.inputs[1])
+        if index is None or index.ndim != 0 or index.dtype.kind not in "iu":
+            return None
+        seq, axis, at = node.inputs[0], int(node.attrs.get("axis", 0)), int(index)
+    elif node.op == "Squeeze" and len(node.inputs) == 2:
+        axes = alg.constant(node.inputs[1])
+        inner = alg.producer.get(node.inputs[0])
+        if axes is None or axes.size != 1 or inner is None or not alg.single_use(inner.outputs[0]):
+            return None
+        axis = int(axes.reshape(-1)[0])
+        found = _unit_piece(alg, inner, node.inputs[0])
+        if found is None:
+            return None
+        seq, piece_axis, at = found
+        if _norm(piece_axis) != _norm(axis):
+            return None
+    else:
+        return None
+    if _rank(alg, seq, name) != 3:
+        return None
+    return seq, _norm(axis), at
+
+
+def _norm(axis: int) -> int:
+    return axis % 3 if -3 <= axis < 3 else -1
+
+
+def _unit_piece(alg: CellAlgebra, node: Node, name: str) -> tuple[str, int, int] | None:
+    """(sequence, axis, index) if ``name`` is a length-1 piece of a sequence on one axis."""
+    if node.op == "Slice":
+        ins = node.inputs + [""] * (5 - len(node.inputs))
+        vals = [alg.constant(n) if n else None for n in ins[1:5]]
+        starts, ends, axes, steps = vals
+        if starts is None or ends is None or axes is None or starts.size != 1 or axes.size != 1:
+            return None
+        if steps is not None and int(steps.reshape(-1)[0]) != 1:
+            return None
+        start, end = int(starts.reshape(-1)[0]), int(ends.reshape(-1)[0])
+        if end != start + 1 or (start < 0 <= end):
+            return None
+        return node.inputs[0], int(axes.reshape(-1)[0]), start
+    if node.op == "Split":
+        n = len(node.outputs)
+        if len(node.inputs) > 1 and node.inputs[1]:
+            sizes = alg.constant(node.inputs[1])
+            if sizes is None or sizes.size != n or np.any(sizes != 1):
+                return None
+        elif int(node.attrs.get("num_outputs", n)) != n:
+            return None
+        length = _length(alg, node.inputs[0], int(node.attrs.get("axis", 0)))
+        if length != n and not (len(node.inputs) > 1 and node.inputs[1]):
+            return None
+        return node.inputs[0], int(node.attrs.get("axis", 0)), node.outputs.index(name)
+    return None
+
+
+# Ops whose output has the shape of their (first) input, and Concat: the time length of a
+# sequence passes through them.
+_SHAPE_KEEPING = ("Identity", "Dropout", "Relu", "Tanh", "Sigmoid", "Add", "Sub", "Mul")
+
+
+def _declared(alg: CellAlgebra, name: str, depth: int = 0) -> tuple | None:
+    """What is known of ``name``'s shape: declared, recorded by a rewrite, or carried through
+    shape-keeping ops and Concat from their inputs."""
+    for v in alg.graph.inputs:
+        if v.name == name:
+            return v.type.shape
+    t = alg.types.get(name) or alg.graph.value_types.get(name)
+    if t is not None or depth > 8:
+        return None if t is None else t.shape
+    node = alg.producer.get(name)
+    if node is None or not node.inputs:
+        return None
+    if node.op in _SHAPE_KEEPING:
+        return _declared(alg, node.inputs[0], depth + 1)
+    if node.op != "Concat":
+        return None
+    shapes = [_declared(alg, n, depth + 1) for n in node.inputs]
+    if any(sh is None or len(sh) != len(shapes[0]) for sh in shapes):
+        return None
+    axis = int(node.attrs.get("axis", 0)) % len(shapes[0])
+    dims = list(shapes[0])
+    dims[axis] = None
+    for k in range(len(dims)):
+        if k != axis and any(sh[k] != dims[k] for sh in shapes):
+            dims[k] = None
+    return tuple(dims)
+
+
+def _rank(alg: CellAlgebra, seq: str, step_input: str) -> int | None:
+    shape = _declared(alg, seq)
+    if shape is not None:
+        return len(shape)
+    return 3 if step_input in alg.gemm_leaves else None
+
+
+def _length(alg: CellAlgebra, seq: str, axis: int) -> int | None:
+    shape = _declared(alg, seq)
+    if shape is None or len(shape) != 3:
+        return None
+    dim = shape[_norm(axis)]
+    return dim if isinstance(dim, int) else None
+
+
+def _as_chain(alg: CellAlgebra, steps: list[CellStep]) -> _Chain | None:
+    """The chain, its inputs and weights decided; None unless it can be one node."""
+    slices: list[tuple[str, int, int]] = []
+    for k, s in enumerate(steps):
+        others = sorted(s.leaves - {s.h_prev} if s.h_prev else s.leaves)
+        cands = [(n, _time_slice(alg, n)) for n in others]
+        cands = [(n, t) for n, t in cands if t is not None]
+        if s.h_prev is None:  # the head of an LSTM chain: which leaf is the state?
+            if len(s.leaves) != 2:
+                return None
+            if len(cands) == 2 and k + 1 < len(steps) and slices == []:
+                nxt = [_time_slice(alg, n) for n in steps[k + 1].leaves - {s.h_out}]
+                nxt = [t for t in nxt if t is not None]
+                cands = [c for c in cands if nxt and c[1][:2] == nxt[0][:2]]
+            elif len(cands) == 2:
+                c_src = _time_slice(alg, s.c_prev or "")
+                cands = [c for c in cands if c_src is None or c[1][0] != c_src[0]]
+            if len(cands) != 1:
+                return None
+            s.h_prev = next(iter(s.leaves - {cands[0][0]}))
+        if len(cands) != 1 or len(s.leaves) != 2:
+            return None
+        s.x = cands[0][0]
+        slices.append(cands[0][1])
+        s.weights = onnx_weights(alg, s, s.x, s.h_prev)
+        if s.weights is None:
+            return None
+    seq, axis = slices[0][:2]
+    if any(t[:2] != (seq, axis) for t in slices):
+        return None
+    length = _length(alg, seq, axis)
+    times = [t[2] + length if t[2] < 0 and length is not None else t[2] for t in slices]
+    count = len(steps)
+    if sorted(times) != list(range(count)) or times not in (sorted(times), sorted(times)[::-1]):
+        return None
+    if count > 1 and times[0] > times[1] and length != count:
+        return None  # a reverse chain must start at the sequence's last step
+    if length is not None and length < count:
+        return None
+    first = steps[0]
+    for s in steps[1:]:
+        if s.linear_before_reset != first.linear_before_reset:
+            return None
+        if any(not np.array_equal(a, b) for a, b in zip(s.weights, first.weights)):
+            return None
+    region = _region_closed(alg, steps)
+    if region is None:
+        return None
+    return _Chain(steps, seq, axis, times, length, region)
+
+
+def _region_closed(alg: CellAlgebra, steps: list[CellStep]) -> set[int] | None:
+    """The chain's nodes if every tensor they make is read only inside the chain, except the
+    hidden states and the last cell state, and no node belongs to two steps; else None."""
+    region: set[int] = set()
+    for s in steps:
+        if region & s.nodes:
+            return None
+        region |= s.nodes
+    exposed = {s.h_out for s in steps} | {steps[-1].c_out}
+    outputs = set(alg.graph.output_names)
+    _absorb_side_reads(alg, steps, region, outputs)
+    for node in alg.graph.nodes:
+        if id(node) not in region:
+            continue
+        for out in node.outputs:
+            if not out or out in exposed:
+                continue
+            if out in outputs or any(id(r) not in region for r in alg.consumers.get(out, [])):
+                return None
+    return region
+
+
+def _absorb_side_reads(
+    alg: CellAlgebra, steps: list[CellStep], region: set[int], outputs: set[str]
+) -> None:
+    """Add to ``region`` the nodes only it reads (the Shape arithmetic of torch's ``chunk``,
+    the steps' input slices), except those making the chain's inputs."""
+    keep = {steps[0].h_prev, steps[0].c_prev} | {s.x for s in steps}
+    changed = True
+    while changed:
+        changed = False
+        for node in reversed(alg.graph.nodes):
+            if id(node) in region or any(o in keep or o in outputs for o in node.outputs):
+                continue
+            readers = [r for o in node.outputs if o for r in alg.consumers.get(o, [])]
+            if readers and all(id(r) in region for r in readers):
+                region.add(id(node))
+                changed = True
+
+
+# ---- rewriting -----------------------------------------------------------------------------
+
+
+class _Builder:
+    """New nodes and constants of one rewrite, named uniquely."""
+
+    def __init__(self, prefix: str, consts: dict[str, np.ndarray]) -> None:
+        self.prefix, self.consts, self.nodes, self.count = prefix, consts, [], 0
+
+    def name(self, what: str) -> str:
+        self.count += 1
+        return f"{self.prefix}{what}_{self.count}"
+
+    def const(self, value: np.ndarray, what: str = "c") -> str:
+        name = self.name(what)
+        self.consts[name] = value
+        return name
+
+    def add(self, op: str, inputs: list[str], out: str | None = None, **attrs: object) -> str:
+        out = out or self.name(op.lower())
+        self.nodes.append(Node(op, inputs, [out], dict(attrs), name=self.name(f"/{op}")))
+        return out
+
+    def axes(self, *axes: int) -> str:
+        return self.const(np.array(axes, np.int64), "axes")
+
+
+def _rewrite(alg: CellAlgebra, chains: list[_Chain], round_: int, found: _Found) -> Graph:
+    g = alg.graph
+    consts = dict(g.initializers)
+    removed: set[int] = set()
+    added: list[Node] = []
+    for k, chain in enumerate(chains):
+        b = _Builder(f"{PREFIX}{round_}_{k}_", consts)
+        removed |= _rewrite_chain(alg, chain, b, found)
+        added += b.nodes
+    kept = [n for n in g.nodes if id(n) not in removed] + added
+    inputs = [v.name for v in g.inputs] + list(consts)
+    nodes = _live(topological_order(kept, inputs), set(g.output_names))
+    used = {n for node in nodes for n in node.inputs} | set(g.output_names)
+    consts = {n: v for n, v in consts.items() if n in used}
+    types = {n: t for n, t in g.value_types.items() if n in used}
+    return Graph(list(g.inputs), list(g.outputs), nodes, consts, types)
+
+
+def _live(nodes: list[Node], needed: set[str]) -> list[Node]:
+    keep = []
+    for node in reversed(nodes):
+        if any(o in needed for o in node.outputs if o):
+            keep.append(node)
+            needed.update(n for n in node.inputs if n)
+    return keep[::-1]
+
+
+def _rewrite_chain(alg: CellAlgebra, chain: _Chain, b: _Builder, found: _Found) -> set[int]:
+    """Add the chain's node (and its glue) to ``b``; the ids of the nodes it replaces."""
+    steps, first, last = chain.steps, chain.steps[0], chain.steps[-1]
+    region = chain.region
+    w, r, bias = first.weights
+    hidden = r.shape[2]
+    layout = 1 if chain.axis == 1 else 0
+    x = chain.seq
+    if chain.axis == 2:
+        x = b.add("Transpose", [x], perm=[2, 0, 1])
+    if chain.length != len(steps):
+        t_axis = 1 if layout else 0
+        x = b.add("Slice", [x, b.axes(0), b.axes(len(steps)), b.axes(t_axis)])
+    state_axis = 1 if layout else 0  # of initial_h / Y_h: [D, B, H] or [B, D, H]
+    ins = [x, b.const(w, "W"), b.const(r, "R"), b.const(bias, "B"), ""]
+    ins.append(_initial(alg, b, first.h_prev, state_axis))
+    if first.cell == "lstm":
+        ins.append(_initial(alg, b, first.c_prev, state_axis))
+    while ins[-1] == "":
+        ins.pop()
+    reverse = len(steps) > 1 and chain.times[0] > chain.times[1]
+    attrs: dict[str, object] = {"hidden_size": int(hidden), "layout": layout}
+    attrs["direction"] = "reverse" if reverse else "forward"
+    if first.cell == "gru":
+        attrs["linear_before_reset"] = first.linear_before_reset
+    outs = [b.name("Y"), b.name("Y_h")] + ([b.name("Y_c")] if first.cell == "lstm" else [])
+    b.nodes.append(Node(first.cell.upper(), ins, outs, attrs, name=b.name("/cell")))
+    seq = b.add("Squeeze", [outs[0], b.axes(2 if layout else 1)])  # [T, B, H] or [B, T, H]
+    seq_time = 1 if layout else 0
+    if chain.length == len(steps) and chain.seq in alg.graph.input_names:
+        found.inputs.append((chain.seq, chain.axis))
+    b.add("Squeeze", [outs[1], b.axes(state_axis)], out=last.h_out)
+    if first.cell == "lstm" and last.c_out:
+        b.add("Squeeze", [outs[2], b.axes(state_axis)], out=last.c_out)
+    gone = set(region)
+    is_input = chain.seq in alg.graph.input_names
+    origin = found.origin.get(chain.seq, chain.seq if is_input else None)
+    if chain.length != len(steps):
+        found.sliced = True  # a chain over a fixed prefix: other lengths would be cut short
+    found.origin[seq] = origin
+    found.types[seq] = _seq_type(len(steps), seq_time)
+    joined = _join(alg, chain, region)
+    if joined is not None:
+        concat, axis, unsqueezes = joined
+        gone |= {id(concat)} | {id(u) for u in unsqueezes}
+        out = concat.outputs[0]
+        if axis == seq_time:
+            b.add("Identity", [seq], out=out)
+        else:
+            b.add("Transpose", [seq], out=out, perm=_perm(seq_time, axis))
+        found.origin[out] = origin
+        found.types[out] = _seq_type(len(steps), axis)
+        found.outputs.append((out, axis))
+    for s, t in zip(steps[:-1], chain.times):
+        outside = [n for n in alg.consumers.get(s.h_out, []) if id(n) not in gone]
+        if outside or s.h_out in alg.graph.output_names:
+            b.add("Gather", [seq, b.const(np.array(t, np.int64), "t")], out=s.h_out,
+                  axis=seq_time)  # fmt: skip
+    return gone
+
+
+def _perm(src: int, dst: int) -> list[int]:
+    """The Transpose perm moving axis ``src`` of a 3-D tensor to ``dst``, others in order."""
+    rest = [a for a in range(3) if a != src]
+    rest.insert(dst, src)
+    return rest
+
+
+def _initial(alg: CellAlgebra, b: _Builder, name: str | None, axis: int) -> str:
+    """The operator's initial state input for a step's [B, H] state (zeros: omitted)."""
+    if not name or name == ZERO:
+        return ""
+    value = alg.constant(name)
+    if value is not None and not value.any():
+        return ""
+    if value is not None and value.ndim == 2:
+        return b.const(np.expand_dims(value.astype(np.float32), axis), "state")
+    return b.add("Unsqueeze", [name, b.axes(axis)])
+
+
+def _join(alg: CellAlgebra, chain: _Chain, region: set[int]) -> tuple[Node, int, list] | None:
+    """(Concat, axis, its Unsqueezes) if the hidden states are stacked in time order."""
+    by_time = {s.h_out: t for s, t in zip(chain.steps, chain.times)}
+    count = len(chain.steps)
+    for reader in alg.consumers.get(chain.steps[0].h_out, []):
+        if reader.op != "Unsqueeze" or id(reader) in region or len(reader.inputs) != 2:
+            continue
+        axes = alg.constant(reader.inputs[1])
+        users = alg.consumers.get(reader.outputs[0], [])
+        if axes is None or axes.size != 1 or len(users) != 1 or users[0].op != "Concat":
+            continue
+        concat, axis = users[0], _norm(int(axes.reshape(-1)[0]))
+        if _norm(int(concat.attrs.get("axis", 0))) != axis or len(concat.inputs) != count:
+            continue
+        unsqueezes = [alg.producer.get(n) for n in concat.inputs]
+        ok = all(
+            u is not None
+            and u.op == "Unsqueeze"
+            and by_time.get(u.inputs[0]) == t
+            and alg.single_use(u.outputs[0])
+            and np.array_equal(alg.constant(u.inputs[1]), axes)
+            for t, u in enumerate(unsqueezes)
+        )
+        if ok:
+            return concat, axis, unsqueezes
+    return None
+
+
+def _seq_type(length: int, axis: int) -> TensorType:
+    shape: list[int | None] = [None, None, None]
+    shape[axis] = length
+    return TensorType("float32", tuple(shape), axis)
+
+
+def _relax_time(graph: Graph, found: _Found) -> Graph:
+    """Declare the time axis symbolic on sequence inputs that only re-rolled nodes read, and
+    on the stacked outputs of the chains over them."""
+    readers: dict[str, list[Node]] = {}
+    for node in graph.nodes:
+        for n in node.inputs:
+            readers.setdefault(n, []).append(node)
+    free = {
+        name: axis
+        for name, axis in found.inputs
+        if all(n.name.startswith(PREFIX) for n in readers.get(name, []))
+    }
+    outs = {name: axis for name, axis in found.outputs if found.origin.get(name) in free}
+    inputs = [_symbolic(v, free.get(v.name)) for v in graph.inputs]
+    outputs = [_symbolic(v, outs.get(v.name)) for v in graph.outputs]
+    return Graph(inputs, outputs, graph.nodes, graph.initializers, graph.value_types)
+
+
+def _symbolic(v: ValueInfo, axis: int | None) -> ValueInfo:
+    if axis is None or v.type.shape is None or len(v.type.shape) != 3:
+        return v
+    shape = list(v.type.shape)
+    shape[axis] = TIME_DIM
+    return ValueInfo(v.name, TensorType(v.type.dtype, tuple(shape), axis))
