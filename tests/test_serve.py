@@ -265,14 +265,15 @@ def test_http_endpoints(server: _Running, model, weights) -> None:
 
 
 def test_max_sessions_idle_timeout_and_request_size(model) -> None:
-    for running in _start(model, max_sessions=2, idle_timeout_s=0.3, max_request_bytes=1000):
+    for running in _start(model, max_sessions=2, idle_timeout_s=2.0, max_request_bytes=1000):
         status, body = running.http("/v1/run", json.dumps({"x": [[0.5] * I] * 100}).encode())
         assert status == 413 and "limit" in json.loads(body)["error"]
         with connect(running.ws, open_timeout=TIMEOUT) as a, connect(running.ws) as b:
             with connect(running.ws) as c:
                 assert "sessions open" in json.loads(c.recv(timeout=TIMEOUT))["error"]
                 assert _close_code(c) == 1013
-            # a and b send nothing: the server closes them after the idle timeout.
+            # a and b send nothing: the server closes them after the idle timeout (long enough
+            # that a loaded machine still connects c while both are open).
             for ws in (a, b):
                 assert "idle" in json.loads(ws.recv(timeout=TIMEOUT))["error"]
                 assert _close_code(ws) == 1000
