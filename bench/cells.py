@@ -120,6 +120,29 @@ def _initial(module, count: int, batch: int):  # noqa: ANN001, ANN202
     return tuple(torch.zeros(layers, batch, module.hidden_size) for _ in range(count))
 
 
+def _stream_loop(stream, frames: np.ndarray, out: np.ndarray):  # noqa: ANN001, ANN202
+    def loop(n: int) -> None:
+        for k in range(n):
+            stream.step(frames[k % len(frames)], out=out)
+
+    return loop
+
+
+def _run_loop(model, feeds: dict[str, np.ndarray]):  # noqa: ANN001, ANN202
+    def loop(n: int) -> None:
+        for _ in range(n):
+            model.run(feeds, threads=1)
+
+    return loop
+
+
+def _with_quantized_runs(loops: dict, model, feeds: dict[str, np.ndarray]) -> dict:  # noqa: ANN001
+    """loops plus the same runs on bf16 and int8 weights (GraphModel.quantize)."""
+    for fmt in ("bf16", "int8"):
+        loops[f"lstm_infer {fmt}"] = _run_loop(model.quantize(fmt), feeds)
+    return loops
+
+
 def _decoder_step_module(module):  # noqa: ANN001, ANN202
     """forward(y, memory, *state) -> (out, *state) of one teacher-forced step."""
     import torch
@@ -163,10 +186,6 @@ def decoder_step_rows(name: str, bench: CellBench, h: int, s: int, repeat: int, 
     np.testing.assert_allclose(stream.step(frames[0]), want[0], atol=1e-4)
     box = {"ort": list(feeds0.values()), "torch": state0}
 
-    def loop_ours(n: int) -> None:
-        for k in range(n):
-            stream.step(frames[k % 64], out=out)
-
     def loop_torch(n: int) -> None:
         st = box["torch"]
         with torch.no_grad():
@@ -183,8 +202,9 @@ def decoder_step_rows(name: str, bench: CellBench, h: int, s: int, repeat: int, 
         box["ort"] = st
 
     t = time_interleaved(
-        {"lstm_infer": loop_ours, "torch": loop_torch, "onnxruntime": loop_ort}, repeat, block
-    )
+        {"lstm_infer": _stream_loop(stream, frames, out), "torch": loop_torch,
+         "onnxruntime": loop_ort}, repeat, block,
+    )  # fmt: skip
     return _report(f"{name}_step", t, f"{name} stream step, E=Dm=A=H={h}, S={s}, batch 1")
 
 
@@ -219,10 +239,6 @@ def decoder_run_rows(
     want = sess.run(None, feeds)[0]
     np.testing.assert_allclose(model.run(ours)["output"], want, atol=1e-4)
 
-    def loop_ours(n: int) -> None:
-        for _ in range(n):
-            model.run(ours, threads=1)
-
     def loop_torch(n: int) -> None:
         with torch.no_grad():
             for _ in range(n):
@@ -232,22 +248,9 @@ def decoder_run_rows(
         for _ in range(n):
             sess.run(None, feeds)
 
-    loops = {"lstm_infer": loop_ours, "torch": loop_torch, "onnxruntime": loop_ort}
-    for fmt in ("bf16", "int8"):
-        quantized = model.quantize(fmt)
-        loops[f"lstm_infer {fmt}"] = lambda n, q=quantized: [
-            q.run(ours, threads=1) for _ in range(n)
-        ]
-    t = time_interleaved(loops, repeat, block)
+    loops = {"lstm_infer": _run_loop(model, ours), "torch": loop_torch, "onnxruntime": loop_ort}
+    t = time_interleaved(_with_quantized_runs(loops, model, ours), repeat, block)
     return _report(f"{name}_run", t, f"{name} run, T={steps}, batch {batch}, H={h}, S={s}")
-
-
-def _stream_loop(stream, frames: np.ndarray, out: np.ndarray):  # noqa: ANN001, ANN202
-    def loop(n: int) -> None:
-        for k in range(n):
-            stream.step(frames[k % len(frames)], out=out)
-
-    return loop
 
 
 def step_rows(name: str, bench: CellBench, i: int, h: int, repeat: int, block: float) -> list:
@@ -268,10 +271,6 @@ def step_rows(name: str, bench: CellBench, i: int, h: int, repeat: int, block: f
     np.testing.assert_allclose(stream.step(frames[0]), want[0], atol=1e-4)  # step 0 agrees
     box = {"ort": [s.numpy() for s in state0], "torch": state0}
 
-    def loop_ours(n: int) -> None:
-        for k in range(n):
-            stream.step(frames[k % 64], out=out)
-
     def loop_torch(n: int) -> None:
         s = box["torch"]
         with torch.no_grad():
@@ -287,7 +286,8 @@ def step_rows(name: str, bench: CellBench, i: int, h: int, repeat: int, block: f
             s = res[1:]
         box["ort"] = s
 
-    loops = {"lstm_infer": loop_ours, "torch": loop_torch, "onnxruntime": loop_ort}
+    loops = {"lstm_infer": _stream_loop(stream, frames, out), "torch": loop_torch,
+             "onnxruntime": loop_ort}  # fmt: skip
     for fmt in ("bf16", "int8"):  # the same cell on quantized weights (GraphModel.quantize)
         loops[f"lstm_infer {fmt}"] = _stream_loop(model.quantize(fmt).stream(), frames, out)
     if name == "clockwork_rnn":  # the cell's point: fewer rows than the dense RNN step
@@ -318,10 +318,6 @@ def run_rows(
     want = sess.run(None, {"x": x})[0]
     np.testing.assert_allclose(model.run({"input": x})["output"], want, atol=1e-4)
 
-    def loop_ours(n: int) -> None:
-        for _ in range(n):
-            model.run({"input": x}, threads=1)
-
     def loop_torch(n: int) -> None:
         with torch.no_grad():
             for _ in range(n):
@@ -331,13 +327,9 @@ def run_rows(
         for _ in range(n):
             sess.run(None, {"x": x})
 
-    loops = {"lstm_infer": loop_ours, "torch": loop_torch, "onnxruntime": loop_ort}
-    for fmt in ("bf16", "int8"):
-        quantized = model.quantize(fmt)
-        loops[f"lstm_infer {fmt}"] = lambda n, q=quantized: [
-            q.run({"input": x}, threads=1) for _ in range(n)
-        ]
-    t = time_interleaved(loops, repeat, block)
+    feeds = {"input": x}
+    loops = {"lstm_infer": _run_loop(model, feeds), "torch": loop_torch, "onnxruntime": loop_ort}
+    t = time_interleaved(_with_quantized_runs(loops, model, feeds), repeat, block)
     return _report(f"{name}_run", t, f"{name} run, T={steps}, batch {batch}, H={h}, I={i}")
 
 

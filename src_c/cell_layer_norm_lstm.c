@@ -7,8 +7,8 @@
  *
  * The input projections of a chunk of steps are one product per layer (li_rcell_project);
  * each step is one product of R with the batch's h (li_rcell_recurrent), then one pointwise
- * pass per row that adds the two, normalises the gates, applies the activations on the table's vector
- * functions, updates and normalises the cell. A layer's outputs over the chunk are the next
+ * pass per row that adds the two, normalises the gates, applies the activations on the
+ * table's vector functions, updates and normalises the cell. A layer's outputs over the chunk are the next
  * layer's inputs, so a deep stack keeps its big products.
  *
  * Arrays, 9 per layer l (I_0 = input_size, I_l = H above; Hp = H padded to LI_BLOCK):

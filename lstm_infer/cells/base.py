@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from lstm_infer import _engine
-from lstm_infer._plan import BLOCK, INT8_MAX_INPUTS, _aligned_empty, pack_gate_blocks
+from lstm_infer._plan import BLOCK, _aligned_empty, _pack, _pad_gate_vector
 from lstm_infer.errors import ModelFormatError
-from lstm_infer.quantize import from_bf16_bits, int8_rows, to_bf16_bits
+from lstm_infer.quantize import dequantize
 
 # Sizes far above any trained cell and below the C layer's own bound (2**20).
 MAX_SIZE = 1 << 16
@@ -99,23 +99,11 @@ def padded(h: int) -> int:
     return -(-h // BLOCK) * BLOCK
 
 
-def dequantized(m: np.ndarray, fmt: str) -> np.ndarray:
-    """m as the products in format ``fmt`` see it: float32 as is, bf16-rounded, or int8
-    codes times their row's scale (the values the sgemm path of many rows multiplies)."""
-    m = np.ascontiguousarray(m, np.float32)
-    if fmt == "bfloat16":
-        return from_bf16_bits(to_bf16_bits(m))
-    if fmt == "int8":
-        q, scale = int8_rows(m)
-        return q.astype(np.float32) * scale[:, None]
-    return m
-
-
 def gate_rows_padded(m: np.ndarray, gates: int, fmt: str = "float32") -> np.ndarray:
     """(G*H, K) -> (G*Hp, K) float32, each gate's rows zero padded to whole blocks (sgemm
     then writes the padded layout the packed products write); ``fmt``: of the dequantized
     weights."""
-    m = dequantized(m, fmt)
+    m = dequantize(m, fmt)
     gh, k = m.shape
     h = gh // gates
     out = np.zeros((gates, padded(h), k), np.float32)
@@ -124,10 +112,7 @@ def gate_rows_padded(m: np.ndarray, gates: int, fmt: str = "float32") -> np.ndar
 
 
 def gate_vector_padded(v: np.ndarray, gates: int) -> np.ndarray:
-    h = v.shape[0] // gates
-    out = np.zeros((gates, padded(h)), np.float32)
-    out[:, :h] = v.reshape(gates, h)
-    return out.reshape(-1)
+    return _pad_gate_vector(np.asarray(v, np.float32), gates)
 
 
 def input_weights(
@@ -157,25 +142,13 @@ def _bytes(parts: list[np.ndarray]) -> np.ndarray:
 
 
 def packed(m: np.ndarray, gates: int, fmt: str = "float32") -> np.ndarray:
-    """A (G*H, K) matrix packed for the products in format ``fmt`` (li_cells.h): float32
-    pack_gate_blocks, or bytes: bf16 blocks, or int8 blocks then each padded row's scale
-    and code sum."""
-    m = np.ascontiguousarray(m, np.float32)
-    if fmt == "bfloat16":
-        return _bytes([to_bf16_bits(pack_gate_blocks(m, gates, pair=2))])
-    if fmt == "int8":
-        if m.shape[1] > INT8_MAX_INPUTS:
-            raise ModelFormatError(
-                f"int8 weights support at most {INT8_MAX_INPUTS} inputs per row, got {m.shape[1]}"
-            )
-        q, scale = int8_rows(m)
-        rowsum = q.astype(np.int32).sum(axis=1, dtype=np.int32)
-        codes = pack_gate_blocks(q, gates, np.int8, pair=4)
-        h = m.shape[0] // gates
-        sums = np.zeros((gates, padded(h)), np.int32)
-        sums[:, :h] = rowsum.reshape(gates, h)
-        return _bytes([codes, gate_vector_padded(scale, gates), sums.reshape(-1)])
-    return pack_gate_blocks(m, gates)
+    """A (G*H, K) matrix packed for the products in format ``fmt`` (li_cells.h), as the
+    recurrent layers pack theirs (_plan._pack): float32 pack_gate_blocks, or bytes: bf16
+    blocks, or int8 blocks then each padded row's scale and code sum."""
+    parts = _pack(np.ascontiguousarray(m, np.float32), gates, fmt)
+    if fmt == "float32":
+        return parts["packed"]
+    return _bytes([p for p in (parts["packed"], parts["scale"], parts["rowsum"]) if p is not None])
 
 
 def weight_format(attrs: Mapping[str, Any]) -> str:
