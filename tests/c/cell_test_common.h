@@ -102,15 +102,17 @@ static void *test_pack_format(float *m, int G, int H, int K, int format, int64_t
     const int Kp = (K + P - 1) / P * P;
     float *scale = calloc((size_t)G * Hp, sizeof(float));
     int32_t *sum = calloc((size_t)G * Hp, sizeof(int32_t));
+    for (size_t i = 0; i < (size_t)G * Hp; i++)
+        scale[i] = 1.0f; /* padding rows */
     for (int g = 0; g < G; g++)
-        for (int u = 0; u < Hp; u++) {
+        for (int u = 0; u < H; u++) {
             float *row = m + ((size_t)g * H + u) * K;
             float peak = 0;
-            for (int k = 0; u < H && k < K; k++)
+            for (int k = 0; k < K; k++)
                 peak = fabsf(row[k]) > peak ? fabsf(row[k]) : peak;
             const float sc = peak > 0 ? peak / 127.0f : 1.0f;
-            scale[(size_t)g * Hp + u] = u < H ? sc : 1.0f;
-            for (int k = 0; u < H && k < K; k++) {
+            scale[(size_t)g * Hp + u] = sc;
+            for (int k = 0; k < K; k++) {
                 if (format == LI_WEIGHTS_I8) {
                     const float code = nearbyintf(row[k] / sc);
                     sum[(size_t)g * Hp + u] += (int32_t)code;
