@@ -3,6 +3,10 @@
 Every session's outputs are checked against a solo ``model.stream()`` fed the same inputs
 and, for a one-layer LSTM, against the float64 numpy reference; bad input must raise a
 clear error and leave every session's state as it was.
+
+Over 600 lines: the slab's API and the submit front end (asyncio and threads, cancellation,
+closed sessions in a batch) share one fixture set and one solo-stream reference; the file
+would split along that line (submit tests apart) when it grows further.
 """
 
 from __future__ import annotations
