@@ -2,9 +2,18 @@
 
 Coroutines (``await pool.submit``) and threads (``pool.submit_blocking``) hand their step to
 one worker thread, which waits until ``max_batch`` steps are waiting, every open session
-has one waiting, or ``max_wait_us`` has passed since the first of them arrived, and then
-runs them as one :meth:`StreamPool.step`. The kernel runs on that thread with the GIL
+has one waiting, or the first of them has waited as long as ``max_wait_us`` allows, and
+then runs them as one :meth:`StreamPool.step`. The kernel runs on that thread with the GIL
 released, so an event loop goes on serving meanwhile.
+
+``max_wait_us`` bounds the latency that batching adds to a step, not only its time in the
+queue: a batch that runs also costs its kernel call and two thread hand-offs (the worker's
+wake-up, then the event loop's), which on a virtual machine are tens to hundreds of
+microseconds. The worker keeps a running estimate of that cost (from start to the result
+being handed back, over recent batches) and starts a waiting batch that much earlier, so
+under a paced load (live streams, one frame each every few milliseconds) the first step of
+a batch gets its result about ``max_wait_us`` after it was submitted, not that plus the
+batch's own time.
 
 Each input is checked when it is submitted (a bad one raises to its submitter, never to
 the batch) and copied straight into its batch's input array; a session closed while its
@@ -34,6 +43,10 @@ __all__ = ["BatchStats", "StepBatcher"]
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 # Latencies kept for the quantiles (the most recent ones).
 LATENCY_WINDOW = 10_000
+# Weight of the newest batch in the running estimate of a batch's cost from its start to
+# its results being handed back (1/8: a few batches follow a change, one outlier moves it
+# by an eighth).
+LEAD_WEIGHT = 0.125
 
 
 @dataclass
@@ -134,6 +147,9 @@ class StepBatcher:
         self._waiting: set[int] = set()
         self._count = 0
         self._stopping = False
+        # Seconds from a batch's start to its results reaching their submitters, estimated
+        # over recent batches; a waiting batch starts this much before max_wait is up.
+        self._lead = 0.0
         self.stats = BatchStats()
         self._worker = threading.Thread(target=self._run, name="lstm-infer-batcher", daemon=True)
         self._worker.start()
@@ -229,7 +245,7 @@ class StepBatcher:
                 if self._stopping:
                     return None
                 self._cond.wait()
-            deadline = self._batches[0].times[0] + self._max_wait
+            deadline = self._batches[0].times[0] + max(self._max_wait - self._lead, 0.0)
             while not self._ready():
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
@@ -251,6 +267,7 @@ class StepBatcher:
             gone = [i for i in batch.threads if not waiters[i].set_running_or_notify_cancel()]
             for mine in batch.loops.values():  # read from the worker: a benign race
                 gone += [i for i in mine if waiters[i].done()]
+            started = time.perf_counter()
             if not gone:
                 outs = self._step(batch.sids, batch.x[:n], batch.times)
             elif len(gone) < n:
@@ -263,7 +280,13 @@ class StepBatcher:
                     outs[i] = out
             else:
                 continue
-            self._deliver(batch, outs)
+            self._deliver(batch, outs, started)
+
+    def _handed_back(self, started: float) -> None:
+        """Fold one batch's start-to-result time into the running estimate (called where
+        the results arrive: a benign race between event loops, each write one float)."""
+        lead = time.perf_counter() - started
+        self._lead += LEAD_WEIGHT * (min(lead, self._max_wait) - self._lead)
 
     def _step(self, sids: list[int], x: np.ndarray, times: list[float]) -> Any:
         """Each step's output (a sequence indexed like ``sids``), or the exception to raise
@@ -304,9 +327,9 @@ class StepBatcher:
                     self.stats.record(1, [time.perf_counter() - times[i]])
         return outs
 
-    def _deliver(self, batch: _Batch, outs: Any) -> None:
+    def _deliver(self, batch: _Batch, outs: Any, started: float) -> None:
         """Hand out the results: thread futures directly, asyncio ones in one call per
-        event loop."""
+        event loop (the first of those calls to run measures the batch's lead)."""
         waiters = batch.waiters
         for i in batch.threads:
             out = outs[i]
@@ -316,9 +339,13 @@ class StepBatcher:
                 waiters[i].set_exception(out)
             else:
                 waiters[i].set_result(out)
+        if not batch.loops:
+            self._handed_back(started)
+            return
+        timed = [False]
         for loop, mine in batch.loops.items():
             try:
-                loop.call_soon_threadsafe(_resolve, waiters, outs, mine)
+                loop.call_soon_threadsafe(_resolve, waiters, outs, mine, self, started, timed)
             except RuntimeError:  # the loop is closed: nobody waits any more
                 pass
 
@@ -326,8 +353,19 @@ class StepBatcher:
 _DROPPED = object()  # the output of a step not run (its waiter was cancelled)
 
 
-def _resolve(waiters: list[Any], outs: Any, mine: list[int]) -> None:
-    """Set the results of one event loop's futures of a batch (runs in that loop)."""
+def _resolve(
+    waiters: list[Any],
+    outs: Any,
+    mine: list[int],
+    batcher: StepBatcher,
+    started: float,
+    timed: list[bool],
+) -> None:
+    """Set the results of one event loop's futures of a batch (runs in that loop); the
+    first loop to get there times the batch's hand-back."""
+    if not timed[0]:
+        timed[0] = True
+        batcher._handed_back(started)
     for i in mine:
         future = waiters[i]
         if future.done():  # cancelled meanwhile (or before: then it was not stepped)

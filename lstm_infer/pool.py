@@ -54,8 +54,10 @@ class StreamPool(BatchingFrontEnd):
     max_batch : int
         :meth:`submit` runs a batch as soon as this many steps wait.
     max_wait_us : float
-        :meth:`submit` runs the waiting steps at the latest this long after the first of
-        them arrived (or at once when every open session has a step waiting).
+        The most latency batching may add to a step: :meth:`submit` runs the waiting
+        steps at the latest this long after the first of them arrived, less the running
+        estimate of what a batch costs from its start to its results being handed back
+        (or at once when every open session has a step waiting).
 
     Notes
     -----
