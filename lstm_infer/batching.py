@@ -6,14 +6,19 @@ has one waiting, or the first of them has waited as long as ``max_wait_us`` allo
 then runs them as one :meth:`StreamPool.step`. The kernel runs on that thread with the GIL
 released, so an event loop goes on serving meanwhile.
 
+A step that is a whole batch by itself the moment it arrives (the only open session, or
+``max_batch`` 1) while the worker is idle runs at once in the submitter's own thread: a lone
+session steps like a solo stream, without the two thread hand-offs (the worker's wake-up,
+then the event loop's), which on a virtual machine cost a hundred microseconds or more
+each. Larger batches always run on the worker, so an event loop never blocks on them.
+
 ``max_wait_us`` bounds the latency that batching adds to a step, not only its time in the
-queue: a batch that runs also costs its kernel call and two thread hand-offs (the worker's
-wake-up, then the event loop's), which on a virtual machine are tens to hundreds of
-microseconds. The worker keeps a running estimate of that cost (from start to the result
-being handed back, over recent batches) and starts a waiting batch that much earlier, so
-under a paced load (live streams, one frame each every few milliseconds) the first step of
-a batch gets its result about ``max_wait_us`` after it was submitted, not that plus the
-batch's own time.
+queue: a batch the worker runs on its deadline also costs the worker's wake-up, the kernel
+call and the hand-back to the submitter. The worker keeps a running estimate of that cost
+(from the batch being due to its results arriving, over recent batches, quick to rise and
+slow to fall) and starts a waiting batch that much earlier, so under a paced load (live
+streams, one frame each every few milliseconds) the first step of a batch gets its result
+about ``max_wait_us`` after it was submitted, not that plus the batch's own time.
 
 Each input is checked when it is submitted (a bad one raises to its submitter, never to
 the batch) and copied straight into its batch's input array; a session closed while its
@@ -43,10 +48,12 @@ __all__ = ["BatchStats", "StepBatcher"]
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 # Latencies kept for the quantiles (the most recent ones).
 LATENCY_WINDOW = 10_000
-# Weight of the newest batch in the running estimate of a batch's cost from its start to
-# its results being handed back (1/8: a few batches follow a change, one outlier moves it
-# by an eighth).
-LEAD_WEIGHT = 0.125
+# Weights of the newest batch in the running estimate of a batch's cost from being due to
+# its results being handed back: a batch slower than the estimate moves it by a quarter of
+# the gap, a faster one by a thirty-second, so the estimate rides near the upper end of the
+# recent costs (what the p99 of a step's latency sees) rather than their mean.
+LEAD_RISE = 0.25
+LEAD_FALL = 1 / 32
 
 
 @dataclass
@@ -147,7 +154,10 @@ class StepBatcher:
         self._waiting: set[int] = set()
         self._count = 0
         self._stopping = False
-        # Seconds from a batch's start to its results reaching their submitters, estimated
+        # A batch is running (on the worker or inline in a submitter): a batch that becomes
+        # ready meanwhile is left to the worker.
+        self._busy = False
+        # Seconds from a batch being due to its results reaching their submitters, estimated
         # over recent batches; a waiting batch starts this much before max_wait is up.
         self._lead = 0.0
         self.stats = BatchStats()
@@ -208,14 +218,30 @@ class StepBatcher:
                 mine.append(i)
             self._waiting.add(sid)
             count = self._count = self._count + 1
-            # Wake the worker only to start the wait (first step) or when a batch is ready
-            # (_ready, inlined: this runs once per step).
-            if (
-                count == 1
-                or count >= len(self._pool._rows)
-                or len(batches[0].sids) >= self._max_batch
-            ):
+            # _ready, inlined: this runs once per step.
+            ready = count >= len(self._pool._rows) or len(batches[0].sids) >= self._max_batch
+            inline = None
+            if ready and not self._busy and len(batches) == 1 and i == 0:
+                # A batch of this one step: run it here, without a thread hand-off.
+                inline = self._pop()
+                self._busy = True
+            elif count == 1 or ready:  # wake the worker to start the wait or run a batch
                 self._cond.notify()
+        if inline is not None:
+            try:
+                self._run_batch(inline, time.perf_counter(), loop)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    if self._batches or self._stopping:  # arrived meanwhile: the worker's
+                        self._cond.notify()
+
+    def _pop(self) -> _Batch:
+        """Take the oldest batch off the queue (called with the condition held)."""
+        batch = self._batches.popleft()
+        self._waiting.difference_update(batch.sids)
+        self._count -= len(batch.sids)
+        return batch
 
     def poke(self) -> None:
         """Wake the worker if the waiting steps became a batch (a session was closed)."""
@@ -238,55 +264,71 @@ class StepBatcher:
             or self._stopping
         )
 
-    def _take(self) -> _Batch | None:
-        """Wait for a batch and take it; None when stopping with nothing left."""
+    def _take(self) -> tuple[_Batch, float] | None:
+        """Wait for a batch and take it, with the time it became due (its deadline, or now
+        when it was ready before); None when stopping with nothing left. Marks the batcher
+        busy."""
         with self._cond:
-            while not self._batches:
-                if self._stopping:
-                    return None
-                self._cond.wait()
-            deadline = self._batches[0].times[0] + max(self._max_wait - self._lead, 0.0)
-            while not self._ready():
-                remaining = deadline - time.perf_counter()
-                if remaining <= 0:
-                    break
-                self._cond.wait(remaining)
-            batch = self._batches.popleft()
-            self._waiting.difference_update(batch.sids)
-            self._count -= len(batch.sids)
-            return batch
+            while True:
+                while not self._batches or self._busy:
+                    if self._stopping and not self._batches and not self._busy:
+                        return None
+                    self._cond.wait()
+                first = self._batches[0]
+                deadline = first.times[0] + max(self._max_wait - self._lead, 0.0)
+                due = None
+                while self._batches and self._batches[0] is first and not self._busy:
+                    if self._ready():
+                        due = time.perf_counter()
+                        break
+                    remaining = deadline - time.perf_counter()
+                    if remaining <= 0:
+                        due = deadline
+                        break
+                    self._cond.wait(remaining)
+                if due is not None:  # else a submitter ran it meanwhile: wait again
+                    self._busy = True
+                    return self._pop(), due
 
     def _run(self) -> None:
         while True:
-            batch = self._take()
-            if batch is None:
+            taken = self._take()
+            if taken is None:
                 return
-            n = len(batch.sids)
-            # A step whose awaiter gave up (e.g. a client gone) is dropped, not stepped.
-            waiters = batch.waiters
-            gone = [i for i in batch.threads if not waiters[i].set_running_or_notify_cancel()]
-            for mine in batch.loops.values():  # read from the worker: a benign race
-                gone += [i for i in mine if waiters[i].done()]
-            started = time.perf_counter()
-            if not gone:
-                outs = self._step(batch.sids, batch.x[:n], batch.times)
-            elif len(gone) < n:
-                keep = sorted(set(range(n)).difference(gone))
-                part = self._step(
-                    [batch.sids[i] for i in keep], batch.x[keep], [batch.times[i] for i in keep]
-                )
-                outs = [_DROPPED] * n
-                for i, out in zip(keep, part):
-                    outs[i] = out
-            else:
-                continue
-            self._deliver(batch, outs, started)
+            try:
+                self._run_batch(*taken, None)
+            finally:
+                with self._cond:
+                    self._busy = False
 
-    def _handed_back(self, started: float) -> None:
-        """Fold one batch's start-to-result time into the running estimate (called where
-        the results arrive: a benign race between event loops, each write one float)."""
-        lead = time.perf_counter() - started
-        self._lead += LEAD_WEIGHT * (min(lead, self._max_wait) - self._lead)
+    def _run_batch(self, batch: _Batch, due: float, here: Any) -> None:
+        """Step a batch and hand out its results; ``here``: the event loop of the calling
+        thread, whose futures are resolved directly (None on the worker)."""
+        n = len(batch.sids)
+        # A step whose awaiter gave up (e.g. a client gone) is dropped, not stepped.
+        waiters = batch.waiters
+        gone = [i for i in batch.threads if not waiters[i].set_running_or_notify_cancel()]
+        for mine in batch.loops.values():  # read from another thread: a benign race
+            gone += [i for i in mine if waiters[i].done()]
+        if not gone:
+            outs = self._step(batch.sids, batch.x[:n], batch.times)
+        elif len(gone) < n:
+            keep = sorted(set(range(n)).difference(gone))
+            part = self._step(
+                [batch.sids[i] for i in keep], batch.x[keep], [batch.times[i] for i in keep]
+            )
+            outs = [_DROPPED] * n
+            for i, out in zip(keep, part):
+                outs[i] = out
+        else:
+            return
+        self._deliver(batch, outs, due, here)
+
+    def _handed_back(self, due: float) -> None:
+        """Fold one batch's due-to-result time into the running estimate (called where the
+        results arrive: a benign race between event loops, each write one float)."""
+        gap = min(time.perf_counter() - due, self._max_wait) - self._lead
+        self._lead += (LEAD_RISE if gap > 0 else LEAD_FALL) * gap
 
     def _step(self, sids: list[int], x: np.ndarray, times: list[float]) -> Any:
         """Each step's output (a sequence indexed like ``sids``), or the exception to raise
@@ -327,9 +369,10 @@ class StepBatcher:
                     self.stats.record(1, [time.perf_counter() - times[i]])
         return outs
 
-    def _deliver(self, batch: _Batch, outs: Any, started: float) -> None:
-        """Hand out the results: thread futures directly, asyncio ones in one call per
-        event loop (the first of those calls to run measures the batch's lead)."""
+    def _deliver(self, batch: _Batch, outs: Any, due: float, here: Any) -> None:
+        """Hand out the results: thread futures and those of ``here`` (the calling
+        thread's event loop) directly, other loops' in one call per loop (the first of
+        those calls to run measures the batch's lead)."""
         waiters = batch.waiters
         for i in batch.threads:
             out = outs[i]
@@ -340,12 +383,15 @@ class StepBatcher:
             else:
                 waiters[i].set_result(out)
         if not batch.loops:
-            self._handed_back(started)
+            self._handed_back(due)
             return
         timed = [False]
         for loop, mine in batch.loops.items():
+            if loop is here:
+                _resolve(waiters, outs, mine, self, due, timed)
+                continue
             try:
-                loop.call_soon_threadsafe(_resolve, waiters, outs, mine, self, started, timed)
+                loop.call_soon_threadsafe(_resolve, waiters, outs, mine, self, due, timed)
             except RuntimeError:  # the loop is closed: nobody waits any more
                 pass
 
@@ -358,14 +404,14 @@ def _resolve(
     outs: Any,
     mine: list[int],
     batcher: StepBatcher,
-    started: float,
+    due: float,
     timed: list[bool],
 ) -> None:
     """Set the results of one event loop's futures of a batch (runs in that loop); the
     first loop to get there times the batch's hand-back."""
     if not timed[0]:
         timed[0] = True
-        batcher._handed_back(started)
+        batcher._handed_back(due)
     for i in mine:
         future = waiters[i]
         if future.done():  # cancelled meanwhile (or before: then it was not stepped)
@@ -405,7 +451,10 @@ class BatchingFrontEnd:
         batcher = self._batcher
         if batcher is None:
             batcher = self._get_batcher()
-        return await batcher.submit_future(sid, x_t)
+        future = batcher.submit_future(sid, x_t)
+        if future.done():  # ran here, inline: still let the other coroutines in once, so
+            await asyncio.sleep(0)  # a session alone in the pool cannot starve the loop
+        return await future
 
     def submit_blocking(self, sid: int, x_t: Any, timeout: float | None = None) -> np.ndarray:
         """:meth:`submit` for threads: blocks until the session's step ran (batched with

@@ -1,18 +1,21 @@
-"""The batching front end's deadline: ``max_wait_us`` bounds the latency batching adds to a
-step, so a waiting batch starts early by the running estimate of its own cost (kernel and
-hand-back). Outputs are checked against a solo ``model.stream()``; nothing here asserts a
-time (the bounds below only keep a broken deadline from hanging the suite)."""
+"""The batching front end's timing rules: a step that is a whole batch by itself runs in
+the submitter's thread (no hand-off), and ``max_wait_us`` bounds the latency batching adds
+to a step, so a waiting batch starts early by the running estimate of its own cost (the
+worker's wake-up, the kernel, the hand-back). Outputs are checked against a solo
+``model.stream()``; nothing here asserts a time (the timeouts only keep a broken deadline
+from hanging the suite)."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import numpy as np
 import pytest
 
 import lstm_infer
-from lstm_infer.batching import LEAD_WEIGHT, StepBatcher
+from lstm_infer.batching import LEAD_FALL, LEAD_RISE, StepBatcher
 
 I, H = 5, 8
 
@@ -26,21 +29,61 @@ def model(rng: np.random.Generator) -> lstm_infer.Model:
     return lstm_infer.Model.from_onnx_weights("lstm", W, R, B)
 
 
-def test_the_estimate_follows_recent_batches_and_stays_within_max_wait(model) -> None:
-    """Each batch moves the estimate by LEAD_WEIGHT of the gap; a batch slower than
-    max_wait counts as max_wait (the wait never goes below zero)."""
+def test_the_estimate_rises_fast_falls_slowly_and_stays_within_max_wait(model) -> None:
+    """A batch slower than the estimate moves it by LEAD_RISE of the gap, a faster one by
+    LEAD_FALL; a batch slower than max_wait counts as max_wait (the wait never goes below
+    zero)."""
     pool = lstm_infer.StreamPool(model, max_wait_us=1000)
     batcher = StepBatcher(pool, max_batch=8, max_wait_us=1000)
+    now = time.perf_counter
     try:
         assert batcher._lead == 0.0
-        now = time.perf_counter
         batcher._handed_back(now() - 400e-6)  # a batch that took (at least) 400 us
-        assert 400e-6 * LEAD_WEIGHT <= batcher._lead < 400e-6
+        assert 400e-6 * LEAD_RISE <= batcher._lead < 400e-6 * LEAD_RISE + 100e-6
         for _ in range(200):  # batches slower than max_wait: the estimate tends to 1 ms
             batcher._handed_back(now() - 5.0)
         assert batcher._lead == pytest.approx(1e-3, rel=1e-6)
+        batcher._handed_back(now())  # one quick batch: down by LEAD_FALL of the gap only
+        assert 1e-3 * (1 - LEAD_FALL) <= batcher._lead < 1e-3
     finally:
         batcher.stop()
+
+
+def test_a_lone_sessions_step_runs_in_the_submitters_thread(rng, model) -> None:
+    """One open session: its step is a whole batch the moment it arrives, so it runs in
+    the submitting thread (event loop or plain thread) instead of the worker's; with two
+    sessions open a lone step waits, and the worker runs it."""
+    x = rng.standard_normal(I).astype(np.float32)
+    want = model.stream(1).step(x[None])[0]
+    ran_in: list[str] = []
+
+    with lstm_infer.StreamPool(model, max_wait_us=1000) as pool:
+        step = pool._step_batch_locked
+
+        def recorded(sids: list[int], xs: np.ndarray) -> object:
+            ran_in.append(threading.current_thread().name)
+            return step(sids, xs)
+
+        pool._step_batch_locked = recorded
+        a = pool.open()
+
+        async def main() -> np.ndarray:
+            return await asyncio.wait_for(pool.submit(a, x), timeout=30)
+
+        me = threading.current_thread()
+        name, me.name = me.name, "submitter"
+        try:
+            ya = asyncio.run(main())
+            pool.reset(a)
+            yb = pool.submit_blocking(a, x, timeout=30)
+            pool.reset(a)
+            pool.open()  # now a lone step waits for the other session (or max_wait)
+            yc = pool.submit_blocking(a, x, timeout=30)
+        finally:
+            me.name = name
+    for y in (ya, yb, yc):
+        np.testing.assert_allclose(y, want, atol=1e-6)
+    assert ran_in == ["submitter", "submitter", "lstm-infer-batcher"]
 
 
 def test_a_lone_step_runs_once_its_batch_cost_fills_the_wait(rng, model) -> None:
