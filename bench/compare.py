@@ -184,7 +184,8 @@ def build_torch(w: CellWeights) -> Any:
 
 
 def ort_session(model: Any, threads: int) -> Any:
-    """An onnxruntime CPU session limited to ``threads`` intra-op threads (inter-op 1)."""
+    """An onnxruntime CPU session limited to ``threads`` intra-op threads (inter-op 1);
+    ``model`` a ModelProto or its serialized bytes."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -193,7 +194,8 @@ def ort_session(model: Any, threads: int) -> Any:
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    data = model if isinstance(model, bytes) else model.SerializeToString()
+    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
 
 
 @dataclass
