@@ -1,0 +1,594 @@
+"""Replace a Loop or Scan whose body is one recurrent cell step by the native LSTM / GRU / RNN.
+
+tf2onnx writes a Keras ``GRU`` or ``SimpleRNN`` as a ``Loop`` whose body runs one step of the
+cell (a plain Keras ``LSTM``, stateful or not, it writes as an ONNX LSTM node itself);
+``torch.jit.script`` loops over a cell written as gate arithmetic export the same way, and
+hand-written graphs use ``Scan``. The Loop executor
+(:mod:`lstm_infer.ops.control`) runs such a body once per timestep from Python; this pass reads
+the body by its equations instead and, when it is proven to be one cell step, replaces the node
+by one ONNX ``LSTM`` / ``GRU`` / ``RNN`` node over the whole sequence, which runs on the
+engine's fused kernels.
+
+The body is proven a cell step when:
+
+* one carried value (Loop) or state (Scan) is the cell's hidden state: the body's next value of
+  it is ``h_t`` read by :func:`~lstm_infer.passes.cell_steps.match_lstm` /
+  :func:`~lstm_infer.passes.cell_steps.match_gru` / :func:`match_rnn` (any gate order, any
+  spelling of the affine maps), its previous value the body's own input for it, and an LSTM's
+  cell state likewise;
+* the step's only other leaf is timestep t of one 3-D sequence: a Scan's one scanned input
+  (axis 0 or 1), or in a Loop ``Gather(X, k, axis=0 or 1)`` of an outer tensor ``X``, ``k`` the
+  iteration number or a carried counter that starts at 0 and adds 1;
+* the Loop runs exactly ``X``'s length: its trip count is read from ``Shape(X)`` on the time
+  axis (or is a constant equal to a static length), and its condition, if any, stays true
+  (passed through, a constant true, or an And of ``k < T`` / ``k + 1 < T`` for counters k:
+  true after every step but the last), and its initial condition is true or ``0 < T``;
+* every weight is a constant; every scan output is ``h_t``; every other carried value (a
+  counter, tf2onnx's time and bound values) is read by nothing outside the node.
+
+Anything else is left as it was (it runs per iteration, as exported). One difference remains
+by design: on an empty sequence the native node returns an empty [T=0, B, H] stack, where the
+Loop (and onnxruntime) return a stack of unknown shape (0, ...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from lstm_infer.errors import LstmInferError
+from lstm_infer.graph import Graph, Node, topological_order
+from lstm_infer.ops.control import OWN_INPUTS
+from lstm_infer.passes.cell_algebra import Affine, CellAlgebra
+from lstm_infer.passes.cell_steps import (
+    CellStep,
+    leaf_candidates,
+    match_gru,
+    match_lstm,
+    onnx_weights,
+    resolve,
+)
+
+PREFIX = "__lstm_infer_loopcell"  # names of the nodes and constants the pass adds
+# Activations an RNN body may apply, each exactly the ONNX RNN operator's of that name.
+RNN_ACTIVATIONS = ("Tanh", "Relu", "Sigmoid")
+MAX_IDENTITIES = 16  # a body output reached through at most this many Identity nodes
+
+
+@dataclass
+class _Cell:
+    """A recognised loop: what the native node needs and which outputs it provides."""
+
+    loop: Node
+    step: CellStep
+    activation: str  # the RNN's activation ("" for LSTM / GRU)
+    seq: str  # the outer 3-D sequence
+    axis: int  # its time axis: 0 or 1 (the operator's layout)
+    reverse: bool  # Scan over the sequence backwards
+    h0: str  # outer initial hidden state
+    c0: str  # outer initial cell state ("" for GRU / RNN)
+    h_out: str  # node output of the final hidden state ("" if none)
+    c_out: str  # node output of the final cell state ("" if none)
+    scans: list[tuple[str, int, bool]]  # node outputs stacking h: (name, axis, reversed)
+
+
+def loop_cells(graph: Graph) -> Graph:
+    """``graph`` with every Loop / Scan proven to run one recurrent cell over a sequence
+    replaced by the native node (a new Graph; ``graph`` is not modified). The same graph
+    when there is none."""
+    try:
+        return _replace(graph)
+    except (LstmInferError, ArithmeticError, IndexError, KeyError, TypeError, ValueError):
+        # A body of a form the readers do not expect: the loop runs as exported (the Loop's
+        # own checks report any real error in it when it is compiled).
+        return graph
+
+
+def _replace(graph: Graph) -> Graph:
+    if not any(n.op in ("Loop", "Scan") for n in graph.nodes):
+        return graph
+    alg = CellAlgebra(graph)
+    cells = []
+    for node in graph.nodes:
+        found = None
+        if node.op == "Loop":
+            found = _loop_cell(alg, node)
+        elif node.op == "Scan":
+            found = _scan_cell(alg, node)
+        if found is not None:
+            cells.append(found)
+    if not cells:
+        return graph
+    consts = dict(graph.initializers)
+    added: list[Node] = []
+    for k, cell in enumerate(cells):
+        added += _native(cell, f"{PREFIX}{k}_", consts)
+    gone = {id(c.loop) for c in cells}
+    kept = [n for n in graph.nodes if id(n) not in gone] + added
+    nodes = topological_order(kept, [v.name for v in graph.inputs] + list(consts))
+    nodes = _live(nodes, set(graph.output_names))
+    used = {n for node in nodes for n in node.inputs} | set(graph.output_names)
+    consts = {n: v for n, v in consts.items() if n in used}
+    return Graph(list(graph.inputs), list(graph.outputs), nodes, consts, dict(graph.value_types))
+
+
+def _live(nodes: list[Node], needed: set[str]) -> list[Node]:
+    keep = []
+    for node in reversed(nodes):
+        if any(o in needed for o in node.outputs if o):
+            keep.append(node)
+            needed.update(n for n in node.inputs if n)
+    return keep[::-1]
+
+
+# ---- reading the body ------------------------------------------------------------------------
+
+
+def match_rnn(alg: CellAlgebra, node: Node) -> CellStep | None:
+    """The plain RNN step ``h_t = f(A)`` whose activation is ``node`` (f one of
+    RNN_ACTIVATIONS, A an affine map of the step's leaves), or None."""
+    if node.op not in RNN_ACTIVATIONS or len(node.inputs) != 1 or len(node.outputs) != 1:
+        return None
+    nodes: set[int] = {id(node)}
+    a = alg.linear(node.inputs[0], nodes)
+    if a is None or a.width < 1:
+        return None
+    return CellStep("rnn", node.outputs[0], {"h": a}, nodes)
+
+
+def _rnn_weights(
+    alg: CellAlgebra, step: CellStep, x: str, h: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The RNN operator's W [1, H, I], R [1, H, H], B [1, 2H], or None when the map reads
+    anything but ``x`` and ``h``."""
+    a: Affine | None = step.gates["h"]
+    hidden = a.width
+    a = resolve(alg, a, h, hidden)
+    if a is None or set(a.terms) != {x, h} or a.terms[h].shape != (hidden, hidden):
+        return None
+    w = a.terms[x].T[None].astype(np.float32)
+    r = a.terms[h].T[None].astype(np.float32)
+    b = np.concatenate([a.bias, np.zeros(hidden)])[None].astype(np.float32)
+    return w, r, b
+
+
+def _source(body: Graph, producer: dict[str, Node], name: str) -> str:
+    """``name`` with the Identity nodes before it skipped."""
+    for _ in range(MAX_IDENTITIES):
+        node = producer.get(name)
+        if node is None or node.op != "Identity":
+            return name
+        name = node.inputs[0]
+    return name
+
+
+def _steps(alg: CellAlgebra) -> list[tuple[CellStep, str]]:
+    """Every cell step the body holds, with its RNN activation ("" for LSTM / GRU)."""
+    found = []
+    for node in alg.graph.nodes:
+        step = None
+        activation = ""
+        if node.op == "Tanh" and len(node.inputs) == 1:
+            step = match_lstm(alg, node)
+        if step is None and node.op in ("Add", "Sub") and len(node.outputs) == 1:
+            step = match_gru(alg, node)
+        if step is None and node.op in RNN_ACTIVATIONS:
+            step = match_rnn(alg, node)
+            activation = node.op
+        if step is not None:
+            found.append((step, activation))
+    return found
+
+
+@dataclass
+class _Body:
+    """A body graph with its constant outer and loop-invariant tensors fixed in, and the
+    step it runs."""
+
+    graph: Graph
+    alg: CellAlgebra
+    producer: dict[str, Node]
+    invariant: dict[str, str]  # body input -> the outer tensor it always holds
+    step: CellStep
+    activation: str
+    h_state: int  # which carried value / state is h (index among them)
+    c_state: int  # and c (-1: none)
+
+    def source(self, name: str) -> str:
+        return _source(self.graph, self.producer, name)
+
+
+def _body_cell(alg: CellAlgebra, node: Node, first_state: int, states: int) -> _Body | None:
+    """The body of ``node`` read as one cell step over its states (body inputs
+    ``first_state`` .. ``first_state + states - 1``; a Loop's body outputs its condition
+    first). A state the body passes through unchanged (tf2onnx carries the weights so) is
+    loop-invariant like an outer tensor."""
+    body = node.attrs.get("body")
+    own = node.attrs.get(OWN_INPUTS)
+    if not isinstance(body, Graph) or not isinstance(own, int):
+        return None
+    out_pos = 1 if node.op == "Loop" else 0
+    plain = body.producers()
+    invariant = {body.inputs[j].name: node.inputs[j] for j in range(own, len(node.inputs))}
+    for k in range(states):
+        name = body.inputs[first_state + k].name
+        if _source(body, plain, body.outputs[out_pos + k].name) == name:
+            invariant[name] = node.inputs[first_state + k]
+    fixed = {}
+    for inner, outer in invariant.items():
+        value = alg.constant(outer) if outer else None
+        if value is not None:
+            fixed[inner] = value
+    if any(v.dtype.kind == "f" and v.dtype != np.float32 for v in fixed.values()):
+        return None  # (the native node computes in float32: a float64 body would lose bits)
+    g = _single_axis_slices(body.with_constants(fixed))
+    balg = CellAlgebra(g)
+    producer = g.producers()
+    state_in = [body.inputs[first_state + k].name for k in range(states)]
+    state_out = [_source(g, producer, body.outputs[out_pos + k].name) for k in range(states)]
+    matches = [(s, act) for s, act in _steps(balg) if s.h_out in state_out]
+    if len(matches) != 1:
+        return None
+    step, activation = matches[0]
+    h_state = state_out.index(step.h_out)
+    c_state = -1
+    if step.cell == "lstm":
+        if step.c_out not in state_out:
+            return None
+        c_state = state_out.index(step.c_out)
+        if state_in[c_state] != step.c_prev or c_state == h_state:
+            return None
+    step.h_prev = state_in[h_state]
+    step.leaves = leaf_candidates(balg, step)
+    if step.h_prev not in step.leaves or len(step.leaves) != 2:
+        return None
+    (x,) = step.leaves - {step.h_prev}
+    step.x = x
+    if step.cell == "rnn":
+        step.weights = _rnn_weights(balg, step, x, step.h_prev)
+    else:
+        step.weights = onnx_weights(balg, step, x, step.h_prev)
+    if step.weights is None:
+        return None
+    return _Body(g, balg, producer, invariant, step, activation, h_state, c_state)
+
+
+FULL = (1 << 31) - 1  # a Slice end at or past this takes the whole axis
+
+
+def _single_axis_slices(graph: Graph) -> Graph:
+    """``graph`` with each constant Slice that takes all but one of its axes whole written as
+    a Slice over that one axis (tf2onnx writes ``x[:, a:b]`` as starts [0, a], ends
+    [2**31 - 1, b], axes [0, 1]), and one that takes every axis whole (torch's ``x[:, a:b]``
+    is such a Slice on axis 0, then one on axis 1) as an Identity: the forms the affine
+    reader follows."""
+    consts = dict(graph.initializers)
+    nodes = []
+    alg = CellAlgebra(graph)
+    changed = False
+    for node in graph.nodes:
+        cut = _cut_axis(alg, node) if node.op == "Slice" and len(node.inputs) >= 4 else None
+        if cut is None:
+            nodes.append(node)
+            continue
+        changed = True
+        if cut == ():
+            nodes.append(Node("Identity", [node.inputs[0]], list(node.outputs), {}, node.name))
+            continue
+        names = []
+        for what, value in zip(("starts", "ends", "axes"), cut):
+            names.append(f"{PREFIX}_{node.outputs[0]}_{what}")
+            consts[names[-1]] = np.array([value], np.int64)
+        nodes.append(Node("Slice", [node.inputs[0], *names], list(node.outputs), {}, node.name))
+    if not changed:
+        return graph
+    return Graph(graph.inputs, graph.outputs, nodes, consts, graph.value_types)
+
+
+def _cut_axis(alg: CellAlgebra, node: Node) -> tuple[int, ...] | None:
+    """(start, end, axis) of the one axis a constant Slice cuts when it takes every other
+    whole, () when it takes every axis whole; None otherwise (or when already one axis)."""
+    vals = [alg.constant(n) if n else None for n in node.inputs[1:5]]
+    starts, ends, axes = vals[:3]
+    steps = vals[3] if len(vals) > 3 else None
+    if starts is None or ends is None or axes is None or starts.dtype.kind not in "iu":
+        return None
+    starts, ends, axes = (v.reshape(-1) for v in (starts, ends, axes))
+    if not starts.size == ends.size == axes.size or len(set(axes.tolist())) != axes.size:
+        return None
+    if steps is not None and (steps.size != starts.size or np.any(steps != 1)):
+        return None
+    cut = [k for k in range(starts.size) if not (starts[k] == 0 and ends[k] >= FULL)]
+    if not cut:
+        return ()
+    if len(cut) != 1 or starts.size == 1:
+        return None
+    k = cut[0]
+    return int(starts[k]), int(ends[k]), int(axes[k])
+
+
+# Ops whose output has the rank of their first input.
+_RANK_KEEPING = ("Identity", "Cast", "Relu", "Tanh", "Sigmoid", "Add", "Sub", "Mul", "Dropout")
+
+
+def _rank(alg: CellAlgebra, name: str, depth: int = 0) -> int | None:
+    """``name``'s rank where declared, or carried through Transpose and shape-keeping ops."""
+    for v in alg.graph.inputs:
+        if v.name == name:
+            return None if v.type.shape is None else len(v.type.shape)
+    t = alg.graph.value_types.get(name)
+    if t is not None and t.shape is not None:
+        return len(t.shape)
+    node = alg.producer.get(name)
+    if node is None or depth > MAX_IDENTITIES:
+        return None
+    if node.op == "Transpose" and "perm" in node.attrs:
+        return len(node.attrs["perm"])
+    if node.op in _RANK_KEEPING:
+        return _rank(alg, node.inputs[0], depth + 1)
+    return None
+
+
+def _int_const(alg: CellAlgebra, name: str) -> int | None:
+    value = alg.constant(name) if name else None
+    if value is None or value.size != 1 or value.dtype.kind not in "iu":
+        return None
+    return int(value.reshape(-1)[0])
+
+
+def _strip(alg: CellAlgebra, name: str, ops: tuple[str, ...]) -> str:
+    """``name`` with the ``ops`` before it skipped (Casts only to int or float types)."""
+    for _ in range(MAX_IDENTITIES):
+        node = alg.producer.get(name)
+        if node is None or node.op not in ops:
+            break
+        if node.op == "Cast" and int(node.attrs.get("to", 0)) not in (1, 6, 7, 11):
+            break
+        name = node.inputs[0]
+    return name
+
+
+def _length_of(alg: CellAlgebra, name: str, seq: str, axis: int) -> bool:
+    """Whether scalar ``name`` (outer graph) is the length of ``seq`` on ``axis``: read from
+    its Shape (Gather, or a one-element Slice then Squeeze / Reshape), through Casts, or a
+    constant equal to its static length."""
+    name = _strip(alg, name, ("Cast", "Identity", "Squeeze", "Reshape"))
+    node = alg.producer.get(name)
+    if node is not None and node.op in ("Gather", "Slice"):
+        shape = alg.producer.get(_strip(alg, node.inputs[0], ("Cast", "Identity")))
+        if shape is None or shape.op != "Shape" or shape.inputs[0] != seq:
+            return False
+        if int(shape.attrs.get("start", 0)) != 0 or "end" in shape.attrs:
+            return False
+        if node.op == "Gather":
+            return _int_const(alg, node.inputs[1]) == axis and not node.attrs.get("axis", 0)
+        ins = node.inputs + [""] * (5 - len(node.inputs))
+        start, end = _int_const(alg, ins[1]), _int_const(alg, ins[2])
+        ok_axes = not ins[3] or _int_const(alg, ins[3]) == 0
+        ok_steps = not ins[4] or _int_const(alg, ins[4]) == 1
+        return start == axis and end == axis + 1 and ok_axes and ok_steps
+    value = _int_const(alg, name)
+    for v in alg.graph.inputs:
+        if v.name == seq and v.type.shape is not None and value is not None:
+            return len(v.type.shape) == 3 and v.type.shape[axis] == value
+    return False
+
+
+def _loop_cell(alg: CellAlgebra, node: Node) -> _Cell | None:
+    own = node.attrs.get(OWN_INPUTS)
+    if not isinstance(own, int) or own < 3:
+        return None
+    n = own - 2
+    body = node.attrs["body"]
+    b = _body_cell(alg, node, 2, n)
+    if b is None:
+        return None
+    names_in = [v.name for v in body.inputs]
+    names_out = [v.name for v in body.outputs]
+    # Counters: the iteration number, and carried ints starting at 0 that add 1 per step.
+    counters = {names_in[0]}
+    for k in range(n):
+        if k not in (b.h_state, b.c_state) and _int_const(alg, node.inputs[2 + k]) == 0:
+            if _is_next(b, names_out[1 + k], {names_in[2 + k]}):
+                counters.add(names_in[2 + k])
+    gather = b.producer.get(b.step.x)
+    if gather is None or gather.op != "Gather" or gather.inputs[1] not in counters:
+        return None
+    axis = int(gather.attrs.get("axis", 0))
+    seq = b.invariant.get(gather.inputs[0], "")
+    if axis not in (0, 1) or not seq or alg.constant(seq) is not None or _rank(alg, seq) != 3:
+        return None
+    # The trip count is the length (a Loop without one is not proven to stop there).
+    if not node.inputs[0] or not _length_of(alg, node.inputs[0], seq, axis):
+        return None
+    if not _first_step(alg, node.inputs[1], seq, axis):
+        return None
+    cond = b.source(names_out[0])
+    if cond != names_in[1] and not _holds_before_last(alg, b, cond, counters, seq, axis):
+        return None
+    scans = [(0, False)] * (len(node.outputs) - n)
+    return _outputs(alg, node, b, seq, axis, False, n, scans, 2)
+
+
+def _first_step(alg: CellAlgebra, cond: str, seq: str, axis: int) -> bool:
+    """Whether the Loop's initial condition is true (none, a constant true) or is
+    ``0 < length`` (tf2onnx's; false only for an empty sequence, which the native node
+    also runs as no steps)."""
+    if not cond:
+        return True
+    value = alg.constant(cond)
+    if value is not None:
+        return value.size == 1 and bool(value.reshape(-1)[0])
+    node = alg.producer.get(_strip(alg, cond, ("Identity", "Cast")))
+    if node is not None and node.op == "And":
+        return all(_first_step(alg, n, seq, axis) for n in node.inputs)
+    if node is None or node.op != "Less":
+        return False
+    start = alg.constant(_strip(alg, node.inputs[0], ("Identity", "Cast")))
+    if start is None or start.size != 1 or float(start.reshape(-1)[0]) > 0:
+        return False
+    return _length_of(alg, _strip(alg, node.inputs[1], ("Identity", "Cast")), seq, axis)
+
+
+def _holds_before_last(
+    alg: CellAlgebra, b: _Body, cond: str, counters: set[str], seq: str, axis: int
+) -> bool:
+    """Whether the body's condition is true after every step but the last, where the trip
+    count (the length T) ends the loop: a constant true, or an And of ``k < T`` / ``k + 1
+    < T`` for counters ``k`` (k = t after step t <= T - 2), through Casts."""
+    value = b.alg.constant(cond)
+    if value is not None:
+        return value.size == 1 and bool(value.reshape(-1)[0])
+    node = b.producer.get(_strip(b.alg, cond, ("Identity", "Cast")))
+    if node is not None and node.op == "And":
+        return all(_holds_before_last(alg, b, n, counters, seq, axis) for n in node.inputs)
+    if node is None or node.op != "Less":
+        return False
+    left = _strip(b.alg, node.inputs[0], ("Identity", "Cast"))
+    right = _strip(b.alg, node.inputs[1], ("Identity", "Cast"))
+    if left not in counters and not _is_next(b, left, counters):
+        return False
+    bound = b.invariant.get(right)
+    return bound is not None and _length_of(alg, bound, seq, axis)
+
+
+def _is_next(b: _Body, name: str, counters: set[str]) -> bool:
+    """Whether ``name`` is ``k + 1`` for a counter ``k``."""
+    node = b.producer.get(b.source(name))
+    if node is None or node.op != "Add":
+        return False
+    a, c = node.inputs
+    return (a in counters and _int_const(b.alg, c) == 1) or (
+        c in counters and _int_const(b.alg, a) == 1
+    )
+
+
+def _scan_cell(alg: CellAlgebra, node: Node) -> _Cell | None:
+    own = node.attrs.get(OWN_INPUTS)
+    m = node.attrs.get("num_scan_inputs")
+    if not isinstance(own, int) or m != 1 or own < 2:
+        return None
+    n = own - 1
+    b = _body_cell(alg, node, 0, n)
+    body = node.attrs["body"]
+    if b is None or b.step.x != body.inputs[n].name:
+        return None
+    k = len(node.outputs) - n
+    axes = np.asarray(node.attrs.get("scan_input_axes", [0]), np.int64).reshape(-1)
+    dirs = np.asarray(node.attrs.get("scan_input_directions", [0]), np.int64).reshape(-1)
+    out_axes = np.asarray(node.attrs.get("scan_output_axes", [0] * k), np.int64).reshape(-1)
+    out_dirs = np.asarray(node.attrs.get("scan_output_directions", [0] * k), np.int64).reshape(-1)
+    if len(axes) != 1 or int(axes[0]) not in (0, 1) or len(out_axes) != k or len(out_dirs) != k:
+        return None
+    seq = node.inputs[n]
+    if _rank(alg, seq) != 3:
+        return None
+    reverse = bool(dirs[0])
+    # A scan output is in the native output's time order when it is stacked in the order
+    # the steps read the sequence (both directions equal).
+    scans = [(int(a) % 3, bool(d) != reverse) for a, d in zip(out_axes, out_dirs)]
+    return _outputs(alg, node, b, seq, int(axes[0]), reverse, n, scans, 0)
+
+
+def _outputs(
+    alg: CellAlgebra,
+    node: Node,
+    b: _Body,
+    seq: str,
+    axis: int,
+    reverse: bool,
+    states: int,
+    scan_layout: list[tuple[int, bool]],
+    first_state: int,
+) -> _Cell | None:
+    """The _Cell, if every scan output is h and every other state is unused outside."""
+    body = node.attrs["body"]
+    out0 = 1 if node.op == "Loop" else 0
+    outputs = node.outputs
+    for k in range(states):
+        name = outputs[k]
+        if (
+            k not in (b.h_state, b.c_state)
+            and name
+            and (alg.consumers.get(name) or name in alg.graph.output_names)
+        ):
+            return None  # another carried value (a counter) read outside: not dropped
+    scans = []
+    for k, (out_axis, flipped) in enumerate(scan_layout):
+        name = outputs[states + k]
+        src = b.source(body.outputs[out0 + states + k].name)
+        if src != b.step.h_out or flipped:
+            return None
+        if name:
+            scans.append((name, out_axis, flipped))
+    h0 = node.inputs[first_state + b.h_state]
+    c0 = node.inputs[first_state + b.c_state] if b.c_state >= 0 else ""
+    if not h0 or (b.c_state >= 0 and not c0):
+        return None
+    h_out = outputs[b.h_state]
+    c_out = outputs[b.c_state] if b.c_state >= 0 else ""
+    return _Cell(node, b.step, b.activation, seq, axis, reverse, h0, c0, h_out, c_out, scans)
+
+
+# ---- the native node -------------------------------------------------------------------------
+
+
+def _native(cell: _Cell, prefix: str, consts: dict[str, np.ndarray]) -> list[Node]:
+    """The native node over ``cell.seq`` and the glue giving the loop's outputs their
+    shapes: Y [T, 1, B, H] (layout 0) / [B, T, 1, H] (layout 1) squeezed and transposed to
+    each scan output's stacking axis, Y_h / Y_c squeezed to [B, H]."""
+    nodes: list[Node] = []
+    count = [0]
+
+    def name(what: str) -> str:
+        count[0] += 1
+        return f"{prefix}{what}_{count[0]}"
+
+    def const(value: np.ndarray, what: str) -> str:
+        key = name(what)
+        consts[key] = value
+        return key
+
+    def add(op: str, inputs: list[str], out: str = "", **attrs: object) -> str:
+        out = out or name(op.lower())
+        nodes.append(Node(op, inputs, [out], dict(attrs), name=name(f"/{op}")))
+        return out
+
+    step = cell.step
+    w, r, b = step.weights
+    hidden = int(r.shape[2])
+    layout = cell.axis  # 0: X [T, B, I]; 1: X [B, T, I]
+    state_axis = 1 if layout else 0  # of initial_h / Y_h: [1, B, H] or [B, 1, H]
+    axes = lambda *a: const(np.array(a, np.int64), "axes")  # noqa: E731
+    ins = [cell.seq, const(w, "W"), const(r, "R"), const(b, "B"), ""]
+    ins.append(add("Unsqueeze", [cell.h0, axes(state_axis)]))
+    if step.cell == "lstm":
+        ins.append(add("Unsqueeze", [cell.c0, axes(state_axis)]))
+    attrs: dict[str, object] = {"hidden_size": hidden, "layout": layout}
+    attrs["direction"] = "reverse" if cell.reverse else "forward"
+    if step.cell == "gru":
+        attrs["linear_before_reset"] = step.linear_before_reset
+    if step.cell == "rnn":
+        attrs["activations"] = [cell.activation]
+    outs = [name("Y"), name("Y_h")] + ([name("Y_c")] if step.cell == "lstm" else [])
+    nodes.append(Node(step.cell.upper(), ins, outs, attrs, name=name("/cell")))
+    if cell.h_out:
+        add("Squeeze", [outs[1], axes(state_axis)], out=cell.h_out)
+    if cell.c_out:
+        add("Squeeze", [outs[2], axes(state_axis)], out=cell.c_out)
+    if cell.scans:
+        seq = add("Squeeze", [outs[0], axes(2 if layout else 1)])  # [T, B, H] or [B, T, H]
+        for out, axis, _ in cell.scans:
+            if axis == layout:  # (time at the stacking axis, B and H after in order)
+                add("Identity", [seq], out=out)
+            else:
+                add("Transpose", [seq], out=out, perm=_perm(layout, axis))
+    return nodes
+
+
+def _perm(src: int, dst: int) -> list[int]:
+    """The Transpose perm moving axis ``src`` of a 3-D tensor to ``dst``, others in order."""
+    rest = [a for a in range(3) if a != src]
+    rest.insert(dst, src)
+    return rest
