@@ -50,9 +50,11 @@ class _Body:
         return name
 
 
-def _weights(cell: str, I: int, H: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def _weights(
+    cell: str, I: int, H: int, rng: np.random.Generator, scale: float
+) -> dict[str, np.ndarray]:
     gates = {"rnn": 1, "gru": 3, "lstm": 4}[cell]
-    u = lambda *s: rng.uniform(-0.5, 0.5, s).astype(np.float32)  # noqa: E731
+    u = lambda *s: rng.uniform(-scale, scale, s).astype(np.float32)  # noqa: E731
     return {"W": u(I, gates * H), "R": u(H, gates * H), "bx": u(gates * H), "bh": u(gates * H)}
 
 
@@ -98,9 +100,10 @@ def _step(b: _Body, cell: str, x: str, h: str, c: str, H: int, w: dict[str, str]
 def cell_loop(cell: str, I: int, H: int, rng: np.random.Generator, form: str = "loop",
               **opts: Any) -> tuple[bytes, dict[str, np.ndarray]]:  # fmt: skip
     """The model bytes and its weights (see the module docstring for ``form`` and ``opts``:
-    batch_first, reverse (scan), reset_after (gru), activation (rnn), two_axes, and the
+    batch_first, reverse (scan), reset_after (gru), activation (rnn), two_axes, scale (weights
+    drawn from U(-scale, scale); default 0.5), and the
     negative knobs not_fed_back, extra_scan, trips_input, data_cond)."""
-    weights = _weights(cell, I, H, rng)
+    weights = _weights(cell, I, H, rng, opts.get("scale", 0.5))
     if cell == "gru" and not opts.get("reset_after", True):
         weights["Rn"] = weights["R"][:, 2 * H :].copy()
         weights["R"][:, 2 * H :] = 0.0  # (the candidate's recurrent product comes after r)

@@ -2,8 +2,8 @@
 
 tf2onnx writes a Keras ``GRU`` or ``SimpleRNN`` as a ``Loop`` whose body runs one step of the
 cell (a plain Keras ``LSTM``, stateful or not, it writes as an ONNX LSTM node itself);
-``torch.jit.script`` loops over a cell written as gate arithmetic export the same way, and
-hand-written graphs use ``Scan``. The Loop executor
+``torch.jit.script`` loops over a cell export the same way (gate arithmetic as equations,
+``nn.LSTMCell`` as a one-step LSTM node), and hand-written graphs use ``Scan``. The Loop executor
 (:mod:`lstm_infer.ops.control`) runs such a body once per timestep from Python; this pass reads
 the body by its equations instead and, when it is proven to be one cell step, replaces the node
 by one ONNX ``LSTM`` / ``GRU`` / ``RNN`` node over the whole sequence, which runs on the
@@ -12,10 +12,10 @@ engine's fused kernels.
 The body is proven a cell step when:
 
 * one carried value (Loop) or state (Scan) is the cell's hidden state: the body's next value of
-  it is ``h_t`` read by :func:`~lstm_infer.passes.cell_steps.match_lstm` /
-  :func:`~lstm_infer.passes.cell_steps.match_gru` / :func:`match_rnn` (any gate order, any
-  spelling of the affine maps), its previous value the body's own input for it, and an LSTM's
-  cell state likewise;
+  it is the ``h_t`` of one cell step read by :mod:`lstm_infer.passes.loop_body` (an LSTM, GRU
+  or RNN step written as equations, any gate order, any spelling of the affine maps, or one
+  native node over a one-step sequence), its previous value the body's own input for it, and
+  an LSTM's cell state likewise;
 * the step's only other leaf is timestep t of one 3-D sequence: a Scan's one scanned input
   (axis 0 or 1), or in a Loop ``Gather(X, k, axis=0 or 1)`` of an outer tensor ``X``, ``k`` the
   iteration number or a carried counter that starts at 0 and adds 1;
@@ -40,20 +40,11 @@ import numpy as np
 from lstm_infer.errors import LstmInferError
 from lstm_infer.graph import Graph, Node, topological_order
 from lstm_infer.ops.control import OWN_INPUTS
-from lstm_infer.passes.cell_algebra import Affine, CellAlgebra
-from lstm_infer.passes.cell_steps import (
-    CellStep,
-    leaf_candidates,
-    match_gru,
-    match_lstm,
-    onnx_weights,
-    resolve,
-)
+from lstm_infer.passes.cell_algebra import CellAlgebra
+from lstm_infer.passes.cell_steps import CellStep
+from lstm_infer.passes.loop_body import MAX_IDENTITIES, CellBody, read_body
 
 PREFIX = "__lstm_infer_loopcell"  # names of the nodes and constants the pass adds
-# Activations an RNN body may apply, each exactly the ONNX RNN operator's of that name.
-RNN_ACTIVATIONS = ("Tanh", "Relu", "Sigmoid")
-MAX_IDENTITIES = 16  # a body output reached through at most this many Identity nodes
 
 
 @dataclass
@@ -62,7 +53,7 @@ class _Cell:
 
     loop: Node
     step: CellStep
-    activation: str  # the RNN's activation ("" for LSTM / GRU)
+    attrs: dict[str, object]  # the native node's further attributes (CellBody.attrs)
     seq: str  # the outer 3-D sequence
     axis: int  # its time axis: 0 or 1 (the operator's layout)
     reverse: bool  # Scan over the sequence backwards
@@ -120,192 +111,6 @@ def _live(nodes: list[Node], needed: set[str]) -> list[Node]:
             keep.append(node)
             needed.update(n for n in node.inputs if n)
     return keep[::-1]
-
-
-# ---- reading the body ------------------------------------------------------------------------
-
-
-def match_rnn(alg: CellAlgebra, node: Node) -> CellStep | None:
-    """The plain RNN step ``h_t = f(A)`` whose activation is ``node`` (f one of
-    RNN_ACTIVATIONS, A an affine map of the step's leaves), or None."""
-    if node.op not in RNN_ACTIVATIONS or len(node.inputs) != 1 or len(node.outputs) != 1:
-        return None
-    nodes: set[int] = {id(node)}
-    a = alg.linear(node.inputs[0], nodes)
-    if a is None or a.width < 1:
-        return None
-    return CellStep("rnn", node.outputs[0], {"h": a}, nodes)
-
-
-def _rnn_weights(
-    alg: CellAlgebra, step: CellStep, x: str, h: str
-) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """The RNN operator's W [1, H, I], R [1, H, H], B [1, 2H], or None when the map reads
-    anything but ``x`` and ``h``."""
-    a: Affine | None = step.gates["h"]
-    hidden = a.width
-    a = resolve(alg, a, h, hidden)
-    if a is None or set(a.terms) != {x, h} or a.terms[h].shape != (hidden, hidden):
-        return None
-    w = a.terms[x].T[None].astype(np.float32)
-    r = a.terms[h].T[None].astype(np.float32)
-    b = np.concatenate([a.bias, np.zeros(hidden)])[None].astype(np.float32)
-    return w, r, b
-
-
-def _source(body: Graph, producer: dict[str, Node], name: str) -> str:
-    """``name`` with the Identity nodes before it skipped."""
-    for _ in range(MAX_IDENTITIES):
-        node = producer.get(name)
-        if node is None or node.op != "Identity":
-            return name
-        name = node.inputs[0]
-    return name
-
-
-def _steps(alg: CellAlgebra) -> list[tuple[CellStep, str]]:
-    """Every cell step the body holds, with its RNN activation ("" for LSTM / GRU)."""
-    found = []
-    for node in alg.graph.nodes:
-        step = None
-        activation = ""
-        if node.op == "Tanh" and len(node.inputs) == 1:
-            step = match_lstm(alg, node)
-        if step is None and node.op in ("Add", "Sub") and len(node.outputs) == 1:
-            step = match_gru(alg, node)
-        if step is None and node.op in RNN_ACTIVATIONS:
-            step = match_rnn(alg, node)
-            activation = node.op
-        if step is not None:
-            found.append((step, activation))
-    return found
-
-
-@dataclass
-class _Body:
-    """A body graph with its constant outer and loop-invariant tensors fixed in, and the
-    step it runs."""
-
-    graph: Graph
-    alg: CellAlgebra
-    producer: dict[str, Node]
-    invariant: dict[str, str]  # body input -> the outer tensor it always holds
-    step: CellStep
-    activation: str
-    h_state: int  # which carried value / state is h (index among them)
-    c_state: int  # and c (-1: none)
-
-    def source(self, name: str) -> str:
-        return _source(self.graph, self.producer, name)
-
-
-def _body_cell(alg: CellAlgebra, node: Node, first_state: int, states: int) -> _Body | None:
-    """The body of ``node`` read as one cell step over its states (body inputs
-    ``first_state`` .. ``first_state + states - 1``; a Loop's body outputs its condition
-    first). A state the body passes through unchanged (tf2onnx carries the weights so) is
-    loop-invariant like an outer tensor."""
-    body = node.attrs.get("body")
-    own = node.attrs.get(OWN_INPUTS)
-    if not isinstance(body, Graph) or not isinstance(own, int):
-        return None
-    out_pos = 1 if node.op == "Loop" else 0
-    plain = body.producers()
-    invariant = {body.inputs[j].name: node.inputs[j] for j in range(own, len(node.inputs))}
-    for k in range(states):
-        name = body.inputs[first_state + k].name
-        if _source(body, plain, body.outputs[out_pos + k].name) == name:
-            invariant[name] = node.inputs[first_state + k]
-    fixed = {}
-    for inner, outer in invariant.items():
-        value = alg.constant(outer) if outer else None
-        if value is not None:
-            fixed[inner] = value
-    if any(v.dtype.kind == "f" and v.dtype != np.float32 for v in fixed.values()):
-        return None  # (the native node computes in float32: a float64 body would lose bits)
-    g = _single_axis_slices(body.with_constants(fixed))
-    balg = CellAlgebra(g)
-    producer = g.producers()
-    state_in = [body.inputs[first_state + k].name for k in range(states)]
-    state_out = [_source(g, producer, body.outputs[out_pos + k].name) for k in range(states)]
-    matches = [(s, act) for s, act in _steps(balg) if s.h_out in state_out]
-    if len(matches) != 1:
-        return None
-    step, activation = matches[0]
-    h_state = state_out.index(step.h_out)
-    c_state = -1
-    if step.cell == "lstm":
-        if step.c_out not in state_out:
-            return None
-        c_state = state_out.index(step.c_out)
-        if state_in[c_state] != step.c_prev or c_state == h_state:
-            return None
-    step.h_prev = state_in[h_state]
-    step.leaves = leaf_candidates(balg, step)
-    if step.h_prev not in step.leaves or len(step.leaves) != 2:
-        return None
-    (x,) = step.leaves - {step.h_prev}
-    step.x = x
-    if step.cell == "rnn":
-        step.weights = _rnn_weights(balg, step, x, step.h_prev)
-    else:
-        step.weights = onnx_weights(balg, step, x, step.h_prev)
-    if step.weights is None:
-        return None
-    return _Body(g, balg, producer, invariant, step, activation, h_state, c_state)
-
-
-FULL = (1 << 31) - 1  # a Slice end at or past this takes the whole axis
-
-
-def _single_axis_slices(graph: Graph) -> Graph:
-    """``graph`` with each constant Slice that takes all but one of its axes whole written as
-    a Slice over that one axis (tf2onnx writes ``x[:, a:b]`` as starts [0, a], ends
-    [2**31 - 1, b], axes [0, 1]), and one that takes every axis whole (torch's ``x[:, a:b]``
-    is such a Slice on axis 0, then one on axis 1) as an Identity: the forms the affine
-    reader follows."""
-    consts = dict(graph.initializers)
-    nodes = []
-    alg = CellAlgebra(graph)
-    changed = False
-    for node in graph.nodes:
-        cut = _cut_axis(alg, node) if node.op == "Slice" and len(node.inputs) >= 4 else None
-        if cut is None:
-            nodes.append(node)
-            continue
-        changed = True
-        if cut == ():
-            nodes.append(Node("Identity", [node.inputs[0]], list(node.outputs), {}, node.name))
-            continue
-        names = []
-        for what, value in zip(("starts", "ends", "axes"), cut):
-            names.append(f"{PREFIX}_{node.outputs[0]}_{what}")
-            consts[names[-1]] = np.array([value], np.int64)
-        nodes.append(Node("Slice", [node.inputs[0], *names], list(node.outputs), {}, node.name))
-    if not changed:
-        return graph
-    return Graph(graph.inputs, graph.outputs, nodes, consts, graph.value_types)
-
-
-def _cut_axis(alg: CellAlgebra, node: Node) -> tuple[int, ...] | None:
-    """(start, end, axis) of the one axis a constant Slice cuts when it takes every other
-    whole, () when it takes every axis whole; None otherwise (or when already one axis)."""
-    vals = [alg.constant(n) if n else None for n in node.inputs[1:5]]
-    starts, ends, axes = vals[:3]
-    steps = vals[3] if len(vals) > 3 else None
-    if starts is None or ends is None or axes is None or starts.dtype.kind not in "iu":
-        return None
-    starts, ends, axes = (v.reshape(-1) for v in (starts, ends, axes))
-    if not starts.size == ends.size == axes.size or len(set(axes.tolist())) != axes.size:
-        return None
-    if steps is not None and (steps.size != starts.size or np.any(steps != 1)):
-        return None
-    cut = [k for k in range(starts.size) if not (starts[k] == 0 and ends[k] >= FULL)]
-    if not cut:
-        return ()
-    if len(cut) != 1 or starts.size == 1:
-        return None
-    k = cut[0]
-    return int(starts[k]), int(ends[k]), int(axes[k])
 
 
 # Ops whose output has the rank of their first input.
@@ -381,7 +186,7 @@ def _loop_cell(alg: CellAlgebra, node: Node) -> _Cell | None:
         return None
     n = own - 2
     body = node.attrs["body"]
-    b = _body_cell(alg, node, 2, n)
+    b = read_body(alg, node, 2, n)
     if b is None:
         return None
     names_in = [v.name for v in body.inputs]
@@ -432,7 +237,7 @@ def _first_step(alg: CellAlgebra, cond: str, seq: str, axis: int) -> bool:
 
 
 def _holds_before_last(
-    alg: CellAlgebra, b: _Body, cond: str, counters: set[str], seq: str, axis: int
+    alg: CellAlgebra, b: CellBody, cond: str, counters: set[str], seq: str, axis: int
 ) -> bool:
     """Whether the body's condition is true after every step but the last, where the trip
     count (the length T) ends the loop: a constant true, or an And of ``k < T`` / ``k + 1
@@ -453,7 +258,7 @@ def _holds_before_last(
     return bound is not None and _length_of(alg, bound, seq, axis)
 
 
-def _is_next(b: _Body, name: str, counters: set[str]) -> bool:
+def _is_next(b: CellBody, name: str, counters: set[str]) -> bool:
     """Whether ``name`` is ``k + 1`` for a counter ``k``."""
     node = b.producer.get(b.source(name))
     if node is None or node.op != "Add":
@@ -470,7 +275,7 @@ def _scan_cell(alg: CellAlgebra, node: Node) -> _Cell | None:
     if not isinstance(own, int) or m != 1 or own < 2:
         return None
     n = own - 1
-    b = _body_cell(alg, node, 0, n)
+    b = read_body(alg, node, 0, n)
     body = node.attrs["body"]
     if b is None or b.step.x != body.inputs[n].name:
         return None
@@ -494,7 +299,7 @@ def _scan_cell(alg: CellAlgebra, node: Node) -> _Cell | None:
 def _outputs(
     alg: CellAlgebra,
     node: Node,
-    b: _Body,
+    b: CellBody,
     seq: str,
     axis: int,
     reverse: bool,
@@ -528,7 +333,7 @@ def _outputs(
         return None
     h_out = outputs[b.h_state]
     c_out = outputs[b.c_state] if b.c_state >= 0 else ""
-    return _Cell(node, b.step, b.activation, seq, axis, reverse, h0, c0, h_out, c_out, scans)
+    return _Cell(node, b.step, b.attrs, seq, axis, reverse, h0, c0, h_out, c_out, scans)
 
 
 # ---- the native node -------------------------------------------------------------------------
@@ -565,12 +370,10 @@ def _native(cell: _Cell, prefix: str, consts: dict[str, np.ndarray]) -> list[Nod
     ins.append(add("Unsqueeze", [cell.h0, axes(state_axis)]))
     if step.cell == "lstm":
         ins.append(add("Unsqueeze", [cell.c0, axes(state_axis)]))
-    attrs: dict[str, object] = {"hidden_size": hidden, "layout": layout}
+    attrs: dict[str, object] = {**cell.attrs, "hidden_size": hidden, "layout": layout}
     attrs["direction"] = "reverse" if cell.reverse else "forward"
     if step.cell == "gru":
         attrs["linear_before_reset"] = step.linear_before_reset
-    if step.cell == "rnn":
-        attrs["activations"] = [cell.activation]
     outs = [name("Y"), name("Y_h")] + ([name("Y_c")] if step.cell == "lstm" else [])
     nodes.append(Node(step.cell.upper(), ins, outs, attrs, name=name("/cell")))
     if cell.h_out:
