@@ -206,3 +206,46 @@ def _tensors(consts: dict[str, np.ndarray]) -> list:
     from onnx import numpy_helper
 
     return [numpy_helper.from_array(v, name=k) for k, v in consts.items()]
+
+
+def one_step_loop(op: str, I: int, H: int, rng: np.random.Generator,
+                  **attrs: Any) -> bytes:  # fmt: skip
+    """A Loop whose body is one ONNX ``op`` (LSTM / GRU / RNN) node over ``Unsqueeze(x_t)``,
+    its initial states ``Unsqueeze`` of the carried ones, ``Squeeze`` of its final states
+    carried out and scanned (torch.jit.script's form of an ``nn.LSTMCell`` loop)."""
+    gates = {"RNN": 1, "GRU": 3, "LSTM": 4}[op]
+    u = lambda *s: rng.uniform(-0.5, 0.5, s).astype(np.float32)  # noqa: E731
+    inits = {"W": u(1, gates * H, I), "R": u(1, gates * H, H), "B": u(1, 2 * gates * H)}
+    lstm = op == "LSTM"
+    b = _Body()
+    zero = b.const(np.array([0], np.int64))
+    x_t = b.op("Unsqueeze", b.op("Gather", "X", "i", axis=0), zero)
+    ins = [x_t, "W", "R", "B", "", b.op("Unsqueeze", "h_in", zero)]
+    if lstm:
+        ins.append(b.op("Unsqueeze", "c_in", zero))
+    outs = ["y", "y_h"] + (["y_c"] if lstm else [])
+    b.nodes.append(helper.make_node(op, ins, outs, hidden_size=H, **attrs))
+    h_out = b.op("Squeeze", "y_h", zero)
+    states = [h_out] + ([b.op("Squeeze", "y_c", zero)] if lstm else [])
+    scan = b.op("Identity", h_out)
+    names = ["h_in", "c_in"] if lstm else ["h_in"]
+    body = helper.make_graph(
+        b.nodes + [helper.make_node("Identity", ["cond_in"], ["cond_out"])], "step",
+        [vi("i", TP.INT64, []), vi("cond_in", TP.BOOL, [])]
+        + [vi(n, TP.FLOAT, ["B", H]) for n in names],
+        [vi("cond_out", TP.BOOL, [])] + [vi(n, TP.FLOAT, ["B", H]) for n in states]
+        + [vi(scan, TP.FLOAT, ["B", H])], _tensors(b.consts),
+    )  # fmt: skip
+    inits["zero"] = np.array(0, np.int64)
+    nodes = [
+        helper.make_node("Shape", ["X"], ["shape"]),
+        helper.make_node("Gather", ["shape", "zero"], ["T"], axis=0),
+        helper.make_node("Loop", ["T", "", "h0"] + (["c0"] if lstm else []),
+                         ["h", "c"][: len(states)] + ["Y"], body=body),
+    ]  # fmt: skip
+    inputs = [vi("X", TP.FLOAT, ["T", "B", I])] + [
+        vi(n, TP.FLOAT, ["B", H]) for n in (["h0", "c0"] if lstm else ["h0"])
+    ]
+    outputs = [vi(n, TP.FLOAT, ["B", H]) for n in ["h", "c"][: len(states)]]
+    outputs.append(vi("Y", TP.FLOAT, [None, "B", H]))
+    return model_bytes(nodes, inputs, outputs, inits, OPSET)

@@ -17,14 +17,15 @@ import lstm_infer
 
 onnx = require("onnx")
 ort = require("onnxruntime")
-from loop_cell_builders import cell_loop  # noqa: E402
+from loop_cell_builders import cell_loop, one_step_loop  # noqa: E402
 
 TOL = 1e-4
 KERAS = Path(__file__).resolve().parent / "fixtures" / "keras"
 LOOPS = {"Loop", "Scan"}
 
 # Keras fixture -> (the form tf2onnx gave it, the op lstm_infer runs it as). tf2onnx writes
-# every plain Keras LSTM (stateful or not, any return_sequences) as a native ONNX LSTM itself;
+# every plain Keras LSTM (stateful or not, any return_sequences, go_backwards) as a native
+# ONNX LSTM itself;
 # GRU and SimpleRNN come as Loops, which become native nodes here. An LSTM whose recurrent
 # activation is hard_sigmoid is a Loop tf2onnx cannot turn into an LSTM node, and neither do
 # we (the gates are not sigmoids): it stays a Loop.
@@ -35,6 +36,9 @@ MANIFEST = {
     "simple_rnn_tanh": ("Loop", "RNN"),
     "simple_rnn_relu": ("Loop", "RNN"),
     "stacked_gru_rnn": ("Loop", "GRU+RNN"),
+    "gru_go_backwards": ("Loop", "GRU"),  # the Loop over a ReverseSequence of the input
+    "bidirectional_gru": ("Loop", "GRU"),  # two Loops, one over the reversed input
+    "lstm_go_backwards": ("LSTM", "LSTM"),
     "lstm_sequences": ("LSTM", "LSTM"),
     "lstm_last": ("LSTM", "LSTM"),
     "lstm_stateful": ("LSTM", "LSTM"),
@@ -83,6 +87,8 @@ def test_keras_fixture(name: str, rng: np.random.Generator) -> None:
         assert "Loop" in ops, ops
     elif exported == "Loop":
         assert not ops & LOOPS and set(runs_as.split("+")) <= ops, ops
+        loops = sum(n.op_type == "Loop" for n in onnx.load_from_string(data).graph.node)
+        assert sum(n.op in ("LSTM", "GRU", "RNN") for n in model.graph.nodes) == loops
     (inp,) = model.inputs
     features = inp.shape[2]
     fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
@@ -195,6 +201,22 @@ def test_look_alike_stays_a_loop(cell: str, form: str, opts: dict,
     check(data, cell, False, rng)
 
 
+ONE_STEP = [
+    ("LSTM", {}, True),
+    ("GRU", {"linear_before_reset": 1}, True),
+    ("GRU", {}, True),
+    ("RNN", {"activations": ["Relu"]}, True),
+    ("LSTM", {"direction": "reverse"}, False),  # one reversed step is forward; T of them not
+    ("LSTM", {"clip": 0.3, "input_forget": 1}, True),  # attributes carried over
+]
+
+
+@pytest.mark.parametrize(("op", "attrs", "native"), ONE_STEP)
+def test_one_step_node_body(op: str, attrs: dict, native: bool, rng: np.random.Generator) -> None:
+    data = one_step_loop(op, 4, 6, rng, **attrs)
+    check(data, op.lower(), native, rng)
+
+
 def test_counter_read_outside_keeps_the_loop(rng: np.random.Generator) -> None:
     """tf2onnx's time counter is dropped with the Loop only when nothing reads it."""
     data, _ = cell_loop("gru", 4, 6, rng, "tf2onnx")
@@ -202,3 +224,48 @@ def test_counter_read_outside_keeps_the_loop(rng: np.random.Generator) -> None:
     proto.graph.output.append(onnx.helper.make_tensor_value_info("unused_0", 6, []))
     data = proto.SerializeToString()
     check(data, "gru", False, rng)
+
+
+def test_go_backwards_refuses_to_stream_naming_the_node() -> None:
+    """ReverseSequence needs the whole sequence: a time-axis stream is refused, naming it."""
+    model = lstm_infer.load((KERAS / "gru_go_backwards.onnx").read_bytes())
+    with pytest.raises(lstm_infer.errors.StreamError, match="ReverseSequence"):
+        model.stream(batch_size=2, time_axis=1).step(np.zeros((2, 1, 4), np.float32))
+
+
+# ---- ReverseSequence (how tf2onnx writes go_backwards) ---------------------------------------
+
+
+def reverse_sequence_model(batch_axis: int, time_axis: int) -> bytes:
+    from graph_builders import model_bytes, vi
+    from onnx import TensorProto as TP
+
+    node = onnx.helper.make_node("ReverseSequence", ["x", "lens"], ["y"], name="rev",
+                                 batch_axis=batch_axis, time_axis=time_axis)  # fmt: skip
+    shape = ["T", "B", 3] if time_axis == 0 else ["B", "T", 3]
+    return model_bytes([node], [vi("x", TP.FLOAT, shape), vi("lens", TP.INT64, ["B"])],
+                       [vi("y", TP.FLOAT, shape)], {}, 17)  # fmt: skip
+
+
+@pytest.mark.parametrize(("batch_axis", "time_axis"), [(1, 0), (0, 1)])
+def test_reverse_sequence(batch_axis: int, time_axis: int, rng: np.random.Generator) -> None:
+    data = reverse_sequence_model(batch_axis, time_axis)
+    model = lstm_infer.load(data)
+    for lens in ([5, 5, 5], [5, 0, 2], [1, 4, 3]):
+        x = rng.standard_normal((5, 3, 3) if time_axis == 0 else (3, 5, 3)).astype(np.float32)
+        feeds = {"x": x, "lens": np.array(lens, np.int64)}
+        np.testing.assert_array_equal(model.run(feeds)["y"], ort_run(data, feeds)[0])
+
+
+def test_reverse_sequence_bad_lengths_name_the_node() -> None:
+    model = lstm_infer.load(reverse_sequence_model(1, 0))
+    x = np.zeros((4, 2, 3), np.float32)
+    with pytest.raises(lstm_infer.errors.InputError, match="'rev'.*sequence_lens must be in"):
+        model.run({"x": x, "lens": np.array([5, 1], np.int64)})
+    with pytest.raises(lstm_infer.errors.InputError, match="'rev'.*sequence_lens must be 2"):
+        model.run({"x": x, "lens": np.array([1, 1, 1], np.int64)})
+
+
+def test_reverse_sequence_with_one_axis_for_both_is_refused_at_load() -> None:
+    with pytest.raises(lstm_infer.errors.ModelFormatError, match="'rev'.*batch_axis and time"):
+        lstm_infer.load(reverse_sequence_model(0, 0))

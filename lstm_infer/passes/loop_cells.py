@@ -114,7 +114,10 @@ def _live(nodes: list[Node], needed: set[str]) -> list[Node]:
 
 
 # Ops whose output has the rank of their first input.
-_RANK_KEEPING = ("Identity", "Cast", "Relu", "Tanh", "Sigmoid", "Add", "Sub", "Mul", "Dropout")
+_RANK_KEEPING = ("Identity", "Cast", "Relu", "Tanh", "Sigmoid", "Add", "Sub", "Mul", "Dropout",
+                 "ReverseSequence")  # fmt: skip
+# Ops whose output has exactly the shape of their first input (whatever the other inputs).
+_SHAPE_KEEPING = ("Identity", "Cast", "Relu", "Tanh", "Sigmoid", "Dropout", "ReverseSequence")
 
 
 def _rank(alg: CellAlgebra, name: str, depth: int = 0) -> int | None:
@@ -154,6 +157,19 @@ def _strip(alg: CellAlgebra, name: str, ops: tuple[str, ...]) -> str:
     return name
 
 
+def _same_shape(alg: CellAlgebra, name: str) -> set[str]:
+    """``name`` and the tensors it is computed from by shape-keeping ops (Keras's
+    ``go_backwards`` reads the length from the sequence before its ReverseSequence)."""
+    out = {name}
+    for _ in range(MAX_IDENTITIES):
+        node = alg.producer.get(name)
+        if node is None or node.op not in _SHAPE_KEEPING:
+            break
+        name = node.inputs[0]
+        out.add(name)
+    return out
+
+
 def _length_of(alg: CellAlgebra, name: str, seq: str, axis: int) -> bool:
     """Whether scalar ``name`` (outer graph) is the length of ``seq`` on ``axis``: read from
     its Shape (Gather, or a one-element Slice then Squeeze / Reshape), through Casts, or a
@@ -162,7 +178,7 @@ def _length_of(alg: CellAlgebra, name: str, seq: str, axis: int) -> bool:
     node = alg.producer.get(name)
     if node is not None and node.op in ("Gather", "Slice"):
         shape = alg.producer.get(_strip(alg, node.inputs[0], ("Cast", "Identity")))
-        if shape is None or shape.op != "Shape" or shape.inputs[0] != seq:
+        if shape is None or shape.op != "Shape" or shape.inputs[0] not in _same_shape(alg, seq):
             return False
         if int(shape.attrs.get("start", 0)) != 0 or "end" in shape.attrs:
             return False
