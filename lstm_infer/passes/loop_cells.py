@@ -61,7 +61,7 @@ class _Cell:
     c0: str  # outer initial cell state ("" for GRU / RNN)
     h_out: str  # node output of the final hidden state ("" if none)
     c_out: str  # node output of the final cell state ("" if none)
-    scans: list[tuple[str, int, bool]]  # node outputs stacking h: (name, axis, reversed)
+    scans: list[tuple[str, int]]  # node outputs stacking h_t: (name, stacking axis)
 
 
 def loop_cells(graph: Graph) -> Graph:
@@ -113,10 +113,8 @@ def _live(nodes: list[Node], needed: set[str]) -> list[Node]:
     return keep[::-1]
 
 
-# Ops whose output has the rank of their first input.
-_RANK_KEEPING = ("Identity", "Cast", "Relu", "Tanh", "Sigmoid", "Add", "Sub", "Mul", "Dropout",
-                 "ReverseSequence")  # fmt: skip
-# Ops whose output has exactly the shape of their first input (whatever the other inputs).
+# Ops whose output has exactly the shape of their first input (whatever the other inputs;
+# not the broadcasting binary ops, whose output may have a higher rank).
 _SHAPE_KEEPING = ("Identity", "Cast", "Relu", "Tanh", "Sigmoid", "Dropout", "ReverseSequence")
 
 
@@ -133,7 +131,7 @@ def _rank(alg: CellAlgebra, name: str, depth: int = 0) -> int | None:
         return None
     if node.op == "Transpose" and "perm" in node.attrs:
         return len(node.attrs["perm"])
-    if node.op in _RANK_KEEPING:
+    if node.op in _SHAPE_KEEPING:
         return _rank(alg, node.inputs[0], depth + 1)
     return None
 
@@ -257,7 +255,8 @@ def _holds_before_last(
 ) -> bool:
     """Whether the body's condition is true after every step but the last, where the trip
     count (the length T) ends the loop: a constant true, or an And of ``k < T`` / ``k + 1
-    < T`` for counters ``k`` (k = t after step t <= T - 2), through Casts."""
+    < T`` for counters ``k`` (k = t after step t <= T - 2), through Casts (tf2onnx compares
+    in float32: exact for every length below 2**24 steps)."""
     value = b.alg.constant(cond)
     if value is not None:
         return value.size == 1 and bool(value.reshape(-1)[0])
@@ -342,7 +341,7 @@ def _outputs(
         if src != b.step.h_out or flipped:
             return None
         if name:
-            scans.append((name, out_axis, flipped))
+            scans.append((name, out_axis))
     h0 = node.inputs[first_state + b.h_state]
     c0 = node.inputs[first_state + b.c_state] if b.c_state >= 0 else ""
     if not h0 or (b.c_state >= 0 and not c0):
@@ -398,7 +397,7 @@ def _native(cell: _Cell, prefix: str, consts: dict[str, np.ndarray]) -> list[Nod
         add("Squeeze", [outs[2], axes(state_axis)], out=cell.c_out)
     if cell.scans:
         seq = add("Squeeze", [outs[0], axes(2 if layout else 1)])  # [T, B, H] or [B, T, H]
-        for out, axis, _ in cell.scans:
+        for out, axis in cell.scans:
             if axis == layout:  # (time at the stacking axis, B and H after in order)
                 add("Identity", [seq], out=out)
             else:
