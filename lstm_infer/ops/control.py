@@ -22,7 +22,8 @@ Each iteration runs the body program from Python, so a loop costs per iteration 
 body costs as a graph; loops are never folded at load
 (their work is unbounded), stop with an error past ``LOOP_MAX_ITERATIONS`` iterations or
 ``LOOP_MAX_SCAN_BYTES`` of scan outputs, and refuse a scan output whose shape changes between
-iterations. Loops whose body is a recurrent cell are not yet replaced by the native op.
+iterations. A Loop or Scan proven to run one recurrent cell step over a sequence never gets
+here: :mod:`lstm_infer.passes.loop_cells` replaces it by the native LSTM / GRU / RNN node.
 
 ``Scan(state..., scanned...)`` (opset 9+) runs its ``body`` once per slice of the M scanned
 inputs along their axes (``scan_input_axes``, each forward or reversed by

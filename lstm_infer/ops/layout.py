@@ -1,6 +1,6 @@
 """Ops that move, pick or make tensors without arithmetic: Concat, Split, Slice, Gather,
 GatherElements, Reshape, Flatten, Transpose, Squeeze, Unsqueeze, Expand, Tile, Pad, Shape,
-Size, ConstantOfShape, Range, CumSum.
+Size, ConstantOfShape, Range, CumSum, ReverseSequence.
 
 Shapes computed from run-time values are checked against ``MAX_ELEMENTS`` before anything is
 allocated, so a hostile graph cannot ask for a terabyte through a shape tensor.
@@ -310,6 +310,39 @@ def _cumsum(ctx: RunContext, node: Any, ins: Ins, state: Any) -> list[np.ndarray
     return [np.ascontiguousarray(np.flip(c, axis) if reverse else c)]
 
 
+def _check_reverse_sequence(node: Any) -> None:
+    allowed_attrs("batch_axis", "time_axis")(node)
+    axes = (attr_int(node, "batch_axis", 1), attr_int(node, "time_axis", 0))
+    if sorted(axes) != [0, 1]:
+        raise ModelFormatError(
+            f"{node.label}: batch_axis and time_axis must be 0 and 1 (either way), got {axes}"
+        )
+
+
+def _reverse_sequence(ctx: RunContext, node: Any, ins: Ins, state: Any) -> list[np.ndarray]:
+    """out[t, b] = x[L_b - 1 - t, b] for t < L_b, x[t, b] after (time_axis 0; Keras writes
+    ``go_backwards`` so)."""
+    x, lengths = ins
+    batch_axis, time_axis = attr_int(node, "batch_axis", 1), attr_int(node, "time_axis", 0)
+    if x.ndim < 2:
+        raise InputError(f"{node.label}: input must have rank >= 2, got shape {x.shape}")
+    steps, batch = x.shape[time_axis], x.shape[batch_axis]
+    if lengths.dtype.kind not in "iu" or lengths.shape != (batch,):
+        raise InputError(
+            f"{node.label}: sequence_lens must be {batch} integers, got {lengths.dtype} "
+            f"{lengths.shape}"
+        )
+    lens = lengths.astype(np.int64)
+    if np.any(lens < 0) or np.any(lens > steps):
+        raise InputError(f"{node.label}: sequence_lens must be in [0, {steps}], got {lens}")
+    t = np.arange(steps)[:, None]
+    index = np.where(t < lens[None, :], lens[None, :] - 1 - t, t)  # [T, B]
+    if time_axis == 1:
+        index = index.T
+    index = index.reshape(index.shape + (1,) * (x.ndim - 2))
+    return [np.take_along_axis(x, np.broadcast_to(index, x.shape), axis=time_axis)]
+
+
 OPS: dict[str, OpDef] = {
     "Concat": op("Concat", _concat, inputs=(1, -1), check=allowed_attrs(required=("axis",))),
     "Split": op(
@@ -333,4 +366,7 @@ OPS: dict[str, OpDef] = {
     "ConstantOfShape": op("ConstantOfShape", _constant_of_shape, check=allowed_attrs("value")),
     "Range": op("Range", _range, inputs=(3, 3), check=allowed_attrs()),
     "CumSum": op("CumSum", _cumsum, inputs=(2, 2), check=allowed_attrs("exclusive", "reverse")),
+    "ReverseSequence": op(
+        "ReverseSequence", _reverse_sequence, inputs=(2, 2), check=_check_reverse_sequence
+    ),
 }

@@ -26,7 +26,10 @@ _FAMILY_TITLES = {
     "elementwise": "elementwise",
     "layout": "layout, shape and padding",
     "quant": "quantization",
-    "control": "control flow (subgraphs compiled once)",
+    "control": (
+        "control flow (subgraphs compiled once; a Loop / Scan whose body is one LSTM / GRU / "
+        "RNN step runs as that native node)"
+    ),
 }
 
 
