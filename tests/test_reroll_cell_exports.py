@@ -1,11 +1,15 @@
-"""torch.onnx exports of the layer-normalised LSTM (CELLS.md; lstm_infer.nn.LayerNormLSTM,
-torchaudio's RNN-T predictor layer, a hand-written one) load as the engine's native
-``LayerNormLSTM`` op (lstm_infer.passes.reroll_cells / norm_cells), whichever exporter and
+"""torch.onnx exports of CELLS.md's cells that load as the engine's native ops again
+(lstm_infer.passes.reroll_cells, norm_cells, depth_cells).
+
+The layer-normalised LSTM (lstm_infer.nn.LayerNormLSTM, torchaudio's RNN-T predictor layer, a
+hand-written one) becomes ``LayerNormLSTM`` nodes, one per layer, whichever exporter and
 whichever spelling of LayerNorm (the opset-17 op or, at opset 16, ReduceMean / Sub / Pow /
-Sqrt / Div): each equals onnxruntime on the exported graph at the traced T and PyTorch in
-float64 at other lengths (which the unrolled graph itself cannot take), and a stream's steps
-equal the whole run. Near misses (eps outside the root, no norm on the cell, another
-activation, two eps) stay unrolled and still equal onnxruntime."""
+Sqrt / Div); the depth-gated LSTM (lstm_infer.nn.DepthGatedLSTM) one ``DepthGatedLSTM`` node
+for its whole stack. Each equals onnxruntime on the exported graph at the traced T and
+PyTorch in float64 at other lengths (which the unrolled graph itself cannot take), and a
+stream's steps equal the whole run. Near misses (eps outside the root, no norm on the cell,
+another activation, two eps; a depth gate blind to the lower cell or fed its stale one) stay
+unrolled and still equal onnxruntime."""
 
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ torch = require("torch")
 ort = require("onnxruntime")
 require("onnx")
 
-import norm_cell_models as m  # noqa: E402
+import cell_export_models as m  # noqa: E402
 
 import lstm_infer  # noqa: E402
 from lstm_infer import nn as cells  # noqa: E402
@@ -182,3 +186,42 @@ def test_the_rerolled_export_saves_and_loads(tmp_path, rng) -> None:
     assert "LayerNormLSTM" in ops_of(again)
     x = sequence(8, rng)
     close(again.run({"x": x}), torch_f64(module, x), TORCH_TOL, "reloaded")
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+@pytest.mark.parametrize("layers", [2, 3])
+def test_depth_gated_lstm_exports_become_the_native_cell(dynamo, layers, rng) -> None:
+    """The whole stack (layer 0 a plain LSTM, each layer above gated on the new cell below)
+    is one node; it streams step by step as it runs."""
+    module = randomised(cells.DepthGatedLSTM(INP, HIDDEN, layers))
+    x = sequence(EXPORTED_T, rng)
+    exported = export(module, x, dynamo, None)
+    model = lstm_infer.load(exported)
+    ops = ops_of(model)
+    assert not ops & UNROLLED and "LSTM" not in ops, ops
+    assert [n.op for n in model.graph.nodes].count("DepthGatedLSTM") == 1
+    (node,) = [n for n in model.graph.nodes if n.op == "DepthGatedLSTM"]
+    assert node.attrs["num_layers"] == layers
+    close(model.run({"x": x}), ort_run(exported, x), ORT_TOL, "vs onnxruntime")
+    for steps in (EXPORTED_T, *OTHER_T):
+        other = sequence(steps, rng)
+        close(model.run({"x": other}), torch_f64(module, other), TORCH_TOL, f"at T={steps}")
+    x = sequence(7, rng)
+    whole = model.run({"x": x})
+    stream = model.stream(batch_size=BATCH)
+    steps = [stream.step(x[t : t + 1]) for t in range(len(x))]
+    first = next(iter(whole))
+    y = np.concatenate([s[first] for s in steps])
+    np.testing.assert_allclose(y, whole[first], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+@pytest.mark.parametrize("variant", ["no_lower", "stale_lower"])
+def test_depth_gated_near_misses_stay_unrolled(dynamo, variant, rng) -> None:
+    module = randomised(m.DepthGatedMiss(INP, HIDDEN, variant))
+    x = sequence(EXPORTED_T, rng)
+    exported = export(module, x, dynamo, None)
+    model = lstm_infer.load(exported)
+    ops = ops_of(model)
+    assert "DepthGatedLSTM" not in ops and "Sigmoid" in ops, ops
+    close(model.run({"x": x}), ort_run(exported, x), ORT_TOL, "vs onnxruntime")

@@ -41,6 +41,14 @@ from lstm_infer.passes.cell_steps import (
     match_lstm,
     onnx_weights,
 )
+from lstm_infer.passes.depth_cells import (
+    DG_LSTM,
+    layer_weights,
+    match_dg_lstm,
+    stack_attrs,
+    stack_chains,
+)
+from lstm_infer.passes.depth_cells import NATIVE_OP as DG_OP
 from lstm_infer.passes.norm_cells import (
     LN_LSTM,
     NATIVE_OP,
@@ -84,6 +92,10 @@ class _Chain:
     times: list[int]  # each step's timestep
     length: int | None  # the sequence's length on ``axis`` where known
     region: set[int]  # ids of the nodes the chain's node replaces
+    # A depth-gated stack (lstm_infer.passes.depth_cells): every layer's steps, bottom first
+    # (``steps`` is the top one), and the native op's weights.
+    stack: list[list[CellStep]] | None = None
+    weights: dict[str, np.ndarray] | None = None
 
 
 def reroll_cells(graph: Graph) -> Graph:
@@ -122,13 +134,20 @@ def _find_chains(alg: CellAlgebra) -> list[_Chain]:
     steps: list[CellStep] = []
     for node in alg.graph.nodes:
         if node.op == "Tanh" and len(node.inputs) == 1:
-            step = match_lstm(alg, node) or match_ln_lstm(alg, node)
+            step = match_lstm(alg, node) or match_ln_lstm(alg, node) or match_dg_lstm(alg, node)
         elif node.op in ("Add", "Sub") and len(node.outputs) == 1:
             step = match_gru(alg, node)
         else:
             continue
         if step is not None:
             steps.append(step)
+    lists = _link(alg, steps)
+    chains = [_as_chain(alg, chain) for chain in lists if chain[0].cell != DG_LSTM]
+    return [c for c in chains if c is not None] + _stacks(alg, lists)
+
+
+def _link(alg: CellAlgebra, steps: list[CellStep]) -> list[list[CellStep]]:
+    """The steps in lists, each step reading the state its predecessor made (h_prev set)."""
     by_h = {s.h_out: s for s in steps}
     if len(by_h) != len(steps):
         return []
@@ -149,7 +168,7 @@ def _find_chains(alg: CellAlgebra) -> list[_Chain]:
     for s in steps:
         if id(s) in pred:
             succ.setdefault(id(pred[id(s)]), []).append(s)
-    chains = []
+    lists = []
     for head in steps:
         if id(head) in pred:
             continue
@@ -158,14 +177,53 @@ def _find_chains(alg: CellAlgebra) -> list[_Chain]:
             chain.append(succ[id(chain[-1])][0])
         if len(succ.get(id(chain[-1]), [])) > 1:
             continue  # one state read by two steps: not a chain
-        found = _as_chain(alg, chain)
-        if found is not None:
-            chains.append(found)
-    return chains
+        lists.append(chain)
+    return lists
 
 
-def _as_chain(alg: CellAlgebra, steps: list[CellStep]) -> _Chain | None:
-    """The chain, its inputs and weights decided; None unless it can be one node."""
+def _stacks(alg: CellAlgebra, lists: list[list[CellStep]]) -> list[_Chain]:
+    """The depth-gated stacks among ``lists`` that can be one native node: forward, every
+    layer's steps with the same weights, initial states all zero or all given, nothing
+    outside reading an intermediate (but the top's h and each layer's last h and c)."""
+    found = []
+    for stack in stack_chains(lists):
+        bottom = _as_chain(alg, stack[0], closed=False)
+        if bottom is None or (len(bottom.steps) > 1 and bottom.times[0] > bottom.times[1]):
+            continue
+        weights: dict[str, np.ndarray] = {}
+        for layer, steps in enumerate(stack):
+            got = [layer_weights(alg, s, layer) for s in steps]
+            if any(g is None for g in got) or any(
+                any(not np.array_equal(g[k], got[0][k]) for k in got[0]) for g in got[1:]
+            ):
+                break
+            weights.update(got[0])
+        else:
+            heads = [steps[0] for steps in stack]
+            if any(len({_is_zero(alg, getattr(h, a)) for h in heads}) != 1
+                   for a in ("h_prev", "c_prev")):  # fmt: skip
+                continue  # some layers start at zero, some not: not one state input
+            flat = [s for steps in stack for s in steps]
+            exposed = {s.h_out for s in stack[-1]}
+            exposed |= {o for steps in stack for o in (steps[-1].h_out, steps[-1].c_out)}
+            keep = {s.x for s in stack[0]} | {h.h_prev for h in heads} | {h.c_prev for h in heads}
+            region = _region_closed(alg, flat, exposed, keep)
+            if region is not None:
+                found.append(_Chain(stack[-1], bottom.seq, bottom.axis, bottom.times,
+                                    bottom.length, region, stack, weights))  # fmt: skip
+    return found
+
+
+def _is_zero(alg: CellAlgebra, name: str | None) -> bool:
+    if not name or name == ZERO:
+        return True
+    value = alg.constant(name)
+    return value is not None and not value.any()
+
+
+def _as_chain(alg: CellAlgebra, steps: list[CellStep], closed: bool = True) -> _Chain | None:
+    """The chain, its inputs and weights decided; None unless it can be one node (``closed``
+    False: its region is not checked nor made, the bottom of a stack)."""
     slices: list[tuple[str, int, int]] = []
     for k, s in enumerate(steps):
         others = sorted(s.leaves - {s.h_prev} if s.h_prev else s.leaves)
@@ -215,23 +273,33 @@ def _as_chain(alg: CellAlgebra, steps: list[CellStep]) -> _Chain | None:
             return None
         if any(not np.array_equal(a, b) for a, b in zip(s.weights, first.weights)):
             return None
-    region = _region_closed(alg, steps)
+    region = _region_closed(alg, steps) if closed else set()
     if region is None:
         return None
     return _Chain(steps, seq, axis, times, length, region)
 
 
-def _region_closed(alg: CellAlgebra, steps: list[CellStep]) -> set[int] | None:
-    """The chain's nodes if every tensor they make is read only inside the chain, except the
-    hidden states and the last cell state, and no node belongs to two steps; else None."""
+def _region_closed(
+    alg: CellAlgebra,
+    steps: list[CellStep],
+    exposed: set[str | None] | None = None,
+    keep: set[str | None] | None = None,
+) -> set[int] | None:
+    """The chain's nodes if every tensor they make is read only inside the chain, except
+    ``exposed`` (default: the hidden states and the last cell state), and no node belongs to
+    two steps; else None. ``keep``: the chain's inputs (default: the first step's states and
+    every step's x)."""
     region: set[int] = set()
     for s in steps:
         if region & s.nodes:
             return None
         region |= s.nodes
-    exposed = {s.h_out for s in steps} | {steps[-1].c_out}
+    if exposed is None:
+        exposed = {s.h_out for s in steps} | {steps[-1].c_out}
+    if keep is None:
+        keep = {steps[0].h_prev, steps[0].c_prev} | {s.x for s in steps}
     outputs = set(alg.graph.output_names)
-    _absorb_side_reads(alg, steps, region, outputs)
+    _absorb_side_reads(alg, keep, region, outputs)
     for node in alg.graph.nodes:
         if id(node) not in region:
             continue
@@ -244,11 +312,10 @@ def _region_closed(alg: CellAlgebra, steps: list[CellStep]) -> set[int] | None:
 
 
 def _absorb_side_reads(
-    alg: CellAlgebra, steps: list[CellStep], region: set[int], outputs: set[str]
+    alg: CellAlgebra, keep: set[str | None], region: set[int], outputs: set[str]
 ) -> None:
     """Add to ``region`` the nodes only it reads (the Shape arithmetic of torch's ``chunk``,
-    the steps' input slices), except those making the chain's inputs."""
-    keep = {steps[0].h_prev, steps[0].c_prev} | {s.x for s in steps}
+    the steps' input slices), except those making the chain's inputs ``keep``."""
     changed = True
     while changed:
         changed = False
@@ -318,7 +385,9 @@ def _live(nodes: list[Node], needed: set[str]) -> list[Node]:
 def _rewrite_chain(alg: CellAlgebra, chain: _Chain, b: _Builder, found: _Found) -> set[int]:
     """Add the chain's node (and its glue) to ``b``; the ids of the nodes it replaces."""
     steps, region = chain.steps, chain.region
-    if steps[0].cell == LN_LSTM:
+    if chain.stack is not None:
+        seq, seq_time = _depth_cell(alg, chain, b)
+    elif steps[0].cell == LN_LSTM:
         seq, seq_time = _native_cell(alg, chain, b)
     else:
         seq, seq_time = _onnx_cell(alg, chain, b)
@@ -393,11 +462,7 @@ def _native_cell(alg: CellAlgebra, chain: _Chain, b: _Builder) -> tuple[str, int
     steps, first, last = chain.steps, chain.steps[0], chain.steps[-1]
     if len(steps) > 1 and chain.times[0] > chain.times[1]:
         raise ValueError("a reverse chain of a native cell")  # _as_chain keeps these out
-    x = chain.seq
-    if chain.axis:
-        x = b.add("Transpose", [x], perm=[1, 0, 2] if chain.axis == 1 else [2, 0, 1])
-    if chain.length != len(steps):
-        x = b.add("Slice", [x, b.axes(0), b.axes(len(steps)), b.axes(0)])
+    x = _time_major(chain, b)
     ins = [x, _initial(alg, b, first.h_prev, 0), _initial(alg, b, first.c_prev, 0)]
     while ins[-1] == "":
         ins.pop()
@@ -408,6 +473,42 @@ def _native_cell(alg: CellAlgebra, chain: _Chain, b: _Builder) -> tuple[str, int
     b.add("Squeeze", [outs[1], b.axes(0)], out=last.h_out)  # [1, B, H]: one layer
     if last.c_out:
         b.add("Squeeze", [outs[2], b.axes(0)], out=last.c_out)
+    return outs[0], 0
+
+
+def _time_major(chain: _Chain, b: _Builder) -> str:
+    """The chain's sequence (T, B, I), as the engine's cell ops read it."""
+    x = chain.seq
+    if chain.axis:
+        x = b.add("Transpose", [x], perm=[1, 0, 2] if chain.axis == 1 else [2, 0, 1])
+    if chain.length != len(chain.steps):
+        x = b.add("Slice", [x, b.axes(0), b.axes(len(chain.steps)), b.axes(0)])
+    return x
+
+
+def _depth_cell(alg: CellAlgebra, chain: _Chain, b: _Builder) -> tuple[str, int]:
+    """The engine's DepthGatedLSTM op over a whole stack; (its top sequence [T, B, H], 0).
+    Each layer's last h and c are read from the op's final states (L, B, H)."""
+    assert chain.stack is not None and chain.weights is not None
+    ins = [_time_major(chain, b)]
+    heads = [steps[0] for steps in chain.stack]
+    for attr in ("h_prev", "c_prev"):
+        names = [getattr(h, attr) for h in heads]
+        if all(_is_zero(alg, n) for n in names):
+            ins.append("")
+        else:
+            ins.append(b.add("Concat", [_initial(alg, b, n, 0) for n in names], axis=0))
+    while ins[-1] == "":
+        ins.pop()
+    name = b.name("/cell")
+    attrs = stack_attrs(chain.weights, f"node {name!r} ({DG_OP})")
+    outs = [b.name("Y"), b.name("Y_h"), b.name("Y_c")]
+    b.nodes.append(Node(DG_OP, ins, outs, attrs, name=name))
+    for layer, steps in enumerate(chain.stack):
+        index = b.const(np.array(layer, np.int64), "layer")
+        b.add("Gather", [outs[1], index], out=steps[-1].h_out, axis=0)
+        if steps[-1].c_out:
+            b.add("Gather", [outs[2], index], out=steps[-1].c_out, axis=0)
     return outs[0], 0
 
 
@@ -469,7 +570,8 @@ def _relax_time(graph: Graph, found: _Found) -> Graph:
     on the stacked outputs of the chains over them. Not when a hidden state of a fixed
     timestep is still read (a Gather the rewrite added): at another length it would be a
     different step."""
-    if any(n.op == "Gather" and n.name.startswith(PREFIX) for n in graph.nodes):
+    fixed = [n for n in graph.nodes if n.op == "Gather" and n.name.startswith(PREFIX)]
+    if any(n.inputs[0] in found.types for n in fixed):  # (not a layer of final states)
         return graph
     readers: dict[str, list[Node]] = {}
     for node in graph.nodes:

@@ -1,4 +1,4 @@
-"""torch modules of layer-normalised LSTMs as people write them, for
+"""torch modules of layer-normalised and depth-gated LSTMs as people write them, for
 tests/test_reroll_cell_exports.py: torch.onnx.export unrolls their loops into per-step nodes.
 
 ``TorchaudioLSTM`` follows the equations torchaudio documents for the LSTM layer of its RNN-T
@@ -8,7 +8,8 @@ loop, ``x2g`` (no bias when layer-normalised), the recurrent projection ``p2g`` 
 ``g_norm`` over the 4H gate pre-activations, ``c_norm`` over the new cell, gates ``i, f, g, o``;
 without layer norm both norms are identities (a plain LSTM).
 
-``HandNormLSTM`` writes the norms out by hand, one correct spelling and near misses of it.
+``HandNormLSTM`` writes the norms out by hand, one correct spelling and near misses of it;
+``DepthGatedMiss`` is a two-layer depth-gated LSTM gone slightly wrong.
 """
 
 from __future__ import annotations
@@ -105,3 +106,37 @@ class HandNormLSTM(nn.Module):
             h = o * torch.tanh(c)
             ys.append(h)
         return torch.stack(ys, 1)
+
+
+class DepthGatedMiss(nn.Module):
+    """Two layers, time-major, CELLS.md's depth-gated LSTM but for ``variant``: "no_lower"
+    (the depth gate does not see the lower cell), "stale_lower" (the lower layer's cell of
+    the step before flows in, not its new one)."""
+
+    def __init__(self, inp: int, hidden: int, variant: str) -> None:
+        super().__init__()
+        self.low, self.high = nn.LSTMCell(inp, hidden), nn.LSTMCell(hidden, hidden)
+        self.depth = nn.Linear(hidden, hidden)
+        self.p = nn.Parameter(torch.rand(hidden) - 0.5)
+        self.q = nn.Parameter(torch.rand(hidden) - 0.5)
+        self.hidden, self.variant = hidden, variant
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        zeros = x.new_zeros(x.shape[1], self.hidden)
+        h0, c0, h1, c1 = zeros, zeros, zeros, zeros
+        ys = []
+        for t in range(x.shape[0]):
+            before = c0
+            h0, c0 = self.low(x[t], (h0, c0))
+            lower = before if self.variant == "stale_lower" else c0
+            cell = self.high
+            gates = h0 @ cell.weight_ih.T + cell.bias_ih + h1 @ cell.weight_hh.T + cell.bias_hh
+            i, f, g, o = gates.chunk(4, 1)
+            arg = self.depth(h0) + self.p * c1
+            if self.variant != "no_lower":
+                arg = arg + self.q * lower
+            d = torch.sigmoid(arg)
+            c1 = d * lower + torch.sigmoid(f) * c1 + torch.sigmoid(i) * torch.tanh(g)
+            h1 = torch.sigmoid(o) * torch.tanh(c1)
+            ys.append(h1)
+        return torch.stack(ys)
