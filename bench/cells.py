@@ -19,8 +19,16 @@ a caller of a one-step export must. Outputs are checked to agree first; engines 
 round-robin; medians of ``--repeat`` blocks. Steps and runs of the cells are also timed on
 bf16 and int8 weights (``model.quantize``; "lstm_infer bf16" / "lstm_infer int8" rows).
 
+``--onnx-load`` adds our load of the same torch.onnx exports onnxruntime runs, before and
+after re-rolling (lstm_infer.passes.reroll_cells; "before" loads with the pass switched off):
+the run row times ``run`` on the T-step export both ways; the step row times "onnx unrolled",
+the one-step export run with its states fed back by hand (as onnxruntime's), against "onnx
+re-rolled", a stream of the T-step export once it is the native cell (a cell the pass does
+not recognise stays unrolled, so its T-step export cannot stream: no such row).
+
     python bench/cells.py [--hidden 256] [--input 64] [--steps 100] [--batch 16]
                           [--memory-steps 100] [--cells layer_norm_lstm ...] [--repeat 15]
+                          [--onnx-load]
 """
 
 from __future__ import annotations
@@ -29,7 +37,8 @@ import argparse
 import io
 import statistics
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,6 +127,28 @@ def _initial(module, count: int, batch: int):  # noqa: ANN001, ANN202
 
     layers = getattr(module, "num_layers", 1)
     return tuple(torch.zeros(layers, batch, module.hidden_size) for _ in range(count))
+
+
+@contextmanager
+def _reroll_off() -> Iterator[None]:
+    """Models loaded inside run their ONNX graphs as exported (no re-rolling pass)."""
+    from lstm_infer.compile import program
+
+    saved = program.reroll_cells
+    program.reroll_cells = lambda graph: graph
+    try:
+        yield
+    finally:
+        program.reroll_cells = saved
+
+
+def _onnx_loads(data: bytes) -> tuple:  # noqa: ANN001
+    """Our load of an export (unrolled, re-rolled) and whether the pass changed it."""
+    with _reroll_off():
+        unrolled = lstm_infer.load(data)
+    rerolled = lstm_infer.load(data)
+    changed = {n.op for n in rerolled.graph.nodes} != {n.op for n in unrolled.graph.nodes}
+    return unrolled, rerolled, changed
 
 
 def _stream_loop(stream, frames: np.ndarray, out: np.ndarray):  # noqa: ANN001, ANN202
@@ -253,7 +284,10 @@ def decoder_run_rows(
     return _report(f"{name}_run", t, f"{name} run, T={steps}, batch {batch}, H={h}, S={s}")
 
 
-def step_rows(name: str, bench: CellBench, i: int, h: int, repeat: int, block: float) -> list:
+def step_rows(
+    name: str, bench: CellBench, i: int, h: int, repeat: int, block: float,
+    onnx_load: bool = False,
+) -> list:  # fmt: skip
     import torch
 
     torch.manual_seed(0)
@@ -265,7 +299,8 @@ def step_rows(name: str, bench: CellBench, i: int, h: int, repeat: int, block: f
     state0 = _initial(module, bench.state_count, 1)
     step = _step_module(module, bench.state_count)
     names = ["x"] + [f"s{k}" for k in range(bench.state_count)]
-    sess = _ort(_export(step, (torch.from_numpy(frames[0]), *state0), names))
+    step_export = _export(step, (torch.from_numpy(frames[0]), *state0), names)
+    sess = _ort(step_export)
     out = np.empty((1, 1, h), np.float32)
     want = sess.run(None, {"x": frames[0], **{f"s{k}": s.numpy() for k, s in enumerate(state0)}})
     np.testing.assert_allclose(stream.step(frames[0]), want[0], atol=1e-4)  # step 0 agrees
@@ -300,13 +335,55 @@ def step_rows(name: str, bench: CellBench, i: int, h: int, repeat: int, block: f
                 dense.step(flat[k % 64], out=dense_out)
 
         loops["lstm_infer dense RNN"] = loop_dense
+    if onnx_load:
+        loops.update(_onnx_step_loops(module, step_export, frames, state0, h))
     t = time_interleaved(loops, repeat, block)
     return _report(f"{name}_step", t, f"{name} stream step, H={h}, I={i}, batch 1")
 
 
+def _onnx_step_loops(module, step_export: bytes, frames: np.ndarray, state0: tuple,
+                     h: int) -> dict:  # noqa: ANN001  # fmt: skip
+    """Two loops: "onnx unrolled", our run of the one-step export with its states fed back,
+    and "onnx re-rolled", a stream of the 8-step export when the pass made it the native
+    cell. Each checked against onnxruntime on its own export first."""
+    import torch
+
+    unrolled, _, _ = _onnx_loads(step_export)
+    feeds0 = {f"s{k}": s.numpy() for k, s in enumerate(state0)}
+    check = _ort(step_export).run(None, {"x": frames[0], **feeds0})
+    np.testing.assert_allclose(unrolled.run({"x": frames[0], **feeds0})[unrolled.outputs[0].name],
+                               check[0], atol=1e-4)  # fmt: skip
+    box = {"s": list(feeds0.values())}
+    names = [o.name for o in unrolled.outputs]
+
+    def loop_unrolled(n: int) -> None:
+        s = box["s"]
+        for k in range(n):
+            res = unrolled.run({"x": frames[k % 64], **{f"s{j}": v for j, v in enumerate(s)}},
+                               threads=1)  # fmt: skip
+            s = [res[m] for m in names[1:]]
+        box["s"] = s
+
+    loops = {"lstm_infer onnx unrolled": loop_unrolled}
+    seq = np.concatenate(list(frames[:8]))  # (8, 1, I)
+    data = _export(module, (torch.from_numpy(seq),), ["x"])
+    _, rerolled, changed = _onnx_loads(data)
+    if changed:
+        want = _ort(data).run(None, {"x": seq})[0]
+        np.testing.assert_allclose(rerolled.run({"x": seq})[rerolled.outputs[0].name], want,
+                                   atol=1e-4)  # fmt: skip
+        stream = rerolled.stream()
+        first = rerolled.outputs[0].name
+        outs = {o.name: np.empty((1, 1, h) if o.name == first else o.shape, np.float32)
+                for o in rerolled.outputs}  # fmt: skip
+        loops["lstm_infer onnx re-rolled"] = _stream_loop(stream, frames, outs)
+    return loops
+
+
 def run_rows(
-    name: str, bench: CellBench, i: int, h: int, steps: int, batch: int, repeat: int, block: float
-) -> list:
+    name: str, bench: CellBench, i: int, h: int, steps: int, batch: int, repeat: int, block: float,
+    onnx_load: bool = False,
+) -> list:  # fmt: skip
     import torch
 
     torch.manual_seed(0)
@@ -314,7 +391,8 @@ def run_rows(
     model = lstm_infer.load(module)
     x = np.random.default_rng(1).standard_normal((steps, batch, i)).astype(np.float32)
     xt = torch.from_numpy(x)
-    sess = _ort(_export(module, (xt,), ["x"]))
+    data = _export(module, (xt,), ["x"])
+    sess = _ort(data)
     want = sess.run(None, {"x": x})[0]
     np.testing.assert_allclose(model.run({"input": x})["output"], want, atol=1e-4)
 
@@ -329,7 +407,14 @@ def run_rows(
 
     feeds = {"input": x}
     loops = {"lstm_infer": _run_loop(model, feeds), "torch": loop_torch, "onnxruntime": loop_ort}
-    t = time_interleaved(_with_quantized_runs(loops, model, feeds), repeat, block)
+    loops = _with_quantized_runs(loops, model, feeds)
+    if onnx_load:
+        unrolled, rerolled, _ = _onnx_loads(data)
+        for label, loaded in (("unrolled", unrolled), ("re-rolled", rerolled)):
+            got = loaded.run({"x": x})[loaded.outputs[0].name]
+            np.testing.assert_allclose(got, want, atol=1e-4)
+            loops[f"lstm_infer onnx {label}"] = _run_loop(loaded, {"x": x})
+    t = time_interleaved(loops, repeat, block)
     return _report(f"{name}_run", t, f"{name} run, T={steps}, batch {batch}, H={h}, I={i}")
 
 
@@ -362,6 +447,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--block-ms", type=float, default=25.0)
     p.add_argument("--cells", nargs="*", help="default: every cell the engine runs")
     p.add_argument("--output", type=Path)
+    p.add_argument(
+        "--onnx-load",
+        action="store_true",
+        help="also our load of the torch.onnx exports, before / after re-rolling",
+    )
     args = p.parse_args(argv)
     from lstm_infer.cells import CELLS
 
@@ -379,9 +469,17 @@ def main(argv: list[str] | None = None) -> int:
             rows += decoder_step_rows(name, bench, h, s, args.repeat, block)
             rows += decoder_run_rows(name, bench, h, s, args.steps, args.batch, args.repeat, block)
             continue
-        rows += step_rows(name, bench, args.input, args.hidden, args.repeat, block)
+        rows += step_rows(name, bench, args.input, args.hidden, args.repeat, block, args.onnx_load)
         rows += run_rows(
-            name, bench, args.input, args.hidden, args.steps, args.batch, args.repeat, block
+            name,
+            bench,
+            args.input,
+            args.hidden,
+            args.steps,
+            args.batch,
+            args.repeat,
+            block,
+            args.onnx_load,
         )
     write_results("cells", rows, 1, args.output)
     return 0

@@ -86,6 +86,16 @@ class CellAlgebra:
     concat_parts: dict[str, list[str]] = field(default_factory=dict)
     # Leaves read by a Gemm (so they are 2-D).
     gemm_leaves: set[str] = field(default_factory=set)
+    # Widths of tensors that are not affine maps, known to a caller (a layer norm's output
+    # has its input's): what ``Gather(Shape(t), 1)`` of them reads.
+    widths: dict[str, int] = field(default_factory=dict)
+    # Tensors an earlier rewrite made that are one timestep of a sequence it made (a re-rolled
+    # chain's last hidden state): (sequence, time axis, index).
+    time_slices: dict[str, tuple[str, int, int]] = field(default_factory=dict)
+    # Leaves added to an affine map as they are (an identity term): a timestep of an input
+    # projected over the whole sequence at once (torchaudio's ``x2g(input)`` before its
+    # loop). Valid only where the caller finds the projection and its width (reroll_cells).
+    bare_leaves: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.producer = self.graph.producers()
@@ -135,8 +145,8 @@ class CellAlgebra:
         return self._consts[name]
 
     def _width_read(self, node: Node) -> np.ndarray | None:
-        """``Gather(Shape(a), 1)`` of an affine map ``a`` (torch's ``chunk`` reads its
-        input's width so): the width, a constant."""
+        """``Gather(Shape(a), 1)`` of an affine map ``a``, or of a tensor of known width
+        (torch's ``chunk`` reads its input's width so): the width, a constant."""
         shape = self.producer.get(node.inputs[0]) if node.op == "Gather" else None
         if shape is None or shape.op != "Shape" or shape.attrs or int(node.attrs.get("axis", 0)):
             return None
@@ -144,9 +154,10 @@ class CellAlgebra:
         if index is None or index.size != 1 or int(index.reshape(-1)[0]) not in (1, -1):
             return None
         a = self.affine(shape.inputs[0], set())
-        if a is None:
+        width = a.width if a is not None else self.widths.get(shape.inputs[0])
+        if width is None:
             return None
-        return np.array(a.width if index.ndim == 0 else [a.width], np.int64)
+        return np.array(width if index.ndim == 0 else [width], np.int64)
 
     def state_name(self, name: str) -> str:
         """``name``, or ZERO for a constant of zeros (every zero state is the same one, however
@@ -258,11 +269,26 @@ class CellAlgebra:
             return a.plus(b.scaled(sign))
         if a is not None:
             bias = self._bias(b_name, a.width)
-            return None if bias is None else Affine(a.terms, a.bias + sign * bias)
-        if b is not None and node.op == "Add":
+            if bias is None:
+                bare = self._bare(b_name, a.width)
+                return None if bare is None else a.plus(bare.scaled(sign))
+            return Affine(a.terms, a.bias + sign * bias)
+        if b is not None:
             bias = self._bias(a_name, b.width)
-            return None if bias is None else Affine(b.terms, b.bias + bias)
+            if bias is None:
+                bare = self._bare(a_name, b.width)
+                return None if bare is None else bare.plus(b.scaled(sign))
+            return Affine(b.terms, b.bias + bias) if node.op == "Add" else None
         return None
+
+    def _bare(self, name: str, width: int) -> Affine | None:
+        """``name`` as an identity term of an affine map of ``width``, when it is taken from a
+        sequence (Gather / Squeeze: one timestep; see ``bare_leaves``)."""
+        node = self.producer.get(name)
+        if node is None or node.op not in ("Gather", "Squeeze") or self.constant(name) is not None:
+            return None
+        self.bare_leaves.add(name)
+        return Affine({name: np.eye(width)}, np.zeros(width))
 
     def _split(self, node: Node, name: str, nodes: set[int]) -> Affine | None:
         if node.attrs.get("axis", 0) not in (1, -1):

@@ -42,8 +42,11 @@ class CellStep:
     c_prev: str | None = None
     linear_before_reset: int = 0
     x: str | None = None
-    weights: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    # The replacing node's weights (ONNX LSTM / GRU: W, R, B); equal in every step of a chain.
+    weights: tuple[np.ndarray, ...] | None = None
     leaves: set[str] = field(default_factory=set)
+    # What a cell kind's own matcher records for its weights (lstm_infer.passes.norm_cells).
+    extra: dict[str, object] = field(default_factory=dict)
 
 
 def _other(mono: tuple[str, ...], atom: str) -> str | None:
@@ -72,7 +75,24 @@ def match_lstm(alg: CellAlgebra, tanh_node: Node) -> CellStep | None:
     if coef != 1.0 or o is None or alg.atom_kind(o) != "sigmoid":
         return None
     pc = alg.poly(c, nodes)
-    if pc is None or len(pc) != 2 or any(v != 1.0 or len(m) != 2 for m, v in pc.items()):
+    terms = None if pc is None else lstm_cell_terms(alg, pc)
+    if terms is None:
+        return None
+    i, g, f, c_prev = terms
+    gates = {}
+    for key, act in zip(LSTM_GATES, (i, o, f, g)):
+        a = alg.linear(_argument(alg, act), nodes)
+        if a is None:
+            return None
+        gates[key] = a
+    step = CellStep("lstm", h, gates, nodes, c_out=c, c_prev=c_prev)
+    return step if _same_width(step) else None
+
+
+def lstm_cell_terms(alg: CellAlgebra, pc: Poly) -> tuple[str, str, str, str] | None:
+    """(i, g, f, c_prev) if ``pc`` is ``f * c_prev + i * g`` with i, f sigmoid and g tanh
+    atoms, else None."""
+    if len(pc) != 2 or any(v != 1.0 or len(m) != 2 for m, v in pc.items()):
         return None
     i = g = f = c_prev = None
     for m in pc:
@@ -85,16 +105,9 @@ def match_lstm(alg: CellAlgebra, tanh_node: Node) -> CellStep | None:
             f, c_prev = sig[0], _other(m, sig[0])
         else:
             return None
-    if i is None or f is None or c_prev is None:
+    if i is None or g is None or f is None or c_prev is None:
         return None
-    gates = {}
-    for key, act in zip(LSTM_GATES, (i, o, f, g)):
-        a = alg.linear(_argument(alg, act), nodes)
-        if a is None:
-            return None
-        gates[key] = a
-    step = CellStep("lstm", h, gates, nodes, c_out=c, c_prev=c_prev)
-    return step if _same_width(step) else None
+    return i, g, f, c_prev
 
 
 def match_gru(alg: CellAlgebra, node: Node) -> CellStep | None:

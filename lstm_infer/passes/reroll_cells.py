@@ -1,15 +1,19 @@
-"""Re-roll LSTM and GRU cells an exporter unrolled over time into one recurrent node.
+"""Re-roll LSTM, GRU and layer-normalised LSTM cells an exporter unrolled over time into one
+recurrent node.
 
 A module that loops ``nn.LSTMCell`` / ``nn.GRUCell`` (or its own gate arithmetic) over T
 timesteps exports as T copies of the step. This pass finds the steps by their equations
-(:mod:`lstm_infer.passes.cell_steps`), chains them (step t's hidden state, and an LSTM's
+(:mod:`lstm_infer.passes.cell_steps`; the layer-normalised LSTM of CELLS.md, as
+``lstm_infer.nn.LayerNormLSTM`` and torchaudio's RNN-T predictor write it, in
+:mod:`lstm_infer.passes.norm_cells`), chains them (step t's hidden state, and an LSTM's
 cell state, is what step t + 1 reads), and replaces a chain by one ONNX ``LSTM`` / ``GRU``
-node when:
+node, or the engine's own ``LayerNormLSTM`` node (one layer, forward), when:
 
 * every step has the same weights;
 * the steps' inputs are consecutive timesteps of one (3-D) sequence, taken by ``Gather``, or
   ``Slice`` / ``Split`` then ``Squeeze``, on one axis: t = 0..T-1 (a forward chain) or
-  T-1..0 (a reverse one);
+  T-1..0 (a reverse one) (:mod:`lstm_infer.passes.step_inputs`; a sequence projected by a
+  constant matrix before the loop is read through the projection);
 * nothing outside the chain reads an intermediate of it other than the hidden states (any
   step's: read back from the output sequence) and the last cell state.
 
@@ -37,6 +41,28 @@ from lstm_infer.passes.cell_steps import (
     match_lstm,
     onnx_weights,
 )
+from lstm_infer.passes.depth_cells import (
+    DG_LSTM,
+    layer_weights,
+    match_dg_lstm,
+    stack_attrs,
+    stack_chains,
+)
+from lstm_infer.passes.depth_cells import NATIVE_OP as DG_OP
+from lstm_infer.passes.norm_cells import (
+    LN_LSTM,
+    NATIVE_OP,
+    ln_lstm_attrs,
+    ln_lstm_weights,
+    match_ln_lstm,
+    register_norm_widths,
+)
+from lstm_infer.passes.step_inputs import (
+    norm_axis,
+    seq_length,
+    through_projection,
+    time_slice,
+)
 
 MAX_ROUNDS = 8
 TIME_DIM = "time"
@@ -53,6 +79,9 @@ class _Found:
     inputs: list[tuple[str, int]] = field(default_factory=list)
     outputs: list[tuple[str, int]] = field(default_factory=list)
     sliced: bool = False
+    # Each re-rolled chain's last hidden state as a timestep of its output sequence (a layer
+    # above reads it as its last input).
+    last_steps: dict[str, tuple[str, int, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -63,6 +92,10 @@ class _Chain:
     times: list[int]  # each step's timestep
     length: int | None  # the sequence's length on ``axis`` where known
     region: set[int]  # ids of the nodes the chain's node replaces
+    # A depth-gated stack (lstm_infer.passes.depth_cells): every layer's steps, bottom first
+    # (``steps`` is the top one), and the native op's weights.
+    stack: list[list[CellStep]] | None = None
+    weights: dict[str, np.ndarray] | None = None
 
 
 def reroll_cells(graph: Graph) -> Graph:
@@ -80,7 +113,7 @@ def _reroll(graph: Graph) -> Graph:
     found = _Found()
     current = graph
     for round_ in range(MAX_ROUNDS):
-        alg = CellAlgebra(current, found.types)
+        alg = CellAlgebra(current, found.types, time_slices=found.last_steps)
         chains = _find_chains(alg)
         if not chains:
             break
@@ -97,16 +130,24 @@ def _reroll(graph: Graph) -> Graph:
 
 
 def _find_chains(alg: CellAlgebra) -> list[_Chain]:
+    register_norm_widths(alg)
     steps: list[CellStep] = []
     for node in alg.graph.nodes:
         if node.op == "Tanh" and len(node.inputs) == 1:
-            step = match_lstm(alg, node)
+            step = match_lstm(alg, node) or match_ln_lstm(alg, node) or match_dg_lstm(alg, node)
         elif node.op in ("Add", "Sub") and len(node.outputs) == 1:
             step = match_gru(alg, node)
         else:
             continue
         if step is not None:
             steps.append(step)
+    lists = _link(alg, steps)
+    chains = [_as_chain(alg, chain) for chain in lists if chain[0].cell != DG_LSTM]
+    return [c for c in chains if c is not None] + _stacks(alg, lists)
+
+
+def _link(alg: CellAlgebra, steps: list[CellStep]) -> list[list[CellStep]]:
+    """The steps in lists, each step reading the state its predecessor made (h_prev set)."""
     by_h = {s.h_out: s for s in steps}
     if len(by_h) != len(steps):
         return []
@@ -127,7 +168,7 @@ def _find_chains(alg: CellAlgebra) -> list[_Chain]:
     for s in steps:
         if id(s) in pred:
             succ.setdefault(id(pred[id(s)]), []).append(s)
-    chains = []
+    lists = []
     for head in steps:
         if id(head) in pred:
             continue
@@ -136,138 +177,67 @@ def _find_chains(alg: CellAlgebra) -> list[_Chain]:
             chain.append(succ[id(chain[-1])][0])
         if len(succ.get(id(chain[-1]), [])) > 1:
             continue  # one state read by two steps: not a chain
-        found = _as_chain(alg, chain)
-        if found is not None:
-            chains.append(found)
-    return chains
+        lists.append(chain)
+    return lists
 
 
-def _time_slice(alg: CellAlgebra, name: str) -> tuple[str, int, int] | None:
-    """(sequence, axis, index) if ``name`` is one timestep of a 3-D sequence."""
-    node = alg.producer.get(name)
-    if node is None:
-        return None
-    if node.op == "Gather":
-        index = alg.constant(node.inputs[1])
-        if index is None or index.ndim != 0 or index.dtype.kind not in "iu":
-            return None
-        seq, axis, at = node.inputs[0], int(node.attrs.get("axis", 0)), int(index)
-    elif node.op == "Squeeze" and len(node.inputs) == 2:
-        axes = alg.constant(node.inputs[1])
-        inner = alg.producer.get(node.inputs[0])
-        if axes is None or axes.size != 1 or inner is None or not alg.single_use(inner.outputs[0]):
-            return None
-        axis = int(axes.reshape(-1)[0])
-        found = _unit_piece(alg, inner, node.inputs[0])
-        if found is None:
-            return None
-        seq, piece_axis, at = found
-        if _norm(piece_axis) != _norm(axis):
-            return None
-    else:
-        return None
-    if _rank(alg, seq, name) != 3:
-        return None
-    return seq, _norm(axis), at
+def _stacks(alg: CellAlgebra, lists: list[list[CellStep]]) -> list[_Chain]:
+    """The depth-gated stacks among ``lists`` that can be one native node: forward, every
+    layer's steps with the same weights, initial states all zero or all given, nothing
+    outside reading an intermediate (but the top's h and each layer's last h and c)."""
+    found = []
+    for stack in stack_chains(lists):
+        bottom = _as_chain(alg, stack[0], closed=False)
+        if bottom is None or (len(bottom.steps) > 1 and bottom.times[0] > bottom.times[1]):
+            continue
+        weights: dict[str, np.ndarray] = {}
+        for layer, steps in enumerate(stack):
+            got = [layer_weights(alg, s, layer) for s in steps]
+            if any(g is None for g in got) or any(
+                any(not np.array_equal(g[k], got[0][k]) for k in got[0]) for g in got[1:]
+            ):
+                break
+            weights.update(got[0])
+        else:
+            heads = [steps[0] for steps in stack]
+            if any(len({_is_zero(alg, getattr(h, a)) for h in heads}) != 1
+                   for a in ("h_prev", "c_prev")):  # fmt: skip
+                continue  # some layers start at zero, some not: not one state input
+            flat = [s for steps in stack for s in steps]
+            exposed = {s.h_out for s in stack[-1]}
+            exposed |= {o for steps in stack for o in (steps[-1].h_out, steps[-1].c_out)}
+            keep = {s.x for s in stack[0]} | {h.h_prev for h in heads} | {h.c_prev for h in heads}
+            region = _region_closed(alg, flat, exposed, keep)
+            if region is not None:
+                found.append(_Chain(stack[-1], bottom.seq, bottom.axis, bottom.times,
+                                    bottom.length, region, stack, weights))  # fmt: skip
+    return found
 
 
-def _norm(axis: int) -> int:
-    return axis % 3 if -3 <= axis < 3 else -1
+def _is_zero(alg: CellAlgebra, name: str | None) -> bool:
+    if not name or name == ZERO:
+        return True
+    value = alg.constant(name)
+    return value is not None and not value.any()
 
 
-def _unit_piece(alg: CellAlgebra, node: Node, name: str) -> tuple[str, int, int] | None:
-    """(sequence, axis, index) if ``name`` is a length-1 piece of a sequence on one axis."""
-    if node.op == "Slice":
-        ins = node.inputs + [""] * (5 - len(node.inputs))
-        vals = [alg.constant(n) if n else None for n in ins[1:5]]
-        starts, ends, axes, steps = vals
-        if starts is None or ends is None or axes is None or starts.size != 1 or axes.size != 1:
-            return None
-        if steps is not None and int(steps.reshape(-1)[0]) != 1:
-            return None
-        start, end = int(starts.reshape(-1)[0]), int(ends.reshape(-1)[0])
-        if end != start + 1 or (start < 0 <= end):
-            return None
-        return node.inputs[0], int(axes.reshape(-1)[0]), start
-    if node.op == "Split":
-        n = len(node.outputs)
-        if len(node.inputs) > 1 and node.inputs[1]:
-            sizes = alg.constant(node.inputs[1])
-            if sizes is None or sizes.size != n or np.any(sizes != 1):
-                return None
-        elif int(node.attrs.get("num_outputs", n)) != n:
-            return None
-        length = _length(alg, node.inputs[0], int(node.attrs.get("axis", 0)))
-        if length != n and not (len(node.inputs) > 1 and node.inputs[1]):
-            return None
-        return node.inputs[0], int(node.attrs.get("axis", 0)), node.outputs.index(name)
-    return None
-
-
-# Ops whose output has the shape of their (first) input, and Concat: the time length of a
-# sequence passes through them.
-_SHAPE_KEEPING = ("Identity", "Dropout", "Relu", "Tanh", "Sigmoid", "Add", "Sub", "Mul")
-
-
-def _declared(alg: CellAlgebra, name: str, depth: int = 0) -> tuple | None:
-    """What is known of ``name``'s shape: declared, recorded by a rewrite, or carried through
-    shape-keeping ops and Concat from their inputs."""
-    for v in alg.graph.inputs:
-        if v.name == name:
-            return v.type.shape
-    t = alg.types.get(name) or alg.graph.value_types.get(name)
-    if t is not None or depth > 8:
-        return None if t is None else t.shape
-    node = alg.producer.get(name)
-    if node is None or not node.inputs:
-        return None
-    if node.op in _SHAPE_KEEPING:
-        return _declared(alg, node.inputs[0], depth + 1)
-    if node.op != "Concat":
-        return None
-    shapes = [_declared(alg, n, depth + 1) for n in node.inputs]
-    if any(sh is None or len(sh) != len(shapes[0]) for sh in shapes):
-        return None
-    axis = int(node.attrs.get("axis", 0)) % len(shapes[0])
-    dims = list(shapes[0])
-    dims[axis] = None
-    for k in range(len(dims)):
-        if k != axis and any(sh[k] != dims[k] for sh in shapes):
-            dims[k] = None
-    return tuple(dims)
-
-
-def _rank(alg: CellAlgebra, seq: str, step_input: str) -> int | None:
-    shape = _declared(alg, seq)
-    if shape is not None:
-        return len(shape)
-    return 3 if step_input in alg.gemm_leaves else None
-
-
-def _length(alg: CellAlgebra, seq: str, axis: int) -> int | None:
-    shape = _declared(alg, seq)
-    if shape is None or len(shape) != 3:
-        return None
-    dim = shape[_norm(axis)]
-    return dim if isinstance(dim, int) else None
-
-
-def _as_chain(alg: CellAlgebra, steps: list[CellStep]) -> _Chain | None:
-    """The chain, its inputs and weights decided; None unless it can be one node."""
+def _as_chain(alg: CellAlgebra, steps: list[CellStep], closed: bool = True) -> _Chain | None:
+    """The chain, its inputs and weights decided; None unless it can be one node (``closed``
+    False: its region is not checked nor made, the bottom of a stack)."""
     slices: list[tuple[str, int, int]] = []
     for k, s in enumerate(steps):
         others = sorted(s.leaves - {s.h_prev} if s.h_prev else s.leaves)
-        cands = [(n, _time_slice(alg, n)) for n in others]
+        cands = [(n, time_slice(alg, n)) for n in others]
         cands = [(n, t) for n, t in cands if t is not None]
         if s.h_prev is None:  # the head of an LSTM chain: which leaf is the state?
             if len(s.leaves) != 2:
                 return None
             if len(cands) == 2 and k + 1 < len(steps) and slices == []:
-                nxt = [_time_slice(alg, n) for n in steps[k + 1].leaves - {s.h_out}]
+                nxt = [time_slice(alg, n) for n in steps[k + 1].leaves - {s.h_out}]
                 nxt = [t for t in nxt if t is not None]
                 cands = [c for c in cands if nxt and c[1][:2] == nxt[0][:2]]
             elif len(cands) == 2:
-                c_src = _time_slice(alg, s.c_prev or "")
+                c_src = time_slice(alg, s.c_prev or "")
                 cands = [c for c in cands if c_src is None or c[1][0] != c_src[0]]
             if len(cands) != 1:
                 return None
@@ -276,19 +246,25 @@ def _as_chain(alg: CellAlgebra, steps: list[CellStep]) -> _Chain | None:
             return None
         s.x = cands[0][0]
         slices.append(cands[0][1])
-        s.weights = onnx_weights(alg, s, s.x, s.h_prev)
+        if s.x in alg.bare_leaves:  # x_t entered as it is: a timestep of a projection
+            found = through_projection(alg, s, slices[-1])
+            if found is None:
+                return None
+            slices[-1] = found
+        read = ln_lstm_weights if s.cell == LN_LSTM else onnx_weights
+        s.weights = read(alg, s, s.x, s.h_prev)
         if s.weights is None:
             return None
     seq, axis = slices[0][:2]
     if any(t[:2] != (seq, axis) for t in slices):
         return None
-    length = _length(alg, seq, axis)
+    length = seq_length(alg, seq, axis)
     times = [t[2] + length if t[2] < 0 and length is not None else t[2] for t in slices]
     count = len(steps)
     if sorted(times) != list(range(count)) or times not in (sorted(times), sorted(times)[::-1]):
         return None
-    if count > 1 and times[0] > times[1] and length != count:
-        return None  # a reverse chain must start at the sequence's last step
+    if count > 1 and times[0] > times[1] and (length != count or steps[0].cell == LN_LSTM):
+        return None  # a reverse chain must start at the last step (and be an ONNX op's)
     if length is not None and length < count:
         return None
     first = steps[0]
@@ -297,23 +273,33 @@ def _as_chain(alg: CellAlgebra, steps: list[CellStep]) -> _Chain | None:
             return None
         if any(not np.array_equal(a, b) for a, b in zip(s.weights, first.weights)):
             return None
-    region = _region_closed(alg, steps)
+    region = _region_closed(alg, steps) if closed else set()
     if region is None:
         return None
     return _Chain(steps, seq, axis, times, length, region)
 
 
-def _region_closed(alg: CellAlgebra, steps: list[CellStep]) -> set[int] | None:
-    """The chain's nodes if every tensor they make is read only inside the chain, except the
-    hidden states and the last cell state, and no node belongs to two steps; else None."""
+def _region_closed(
+    alg: CellAlgebra,
+    steps: list[CellStep],
+    exposed: set[str | None] | None = None,
+    keep: set[str | None] | None = None,
+) -> set[int] | None:
+    """The chain's nodes if every tensor they make is read only inside the chain, except
+    ``exposed`` (default: the hidden states and the last cell state), and no node belongs to
+    two steps; else None. ``keep``: the chain's inputs (default: the first step's states and
+    every step's x)."""
     region: set[int] = set()
     for s in steps:
         if region & s.nodes:
             return None
         region |= s.nodes
-    exposed = {s.h_out for s in steps} | {steps[-1].c_out}
+    if exposed is None:
+        exposed = {s.h_out for s in steps} | {steps[-1].c_out}
+    if keep is None:
+        keep = {steps[0].h_prev, steps[0].c_prev} | {s.x for s in steps}
     outputs = set(alg.graph.output_names)
-    _absorb_side_reads(alg, steps, region, outputs)
+    _absorb_side_reads(alg, keep, region, outputs)
     for node in alg.graph.nodes:
         if id(node) not in region:
             continue
@@ -326,11 +312,10 @@ def _region_closed(alg: CellAlgebra, steps: list[CellStep]) -> set[int] | None:
 
 
 def _absorb_side_reads(
-    alg: CellAlgebra, steps: list[CellStep], region: set[int], outputs: set[str]
+    alg: CellAlgebra, keep: set[str | None], region: set[int], outputs: set[str]
 ) -> None:
     """Add to ``region`` the nodes only it reads (the Shape arithmetic of torch's ``chunk``,
-    the steps' input slices), except those making the chain's inputs."""
-    keep = {steps[0].h_prev, steps[0].c_prev} | {s.x for s in steps}
+    the steps' input slices), except those making the chain's inputs ``keep``."""
     changed = True
     while changed:
         changed = False
@@ -399,38 +384,17 @@ def _live(nodes: list[Node], needed: set[str]) -> list[Node]:
 
 def _rewrite_chain(alg: CellAlgebra, chain: _Chain, b: _Builder, found: _Found) -> set[int]:
     """Add the chain's node (and its glue) to ``b``; the ids of the nodes it replaces."""
-    steps, first, last = chain.steps, chain.steps[0], chain.steps[-1]
-    region = chain.region
-    w, r, bias = first.weights
-    hidden = r.shape[2]
-    layout = 1 if chain.axis == 1 else 0
-    x = chain.seq
-    if chain.axis == 2:
-        x = b.add("Transpose", [x], perm=[2, 0, 1])
-    if chain.length != len(steps):
-        t_axis = 1 if layout else 0
-        x = b.add("Slice", [x, b.axes(0), b.axes(len(steps)), b.axes(t_axis)])
-    state_axis = 1 if layout else 0  # of initial_h / Y_h: [D, B, H] or [B, D, H]
-    ins = [x, b.const(w, "W"), b.const(r, "R"), b.const(bias, "B"), ""]
-    ins.append(_initial(alg, b, first.h_prev, state_axis))
-    if first.cell == "lstm":
-        ins.append(_initial(alg, b, first.c_prev, state_axis))
-    while ins[-1] == "":
-        ins.pop()
-    reverse = len(steps) > 1 and chain.times[0] > chain.times[1]
-    attrs: dict[str, object] = {"hidden_size": int(hidden), "layout": layout}
-    attrs["direction"] = "reverse" if reverse else "forward"
-    if first.cell == "gru":
-        attrs["linear_before_reset"] = first.linear_before_reset
-    outs = [b.name("Y"), b.name("Y_h")] + ([b.name("Y_c")] if first.cell == "lstm" else [])
-    b.nodes.append(Node(first.cell.upper(), ins, outs, attrs, name=b.name("/cell")))
-    seq = b.add("Squeeze", [outs[0], b.axes(2 if layout else 1)])  # [T, B, H] or [B, T, H]
-    seq_time = 1 if layout else 0
+    steps, region = chain.steps, chain.region
+    if chain.stack is not None:
+        seq, seq_time = _depth_cell(alg, chain, b)
+    elif steps[0].cell == LN_LSTM:
+        seq, seq_time = _native_cell(alg, chain, b)
+    else:
+        seq, seq_time = _onnx_cell(alg, chain, b)
     if chain.length == len(steps) and chain.seq in alg.graph.input_names:
         found.inputs.append((chain.seq, chain.axis))
-    b.add("Squeeze", [outs[1], b.axes(state_axis)], out=last.h_out)
-    if first.cell == "lstm" and last.c_out:
-        b.add("Squeeze", [outs[2], b.axes(state_axis)], out=last.c_out)
+    reverse = len(steps) > 1 and chain.times[0] > chain.times[1]
+    found.last_steps[steps[-1].h_out] = (seq, seq_time, 0 if reverse else -1)
     gone = set(region)
     is_input = chain.seq in alg.graph.input_names
     origin = found.origin.get(chain.seq, chain.seq if is_input else None)
@@ -458,6 +422,96 @@ def _rewrite_chain(alg: CellAlgebra, chain: _Chain, b: _Builder, found: _Found) 
     return gone
 
 
+def _onnx_cell(alg: CellAlgebra, chain: _Chain, b: _Builder) -> tuple[str, int]:
+    """An ONNX LSTM / GRU node over the chain's sequence; (its output sequence [T, B, H] or
+    [B, T, H], which axis is time). The last step's states are made by it too."""
+    steps, first, last = chain.steps, chain.steps[0], chain.steps[-1]
+    w, r, bias = first.weights
+    hidden = r.shape[2]
+    layout = 1 if chain.axis == 1 else 0
+    x = chain.seq
+    if chain.axis == 2:
+        x = b.add("Transpose", [x], perm=[2, 0, 1])
+    if chain.length != len(steps):
+        t_axis = 1 if layout else 0
+        x = b.add("Slice", [x, b.axes(0), b.axes(len(steps)), b.axes(t_axis)])
+    state_axis = 1 if layout else 0  # of initial_h / Y_h: [D, B, H] or [B, D, H]
+    ins = [x, b.const(w, "W"), b.const(r, "R"), b.const(bias, "B"), ""]
+    ins.append(_initial(alg, b, first.h_prev, state_axis))
+    if first.cell == "lstm":
+        ins.append(_initial(alg, b, first.c_prev, state_axis))
+    while ins[-1] == "":
+        ins.pop()
+    reverse = len(steps) > 1 and chain.times[0] > chain.times[1]
+    attrs: dict[str, object] = {"hidden_size": int(hidden), "layout": layout}
+    attrs["direction"] = "reverse" if reverse else "forward"
+    if first.cell == "gru":
+        attrs["linear_before_reset"] = first.linear_before_reset
+    outs = [b.name("Y"), b.name("Y_h")] + ([b.name("Y_c")] if first.cell == "lstm" else [])
+    b.nodes.append(Node(first.cell.upper(), ins, outs, attrs, name=b.name("/cell")))
+    seq = b.add("Squeeze", [outs[0], b.axes(2 if layout else 1)])  # [T, B, H] or [B, T, H]
+    b.add("Squeeze", [outs[1], b.axes(state_axis)], out=last.h_out)
+    if first.cell == "lstm" and last.c_out:
+        b.add("Squeeze", [outs[2], b.axes(state_axis)], out=last.c_out)
+    return seq, 1 if layout else 0
+
+
+def _native_cell(alg: CellAlgebra, chain: _Chain, b: _Builder) -> tuple[str, int]:
+    """The engine's own cell op (one layer) over the chain's sequence, made time-major (the
+    op's layout); (its output sequence [T, B, H], 0). Forward chains only."""
+    steps, first, last = chain.steps, chain.steps[0], chain.steps[-1]
+    if len(steps) > 1 and chain.times[0] > chain.times[1]:
+        raise ValueError("a reverse chain of a native cell")  # _as_chain keeps these out
+    x = _time_major(chain, b)
+    ins = [x, _initial(alg, b, first.h_prev, 0), _initial(alg, b, first.c_prev, 0)]
+    while ins[-1] == "":
+        ins.pop()
+    name = b.name("/cell")
+    attrs = ln_lstm_attrs(first.weights, f"node {name!r} ({NATIVE_OP})")
+    outs = [b.name("Y"), b.name("Y_h"), b.name("Y_c")]
+    b.nodes.append(Node(NATIVE_OP, ins, outs, attrs, name=name))
+    b.add("Squeeze", [outs[1], b.axes(0)], out=last.h_out)  # [1, B, H]: one layer
+    if last.c_out:
+        b.add("Squeeze", [outs[2], b.axes(0)], out=last.c_out)
+    return outs[0], 0
+
+
+def _time_major(chain: _Chain, b: _Builder) -> str:
+    """The chain's sequence (T, B, I), as the engine's cell ops read it."""
+    x = chain.seq
+    if chain.axis:
+        x = b.add("Transpose", [x], perm=[1, 0, 2] if chain.axis == 1 else [2, 0, 1])
+    if chain.length != len(chain.steps):
+        x = b.add("Slice", [x, b.axes(0), b.axes(len(chain.steps)), b.axes(0)])
+    return x
+
+
+def _depth_cell(alg: CellAlgebra, chain: _Chain, b: _Builder) -> tuple[str, int]:
+    """The engine's DepthGatedLSTM op over a whole stack; (its top sequence [T, B, H], 0).
+    Each layer's last h and c are read from the op's final states (L, B, H)."""
+    assert chain.stack is not None and chain.weights is not None
+    ins = [_time_major(chain, b)]
+    heads = [steps[0] for steps in chain.stack]
+    for attr in ("h_prev", "c_prev"):
+        names = [getattr(h, attr) for h in heads]
+        if all(_is_zero(alg, n) for n in names):
+            ins.append("")
+        else:
+            ins.append(b.add("Concat", [_initial(alg, b, n, 0) for n in names], axis=0))
+    while ins[-1] == "":
+        ins.pop()
+    name = b.name("/cell")
+    attrs = stack_attrs(chain.weights, f"node {name!r} ({DG_OP})")
+    outs = [b.name("Y"), b.name("Y_h"), b.name("Y_c")]
+    b.nodes.append(Node(DG_OP, ins, outs, attrs, name=name))
+    for layer, steps in enumerate(chain.stack):
+        index = b.const(np.array(layer, np.int64), "layer")
+        b.add("Gather", [outs[1], index], out=steps[-1].h_out, axis=0)
+        if steps[-1].c_out:
+            b.add("Gather", [outs[2], index], out=steps[-1].c_out, axis=0)
+    return outs[0], 0
+
+
 def _perm(src: int, dst: int) -> list[int]:
     """The Transpose perm moving axis ``src`` of a 3-D tensor to ``dst``, others in order."""
     rest = [a for a in range(3) if a != src]
@@ -478,7 +532,8 @@ def _initial(alg: CellAlgebra, b: _Builder, name: str | None, axis: int) -> str:
 
 
 def _join(alg: CellAlgebra, chain: _Chain, region: set[int]) -> tuple[Node, int, list] | None:
-    """(Concat, axis, its Unsqueezes) if the hidden states are stacked in time order."""
+    """(Concat, axis, its Unsqueezes read by it alone) if the hidden states are stacked in
+    time order."""
     by_time = {s.h_out: t for s, t in zip(chain.steps, chain.times)}
     count = len(chain.steps)
     for reader in alg.consumers.get(chain.steps[0].h_out, []):
@@ -488,20 +543,19 @@ def _join(alg: CellAlgebra, chain: _Chain, region: set[int]) -> tuple[Node, int,
         users = alg.consumers.get(reader.outputs[0], [])
         if axes is None or axes.size != 1 or len(users) != 1 or users[0].op != "Concat":
             continue
-        concat, axis = users[0], _norm(int(axes.reshape(-1)[0]))
-        if _norm(int(concat.attrs.get("axis", 0))) != axis or len(concat.inputs) != count:
+        concat, axis = users[0], norm_axis(int(axes.reshape(-1)[0]))
+        if norm_axis(int(concat.attrs.get("axis", 0))) != axis or len(concat.inputs) != count:
             continue
         unsqueezes = [alg.producer.get(n) for n in concat.inputs]
         ok = all(
             u is not None
             and u.op == "Unsqueeze"
             and by_time.get(u.inputs[0]) == t
-            and alg.single_use(u.outputs[0])
             and np.array_equal(alg.constant(u.inputs[1]), axes)
             for t, u in enumerate(unsqueezes)
         )
-        if ok:
-            return concat, axis, unsqueezes
+        if ok:  # an Unsqueeze read elsewhere too (an exporter shares one) stays
+            return concat, axis, [u for u in unsqueezes if alg.single_use(u.outputs[0])]
     return None
 
 
@@ -513,7 +567,12 @@ def _seq_type(length: int, axis: int) -> TensorType:
 
 def _relax_time(graph: Graph, found: _Found) -> Graph:
     """Declare the time axis symbolic on sequence inputs that only re-rolled nodes read, and
-    on the stacked outputs of the chains over them."""
+    on the stacked outputs of the chains over them. Not when a hidden state of a fixed
+    timestep is still read (a Gather the rewrite added): at another length it would be a
+    different step."""
+    fixed = [n for n in graph.nodes if n.op == "Gather" and n.name.startswith(PREFIX)]
+    if any(n.inputs[0] in found.types for n in fixed):  # (not a layer of final states)
+        return graph
     readers: dict[str, list[Node]] = {}
     for node in graph.nodes:
         for n in node.inputs:
