@@ -12,6 +12,7 @@ import numpy as np
 
 from lstm_infer import _engine
 from lstm_infer.compile.step_buffers import Buf, NotCompiled, StepContext
+from lstm_infer.compile.step_lower_conv_pool import fusable_pool, lower_conv_pool
 from lstm_infer.ops.base import attr_int, attr_str
 from lstm_infer.ops.conv import ACTIVATION_ATTR
 from lstm_infer.ops.pool import window_counts
@@ -113,10 +114,11 @@ def conv(ctx: StepContext, node: Any, state: Any) -> None:
     ih, iw = x.shape[2:] if two_d else (1, x.shape[2])
     (pt, pl), (pb, pr) = (r.begin, r.end) if two_d else ((0, r.begin[0]), (0, r.end[0]))
     hp, wp = ih + pt + pb, iw + pl + pr
-    y = ctx.out(node)
     act = UNARY_RELU if attr_str(node, ACTIVATION_ATTR) == "Relu" else UNARY_NONE
     w = ctx.b.constant(state.rows)
     bias = None if state.bias is None else ctx.b.constant(state.bias)
+    direct = state.packed is not None and sw == 1 and ow >= DIRECT_MIN_WIDTH
+    pooled = fusable_pool(ctx, node, ctx.shapes[node.outputs[0]]) if direct else None
     # A causal convolution in a time-axis stream: its left padding holds the last pl input
     # frames of the previous chunk (zeros after a reset), carried in a region of their own.
     causal = ctx.carry_state and ctx.time_axes.get(node.inputs[0]) == len(x.shape) - 1 and pl
@@ -127,6 +129,11 @@ def conv(ctx: StepContext, node: Any, state: Any) -> None:
         ctx.b.copy(xp, x, (batch * c, ih, iw), (hp * wp, wp, 1), (ih * iw, iw, 1), pt * wp + pl, 0)
     else:
         xp = x
+    if pooled is not None:  # causal convolutions never fuse (streams carry no pool)
+        lower_conv_pool(ctx, state, xp, (batch, c, hp, wp, m, group),
+                        (kh, kw, sh, dh, dw, oh, ow), act == UNARY_RELU, bias, pooled)  # fmt: skip
+        return
+    y = ctx.out(node)
     if causal:
         rows = batch * c * hp
         history = ctx.b.region((batch, c * hp, pl))  # batch first: a pool gathers sessions
@@ -139,10 +146,12 @@ def conv(ctx: StepContext, node: Any, state: Any) -> None:
         )
         ctx.b.copy(xp, history, (rows, pl), (wp, 1), (pl, 1))
     window = (kh, kw, sh, sw, dh, dw, oh, ow)
-    if state.packed is not None and sw == 1 and ow >= DIRECT_MIN_WIDTH:
+    if direct:
         _conv_direct(ctx, node, state, xp, y, (batch, c, hp, wp, m, group), r, act, bias)
-    elif state.packed is not None and oh * ow >= DIRECT_MIN_WIDTH and not _reads_in_place(
-        c // group, hp, window
+    elif (
+        state.packed is not None
+        and oh * ow >= DIRECT_MIN_WIDTH
+        and not _reads_in_place(c // group, hp, window)
     ):
         _conv_strided_direct(ctx, state, xp, y, (batch, c, hp, wp, m, group), window, act, bias)
     else:
