@@ -12,49 +12,62 @@
 #define CONV_NV (VW == 16 ? 4 : 2)
 #endif
 
-/* One tile: positions [p0, p0 + np) of an output row (np <= CONV_NV * VW), channels
- * [0, mr) of the tile whose packed weights are wp ([K][LI_CONV_MR]). */
-static void conv_tile_simd(const float *const *rows, int K, const float *wp, int p0, int np,
-                           const float *bias, int mr, float *y, size_t ldy, int relu) {
+/* One tile: positions [p0, p0 + (nv - 1) * VW + tail) of an output row, channels [0, mr)
+ * of the tile whose packed weights are wp ([K][LI_CONV_MR]); nv (1..CONV_NV) vectors, the
+ * last one tail (1..VW) lanes wide. Inlined with nv constant at every call, so each width
+ * gets its own fully unrolled loop (the accumulators stay in registers) and a narrow tile
+ * (a streamed chunk of a few frames) does the fmas of its own vectors only. */
+static inline __attribute__((always_inline)) void conv_tile_nv(
+    const float *const *rows, int K, const float *wp, int p0, const int nv, const int tail,
+    const float *bias, int mr, float *y, size_t ldy, int relu) {
     vf acc[LI_CONV_MR][CONV_NV];
     for (int i = 0; i < LI_CONV_MR; ++i) {
         const vf b = v_set1(bias && i < mr ? bias[i] : 0.0f);
-        for (int j = 0; j < CONV_NV; ++j) acc[i][j] = b;
+        for (int j = 0; j < nv; ++j) acc[i][j] = b;
     }
-    if (np == CONV_NV * VW) {
-        for (int k = 0; k < K; ++k) {
-            const float *src = rows[k] + p0;
-            const float *w = wp + (size_t)k * LI_CONV_MR;
-            vf xv[CONV_NV];
-            for (int j = 0; j < CONV_NV; ++j) xv[j] = v_load(src + j * VW);
-            for (int i = 0; i < LI_CONV_MR; ++i) {
-                const vf wv = v_set1(w[i]);
-                for (int j = 0; j < CONV_NV; ++j) acc[i][j] = v_fmadd(wv, xv[j], acc[i][j]);
-            }
-        }
-    } else { /* the row's last, partial tile: masked loads past np (nothing read beyond) */
-        for (int k = 0; k < K; ++k) {
-            const float *src = rows[k] + p0;
-            const float *w = wp + (size_t)k * LI_CONV_MR;
-            vf xv[CONV_NV];
-            for (int j = 0; j < CONV_NV; ++j) {
-                const int n = np - j * VW;
-                xv[j] = n >= VW ? v_load(src + j * VW) : n > 0 ? v_load_n(src + j * VW, n)
-                                                                : v_zero();
-            }
-            for (int i = 0; i < LI_CONV_MR; ++i) {
-                const vf wv = v_set1(w[i]);
-                for (int j = 0; j < CONV_NV; ++j) acc[i][j] = v_fmadd(wv, xv[j], acc[i][j]);
-            }
+    for (int k = 0; k < K; ++k) {
+        const float *src = rows[k] + p0;
+        const float *w = wp + (size_t)k * LI_CONV_MR;
+        vf xv[CONV_NV];
+        for (int j = 0; j < nv - 1; ++j) xv[j] = v_load(src + j * VW);
+        /* the last vector reads tail lanes only: nothing past the row's end is touched */
+        xv[nv - 1] = tail == VW ? v_load(src + (nv - 1) * VW)
+                                : v_load_n(src + (nv - 1) * VW, tail);
+        for (int i = 0; i < LI_CONV_MR; ++i) {
+            const vf wv = v_set1(w[i]);
+            for (int j = 0; j < nv; ++j) acc[i][j] = v_fmadd(wv, xv[j], acc[i][j]);
         }
     }
     for (int i = 0; i < mr; ++i)
-        for (int j = 0; j < CONV_NV; ++j) {
-            const int n = np - j * VW;
+        for (int j = 0; j < nv; ++j) {
             /* max(0, acc): x86 max returns its second operand when one is NaN */
             const vf v = relu ? v_max(v_zero(), acc[i][j]) : acc[i][j];
-            if (n > 0) st(y + (size_t)i * ldy + p0 + j * VW, v, n);
+            st(y + (size_t)i * ldy + p0 + j * VW, v, j < nv - 1 ? VW : tail);
         }
+}
+
+/* One tile of np (1..CONV_NV * VW) positions: the full width, or a row's last, partial
+ * tile, each on its own unrolled copy of the loop. */
+static void conv_tile_simd(const float *const *rows, int K, const float *wp, int p0, int np,
+                           const float *bias, int mr, float *y, size_t ldy, int relu) {
+    if (np == CONV_NV * VW) {
+        conv_tile_nv(rows, K, wp, p0, CONV_NV, VW, bias, mr, y, ldy, relu);
+        return;
+    }
+    const int nv = (np + VW - 1) / VW, tail = np - (nv - 1) * VW;
+    switch (nv) {
+    case 1: conv_tile_nv(rows, K, wp, p0, 1, tail, bias, mr, y, ldy, relu); break;
+#if CONV_NV >= 2
+    case 2: conv_tile_nv(rows, K, wp, p0, 2, tail, bias, mr, y, ldy, relu); break;
+#endif
+#if CONV_NV >= 3
+    case 3: conv_tile_nv(rows, K, wp, p0, 3, tail, bias, mr, y, ldy, relu); break;
+#endif
+#if CONV_NV >= 4
+    case 4: conv_tile_nv(rows, K, wp, p0, 4, tail, bias, mr, y, ldy, relu); break;
+#endif
+    default: break; /* np <= CONV_NV * VW by the caller */
+    }
 }
 
 static void conv2d_simd(const float *x, size_t xcs, size_t xrs, int C, int KH, int KW, int sh,
@@ -76,9 +89,19 @@ static void conv2d_simd(const float *x, size_t xcs, size_t xrs, int C, int KH, i
             const int mr = M - m0 < LI_CONV_MR ? M - m0 : LI_CONV_MR;
             const float *wp = wpack + (size_t)t * K * LI_CONV_MR;
             float *yt = y + (size_t)m0 * ldy + (size_t)oh * OW;
-            for (int p0 = 0; p0 < OW; p0 += P)
-                conv_tile_simd(rows, K, wp, p0, OW - p0 < P ? OW - p0 : P,
-                               bias ? bias + m0 : 0, mr, yt, ldy, relu);
+            for (int p0 = 0; p0 < OW; p0 += P) {
+                int np = OW - p0 < P ? OW - p0 : P;
+                /* A row's partial last span, in a row at least one span wide, runs as the
+                 * full span ending at the row's end: the positions it shares with the span
+                 * before are computed again, to the same bits (same terms, same order), and
+                 * stored again. Measured on Zen 5: the masked loads of a partial span ran
+                 * it at a third of the fma rate (a row of 124 took twice as long as 128). */
+                if (np < P && OW >= P) {
+                    p0 = OW - P;
+                    np = P;
+                }
+                conv_tile_simd(rows, K, wp, p0, np, bias ? bias + m0 : 0, mr, yt, ldy, relu);
+            }
         }
     }
 }

@@ -392,7 +392,13 @@ from lstm_infer.ops.conv import _pack_direct  # noqa: E402
 @pytest.mark.parametrize("isa", _engine.available_isas())
 @pytest.mark.parametrize(
     ("c", "kh", "kw", "sh", "dh", "dw", "oh", "ow", "m"),
-    [(3, 3, 3, 1, 1, 1, 5, 70, 7), (4, 1, 3, 1, 1, 2, 1, 125, 13), (2, 2, 3, 2, 2, 1, 3, 17, 5)],
+    [
+        (3, 3, 3, 1, 1, 1, 5, 70, 7),
+        (4, 1, 3, 1, 1, 2, 1, 125, 13),
+        (2, 2, 3, 2, 2, 1, 3, 17, 5),
+        (3, 1, 3, 1, 1, 1, 2, 124, 8),  # the last span overlaps the one before
+        (2, 1, 1, 1, 1, 1, 1, 48, 6),  # whole vectors, short of a span
+    ],
 )
 def test_direct_conv_kernel_every_table(isa, c, kh, kw, sh, dh, dw, oh, ow, m, rng) -> None:
     hp, wp = (oh - 1) * sh + (kh - 1) * dh + 1, ow + (kw - 1) * dw

@@ -283,6 +283,12 @@ class StepContext:
         self.carry_state = False
         self.time_axes: dict[str, int | None] = {}
         self._const_bufs: dict[str, Buf] = {}
+        # tensor name -> the nodes reading it, and the graph's outputs: a lowering that
+        # fuses a node into the one before it checks it is the only reader
+        self.readers: dict[str, list[Any]] = {}
+        self.graph_outputs: set[str] = set()
+        # ids of the nodes an earlier lowering already emitted the records of
+        self.lowered: set[int] = set()
 
     def const(self, name: str) -> np.ndarray | None:
         return self.consts.get(name) if name else None

@@ -137,7 +137,14 @@ class CompiledStep:
         ctx = StepContext(b, shapes, dtypes, program.constants)
         ctx.carry_state = carry_state
         ctx.time_axes = dict(time_axes or {})
+        ctx.graph_outputs = set(program.graph.output_names)
         for step in program.steps:
+            for name in step.node.inputs:
+                if name:
+                    ctx.readers.setdefault(name, []).append(step.node)
+        for step in program.steps:
+            if id(step.node) in ctx.lowered:
+                continue  # its records came with the node before (a fused pair)
             lower = LOWERINGS.get(step.node.op)
             if lower is None:
                 raise NotCompiled(f"{step.node.label}: no step lowering for {step.node.op}")

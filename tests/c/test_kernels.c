@@ -863,8 +863,8 @@ static void test_activation_array(const li_kernels *kern) {
 
 /* ---- li_conv2d_fn ------------------------------------------------------------------------ */
 
-/* Against a double reference of its formula: odd output widths (partial tiles), channel
- * counts around LI_CONV_MR, strides/dilations, a 1-D case; the input allocated to exactly
+/* Against a double reference of its formula: odd output widths (partial tiles; a row's
+ * last span recomputed over the one before), channel counts around LI_CONV_MR, strides/dilations, a 1-D case; the input allocated to exactly
  * the extent the windows reach (ASan sees any read past it) and canaries in y's row gaps and
  * past its last row (nothing else written). */
 static void test_conv2d(const li_kernels *kern) {
@@ -873,6 +873,10 @@ static void test_conv2d(const li_kernels *kern) {
         {1, 3, 3, 1, 1, 1, 4, 64, 6},  {3, 3, 3, 1, 1, 1, 5, 70, 7},  {2, 2, 3, 2, 2, 1, 3, 17, 5},
         {4, 1, 3, 1, 1, 2, 1, 125, 13}, {5, 1, 1, 1, 1, 1, 1, 9, 1},  {2, 3, 2, 1, 1, 3, 2, 33, 12},
         {1, 1, 5, 1, 1, 1, 1, 7, 19},
+        /* a row one vector past a span (the last span overlaps the one before), a row of
+         * whole vectors short of a span, rows just past one and two spans */
+        {3, 2, 2, 1, 1, 1, 2, 124, 8}, {2, 1, 3, 1, 1, 1, 3, 48, 6},  {1, 3, 3, 1, 1, 1, 2, 65, 6},
+        {2, 1, 1, 1, 1, 1, 1, 129, 7},
     };
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ++ci) {
         const int *k = cases[ci];
