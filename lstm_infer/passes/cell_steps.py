@@ -59,9 +59,11 @@ def _argument(alg: CellAlgebra, activation: str) -> str:
     return alg.producer[activation].inputs[0]
 
 
-def match_lstm(alg: CellAlgebra, tanh_node: Node) -> CellStep | None:
-    """The LSTM step whose ``tanh(c_t)`` is ``tanh_node``, or None."""
-    tanh_c, c = tanh_node.outputs[0], tanh_node.inputs[0]
+def output_gate(alg: CellAlgebra, tanh_node: Node) -> tuple[str, str, set[int]] | None:
+    """``(h, o, nodes)`` when the one reader of ``tanh_node``'s output is the LSTM-style
+    output ``h = o * tanh(c)`` with ``o`` a sigmoid atom (``nodes``: those read so far), else
+    None. Shared by every LSTM-like cell's matcher (plain, layer-normalised, depth-gated)."""
+    tanh_c = tanh_node.outputs[0]
     readers = alg.consumers.get(tanh_c, [])
     if len(readers) != 1 or readers[0].op != "Mul" or not alg.single_use(tanh_c):
         return None
@@ -74,6 +76,16 @@ def match_lstm(alg: CellAlgebra, tanh_node: Node) -> CellStep | None:
     o = _other(mono, tanh_c)
     if coef != 1.0 or o is None or alg.atom_kind(o) != "sigmoid":
         return None
+    return h, o, nodes
+
+
+def match_lstm(alg: CellAlgebra, tanh_node: Node) -> CellStep | None:
+    """The LSTM step whose ``tanh(c_t)`` is ``tanh_node``, or None."""
+    head = output_gate(alg, tanh_node)
+    if head is None:
+        return None
+    h, o, nodes = head
+    c = tanh_node.inputs[0]
     pc = alg.poly(c, nodes)
     terms = None if pc is None else lstm_cell_terms(alg, pc)
     if terms is None:

@@ -23,7 +23,7 @@ import numpy as np
 from lstm_infer.cells import CELLS
 from lstm_infer.graph import Node
 from lstm_infer.passes.cell_algebra import CellAlgebra, Poly
-from lstm_infer.passes.cell_steps import LSTM_GATES, CellStep, resolve
+from lstm_infer.passes.cell_steps import LSTM_GATES, CellStep, output_gate, resolve
 
 DG_LSTM = "dg_lstm"  # CellStep.cell of a depth-gated layer's step
 NATIVE_OP = "DepthGatedLSTM"
@@ -36,19 +36,11 @@ def _kinds(alg: CellAlgebra, mono: tuple[str, ...]) -> dict[str, str]:
 
 def match_dg_lstm(alg: CellAlgebra, tanh_node: Node) -> CellStep | None:
     """The depth-gated layer's step whose ``tanh(c)`` is ``tanh_node``, or None."""
-    tanh_c, c = tanh_node.outputs[0], tanh_node.inputs[0]
-    readers = alg.consumers.get(tanh_c, [])
-    if len(readers) != 1 or readers[0].op != "Mul" or not alg.single_use(tanh_c):
+    head = output_gate(alg, tanh_node)
+    if head is None:
         return None
-    h = readers[0].outputs[0]
-    nodes: set[int] = set()
-    ph = alg.poly(h, nodes)
-    if ph is None or len(ph) != 1 or list(ph.values()) != [1.0]:
-        return None
-    ((mono,),) = [ph.keys()]
-    o = next((a for a in mono if a != tanh_c), None) if tanh_c in mono and len(mono) == 2 else None
-    if o is None or alg.atom_kind(o) != "sigmoid":
-        return None
+    h, o, nodes = head
+    c = tanh_node.inputs[0]
     pc = alg.poly(c, nodes)
     if pc is None or len(pc) != 3 or any(v != 1.0 or len(m) != 2 for m, v in pc.items()):
         return None

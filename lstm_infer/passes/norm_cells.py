@@ -29,7 +29,7 @@ import numpy as np
 from lstm_infer.cells import CELLS
 from lstm_infer.graph import Node
 from lstm_infer.passes.cell_algebra import CellAlgebra
-from lstm_infer.passes.cell_steps import CellStep, lstm_cell_terms, resolve
+from lstm_infer.passes.cell_steps import CellStep, lstm_cell_terms, output_gate, resolve
 
 LN_LSTM = "ln_lstm"  # CellStep.cell of a layer-normalised LSTM step
 NATIVE_OP = "LayerNormLSTM"
@@ -246,19 +246,11 @@ def _block(alg: CellAlgebra, name: str) -> tuple[str, int, int, Node] | None:
 
 def match_ln_lstm(alg: CellAlgebra, tanh_node: Node) -> CellStep | None:
     """The layer-normalised LSTM step whose ``tanh(c')`` is ``tanh_node``, or None."""
-    tanh_c, c_new = tanh_node.outputs[0], tanh_node.inputs[0]
-    readers = alg.consumers.get(tanh_c, [])
-    if len(readers) != 1 or readers[0].op != "Mul" or not alg.single_use(tanh_c):
+    head = output_gate(alg, tanh_node)
+    if head is None:
         return None
-    h = readers[0].outputs[0]
-    nodes: set[int] = set()
-    ph = alg.poly(h, nodes)
-    if ph is None or len(ph) != 1:
-        return None
-    ((mono, coef),) = ph.items()
-    o = next((a for a in mono if a != tanh_c), None) if tanh_c in mono and len(mono) == 2 else None
-    if coef != 1.0 or o is None or alg.atom_kind(o) != "sigmoid":
-        return None
+    h, o, nodes = head
+    c_new = tanh_node.inputs[0]
     cell_norm = read_layer_norm(alg, c_new)
     if cell_norm is None:
         return None
