@@ -165,3 +165,15 @@ def topological_order(nodes: Iterable[Node], available: Iterable[str]) -> list[N
             )
         pending = rest
     return ordered
+
+
+def live_nodes(nodes: list[Node], needed: Iterable[str]) -> list[Node]:
+    """The nodes of a topologically ordered list that some tensor of ``needed`` depends on,
+    in their order (what a rewrite keeps once it has replaced others)."""
+    want = set(needed)
+    keep = []
+    for node in reversed(nodes):
+        if any(o in want for o in node.outputs if o):
+            keep.append(node)
+            want.update(n for n in node.inputs if n)
+    return keep[::-1]

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lstm_infer.errors import LstmInferError
-from lstm_infer.graph import Graph, Node, topological_order
+from lstm_infer.graph import Graph, Node, live_nodes, topological_order
 from lstm_infer.ops.control import OWN_INPUTS
 from lstm_infer.passes.cell_algebra import CellAlgebra
 from lstm_infer.passes.cell_steps import CellStep
@@ -98,19 +98,10 @@ def _replace(graph: Graph) -> Graph:
     gone = {id(c.loop) for c in cells}
     kept = [n for n in graph.nodes if id(n) not in gone] + added
     nodes = topological_order(kept, [v.name for v in graph.inputs] + list(consts))
-    nodes = _live(nodes, set(graph.output_names))
+    nodes = live_nodes(nodes, set(graph.output_names))
     used = {n for node in nodes for n in node.inputs} | set(graph.output_names)
     consts = {n: v for n, v in consts.items() if n in used}
     return Graph(list(graph.inputs), list(graph.outputs), nodes, consts, dict(graph.value_types))
-
-
-def _live(nodes: list[Node], needed: set[str]) -> list[Node]:
-    keep = []
-    for node in reversed(nodes):
-        if any(o in needed for o in node.outputs if o):
-            keep.append(node)
-            needed.update(n for n in node.inputs if n)
-    return keep[::-1]
 
 
 # Ops whose output has exactly the shape of their first input (whatever the other inputs;

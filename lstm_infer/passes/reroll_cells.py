@@ -27,12 +27,20 @@ is left as it was (the unrolled nodes run as before).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from lstm_infer.errors import LstmInferError
-from lstm_infer.graph import Graph, Node, TensorType, ValueInfo, topological_order
+from lstm_infer.graph import (
+    Graph,
+    Node,
+    TensorType,
+    ValueInfo,
+    live_nodes,
+    topological_order,
+)
 from lstm_infer.passes.cell_algebra import ZERO, CellAlgebra
 from lstm_infer.passes.cell_steps import (
     CellStep,
@@ -366,20 +374,11 @@ def _rewrite(alg: CellAlgebra, chains: list[_Chain], round_: int, found: _Found)
         added += b.nodes
     kept = [n for n in g.nodes if id(n) not in removed] + added
     inputs = [v.name for v in g.inputs] + list(consts)
-    nodes = _live(topological_order(kept, inputs), set(g.output_names))
+    nodes = live_nodes(topological_order(kept, inputs), set(g.output_names))
     used = {n for node in nodes for n in node.inputs} | set(g.output_names)
     consts = {n: v for n, v in consts.items() if n in used}
     types = {n: t for n, t in g.value_types.items() if n in used}
     return Graph(list(g.inputs), list(g.outputs), nodes, consts, types)
-
-
-def _live(nodes: list[Node], needed: set[str]) -> list[Node]:
-    keep = []
-    for node in reversed(nodes):
-        if any(o in needed for o in node.outputs if o):
-            keep.append(node)
-            needed.update(n for n in node.inputs if n)
-    return keep[::-1]
 
 
 def _rewrite_chain(alg: CellAlgebra, chain: _Chain, b: _Builder, found: _Found) -> set[int]:
@@ -464,16 +463,23 @@ def _native_cell(alg: CellAlgebra, chain: _Chain, b: _Builder) -> tuple[str, int
         raise ValueError("a reverse chain of a native cell")  # _as_chain keeps these out
     x = _time_major(chain, b)
     ins = [x, _initial(alg, b, first.h_prev, 0), _initial(alg, b, first.c_prev, 0)]
-    while ins[-1] == "":
-        ins.pop()
-    name = b.name("/cell")
-    attrs = ln_lstm_attrs(first.weights, f"node {name!r} ({NATIVE_OP})")
-    outs = [b.name("Y"), b.name("Y_h"), b.name("Y_c")]
-    b.nodes.append(Node(NATIVE_OP, ins, outs, attrs, name=name))
+    outs = _cell_node(b, NATIVE_OP, ins, lambda where: ln_lstm_attrs(first.weights, where))
     b.add("Squeeze", [outs[1], b.axes(0)], out=last.h_out)  # [1, B, H]: one layer
     if last.c_out:
         b.add("Squeeze", [outs[2], b.axes(0)], out=last.c_out)
     return outs[0], 0
+
+
+def _cell_node(b: _Builder, op: str, ins: list[str], attrs_of: Callable[[str], dict]) -> list[str]:
+    """Append one engine cell node ``op`` reading ``ins`` (trailing unused inputs dropped),
+    its attributes from ``attrs_of(where)`` (``where`` names the node for errors); returns
+    its outputs Y, Y_h, Y_c."""
+    while ins and ins[-1] == "":
+        ins.pop()
+    name = b.name("/cell")
+    outs = [b.name("Y"), b.name("Y_h"), b.name("Y_c")]
+    b.nodes.append(Node(op, ins, outs, attrs_of(f"node {name!r} ({op})"), name=name))
+    return outs
 
 
 def _time_major(chain: _Chain, b: _Builder) -> str:
@@ -498,12 +504,8 @@ def _depth_cell(alg: CellAlgebra, chain: _Chain, b: _Builder) -> tuple[str, int]
             ins.append("")
         else:
             ins.append(b.add("Concat", [_initial(alg, b, n, 0) for n in names], axis=0))
-    while ins[-1] == "":
-        ins.pop()
-    name = b.name("/cell")
-    attrs = stack_attrs(chain.weights, f"node {name!r} ({DG_OP})")
-    outs = [b.name("Y"), b.name("Y_h"), b.name("Y_c")]
-    b.nodes.append(Node(DG_OP, ins, outs, attrs, name=name))
+    weights = chain.weights
+    outs = _cell_node(b, DG_OP, ins, lambda where: stack_attrs(weights, where))
     for layer, steps in enumerate(chain.stack):
         index = b.const(np.array(layer, np.int64), "layer")
         b.add("Gather", [outs[1], index], out=steps[-1].h_out, axis=0)
