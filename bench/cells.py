@@ -48,7 +48,7 @@ BENCH = Path(__file__).resolve().parent
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
-from compare import time_interleaved, write_results  # noqa: E402
+from compare import ort_session, time_interleaved, write_results  # noqa: E402
 
 import lstm_infer  # noqa: E402
 
@@ -85,13 +85,7 @@ def _cells() -> dict[str, CellBench]:
 
 
 def _ort(data: bytes):  # noqa: ANN202
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+    return ort_session(data, 1)  # one thread, like every engine here
 
 
 def _step_module(module, count: int):  # noqa: ANN001, ANN202

@@ -27,7 +27,7 @@ for path in (BENCH, BENCH.parent / "tests"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from compare import time_interleaved, write_results  # noqa: E402
+from compare import ort_session, time_interleaved, write_results  # noqa: E402
 from loop_cell_builders import cell_loop  # noqa: E402
 
 import lstm_infer  # noqa: E402
@@ -42,13 +42,7 @@ CASES = {
 
 
 def _ort(data: bytes):  # noqa: ANN202
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+    return ort_session(data, 1)  # one thread, like every engine here
 
 
 def row(label: str, cell: str, opts: dict, args: argparse.Namespace) -> dict:

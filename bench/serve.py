@@ -271,9 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for n in args.sessions:
         row = {
             "kind": "paced",
-            **paced_latency(
-                model, n, args.paced_frames, args.frame_ms / 1e3, xs, args.max_wait_us
-            ),
+            **paced_latency(model, n, args.paced_frames, args.frame_ms / 1e3, xs, args.max_wait_us),
         }
         rows.append(row)
         print(
