@@ -1219,6 +1219,61 @@ def test_absurd_constant_subgraph_is_refused_before_allocating(op: str, elements
     refused(lstm_graph(tail, inits), error=REFUSALS)
 
 
+RANK_BOMB = 40  # past numpy's 32-dimension limit on broadcasting (its RuntimeError leaked)
+
+
+@pytest.mark.parametrize("op", ["Expand", "Add"])
+def test_a_constant_of_absurd_rank_is_refused_at_load(op: str) -> None:
+    """Regression: folding a rank-40 broadcast raised numpy's bare RuntimeError at load."""
+    make = helper.make_node
+    ones = np.ones((1,) * (RANK_BOMB - 1) + (2,), np.float32)
+    node = (
+        make("Expand", ["one", "shape"], ["big"])
+        if op == "Expand"
+        else make("Add", ["one", "ones"], ["big"])
+    )
+    inits = {
+        "one": np.ones(1, np.float32),
+        "shape": np.array([1] * (RANK_BOMB - 1) + [2], np.int64),
+        "ones": ones,
+    }
+    refused(
+        lstm_graph([node, make("Add", ["Ys", "big"], ["out"])], inits),
+        match="rank|dimensions",
+        error=REFUSALS,
+    )
+
+
+@pytest.mark.parametrize(("op", "arity"), [("Add", 2), ("Max", 3), ("Sum", 3), ("Where", 3)])
+def test_a_feed_of_absurd_rank_is_refused_naming_the_node(op: str, arity: int) -> None:
+    """Regression: a rank-40 feed into a broadcasting op raised numpy's bare RuntimeError."""
+    names = [f"in{k}" for k in range(arity)]
+    condition = op == "Where"
+    inputs = [
+        helper.make_tensor_value_info(
+            n, TensorProto.BOOL if condition and k == 0 else TensorProto.FLOAT, None
+        )
+        for k, n in enumerate(names)
+    ]
+    graph = helper.make_graph(
+        [helper.make_node(op, names, ["y"], name="broadcast")],
+        "g",
+        inputs,
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    model = lstm_infer.load(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    )
+    shape = (1,) * RANK_BOMB
+    feeds = {
+        n: np.ones(shape, bool if condition and k == 0 else np.float32) for k, n in enumerate(names)
+    }
+    with pytest.raises(InputError, match=f"broadcast.*rank {RANK_BOMB}"):
+        model.run(feeds)
+    small = {n: v.reshape(1) for n, v in feeds.items()}
+    assert model.run(small)["y"].shape == (1,)  # the model still runs
+
+
 def test_lstm_output_through_identity_keeps_its_shape() -> None:
     """Regression: the lowering dropped the num_directions axis of Y behind an Identity."""
     require("onnxruntime")

@@ -217,5 +217,24 @@ def check_elements(node: Any, shape: Sequence[int], what: str = "output") -> Non
             )
 
 
+def broadcast_shape(node: Any, *shapes: Sequence[int], what: str = "output") -> tuple[int, ...]:
+    """The broadcast of ``shapes``, checked like :func:`check_elements`: InputError naming
+    the node for shapes that do not broadcast, ranks past MAX_RANK (numpy itself raises a
+    bare RuntimeError past 32) or too many elements."""
+    for shape in shapes:
+        if len(shape) > MAX_RANK:
+            raise InputError(
+                f"{node.label}: an input of rank {len(shape)}: at most {MAX_RANK} dimensions "
+                "are supported"
+            )
+    try:
+        out = np.broadcast_shapes(*(tuple(shape) for shape in shapes))
+    except ValueError:
+        listed = " and ".join(str(tuple(shape)) for shape in shapes)
+        raise InputError(f"{node.label}: shapes {listed} do not broadcast") from None
+    check_elements(node, out, what)
+    return out
+
+
 def float_like(arr: np.ndarray) -> bool:
     return arr.dtype.kind == "f"

@@ -19,7 +19,7 @@ from lstm_infer.ops.base import (
     allowed_attrs,
     attr_float,
     attr_int,
-    check_elements,
+    broadcast_shape,
     op,
 )
 
@@ -137,13 +137,7 @@ def _binary(name: str, fn: Callable[[np.ndarray, np.ndarray], np.ndarray], keep:
 
     def run(ctx: RunContext, node: Any, ins: list, state: Any) -> list[np.ndarray]:
         a, b = ins
-        try:
-            shape = np.broadcast_shapes(a.shape, b.shape)
-        except ValueError:
-            raise InputError(
-                f"{node.label}: shapes {a.shape} and {b.shape} do not broadcast"
-            ) from None
-        check_elements(node, shape)
+        broadcast_shape(node, a.shape, b.shape)
         if keep and a.dtype != b.dtype:
             raise InputError(f"{node.label}: input dtypes differ ({a.dtype}, {b.dtype})")
         with np.errstate(all="ignore"):
@@ -173,7 +167,7 @@ def _mod_run(ctx: RunContext, node: Any, ins: list, state: Any) -> list[np.ndarr
 
 def _pow_run(ctx: RunContext, node: Any, ins: list, state: Any) -> list[np.ndarray]:
     a, b = ins
-    check_elements(node, np.broadcast_shapes(a.shape, b.shape))
+    broadcast_shape(node, a.shape, b.shape)
     with np.errstate(all="ignore"):
         if a.dtype.kind == "f":
             y = np.power(a, b.astype(a.dtype))
@@ -185,8 +179,7 @@ def _pow_run(ctx: RunContext, node: Any, ins: list, state: Any) -> list[np.ndarr
 def _variadic(name: str, fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> OpDef:
     def run(ctx: RunContext, node: Any, ins: list, state: Any) -> list[np.ndarray]:
         arrays = [x for x in ins if x is not None]
-        shape = np.broadcast_shapes(*(x.shape for x in arrays))
-        check_elements(node, shape)
+        shape = broadcast_shape(node, *(x.shape for x in arrays))
         y = arrays[0]
         for x in arrays[1:]:
             y = fn(y, x)
@@ -201,7 +194,7 @@ def _where_run(ctx: RunContext, node: Any, ins: list, state: Any) -> list[np.nda
     c, a, b = ins
     if c.dtype != np.bool_:
         raise InputError(f"{node.label}: condition must be bool, got {c.dtype}")
-    check_elements(node, np.broadcast_shapes(c.shape, a.shape, b.shape))
+    broadcast_shape(node, c.shape, a.shape, b.shape)
     return [np.where(c, a, b).astype(a.dtype, copy=False)]
 
 

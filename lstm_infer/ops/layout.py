@@ -20,6 +20,7 @@ from lstm_infer.ops.base import (
     attr_int,
     attr_ints,
     attr_str,
+    broadcast_shape,
     check_elements,
     int_values,
     normalize_axis,
@@ -203,11 +204,7 @@ def _unsqueeze(ctx: RunContext, node: Any, ins: Ins, state: Any) -> list[np.ndar
 def _expand(ctx: RunContext, node: Any, ins: Ins, state: Any) -> list[np.ndarray]:
     x = ins[0]
     shape = int_values(node, ins[1], "shape")
-    try:
-        out = np.broadcast_shapes(x.shape, tuple(shape))
-    except ValueError:
-        raise InputError(f"{node.label}: {x.shape} does not broadcast to {shape}") from None
-    check_elements(node, out)
+    out = broadcast_shape(node, x.shape, tuple(shape))
     return [np.broadcast_to(x, out).copy()]
 
 

@@ -134,7 +134,7 @@ def _layernorm(ctx: RunContext, node: Any, ins: Ins, state: Any) -> list[np.ndar
         if v is not None:
             try:
                 np.broadcast_shapes(v.shape, x.shape[axis:])
-            except ValueError:
+            except (ValueError, RuntimeError):  # RuntimeError: a rank past numpy's 32
                 raise InputError(
                     f"{node.label}: {name} of shape {v.shape} does not broadcast to the "
                     f"normalised dims {x.shape[axis:]}"

@@ -43,7 +43,13 @@ class DenseOps(UnrolledCells):
 
     def _binary_consts(self, op: str, a: Any, b: Any) -> Const:
         x, y = a.value, b.value
-        _check_elements(_shape_elements(np.broadcast_shapes(x.shape, y.shape)), "the result")
+        try:
+            shape = np.broadcast_shapes(x.shape, y.shape)
+        except (ValueError, RuntimeError):  # RuntimeError: a rank past numpy's 32
+            raise _Unsupported(
+                f"constant shapes {x.shape} and {y.shape} do not broadcast"
+            ) from None
+        _check_elements(_shape_elements(shape), "the result")
         if op == "Add":
             r = x + y
         elif op == "Sub":
