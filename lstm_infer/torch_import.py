@@ -23,6 +23,10 @@ What the weights cannot say comes from keyword arguments with PyTorch's defaults
 (applied after the last Linear: None, "relu", "tanh", "sigmoid", "softmax", "log_softmax") and,
 for several Linear layers, ``head_activations`` (one per Linear). ``prefix`` picks a
 sub-module by key prefix (e.g. ``prefix="encoder."``).
+
+Longer than the ~600-line guide (a little) because the architecture reading above (recurrent layers,
+chains by size, the embedding / head placement and its ambiguity errors) is one decision
+procedure over the same groups of parameters; split, its rules would be read apart.
 """
 
 from __future__ import annotations
