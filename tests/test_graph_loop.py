@@ -158,7 +158,7 @@ def test_rnn_written_as_a_loop_runs_at_any_length(T: int, rng: np.random.Generat
     np.testing.assert_allclose(got["h"], h, atol=1e-5)
 
 
-def test_nested_loops() -> None:
+def nested_loops() -> bytes:
     """A loop in a loop's body: the inner body reads the outer body's carried value."""
     inner = helper.make_graph(
         [
@@ -179,14 +179,63 @@ def test_nested_loops() -> None:
         [vi("i", TP.INT64, []), vi("c_in", TP.BOOL, []), vi("s_in", TP.FLOAT, [2])],
         [vi("c_out", TP.BOOL, []), vi("s_out", TP.FLOAT, [2])],
     )
-    data = model_bytes(
+    return model_bytes(
         [helper.make_node("Loop", ["M", "", "s0"], ["s"], body=outer)],
         [vi("M", TP.INT64, []), vi("K", TP.INT64, []), vi("s0", TP.FLOAT, [2])],
         [vi("s", TP.FLOAT, [2])],
         {"two": np.array([2.0, 0.5], np.float32)},
     )
+
+
+def test_nested_loops() -> None:
     feeds = {"M": np.array(3), "K": np.array(2), "s0": np.array([1.0, -1.0], np.float32)}
-    assert_like_onnxruntime(data, feeds)
+    assert_like_onnxruntime(nested_loops(), feeds)
+
+
+def test_nested_loops_share_the_outermost_iteration_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """30 outer x 30 inner trips are 930 body runs, past a bound of 300 that each loop alone
+    stays under: refused (each loop counted alone, two nested loops of 100,000 trips would
+    run 10**10 bodies). Within the bound the same model equals onnxruntime, and runs again
+    after a refusal (the count starts afresh each run)."""
+    from lstm_infer.ops import control
+
+    monkeypatch.setattr(control, "LOOP_MAX_ITERATIONS", 300)
+    data = nested_loops()
+    model = lstm_infer.load(data)
+    s0 = np.array([1.0, -1.0], np.float32)
+    with pytest.raises(InputError, match=r"more than 300 loop iterations.*nested loops"):
+        model.run({"M": np.array(30), "K": np.array(30), "s0": s0})
+    small = {"M": np.array(10), "K": np.array(10), "s0": s0}  # 110 body runs
+    np.testing.assert_allclose(model.run(small)["s"], onnxruntime_run(data, small)[0], rtol=1e-5)
+
+
+def test_carried_values_growing_without_bound_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A body doubling its carried value (Concat(v, v)) is stopped by the carried-bytes bound
+    after a few iterations, naming the node, instead of growing to the 8 GB one tensor may
+    hold; a few doublings under the bound equal onnxruntime."""
+    from lstm_infer.ops import control
+
+    monkeypatch.setattr(control, "LOOP_MAX_CARRIED_BYTES", 1 << 16)
+    body = helper.make_graph(
+        [
+            helper.make_node("Concat", ["v_in", "v_in"], ["v_out"], axis=0),
+            helper.make_node("Identity", ["c_in"], ["c_out"]),
+        ],
+        "double",
+        [vi("i", TP.INT64, []), vi("c_in", TP.BOOL, []), vi("v_in", TP.FLOAT, [None])],
+        [vi("c_out", TP.BOOL, []), vi("v_out", TP.FLOAT, [None])],
+    )
+    data = model_bytes(
+        [helper.make_node("Loop", ["M", "", "v0"], ["v"], body=body, name="grow")],
+        [vi("M", TP.INT64, []), vi("v0", TP.FLOAT, [None])],
+        [vi("v", TP.FLOAT, [None])],
+    )
+    model = lstm_infer.load(data)
+    v0 = np.arange(4, dtype=np.float32)
+    with pytest.raises(InputError, match=r"grow.*carried values hold \d+ bytes"):
+        model.run({"M": np.array(2**40), "v0": v0})
+    few = {"M": np.array(5), "v0": v0}
+    np.testing.assert_array_equal(model.run(few)["v"], onnxruntime_run(data, few)[0])
 
 
 def test_loop_saves_and_loads_natively(tmp_path: Any, rng: np.random.Generator) -> None:

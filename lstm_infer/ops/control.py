@@ -20,9 +20,10 @@ reads outer tensors through extra node inputs after the ONNX ones, declared afte
 inputs; ``lstm_infer_own_inputs`` holds how many node inputs are the ONNX node's own (2 + N).
 Each iteration runs the body program from Python, so a loop costs per iteration what its
 body costs as a graph; loops are never folded at load
-(their work is unbounded), stop with an error past ``LOOP_MAX_ITERATIONS`` iterations or
-``LOOP_MAX_SCAN_BYTES`` of scan outputs, and refuse a scan output whose shape changes between
-iterations. A Loop or Scan proven to run one recurrent cell step over a sequence never gets
+(their work is unbounded), stop with an error past ``LOOP_MAX_ITERATIONS`` iterations (loops
+nested in a loop count against the outermost one's), ``LOOP_MAX_SCAN_BYTES`` of scan outputs
+or ``LOOP_MAX_CARRIED_BYTES`` of carried values, and refuse a scan output whose shape changes
+between iterations. A Loop or Scan proven to run one recurrent cell step over a sequence never gets
 here: :mod:`lstm_infer.passes.loop_cells` replaces it by the native LSTM / GRU / RNN node.
 
 ``Scan(state..., scanned...)`` (opset 9+) runs its ``body`` once per slice of the M scanned
@@ -35,6 +36,9 @@ and the K scan outputs stacked along ``scan_output_axes`` (reversed where
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -105,9 +109,51 @@ def _if_run(ctx: RunContext, node: Any, ins: list, state: Any) -> list[np.ndarra
 
 
 # Bounds on one Loop call: its iterations (a per-iteration Python cost of ~20-100 us makes
-# this a few seconds at most) and the bytes its scan outputs accumulate.
+# this a few seconds at most), the bytes its scan outputs accumulate and the bytes its
+# carried values hold after an iteration (a value doubled by every iteration is refused at
+# 1 GB, not at the 8 GB one tensor may hold).
 LOOP_MAX_ITERATIONS = 100_000
 LOOP_MAX_SCAN_BYTES = 1 << 30
+LOOP_MAX_CARRIED_BYTES = 1 << 30
+
+# Body runs left to the outermost Loop / Scan running on this thread: loops nested in it
+# share its LOOP_MAX_ITERATIONS (else two nested loops of 100,000 would run 10**10 bodies).
+# The outermost Scan's own steps are bounded by its inputs and do not count; every body run
+# nested in another loop does.
+_budget = threading.local()
+
+
+@contextmanager
+def _iteration_budget() -> Iterator[bool]:
+    """Open the thread's budget if no loop is running yet; yields whether this is the
+    outermost loop."""
+    if getattr(_budget, "left", None) is not None:
+        yield False
+        return
+    _budget.left = LOOP_MAX_ITERATIONS
+    try:
+        yield True
+    finally:
+        _budget.left = None
+
+
+def _spend(node: Any) -> None:
+    """Count one body run against the budget of the outermost loop."""
+    _budget.left -= 1
+    if _budget.left < 0:
+        raise InputError(
+            f"{node.label}: more than {LOOP_MAX_ITERATIONS} loop iterations in one run, "
+            "nested loops counted together: refused as unbounded"
+        )
+
+
+def _check_carried(node: Any, carried: list[Any], i: int) -> None:
+    total = sum(np.asarray(v).nbytes for v in carried)
+    if total > LOOP_MAX_CARRIED_BYTES:
+        raise InputError(
+            f"{node.label}: the loop-carried values hold {total} bytes after iteration {i} "
+            f"(at most {LOOP_MAX_CARRIED_BYTES}): refused as unbounded growth"
+        )
 
 
 OWN_INPUTS = "lstm_infer_own_inputs"
@@ -217,19 +263,22 @@ def _loop_run(ctx: RunContext, node: Any, ins: list, state: Any) -> list[np.ndar
     scans: list[list[np.ndarray]] = [[] for _ in range(len(out_names) - 1 - n)]
     scan_bytes = 0
     i = 0
-    while go and (trips is None or i < trips):
-        if i >= LOOP_MAX_ITERATIONS:
-            raise InputError(
-                f"{node.label}: more than {LOOP_MAX_ITERATIONS} iterations (trip count "
-                f"{trips if trips is not None else 'none'}): refused as unbounded"
-            )
-        feeds = {names[0]: np.array(i, np.int64), names[1]: np.array(go), **given}
-        feeds.update(zip(names[2 : 2 + n], carried))
-        result = state.run({k: feeds[k] for k in wanted}, out_names, ctx.threads)
-        go = bool(_scalar(node, "the body's condition output", result[out_names[0]], "biuf"))
-        carried = [result[k] for k in out_names[1 : 1 + n]]
-        scan_bytes = _collect_scans(node, result, out_names[1 + n :], scans, scan_bytes)
-        i += 1
+    with _iteration_budget():
+        while go and (trips is None or i < trips):
+            if i >= LOOP_MAX_ITERATIONS:
+                raise InputError(
+                    f"{node.label}: more than {LOOP_MAX_ITERATIONS} iterations (trip count "
+                    f"{trips if trips is not None else 'none'}): refused as unbounded"
+                )
+            _spend(node)
+            feeds = {names[0]: np.array(i, np.int64), names[1]: np.array(go), **given}
+            feeds.update(zip(names[2 : 2 + n], carried))
+            result = state.run({k: feeds[k] for k in wanted}, out_names, ctx.threads)
+            go = bool(_scalar(node, "the body's condition output", result[out_names[0]], "biuf"))
+            carried = [result[k] for k in out_names[1 : 1 + n]]
+            _check_carried(node, carried, i)
+            scan_bytes = _collect_scans(node, result, out_names[1 + n :], scans, scan_bytes)
+            i += 1
     stacked = [
         np.stack(s) if s else _empty_scan(body.outputs[1 + n + k]) for k, s in enumerate(scans)
     ]
@@ -312,14 +361,18 @@ def _scan_run(ctx: RunContext, node: Any, ins: list, state: Any) -> list[np.ndar
     carried = list(ins[:n])
     scans: list[list[np.ndarray]] = [[] for _ in range(len(out_names) - n)]
     scan_bytes = 0
-    for t in range(steps):
-        feeds = dict(given)
-        feeds.update(zip(names[:n], carried))
-        for j, (v, a, d) in enumerate(zip(scanned, axes, in_dirs)):
-            feeds[names[n + j]] = np.take(v, steps - 1 - t if d else t, axis=a)
-        result = state.run({key: feeds[key] for key in wanted}, out_names, ctx.threads)
-        carried = [result[key] for key in out_names[:n]]
-        scan_bytes = _collect_scans(node, result, out_names[n:], scans, scan_bytes)
+    with _iteration_budget() as outermost:
+        for t in range(steps):
+            if not outermost:
+                _spend(node)
+            feeds = dict(given)
+            feeds.update(zip(names[:n], carried))
+            for j, (v, a, d) in enumerate(zip(scanned, axes, in_dirs)):
+                feeds[names[n + j]] = np.take(v, steps - 1 - t if d else t, axis=a)
+            result = state.run({key: feeds[key] for key in wanted}, out_names, ctx.threads)
+            carried = [result[key] for key in out_names[:n]]
+            _check_carried(node, carried, t)
+            scan_bytes = _collect_scans(node, result, out_names[n:], scans, scan_bytes)
     outs = []
     for k, s in enumerate(scans):
         if not s:
