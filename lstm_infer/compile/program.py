@@ -19,6 +19,7 @@ from lstm_infer.errors import InputError, LstmInferError, ModelFormatError
 from lstm_infer.graph import Graph, Node
 from lstm_infer.ops import OpDef, RunContext, get_op
 from lstm_infer.ops.base import element_limit
+from lstm_infer.ops.sequence import is_sequence
 from lstm_infer.passes.fold_batchnorm import fold_batchnorm
 from lstm_infer.passes.fold_pad import fold_pad, weight_ranks
 from lstm_infer.passes.fuse_activation import fuse_activation
@@ -67,10 +68,11 @@ def fold_constants(graph: Graph) -> Graph:
                 raise ModelFormatError(
                     f"constant subgraph refused (at most {FOLD_MAX_BYTES >> 20} MB a tensor): {exc}"
                 ) from exc
-            for name, value in zip(node.outputs, outs):
-                if name:
-                    consts[name] = np.asarray(value)
-            continue
+            if not any(is_sequence(v) for v in outs):  # (a sequence is no constant: kept)
+                for name, value in zip(node.outputs, outs):
+                    if name:
+                        consts[name] = np.asarray(value)
+                continue
         # A copy: the passes after folding edit nodes in place, and the source graph's nodes
         # are shared with other programs (the general one, If branches, specialisations).
         kept.append(
