@@ -91,6 +91,8 @@ class TensorSequence:
     def erased(self, node: Any, position: int | None) -> TensorSequence:
         """This sequence without the tensor at ``position`` (None: the last)."""
         n = self.length
+        if n == 0:
+            raise InputError(f"{node.label}: cannot erase from an empty sequence")
         at = n - 1 if position is None else _position(node, position, n, False)
         if at == n - 1:  # a prefix of the same storage
             return TensorSequence(self.dtype, self._items, self._bytes, n - 1)
