@@ -197,9 +197,11 @@ def graph_from_onnx(model: Any) -> Graph:
     value_types = {}
     for v in g.value_info:
         try:
-            value_types[v.name] = _tensor_type(v)
+            t = _tensor_type(v)
         except UnsupportedModelError:
             continue
+        if not t.sequence:  # (the passes read these as tensor shapes; sequences are inferred)
+            value_types[v.name] = t
     if not outputs:
         raise ModelFormatError("the ONNX graph has no outputs (an empty or truncated model?)")
     graph = Graph(inputs, outputs, ordered, consts, value_types)
