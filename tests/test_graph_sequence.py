@@ -231,9 +231,12 @@ def test_sequence_empty_of_int64_collects_integers() -> None:
 # ---- control flow carrying sequences -------------------------------------------------------------
 
 
-def appending_loop(with_scan: bool = False) -> bytes:
-    """for i in range(M): h = tanh(0.5 h + x * i); seq.append(h) -> stack(seq, axis=1), and
-    (with_scan) a scan output built through a sequence made in the body: concat([h, x])."""
+def appending_loop(with_scan: bool = False, axis: int = 1, extra: str = "") -> bytes:
+    """for i in range(M): h = tanh(0.5 h + x * i); seq.append(h) -> stack(seq, axis), and
+    (with_scan) a scan output built through a sequence made in the body: concat([h, x]).
+    Stacked on axis 0 the list becomes a scan output (lstm_infer.passes.loop_lists) unless
+    ``extra`` reads it elsewhere too: its length "inside" the body (added to h) or "outside"
+    (a second output)."""
     body_nodes = [
         node("Cast", ["i"], ["fi"], to=TP.FLOAT),
         node("Mul", ["x", "fi"], ["xi"]),
@@ -243,6 +246,13 @@ def appending_loop(with_scan: bool = False) -> bytes:
         node("SequenceInsert", ["s_in", "h_out"], ["s_out"]),
         node("Identity", ["c_in"], ["c_out"]),
     ]
+    if extra == "inside":
+        body_nodes[3:3] = [
+            node("SequenceLength", ["s_in"], ["n_in"]),
+            node("Cast", ["n_in"], ["fn"], to=TP.FLOAT),
+            node("Add", ["hh", "fn"], ["hn"]),
+        ]
+        body_nodes[6] = node("Add", ["hn", "xi"], ["pre"])
     outputs = [vi("c_out", TP.BOOL, []), vi("h_out", TP.FLOAT, [2, 3]), seq_vi("s_out")]
     if with_scan:
         body_nodes += [
@@ -265,27 +275,62 @@ def appending_loop(with_scan: bool = False) -> bytes:
     loop_outs = ["h", "s"] + (["scans"] if with_scan else [])
     graph_outs = [vi("h", TP.FLOAT, [2, 3]), vi("y", TP.FLOAT, [None] * 3)]
     graph_outs += [vi("scans", TP.FLOAT, [None] * 3)] if with_scan else []
+    nodes = [
+        node("SequenceEmpty", [], ["empty"], dtype=TP.FLOAT),
+        node("Loop", ["M", "", "h0", "empty"], loop_outs, body=body),
+        node("ConcatFromSequence", ["s"], ["y"], axis=axis, new_axis=1),
+    ]
+    if extra == "outside":
+        nodes.append(node("SequenceLength", ["s"], ["n"]))
+        graph_outs.append(vi("n", TP.INT64, []))
     return model_bytes(
-        [
-            node("SequenceEmpty", [], ["empty"], dtype=TP.FLOAT),
-            node("Loop", ["M", "", "h0", "empty"], loop_outs, body=body),
-            node("ConcatFromSequence", ["s"], ["y"], axis=1, new_axis=1),
-        ],
+        nodes,
         [vi("M", TP.INT64, []), vi("h0", TP.FLOAT, [2, 3]), vi("x", TP.FLOAT, [2, 3])],
         graph_outs,
     )
 
 
-@pytest.mark.parametrize("trips", [1, 3, 8])
-@pytest.mark.parametrize("with_scan", [False, True])
-def test_loop_carries_a_sequence(trips: int, with_scan: bool, rng: np.random.Generator) -> None:
-    feeds = {
+def loop_feeds(trips: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    return {
         "M": np.array(trips, np.int64),
         "h0": rng.standard_normal((2, 3)).astype(np.float32),
         "x": rng.standard_normal((2, 3)).astype(np.float32),
     }
-    got = assert_like_onnxruntime(appending_loop(with_scan), feeds)
-    assert got["y"].shape == (2, trips, 3)
+
+
+def carries_sequence(model: Any) -> bool:
+    loop = next(n for n in model.graph.nodes if n.op == "Loop")
+    return any(v.type.sequence for v in loop.attrs["body"].inputs)
+
+
+@pytest.mark.parametrize("trips", [1, 3, 8])
+@pytest.mark.parametrize("with_scan", [False, True])
+@pytest.mark.parametrize("axis", [0, 1])
+def test_loop_carries_a_sequence(
+    trips: int, with_scan: bool, axis: int, rng: np.random.Generator
+) -> None:
+    data = appending_loop(with_scan, axis)
+    got = assert_like_onnxruntime(data, loop_feeds(trips, rng))
+    assert got["y"].shape == ((trips, 2, 3) if axis == 0 else (2, trips, 3))
+    # stacked on axis 0, the list is the Loop's scan output (lstm_infer.passes.loop_lists)
+    assert carries_sequence(lstm_infer.load(data)) == (axis == 1)
+
+
+@pytest.mark.parametrize("extra", ["inside", "outside"])
+def test_a_list_read_elsewhere_stays_a_sequence(extra: str, rng: np.random.Generator) -> None:
+    data = appending_loop(axis=0, extra=extra)
+    assert carries_sequence(lstm_infer.load(data))
+    for trips in (1, 4):
+        assert_like_onnxruntime(data, loop_feeds(trips, rng))
+
+
+def test_a_list_stacked_after_no_iterations() -> None:
+    """The one difference loop_lists makes: no iterations stack to an empty (0,) tensor where
+    ConcatFromSequence (and onnxruntime) refuse an empty sequence."""
+    feeds = loop_feeds(0, np.random.default_rng(0))
+    assert lstm_infer.load(appending_loop(axis=0)).run(feeds)["y"].shape == (0,)
+    with pytest.raises(InputError, match="empty sequence"):
+        lstm_infer.load(appending_loop(axis=1)).run(feeds)
 
 
 def test_if_returns_a_sequence(rng: np.random.Generator) -> None:
@@ -391,7 +436,13 @@ class CatList(torch.nn.Module):
 
 # (nn.RNNCell in a scripted loop does not export with torch 2.13, list or not:
 # "ONNX symbolic expected node type prim::ListConstruct"; see test_loop_cells_torch.py.)
-MODULES = {"arithmetic": (ArithmeticList, I), "lstm_cell": (LstmCellList, H), "cat": (CatList, I)}
+# name -> (module, its width, the graph's op it runs as): the stacked lists become scan
+# outputs (an nn.LSTMCell loop then the native LSTM); torch.cat's list stays a sequence.
+MODULES = {
+    "arithmetic": (ArithmeticList, I, "Loop"),
+    "lstm_cell": (LstmCellList, H, "LSTM"),
+    "cat": (CatList, I, "ConcatFromSequence"),
+}
 
 
 def export(module: torch.nn.Module, names: list[str], width: int) -> bytes:
@@ -407,7 +458,7 @@ def export(module: torch.nn.Module, names: list[str], width: int) -> bytes:
 
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_scripted_list_loop(name: str, rng: np.random.Generator) -> None:
-    cls, width = MODULES[name]
+    cls, width, runs_as = MODULES[name]
     torch.manual_seed(0)
     module = cls().eval()
     names = ["x", "h0", "c0"] if name == "lstm_cell" else ["x", "h0"]
@@ -418,6 +469,10 @@ def test_scripted_list_loop(name: str, rng: np.random.Generator) -> None:
     body = next(a.g for n in exported.graph.node if n.op_type == "Loop" for a in n.attribute)
     assert "SequenceInsert" in {n.op_type for n in body.node}
     model = lstm_infer.load(data)
+    ops = {n.op for n in model.graph.nodes}
+    assert runs_as in ops, ops
+    if runs_as == "LSTM":
+        assert "Loop" not in ops, ops
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     session = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
@@ -437,7 +492,7 @@ def test_scripted_list_loop(name: str, rng: np.random.Generator) -> None:
 
 
 def test_scripted_list_loop_refuses_step_programs_and_streams(rng: np.random.Generator) -> None:
-    model = lstm_infer.load(export(ArithmeticList().eval(), ["x", "h0"], I))
+    model = lstm_infer.load(export(CatList().eval(), ["x", "h0"], I))
     feeds = {"x": rng.standard_normal((3, 1, I)), "h0": rng.standard_normal((1, I))}
     feeds = {k: v.astype(np.float32) for k, v in feeds.items()}
     first = model.run(feeds)[model.output_names[0]]
@@ -583,14 +638,17 @@ def test_appending_is_bounded_by_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
         model.run(feeds)
 
 
-def test_the_loop_bound_holds_for_appending_loops(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("axis", [0, 1])
+def test_the_loop_bound_holds_for_appending_loops(
+    axis: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from lstm_infer.ops import control
 
     monkeypatch.setattr(control, "LOOP_MAX_ITERATIONS", 200)
     feeds = {"M": np.array(2**62), "h0": np.zeros((2, 3), np.float32)}
     feeds["x"] = np.ones((2, 3), np.float32)
     with pytest.raises(InputError, match=r"Loop.*more than 200 iterations"):
-        lstm_infer.load(appending_loop()).run(feeds)
+        lstm_infer.load(appending_loop(axis=axis)).run(feeds)
 
 
 def test_split_into_too_many_parts_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:

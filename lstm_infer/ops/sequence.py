@@ -3,11 +3,12 @@ SequenceLength, SequenceErase, ConcatFromSequence and SplitToSequence.
 
 What torch.jit.script makes of a loop that appends to a Python list and then stacks it:
 ``SequenceEmpty`` before a ``Loop`` that carries the list, ``SequenceInsert`` in its body,
-``ConcatFromSequence(new_axis=1)`` after it. A sequence value is a :class:`TensorSequence`
-(ONNX ``seq(tensor(D))``: tensors of one dtype, shapes free); it lives only inside a graph
-call. Sequence ops are never folded at load (a constant is a tensor), a graph's own inputs
-and outputs are tensors (a model taking or returning a list is refused at load), and step
-programs do not lower them (a graph holding one runs op by op).
+``ConcatFromSequence(new_axis=1)`` after it (a list stacked on axis 0 never gets here:
+:mod:`lstm_infer.passes.loop_lists` makes it the Loop's scan output). A sequence value is a
+:class:`TensorSequence` (ONNX ``seq(tensor(D))``: tensors of one dtype, shapes free); it
+lives only inside a graph call. Sequence ops are never folded at load (a constant is a
+tensor), a graph's own inputs and outputs are tensors (a model taking or returning a list is
+refused at load), and step programs do not lower them (a graph holding one runs op by op).
 
 A sequence holds at most ``MAX_SEQUENCE_LENGTH`` tensors and ``MAX_SEQUENCE_BYTES`` bytes:
 a loop appending without end stops with an error naming the node long before memory runs
