@@ -702,3 +702,22 @@ def test_a_sequence_input_is_refused_at_load() -> None:
     )
     with pytest.raises(UnsupportedModelError, match="graph input 's' is a sequence"):
         lstm_infer.load(data)
+
+
+@pytest.mark.parametrize("extra", [["list"], ["sequence", 1], [True]])
+def test_native_value_entry_of_another_form_is_refused(extra: list) -> None:
+    import json
+
+    from lstm_infer.native_graph import FORMAT_NAME, graph_from_native
+
+    meta = {
+        "format": FORMAT_NAME,
+        "version": 2,
+        "kind": "graph",
+        "inputs": [["x", "float32", [2], None, *extra]],
+        "outputs": [["x", "float32", [2], None]],
+        "nodes": [],
+        "constants": {},
+    }
+    with pytest.raises(ModelFormatError, match=r"\+ 'sequence'"):
+        graph_from_native({}, {FORMAT_NAME: json.dumps(meta)})
