@@ -7,7 +7,10 @@ newest opset (importers convert older forms once).
 
 Tensors carry a dtype and a shape whose entries are ints (static), strings (symbolic dims
 such as ``"batch"`` or ``"time"``) or None (unknown); ``time_axis`` marks the stream's time
-axis where an importer or pass knows it (the streaming compiler's annotation).
+axis where an importer or pass knows it (the streaming compiler's annotation). A value may
+also be a sequence of tensors (ONNX ``seq(tensor(D))``, :mod:`lstm_infer.ops.sequence`):
+its type is then the tensors' dtype and, when all share one, their shape, marked
+``sequence=True``.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 
 from lstm_infer.errors import ModelFormatError
 from lstm_infer.ops import get_op
+from lstm_infer.ops.sequence import check_sequence_use
 
 # dtypes a graph tensor may have (numpy names).
 DTYPES = (
@@ -34,11 +38,13 @@ Dim = int | str | None
 
 @dataclass(frozen=True)
 class TensorType:
-    """dtype and shape (None: rank unknown) of a tensor, plus its time axis if known."""
+    """dtype and shape (None: rank unknown) of a tensor, plus its time axis if known; or,
+    with ``sequence``, the dtype and shape of each tensor of a sequence."""
 
     dtype: str
     shape: tuple[Dim, ...] | None = None
     time_axis: int | None = None
+    sequence: bool = False
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -104,7 +110,8 @@ class Graph:
         return {out: node for node in self.nodes for out in node.outputs if out}
 
     def validate(self) -> None:
-        """Names defined once, before use, in order; every output produced; ops registered.
+        """Names defined once, before use, in order; every output produced; ops registered;
+        sequences read only by the ops that take them (and tensors by the others).
 
         Raises ModelFormatError naming the first node or tensor at fault.
         """
@@ -136,6 +143,7 @@ class Graph:
         for v in self.outputs:
             if v.name not in defined:
                 raise ModelFormatError(f"graph output {v.name!r} is produced by no node")
+        check_sequence_use(self)
 
 
 def topological_order(nodes: Iterable[Node], available: Iterable[str]) -> list[Node]:

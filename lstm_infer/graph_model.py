@@ -19,9 +19,16 @@ from lstm_infer.cells.base import WEIGHT_FORMAT
 from lstm_infer.compile.program import GraphProgram
 from lstm_infer.compile.specialize import ShapeSpecializer
 from lstm_infer.compile.step_program import CompiledRuns
-from lstm_infer.errors import InputError, InputTypeError, ModelFormatError, StreamError
+from lstm_infer.errors import (
+    InputError,
+    InputTypeError,
+    ModelFormatError,
+    StreamError,
+    UnsupportedModelError,
+)
 from lstm_infer.graph import Graph, Node, TensorType
 from lstm_infer.ops.recurrent import RECURRENT_OPS, WEIGHT_FORMAT_ATTR
+from lstm_infer.ops.sequence import sequence_names
 from lstm_infer.quantize import canonical_format
 
 # Feed dtypes converted without loss of meaning to what the graph declares.
@@ -79,10 +86,28 @@ def _shape_of(t: TensorType) -> tuple[int | str, ...]:
     return tuple(d if d is not None else "?" for d in t.shape)
 
 
+def _refuse_sequence_io(graph: Graph) -> None:
+    """A model's inputs and outputs are tensors: one declared (or computed as) a sequence of
+    tensors is refused, naming it (sequences stay inside a call)."""
+    for v in graph.inputs:
+        if v.type.sequence:
+            raise UnsupportedModelError(
+                f"graph input {v.name!r} is a sequence of tensors; model inputs must be tensors"
+            )
+    seqs = sequence_names(graph)
+    for v in graph.outputs:
+        if v.type.sequence or v.name in seqs:
+            raise UnsupportedModelError(
+                f"graph output {v.name!r} is a sequence of tensors; model outputs must be "
+                "tensors (concatenate or stack it in the graph: ConcatFromSequence)"
+            )
+
+
 class GraphModel:
     """A model graph compiled for this CPU. Build one with :func:`lstm_infer.load`."""
 
     def __init__(self, graph: Graph, source: str = "") -> None:
+        _refuse_sequence_io(graph)
         self._program = GraphProgram(graph)
         self._graph = self._program.graph
         self.source = source

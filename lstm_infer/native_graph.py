@@ -2,9 +2,10 @@
 
 The safetensors file holds the graph's constant tensors under ``const.<i>`` keys; the metadata
 key ``lstm_infer`` holds ``{"format": "lstm_infer", "version": 2, "kind": "graph", ...}``: the
-inputs and outputs (name, dtype, shape, time axis), the nodes (op, name, inputs, outputs,
-attributes; a tensor attribute refers to a ``const.<i>`` key, an If branch is a nested graph
-object of the same shape) and which tensor name each constant has. Loading checks every
+inputs and outputs (name, dtype, shape, time axis, then ``"sequence"`` for a sequence of
+tensors), the nodes (op, name, inputs, outputs, attributes; a tensor attribute refers to a
+``const.<i>`` key, an If branch or a Loop body is a nested graph object of the same shape)
+and which tensor name each constant has. Loading checks every
 field's type before building anything, then the graph is validated and compiled like an
 imported one, so a hostile file fails with ModelFormatError.
 Version 1 files (recurrent stacks, ``lstm_infer.native_format``) keep loading as before.
@@ -46,7 +47,8 @@ def _encode_attr(value: Any, tensors: dict[str, np.ndarray]) -> Any:
 
 def _value_meta(v: ValueInfo) -> list[Any]:
     shape = None if v.type.shape is None else list(v.type.shape)
-    return [v.name, v.type.dtype, shape, v.type.time_axis]
+    meta = [v.name, v.type.dtype, shape, v.type.time_axis]
+    return meta + ["sequence"] if v.type.sequence else meta  # (a Loop body's carried list)
 
 
 def _graph_meta(graph: Graph, tensors: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -139,9 +141,13 @@ def _decode_attr(
 
 
 def _value_info(entry: Any, what: str) -> ValueInfo:
-    if not isinstance(entry, list) or len(entry) != 4:
-        raise _fail(f"{what} entries are [name, dtype, shape, time_axis]")
-    name, dtype, shape, time_axis = entry
+    if (
+        not isinstance(entry, list)
+        or len(entry) not in (4, 5)
+        or entry[4:] not in ([], ["sequence"])
+    ):
+        raise _fail(f"{what} entries are [name, dtype, shape, time_axis] (+ 'sequence')")
+    name, dtype, shape, time_axis = entry[:4]
     if not isinstance(name, str) or not name or dtype not in DTYPES:
         raise _fail(f"{what} {name!r}: bad name or dtype {dtype!r}")
     if shape is not None:
@@ -153,7 +159,7 @@ def _value_info(entry: Any, what: str) -> ValueInfo:
         shape = tuple(shape)
     if time_axis is not None and not isinstance(time_axis, int):
         raise _fail(f"{what} {name!r}: bad time axis")
-    return ValueInfo(name, TensorType(dtype, shape, time_axis))
+    return ValueInfo(name, TensorType(dtype, shape, time_axis, sequence=len(entry) == 5))
 
 
 def graph_from_native(tensors: dict[str, np.ndarray], metadata: dict[str, Any]) -> Graph:

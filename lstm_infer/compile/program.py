@@ -19,11 +19,13 @@ from lstm_infer.errors import InputError, LstmInferError, ModelFormatError
 from lstm_infer.graph import Graph, Node
 from lstm_infer.ops import OpDef, RunContext, get_op
 from lstm_infer.ops.base import element_limit
+from lstm_infer.ops.sequence import is_sequence
 from lstm_infer.passes.fold_batchnorm import fold_batchnorm
 from lstm_infer.passes.fold_pad import fold_pad, weight_ranks
 from lstm_infer.passes.fuse_activation import fuse_activation
 from lstm_infer.passes.inline_if import inline_constant_ifs
 from lstm_infer.passes.loop_cells import loop_cells
+from lstm_infer.passes.loop_lists import loop_lists
 from lstm_infer.passes.reroll_cells import reroll_cells
 from lstm_infer.runtime.threads import blas_threads
 
@@ -67,10 +69,11 @@ def fold_constants(graph: Graph) -> Graph:
                 raise ModelFormatError(
                     f"constant subgraph refused (at most {FOLD_MAX_BYTES >> 20} MB a tensor): {exc}"
                 ) from exc
-            for name, value in zip(node.outputs, outs):
-                if name:
-                    consts[name] = np.asarray(value)
-            continue
+            if not any(is_sequence(v) for v in outs):  # (a sequence is no constant: kept)
+                for name, value in zip(node.outputs, outs):
+                    if name:
+                        consts[name] = np.asarray(value)
+                continue
         # A copy: the passes after folding edit nodes in place, and the source graph's nodes
         # are shared with other programs (the general one, If branches, specialisations).
         kept.append(
@@ -129,8 +132,9 @@ class GraphProgram:
         if reuse is None:  # (a specialisation's graph is a compiled one: re-rolled already)
             # Before folding: an unrolled first step reads its zero state through a product
             # that folding would turn into a constant. A Loop's trip count, read from its
-            # sequence's Shape, is what proves it runs over the whole sequence.
-            graph = reroll_cells(loop_cells(graph))
+            # sequence's Shape, is what proves it runs over the whole sequence. A list the
+            # loop appends to and then stacks is a scan output first (loop_cells reads those).
+            graph = reroll_cells(loop_cells(loop_lists(graph)))
         folded = fold_constants(graph)
         # A condition folded to a constant inlines its branch, whose nodes may fold further
         # (and hold more Ifs): bounded by the nesting depth the importer allows.

@@ -28,6 +28,7 @@ import numpy as np
 from lstm_infer.compile.program import GraphProgram, ShapeChanged
 from lstm_infer.graph import Graph
 from lstm_infer.ops import RunContext
+from lstm_infer.ops.sequence import is_sequence
 
 # Rounds of record -> fold -> compile (each may inline Ifs that expose more Shape nodes).
 MAX_ROUNDS = 4
@@ -68,7 +69,11 @@ class ShapeSpecializer:
 
     @staticmethod
     def _key(feeds: Mapping[str, np.ndarray]) -> tuple:
-        return tuple((n, np.shape(a), np.asarray(a).dtype.str) for n, a in feeds.items())
+        # (a Loop body is fed its carried sequences: keyed by their dtype alone)
+        return tuple(
+            (n, "seq", a.dtype.str) if is_sequence(a) else (n, np.shape(a), np.asarray(a).dtype.str)
+            for n, a in feeds.items()
+        )
 
     def _remember(self, feeds: Mapping[str, np.ndarray], program: GraphProgram | None) -> None:
         with self._lock:

@@ -25,6 +25,8 @@ from lstm_infer.compile.step_buffers import KIND, Buf, NotCompiled, StepBuilder,
 from lstm_infer.compile.step_lower import LOWERINGS
 from lstm_infer.errors import LstmInferError
 from lstm_infer.ops import RunContext
+from lstm_infer.ops.sequence import OPS as SEQUENCE_OPS
+from lstm_infer.ops.sequence import is_sequence
 from lstm_infer.runtime.threads import blas_threads
 
 # A compiled step's arena bound unless the caller gives one (streams step small chunks).
@@ -83,11 +85,15 @@ def trace(program: GraphProgram, feeds: Mapping[str, np.ndarray]) -> dict[str, n
             except (ValueError, TypeError, IndexError, MemoryError) as exc:
                 raise TraceFailed(f"the trace run failed at {node.label}: {exc}") from exc
             for name, value in zip(node.outputs, outs):
-                if name:
-                    env[name] = np.asarray(value)
+                if name:  # (a sequence stays one: the lowering refuses its node)
+                    env[name] = value if is_sequence(value) else np.asarray(value)
             for name in step.free_after:
                 value = env.get(name)
-                if name not in keep and value is not None and value.size > TRACE_KEEP_ELEMENTS:
+                if (
+                    name not in keep
+                    and isinstance(value, np.ndarray)
+                    and value.size > TRACE_KEEP_ELEMENTS
+                ):
                     env[name] = _stand_in(value)
     return env
 
@@ -126,6 +132,12 @@ class CompiledStep:
         # The program's guards (shapes a specialisation assumed) hold here by construction:
         # every lowered node's non-data inputs are constants, so each shape is a function of
         # the input shapes alone, which are fixed.
+        for step in program.steps:
+            if step.node.op in SEQUENCE_OPS:
+                raise NotCompiled(
+                    f"{step.node.label}: sequences of tensors are not compiled into step "
+                    "programs (the graph runs op by op)"
+                )
         env = trace(program, feeds)
         shapes = {n: tuple(np.shape(v)) for n, v in env.items()}
         dtypes = {n: np.asarray(v).dtype for n, v in env.items()}

@@ -21,12 +21,16 @@ from lstm_infer.ops import (
     quant,
     recurrent,
     reduce,
+    sequence,
 )
 from lstm_infer.ops.base import OpDef, RunContext
 
 __all__ = ["REGISTRY", "OpDef", "RunContext", "get_op"]
 
-_FAMILIES = (elementwise, layout, dense, conv, pool, norm, recurrent, cells, reduce, quant, control)
+_FAMILIES = (
+    elementwise, layout, dense, conv, pool, norm, recurrent, cells, reduce, quant, control,
+    sequence,
+)  # fmt: skip
 
 
 def _merge() -> dict[str, OpDef]:

@@ -45,6 +45,7 @@ import numpy as np
 
 from lstm_infer.errors import InputError, ModelFormatError
 from lstm_infer.ops.base import OpDef, RunContext, allowed_attrs, attr_int, op
+from lstm_infer.ops.sequence import is_sequence
 
 BRANCHES = ("then_branch", "else_branch")
 
@@ -229,6 +230,8 @@ def _collect_scans(
     """Append one iteration's scan outputs (copies: the body may reuse its buffers); refuse
     a shape change or more than LOOP_MAX_SCAN_BYTES in all. Returns the new byte total."""
     for k, key in enumerate(keys):
+        if is_sequence(result[key]):
+            raise InputError(f"{node.label}: scan output {key!r} is a sequence, not a tensor")
         value = np.array(result[key])
         if scans[k] and value.shape != scans[k][0].shape:
             raise InputError(
@@ -243,6 +246,11 @@ def _collect_scans(
             )
         scans[k].append(value)
     return total
+
+
+def _value(v: Any) -> Any:
+    """A carried value as the node returns it: a sequence as it is, anything else an array."""
+    return v if is_sequence(v) else np.asarray(v)
 
 
 def _loop_run(ctx: RunContext, node: Any, ins: list, state: Any) -> list[np.ndarray]:
@@ -282,7 +290,7 @@ def _loop_run(ctx: RunContext, node: Any, ins: list, state: Any) -> list[np.ndar
     stacked = [
         np.stack(s) if s else _empty_scan(body.outputs[1 + n + k]) for k, s in enumerate(scans)
     ]
-    return [np.asarray(v) for v in carried] + stacked
+    return [_value(v) for v in carried] + stacked
 
 
 SCAN_ATTRS = ("num_scan_inputs", "scan_input_axes", "scan_input_directions",
@@ -382,7 +390,7 @@ def _scan_run(ctx: RunContext, node: Any, ins: list, state: Any) -> list[np.ndar
             s = s[::-1]
         axis = _axis(node, "scan output", out_axes[k], s[0].ndim + 1)
         outs.append(np.stack(s, axis=axis))
-    return [np.asarray(v) for v in carried] + outs
+    return [_value(v) for v in carried] + outs
 
 
 OPS: dict[str, OpDef] = {

@@ -23,7 +23,7 @@ from lstm_infer.ops.base import (
     op,
 )
 
-_ONNX_DTYPES = {
+ONNX_DTYPES = {
     1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64", 9: "bool",
     10: "float16", 11: "float64",
 }  # fmt: skip
@@ -213,12 +213,12 @@ def _clip_run(ctx: RunContext, node: Any, ins: list, state: Any) -> list[np.ndar
 def _cast_check(node: Any) -> None:
     allowed_attrs("saturate", required=("to",))(node)
     to = attr_int(node, "to")
-    if to not in _ONNX_DTYPES:
+    if to not in ONNX_DTYPES:
         raise UnsupportedModelError(f"{node.label}: cast to ONNX type {to} is not supported")
 
 
 def _cast_run(ctx: RunContext, node: Any, ins: list, state: Any) -> list[np.ndarray]:
-    to = _ONNX_DTYPES[attr_int(node, "to")]
+    to = ONNX_DTYPES[attr_int(node, "to")]
     x = ins[0]
     if x.dtype.kind == "f" and np.dtype(to).kind in "iu":
         with np.errstate(invalid="ignore"):

@@ -30,6 +30,10 @@ _FAMILY_TITLES = {
         "control flow (subgraphs compiled once; a Loop / Scan whose body is one LSTM / GRU / "
         "RNN step runs as that native node)"
     ),
+    "sequence": (
+        "sequences of tensors (inside a graph: what a scripted loop appending to a list and "
+        "stacking it exports)"
+    ),
 }
 
 

@@ -30,11 +30,18 @@ ELEM_TYPES = {
 
 
 def _tensor_type(value_info: Any) -> TensorType:
+    """The declared type of a graph value: a tensor's, or (``sequence=True``) the tensors' of
+    a sequence of tensors."""
     t = value_info.type
+    sequence = t.HasField("sequence_type")
+    if sequence:
+        t = t.sequence_type.elem_type
+        if not t.HasField("tensor_type") and t.WhichOneof("value") is None:
+            return TensorType("undefined", None, sequence=True)  # elements not declared
     if not t.HasField("tensor_type"):
         raise UnsupportedModelError(
-            f"graph value {value_info.name!r} is not a tensor (sequences, maps and optionals "
-            "are not supported)"
+            f"graph value {value_info.name!r} is not a tensor or a sequence of tensors (maps, "
+            "optionals and nested sequences are not supported)"
         )
     tt = t.tensor_type
     dtype = "undefined" if tt.elem_type == 0 and not tt.HasField("shape") else None
@@ -44,7 +51,7 @@ def _tensor_type(value_info: Any) -> TensorType:
             f"graph value {value_info.name!r} has unsupported element type {tt.elem_type}"
         )
     if not tt.HasField("shape"):
-        return TensorType(dtype, None)
+        return TensorType(dtype, None, sequence=sequence)
     dims: list[int | str | None] = []
     for d in tt.shape.dim:
         if d.HasField("dim_value"):
@@ -53,7 +60,7 @@ def _tensor_type(value_info: Any) -> TensorType:
             dims.append(str(d.dim_param))
         else:
             dims.append(None)
-    return TensorType(dtype, tuple(dims))
+    return TensorType(dtype, tuple(dims), sequence=sequence)
 
 
 def _attributes(node: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -183,16 +190,18 @@ def graph_from_onnx(model: Any) -> Graph:
     nodes = _lower_nodes(g, opset, consts, 0)
     inputs = [ValueInfo(v.name, _tensor_type(v)) for v in g.input if v.name not in consts]
     for v in inputs:
-        if v.type.dtype == "undefined":
+        if v.type.dtype == "undefined" and not v.type.sequence:  # (GraphModel refuses those)
             raise UnsupportedModelError(f"graph input {v.name!r} declares no element type")
     outputs = [ValueInfo(v.name, _tensor_type(v)) for v in g.output]
     ordered = topological_order(nodes, [v.name for v in inputs] + list(consts))
     value_types = {}
     for v in g.value_info:
         try:
-            value_types[v.name] = _tensor_type(v)
+            t = _tensor_type(v)
         except UnsupportedModelError:
             continue
+        if not t.sequence:  # (the passes read these as tensor shapes; sequences are inferred)
+            value_types[v.name] = t
     if not outputs:
         raise ModelFormatError("the ONNX graph has no outputs (an empty or truncated model?)")
     graph = Graph(inputs, outputs, ordered, consts, value_types)
