@@ -201,6 +201,77 @@ cdef class StepProgram:
         return [names[self.ops[i].kind] for i in range(self.n_ops)]
 
 
+cdef inline bint _is_f32_like(object a, cnp.ndarray like):
+    """Whether ``a`` is an ndarray (exactly) of float32 in native byte order, C-contiguous
+    and aligned, with the shape of ``like``."""
+    if not cnp.PyArray_CheckExact(a):
+        return False
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    cdef int nd = cnp.PyArray_NDIM(like), d
+    if (cnp.PyArray_TYPE(arr) != cnp.NPY_FLOAT32 or cnp.PyArray_NDIM(arr) != nd
+            or not cnp.PyArray_IS_C_CONTIGUOUS(arr) or not cnp.PyArray_ISBEHAVED_RO(arr)):
+        return False
+    for d in range(nd):
+        if cnp.PyArray_DIM(arr, d) != cnp.PyArray_DIM(like, d):
+            return False
+    return True
+
+
+cdef class StepIO:
+    """A compiled step's per-call path for one input and one output: ``step(x, out)``
+    copies x into the program's input view, runs the program and copies its output view
+    into out, in one call (what ``view[...] = x; program.run(); out[...] = y`` does, without
+    numpy's assignment machinery: a time-axis stream's step, lstm_infer/time_stream.py).
+
+    The views must be float32 C-contiguous arrays (the input one writable) that stay
+    alive with the program; both are held here.
+    """
+
+    cdef StepProgram program
+    cdef cnp.ndarray x_view
+    cdef cnp.ndarray y_view
+    cdef size_t x_bytes, y_bytes
+
+    def __init__(self, StepProgram program not None, cnp.ndarray x_view not None,
+                 cnp.ndarray y_view not None):
+        if not _is_f32_like(x_view, x_view) or not cnp.PyArray_ISWRITEABLE(x_view):
+            raise ValueError("the input view must be a writable C-contiguous float32 array")
+        if not _is_f32_like(y_view, y_view):
+            raise ValueError("the output view must be a C-contiguous float32 array")
+        self.program = program
+        self.x_view = x_view
+        self.y_view = y_view
+        self.x_bytes = <size_t>cnp.PyArray_NBYTES(x_view)
+        self.y_bytes = <size_t>cnp.PyArray_NBYTES(y_view)
+
+    def step(self, object x, object out):
+        """Run one step on ``x`` and return ``out`` filled with the output (a new array when
+        out is None), or None, having done nothing, when x or out is not a float32
+        C-contiguous array of its view's shape (out also writable): the caller's general
+        path then handles (or refuses) them."""
+        if not _is_f32_like(x, self.x_view):
+            return None
+        cdef char *op = NULL
+        if out is not None:
+            if (not _is_f32_like(out, self.y_view)
+                    or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out)):
+                return None
+            op = <char *>cnp.PyArray_DATA(<cnp.ndarray>out)
+        cdef char *xp = <char *>cnp.PyArray_DATA(<cnp.ndarray>x)
+        cdef char *xv = <char *>cnp.PyArray_DATA(self.x_view)
+        cdef char *yv = <char *>cnp.PyArray_DATA(self.y_view)
+        cdef StepProgram prog = self.program
+        cdef int rc
+        with nogil:
+            memmove(xv, xp, self.x_bytes)
+            rc = li_step_program_run(prog.ops, prog.n_ops, _active, <li_sgemm_fn>sgemm)
+            if rc == 0 and op != NULL:
+                memmove(op, yv, self.y_bytes)
+        if rc != 0:
+            raise RuntimeError(f"step program record {-1 - rc} failed")
+        return self.y_view.copy() if op == NULL else out
+
+
 cdef double _monotonic():
     return time.perf_counter()
 

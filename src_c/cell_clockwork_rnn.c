@@ -21,7 +21,8 @@
  * its active rows.
  *
  * Arrays (kg = k / G, kgp = kg padded to LI_BLOCK, nbg = kgp / LI_BLOCK):
- *   [0] periods   int32 [M], ascending, positive, lcm <= 2^24
+ *   [0] periods   int32 [M + 1]: the M periods, ascending, positive, then their lcm
+ *                 (<= 2^24; the check verifies it, so a step need not recompute it)
  *   [1] a_modules per module m, pack_gate_blocks([W_m | R[m*k:(m+1)*k, m*k:H]], G):
  *                 module after module, each li_rcell_packed_len(G, kgp, K_m) long
  *   [2] bias      per module m, its k biases gate-padded [G][kgp]: M * G * kgp floats
@@ -77,13 +78,14 @@ int li_clockwork_rnn_check(const li_rcell *cell) {
     if (cell->layers != 1 || M < 1 || M > LI_RCELL_MAX_MODULES || H % M != 0 ||
         cell->n_arrays != N_ARRAYS)
         return -10;
-    if (cell->array_len[0] != M)
+    if (cell->array_len[0] != M + 1)
         return -11;
     const int32_t *periods = (const int32_t *)cell->array[0];
     for (int m = 0; m < M; m++)
         if (periods[m] < 1 || (m > 0 && periods[m] <= periods[m - 1]))
             return -11;
-    if (periods_lcm(periods, M) < 0)
+    const long lcm = periods_lcm(periods, M);
+    if (lcm < 0 || periods[M] != lcm)
         return -11;
     const int k = H / M, G = module_gates(k);
     int64_t a_total = 0;
@@ -128,7 +130,7 @@ int li_clockwork_rnn_run(const li_rcell *cell, const li_kernels *kern, li_sgemm_
     if (io->state[0] == NULL || io->state[1] == NULL)
         return -2;
     const int32_t *periods = (const int32_t *)cell->array[0];
-    const long lcm = periods_lcm(periods, M);
+    const long lcm = periods[M]; /* checked to be their lcm */
     const void *a_mod = cell->array[1];
     const float *bias = cell->array[2];
     float *in = io->scratch, *out = in + (size_t)B * (I + H), *count = out + (size_t)B * ldo;
@@ -142,11 +144,14 @@ int li_clockwork_rnn_run(const li_rcell *cell, const li_kernels *kern, li_sgemm_
         for (int m = 0; m < M; m++) {
             const int K = I + H - m * k;
             const void *am = a_m;
-            a_m = li_rcell_packed_at(cell, a_m, module_len(cell, k, m));
+            a_m = li_rcell_packed_at(cell, a_m, li_rcell_packed_len(cell, G, kgp, K));
+            const int p = periods[m], pow2 = (p & (p - 1)) == 0; /* 2^i: a mask, no idiv */
             int n = 0;
-            for (int b = 0; b < B; b++)
-                if ((long)count[b] % periods[m] == 0)
+            for (int b = 0; b < B; b++) { /* counters are whole numbers below 2^24 */
+                const int c = (int)count[b];
+                if (pow2 ? (c & (p - 1)) == 0 : c % p == 0)
                     rows[n++] = (float)b;
+            }
             if (n == 0)
                 continue;
             for (int j = 0; j < n; j++) { /* [x_t ; h[m*k:H]] of each active row */
@@ -159,9 +164,12 @@ int li_clockwork_rnn_run(const li_rcell *cell, const li_kernels *kern, li_sgemm_
                             out, kgp, ldo, io->prep);
             for (int j = 0; j < n; j++) {
                 const float *o = out + (size_t)j * ldo;
-                for (int g = 0; g < G; g++)
-                    memcpy(z + g * kg, o + g * kgp, (size_t)kg * sizeof(float));
-                kern->activation_array(LI_ACT_TANH, z, h + (size_t)rows[j] * H + (size_t)m * k,
+                if (kg != kgp) { /* the gates' units side by side, without their padding */
+                    for (int g = 0; g < G; g++)
+                        memcpy(z + g * kg, o + g * kgp, (size_t)kg * sizeof(float));
+                    o = z;
+                }
+                kern->activation_array(LI_ACT_TANH, o, h + (size_t)rows[j] * H + (size_t)m * k,
                                        (size_t)k);
             }
         }

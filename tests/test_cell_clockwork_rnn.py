@@ -105,6 +105,41 @@ def test_the_counter_wraps_past_the_lcm(rng) -> None:
     _close(stream.feed(x, chunk=13), want)
 
 
+def test_the_one_call_step_equals_the_general_step_path(rng) -> None:
+    """A step of plain float32 arrays (x and out of the input's and output's shapes) takes
+    the stream's one-call path (lstm_infer._engine.StepIO); a strided x, a float64 out or
+    no out take the general one. Both give the same bits, equal to the float64 module,
+    across a snapshot restored and a reset."""
+    module = _module(5, 16, (1, 2, 4, 8))
+    x = rng.standard_normal((21, 1, 5)).astype(np.float32)
+    want, _, _ = _torch_run(module, x)
+    model = lstm_infer.load(module)
+    fast, general = model.stream(), model.stream()
+    strided = np.repeat(x, 2, axis=2)[:, :, ::2]  # the same values, not C-contiguous
+    assert not strided[:1].flags.c_contiguous
+    out = np.empty((1, 1, 16), np.float32)
+    wide = np.empty((1, 1, 16), np.float64)
+    got_fast, got_general = [], []
+    for t in range(len(x)):
+        if t == 12:
+            snap = fast.state
+        got_fast.append(fast.step(x[t : t + 1], out=out).copy())
+        if t % 2:
+            general.step(strided[t : t + 1], out=wide)
+            got_general.append(wide.astype(np.float32))
+        else:
+            got_general.append(general.step(strided[t : t + 1]))
+    assert fast._io is not None  # the one-call path is the one taken
+    np.testing.assert_array_equal(np.concatenate(got_fast), np.concatenate(got_general))
+    _close(np.concatenate(got_fast), want)
+    fast.state = snap
+    again = [fast.step(x[t : t + 1], out=out).copy() for t in range(12, len(x))]
+    np.testing.assert_array_equal(np.concatenate(again), np.concatenate(got_fast[12:]))
+    fast.reset()
+    fresh = [fast.step(x[t : t + 1]) for t in range(len(x))]  # out=None: fresh arrays
+    np.testing.assert_array_equal(np.concatenate(fresh), np.concatenate(got_fast))
+
+
 def test_rows_at_different_counters_equal_solo_streams(rng) -> None:
     """A pool's sessions opened at different times step in one batch while their counters
     differ (so do their active modules); each equals its own solo stream and the torch

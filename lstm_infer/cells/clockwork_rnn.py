@@ -128,7 +128,7 @@ def compile_cell(a: Mapping[str, Any]) -> Any:
         packed(np.hstack([w[rows[m]], r[rows[m], m * k :]]), gates, fmt) for m in range(modules)
     ]
     arrays = [
-        np.asarray(periods, np.int32),
+        np.asarray([*periods, math.lcm(*periods)], np.int32),  # the periods, then their lcm
         _concat_aligned(blocks),
         np.concatenate([gate_vector_padded(b[rows[m]], gates) for m in range(modules)]),
     ]

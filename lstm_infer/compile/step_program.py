@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from lstm_infer import _engine
 from lstm_infer.compile.program import GraphProgram
 from lstm_infer.compile.step_buffers import KIND, Buf, NotCompiled, StepBuilder, StepContext
 from lstm_infer.compile.step_lower import LOWERINGS
@@ -250,6 +251,19 @@ class CompiledStep:
         """The callable that runs one step (the program's own when no BLAS thread limit is
         needed: one call less on the per-step path)."""
         return self.run if self._one_blas_thread else self.program.run
+
+    def io(self, input_name: str, output_name: str) -> Any:
+        """The one-call path of a step with one input and one output (_engine.StepIO:
+        ``io.step(x, out)`` copies x in, runs, copies the output out), or None when the step
+        needs the BLAS held at one thread around its run or a view is not a C-contiguous
+        float32 array (then ``run`` is the path)."""
+        if self._one_blas_thread:
+            return None
+        try:
+            return _engine.StepIO(self.program, self.inputs[input_name],
+                                  self.outputs[output_name])  # fmt: skip
+        except ValueError:  # a view that is not a plain float32 region of the arena
+            return None
 
     def run(self) -> None:
         """One step over what the input views hold."""

@@ -6,7 +6,8 @@
  * allocated to exactly its documented extent. Several T (one and many chunks, few and many
  * rows), B, module sizes that are not multiples of LI_BLOCK, rows starting at different step
  * counters (so the active modules differ per row), a strided output, on every usable
- * kernel table with a naive column-major sgemm. Also: li_rcell_check refuses bad periods.
+ * kernel table with a naive column-major sgemm. Also: li_rcell_check refuses bad periods
+ * and a stored lcm that is not theirs.
  */
 #include <math.h>
 #include <stdio.h>
@@ -85,6 +86,19 @@ typedef struct {
     li_rcell cell;
 } model;
 
+static long lcm_of(const model *md) {
+    long l = 1;
+    for (int m = 0; m < md->M; m++) {
+        long a = l, p = md->periods[m];
+        while (p) {
+            long r = a % p;
+            a = p, p = r;
+        }
+        l = l / a * md->periods[m];
+    }
+    return l;
+}
+
 static void build(model *md, int I, int H, int M, const int32_t *periods) {
     memset(md, 0, sizeof *md);
     md->I = I, md->H = H, md->M = M;
@@ -105,11 +119,12 @@ static void build(model *md, int I, int H, int M, const int32_t *periods) {
     int64_t a_total = 0;
     for (int m = 0; m < M; m++)
         a_total += (int64_t)nbg * (I + H - m * k) * G * LI_BLOCK;
-    md->len[0] = M;
+    md->len[0] = M + 1; /* the periods, then their lcm */
     md->len[1] = a_total;
     md->len[2] = (int64_t)M * G * kgp;
-    md->arr[0] = malloc((size_t)M * sizeof(int32_t));
+    md->arr[0] = malloc((size_t)(M + 1) * sizeof(int32_t));
     memcpy(md->arr[0], periods, (size_t)M * sizeof(int32_t));
+    ((int32_t *)md->arr[0])[M] = (int32_t)lcm_of(md);
     for (int i = 1; i < 3; i++)
         md->arr[i] = alloc_floats((size_t)md->len[i]);
     float *am = md->arr[1];
@@ -172,19 +187,6 @@ static void reference(const model *md, int T, int B, const float *x, const long 
     free(next);
 }
 
-static long lcm_of(const model *md) {
-    long l = 1;
-    for (int m = 0; m < md->M; m++) {
-        long a = l, p = md->periods[m];
-        while (p) {
-            long r = a % p;
-            a = p, p = r;
-        }
-        l = l / a * md->periods[m];
-    }
-    return l;
-}
-
 static void run_case(const li_kernels *kern, const model *md, int T, int B, int distinct) {
     const int H = md->H, I = md->I;
     const long lcm = lcm_of(md);
@@ -237,14 +239,17 @@ static void test_refusals(void) {
     const int32_t good[3] = {1, 2, 3};
     build(&md, 3, 6, 3, good);
     CHECK(li_rcell_check(&md.cell) == 0, "a good cell is accepted");
-    int32_t *p = (int32_t *)md.arr[0];
-    p[1] = 1;
+    int32_t *p = (int32_t *)md.arr[0]; /* p[3]: the lcm */
+    p[1] = 1, p[3] = 3;
     CHECK(li_rcell_check(&md.cell) != 0, "periods that are not ascending are refused");
     p[1] = 0;
     CHECK(li_rcell_check(&md.cell) != 0, "a zero period is refused");
     p[0] = 4093, p[1] = 4096, p[2] = 4099; /* lcm above 2^24 */
     CHECK(li_rcell_check(&md.cell) != 0, "an lcm above 2^24 is refused");
-    p[0] = 1, p[1] = 2, p[2] = 3;
+    p[0] = 1, p[1] = 2, p[2] = 3, p[3] = 12;
+    CHECK(li_rcell_check(&md.cell) != 0, "a stored lcm that is not the periods' is refused");
+    p[3] = 6;
+    CHECK(li_rcell_check(&md.cell) == 0, "the good cell again");
     md.cell.modules = 4;
     CHECK(li_rcell_check(&md.cell) != 0, "H not divisible by the modules is refused");
     md.cell.modules = 3;
