@@ -47,6 +47,7 @@ def _from_state(
     from lstm_infer.cells.load import cell_graph, load_cell_options
     from lstm_infer.torch_import import floating, spec_from_state_dict
 
+    state = _drop_ignored(state, options.pop("ignore", None))
     merged = {**found, **options}
     graph = cell_graph(
         state, prefix=merged.get("prefix"), batch_first=merged.get("batch_first", False)
@@ -55,6 +56,26 @@ def _from_state(
         return Model(spec_from_state_dict(floating(state), **merged))
     load_cell_options(options)  # refuses the options that apply to stacks only
     return GraphModel(graph, source="pytorch")
+
+
+def _drop_ignored(state: dict[str, np.ndarray], ignore: Any) -> dict[str, np.ndarray]:
+    """``state`` without the parameters ``ignore`` names: full keys, or module names whose
+    every ``name.*`` key goes (a loss's parameters saved beside the model, say). An entry
+    matching nothing is refused: a misspelt name would otherwise leave the model as it was."""
+    if ignore is None:
+        return state
+    if isinstance(ignore, str) or not all(isinstance(n, str) and n for n in ignore):
+        raise TypeError(f"ignore must be a list of parameter or module names, got {ignore!r}")
+    kept = dict(state)
+    for name in ignore:
+        gone = [k for k in kept if k == name or k.startswith(name + ".")]
+        if not gone:
+            raise errors.ModelFormatError(
+                f"ignore: {name!r} names no parameter or module of this state_dict"
+            )
+        for k in gone:
+            del kept[k]
+    return kept
 
 
 def load(source: Any, **options: Any) -> Model | GraphModel:
@@ -70,7 +91,9 @@ def load(source: Any, **options: Any) -> Model | GraphModel:
         installed, a live ``nn.Module`` or ``state_dict``.
     **options
         For PyTorch weights: ``key`` (which entry of a training checkpoint dict holds the
-        state_dict), ``prefix`` (use only parameters under this key prefix), ``nonlinearity``
+        state_dict), ``prefix`` (use only parameters under this key prefix), ``ignore``
+        (parameter or module names to leave out, e.g. a loss's ``["similarity_weight",
+        "similarity_bias"]`` saved with the model; full keys), ``nonlinearity``
         ("tanh"/"relu" for nn.RNN), ``batch_first``, ``head_activation`` /
         ``head_activations`` (after the Linear head), and, where the weights fit more than one
         architecture, ``embedding="emb.weight"`` (or False) / ``head=["fc", ...]`` (or []).

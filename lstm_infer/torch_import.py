@@ -302,7 +302,8 @@ def _place_other_modules(
     if odd:
         raise ModelFormatError(
             f"modules {odd} are neither an nn.Embedding before the recurrent layers nor an "
-            "nn.Linear after them; pick the recurrent sub-module with prefix=..."
+            "nn.Linear after them; pick the recurrent sub-module with prefix=..., or leave "
+            "parameters that are not the model's (a loss's, say) out with ignore=[...]"
         )
     for n, p in others:
         b = p.get("bias")

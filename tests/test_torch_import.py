@@ -274,6 +274,56 @@ def test_prefix_picks_a_submodule_and_ambiguity_says_what_to_pass(tmp_path: Path
         lstm_infer.load(path, key="no_such_key")
 
 
+class SpeakerEncoder(nn.Module):
+    """A speaker encoder shaped like Resemblyzer's (LSTM 40 -> 256 x 3, Linear 256 -> 256,
+    ReLU) with its GE2E loss's two scalar parameters registered on the same module, as its
+    shipped training checkpoint ``{"step", "model_state", "optimizer_state"}`` stores them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(40, 32, num_layers=3, batch_first=True)
+        self.linear = nn.Linear(32, 32)
+        self.relu = nn.ReLU()
+        self.similarity_weight = nn.Parameter(torch.tensor([10.0]))
+        self.similarity_bias = nn.Parameter(torch.tensor([-5.0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.linear(self.lstm(x)[0]))
+
+
+def test_ignore_leaves_a_loss_s_parameters_out(tmp_path: Path) -> None:
+    torch.manual_seed(4)
+    net = SpeakerEncoder().eval()
+    path = tmp_path / "pretrained.pt"
+    torch.save({"step": 5, "model_state": net.state_dict(), "optimizer_state": {}}, path)
+    with pytest.raises(ModelFormatError, match=r"ignore=\["):
+        lstm_infer.load(path, key="model_state", batch_first=True, head_activation="relu")
+    model = lstm_infer.load(
+        path,
+        key="model_state",
+        ignore=["similarity_weight", "similarity_bias"],
+        batch_first=True,
+        head_activation="relu",
+    )
+    x = torch.randn(2, 9, 40)
+    with torch.inference_mode():
+        y = net(x)
+    np.testing.assert_allclose(model.run({"input": x.numpy()})["output"], y, atol=ATOL)
+    # a whole module can be left out by its name; a name matching nothing is refused
+    model = lstm_infer.load(
+        net.state_dict(),
+        ignore=["similarity_weight", "similarity_bias", "linear"],
+        batch_first=True,
+    )
+    with torch.inference_mode():
+        h = net.lstm(x)[0]
+    np.testing.assert_allclose(model.run({"input": x.numpy()})["output"], h, atol=ATOL)
+    with pytest.raises(ModelFormatError, match="'similarity' names no parameter"):
+        lstm_infer.load(net.state_dict(), ignore=["similarity"])
+    with pytest.raises(TypeError, match="ignore must be a list"):
+        lstm_infer.load(net.state_dict(), ignore="similarity_weight")
+
+
 def test_pickle_that_would_run_code_is_refused(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
 
