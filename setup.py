@@ -16,6 +16,7 @@ from setuptools.command.build_ext import build_ext
 
 PORTABLE_SOURCES = [
     "src_c/cell_update_generic.c",
+    "src_c/cell_update_mixed.c",
     "src_c/kernels_scalar.c",
     "src_c/cpu_dispatch.c",
     "src_c/recurrent_driver.c",

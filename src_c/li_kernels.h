@@ -246,8 +246,8 @@ extern const li_kernels li_kernels_avx2;
 extern const li_kernels li_kernels_avx512;
 #endif
 
-/* Scalar pointwise updates for arbitrary ONNX activations (used whenever a cell's
- * activations are not the defaults, on every ISA). Same contracts as the table entries. */
+/* Scalar pointwise updates for arbitrary ONNX activations: the exact reference of every
+ * cell update (libm per element). Same contracts as the table entries. */
 void li_rnn_pointwise_generic(const li_cell *cell, int u0, int u1, const float *xp,
                               const float *rec, float *h_out);
 void li_lstm_pointwise_generic(const li_cell *cell, int u0, int u1, const float *xp, int xgs,
@@ -258,6 +258,21 @@ void li_gru_output_generic(const li_cell *cell, int u0, int u1, const float *xp_
                            const float *rec_n, const float *zr, const float *h_prev,
                            float *h_out);
 float li_activation_scalar(const li_activation *act, float x);
+
+/* The same updates at array speed (cell_update_mixed.c): what the driver runs whenever a
+ * cell's activations are not the defaults, on every ISA. Sigmoid / tanh through the table's
+ * activation_array, the other kinds in vectorisable loops; otherwise as the generic ones. */
+void li_rnn_pointwise_mixed(const li_kernels *kern, const li_cell *cell, int u0, int u1,
+                            const float *xp, const float *rec, float *h_out);
+void li_lstm_pointwise_mixed(const li_kernels *kern, const li_cell *cell, int u0, int u1,
+                             const float *xp, int xgs, const float *rec, int rgs, float *c,
+                             float *h_out);
+void li_gru_gates_mixed(const li_kernels *kern, const li_cell *cell, int u0, int u1,
+                        const float *xp, int xgs, const float *rec, int rgs,
+                        const float *h_prev, float *zr, float *rh);
+void li_gru_output_mixed(const li_kernels *kern, const li_cell *cell, int u0, int u1,
+                         const float *xp_n, const float *rec_n, const float *zr,
+                         const float *h_prev, float *h_out);
 
 /* ---- CPU dispatch (cpu_dispatch.c) ------------------------------------------------------ */
 

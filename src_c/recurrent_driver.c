@@ -156,17 +156,22 @@ static void cell_rows(const li_cell *cell, const li_kernels *kern, int u0, int u
                       const xproj_view *xv, const step_buffers *s, int rgs, int rrow, float *c,
                       float *hout, int hout_ld) {
     const int dflt = cell->default_activations, H = cell->hidden_size;
-    const li_lstm_pointwise_fn lstm_pw = dflt ? kern->lstm_pointwise : li_lstm_pointwise_generic;
-    const li_rnn_pointwise_fn rnn_pw = dflt ? kern->rnn_pointwise : li_rnn_pointwise_generic;
     for (int b = 0; b < B; ++b) {
         if (s->row_t[b] < 0) continue;
         const float *xp = xp_row(xv, s->row_t[b], b);
         const float *rec = s->rec + (size_t)b * rrow;
         float *hb = hout + (size_t)b * hout_ld;
-        if (cell->cell == LI_CELL_LSTM)
-            lstm_pw(cell, u0, u1, xp, xv->gs, rec, rgs, c + (size_t)b * H, hb);
-        else
-            rnn_pw(cell, u0, u1, xp, rec, hb);
+        if (cell->cell == LI_CELL_LSTM) {
+            if (dflt)
+                kern->lstm_pointwise(cell, u0, u1, xp, xv->gs, rec, rgs, c + (size_t)b * H, hb);
+            else
+                li_lstm_pointwise_mixed(kern, cell, u0, u1, xp, xv->gs, rec, rgs,
+                                        c + (size_t)b * H, hb);
+        } else if (dflt) {
+            kern->rnn_pointwise(cell, u0, u1, xp, rec, hb);
+        } else {
+            li_rnn_pointwise_mixed(kern, cell, u0, u1, xp, rec, hb);
+        }
     }
 }
 
@@ -176,12 +181,16 @@ static void gru_gate_rows(const li_cell *cell, const li_kernels *kern, int u0, i
                           const xproj_view *xv, const step_buffers *s, int rgs, int rrow,
                           const float *h, int ldh, float *rh) {
     const int H = cell->hidden_size, Hp = cell->hidden_padded;
-    const li_gru_gates_fn gates =
-        cell->default_activations ? kern->gru_gates : li_gru_gates_generic;
+    const int dflt = cell->default_activations;
     for (int b = 0; b < B; ++b) {
         if (s->row_t[b] < 0) continue;
-        gates(cell, u0, u1, xp_row(xv, s->row_t[b], b), xv->gs, s->rec + (size_t)b * rrow, rgs,
-              h + (size_t)b * ldh, s->zr + (size_t)b * 2 * H, rh + (size_t)b * Hp);
+        const float *xp = xp_row(xv, s->row_t[b], b), *rec = s->rec + (size_t)b * rrow;
+        const float *hb = h + (size_t)b * ldh;
+        float *zr = s->zr + (size_t)b * 2 * H, *rhb = rh + (size_t)b * Hp;
+        if (dflt)
+            kern->gru_gates(cell, u0, u1, xp, xv->gs, rec, rgs, hb, zr, rhb);
+        else
+            li_gru_gates_mixed(kern, cell, u0, u1, xp, xv->gs, rec, rgs, hb, zr, rhb);
     }
 }
 
@@ -191,12 +200,17 @@ static void gru_output_rows(const li_cell *cell, const li_kernels *kern, int u0,
                             const xproj_view *xv, const step_buffers *s, const float *h,
                             int ldh, float *hout, int hout_ld) {
     const int H = cell->hidden_size, Hp = cell->hidden_padded;
-    const li_gru_output_fn output =
-        cell->default_activations ? kern->gru_output : li_gru_output_generic;
+    const int dflt = cell->default_activations;
     for (int b = 0; b < B; ++b) {
         if (s->row_t[b] < 0) continue;
-        output(cell, u0, u1, xp_row(xv, s->row_t[b], b) + 2 * xv->gs, s->rec_n + (size_t)b * Hp,
-               s->zr + (size_t)b * 2 * H, h + (size_t)b * ldh, hout + (size_t)b * hout_ld);
+        const float *xp_n = xp_row(xv, s->row_t[b], b) + 2 * xv->gs;
+        const float *rn = s->rec_n + (size_t)b * Hp, *zr = s->zr + (size_t)b * 2 * H;
+        const float *hb = h + (size_t)b * ldh;
+        float *ho = hout + (size_t)b * hout_ld;
+        if (dflt)
+            kern->gru_output(cell, u0, u1, xp_n, rn, zr, hb, ho);
+        else
+            li_gru_output_mixed(kern, cell, u0, u1, xp_n, rn, zr, hb, ho);
     }
 }
 
