@@ -184,10 +184,14 @@ class DenseLayer:
 
     weight: np.ndarray
     bias: np.ndarray | None = None
-    activation: str | None = None  # None, "relu", "tanh", "sigmoid", "softmax", "log_softmax"
+    # None, "relu", "leaky_relu" (torch's default slope 0.01), "tanh", "sigmoid", "softmax",
+    # "log_softmax"
+    activation: str | None = None
 
 
-HEAD_ACTIVATIONS = (None, "relu", "tanh", "sigmoid", "softmax", "log_softmax")
+HEAD_ACTIVATIONS = (None, "relu", "leaky_relu", "tanh", "sigmoid", "softmax", "log_softmax")
+# The slope of "leaky_relu" for negative inputs: torch's nn.LeakyReLU / F.leaky_relu default.
+LEAKY_RELU_SLOPE = 0.01
 
 
 @dataclass

@@ -50,7 +50,7 @@ def _add_torch_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--nonlinearity", choices=["tanh", "relu"], default=None)
     g.add_argument(
         "--head-activation",
-        choices=["relu", "tanh", "sigmoid", "softmax", "log_softmax"],
+        choices=["relu", "leaky_relu", "tanh", "sigmoid", "softmax", "log_softmax"],
         default=None,
     )
     g.add_argument("--key", default=None, help="checkpoint dict entry holding the state_dict")

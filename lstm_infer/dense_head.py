@@ -24,7 +24,7 @@ import numpy as np
 
 from lstm_infer import _engine
 from lstm_infer._plan import pack_gate_blocks
-from lstm_infer._spec import DenseLayer
+from lstm_infer._spec import LEAKY_RELU_SLOPE, DenseLayer
 from lstm_infer.runtime.threads import blas_threads, thread_pool
 
 # The packed weight's "gates": output blocks of 4 x 16 features share each broadcast input.
@@ -149,6 +149,9 @@ def _activate(y: np.ndarray, activation: str | None, n: int) -> None:
     v = y if y.shape[1] == n else y[:, :n]
     if activation == "relu":
         np.maximum(v, 0.0, out=v)
+    elif activation == "leaky_relu":
+        # max(v, slope * v) is v for v >= 0 and slope * v below (slope < 1); NaN stays NaN
+        np.maximum(v, v * np.float32(LEAKY_RELU_SLOPE), out=v)
     elif activation == "tanh":
         np.tanh(v, out=v)
     elif activation == "sigmoid":

@@ -20,7 +20,8 @@ The architecture comes from the parameters:
 
 What the weights cannot say comes from keyword arguments with PyTorch's defaults:
 ``nonlinearity`` ("tanh" or "relu", for ``nn.RNN``), ``batch_first``, ``head_activation``
-(applied after the last Linear: None, "relu", "tanh", "sigmoid", "softmax", "log_softmax") and,
+(applied after the last Linear: None, "relu", "leaky_relu" (slope 0.01, torch's default), "tanh",
+"sigmoid", "softmax", "log_softmax") and,
 for several Linear layers, ``head_activations`` (one per Linear). ``prefix`` picks a
 sub-module by key prefix (e.g. ``prefix="encoder."``).
 

@@ -28,6 +28,8 @@ def _head64(x: np.ndarray, layers: list[DenseLayer]) -> np.ndarray:
             y = y + d.bias
         if d.activation == "relu":
             y = np.maximum(y, 0.0)
+        elif d.activation == "leaky_relu":
+            y = np.where(y >= 0.0, y, 0.01 * y)
         elif d.activation == "tanh":
             y = np.tanh(y)
         elif d.activation == "sigmoid":
@@ -89,7 +91,9 @@ def test_softmax_rows_leaves_padding_alone() -> None:
 
 @pytest.mark.parametrize("rows", [0, 1, 5, PACKED_MAX_ROWS, PACKED_MAX_ROWS + 1, 300])
 @pytest.mark.parametrize("out_features", [1, 29, 64, 100, 257])
-@pytest.mark.parametrize("activation", [None, "relu", "sigmoid", "tanh", "log_softmax", "softmax"])
+@pytest.mark.parametrize(
+    "activation", [None, "relu", "leaky_relu", "sigmoid", "tanh", "log_softmax", "softmax"]
+)
 def test_dense_layer_matches_float64(
     isa: str, rows: int, out_features: int, activation: str | None, rng
 ) -> None:

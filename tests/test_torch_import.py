@@ -324,6 +324,28 @@ def test_ignore_leaves_a_loss_s_parameters_out(tmp_path: Path) -> None:
         lstm_infer.load(net.state_dict(), ignore="similarity_weight")
 
 
+def test_leaky_relu_between_linear_layers_matches_torch(tmp_path: Path) -> None:
+    """pyannote's PyanNet puts F.leaky_relu (slope 0.01) between the Linear layers after its
+    LSTM: head_activations=["leaky_relu", ...] says so."""
+    torch.manual_seed(5)
+    net = nn.Module()
+    net.lstm = nn.LSTM(6, 8, batch_first=True, bidirectional=True)
+    net.linear = nn.ModuleList([nn.Linear(16, 8), nn.Linear(8, 8)])
+    net.classifier = nn.Linear(8, 3)
+    path = tmp_path / "seg.pt"
+    torch.save(net.state_dict(), path)
+    model = lstm_infer.load(
+        path, batch_first=True, head_activations=["leaky_relu", "leaky_relu", None]
+    )
+    x = torch.randn(2, 7, 6) * 3
+    with torch.inference_mode():
+        y = net.lstm(x)[0]
+        for layer in net.linear:
+            y = torch.nn.functional.leaky_relu(layer(y))
+        y = net.classifier(y)
+    np.testing.assert_allclose(model.run({"input": x.numpy()})["output"], y, atol=ATOL)
+
+
 def test_pickle_that_would_run_code_is_refused(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
 
