@@ -2,8 +2,10 @@
 
 The zoo of issue 13, exported by torch.onnx (legacy exporter): a CRNN (2-D conv front end ->
 BiLSTM -> CTC head), a VAD shape (STFT as Conv1d -> LSTM -> Conv1d(k=1) head -> 1-D output),
-LSTM -> LayerNorm -> residual Add -> Linear, and a last-timestep classifier. Whole-sequence
-``run``, one thread per engine, outputs checked against PyTorch to 1e-4 first; engines
+LSTM -> LayerNorm -> residual Add -> Linear, a last-timestep classifier, one packed (2, B, H)
+state tensor split and joined again, and tf2onnx's Keras-style bidirectional concat (written
+with onnx.helper). Whole-sequence ``run``, one thread per engine, outputs checked against
+PyTorch (the Keras graph: against onnxruntime) to 1e-4 first; engines
 interleaved round-robin (bench/compare.py's ``time_interleaved``), medians, ours / ORT.
 
     python bench/graph_zoo.py [--repeat 15] [--threads 1] [--models crnn vad ...]
@@ -89,7 +91,25 @@ def _models() -> dict[str, Callable[[], tuple[Any, tuple, list[str]]]]:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return torch.softmax(self.fc(self.rnn(x)[0][:, -1]), -1)
 
+    class PackedState(nn.Module):
+        """One (2, B, H) state tensor split into h and c, returned packed again (VAD style)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.LSTM(64, 128)
+            self.out = nn.Linear(128, 1)
+
+        def forward(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            y, (h, c) = self.rnn(x, (state[:1], state[1:]))
+            return torch.sigmoid(self.out(y)).squeeze(-1), torch.cat([h, c], 0)
+
     return {
+        "packed_state": lambda: (
+            PackedState(),
+            (torch.randn(100, 8, 64), torch.randn(2, 8, 128) * 0.1),
+            ["x", "state"],
+        ),
+        "keras_bidirectional": _keras_bidirectional,
         "crnn": lambda: (Crnn(), (torch.randn(4, 1, 32, 128),), ["image"]),
         "vad": lambda: (Vad(), (torch.randn(2, 16000),), ["audio"]),
         "norm_residual": lambda: (NormResidual(), (torch.randn(100, 8, 128),), ["x"]),
@@ -97,31 +117,95 @@ def _models() -> dict[str, Callable[[], tuple[Any, tuple, list[str]]]]:
     }
 
 
-def bench_model(name: str, make: Callable, repeat: int, target_s: float, threads: int) -> dict:
-    import onnxruntime as ort
+def _keras_bidirectional() -> tuple[bytes, dict[str, np.ndarray], None]:
+    """tf2onnx's Keras Bidirectional(LSTM(128)) over (N, T, 64), written with onnx.helper:
+    a forward and a reverse LSTM node, each Squeezed, Concat on features, Dense, Softmax
+    (no torch module to check against: the engines are checked against each other)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    T, B, I, H, C = 100, 8, 64, 128, 32
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((2 * H, C)).astype(np.float32) * 0.1, "w"),
+        numpy_helper.from_array(rng.standard_normal(C).astype(np.float32) * 0.1, "b"),
+        numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+    ]
+    nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2])]
+    for d, direction in (("f", "forward"), ("r", "reverse")):
+        s = 1 / np.sqrt(H)
+        for key, shape in (
+            (f"W{d}", (1, 4 * H, I)),
+            (f"R{d}", (1, 4 * H, H)),
+            (f"B{d}", (1, 8 * H)),
+        ):
+            inits.append(numpy_helper.from_array(rng.uniform(-s, s, shape).astype(np.float32), key))
+        nodes += [
+            helper.make_node(
+                "LSTM",
+                ["xt", f"W{d}", f"R{d}", f"B{d}"],
+                [f"y{d}"],
+                hidden_size=H,
+                direction=direction,
+            ),  # fmt: skip
+            helper.make_node("Squeeze", [f"y{d}", "axis1"], [f"s{d}"]),
+        ]
+    nodes += [
+        helper.make_node("Concat", ["sf", "sr"], ["cat"], axis=-1),
+        helper.make_node("Transpose", ["cat"], ["bt"], perm=[1, 0, 2]),
+        helper.make_node("MatMul", ["bt", "w"], ["l0"]),
+        helper.make_node("Add", ["l0", "b"], ["l1"]),
+        helper.make_node("Softmax", ["l1"], ["y"], axis=-1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "keras_bidirectional",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", T, I])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", T, C])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.standard_normal((B, T, I)).astype(np.float32)
+    return model.SerializeToString(), {"x": x}, None
+
+
+def _export(make: Callable) -> tuple[bytes, dict[str, np.ndarray], list[np.ndarray] | None]:
+    """(ONNX bytes, feeds, torch's outputs or None) of one zoo entry."""
     import torch
 
     torch.manual_seed(0)
-    module, args, names = make()
+    made = make()
+    if isinstance(made[0], bytes):
+        return made
+    module, args, names = made
     module.eval()
+    with torch.no_grad():
+        ref = module(*args)
+    ref = [t.numpy() for t in (ref if isinstance(ref, tuple) else (ref,))]
+    outs = ["y"] if len(ref) == 1 else [f"y{i}" for i in range(len(ref))]
     buf = io.BytesIO()
-    torch.onnx.export(module, args, buf, input_names=names, output_names=["y"], dynamo=False)
-    data = buf.getvalue()
+    torch.onnx.export(module, args, buf, input_names=names, output_names=outs, dynamo=False)
+    return buf.getvalue(), {n: a.numpy() for n, a in zip(names, args)}, ref
+
+
+def bench_model(name: str, make: Callable, repeat: int, target_s: float, threads: int) -> dict:
+    import onnxruntime as ort
+
+    data, feeds, ref = _export(make)
     ours = lstm_infer.load(data)
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
     sess = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
-    feeds = {n: a.numpy() for n, a in zip(names, args)}
-    with torch.no_grad():
-        ref = module(*args).numpy()
+    got = list(ours.run(feeds, threads=threads).values())
+    theirs = sess.run(None, feeds)
+    ref = theirs if ref is None else ref  # no torch module: agreement with onnxruntime
     err = {
-        "ours": float(np.abs(ours.run(feeds, threads=threads)["y"] - ref).max()),
-        "onnxruntime": float(np.abs(sess.run(None, feeds)[0] - ref).max()),
+        "ours": max(float(np.abs(g - r).max()) for g, r in zip(got, ref)),
+        "onnxruntime": max(float(np.abs(g - r).max()) for g, r in zip(theirs, ref)),
     }
     if not all(v <= 1e-4 for v in err.values()):
-        raise SystemExit(f"{name}: engines disagree with torch: {err}")
+        raise SystemExit(f"{name}: engines disagree with the reference: {err}")
 
     def ours_loop(n: int) -> None:
         for _ in range(n):
