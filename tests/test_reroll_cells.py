@@ -54,11 +54,12 @@ def ops_of(model: object) -> set[str]:
 
 
 def check_rerolled(module: torch.nn.Module, make_feeds, dynamo: bool, cell: str,
-                   rng: np.random.Generator) -> lstm_infer.GraphModel:  # fmt: skip
-    """Export at EXPORTED_T; the model must hold ``cell`` nodes and no per-step products,
-    equal onnxruntime at EXPORTED_T and float64 torch at OTHER_T."""
+                   rng: np.random.Generator,
+                   exported_t: int = EXPORTED_T) -> lstm_infer.GraphModel:  # fmt: skip
+    """Export at ``exported_t``; the model must hold ``cell`` nodes and no per-step products,
+    equal onnxruntime at ``exported_t`` and float64 torch at OTHER_T."""
     module = module.eval()
-    feeds = make_feeds(EXPORTED_T, rng)
+    feeds = make_feeds(exported_t, rng)
     exported = export(module, tuple(torch.from_numpy(v) for v in feeds.values()),
                       list(feeds), dynamo)  # fmt: skip
     model = lstm_infer.load(exported)
@@ -95,6 +96,13 @@ def test_cell_loops_become_one_recurrent_node(cell: str, dynamo: bool, rng) -> N
     model = check_rerolled(m.CellLoop(cell, INP, HIDDEN), seq_feeds(), dynamo, cell.upper(), rng)
     x = next(i for i in model.inputs if i.name == "x")
     assert x.shape[1] == "time"  # the traced length is no longer required
+
+
+@pytest.mark.parametrize("exported_t", [2, 13])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_loops_traced_at_other_lengths_reroll_too(cell: str, exported_t: int, rng) -> None:
+    """The traced length is not special: exports of 2 and 13 steps re-roll and run at 3 / 9."""
+    check_rerolled(m.CellLoop(cell, INP, HIDDEN), seq_feeds(), False, cell.upper(), rng, exported_t)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
