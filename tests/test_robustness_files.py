@@ -45,6 +45,7 @@ from lstm_infer.errors import (
     CheckpointFormatError,
     InputError,
     InputTypeError,
+    LstmInferError,
     ModelFormatError,
     UnsafeCheckpointError,
 )
@@ -89,10 +90,21 @@ def _sequence_model() -> lstm_infer.Model:
     return lstm_infer.Model(ModelSpec([layer], sig, embedding=emb, head=head))
 
 
+def _graph_model() -> lstm_infer.GraphModel:
+    """A version-2 native file's model: LSTM -> Squeeze -> Gather -> Gemm -> Cos ->
+    ConstantOfShape -> Where (int64, bool and tensor-attribute constants included)."""
+    from test_native_graph import graph_model
+
+    return lstm_infer.load(graph_model(np.random.default_rng(0)))
+
+
 @functools.cache
 def native_blob(kind: str) -> bytes:
-    """The bytes of a valid native file ("gru", "lstm" or "sequence")."""
-    model = _sequence_model() if kind == "sequence" else _onnx_style_model(kind)
+    """The bytes of a valid native file ("gru", "lstm", "sequence", or "graph": version 2)."""
+    if kind == "graph":
+        model = _graph_model()
+    else:
+        model = _sequence_model() if kind == "sequence" else _onnx_style_model(kind)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "m.safetensors"
         model.save(path)
@@ -160,7 +172,22 @@ def load_or_refuse(load: Callable[[], Any], *, run: bool = True) -> bool:
         tracemalloc.stop()
     if run and isinstance(model, lstm_infer.Model):
         exercise(model)
+    elif run and isinstance(model, lstm_infer.GraphModel):
+        exercise_graph(model)
     return True
+
+
+def exercise_graph(model: lstm_infer.GraphModel) -> None:
+    """A graph that loaded runs, or refuses its feeds with the library's own error."""
+    feeds = {}
+    for info in model.inputs:
+        shape = tuple(d if isinstance(d, int) and 0 <= d <= 8 else 3 for d in info.shape)
+        feeds[info.name] = np.ones(shape, np.dtype(info.dtype))
+    try:
+        outs = model.run(feeds)
+    except LstmInferError:
+        return
+    assert all(isinstance(v, np.ndarray) for v in outs.values())
 
 
 def refused(load: Callable[[], Any], match: str | None = None) -> None:
@@ -178,12 +205,12 @@ def refused(load: Callable[[], Any], match: str | None = None) -> None:
 # ---- native / safetensors: truncation and header lengths ---------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["gru", "lstm", "sequence"])
+@pytest.mark.parametrize("kind", ["gru", "lstm", "sequence", "graph"])
 def test_valid_native_files_load_and_run(kind: str) -> None:
     assert load_or_refuse(lambda: lstm_infer.load(native_blob(kind)))
 
 
-@pytest.mark.parametrize("kind", ["lstm", "sequence"])
+@pytest.mark.parametrize("kind", ["lstm", "sequence", "graph"])
 def test_truncated_native_file_is_refused_at_every_length(kind: str, tmp_path: Path) -> None:
     blob = native_blob(kind)
     (n,) = struct.unpack("<Q", blob[:8])
@@ -558,7 +585,7 @@ def json_mutations(draw: Any, blob: bytes) -> bytes:
 
 
 @FUZZ
-@hypothesis.given(data=st.data(), kind=st.sampled_from(["gru", "lstm", "sequence"]))
+@hypothesis.given(data=st.data(), kind=st.sampled_from(["gru", "lstm", "sequence", "graph"]))
 def test_fuzz_native_file_bytes(data: Any, kind: str) -> None:
     blob = data.draw(byte_mutations(native_blob(kind)))
     load_or_refuse(lambda: read_safetensors(blob), run=False)
@@ -567,7 +594,7 @@ def test_fuzz_native_file_bytes(data: Any, kind: str) -> None:
 
 
 @FUZZ
-@hypothesis.given(data=st.data(), kind=st.sampled_from(["gru", "lstm", "sequence"]))
+@hypothesis.given(data=st.data(), kind=st.sampled_from(["gru", "lstm", "sequence", "graph"]))
 def test_fuzz_native_file_json_values(data: Any, kind: str) -> None:
     blob = data.draw(json_mutations(native_blob(kind)))
     load_or_refuse(lambda: lstm_infer.load(blob))
