@@ -37,8 +37,28 @@ _FAMILY_TITLES = {
 }
 
 
+# What the importer rewrites at load, beyond one registered op per ONNX node: a table of the
+# patterns (each tested against onnxruntime / torch in tests/), shown under the operators.
+PATTERNS = (
+    ("`com.microsoft.DynamicQuantizeLSTM` (onnxruntime's `quantize_dynamic`)",
+     "the engine's int8 LSTM"),
+    ("LSTM / GRU / RNN cells unrolled over T steps (per-step Gemm / MatMul, fused or split, "
+     "any gate order, both directions, stacked)", "one native recurrent node, any length"),
+    ("layer-normalised and depth-gated LSTM cells unrolled (torch.onnx exports of "
+     "`lstm_infer.nn`)", "`LayerNormLSTM` / `DepthGatedLSTM`, any length"),
+    ("a Loop / Scan whose body is one LSTM / GRU / RNN step (tf2onnx's Keras GRU and "
+     "SimpleRNN, torch.jit.script cell loops)", "one native recurrent node"),
+    ("a list appended in a Loop and stacked after it (`SequenceInsert` + "
+     "`ConcatFromSequence`)", "a Loop scan output (then a native node where the body is a cell)"),
+    ("an `If` on a constant or on an input fixed with `fixed_inputs=`", "the chosen branch"),
+    ("`BatchNormalization` after Conv / ConvTranspose / Gemm, Relu after Conv, a zero Pad "
+     "before Conv", "folded into the op before"),
+)  # fmt: skip
+
+
 def markdown_table() -> str:
-    """One row per op family (its module), the ops in alphabetical order."""
+    """One row per op family (its module), the ops in alphabetical order; then the patterns
+    rewritten at load."""
     families: dict[str, list[str]] = {}
     for name, op in REGISTRY.items():
         family = op.run.__module__.rsplit(".", 1)[-1]
@@ -50,6 +70,8 @@ def markdown_table() -> str:
     for family in order:
         ops = ", ".join(f"`{n}`" for n in sorted(families[family]))
         lines.append(f"| {_FAMILY_TITLES.get(family, family)} | {ops} |")
+    lines += ["", "| pattern recognised at load | runs as |", "| --- | --- |"]
+    lines += [f"| {found} | {runs} |" for found, runs in PATTERNS]
     return "\n".join(lines)
 
 
