@@ -387,3 +387,33 @@ def test_quantize_dynamic_crnn_matches_onnxruntime(tmp_path: Path, dynamo: bool)
     ours_path = (got.argmax(-1) == float_y.argmax(-1)).mean()
     ort_path = (want.argmax(-1) == float_y.argmax(-1)).mean()
     assert ours_path >= min(ort_path, 0.9), (ours_path, ort_path)
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+@pytest.mark.parametrize("name", ["vad", "norm_residual", "last_step"])
+def test_quantize_dynamic_zoo_models_match_onnxruntime(
+    tmp_path: Path, name: str, dynamo: bool
+) -> None:
+    """The other zoo models through quantize_dynamic (both torch exporters): what it writes
+    (DynamicQuantizeLSTM, ConvInteger, MatMulInteger chains, or none of them where the export
+    has nothing it quantizes) runs, as close to the float model as onnxruntime's int8 run."""
+    torch = require("torch")
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from test_graph_zoo import ZOO, LastStepClassifier, _randomised, export
+
+    torch.manual_seed(8)
+    make, shape = (LastStepClassifier, (3, 9, 6)) if name == "last_step" else ZOO[name]
+    net = _randomised(make()).eval()
+    x = np.random.default_rng(9).standard_normal(shape).astype(np.float32)
+    src, dst = tmp_path / f"{name}.onnx", tmp_path / f"{name}_int8.onnx"
+    src.write_bytes(export(net, (torch.from_numpy(x),), ["x"], ["y"], dynamo))
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8,
+                     op_types_to_quantize=["Conv", "LSTM", "GRU", "MatMul", "Gemm"])  # fmt: skip
+    ops = {n.op_type for n in onnx.load(str(dst)).graph.node}
+    assert ops & {"DynamicQuantizeLSTM", "ConvInteger", "MatMulInteger"}, ops
+    got = lstm_infer.load(str(dst)).run({"x": x})["y"]
+    want = onnxruntime_run(str(dst), {"x": x})[0]
+    float_y = onnxruntime_run(str(src), {"x": x})[0]
+    ort_err = np.abs(want - float_y).max()
+    assert got.shape == want.shape and got.dtype == want.dtype
+    assert np.abs(got - float_y).max() <= 2 * ort_err + 1e-3, (np.abs(got - float_y).max(), ort_err)
