@@ -91,7 +91,10 @@ def load(source: Any, **options: Any) -> Model | GraphModel:
         installed, a live ``nn.Module`` or ``state_dict``.
     **options
         For PyTorch weights: ``key`` (which entry of a training checkpoint dict holds the
-        state_dict), ``prefix`` (use only parameters under this key prefix), ``ignore``
+        state_dict), ``inert_objects=True`` (objects of other libraries' classes beside the
+        weights, such as Lightning's hyper-parameters, load as inert markers instead of
+        being refused; nothing of them runs), ``prefix`` (use only parameters under this key
+        prefix), ``ignore``
         (parameter or module names to leave out, e.g. a loss's ``["similarity_weight",
         "similarity_bias"]`` saved with the model; full keys), ``nonlinearity``
         ("tanh"/"relu" for nn.RNN), ``batch_first``, ``head_activation`` /
@@ -160,7 +163,14 @@ def load(source: Any, **options: Any) -> Model | GraphModel:
             no_options("a module exported with example_inputs")
             return load_onnx(export_module(source, example, names))
         if hasattr(source, "state_dict") or isinstance(source, dict):
-            return _from_state(*read_state(source, key=options.pop("key", None)), options)
+            return _from_state(
+                *read_state(
+                    source,
+                    key=options.pop("key", None),
+                    inert_objects=options.pop("inert_objects", False),
+                ),
+                options,
+            )
         raise ModelFormatError(
             f"cannot load a model from {type(source).__name__}; pass a path, bytes, an "
             "onnx.ModelProto, a torch module or a state_dict"
@@ -187,5 +197,12 @@ def load(source: Any, **options: Any) -> Model | GraphModel:
         # safetensors sorts its names: their order says nothing about the modules'
         return _from_state(tensors, {"ordered": False}, options)
     if is_torch_checkpoint(head, path):
-        return _from_state(*read_state(source, key=options.pop("key", None)), options)
+        return _from_state(
+            *read_state(
+                source,
+                key=options.pop("key", None),
+                inert_objects=options.pop("inert_objects", False),
+            ),
+            options,
+        )
     return load_onnx(source, **onnx_options())

@@ -22,6 +22,14 @@ so a pickle cannot mutate them; only the ``OrderedDict`` stand-in accepts the
 ``{'_metadata': ...}`` state that ``state_dict()`` carries, and it ignores it. Sizes, strides
 and offsets are checked against the bytes actually present before any array is allocated.
 
+Training checkpoints often keep objects of other libraries beside the weights (Lightning's
+``hyper_parameters`` holding omegaconf containers, say). With ``inert_objects=True`` a global
+outside the allow-list resolves to an inert class of ours instead of being refused
+(:class:`_Opaque`): calling it, BUILD, SETITEMS and APPENDS on it record nothing and run
+nothing, so such objects load as empty markers of their class name; the state dict chosen
+must then hold none of them (UnsafeCheckpointError naming the class otherwise). The EXT
+opcodes and the memo bounds are refused as always.
+
 Integer and bool tensors (``num_batches_tracked``, index buffers) are parsed and bounds-checked
 but left out of the result; complex and float8 tensors raise :class:`CheckpointFormatError`
 rather than being dropped, because they would be weights this engine cannot represent.
@@ -205,6 +213,45 @@ class _StateDict(dict):
         # holds module versions, which we do not need.
         if not isinstance(state, dict):
             raise CheckpointFormatError("unexpected BUILD state on an OrderedDict")
+
+
+class _Opaque:
+    """What a global outside the allow-list resolves to under ``inert_objects=True``: one
+    subclass per global name, carrying only that name. Every way a pickle can use a class
+    or function (called by REDUCE / INST / OBJ, instantiated by NEWOBJ, its instances given
+    state by BUILD, items by SETITEMS, elements by APPENDS) builds or touches an instance
+    that keeps nothing: no argument, state or item is stored, nothing is called."""
+
+    __slots__ = ()
+    qualname = "?"
+
+    def __new__(cls, *args: object, **kwargs: object) -> _Opaque:
+        return object.__new__(cls)
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def __setstate__(self, state: object) -> None:
+        pass
+
+    def __setitem__(self, key: object, value: object) -> None:
+        pass
+
+    def append(self, value: object) -> None:
+        pass
+
+    def extend(self, values: object) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"<inert {self.qualname}>"
+
+
+def _opaque(value: object) -> str | None:
+    """The global name behind ``value`` if it is an inert class or instance, else None."""
+    if isinstance(value, _Opaque) or (isinstance(value, type) and issubclass(value, _Opaque)):
+        return value.qualname
+    return None
 
 
 class _Storage(_Frozen):
@@ -420,7 +467,10 @@ def _check_global(module: str, name: str) -> _Frozen:
         raise UnsafeCheckpointError(
             f"the checkpoint's pickle references the global '{meant}'{alias}, which is not on "
             "the allow-list of plain tensor data; refusing to load it (it could run code). "
-            "If you trust the file, re-save it as model.state_dict() or as safetensors."
+            "If that object is not part of the weights (training metadata such as "
+            "hyper-parameters), load with inert_objects=True: it then loads as an inert "
+            "marker and nothing of it runs. Or re-save the weights as model.state_dict() or "
+            "as safetensors."
         )
     return allowed
 
@@ -429,13 +479,25 @@ class _RestrictedUnpickler(pickle.Unpickler):
     """``pickle.Unpickler`` that resolves globals only to this module's placeholders."""
 
     def __init__(
-        self, file: BinaryIO, persistent_load: Callable[[object], _Storage] | None
+        self,
+        file: BinaryIO,
+        persistent_load: Callable[[object], _Storage] | None,
+        inert: bool = False,
     ) -> None:
         super().__init__(file, encoding="utf-8")
         self._persistent_load = persistent_load
+        self._inert: dict[str, type] | None = {} if inert else None
 
-    def find_class(self, module: str, name: str) -> _Frozen:
-        return _check_global(module, name)
+    def find_class(self, module: str, name: str) -> Any:
+        if self._inert is None or (module, name) in _ALLOWED_GLOBALS:
+            return _check_global(module, name)
+        qualname = f"{module}.{name}"[:200]
+        cls = self._inert.get(qualname)
+        if cls is None:  # one per name, at most one per GLOBAL opcode of the pickle
+            cls = self._inert[qualname] = type(
+                "_Opaque", (_Opaque,), {"__slots__": (), "qualname": qualname}
+            )
+        return cls
 
     def persistent_load(self, pid: object) -> _Storage:
         if self._persistent_load is None:
@@ -443,7 +505,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return self._persistent_load(pid)
 
 
-def _prescan(stream: BinaryIO) -> None:
+def _prescan(stream: BinaryIO, inert: bool = False) -> None:
     """Walk one pickle's opcodes without executing them, refusing forbidden globals early.
 
     Also bounds memo indices: the C unpickler grows its memo table to the largest index
@@ -454,7 +516,7 @@ def _prescan(stream: BinaryIO) -> None:
         if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT"):
             if not isinstance(arg, int) or not 0 <= arg <= count:
                 raise CheckpointFormatError(f"pickle memo index {arg} is out of range")
-        elif opcode.name in ("GLOBAL", "INST"):
+        elif opcode.name in ("GLOBAL", "INST") and not inert:
             module, _, name = str(arg).partition(" ")
             _check_global(module, name)
         elif opcode.name in ("EXT1", "EXT2", "EXT4"):
@@ -465,13 +527,16 @@ def _prescan(stream: BinaryIO) -> None:
 
 
 def _unpickle(
-    stream: BinaryIO, persistent_load: Callable[[object], _Storage] | None = None
+    stream: BinaryIO,
+    persistent_load: Callable[[object], _Storage] | None = None,
+    inert: bool = False,
 ) -> object:
-    """Load the next pickle from ``stream``, leaving the stream just after its STOP opcode."""
+    """Load the next pickle from ``stream``, leaving the stream just after its STOP opcode;
+    ``inert``: globals outside the allow-list become inert classes (see the module doc)."""
     start = stream.tell()
-    _prescan(stream)
+    _prescan(stream, inert)
     stream.seek(start)
-    return _RestrictedUnpickler(stream, persistent_load).load()
+    return _RestrictedUnpickler(stream, persistent_load, inert).load()
 
 
 def _storage_type(value: object) -> _ElementType:
@@ -592,7 +657,9 @@ def _check_zip_entry(info: zipfile.ZipInfo, archive_size: int) -> None:
         )
 
 
-def _read_zip(source: _Source, key: str | None, integers: bool = False) -> dict[str, np.ndarray]:
+def _read_zip(
+    source: _Source, key: str | None, integers: bool = False, inert: bool = False
+) -> dict[str, np.ndarray]:
     with zipfile.ZipFile(source.stream()) as archive:
         names = archive.namelist()
         pickles = [n for n in names if n.endswith("data.pkl") and n.count("/") <= 1]
@@ -633,11 +700,13 @@ def _read_zip(source: _Source, key: str | None, integers: bool = False) -> dict[
         info = archive.getinfo(pickles[0])
         _check_zip_entry(info, source.size)
         table = _StorageTable(5, fetch)
-        top = _unpickle(io.BytesIO(archive.read(info)), table)
+        top = _unpickle(io.BytesIO(archive.read(info)), table, inert)
         return _to_arrays(_select_state_dict(top, key), byteorder, integers)
 
 
-def _read_legacy(source: _Source, key: str | None, integers: bool = False) -> dict[str, np.ndarray]:
+def _read_legacy(
+    source: _Source, key: str | None, integers: bool = False, inert: bool = False
+) -> dict[str, np.ndarray]:
     data = source.read_at(0, source.size)
     stream = io.BytesIO(data)
     if _unpickle(stream) != _LEGACY_MAGIC_NUMBER:
@@ -653,7 +722,7 @@ def _read_legacy(source: _Source, key: str | None, integers: bool = False) -> di
     byteorder = "little" if little_endian else "big"
 
     table = _StorageTable(6, None)
-    top = _unpickle(stream, table)
+    top = _unpickle(stream, table, inert)
     keys = _unpickle(stream)
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
         raise CheckpointFormatError("legacy storage key list is not a list of strings")
@@ -819,6 +888,12 @@ def _to_arrays(
 ) -> dict[str, np.ndarray]:
     result: dict[str, np.ndarray] = {}
     for name, value in state_dict.items():
+        inert = _opaque(name) or _opaque(value)
+        if inert is not None:
+            raise UnsafeCheckpointError(
+                f"the state dict holds an object of '{inert}' (entry {_brief(name)}), which "
+                "is not on the allow-list of plain tensor data; refusing to load it"
+            )
         if not isinstance(value, _Tensor):
             continue  # e.g. extra_state or a stray '_metadata' entry
         if not isinstance(name, str):
@@ -835,7 +910,11 @@ def _to_arrays(
 
 
 def read_checkpoint(
-    source: str | os.PathLike[str] | bytes, *, key: str | None = None, integers: bool = False
+    source: str | os.PathLike[str] | bytes,
+    *,
+    key: str | None = None,
+    integers: bool = False,
+    inert_objects: bool = False,
 ) -> dict[str, np.ndarray]:
     """Read the floating-point weights of a PyTorch checkpoint, without torch.
 
@@ -853,6 +932,10 @@ def read_checkpoint(
     integers : bool, default False
         Also return the integer tensors (as int64 arrays; bool ones stay out): the cells of
         CELLS.md keep some of their structure in them (the clockwork RNN's ``periods``).
+    inert_objects : bool, default False
+        Objects of classes outside the allow-list (a training library's hyper-parameter
+        containers beside the weights) load as inert markers instead of being refused; none
+        may be inside the chosen state dict. Nothing from the file runs either way.
 
     Returns
     -------
@@ -880,8 +963,8 @@ def read_checkpoint(
                 raise CheckpointFormatError("key= does not apply to safetensors files (flat)")
             return _read_safetensors(src, integers)
         if kind == "zip":
-            return _read_zip(src, key, integers)
-        return _read_legacy(src, key, integers)
+            return _read_zip(src, key, integers, inert_objects)
+        return _read_legacy(src, key, integers, inert_objects)
     except (CheckpointFormatError, UnsafeCheckpointError):
         raise
     except Exception as exc:  # a corrupt file can trip any parser; report it as a format error

@@ -563,7 +563,7 @@ def _is_safetensors_source(src: str | os.PathLike[str] | bytes) -> bool:
 
 
 def read_state(
-    source: Any, *, key: str | None = None
+    source: Any, *, key: str | None = None, inert_objects: bool = False
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Every array of a checkpoint path/bytes, a state_dict (torch or numpy) or a module
     (floating point as float32, integer buffers as int64), and the loader options the source
@@ -572,11 +572,13 @@ def read_state(
         from lstm_infer.torch_checkpoint import read_checkpoint
 
         src = bytes(source) if isinstance(source, (bytearray, memoryview)) else source
-        state = read_checkpoint(src, key=key, integers=True)
+        state = read_checkpoint(src, key=key, integers=True, inert_objects=inert_objects)
         # safetensors sort their names: no module order to go by
         return state, ({"ordered": False} if _is_safetensors_source(src) else {})
-    if key is not None:
-        raise ModelFormatError("key= applies to checkpoint files; pass the state_dict itself")
+    if key is not None or inert_objects:
+        raise ModelFormatError(
+            "key= and inert_objects= apply to checkpoint files; pass the state_dict itself"
+        )
     return _live_state_dict(source)
 
 

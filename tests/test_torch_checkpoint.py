@@ -500,6 +500,101 @@ def test_extension_registry_opcodes_are_refused() -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# inert_objects: other libraries' objects beside the weights
+# --------------------------------------------------------------------------------------------
+
+
+class ConfigLike:
+    """Pickles as NEWOBJ + BUILD with a dict state (what omegaconf containers do)."""
+
+    def __init__(self, marker: str) -> None:
+        self.content = {"lr": 1e-3, "marker": marker}
+
+    def __setstate__(self, state: dict) -> None:
+        Path(state["content"]["marker"]).touch()  # would run under plain pickle only
+
+
+class DictLike(dict):
+    """Pickles with SETITEMS on the rebuilt object."""
+
+
+class ListLike(list):
+    """Pickles with APPENDS on the rebuilt object."""
+
+
+def _lightning_like(torch: ModuleType, marker: Path, weights: dict) -> dict:
+    """A training checkpoint as Lightning writes one: the weights under "state_dict", other
+    libraries' objects (and here live payloads) under "hyper_parameters"."""
+    return {
+        "state_dict": weights,
+        "hyper_parameters": {
+            "config": ConfigLike(str(marker)),
+            "dict": DictLike(a=1, b=[2, 3]),
+            "list": ListLike([ConfigLike(str(marker)), 4]),
+            "payload": _Reduce(os.system, (f"touch '{marker}'",)),
+            "class": _Reduce(ArbitraryClass, (str(marker),)),
+        },
+        "pytorch-lightning_version": "2.4.0",
+    }
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_inert_objects_load_the_weights_beside_other_libraries_objects(
+    tmp_path: Path, legacy: bool
+) -> None:
+    torch = _require("torch")
+    marker = tmp_path / "PWNED"
+    lstm = torch.nn.LSTM(3, 4)
+    path = tmp_path / "lightning.ckpt"
+    ckpt = _lightning_like(torch, marker, lstm.state_dict())
+    torch.save(ckpt, path, _use_new_zipfile_serialization=not legacy)
+    with pytest.raises(UnsafeCheckpointError, match="inert_objects=True"):
+        read_checkpoint(path)
+    got = read_checkpoint(path, inert_objects=True)
+    _assert_same(got, _expected(lstm.state_dict()))
+    assert read_checkpoint(path, key="state_dict", inert_objects=True).keys() == got.keys()
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("where", ["value", "nested-tensor-dict"])
+def test_inert_objects_inside_the_state_dict_are_refused(tmp_path: Path, where: str) -> None:
+    torch = _require("torch")
+    marker = tmp_path / "PWNED"
+    weights = dict(torch.nn.Linear(2, 3).state_dict())
+    weights["extra"] = _Reduce(os.system, (f"touch '{marker}'",))
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": weights} if where == "nested-tensor-dict" else weights, path)
+    with pytest.raises(UnsafeCheckpointError, match="state dict holds an object of"):
+        read_checkpoint(path, inert_objects=True)
+    assert not marker.exists()
+
+
+def test_inert_objects_keep_the_other_defences() -> None:
+    """EXT opcodes and forged memo indices are refused with inert_objects too."""
+    with pytest.raises(UnsafeCheckpointError, match="EXT1"):
+        read_checkpoint(fake_zip(b"\x80\x02\x82\x01.", {}), inert_objects=True)
+    with pytest.raises(CheckpointFormatError, match="memo"):
+        read_checkpoint(fake_zip(b"\x80\x02}r\xf0\xff\xff\x0f.", {}), inert_objects=True)
+
+
+def test_load_with_inert_objects_matches_torch(tmp_path: Path) -> None:
+    torch = _require("torch")
+    import lstm_infer
+
+    marker = tmp_path / "PWNED"
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(3, 4, num_layers=2).eval()
+    path = tmp_path / "lightning.ckpt"
+    torch.save(_lightning_like(torch, marker, lstm.state_dict()), path)
+    model = lstm_infer.load(path, inert_objects=True)
+    x = torch.randn(5, 2, 3)
+    with torch.inference_mode():
+        want = lstm(x)[0].numpy()
+    np.testing.assert_allclose(model.run({"input": x.numpy()})["output"], want, atol=1e-5)
+    assert not marker.exists()
+
+
+# --------------------------------------------------------------------------------------------
 # Round trips against real torch
 # --------------------------------------------------------------------------------------------
 
