@@ -254,3 +254,32 @@ def test_pooling_over_frequency_streams(rng) -> None:
     x = rng.standard_normal((2, 1, 6, 15)).astype(np.float32)
     stream = lstm_infer.load(_export(net, x, 3)).stream()
     np.testing.assert_allclose(stream.feed(x, chunk=4), _torch(net, x), atol=1e-5)
+
+
+class PerFrameConv(nn.Module):
+    """BeatNet's shape: (B, T, F) features, each frame reshaped to (1, F) and convolved and
+    pooled on its own (time folded into the conv's batch), then a Linear and an LSTM."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(1, 2, 5)
+        self.pool = nn.MaxPool1d(2)
+        self.fc = nn.Linear(2 * 10, 8)
+        self.lstm = nn.LSTM(8, 6, batch_first=True)
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        b, t, f = x.shape
+        y = self.pool(torch.relu(self.conv(x.reshape(-1, 1, f))))
+        return self.lstm(self.fc(y.reshape(b, t, -1)))[0]
+
+
+@pytest.mark.parametrize("chunk", [1, 4])
+def test_a_per_frame_conv_with_time_folded_into_its_batch_streams(chunk: int, rng) -> None:
+    """Regression (BeatNet's online mode): the conv's batch axis carries time, which the
+    analysis refused as "time is not its last spatial axis"."""
+    torch.manual_seed(12)
+    net = PerFrameConv().eval()
+    x = rng.standard_normal((1, 11, 24)).astype(np.float32)
+    stream = lstm_infer.load(_export(net, x, 1)).stream()
+    np.testing.assert_allclose(stream.feed(x, chunk=chunk), _torch(net, x), atol=1e-5)
+    assert stream.time_axis == 1 and stream.compiled

@@ -10,7 +10,9 @@ results as a run over the whole sequence:
   over other axes, layout ops that keep every element at its own time step) step directly;
 * forward recurrent layers keep their state from one chunk to the next;
 * convolutions along time are causal (left padding (k - 1) * dilation, none on the right,
-  stride 1): the step program keeps their last (k - 1) * dilation input frames;
+  stride 1): the step program keeps their last (k - 1) * dilation input frames; a
+  convolution or pool whose batch axis is time (a Reshape folded the frames into it, as a
+  per-frame feature extractor does) sees each frame on its own and steps directly;
 * anything else needs frames from the future or from every step (bidirectional and reverse
   layers, symmetric padding, pooling or reducing over time, concatenating along time): the
   stream is refused with StreamError naming the node and why.
@@ -175,6 +177,8 @@ def _conv_refusal(node: Any, state: Any, timed: dict, short: Mapping) -> str | N
     if x not in timed or len(timed) > 1 or state is None:
         return "weights that change along time"
     rank = len(np.shape(short[x]))
+    if timed[x] == 0:
+        return None  # frames are its batch (a Reshape folded time into it): each on its own
     if timed[x] != rank - 1:
         return "time is not its last spatial axis"
     if attr_str(node, "auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
@@ -196,6 +200,8 @@ def _pool_refusal(node: Any, timed: dict, short: Mapping) -> str | None:
     in a spectrogram front end): kernel 1, stride 1 and no padding on the time axis."""
     x = node.inputs[0]
     rank = len(np.shape(short[x]))
+    if timed[x] == 0:
+        return None  # frames are its batch: each pooled on its own
     if timed[x] < 2:
         return "time is not one of its spatial axes"
     w = window_attrs(node, ceil_mode_allowed=True)
