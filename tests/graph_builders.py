@@ -33,3 +33,38 @@ def onnxruntime_run(data: bytes | str, feeds: dict) -> list[np.ndarray]:
     so = ort.SessionOptions()
     so.log_severity_level = 3
     return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def assert_like_onnxruntime(data: bytes, feeds: dict, atol: float) -> dict:
+    """Load ``data`` with lstm_infer and check every output against onnxruntime's: same names
+    in order, shapes, dtypes, values within ``atol``. Returns lstm_infer's outputs."""
+    import lstm_infer
+
+    model = lstm_infer.load(data)
+    got = model.run(feeds)
+    want = onnxruntime_run(data, feeds)
+    assert list(got) == [o.name for o in model.outputs]
+    for (name, g), w in zip(got.items(), want):
+        assert g.shape == w.shape, (name, g.shape, w.shape)
+        assert g.dtype == w.dtype, (name, g.dtype, w.dtype)
+        np.testing.assert_allclose(g, w, atol=atol, rtol=0, err_msg=name)
+    return got
+
+
+def export_scripted(module: Any, names: list[str], inputs: int, hidden: int) -> bytes:
+    """A torch.jit.script'ed module exported by the legacy exporter at opset 17: ``x`` of
+    (4, 2, inputs) with axes 0/1 symbolic ("time", "batch"), then one (2, hidden) state per
+    further name (axis 0 "batch")."""
+    import io
+    import warnings
+
+    import torch
+
+    args = [torch.randn(4, 2, inputs)] + [torch.randn(2, hidden) for _ in names[1:]]
+    axes = {n: ({0: "time", 1: "batch"} if n == "x" else {0: "batch"}) for n in names}
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(torch.jit.script(module), tuple(args), buf, input_names=names,
+                          dynamic_axes=axes, opset_version=17, dynamo=False)  # fmt: skip
+    return buf.getvalue()

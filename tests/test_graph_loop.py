@@ -17,6 +17,7 @@ from lstm_infer.errors import InputError, ModelFormatError
 
 onnx = require("onnx")
 ort = require("onnxruntime")
+from graph_builders import assert_like_onnxruntime as _assert_like_onnxruntime  # noqa: E402
 from graph_builders import model_bytes as _model_bytes  # noqa: E402
 from graph_builders import onnxruntime_run, vi  # noqa: E402
 from onnx import TensorProto as TP  # noqa: E402
@@ -30,15 +31,7 @@ def model_bytes(nodes: list, inputs: list, outputs: list, inits: dict | None = N
 
 
 def assert_like_onnxruntime(data: bytes, feeds: dict, atol: float = 1e-5) -> dict:
-    model = lstm_infer.load(data)
-    got = model.run(feeds)
-    want = onnxruntime_run(data, feeds)
-    assert list(got) == [o.name for o in model.outputs]
-    for (name, g), w in zip(got.items(), want):
-        assert g.shape == w.shape, (name, g.shape, w.shape)
-        assert g.dtype == w.dtype, (name, g.dtype, w.dtype)
-        np.testing.assert_allclose(g, w, atol=atol, rtol=0, err_msg=name)
-    return got
+    return _assert_like_onnxruntime(data, feeds, atol)
 
 
 def counting_loop() -> bytes:

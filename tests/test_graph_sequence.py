@@ -8,8 +8,6 @@ step programs, streams) are refused cleanly, and native files keep them."""
 
 from __future__ import annotations
 
-import io
-import warnings
 from typing import Any
 
 import numpy as np
@@ -21,8 +19,9 @@ from lstm_infer.errors import InputError, ModelFormatError, StreamError, Unsuppo
 
 onnx = require("onnx")
 ort = require("onnxruntime")
+from graph_builders import assert_like_onnxruntime as _assert_like_onnxruntime  # noqa: E402
+from graph_builders import export_scripted, vi  # noqa: E402
 from graph_builders import model_bytes as _model_bytes  # noqa: E402
-from graph_builders import onnxruntime_run, vi  # noqa: E402
 from onnx import TensorProto as TP  # noqa: E402
 from onnx import helper, numpy_helper  # noqa: E402
 
@@ -43,15 +42,7 @@ def seq_vi(name: str, elem: int = TP.FLOAT, shape: Any = None) -> Any:
 
 
 def assert_like_onnxruntime(data: bytes, feeds: dict, atol: float = TOL) -> dict:
-    model = lstm_infer.load(data)
-    got = model.run(feeds)
-    want = onnxruntime_run(data, feeds)
-    assert list(got) == [o.name for o in model.outputs]
-    for (name, g), w in zip(got.items(), want):
-        assert g.shape == w.shape, (name, g.shape, w.shape)
-        assert g.dtype == w.dtype, (name, g.dtype, w.dtype)
-        np.testing.assert_allclose(g, w, atol=atol, rtol=0, err_msg=name)
-    return got
+    return _assert_like_onnxruntime(data, feeds, atol)
 
 
 ABC = [vi("a", TP.FLOAT, [2, 3]), vi("b", TP.FLOAT, [2, 3]), vi("c", TP.FLOAT, [2, 3])]
@@ -446,14 +437,7 @@ MODULES = {
 
 
 def export(module: torch.nn.Module, names: list[str], width: int) -> bytes:
-    args = [torch.randn(4, 2, I)] + [torch.randn(2, width) for _ in names[1:]]
-    axes = {n: ({0: "time", 1: "batch"} if n == "x" else {0: "batch"}) for n in names}
-    buf = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(torch.jit.script(module), tuple(args), buf, input_names=names,
-                          dynamic_axes=axes, opset_version=17, dynamo=False)  # fmt: skip
-    return buf.getvalue()
+    return export_scripted(module, names, I, width)
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))

@@ -5,8 +5,6 @@ equals onnxruntime on the exported file and float64 PyTorch at several lengths a
 from __future__ import annotations
 
 import copy
-import io
-import warnings
 
 import numpy as np
 import pytest
@@ -15,6 +13,8 @@ from conftest import require
 torch = require("torch")
 ort = require("onnxruntime")
 onnx = require("onnx")
+
+from graph_builders import export_scripted  # noqa: E402
 
 import lstm_infer  # noqa: E402
 
@@ -108,14 +108,7 @@ MODULES = {
 
 
 def export(module: torch.nn.Module, names: list[str]) -> bytes:
-    args = [torch.randn(4, 2, I)] + [torch.randn(2, H) for _ in names[1:]]
-    axes = {n: ({0: "time", 1: "batch"} if n == "x" else {0: "batch"}) for n in names}
-    buf = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(torch.jit.script(module), tuple(args), buf, input_names=names,
-                          dynamic_axes=axes, opset_version=17, dynamo=False)  # fmt: skip
-    return buf.getvalue()
+    return export_scripted(module, names, I, H)
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))
