@@ -1,8 +1,9 @@
 """Graph streams (one C step program per step) against the peers, in one run, one thread.
 
 1. silero-VAD (``silero_vad.onnx``, 16 kHz, 576-sample inputs): our ``model.stream()`` step
-   against onnxruntime fed its state back by hand, and our own op-by-op step
-   (``compile=False``), on the same chunks.
+   against onnxruntime fed its state back by hand, the same stream of the file loaded
+   without ``fixed_inputs`` (``sr`` fed every step: specialised on its value), and our own
+   op-by-op step (``compile=False``), on the same chunks.
 2. LSTM -> LayerNorm -> Linear streamed frame by frame (a time-axis stream of the exported
    graph) against the bare LSTM's stream step (``lstm_infer.load`` of the same LSTM alone: the
    fused recurrent stack path), and onnxruntime running the whole graph on one frame with
@@ -55,18 +56,25 @@ def silero_rows(repeat: int, block_s: float) -> list[dict]:
     rng = np.random.default_rng(0)
     chunks = (rng.standard_normal((64, 1, 576)) * 0.1).astype(np.float32)
     ours, by_ops, sess = model.stream(), general.stream(compile=False), _ort(path)
+    fed = lstm_infer.load(path).stream()  # sr fed every step, as onnxruntime takes it
     state = np.zeros((2, 1, 128), np.float32)
     sr = np.array(16000, np.int64)
     for c in chunks[:8]:  # agreement first
         want, state = sess.run(None, {"input": c, "state": state, "sr": sr})
         np.testing.assert_allclose(ours.step(c), want, atol=1e-4)
         np.testing.assert_allclose(by_ops.step(c), want, atol=1e-4)
+        np.testing.assert_allclose(fed.step({"input": c, "sr": sr}), want, atol=1e-4)
     assert ours.compiled, ours.compile_error
+    assert fed.compiled, fed.compile_error
     box = {"state": state}
 
     def loop_ours(n: int) -> None:
         for i in range(n):
             ours.step(chunks[i % 64])
+
+    def loop_fed(n: int) -> None:
+        for i in range(n):
+            fed.step({"input": chunks[i % 64], "sr": sr})
 
     def loop_ops(n: int) -> None:
         for i in range(n):
@@ -79,7 +87,8 @@ def silero_rows(repeat: int, block_s: float) -> list[dict]:
         box["state"] = s
 
     t = time_interleaved(
-        {"lstm_infer": loop_ours, "lstm_infer op by op": loop_ops, "onnxruntime": loop_ort},
+        {"lstm_infer": loop_ours, "lstm_infer, sr fed": loop_fed,
+         "lstm_infer op by op": loop_ops, "onnxruntime": loop_ort},
         repeat, block_s,
     )  # fmt: skip
     med = {k: statistics.median(v) * 1e6 for k, v in t.items()}

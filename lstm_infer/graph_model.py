@@ -18,6 +18,7 @@ from lstm_infer.cells import CELLS
 from lstm_infer.cells.base import WEIGHT_FORMAT
 from lstm_infer.compile.program import GraphProgram
 from lstm_infer.compile.specialize import ShapeSpecializer
+from lstm_infer.compile.specialize_values import Specialized, ValueSpecializer, control_inputs
 from lstm_infer.compile.step_program import CompiledRuns
 from lstm_infer.errors import (
     InputError,
@@ -116,6 +117,8 @@ class GraphModel:
         self.threads = 1
         self._runner = ShapeSpecializer(self._program)
         self._compiled = CompiledRuns()
+        # silero-VAD's sr: programs per value of the scalar control inputs
+        self._values = ValueSpecializer(self._program, control_inputs(self._graph))
 
     @property
     def specialize_shapes(self) -> bool:
@@ -126,6 +129,23 @@ class GraphModel:
     @specialize_shapes.setter
     def specialize_shapes(self, value: bool) -> None:
         self._runner.enabled = bool(value)
+
+    @property
+    def specialize_values(self) -> bool:
+        """Whether the graph's scalar control inputs (integer / bool inputs of at most a few
+        elements that no op reads as indices: silero-VAD's ``sr``) get a program per value,
+        compiled as if ``fixed_inputs`` had fixed them (see
+        :mod:`lstm_infer.compile.specialize_values`). Default True where there are any."""
+        return self._values.enabled
+
+    @specialize_values.setter
+    def specialize_values(self, value: bool) -> None:
+        self._values.enabled = bool(value) and bool(self._values.names)
+
+    @property
+    def control_inputs(self) -> list[str]:
+        """The inputs :attr:`specialize_values` specialises on."""
+        return list(self._values.names)
 
     @property
     def compile_runs(self) -> bool:
@@ -221,11 +241,27 @@ class GraphModel:
         if not isinstance(threads, (int, np.integer)) or isinstance(threads, bool) or threads < 1:
             raise ValueError(f"threads must be a positive int, got {threads!r}")
         arrays = {n: self._feed(n, feeds[n], t) for n, t in self._inputs.items()}
-        if threads == 1 and self._runner.enabled:
-            out = self._compiled.run(self._runner.program_for, arrays, wanted)
+        runner, compiled = self._runner, self._compiled
+        spec = self._values.lookup(arrays) if self._values.enabled else None
+        if spec is not None:
+            arrays = spec.rest(arrays)
+            runner, compiled = self._synced(spec)
+        if threads == 1 and runner.enabled:
+            out = compiled.run(runner.program_for, arrays, wanted)
             if out is not None:
                 return out
-        return self._runner.run(arrays, wanted, int(threads))
+        return runner.run(arrays, wanted, int(threads))
+
+    def _synced(self, spec: Specialized) -> tuple[ShapeSpecializer, CompiledRuns]:
+        """``spec``'s runner and compiled runs, switched on and off as the model's are."""
+        spec.runner.enabled = self._runner.enabled
+        spec.compiled.enabled = self._compiled.enabled
+        return spec.runner, spec.compiled
+
+    def _value_spec(self, feeds: Mapping[str, np.ndarray]) -> Specialized | None:
+        """For a stream's step at ``feeds`` (checked arrays): the programs specialised to its
+        control values (compiled on first sight), or None (the general program)."""
+        return self._values.lookup(feeds, eager=True) if self._values.enabled else None
 
     def stream(
         self,
@@ -309,9 +345,14 @@ class GraphModel:
             temperature=temperature, seed=seed,
         )  # fmt: skip
 
-    def _program_for(self, feeds: Mapping[str, np.ndarray]) -> GraphProgram:
-        """The program specialised to the shapes of ``feeds`` (checked arrays)."""
-        return self._runner.program_for(feeds)
+    def _program_for(
+        self, feeds: Mapping[str, np.ndarray], spec: Specialized | None = None
+    ) -> GraphProgram:
+        """The program specialised to the shapes of ``feeds`` (checked arrays); with ``spec``
+        (from :meth:`_value_spec`), of its value set, ``feeds`` then without its inputs."""
+        if spec is None:
+            return self._runner.program_for(feeds)
+        return self._synced(spec)[0].program_for(feeds)
 
     def quantize(self, weight_format: str) -> GraphModel:
         """A copy whose recurrent layers (LSTM / GRU / RNN nodes) and cells (LayerNormLSTM,

@@ -138,6 +138,8 @@ class GraphStream:
         # array step: the next step of that shape skips the checks
         self._fast: tuple | None = None
         self._views: dict[int, tuple] = {}
+        # scalar control inputs among the step inputs (silero's sr): a program per value
+        self._controls = bool(set(getattr(model, "control_inputs", ())) & set(self.step_inputs))
         self.reset()
 
     @property
@@ -239,9 +241,13 @@ class GraphStream:
             )
         declared = {t.name: t for t in self._model.graph.inputs}
         arrays = {n: self._model._feed(n, v, declared[n].type) for n, v in feeds.items()}
-        key = tuple(arrays[n].shape for n in self.step_inputs)
+        key: tuple = tuple(arrays[n].shape for n in self.step_inputs)
+        spec = None
+        if self._compile and self._controls:
+            spec = self._model._value_spec(arrays)
+            key = (key, None if spec is None else spec.key)
         self._last_key = key
-        step = self._step_for(key, arrays) if self._compile else None
+        step = self._step_for(key, arrays, spec) if self._compile else None
         self._last = step
         if step is None:
             return self._step_by_ops(arrays, out)
@@ -251,7 +257,8 @@ class GraphStream:
                 np.copyto(step.inputs[k], current[k])
             self._owner = step
         for name, value in arrays.items():
-            np.copyto(step.inputs[name], value)
+            if spec is None or name not in spec.values:  # (a specialised value: a constant)
+                np.copyto(step.inputs[name], value)
         single = self.step_outputs[0] if len(self.step_outputs) == 1 else None
         if len(self.step_inputs) == 1 and not isinstance(x, Mapping):
             name = self.step_inputs[0]
@@ -266,16 +273,19 @@ class GraphStream:
             self._views[id(step)] = views
         return views[1]
 
-    def _step_for(self, key: tuple, arrays: dict[str, np.ndarray]) -> CompiledStep | None:
+    def _step_for(
+        self, key: tuple, arrays: dict[str, np.ndarray], spec: Any = None
+    ) -> CompiledStep | None:
         if key in self._steps:
             return self._steps[key]
         state = self.state
         if any(v.dtype != np.float32 for v in state.values()):
             step, why = None, "a state that is not float32"
         else:
-            feeds = {**arrays, **state}
+            feeds = {**(arrays if spec is None else spec.rest(arrays)), **state}
             try:
-                step, why = compile_step(self._model._program_for(feeds), feeds, self.state_map)
+                program = self._model._program_for(feeds, spec)
+                step, why = compile_step(program, feeds, self.state_map)
             except TraceFailed:
                 return None  # bad inputs: the op-by-op run says what is wrong
             except InputError:

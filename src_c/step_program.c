@@ -361,6 +361,41 @@ static void run_pool(const li_step_op *op) {
     }
 }
 
+static void run_grouped_conv(const li_step_op *op) {
+    const int64_t G = op->n[0], KH = op->n[1], KW = op->n[2], OH = op->n[3], OW = op->n[4];
+    const int64_t MG = op->n[5], CG = op->shape[4];
+    const int64_t sh = op->shape[0], sw = op->shape[1], dh = op->shape[2], dw = op->shape[3];
+    const int64_t taps = CG * KH * KW;
+    const float *bias = (const float *)op->aux;
+    for (int64_t q = 0; q < G * MG; q++) {
+        const float *w = op->b + q * taps;
+        const float *x = op->a + (q / MG) * CG * op->sa[0];
+        const float b0 = bias ? bias[q] : 0.0f;
+        for (int64_t oh = 0; oh < OH; oh++) {
+            float *y = op->y + (q * OH + oh) * OW;
+            for (int64_t ow = 0; ow < OW; ow++)
+                y[ow] = b0;
+            for (int64_t c = 0; c < CG; c++)
+                for (int64_t i = 0; i < KH; i++) {
+                    const float *row = x + c * op->sa[0] + (oh * sh + i * dh) * op->sa[1];
+                    for (int64_t j = 0; j < KW; j++) {
+                        const float wv = w[(c * KH + i) * KW + j];
+                        const float *xs = row + j * dw;
+                        if (sw == 1)
+                            for (int64_t ow = 0; ow < OW; ow++)
+                                y[ow] += wv * xs[ow];
+                        else
+                            for (int64_t ow = 0; ow < OW; ow++)
+                                y[ow] += wv * xs[ow * sw];
+                    }
+                }
+            if (op->n[6])
+                for (int64_t ow = 0; ow < OW; ow++)
+                    y[ow] = y[ow] < 0.0f ? 0.0f : y[ow];
+        }
+    }
+}
+
 int li_step_program_run(const li_step_op *ops, int n, const li_kernels *kern,
                         li_sgemm_fn sgemm) {
     for (int i = 0; i < n; i++) {
@@ -407,6 +442,7 @@ int li_step_program_run(const li_step_op *ops, int n, const li_kernels *kern,
                          (const float *)op->aux, op->y, (size_t)op->sy[0], (int)op->n[6],
                          (const float **)op->aux2);
             break;
+        case LI_STEP_GROUPED_CONV: run_grouped_conv(op); break;
         default: return -1 - i;
         }
     }

@@ -71,7 +71,17 @@ enum li_step_kind {
     LI_STEP_POOL = 11,
     /* One of CELLS.md's cells over T steps: aux points to a li_step_cell. */
     LI_STEP_CELL = 12,
-    LI_STEP_KIND_COUNT = 13
+    /* A grouped convolution with few taps per output (depthwise: one input channel a group),
+     * every group in one record, portable C: G n[0] groups of CG shape[4] input and MG n[5]
+     * output channels, KH n[1], KW n[2], OH n[3], OW n[4], relu n[6]; sh shape[0], sw
+     * shape[1], dh shape[2], dw shape[3]. x = a (the padded input, channel planes sa[0]
+     * apart, rows sa[1] apart), weights b (G*MG, CG, KH, KW) contiguous, bias aux (G*MG
+     * floats or NULL), y contiguous (G*MG, OH, OW):
+     *   y[q][oh][ow] = bias[q] + sum_{c < CG, i < KH, j < KW} b[q][c][i][j] *
+     *                  x[(q / MG) * CG + c][oh*sh + i*dh][ow*sw + j*dw]
+     * then max(y, 0) when relu (NaN kept). */
+    LI_STEP_GROUPED_CONV = 13,
+    LI_STEP_KIND_COUNT = 14
 };
 
 enum li_step_unary {

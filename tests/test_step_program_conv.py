@@ -158,3 +158,68 @@ def test_conv_pool_not_fused_when_the_conv_output_has_another_reader(rng) -> Non
     outs = [vi("p", F, None), vi("m", F, None)]
     step = _check(nodes, [vi("x", F, x.shape)], outs, {"x": x}, inits, atol=1e-4)
     assert step.program.kinds().count("pool") == 1
+
+
+# Grouped convolutions of few taps per output: one GROUPED_CONV record per batch entry.
+# (x shape, w shape, attrs, Relu after the Conv)
+GROUPED_CASES = {
+    "1d_depthwise_k5_silero_v4": ((1, 258, 9), (258, 1, 5), dict(group=258, pads=[2, 2]), True),
+    "1d_depthwise_16_groups": ((2, 16, 5), (16, 1, 5), dict(group=16, pads=[2, 2]), False),
+    "1d_depthwise_multiplier_stride_dilation": (
+        (2, 6, 31), (12, 1, 3), dict(group=6, strides=[2], dilations=[2], pads=[3, 1]), False),
+    "1d_80_groups_of_2": ((1, 160, 12), (160, 2, 3), dict(group=80, pads=[1, 1]), True),
+    "2d_grouped_strides_dilations": (
+        (1, 140, 9, 11), (140, 2, 3, 3),
+        dict(group=70, strides=[2, 1], dilations=[1, 2], pads=[1, 2, 0, 1]), False),
+    "2d_depthwise_strided": ((2, 5, 7, 20), (5, 1, 3, 3),
+                             dict(group=5, strides=[1, 2], pads=[1, 1, 1, 1]), True),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(GROUPED_CASES))
+def test_grouped_and_depthwise_convs_in_one_record(case: str, rng) -> None:
+    xs, ws, attrs, relu = GROUPED_CASES[case]
+    x = rng.standard_normal(xs).astype(np.float32)
+    x.flat[::53] = np.nan  # NaN reaches the outputs whose windows hold it, as in onnxruntime
+    inits = {
+        "w": rng.standard_normal(ws).astype(np.float32),
+        "b": rng.standard_normal(ws[0]).astype(np.float32),
+    }
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["z" if relu else "y"], **attrs)]
+    if relu:  # fused into the Conv at load: the record's relu
+        nodes.append(helper.make_node("Relu", ["z"], ["y"]))
+    step = _check(nodes, [vi("x", F, xs)], [vi("y", F, None)], {"x": x}, inits, atol=1e-4)
+    kinds = step.program.kinds()
+    assert kinds.count("grouped_conv") == xs[0]
+    assert "conv" not in kinds and "gemm" not in kinds
+
+
+def test_many_groups_of_many_taps_are_refused_by_name(rng) -> None:
+    from lstm_infer.compile.step_program import compile_step
+
+    xs, ws = (1, 130, 40), (130, 2, 33)  # 65 groups of 66 taps
+    inits = {"w": rng.standard_normal(ws).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], group=65)]
+    data = model_bytes(nodes, [vi("x", F, xs)], [vi("y", F, None)], inits)
+    from test_step_program import graph_model
+
+    model = graph_model(data)
+    x = {"x": rng.standard_normal(xs).astype(np.float32)}
+    step, why = compile_step(model._program_for(x), x, {})
+    assert step is None and "65 groups of 66 taps" in why
+
+
+def test_causal_depthwise_conv_streams_along_time(rng) -> None:
+    # a time-axis stream carries the depthwise conv's last 4 input frames between chunks
+    c = 6
+    w = rng.standard_normal((c, 1, 5)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], group=c, pads=[4, 0])]
+    data = model_bytes(nodes, [vi("x", F, [1, c, "T"])], [vi("y", F, [1, c, "T"])], {"w": w})
+    model = lstm_infer.load(data)
+    x = rng.standard_normal((1, c, 40)).astype(np.float32)
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (4, 0)))
+    want = sum(w[None, :, 0, j, None] * xp[:, :, j : j + 40] for j in range(5))
+    stream = model.stream()
+    got = stream.feed(x, chunk=3)  # (1, C, 40), chunks of 3 frames (the last of 1)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert all("grouped_conv" in s.program.kinds() for s in stream._steps.values())

@@ -184,8 +184,8 @@ class StepBuilder:
         shape_c, (sy_c, sa_c) = collapse(shape, sy, sa)
         if len(shape_c) > MAX_RANK:
             raise NotCompiled(f"a copy of rank {len(shape_c)} (at most {MAX_RANK})")
-        _check_reach(dst, dst_offset, shape, sy)
-        _check_reach(src, src_offset, shape, sa)
+        check_reach(dst, dst_offset, shape, sy)
+        check_reach(src, src_offset, shape, sa)
         self.emit("copy", shape=shape_c, sy=sy_c, sa=sa_c, y=(dst, dst_offset), a=(src, src_offset))
 
     def copy_whole(self, dst: Buf, src: Buf) -> None:
@@ -222,7 +222,7 @@ class StepBuilder:
         return base[buf.offset : buf.offset + buf.size].reshape(buf.shape)
 
 
-def _check_reach(buf: Buf, offset: int, shape: tuple, strides: tuple) -> None:
+def check_reach(buf: Buf, offset: int, shape: tuple, strides: tuple) -> None:
     """Every element a strided walk reaches lies inside ``buf``."""
     if any(s < 0 for s in strides):
         raise NotCompiled("internal: negative strides")

@@ -1,4 +1,6 @@
-"""A direct convolution whose only reader is a MaxPool, lowered as one unit: per batch entry,
+"""Two convolution lowerings of their own.
+
+A direct convolution whose only reader is a MaxPool, lowered as one unit: per batch entry,
 group and band of output channels, one CONV record into a small shared region and one POOL
 record from it into the pool's output.
 
@@ -9,6 +11,11 @@ while it is still there; the convolution's full output never exists. The records
 kernels are the unfused ones (same values, same NaN propagation), only their order and
 extents change. Measured on Zen 5 (zoo crnn, batch 4, per-record profile): first conv +
 pool 0.22 -> 0.10 ms, second 0.75 -> 0.68 ms.
+
+A grouped convolution with few taps per output (depthwise above all: silero v4's 258 groups
+of one channel, k = 5) as one GROUPED_CONV record per batch entry over every group:
+multiply-adds per tap along the output rows, instead of one GEMM or direct-kernel record
+per group of a handful of values each.
 """
 
 from __future__ import annotations
@@ -16,12 +23,16 @@ from __future__ import annotations
 from typing import Any
 
 from lstm_infer import _engine
-from lstm_infer.compile.step_buffers import Buf, StepContext
+from lstm_infer.compile.step_buffers import Buf, StepContext, check_reach
 from lstm_infer.ops.window import resolve, window_attrs
 
 # The band's convolution output is kept under this many bytes: it must stay in L2 (1 MB per
 # core on Zen 4 / 5, 2 MB on Sapphire Rapids) beside the input rows and weights it reads.
 BAND_BYTES = 192 << 10
+# A depthwise convolution (one input channel a group), or one of over 64 groups, with at
+# most this many taps per output (C/group * KH * KW) is one GROUPED_CONV record (every group
+# at once); other grouped ones are one GEMM or CONV record per group (at most 64 groups).
+GROUPED_MAX_TAPS = 64
 
 
 def fusable_pool(ctx: StepContext, node: Any, out_shape: tuple) -> tuple | None:
@@ -94,3 +105,30 @@ def lower_conv_pool(
                     sa=[plane, ow], a=(scratch, 0), y=(y, (e * m + first) * poh * pow_),
                 )  # fmt: skip
     ctx.lowered.add(id(pool))
+
+
+def lower_conv_grouped(
+    ctx: StepContext,
+    xp: Buf,
+    y: Buf,
+    w: Buf,
+    bias: Buf | None,
+    relu: bool,
+    dims: tuple,
+    window: tuple,
+) -> None:
+    """The GROUPED_CONV records of a convolution over the padded input ``xp`` (batch, C, HP,
+    WP) into ``y``: ``w`` its (M, C/group * KH * KW) weight rows, ``dims`` (batch, C, HP,
+    WP, M, group), ``window`` (kh, kw, sh, sw, dh, dw, oh, ow)."""
+    batch, c, hp, wp, m, group = dims
+    kh, kw, sh, sw, dh, dw, oh, ow = window
+    plane = hp * wp
+    for e in range(batch):
+        a_off, y_off = e * c * plane, e * m * oh * ow
+        check_reach(xp, a_off, (c, oh, kh, ow, kw), (plane, sh * wp, dh * wp, sw, dw))
+        check_reach(y, y_off, (m * oh * ow,), (1,))
+        ctx.b.emit(
+            "grouped_conv", n=[group, kh, kw, oh, ow, m // group, int(relu)],
+            shape=[sh, sw, dh, dw, c // group], sa=[plane, wp], a=(xp, a_off), b=(w, 0),
+            y=(y, y_off), aux=None if bias is None else (bias, 0),
+        )  # fmt: skip

@@ -12,7 +12,12 @@ import numpy as np
 
 from lstm_infer import _engine
 from lstm_infer.compile.step_buffers import Buf, NotCompiled, StepContext
-from lstm_infer.compile.step_lower_conv_pool import fusable_pool, lower_conv_pool
+from lstm_infer.compile.step_lower_conv_pool import (
+    GROUPED_MAX_TAPS,
+    fusable_pool,
+    lower_conv_grouped,
+    lower_conv_pool,
+)
 from lstm_infer.ops.base import attr_int, attr_str
 from lstm_infer.ops.conv import ACTIVATION_ATTR
 from lstm_infer.ops.pool import window_counts
@@ -94,7 +99,8 @@ def conv(ctx: StepContext, node: Any, state: Any) -> None:
     COPY, one GEMM per batch entry and group. A strided 1-D window over one channel per group
     whose windows do not overlap is read in place: its windows are rows ``stride`` floats
     apart (BLAS refuses a leading dimension below the row length, so overlapping windows, an
-    STFT as Conv1d, are copied)."""
+    STFT as Conv1d, are copied). Depthwise convolutions, and those of over 64 groups, of few
+    taps are one GROUPED_CONV record per batch entry (:func:`lower_conv_grouped`)."""
     if state is None or state.w.dtype != np.float32:
         raise NotCompiled(f"{node.label}: weights computed at run time")
     x = ctx.buf(node, node.inputs[0])
@@ -102,12 +108,14 @@ def conv(ctx: StepContext, node: Any, state: Any) -> None:
         raise NotCompiled(f"{node.label}: a {len(x.shape) - 2}-D convolution")
     two_d = len(x.shape) == 4
     group = attr_int(node, "group", 1)
-    if group > 64:
-        raise NotCompiled(f"{node.label}: {group} groups")
     r = resolve(node, window_attrs(node), x.shape[2:], state.w.shape[2:])
     batch, c = x.shape[:2]
     m, cg = state.w.shape[:2]
     kh, kw = r.kernel if two_d else (1, r.kernel[0])
+    # depthwise (one input channel a group), or more groups than records per group allow
+    grouped = ((cg == 1 and group > 1) or group > 64) and cg * kh * kw <= GROUPED_MAX_TAPS
+    if group > 64 and not grouped:
+        raise NotCompiled(f"{node.label}: {group} groups of {cg * kh * kw} taps")
     sh, sw = r.strides if two_d else (1, r.strides[0])
     dh, dw = r.dilations if two_d else (1, r.dilations[0])
     oh, ow = r.out if two_d else (1, r.out[0])
@@ -117,7 +125,7 @@ def conv(ctx: StepContext, node: Any, state: Any) -> None:
     act = UNARY_RELU if attr_str(node, ACTIVATION_ATTR) == "Relu" else UNARY_NONE
     w = ctx.b.constant(state.rows)
     bias = None if state.bias is None else ctx.b.constant(state.bias)
-    direct = state.packed is not None and sw == 1 and ow >= DIRECT_MIN_WIDTH
+    direct = not grouped and state.packed is not None and sw == 1 and ow >= DIRECT_MIN_WIDTH
     pooled = fusable_pool(ctx, node, ctx.shapes[node.outputs[0]]) if direct else None
     # A causal convolution in a time-axis stream: its left padding holds the last pl input
     # frames of the previous chunk (zeros after a reset), carried in a region of their own.
@@ -146,7 +154,11 @@ def conv(ctx: StepContext, node: Any, state: Any) -> None:
         )
         ctx.b.copy(xp, history, (rows, pl), (wp, 1), (pl, 1))
     window = (kh, kw, sh, sw, dh, dw, oh, ow)
-    if direct:
+    if grouped:
+        lower_conv_grouped(
+            ctx, xp, y, w, bias, act == UNARY_RELU, (batch, c, hp, wp, m, group), window
+        )
+    elif direct:
         _conv_direct(ctx, node, state, xp, y, (batch, c, hp, wp, m, group), r, act, bias)
     elif (
         state.packed is not None

@@ -4,7 +4,8 @@
  * runs it). Every buffer is allocated to exactly the extent its record may reach, so a record
  * that reads or writes one element too far is a sanitizer report. The kinds that call into a
  * kernel table (SOFTMAX, CONV, POOL's 2x2 max) run on every usable table; GEMM on a naive
- * column-major sgemm of the Fortran interface the executor calls.
+ * column-major sgemm of the Fortran interface the executor calls; GROUPED_CONV (portable C)
+ * once.
  */
 #include <math.h>
 #include <stdio.h>
@@ -360,6 +361,64 @@ static void test_conv(const li_kernels *kern) {
     free(rows);
 }
 
+/* GROUPED_CONV (portable C, no table): grouped 2-D with strides and dilations, depthwise
+ * 1-D of k = 5 (silero v4's), depthwise with a channel multiplier strided along the row;
+ * the input allocated to exactly the last element its windows reach (padded rows and
+ * planes), NaN in one window, relu on and off, with and without a bias. */
+static void test_grouped_conv(void) {
+    /* G, CG, MG, KH, KW, sh, sw, dh, dw, OH, OW, relu, bias */
+    static const int cases[][13] = {
+        {3, 2, 2, 2, 3, 2, 1, 1, 2, 3, 5, 1, 1},
+        {7, 1, 1, 1, 5, 1, 1, 1, 1, 1, 9, 0, 1},
+        {4, 1, 3, 3, 2, 1, 2, 2, 1, 2, 6, 1, 0},
+    };
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        const int *k = cases[ci];
+        const int G = k[0], CG = k[1], MG = k[2], KH = k[3], KW = k[4], sh = k[5], sw = k[6];
+        const int dh = k[7], dw = k[8], OH = k[9], OW = k[10], relu = k[11];
+        const int64_t ih = (OH - 1) * sh + (KH - 1) * dh + 1, iw = (OW - 1) * sw + (KW - 1) * dw + 1;
+        const int64_t rs = iw + (int64_t)(ci % 2), ps = ih * rs + (int64_t)ci;
+        const size_t extent = (size_t)((G * CG - 1) * ps + (ih - 1) * rs + iw);
+        const int M = G * MG, taps = CG * KH * KW;
+        float *x = floats(extent, 50 + (unsigned)ci), *w = floats((size_t)M * taps, 60);
+        float *bias = k[12] ? floats((size_t)M, 70) : NULL;
+        float *y = malloc((size_t)M * OH * OW * sizeof(float));
+        x[extent / 2] = NAN;
+        li_step_op op = {0};
+        op.kind = LI_STEP_GROUPED_CONV;
+        op.n[0] = G, op.n[1] = KH, op.n[2] = KW, op.n[3] = OH, op.n[4] = OW, op.n[5] = MG,
+        op.n[6] = relu;
+        op.shape[0] = sh, op.shape[1] = sw, op.shape[2] = dh, op.shape[3] = dw, op.shape[4] = CG;
+        op.sa[0] = ps, op.sa[1] = rs;
+        op.a = x;
+        op.b = w;
+        op.y = y;
+        op.aux = bias;
+        run1(&op, li_kernels_for(0), NULL);
+        for (int q = 0; q < M; q++)
+            for (int oh = 0; oh < OH; oh++)
+                for (int ow = 0; ow < OW; ow++) {
+                    double acc = bias ? bias[q] : 0.0;
+                    for (int c = 0; c < CG; c++)
+                        for (int i = 0; i < KH; i++)
+                            for (int j = 0; j < KW; j++)
+                                acc += (double)w[(q * CG + c) * KH * KW + i * KW + j] *
+                                       x[((q / MG) * CG + c) * ps + (oh * sh + i * dh) * rs +
+                                         ow * sw + j * dw];
+                    float want = (float)acc;
+                    if (relu && want < 0.0f)
+                        want = 0.0f; /* (NaN stays NaN) */
+                    CHECK(close_to(y[(q * OH + oh) * OW + ow], want, 1e-5f),
+                          "grouped conv case %zu q=%d oh=%d ow=%d: %g vs %g", ci, q, oh, ow,
+                          y[(q * OH + oh) * OW + ow], want);
+                }
+        free(x);
+        free(w);
+        free(bias);
+        free(y);
+    }
+}
+
 /* li_max_pool_2x2_fn on its own: widths around the vector widths (the vector part and the
  * scalar tail), padded rows and planes, NaN in each window position and in vector lanes,
  * -inf and +inf; x allocated to exactly the last element the formula reaches. */
@@ -413,6 +472,9 @@ int main(void) {
         test_max_pool_2x2(kern);
         printf("%-10s %s\n", names[isa], failures == before ? "ok" : "FAILED");
     }
+    int before = failures;
+    test_grouped_conv();
+    printf("%-10s %s\n", "portable", failures == before ? "ok" : "FAILED");
     li_step_op bad = {0};
     bad.kind = LI_STEP_KIND_COUNT;
     CHECK(li_step_program_run(&bad, 1, li_kernels_for(0), NULL) == -1, "an unknown kind fails");
