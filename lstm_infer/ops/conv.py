@@ -76,10 +76,19 @@ def check_window_conv(node: Any) -> None:
         raise ModelFormatError(f"{node.label}: group must be >= 1")
 
 
-def conv_values(ctx: RunContext, node: Any, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+def conv_values(
+    ctx: RunContext, node: Any, x: np.ndarray, w: np.ndarray, weights: Any = None
+) -> np.ndarray:
     """Conv of float x by float w (no bias) with node's window attributes: the op's own
-    computation, for ops defined in its terms (ConvInteger, in float64)."""
-    return _conv(ctx, node, [x, w], None)[0]
+    computation, for ops defined in its terms (ConvInteger). ``weights``: w prepared by
+    :func:`conv_weights` (its packing and resolved geometry reused)."""
+    return _conv(ctx, node, [x, w], weights)[0]
+
+
+def conv_weights(node: Any, w: np.ndarray) -> Any:
+    """A float32 weight (M, C/group, *kernel) prepared as Conv's prepare does (im2col rows,
+    the direct kernel's packing), for :func:`conv_values`."""
+    return _conv_weights(node, w, None, np.float32)
 
 
 def _compute_dtype(node: Any, x: np.ndarray, w: np.ndarray) -> np.dtype:
