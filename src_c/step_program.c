@@ -407,6 +407,14 @@ int li_step_program_run(const li_step_op *ops, int n, const li_kernels *kern,
                          (const float *)op->aux, op->y, (size_t)op->sy[0], (int)op->n[6],
                          (const float **)op->aux2);
             break;
+        case LI_STEP_MATVEC: {
+            const int blocks = (int)op->n[3];
+            if (op->n[0] > 0 && blocks > 0)
+                kern->matvec_f32(op->b, (int)op->n[1], (int)op->n[2], 0, blocks, op->a,
+                                 (int)op->sa[0], (int)op->n[0], (const float *)op->aux,
+                                 blocks * LI_BLOCK, op->y, blocks * LI_BLOCK, (int)op->sy[0]);
+            break;
+        }
         default: return -1 - i;
         }
     }

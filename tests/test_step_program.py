@@ -240,6 +240,25 @@ def test_matmul_gemm_batchnorm(rng) -> None:
     )
 
 
+@pytest.mark.parametrize(("rows", "n", "bias"), [(3, 70, True), (20, 128, False), (300, 70, True)])
+def test_dense_by_constant_weight(rows: int, n: int, bias: bool, rng) -> None:
+    """Gemm by a constant weight: few rows on the packed matvec (MATVEC records, a width
+    that is not whole blocks copied out of a padded region), many on sgemm (GEMM)."""
+    x = rng.standard_normal((rows, 40)).astype(np.float32)
+    inits = {"w": rng.standard_normal((n, 40)).astype(np.float32)}
+    names = ["x", "w"]
+    if bias:
+        inits["b"] = rng.standard_normal(n).astype(np.float32)
+        names.append("b")
+    nodes = [
+        helper.make_node("Gemm", names, ["g"], transB=1),
+        helper.make_node("Relu", ["g"], ["y"]),
+    ]
+    step = _check(nodes, [vi("x", F, x.shape)], [vi("y", F, None)], {"x": x}, inits, atol=1e-4)
+    kinds = set(step.program.kinds())
+    assert ("matvec" in kinds) == (rows <= 48) and ("gemm" in kinds) == (rows > 48), kinds
+
+
 CONV_CASES = {  # widths of 16 outputs and more run on the direct kernel (CONV records)
     "1d_direct_dilated": ((2, 4, 40), (6, 4, 3), dict(pads=[2, 2], dilations=[2])),
     "2d_direct": ((1, 3, 6, 20), (8, 3, 3, 3), dict(pads=[1, 1, 1, 1])),

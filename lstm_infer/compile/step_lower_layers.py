@@ -78,9 +78,37 @@ def dense(ctx: StepContext, node: Any, state: Any) -> None:
         raise NotCompiled(f"{node.label}: {x.shape[-1]} features for a weight taking {k}")
     rows = x.size // k
     y = ctx.out(node)
+    if 0 < rows and state.uses_packed(rows) and k > 0:
+        _packed_dense(ctx, y, x, state, rows)
+        return
     w = ctx.b.constant(state.weight)
     bias = None if state.bias is None else ctx.b.constant(state.bias)
     _gemm_record(ctx, y, x, w, rows, n, k, k, k, n, False, True, bias_col=bias)
+
+
+def _packed_dense(ctx: StepContext, y: Buf, x: Buf, state: Any, rows: int) -> None:
+    """A MATVEC record on the weight's packed blocks (what the op itself runs for few rows:
+    a 20-row 1024 -> 8210 CTC head 3x faster than sgemm), into a region of whole blocks
+    when the output width is not a multiple of them, then a COPY of the real columns."""
+    packed, n, k = state.packed, state.out_features, state.weight.shape[1]
+    width = state.bias_padded.shape[0]  # gates * blocks * 16 floats per row
+    gates, blocks = packed.shape[2], packed.shape[0]
+    if packed.shape[1] != k or gates * blocks * _engine.BLOCK != width or x.size < rows * k:
+        raise NotCompiled("internal: a packed dense weight of unexpected layout")
+    dest = y if width == n else ctx.b.region((rows, width))
+    bias = None if state.bias is None else ctx.b.constant(state.bias_padded)
+    ctx.b.emit(
+        "matvec",
+        n=[rows, k, gates, blocks, 0, 0, 0],
+        sa=[k],
+        sy=[width],
+        a=(x, 0),
+        b=(ctx.b.constant(packed), 0),
+        y=(dest, 0),
+        aux=None if bias is None else (bias, 0),
+    )
+    if dest is not y:
+        ctx.b.copy(y, dest, (rows, n), (n, 1), (width, 1))
 
 
 def gemm(ctx: StepContext, node: Any, state: Any) -> None:
