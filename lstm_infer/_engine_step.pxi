@@ -10,7 +10,7 @@
 STEP_KINDS = {
     "fill": 0, "copy": 1, "gather": 2, "unary": 3, "binary": 4, "gemm": 5, "recurrent": 6,
     "reduce": 7, "softmax": 8, "layernorm": 9, "conv": 10,
-    "pool": 11, "cell": 12, "grouped_conv": 13,
+    "pool": 11, "cell": 12, "grouped_conv": 13, "matvec": 14,
 }
 STEP_MAX_RANK = LI_STEP_MAX_RANK
 

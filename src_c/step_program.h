@@ -81,7 +81,13 @@ enum li_step_kind {
      *                  x[(q / MG) * CG + c][oh*sh + i*dh][ow*sw + j*dw]
      * then max(y, 0) when relu (NaN kept). */
     LI_STEP_GROUPED_CONV = 13,
-    LI_STEP_KIND_COUNT = 14
+    /* A dense layer over few rows on the table's packed matvec (li_matvec_packed_fn):
+     * y[r][j] = bias[j] + sum_k a[r][k] W[j][k] for r < n[0] rows of K n[1] floats (rows
+     * sa[0] apart), W packed by pack_gate_blocks in b as n[2] gates of n[3] blocks; bias aux
+     * (n[2]*n[3]*LI_BLOCK floats or NULL); y rows sy[0] apart, every row stored in whole
+     * blocks (n[2]*n[3]*LI_BLOCK floats, the padding lanes included). */
+    LI_STEP_MATVEC = 14,
+    LI_STEP_KIND_COUNT = 15
 };
 
 enum li_step_unary {

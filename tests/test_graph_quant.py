@@ -417,3 +417,88 @@ def test_quantize_dynamic_zoo_models_match_onnxruntime(
     ort_err = np.abs(want - float_y).max()
     assert got.shape == want.shape and got.dtype == want.dtype
     assert np.abs(got - float_y).max() <= 2 * ort_err + 1e-3, (np.abs(got - float_y).max(), ort_err)
+
+
+def _past_float32(rng: np.random.Generator, shape: tuple, dtype: Any) -> np.ndarray:
+    """8-bit codes mostly at the ends of their range: products of such codes summed over a
+    few hundred terms pass 2**24, where float32 stops holding every integer."""
+    info = np.iinfo(dtype)
+    ends = rng.choice(np.array([info.min, info.max, info.max - 1]), shape, p=[0.1, 0.45, 0.45])
+    return np.where(rng.random(shape) < 0.8, ends, rng.integers(info.min, info.max, shape)).astype(
+        dtype
+    )
+
+
+@pytest.mark.parametrize("weights", ["constant", "input"])
+@pytest.mark.parametrize("b_type", [np.uint8, np.int8])
+def test_matmul_integer_exact_past_float32(
+    weights: str, b_type: Any, rng: np.random.Generator
+) -> None:
+    """Sums of up to 1100 products of full-range codes (|sum| past 2**24, odd values there):
+    bit-exact against int64 arithmetic and onnxruntime, with the weight prepared at compile
+    time (cut into ranges that float32 sums exactly) or given at run time."""
+    code = {np.dtype(np.uint8): TP.UINT8, np.dtype(np.int8): TP.INT8}
+    a = _past_float32(rng, (3, 7, 1100), np.uint8)
+    b = _past_float32(rng, (1100, 19), b_type)
+    bz = np.array(0 if b_type == np.int8 else 1, b_type)
+    names, inits = ["a", "b", "az", "bz"], {"az": np.array(0, np.uint8), "bz": bz}
+    inputs = [vi("a", TP.UINT8, [3, None, 1100])]
+    feeds = {"a": a}
+    if weights == "constant":
+        inits["b"] = b
+    else:
+        inputs.append(vi("b", code[np.dtype(b_type)], list(b.shape)))
+        feeds["b"] = b
+    data = model_bytes(
+        [helper.make_node("MatMulInteger", names, ["y"])],
+        inputs,
+        [vi("y", TP.INT32, [3, None, 19])],
+        inits,
+    )
+    want = np.matmul(a.astype(np.int64), b.astype(np.int64) - int(bz))
+    assert np.any((np.abs(want) > 1 << 24) & (want % 2 == 1))  # not float32 numbers
+    got = lstm_infer.load(data).run(feeds)["y"]
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, want)
+    if b_type == np.uint8 or _ort_uint8_int8_is_exact():
+        np.testing.assert_array_equal(got, onnxruntime_run(data, feeds)[0])
+    # few rows (the packed product) and many rows (sgemm) alike
+    feeds["a"] = many = _past_float32(rng, (3, 100, 1100), np.uint8)
+    want = np.matmul(many.astype(np.int64), b.astype(np.int64) - int(bz))
+    np.testing.assert_array_equal(lstm_infer.load(data).run(feeds)["y"], want)
+
+
+@pytest.mark.parametrize(
+    ("group", "weights", "width"),
+    [(1, "constant", 20), (2, "constant", 20), (1, "input", 20), (1, "constant", 5)],
+)
+def test_conv_integer_exact_past_float32(
+    group: int, weights: str, width: int, rng: np.random.Generator
+) -> None:
+    """A 3x3 ConvInteger over 160 input channels of full-range codes (window sums past
+    2**24): bit-exact against onnxruntime, the channels cut into ranges float32 sums
+    exactly; grouped, weights given at run time, and a row too narrow for the direct
+    kernel (im2col) too."""
+    x = _past_float32(rng, (2, 160, 6, width), np.uint8)
+    w = _past_float32(rng, (8, 160 // group, 3, 3), np.uint8)
+    inits: dict = {"xz": np.array(0, np.uint8), "wz": np.array(2, np.uint8)}
+    inputs = [vi("x", TP.UINT8, list(x.shape))]
+    feeds = {"x": x}
+    if weights == "constant":
+        inits["w"] = w
+    else:
+        inputs.append(vi("w", TP.UINT8, list(w.shape)))
+        feeds["w"] = w
+    data = model_bytes(
+        [
+            helper.make_node(
+                "ConvInteger", ["x", "w", "xz", "wz"], ["y"], kernel_shape=[3, 3], pads=[1] * 4,
+                group=group,
+            )
+        ],
+        inputs,
+        [vi("y", TP.INT32, [None, None, None, None])],
+        inits,
+    )  # fmt: skip
+    got = assert_like_onnxruntime(data, feeds)["y"]
+    assert np.any((np.abs(got.astype(np.int64)) > 1 << 24) & (got % 2 == 1))

@@ -240,6 +240,25 @@ def test_matmul_gemm_batchnorm(rng) -> None:
     )
 
 
+@pytest.mark.parametrize(("rows", "n", "bias"), [(3, 70, True), (20, 128, False), (300, 70, True)])
+def test_dense_by_constant_weight(rows: int, n: int, bias: bool, rng) -> None:
+    """Gemm by a constant weight: few rows on the packed matvec (MATVEC records, a width
+    that is not whole blocks copied out of a padded region), many on sgemm (GEMM)."""
+    x = rng.standard_normal((rows, 40)).astype(np.float32)
+    inits = {"w": rng.standard_normal((n, 40)).astype(np.float32)}
+    names = ["x", "w"]
+    if bias:
+        inits["b"] = rng.standard_normal(n).astype(np.float32)
+        names.append("b")
+    nodes = [
+        helper.make_node("Gemm", names, ["g"], transB=1),
+        helper.make_node("Relu", ["g"], ["y"]),
+    ]
+    step = _check(nodes, [vi("x", F, x.shape)], [vi("y", F, None)], {"x": x}, inits, atol=1e-4)
+    kinds = set(step.program.kinds())
+    assert ("matvec" in kinds) == (rows <= 48) and ("gemm" in kinds) == (rows > 48), kinds
+
+
 CONV_CASES = {  # widths of 16 outputs and more run on the direct kernel (CONV records)
     "1d_direct_dilated": ((2, 4, 40), (6, 4, 3), dict(pads=[2, 2], dilations=[2])),
     "2d_direct": ((1, 3, 6, 20), (8, 3, 3, 3), dict(pads=[1, 1, 1, 1])),
@@ -255,6 +274,11 @@ CONV_CASES = {  # widths of 16 outputs and more run on the direct kernel (CONV r
     ),
     "1d_groups": ((1, 6, 11), (9, 2, 3), dict(group=3, pads=[1, 1])),
     "1d_pointwise": ((2, 5, 7), (3, 5, 1), {}),
+    # rows narrower than the kernel's tile: windows copied, one row of every position (and a
+    # pointwise conv read in place)
+    "2d_narrow_rows": ((2, 5, 6, 40), (7, 5, 3, 3), dict(pads=[1, 1, 1, 1])),
+    "2d_narrow_pointwise": ((2, 9, 6, 40), (7, 9, 1, 1), {}),
+    "2d_narrow_pointwise_groups": ((1, 6, 4, 20), (4, 3, 1, 1), dict(group=2)),
     "1d_pointwise_one_position_batched": ((3, 5, 1), (4, 5, 1), {}),
     "1d_batched_strided": ((4, 3, 12), (5, 3, 4), dict(strides=[4], pads=[1, 0])),
     "1d_strided_windows": ((1, 1, 64), (10, 1, 16), dict(strides=[16])),
@@ -281,7 +305,11 @@ def test_conv(case: str, rng) -> None:
         helper.make_node("Conv", ["x", "w", "b"], ["c"], **attrs),
         helper.make_node("Relu", ["c"], ["y"]),
     ]
-    _check(nodes, [vi("x", F, xs)], [vi("y", F, None)], {"x": x}, inits, atol=1e-4)
+    step = _check(nodes, [vi("x", F, xs)], [vi("y", F, None)], {"x": x}, inits, atol=1e-4)
+    if case.startswith("2d_narrow"):
+        kinds = step.program.kinds()
+        assert "gemm" not in kinds and kinds.count("conv") == xs[0] * attrs.get("group", 1)
+        assert ("copy" in kinds[: kinds.index("conv")]) == (ws[2] > 1), kinds
 
 
 def test_layernorm_softmax_reductions(rng) -> None:

@@ -74,6 +74,17 @@ def _dt(node: Any, x: np.ndarray, v: float) -> Any:
     return x.dtype.type(v)
 
 
+def _leaky_relu(x: np.ndarray, alpha: Any) -> np.ndarray:
+    """x where x >= 0, alpha * x elsewhere. For a positive alpha that is max(x, alpha * x)
+    (min past 1): one product and one in-place pass, where np.where's mask and temporaries
+    took 11x longer over a (48, 1000, 160) map (AECMOS: 38 against 3.3 ms). NaN stays NaN
+    in both; alpha <= 0 (where 0 * inf would differ) keeps the mask."""
+    if x.dtype.kind != "f" or not alpha > 0:
+        return np.where(x >= 0, x, x * alpha)
+    y = np.multiply(x, alpha)
+    return (np.maximum if alpha <= 1 else np.minimum)(x, y, out=y)
+
+
 UNARY: dict[str, tuple[Callable[[Any, np.ndarray], np.ndarray], tuple[str, ...]]] = {
     "Abs": (lambda n, x: np.abs(x), ()),
     "Neg": (lambda n, x: np.negative(x), ()),
@@ -82,10 +93,7 @@ UNARY: dict[str, tuple[Callable[[Any, np.ndarray], np.ndarray], tuple[str, ...]]
     "Log": (lambda n, x: np.log(x), ()),
     "Reciprocal": (lambda n, x: np.reciprocal(x), ()),
     "Relu": (lambda n, x: np.maximum(x, _dt(n, x, 0)), ()),
-    "LeakyRelu": (
-        lambda n, x: np.where(x >= 0, x, x * _dt(n, x, attr_float(n, "alpha", 0.01))),
-        ("alpha",),
-    ),
+    "LeakyRelu": (lambda n, x: _leaky_relu(x, _dt(n, x, attr_float(n, "alpha", 0.01))), ("alpha",)),
     "Elu": (
         lambda n, x: np.where(x >= 0, x, _dt(n, x, attr_float(n, "alpha", 1.0)) * np.expm1(x)),
         ("alpha",),
