@@ -21,6 +21,7 @@ from lstm_infer.compile.specialize import ShapeSpecializer
 from lstm_infer.compile.step_program import CompiledRuns
 from lstm_infer.errors import InputError, InputTypeError, ModelFormatError, StreamError
 from lstm_infer.graph import Graph, Node, TensorType
+from lstm_infer.graph_types import InferredTypes, infer_types
 from lstm_infer.ops.recurrent import RECURRENT_OPS, WEIGHT_FORMAT_ATTR
 from lstm_infer.quantize import canonical_format
 
@@ -91,6 +92,21 @@ class GraphModel:
         self.threads = 1
         self._runner = ShapeSpecializer(self._program)
         self._compiled = CompiledRuns()
+        self._types = infer_types(self._graph)
+
+    @property
+    def tensor_types(self) -> dict[str, TensorType]:
+        """The inferred type of every tensor of the compiled graph (:attr:`graph`): inputs,
+        constants and each node's outputs, from the declared input types
+        (:mod:`lstm_infer.graph_types`): concrete dims where known, the inputs' symbolic
+        names where ops carry them, None where they cannot be known."""
+        return self._types.types
+
+    @property
+    def type_inference(self) -> InferredTypes:
+        """The whole inference result: :attr:`tensor_types`, the nodes whose inference failed
+        (their outputs unknown; loading never fails for it) and stale declared types."""
+        return self._types
 
     @property
     def specialize_shapes(self) -> bool:

@@ -1,0 +1,119 @@
+"""Static types of every tensor of a graph: each op's shape inference, in graph order.
+
+:func:`infer_types` walks the nodes from the graph's declared input types and its constants
+and gives each tensor a :class:`~lstm_infer.tensor_type.TensorType`: concrete dims where they
+are known, the inputs' symbolic names where ops carry them through (``Relu`` keeps
+``("T", "B", 64)``, an LSTM keeps its time axis), None where nothing can say. One pass, O(nodes)
+calls; no tensor is ever allocated from an inferred shape.
+
+A type the source declares for an intermediate (ONNX value_info) fills only what inference
+leaves unknown: exporters write stale value_info, so an inferred concrete dim wins (the
+disagreement is recorded, never an error). Inference never blocks loading: an op whose
+inference raises gets unknown output types and the failure is recorded
+(:attr:`InferredTypes.failures`); ``strict=True`` raises instead (tests, hostile graphs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from lstm_infer.errors import LstmInferError, ModelFormatError
+from lstm_infer.graph import DTYPES, Graph, TensorType
+from lstm_infer.ops import REGISTRY
+
+
+@dataclass
+class InferredTypes:
+    """types: tensor name -> type (graph inputs, constants, every node output).
+    failures: node label -> why its inference failed (its outputs are then unknown).
+    stale: tensor names whose declared type disagrees with an inferred concrete dim."""
+
+    types: dict[str, TensorType] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+    stale: list[str] = field(default_factory=list)
+
+
+UNDEFINED = TensorType("undefined")
+
+
+def constant_type(value: np.ndarray) -> TensorType:
+    dtype = str(value.dtype)
+    return TensorType(dtype if dtype in DTYPES else "undefined", tuple(value.shape))
+
+
+def merge_declared(inferred: TensorType, declared: TensorType | None) -> tuple[TensorType, bool]:
+    """``inferred`` with what it leaves unknown taken from ``declared``, and whether the two
+    disagree on a concrete dim or the rank (the inferred one is kept)."""
+    if declared is None:
+        return inferred, False
+    dtype = inferred.dtype if inferred.dtype != "undefined" else declared.dtype
+    if inferred.shape is None:
+        return TensorType(dtype, declared.shape, inferred.time_axis), False
+    if declared.shape is None or len(declared.shape) != len(inferred.shape):
+        return TensorType(dtype, inferred.shape, inferred.time_axis), declared.shape is not None
+    shape, stale = [], False
+    for mine, theirs in zip(inferred.shape, declared.shape):
+        if mine is None:
+            shape.append(theirs)
+        else:
+            stale |= isinstance(mine, int) and isinstance(theirs, int) and mine != theirs
+            shape.append(mine)
+    return TensorType(dtype, tuple(shape), inferred.time_axis), stale
+
+
+def infer_types(
+    graph: Graph,
+    input_types: Mapping[str, TensorType] | None = None,
+    *,
+    strict: bool = False,
+) -> InferredTypes:
+    """The type of every tensor of ``graph`` (nodes in the graph's execution order).
+
+    Parameters
+    ----------
+    graph : Graph
+    input_types : mapping, optional
+        Types to use instead of the declared ones for some inputs (concrete shapes of a call).
+    strict : bool
+        Raise the first op's inference error (ModelFormatError naming the node) instead of
+        recording it and going on with unknown outputs.
+    """
+    result = InferredTypes()
+    types = result.types
+    for v in graph.inputs:
+        types[v.name] = (input_types or {}).get(v.name, v.type)
+    consts = graph.initializers
+    for name, value in consts.items():
+        types[name] = constant_type(np.asarray(value))
+    declared = dict(graph.value_types)
+    declared.update((v.name, v.type) for v in graph.outputs)
+    for node in graph.nodes:
+        op = REGISTRY.get(node.op)
+        ins = [types.get(n, UNDEFINED) if n else None for n in node.inputs]
+        node_consts = {i: consts[n] for i, n in enumerate(node.inputs) if n and n in consts}
+        try:
+            if op is None or op.infer is None:
+                raise ModelFormatError(f"{node.label}: no shape inference for {node.op!r}")
+            outs = op.infer(node, ins, node_consts)
+            if len(outs) != len(node.outputs) or not all(isinstance(t, TensorType) for t in outs):
+                raise ModelFormatError(
+                    f"{node.label}: inference gave {len(outs)} types for "
+                    f"{len(node.outputs)} outputs"
+                )
+        except Exception as exc:  # noqa: BLE001 (recorded: inference never blocks a load)
+            if strict:
+                if isinstance(exc, LstmInferError):
+                    raise
+                raise ModelFormatError(f"{node.label}: shape inference failed: {exc!r}") from exc
+            result.failures[node.label] = f"{type(exc).__name__}: {exc}"
+            outs = [UNDEFINED] * len(node.outputs)
+        for name, t in zip(node.outputs, outs):
+            if name:
+                t, stale = merge_declared(t, declared.get(name))
+                if stale:
+                    result.stale.append(name)
+                types[name] = t
+    return result
