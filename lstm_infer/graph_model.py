@@ -22,6 +22,7 @@ from lstm_infer.compile.step_program import CompiledRuns
 from lstm_infer.errors import InputError, InputTypeError, ModelFormatError, StreamError
 from lstm_infer.graph import Graph, Node, TensorType
 from lstm_infer.graph_types import InferredTypes, infer_types
+from lstm_infer.ops.base import MAX_RANK
 from lstm_infer.ops.recurrent import RECURRENT_OPS, WEIGHT_FORMAT_ATTR
 from lstm_infer.quantize import canonical_format
 
@@ -156,6 +157,8 @@ class GraphModel:
         arr = arr.astype(t.dtype, copy=False)  # (ascontiguousarray would make 0-D 1-D)
         if not arr.flags.c_contiguous:
             arr = arr.copy()
+        if arr.ndim > MAX_RANK:
+            raise InputError(f"input {name!r} has rank {arr.ndim}; at most {MAX_RANK}")
         if t.shape is not None:
             if arr.ndim != len(t.shape):
                 raise InputError(

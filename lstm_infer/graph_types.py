@@ -11,12 +11,18 @@ leaves unknown: exporters write stale value_info, so an inferred concrete dim wi
 disagreement is recorded, never an error). Inference never blocks loading: an op whose
 inference raises gets unknown output types and the failure is recorded
 (:attr:`InferredTypes.failures`); ``strict=True`` raises instead (tests, hostile graphs).
+
+Subgraphs (If branches, Loop and Scan bodies) are inferred from the node's input types, each
+time the node is met; one top-level call visits at most ``MAX_VISITS`` nodes in all, so
+If-in-If nesting cannot make inference exponential (past it, subgraph outputs are unknown
+and the node's failure says why).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -37,6 +43,9 @@ class InferredTypes:
 
 
 UNDEFINED = TensorType("undefined")
+# Node inferences one top-level infer_types call may make, subgraphs included.
+MAX_VISITS = 200_000
+_BUDGET = threading.local()
 
 
 def constant_type(value: np.ndarray) -> TensorType:
@@ -50,10 +59,11 @@ def merge_declared(inferred: TensorType, declared: TensorType | None) -> tuple[T
     if declared is None:
         return inferred, False
     dtype = inferred.dtype if inferred.dtype != "undefined" else declared.dtype
+    time_axis = inferred.time_axis if inferred.time_axis is not None else declared.time_axis
     if inferred.shape is None:
-        return TensorType(dtype, declared.shape, inferred.time_axis), False
+        return replace(inferred, dtype=dtype, shape=declared.shape, time_axis=time_axis), False
     if declared.shape is None or len(declared.shape) != len(inferred.shape):
-        return TensorType(dtype, inferred.shape, inferred.time_axis), declared.shape is not None
+        return replace(inferred, dtype=dtype, time_axis=time_axis), declared.shape is not None
     shape, stale = [], False
     for mine, theirs in zip(inferred.shape, declared.shape):
         if mine is None:
@@ -61,7 +71,7 @@ def merge_declared(inferred: TensorType, declared: TensorType | None) -> tuple[T
         else:
             stale |= isinstance(mine, int) and isinstance(theirs, int) and mine != theirs
             shape.append(mine)
-    return TensorType(dtype, tuple(shape), inferred.time_axis), stale
+    return replace(inferred, dtype=dtype, shape=tuple(shape), time_axis=time_axis), stale
 
 
 def infer_types(
@@ -81,6 +91,24 @@ def infer_types(
         Raise the first op's inference error (ModelFormatError naming the node) instead of
         recording it and going on with unknown outputs.
     """
+    outer = getattr(_BUDGET, "left", None)
+    if outer is None:
+        _BUDGET.left = MAX_VISITS
+    try:
+        return _infer(graph, input_types, strict)
+    finally:
+        if outer is None:
+            del _BUDGET.left
+
+
+def _infer(
+    graph: Graph, input_types: Mapping[str, TensorType] | None, strict: bool
+) -> InferredTypes:
+    _BUDGET.left -= len(graph.nodes)
+    if _BUDGET.left < 0:
+        raise ModelFormatError(
+            f"shape inference visited more than {MAX_VISITS} nodes (subgraphs nested too deeply)"
+        )
     result = InferredTypes()
     types = result.types
     for v in graph.inputs:

@@ -5,12 +5,14 @@ inference (``lstm_infer.ops``) use it without importing each other.
 
 A shape's entries are ints (static), strings (symbolic dims such as ``"batch"`` or
 ``"time"``: equal names are equal sizes) or None (unknown); a shape of None is an unknown
-rank.
+rank. Shape inference also follows the values of the small integer tensors a graph computes
+its shapes with (``Shape -> Gather -> Concat -> Reshape``): ``value`` holds them, flattened,
+as dims (ints, names, None) where known.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lstm_infer.errors import ModelFormatError
 
@@ -30,6 +32,9 @@ class TensorType:
     dtype: str
     shape: tuple[Dim, ...] | None = None
     time_axis: int | None = None
+    # The elements of a small integer tensor (a shape being computed), where inference knows
+    # them: ints, names of dims, or None each. Not part of the type (equality ignores it).
+    value: tuple[Dim, ...] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:

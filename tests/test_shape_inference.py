@@ -25,9 +25,14 @@ onnx = require("onnx")
 ort = require("onnxruntime")
 import test_graph_ops  # noqa: E402
 import test_graph_ops_window  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import lstm_infer  # noqa: E402
+from lstm_infer.errors import InputError, ModelFormatError  # noqa: E402
+from lstm_infer.graph import Graph, Node, TensorType, ValueInfo  # noqa: E402
+from lstm_infer.graph_types import infer_types  # noqa: E402
 from lstm_infer.ops import REGISTRY  # noqa: E402
+from lstm_infer.ops.base import MAX_RANK  # noqa: E402
 
 # Ops whose output shape is an input's values, by the positions of those inputs: with such an
 # input computed at run time, unknown dims are the right answer.
@@ -139,3 +144,205 @@ def test_every_registered_op_has_shape_inference() -> None:
     missing = sorted(name for name, op in REGISTRY.items() if op.infer is None)
     assert not missing
     assert len(REGISTRY) >= 111
+
+
+# ---- symbolic shapes through the zoo's graphs ------------------------------------------------
+
+torch = require("torch")
+import test_graph_zoo as zoo  # noqa: E402
+
+# name -> (module, an input shape, its dynamic axes, a second input shape, the LSTM node's
+# expected Y type (T, D, B, H): symbols carried through)
+SYMBOLIC_ZOO = {
+    "crnn": (zoo.Crnn, (3, 1, 16, 20), {0: "N", 3: "W"}, (2, 1, 16, 28), (None, 2, "N", 24)),
+    "vad": (zoo.VadShape, (2, 1600), {0: "N", 1: "S"}, (3, 2400), (None, 1, "N", 16)),
+    "norm_residual": (zoo.NormResidual, (9, 3, 12), {0: "T", 1: "B"}, (5, 2, 12),
+                      ("T", 1, "B", 20)),
+    "last_step": (zoo.LastStepClassifier, (2, 9, 6), {0: "N", 1: "T"}, (4, 3, 6),
+                  ("T", 1, "N", 12)),
+}  # fmt: skip
+
+
+def _exported(name: str) -> bytes:
+    make, shape, axes, _, _ = SYMBOLIC_ZOO[name]
+    torch.manual_seed(0)
+    net = zoo._randomised(make())
+    return zoo.export(net, (torch.zeros(shape),), ["x"], ["y"], False, {"x": axes})
+
+
+def _undeclared(graph: Graph) -> Graph:
+    """``graph`` without any declared output or intermediate type: inference alone."""
+    outputs = [ValueInfo(v.name, TensorType("undefined")) for v in graph.outputs]
+    return Graph(list(graph.inputs), outputs, list(graph.nodes), dict(graph.initializers))
+
+
+def _onnx_output_dims(model_bytes: bytes) -> list[list[int | str | None]]:
+    inferred = onnx.shape_inference.infer_shapes(onnx.load_from_string(model_bytes))
+    return [
+        [d.dim_value if d.HasField("dim_value") else d.dim_param or None
+         for d in v.type.tensor_type.shape.dim]
+        for v in inferred.graph.output
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(SYMBOLIC_ZOO))
+def test_symbols_are_carried_through_the_zoo(name: str, rng) -> None:
+    _, shape, axes, shape2, lstm_y = SYMBOLIC_ZOO[name]
+    data = _exported(name)
+    model = lstm_infer.load(data)
+    assert not model.type_inference.failures
+    result = infer_types(_undeclared(model.graph), strict=True)
+    lstm = next(n for n in model.graph.nodes if n.op == "LSTM")
+    assert result.types[lstm.outputs[0]].shape == lstm_y
+    symbols = set(axes.values())
+    for out, onnx_dims in zip(model.graph.outputs, _onnx_output_dims(data)):
+        ours = result.types[out.name].shape
+        assert ours is not None and len(ours) == len(onnx_dims), (ours, onnx_dims)
+        for mine, theirs in zip(ours, onnx_dims):
+            if isinstance(theirs, int):
+                assert mine == theirs, (ours, onnx_dims)
+            elif theirs in symbols:
+                assert mine == theirs, (ours, onnx_dims)
+    # Two concrete sizes: each symbol stands for the size of the input axis it names, and
+    # with concrete input types every output is static and onnxruntime's shape.
+    for s in (shape, shape2):
+        x = rng.standard_normal(s).astype(np.float32)
+        sizes = {axes[a]: s[a] for a in axes}
+        want = ort_outputs(data, {"x": x})
+        concrete = infer_types(
+            _undeclared(model.graph), {"x": TensorType("float32", s)}, strict=True
+        )
+        for out, w in zip(model.graph.outputs, want):
+            ours = result.types[out.name].shape
+            assert len(ours) == w.ndim
+            for mine, got in zip(ours, w.shape):
+                assert mine is None or sizes.get(mine, mine) == got, (ours, w.shape, sizes)
+            assert concrete.types[out.name].shape == w.shape
+            assert concrete.types[out.name].dtype == str(w.dtype)
+
+
+def test_stale_value_info_keeps_the_inferred_dim(rng) -> None:
+    """An exporter's stale value_info (a wrong concrete dim) loads; the inferred dim wins."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 4])
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Neg", ["r"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [x], [y])
+    graph.value_info.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, ["B", 7]))
+    model = lstm_infer.load(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    )
+    assert model.tensor_types["r"].shape == ("B", 4)
+    assert model.type_inference.stale == ["r"]
+    feed = rng.standard_normal((3, 4)).astype(np.float32)
+    np.testing.assert_array_equal(model.run({"x": feed})["y"], -np.maximum(feed, 0))
+
+
+# ---- hostile graphs ---------------------------------------------------------------------------
+
+
+def _graph(nodes: list[Node], inputs: dict[str, TensorType], consts: dict | None = None,
+           outputs: tuple[str, ...] = ("y",)) -> Graph:  # fmt: skip
+    return Graph(
+        [ValueInfo(k, t) for k, t in inputs.items()],
+        [ValueInfo(o, TensorType("undefined")) for o in outputs],
+        nodes,
+        consts or {},
+    )
+
+
+def test_rank_40_broadcast_is_refused_naming_the_node() -> None:
+    big = TensorType("float32", (1,) * 40)
+    g = _graph([Node("Add", ["a", "b"], ["y"], name="wide")],
+               {"a": big, "b": TensorType("float32", (3,))})  # fmt: skip
+    with pytest.raises(ModelFormatError, match=rf"'wide'.*rank 40 exceeds {MAX_RANK}"):
+        infer_types(g, strict=True)
+    relaxed = infer_types(g)  # at load: recorded, the output unknown, nothing raised
+    assert "wide" in next(iter(relaxed.failures)) and relaxed.types["y"].shape is None
+    # Unsqueeze past the rank limit, and an ONNX file declaring a rank-40 input: refused cleanly.
+    g = _graph([Node("Unsqueeze", ["x", "axes"], ["y"], name="tall")],
+               {"x": TensorType("float32", (2,) * 30)}, {"axes": np.arange(5)})  # fmt: skip
+    with pytest.raises(ModelFormatError, match="'tall'.*rank 35"):
+        infer_types(g, strict=True)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1] * 40)
+    b = helper.make_tensor_value_info("b", TensorProto.FLOAT, [3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    graph = helper.make_graph([helper.make_node("Add", ["x", "b"], ["y"], name="wide")], "g",
+                              [x, b], [y])  # fmt: skip
+    data = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    try:
+        model = lstm_infer.load(data.SerializeToString())
+    except ModelFormatError:
+        return  # refused at load: clean
+    assert model.tensor_types["y"].shape is None and model.type_inference.failures
+    with pytest.raises(InputError):
+        model.run({"x": np.zeros((1,) * 40, np.float32), "b": np.zeros(3, np.float32)})
+
+
+def test_expand_to_2_40_infers_without_allocating_and_the_run_refuses() -> None:
+    shape = np.array([1 << 20, 1 << 20], np.int64)
+    g = _graph([Node("Expand", ["x", "s"], ["y"], name="bomb")],
+               {"x": TensorType("float32", (1, 1))}, {"s": shape})  # fmt: skip
+    assert infer_types(g, strict=True).types["y"].shape == (1 << 20, 1 << 20)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    graph = helper.make_graph([helper.make_node("Expand", ["x", "s"], ["y"], name="bomb")], "g",
+                              [x], [y], [numpy_helper.from_array(shape, "s")])  # fmt: skip
+    model = lstm_infer.load(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    )
+    assert model.tensor_types["y"].shape == (1 << 20, 1 << 20)
+    with pytest.raises(InputError, match="bomb"):
+        model.run({"x": np.ones((1, 1), np.float32)})
+    # Dims past what any shape can be, and negative ones: clear errors naming the node.
+    for bad in ([(1 << 63) - 1, 1], [-3, 2]):
+        g = _graph([Node("ConstantOfShape", ["s"], ["y"], name="fill")], {},
+                   {"s": np.array(bad, np.int64)})  # fmt: skip
+        with pytest.raises(ModelFormatError, match="'fill'"):
+            infer_types(g, strict=True)
+
+
+@pytest.mark.parametrize(
+    "attrs",
+    [{"strides": [1 << 30]}, {"dilations": [1 << 21]}, {"pads": [-1, 0]}, {"kernel_shape": [0]},
+     {"dilations": [1 << 20], "kernel_shape": [1 << 20]}],  # fmt: skip
+    ids=str,
+)
+def test_absurd_conv_attributes_are_clear_errors(attrs: dict) -> None:
+    kernel = attrs.get("kernel_shape", [3])
+    w = TensorType("float32", (4, 2, *kernel))
+    huge_window = "dilations" in attrs and "kernel_shape" in attrs
+    for op in ("Conv", "ConvInteger", "ConvTranspose"):
+        if op == "ConvTranspose":  # W is (C, M / group, *kernel)
+            w = TensorType("float32", (2, 4, *kernel))
+        g = _graph([Node(op, ["x", "w"], ["y"], dict(attrs), name="absurd")],
+                   {"x": TensorType("float32", (1, 2, 50)), "w": w})  # fmt: skip
+        if op == "ConvTranspose" and huge_window:
+            # A valid (if absurd) geometry: a 2**40 output inferred, never allocated.
+            span = (kernel[0] - 1) * attrs["dilations"][0] + 1
+            assert infer_types(g, strict=True).types["y"].shape == (1, 4, 49 + span)
+            continue
+        with pytest.raises(ModelFormatError, match="'absurd'"):
+            infer_types(g, strict=True)
+    g = _graph([Node("MaxPool", ["x"], ["y"], {"kernel_shape": [3], **attrs}, name="absurd")],
+               {"x": TensorType("float32", (1, 2, 50))})  # fmt: skip
+    with pytest.raises(ModelFormatError, match="'absurd'"):
+        infer_types(g, strict=True)
+
+
+def test_inference_bugs_never_block_loading(monkeypatch, rng) -> None:
+    """An op whose inference raises anything: the model still loads and runs, the failure is
+    recorded and its outputs are unknown."""
+    from dataclasses import replace
+
+    import lstm_infer.graph_types as graph_types
+
+    def broken(node: Any, types: list, consts: dict) -> list:
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setitem(graph_types.REGISTRY, "Relu", replace(REGISTRY["Relu"], infer=broken))
+    model = lstm_infer.load(test_graph_ops.one_node("Relu", {"x": np.zeros((2, 3), np.float32)}))
+    assert "ZeroDivisionError" in next(iter(model.type_inference.failures.values()))
+    x = rng.standard_normal((2, 3)).astype(np.float32)
+    np.testing.assert_array_equal(model.run({"x": x})["y0"], np.maximum(x, 0))
+    with pytest.raises(ModelFormatError, match="shape inference failed"):
+        infer_types(model.graph, strict=True)

@@ -383,3 +383,63 @@ def vector_length(t: TensorType | None) -> int | None:
     if shape is not None and len(shape) == 1 and isinstance(shape[0], int):
         return shape[0]
     return None
+
+
+# ---- values of shape tensors ---------------------------------------------------------------
+
+# The most elements a tensor's inferred value may hold (shape arithmetic only; past it the
+# value is not followed).
+MAX_VALUE_ELEMENTS = 64
+
+
+def values_of(node: Any, types: list, consts: dict[int, np.ndarray], pos: int) -> list[Dim] | None:
+    """Input ``pos``'s elements as dims, flattened: a constant integer tensor's ints, or the
+    value inference followed (ints, names, None); None when neither is known."""
+    if pos >= len(types):
+        return None
+    arr = consts.get(pos)
+    if arr is not None:
+        a = np.asarray(arr)
+        if a.dtype.kind not in "iu" or a.size > MAX_VALUE_ELEMENTS:
+            return None
+        return [int(v) for v in a.reshape(-1)]
+    t = types[pos]
+    return None if t is None or t.value is None else list(t.value)
+
+
+def with_value(t: TensorType, value: Sequence[Dim] | None) -> TensorType:
+    """``t`` carrying ``value`` (when it is a small integer tensor whose element count its
+    shape says)."""
+    if value is None or t.dtype not in ("int64", "int32") or len(value) > MAX_VALUE_ELEMENTS:
+        return t
+    if t.shape is None or not all(isinstance(d, int) for d in t.shape):
+        return t
+    n = 1
+    for d in t.shape:
+        n *= d  # type: ignore[operator]
+    if n != len(value):
+        return t
+    return TensorType(t.dtype, t.shape, t.time_axis, tuple(value))
+
+
+def dim_arith(op_name: str, a: Dim, b: Dim) -> Dim:
+    """One element of Add / Sub / Mul / Div on shape values (ONNX integer Div truncates)."""
+    if isinstance(a, int) and isinstance(b, int):
+        if op_name == "Add":
+            return a + b
+        if op_name == "Sub":
+            return a - b
+        if op_name == "Mul":
+            return a * b
+        if op_name == "Div" and b:
+            return abs(a) // abs(b) * (1 if (a >= 0) == (b > 0) else -1)
+        return None
+    if op_name == "Mul" and (a == 1 or b == 1):
+        return b if a == 1 else a
+    if op_name in ("Add", "Sub") and b == 0:
+        return a
+    if op_name == "Add" and a == 0:
+        return b
+    if op_name == "Div" and b == 1:
+        return a
+    return None

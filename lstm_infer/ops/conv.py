@@ -483,6 +483,8 @@ def _conv_transpose_infer(node: Any, types: list, consts: dict) -> list[TensorTy
         raise ModelFormatError(f"{node.label}: X {sx} and W {sw} are not (N, C, *spatial) and "
                                "(C, M/group, *kernel) of one rank")  # fmt: skip
     group = attr_int(node, "group", 1)
+    if sw is not None:
+        merge_dim(node, [sx[1], sw[0]], "input channels (X's, W's)")
     m = sw[1] * group if sw is not None and isinstance(sw[1], int) else None
     kernel = _kernel_of(node, sw, len(sx) - 2)
     if kernel is None:

@@ -21,11 +21,14 @@ from lstm_infer.ops.base import (
     attr_int,
     broadcast,
     check_elements,
+    dim_arith,
     dtype_of,
     op,
     same_as_input,
     shape_of,
     typed,
+    values_of,
+    with_value,
 )
 from lstm_infer.tensor_type import TensorType
 
@@ -62,7 +65,14 @@ def _broadcast_infer(keep: bool, dtype_pos: int = 0):  # noqa: ANN202
     def infer(node: Any, types: list, consts: dict) -> list[TensorType]:
         given = [t for t in types if t is not None]
         dtype = dtype_of(types[dtype_pos]) if keep else "bool"
-        return [typed(node, dtype, broadcast(node, [shape_of(t) for t in given]))]
+        result = typed(node, dtype, broadcast(node, [shape_of(t) for t in given]))
+        if node.op in ("Add", "Sub", "Mul", "Div") and len(types) == 2:
+            a, b = values_of(node, types, consts, 0), values_of(node, types, consts, 1)
+            if a is not None and b is not None and (len(a) == len(b) or 1 in (len(a), len(b))):
+                n = max(len(a), len(b))
+                a, b = (v * n if len(v) == 1 else v for v in (a, b))
+                result = with_value(result, [dim_arith(node.op, x, y) for x, y in zip(a, b)])
+        return [result]
 
     return infer
 
@@ -255,7 +265,12 @@ def _cast_run(ctx: RunContext, node: Any, ins: list, state: Any) -> list[np.ndar
 
 
 def _cast_infer(node: Any, types: list, consts: dict) -> list[TensorType]:
-    return [typed(node, _ONNX_DTYPES[attr_int(node, "to")], shape_of(types[0]))]
+    result = typed(node, _ONNX_DTYPES[attr_int(node, "to")], shape_of(types[0]))
+    return [with_value(result, values_of(node, types, consts, 0))]
+
+
+def _identity_infer(node: Any, types: list, consts: dict) -> list[TensorType]:
+    return [types[0] if types[0] is not None else typed(node, "undefined", None)]
 
 
 def _dropout_infer(node: Any, types: list, consts: dict) -> list[TensorType]:
@@ -315,7 +330,7 @@ OPS.update(
         ),
         "Clip": op("Clip", _clip_run, inputs=(1, 3), check=allowed_attrs(), infer=same_as_input()),
         "Cast": op("Cast", _cast_run, check=_cast_check, infer=_cast_infer),
-        "Identity": op("Identity", _identity_run, check=allowed_attrs(), infer=same_as_input()),
+        "Identity": op("Identity", _identity_run, check=allowed_attrs(), infer=_identity_infer),
         "Dropout": op(
             "Dropout",
             _dropout_run,

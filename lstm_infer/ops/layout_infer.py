@@ -3,9 +3,10 @@ Reshape, ..., one function per op, collected in :data:`INFER`.
 
 Ops whose output shape is an input's values (Reshape's shape, Expand's, Tile's repeats,
 Slice's starts and ends, Pad's pads, Squeeze's and Unsqueeze's axes, ConstantOfShape,
-Range) read them from ``consts`` when that input is a constant; otherwise they give what the
-types alone say (the rank where it is known, unknown dims). Nothing here allocates from an
-inferred shape.
+Range) read them from ``consts`` when that input is a constant, or from the value inference
+followed for a computed shape tensor (``TensorType.value``: Shape, Gather, Concat, Slice,
+Squeeze, Unsqueeze and Reshape carry it); otherwise they give what the types alone say (the
+rank where it is known, unknown dims). Nothing here allocates from an inferred shape.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ from lstm_infer.ops.base import (
     shape_of,
     typed,
     unknown,
+    values_of,
     vector_length,
+    with_value,
 )
 from lstm_infer.ops.base import broadcast as broadcast_shapes
 from lstm_infer.tensor_type import Dim, TensorType
@@ -75,7 +78,12 @@ def _concat(node: Any, types: Types, consts: Consts) -> list[TensorType]:
                 out.append(None)
         else:
             out.append(merge_dim(node, [s[d] for s in known], f"dims on axis {d}"))
-    return [typed(node, dtype, out)]
+    result = typed(node, dtype, out)
+    if rank == 1:
+        parts = [values_of(node, types, consts, i) for i, t in enumerate(types) if t is not None]
+        if all(p is not None for p in parts):
+            result = with_value(result, [v for p in parts for v in p])  # type: ignore[union-attr]
+    return [result]
 
 
 def _split(node: Any, types: Types, consts: Consts) -> list[TensorType]:
@@ -148,7 +156,12 @@ def _slice(node: Any, types: Types, consts: Consts) -> list[TensorType]:
             raise ModelFormatError(f"{node.label}: axis {a} repeated or step 0")
         seen.add(a)
         out[a] = _slice_length(shape[a], s, e, st)
-    return [typed(node, dtype, out)]
+    result = typed(node, dtype, out)
+    value = values_of(node, types, consts, 0)
+    if rank == 1 and value is not None:
+        s, e, st = starts[0], ends[0], steps[0]
+        result = with_value(result, value[max(-_BIG, min(_BIG, s)) : max(-_BIG, min(_BIG, e)) : st])
+    return [result]
 
 
 def _gather(node: Any, types: Types, consts: Consts) -> list[TensorType]:
@@ -157,7 +170,13 @@ def _gather(node: Any, types: Types, consts: Consts) -> list[TensorType]:
     if shape is None or ishape is None:
         return [unknown(dtype_of(x))]
     axis = infer_axis(node, attr_int(node, "axis", 0), len(shape))
-    return [typed(node, dtype_of(x), shape[:axis] + ishape + shape[axis + 1 :])]
+    result = typed(node, dtype_of(x), shape[:axis] + ishape + shape[axis + 1 :])
+    value, picks = values_of(node, types, consts, 0), values_of(node, types, consts, 1)
+    if len(shape) == 1 and value is not None and picks is not None:
+        n = len(value)
+        if all(isinstance(i, int) and -n <= i < n for i in picks):
+            result = with_value(result, [value[i] for i in picks])  # type: ignore[index]
+    return [result]
 
 
 def _gather_elements(node: Any, types: Types, consts: Consts) -> list[TensorType]:
@@ -167,12 +186,15 @@ def _gather_elements(node: Any, types: Types, consts: Consts) -> list[TensorType
 def _reshape(node: Any, types: Types, consts: Consts) -> list[TensorType]:
     x = types[0]
     dtype, shape = dtype_of(x), shape_of(x)
-    target = const_ints(node, consts, 1, "shape")
+    target = values_of(node, types, consts, 1)
     if target is None:
         return [typed(node, dtype, _unknown_dims(vector_length(types[1])))]
     allowzero = attr_int(node, "allowzero", 0)
     out: list[Dim] = []
     for i, d in enumerate(target):
+        if not isinstance(d, int):
+            out.append(d)  # a name, or unknown (neither may be 0 or -1 there: then unknown)
+            continue
         if d == 0 and not allowzero:
             if shape is None:
                 out.append(None)
@@ -188,7 +210,11 @@ def _reshape(node: Any, types: Types, consts: Consts) -> list[TensorType]:
     if target.count(-1) > 1:
         raise ModelFormatError(f"{node.label}: invalid shape {target}")
     total = None if shape is None else dim_product(shape)
-    if -1 in target:
+    if None in target:
+        # An unknown entry might be 0 (copy) or -1 (the rest): a name elsewhere still holds.
+        out = [d if isinstance(d, str) or (isinstance(t, int) and t > 0) else None
+               for d, t in zip(out, target)]  # fmt: skip
+    elif -1 in target:
         i = target.index(-1)
         rest = dim_product([d for j, d in enumerate(out) if j != i])
         out[i] = _quotient(node, total, rest, target)
@@ -196,7 +222,10 @@ def _reshape(node: Any, types: Types, consts: Consts) -> list[TensorType]:
         have = dim_product(out)
         if have is not None and not have[1] and have[0] != total[0]:
             raise ModelFormatError(f"{node.label}: cannot reshape {shape} to {target}")
-    return [typed(node, dtype, out)]
+    result = typed(node, dtype, out)
+    if len(out) <= 1:
+        result = with_value(result, values_of(node, types, consts, 0))
+    return [result]
 
 
 def _quotient(node: Any, total: Any, rest: Any, target: list[int]) -> Dim:
@@ -266,7 +295,8 @@ def _squeeze(node: Any, types: Types, consts: Consts) -> list[TensorType]:
     for a in cut:
         if isinstance(shape[a], int) and shape[a] != 1:
             raise ModelFormatError(f"{node.label}: cannot squeeze axis {a} of shape {shape}")
-    return [typed(node, dtype, [d for i, d in enumerate(shape) if i not in cut])]
+    result = typed(node, dtype, [d for i, d in enumerate(shape) if i not in cut])
+    return [with_value(result, values_of(node, types, consts, 0))]
 
 
 def _unsqueeze(node: Any, types: Types, consts: Consts) -> list[TensorType]:
@@ -287,17 +317,19 @@ def _unsqueeze(node: Any, types: Types, consts: Consts) -> list[TensorType]:
     out: list[Dim] = list(shape)
     for a in norm:
         out.insert(a, 1)
-    return [typed(node, dtype, out)]
+    return [with_value(typed(node, dtype, out), values_of(node, types, consts, 0))]
 
 
 def _expand(node: Any, types: Types, consts: Consts) -> list[TensorType]:
     x = types[0]
     dtype, shape = dtype_of(x), shape_of(x)
-    target = const_ints(node, consts, 1, "shape")
+    target = values_of(node, types, consts, 1)
     if target is None:
         target = _unknown_dims(vector_length(types[1]))
         if target is None:
             return [unknown(dtype)]
+    if any(isinstance(d, int) and d < 0 for d in target):
+        raise ModelFormatError(f"{node.label}: shape {target} has a negative dim")
     if shape is None:
         return [unknown(dtype)]
     return [typed(node, dtype, broadcast_shapes(node, [shape, tuple(target)]))]
@@ -306,15 +338,23 @@ def _expand(node: Any, types: Types, consts: Consts) -> list[TensorType]:
 def _tile(node: Any, types: Types, consts: Consts) -> list[TensorType]:
     x = types[0]
     dtype, shape = dtype_of(x), shape_of(x)
-    reps = const_ints(node, consts, 1, "repeats")
+    reps = values_of(node, types, consts, 1)
     if shape is None:
         return [unknown(dtype)]
     if reps is None:
         return [typed(node, dtype, _unknown_dims(len(shape)))]
-    if len(reps) != len(shape) or any(r < 0 for r in reps):
+    if len(reps) != len(shape) or any(isinstance(r, int) and r < 0 for r in reps):
         raise ModelFormatError(f"{node.label}: repeats {reps} for rank {len(shape)}")
-    out = [d * r if isinstance(d, int) else d if r == 1 else None for d, r in zip(shape, reps)]
+    out = [_times(d, r) for d, r in zip(shape, reps)]
     return [typed(node, dtype, out)]
+
+
+def _times(d: Dim, r: Dim) -> Dim:
+    if isinstance(d, int) and isinstance(r, int):
+        return d * r
+    if d == 1 or r == 1:
+        return r if d == 1 else d
+    return None
 
 
 def _pad(node: Any, types: Types, consts: Consts) -> list[TensorType]:
@@ -350,20 +390,22 @@ def _shape(node: Any, types: Types, consts: Consts) -> list[TensorType]:
     end = attr_int(node, "end", rank)
     start = min(max(start + rank if start < 0 else start, 0), rank)
     end = min(max(end + rank if end < 0 else end, 0), rank)
-    return [typed(node, "int64", (max(end - start, 0),))]
+    return [with_value(typed(node, "int64", (max(end - start, 0),)), shape[start:end])]
 
 
 def _size(node: Any, types: Types, consts: Consts) -> list[TensorType]:
-    return [typed(node, "int64", ())]
+    shape = shape_of(types[0])
+    size = None if shape is None else dim_from_product(dim_product(shape))
+    return [with_value(typed(node, "int64", ()), None if size is None else [size])]
 
 
 def _constant_of_shape(node: Any, types: Types, consts: Consts) -> list[TensorType]:
     value = node.attrs.get("value")
     dtype = "float32" if value is None else str(np.asarray(value).dtype)
-    target = const_ints(node, consts, 0, "shape")
+    target = values_of(node, types, consts, 0)
     if target is None:
         return [typed(node, dtype, _unknown_dims(vector_length(types[0])))]
-    if any(d < 0 for d in target):
+    if any(isinstance(d, int) and d < 0 for d in target):
         raise ModelFormatError(f"{node.label}: shape {target} has a negative dim")
     return [typed(node, dtype, target)]
 
