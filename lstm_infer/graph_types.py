@@ -33,7 +33,8 @@ from lstm_infer.ops import REGISTRY
 
 @dataclass
 class InferredTypes:
-    """types: tensor name -> type (graph inputs, constants, every node output).
+    """types: tensor name -> type (graph inputs, the constants nodes read or the graph
+    returns, every node output).
     failures: node label -> why its inference failed (its outputs are then unknown).
     stale: tensor names whose declared type disagrees with an inferred concrete dim."""
 
@@ -49,8 +50,21 @@ _BUDGET = threading.local()
 
 
 def constant_type(value: np.ndarray) -> TensorType:
-    dtype = str(value.dtype)
+    dtype = value.dtype.name
     return TensorType(dtype if dtype in DTYPES else "undefined", tuple(value.shape))
+
+
+def _type_of(
+    name: str, types: dict[str, TensorType], consts: Mapping[str, np.ndarray]
+) -> TensorType:
+    """A tensor's type so far; a constant's is made on its first read."""
+    t = types.get(name)
+    if t is None:
+        value = consts.get(name)
+        if value is None:
+            return UNDEFINED
+        t = types[name] = constant_type(np.asarray(value))
+    return t
 
 
 def merge_declared(inferred: TensorType, declared: TensorType | None) -> tuple[TensorType, bool]:
@@ -114,13 +128,11 @@ def _infer(
     for v in graph.inputs:
         types[v.name] = (input_types or {}).get(v.name, v.type)
     consts = graph.initializers
-    for name, value in consts.items():
-        types[name] = constant_type(np.asarray(value))
     declared = dict(graph.value_types)
     declared.update((v.name, v.type) for v in graph.outputs)
     for node in graph.nodes:
         op = REGISTRY.get(node.op)
-        ins = [types.get(n, UNDEFINED) if n else None for n in node.inputs]
+        ins = [_type_of(n, types, consts) if n else None for n in node.inputs]
         node_consts = {i: consts[n] for i, n in enumerate(node.inputs) if n and n in consts}
         try:
             if op is None or op.infer is None:
@@ -144,4 +156,6 @@ def _infer(
                 if stale:
                     result.stale.append(name)
                 types[name] = t
+    for v in graph.outputs:  # (an output may be a constant or an input)
+        _type_of(v.name, types, consts)
     return result

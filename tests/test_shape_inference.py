@@ -303,8 +303,13 @@ def test_expand_to_2_40_infers_without_allocating_and_the_run_refuses() -> None:
 
 @pytest.mark.parametrize(
     "attrs",
-    [{"strides": [1 << 30]}, {"dilations": [1 << 21]}, {"pads": [-1, 0]}, {"kernel_shape": [0]},
-     {"dilations": [1 << 20], "kernel_shape": [1 << 20]}],  # fmt: skip
+    [
+        {"strides": [1 << 30]},
+        {"dilations": [1 << 21]},
+        {"pads": [-1, 0]},
+        {"kernel_shape": [0]},
+        {"dilations": [1 << 20], "kernel_shape": [1 << 20]},
+    ],  # fmt: skip
     ids=str,
 )
 def test_absurd_conv_attributes_are_clear_errors(attrs: dict) -> None:
@@ -346,3 +351,75 @@ def test_inference_bugs_never_block_loading(monkeypatch, rng) -> None:
     np.testing.assert_array_equal(model.run({"x": x})["y0"], np.maximum(x, 0))
     with pytest.raises(ModelFormatError, match="shape inference failed"):
         infer_types(model.graph, strict=True)
+
+
+# ---- the rest of the graph test corpus -----------------------------------------------------
+
+import test_cells_engine  # noqa: E402
+import test_graph_control  # noqa: E402
+import test_graph_loop  # noqa: E402
+import test_graph_quant  # noqa: E402
+import test_onnx_graphs  # noqa: E402
+import test_silero_vad  # noqa: E402
+
+CORPUS = (test_graph_control, test_graph_loop, test_graph_quant, test_graph_zoo_module := zoo,
+          test_onnx_graphs, test_silero_vad, test_cells_engine)  # fmt: skip
+# Refusal tests that take long and never run a model.
+_SLOW_REFUSALS = {
+    "test_nesting_past_the_limit_is_refused",
+    "test_loops_nested_past_the_limit_are_refused",
+}
+
+
+def check_run_types(model: lstm_infer.GraphModel, feeds: Any, got: dict) -> None:
+    """What a successful run returned has the inferred types: dtype, rank, every concrete
+    dim, and each input symbol the size the feeds gave it."""
+    assert_no_fallback(model)
+    sizes: dict[str, int] = {}
+    for v in model.graph.inputs:
+        if v.type.shape is not None and v.name in feeds:
+            for d, n in zip(v.type.shape, np.shape(feeds[v.name])):
+                if isinstance(d, str):
+                    sizes.setdefault(d, n)
+    for name, value in got.items():
+        t = model.tensor_types[name]
+        assert t.dtype == str(value.dtype), (name, t, value.dtype)
+        assert t.shape is None or len(t.shape) == value.ndim, (name, t, value.shape)
+        for d, n in zip(t.shape or (), value.shape):
+            assert d is None or sizes.get(d, d) == n or (isinstance(d, str) and d not in sizes), (
+                name, t, value.shape, sizes)  # fmt: skip
+
+
+def _corpus_cases() -> list[Any]:
+    cases = []
+    for module in CORPUS:
+        for name, fn in vars(module).items():
+            if not name.startswith("test_") or not callable(fn) or name in _SLOW_REFUSALS:
+                continue
+            if getattr(fn, "__module__", "") != module.__name__:
+                continue  # imported from another module
+            combos = _combos(fn)
+            if module is test_cells_engine and "case" in inspect.signature(fn).parameters:
+                combos = [
+                    {**c, "case": module.CASES[k]} for c in combos for k in sorted(module.CASES)
+                ]
+            for i, kwargs in enumerate(combos):
+                cases.append(pytest.param(module, name, kwargs, id=f"{module.__name__}.{name}-{i}"))
+    return cases
+
+
+@pytest.mark.parametrize(("module", "name", "kwargs"), _corpus_cases())
+def test_corpus_runs_have_their_inferred_types(module: Any, name: str, kwargs: dict,
+                                               monkeypatch, tmp_path, rng) -> None:  # fmt: skip
+    run = lstm_infer.GraphModel.run
+
+    def checked(self: Any, feeds: Any, output_names: Any = None, **kw: Any) -> dict:
+        got = run(self, feeds, output_names, **kw)
+        check_run_types(self, feeds, got)
+        return got
+
+    monkeypatch.setattr(lstm_infer.GraphModel, "run", checked)
+    fn = getattr(module, name)
+    fixtures = {"rng": rng, "tmp_path": tmp_path, "monkeypatch": monkeypatch}
+    wanted = inspect.signature(fn).parameters
+    fn(**kwargs, **{k: v for k, v in fixtures.items() if k in wanted and k not in kwargs})
