@@ -145,8 +145,11 @@ def _infer(
                 )
         except Exception as exc:  # noqa: BLE001 (recorded: inference never blocks a load)
             if strict:
-                if isinstance(exc, LstmInferError):
+                if isinstance(exc, ModelFormatError) and node.label in str(exc):
                     raise
+                if isinstance(exc, LstmInferError):
+                    why = str(exc) if node.label in str(exc) else f"{node.label}: {exc}"
+                    raise ModelFormatError(why) from exc
                 raise ModelFormatError(f"{node.label}: shape inference failed: {exc!r}") from exc
             result.failures[node.label] = f"{type(exc).__name__}: {exc}"
             outs = [UNDEFINED] * len(node.outputs)

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import inspect
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -355,15 +356,18 @@ def test_inference_bugs_never_block_loading(monkeypatch, rng) -> None:
 
 # ---- the rest of the graph test corpus -----------------------------------------------------
 
+import test_cell_attention_decoder  # noqa: E402
 import test_cells_engine  # noqa: E402
 import test_graph_control  # noqa: E402
 import test_graph_loop  # noqa: E402
 import test_graph_quant  # noqa: E402
+import test_loop_cells  # noqa: E402
 import test_onnx_graphs  # noqa: E402
 import test_silero_vad  # noqa: E402
 
-CORPUS = (test_graph_control, test_graph_loop, test_graph_quant, test_graph_zoo_module := zoo,
-          test_onnx_graphs, test_silero_vad, test_cells_engine)  # fmt: skip
+CORPUS = (test_graph_control, test_graph_loop, test_graph_quant, zoo, test_onnx_graphs,
+          test_silero_vad, test_cells_engine, test_cell_attention_decoder,
+          test_loop_cells)  # fmt: skip
 # Refusal tests that take long and never run a model.
 _SLOW_REFUSALS = {
     "test_nesting_past_the_limit_is_refused",
@@ -390,6 +394,21 @@ def check_run_types(model: lstm_infer.GraphModel, feeds: Any, got: dict) -> None
                 name, t, value.shape, sizes)  # fmt: skip
 
 
+_FIXTURES = ("rng", "tmp_path", "monkeypatch")
+
+
+def _with_fixture_params(module: Any, param: str, combos: list[dict]) -> list[dict]:
+    """``combos`` times each value of a parametrised fixture of ``module`` named ``param``
+    (test_cells_engine's ``case``, the attention decoder's ``kind``)."""
+    fixture = getattr(module, param, None)
+    marker = getattr(fixture, "_fixture_function_marker", None)
+    if marker is None or not marker.params or any(param in c for c in combos):
+        return combos
+    make = fixture._fixture_function
+    values = [make(SimpleNamespace(param=p)) for p in marker.params]
+    return [{**c, param: v} for c in combos for v in values]
+
+
 def _corpus_cases() -> list[Any]:
     cases = []
     for module in CORPUS:
@@ -399,10 +418,11 @@ def _corpus_cases() -> list[Any]:
             if getattr(fn, "__module__", "") != module.__name__:
                 continue  # imported from another module
             combos = _combos(fn)
-            if module is test_cells_engine and "case" in inspect.signature(fn).parameters:
-                combos = [
-                    {**c, "case": module.CASES[k]} for c in combos for k in sorted(module.CASES)
-                ]
+            params = inspect.signature(fn).parameters
+            for param in params:
+                combos = _with_fixture_params(module, param, combos)
+            if any(p not in _FIXTURES and p not in combos[0] for p in params):
+                continue  # a fixture this replay does not give (conftest's isa)
             for i, kwargs in enumerate(combos):
                 cases.append(pytest.param(module, name, kwargs, id=f"{module.__name__}.{name}-{i}"))
     return cases
