@@ -443,3 +443,50 @@ def test_corpus_runs_have_their_inferred_types(module: Any, name: str, kwargs: d
     fixtures = {"rng": rng, "tmp_path": tmp_path, "monkeypatch": monkeypatch}
     wanted = inspect.signature(fn).parameters
     fn(**kwargs, **{k: v for k, v in fixtures.items() if k in wanted and k not in kwargs})
+
+
+def test_inference_of_odd_types_never_crashes() -> None:
+    """Every op whose attributes pass its check, on unknown, rank-0, symbolic, empty and
+    undefined input types and odd constants: types or a ModelFormatError, never anything
+    else (an IndexError, a KeyError, an allocation)."""
+    patterns = [
+        TensorType("float32"), TensorType("float32", ()), TensorType("int64", (3,)),
+        TensorType("float32", ("a", 2, None)), TensorType("float32", (1,) * 5),
+        TensorType("undefined"), TensorType("bool", (0, 4)),
+    ]  # fmt: skip
+    attr_sets = [{}, {"axis": 1}, {"axis": -7}, {"to": 1}, {"kernel_shape": [2]}, {"perm": [1, 0]}]
+    const_sets = [{}, {1: np.array([1, -1])}, {1: np.array([0])}, {1: np.array([1 << 40])}]
+    tried = 0
+    for name, op in REGISTRY.items():
+        n_in = max(op.min_inputs, op.max_inputs, 1)
+        n_out = max(op.min_outputs, 1)
+        for attrs in attr_sets:
+            node = Node(name, [f"i{k}" for k in range(n_in)], [f"o{k}" for k in range(n_out)],
+                        dict(attrs), name="odd")  # fmt: skip
+            try:
+                op.check_arity(node)
+            except lstm_infer.errors.LstmInferError:
+                continue
+            for first in patterns:
+                for second in patterns:
+                    types = [first, second, *[patterns[2]] * (n_in - 2)][:n_in]
+                    for consts in const_sets:
+                        tried += 1
+                        try:
+                            out = op.infer(node, types, consts)
+                        except ModelFormatError:
+                            continue
+                        assert len(out) == n_out and all(isinstance(t, TensorType) for t in out)
+    assert tried > 10_000
+
+
+def test_counts_from_attributes_or_types_are_checked_before_any_list_is_made() -> None:
+    x = {"x": TensorType("float32", (4, 6))}
+    g = _graph([Node("Split", ["x"], ["y"], {"num_outputs": 10**12, "axis": 1}, name="sp")], x)
+    with pytest.raises(ModelFormatError, match="'sp'.*num_outputs"):
+        infer_types(g, strict=True)
+    # A computed shape tensor whose type says 2**40 entries: the output rank is refused.
+    g = _graph([Node("Reshape", ["x", "s"], ["y"], name="rs")],
+               {**x, "s": TensorType("int64", (1 << 40,))})  # fmt: skip
+    with pytest.raises(ModelFormatError, match="'rs'.*rank"):
+        infer_types(g, strict=True)

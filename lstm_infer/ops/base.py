@@ -337,10 +337,11 @@ def dim_from_product(p: tuple[int, tuple[str, ...]] | None) -> Dim:
 
 
 def infer_axis(node: Any, axis: int, rank: int) -> int:
-    """``axis`` normalised against ``rank`` (ModelFormatError naming the node if outside)."""
-    if not -rank <= axis < max(rank, 1):
+    """``axis`` normalised against ``rank`` (ModelFormatError naming the node if outside;
+    a rank-0 tensor has no axis)."""
+    if not -rank <= axis < rank:
         raise ModelFormatError(f"{node.label}: axis {axis} is out of range for rank {rank}")
-    return axis % rank if rank else 0
+    return axis % rank
 
 
 def const_ints(node: Any, consts: dict[int, np.ndarray], pos: int, what: str) -> list[int] | None:

@@ -47,8 +47,8 @@ _BIG = 1 << 62
 def _unknown_dims(n: int | None) -> tuple[Dim, ...] | None:
     if n is None:
         return None
-    if n > MAX_RANK:
-        raise ModelFormatError(f"rank {n} exceeds {MAX_RANK}")
+    if not 0 <= n <= MAX_RANK:
+        raise ModelFormatError(f"rank {n} is outside [0, {MAX_RANK}]")
     return (None,) * n
 
 
@@ -98,6 +98,8 @@ def _split(node: Any, types: Types, consts: Consts) -> list[TensorType]:
     size = shape[axis]
     if sizes is None and not has_split:
         parts = attr_int(node, "num_outputs", n_out)
+        if parts != n_out:  # (checked before any list of that length is made)
+            raise ModelFormatError(f"{node.label}: num_outputs {parts} but {n_out} outputs")
         if isinstance(size, int):
             step = -(-size // max(parts, 1))
             sizes = [min(step, max(0, size - i * step)) for i in range(parts)]
