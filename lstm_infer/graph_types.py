@@ -29,6 +29,7 @@ import numpy as np
 from lstm_infer.errors import LstmInferError, ModelFormatError
 from lstm_infer.graph import DTYPES, Graph, TensorType
 from lstm_infer.ops import REGISTRY
+from lstm_infer.ops.base import MAX_VALUE_ELEMENTS, with_value
 
 
 @dataclass
@@ -44,14 +45,20 @@ class InferredTypes:
 
 
 UNDEFINED = TensorType("undefined")
+_DTYPE_NAMES = {np.dtype(d): d for d in DTYPES if d != "undefined"}
 # Node inferences one top-level infer_types call may make, subgraphs included.
 MAX_VISITS = 200_000
 _BUDGET = threading.local()
 
 
 def constant_type(value: np.ndarray) -> TensorType:
-    dtype = value.dtype.name
-    return TensorType(dtype if dtype in DTYPES else "undefined", tuple(value.shape))
+    """A constant's type; a small integer one carries its values (a subgraph reading it
+    through an input then still knows a shape it builds from it)."""
+    dtype = _DTYPE_NAMES.get(value.dtype, "undefined")
+    t = TensorType(dtype, tuple(value.shape))
+    if dtype in ("int64", "int32") and value.size <= MAX_VALUE_ELEMENTS:
+        t = with_value(t, [int(v) for v in value.reshape(-1)])
+    return t
 
 
 def _type_of(
@@ -63,7 +70,13 @@ def _type_of(
         value = consts.get(name)
         if value is None:
             return UNDEFINED
-        t = types[name] = constant_type(np.asarray(value))
+        # One type per constant array in a top-level call (subgraphs met many times read
+        # the same arrays); the array is held so its id stays its own.
+        seen = _BUDGET.constants
+        hit = seen.get(id(value))
+        if hit is None or hit[0] is not value:
+            hit = seen[id(value)] = (value, constant_type(np.asarray(value)))
+        t = types[name] = hit[1]
     return t
 
 
@@ -108,11 +121,12 @@ def infer_types(
     outer = getattr(_BUDGET, "left", None)
     if outer is None:
         _BUDGET.left = MAX_VISITS
+        _BUDGET.constants = {}
     try:
         return _infer(graph, input_types, strict)
     finally:
         if outer is None:
-            del _BUDGET.left
+            del _BUDGET.left, _BUDGET.constants
 
 
 def _infer(
