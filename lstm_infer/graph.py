@@ -24,31 +24,12 @@ import numpy as np
 from lstm_infer.errors import ModelFormatError
 from lstm_infer.ops import get_op
 from lstm_infer.ops.sequence import check_sequence_use
+from lstm_infer.tensor_type import DTYPES, Dim, TensorType
 
-# dtypes a graph tensor may have (numpy names).
-DTYPES = (
-    "float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64", "bool",
-    "undefined",  # an output or intermediate whose type the source does not declare
-)  # fmt: skip
+__all__ = ["DTYPES", "MAX_NODES", "Dim", "Graph", "Node", "TensorType", "ValueInfo"]
+
 # Nodes a graph may hold: far above any recurrent model, low enough to bound load time.
 MAX_NODES = 100_000
-
-Dim = int | str | None
-
-
-@dataclass(frozen=True)
-class TensorType:
-    """dtype and shape (None: rank unknown) of a tensor, plus its time axis if known; or,
-    with ``sequence``, the dtype and shape of each tensor of a sequence."""
-
-    dtype: str
-    shape: tuple[Dim, ...] | None = None
-    time_axis: int | None = None
-    sequence: bool = False
-
-    def __post_init__(self) -> None:
-        if self.dtype not in DTYPES:
-            raise ModelFormatError(f"unsupported tensor dtype {self.dtype!r}")
 
 
 @dataclass(frozen=True)

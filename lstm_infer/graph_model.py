@@ -28,6 +28,8 @@ from lstm_infer.errors import (
     UnsupportedModelError,
 )
 from lstm_infer.graph import Graph, Node, TensorType
+from lstm_infer.graph_types import InferredTypes, infer_types
+from lstm_infer.ops.base import MAX_RANK
 from lstm_infer.ops.recurrent import RECURRENT_OPS, WEIGHT_FORMAT_ATTR
 from lstm_infer.ops.sequence import sequence_names
 from lstm_infer.quantize import canonical_format
@@ -119,6 +121,21 @@ class GraphModel:
         self._compiled = CompiledRuns()
         # silero-VAD's sr: programs per value of the scalar control inputs
         self._values = ValueSpecializer(self._program, control_inputs(self._graph))
+        self._types = infer_types(self._graph)
+
+    @property
+    def tensor_types(self) -> dict[str, TensorType]:
+        """The inferred type of every tensor of the compiled graph (:attr:`graph`): inputs,
+        constants and each node's outputs, from the declared input types
+        (:mod:`lstm_infer.graph_types`): concrete dims where known, the inputs' symbolic
+        names where ops carry them, None where they cannot be known."""
+        return self._types.types
+
+    @property
+    def type_inference(self) -> InferredTypes:
+        """The whole inference result: :attr:`tensor_types`, the nodes whose inference failed
+        (their outputs unknown; loading never fails for it) and stale declared types."""
+        return self._types
 
     @property
     def specialize_shapes(self) -> bool:
@@ -185,6 +202,8 @@ class GraphModel:
         arr = arr.astype(t.dtype, copy=False)  # (ascontiguousarray would make 0-D 1-D)
         if not arr.flags.c_contiguous:
             arr = arr.copy()
+        if arr.ndim > MAX_RANK:
+            raise InputError(f"input {name!r} has rank {arr.ndim}; at most {MAX_RANK}")
         if t.shape is not None:
             if arr.ndim != len(t.shape):
                 raise InputError(

@@ -15,8 +15,9 @@ import numpy as np
 
 from lstm_infer import _engine
 from lstm_infer.cells import CELLS, CellDef
-from lstm_infer.errors import InputError
-from lstm_infer.ops.base import OpDef, RunContext, op
+from lstm_infer.errors import InputError, ModelFormatError
+from lstm_infer.ops.base import OpDef, RunContext, op, shape_of, typed
+from lstm_infer.tensor_type import Dim, TensorType
 
 
 def cell_of(node: Any) -> CellDef:
@@ -64,6 +65,34 @@ def _run(ctx: RunContext, node: Any, ins: list, state: Any) -> list[np.ndarray]:
     return [results[i] if name else np.zeros(0, np.float32) for i, name in enumerate(node.outputs)]
 
 
+# Stand-ins for the batch and memory length in a cell's state shapes (sizes are positive).
+_BATCH, _POSITIONS = -1, -2
+
+
+def _infer(node: Any, types: list, consts: dict) -> list[TensorType]:
+    """Y (T, B, output size) and each final state in the cell's state shapes."""
+    cell = cell_of(node)
+    a = node.attrs
+    sx = shape_of(types[0])
+    if sx is not None and len(sx) != 3:
+        raise ModelFormatError(f"{node.label}: X must be (time, batch, features), got {sx}")
+    steps, batch = (None, None) if sx is None else (sx[0], sx[1])
+    width: int = a["hidden_size"]
+    if node.op == "AttentionDecoder":
+        width += a["memory_size"]
+        sm = shape_of(types[1]) if len(types) > 1 else None
+        positions = sm[0] if sm is not None and len(sm) == 3 else None
+        states = cell.state_shapes(a, _BATCH, _POSITIONS)
+    else:
+        positions = None
+        states = cell.state_shapes(a, _BATCH)
+    stand_in: dict[int, Dim] = {_BATCH: batch, _POSITIONS: positions}
+    outs = [TensorType("float32", typed(node, "float32", (steps, batch, width)).shape, 0)]
+    for shape in states:
+        outs.append(typed(node, "float32", [stand_in.get(d, d) for d in shape]))
+    return outs[: len(node.outputs)]
+
+
 OPS: dict[str, OpDef] = {
     name: op(
         name,
@@ -72,6 +101,7 @@ OPS: dict[str, OpDef] = {
         outputs=getattr(cell, "outputs", (1, 1 + len(cell.states))),
         check=_check,
         prepare=_prepare,
+        infer=_infer,
         foldable=False,
         doc=cell.doc,
     )

@@ -44,8 +44,19 @@ from typing import Any
 import numpy as np
 
 from lstm_infer.errors import InputError, ModelFormatError
-from lstm_infer.ops.base import OpDef, RunContext, allowed_attrs, attr_int, op
+from lstm_infer.ops.base import (
+    OpDef,
+    RunContext,
+    allowed_attrs,
+    attr_int,
+    infer_axis,
+    op,
+    shape_of,
+    typed,
+    unknown,
+)
 from lstm_infer.ops.sequence import is_sequence
+from lstm_infer.tensor_type import Dim, TensorType
 
 BRANCHES = ("then_branch", "else_branch")
 
@@ -393,8 +404,92 @@ def _scan_run(ctx: RunContext, node: Any, ins: list, state: Any) -> list[np.ndar
     return [_value(v) for v in carried] + outs
 
 
+# ---- shape inference: the bodies' own, from the node's input types ------------------------
+
+
+def _body_types(node: Any, key: str, feeds: list[TensorType | None]) -> list[TensorType]:
+    """The output types of subgraph ``key`` given its inputs' types by position (None: the
+    body's declaration); an op failing inside it fails the node's inference."""
+    from lstm_infer.graph_types import infer_types, merge_declared  # graph_types runs ops
+
+    body = branch_graph(node, key)
+    given = {}
+    for v, t in zip(body.inputs, feeds):
+        given[v.name] = v.type if t is None else merge_declared(t, v.type)[0]
+    result = infer_types(body, given)
+    if result.failures:
+        where, why = next(iter(result.failures.items()))
+        raise ModelFormatError(f"{node.label}: {key}: {where}: {why}")
+    return [result.types[v.name] for v in body.outputs]
+
+
+def _joined(a: TensorType, b: TensorType) -> TensorType:
+    """A type both ``a`` and ``b`` are (dims kept where they agree)."""
+    dtype = a.dtype if a.dtype == b.dtype or b.dtype == "undefined" else b.dtype
+    if a.dtype == "undefined":
+        dtype = b.dtype
+    seq = a.sequence or b.sequence  # (a loop-carried list, or an If returning one)
+    if a.shape is None or b.shape is None or len(a.shape) != len(b.shape):
+        return TensorType(dtype, sequence=seq)
+    shape = tuple(x if x == y else None for x, y in zip(a.shape, b.shape))
+    return TensorType(dtype, shape, sequence=seq)
+
+
+def _if_infer(node: Any, types: list, consts: dict) -> list[TensorType]:
+    then = _body_types(node, "then_branch", types[1:])
+    other = _body_types(node, "else_branch", types[1:])
+    return [_joined(a, b) for a, b in zip(then, other)]
+
+
+def _stacked(node: Any, t: TensorType, length: Dim, axis: int = 0) -> TensorType:
+    if t.shape is None:
+        return unknown(t.dtype)
+    shape = list(t.shape)
+    shape.insert(infer_axis(node, axis, len(shape) + 1), length)
+    return typed(node, t.dtype, shape)
+
+
+def _loop_infer(node: Any, types: list, consts: dict) -> list[TensorType]:
+    n = _carried(node)
+    feeds = [TensorType("int64", ()), TensorType("bool", ()), *types[2:]]
+    outs = _body_types(node, "body", feeds)
+    carried = [_joined(t, o) if t is not None else o for t, o in zip(types[2 : 2 + n], outs[1:])]
+    scans = [_stacked(node, o, None) for o in outs[1 + n :]]
+    return carried + scans
+
+
+def _scan_infer(node: Any, types: list, consts: dict) -> list[TensorType]:
+    n, m, in_axes, _, out_axes, _ = _scan_layout(node)
+    feeds: list[TensorType | None] = list(types[:n])
+    lengths: list[Dim] = []
+    for t, a in zip(types[n : n + m], in_axes):
+        shape = shape_of(t)
+        if t is None or shape is None:
+            feeds.append(None if t is None else unknown(t.dtype))
+            lengths.append(None)
+            continue
+        a = infer_axis(node, a, len(shape))
+        feeds.append(typed(node, t.dtype, shape[:a] + shape[a + 1 :]))
+        lengths.append(shape[a])
+    feeds += types[n + m :]
+    outs = _body_types(node, "body", feeds)
+    known = {d for d in lengths if d is not None}
+    length = known.pop() if len(known) == 1 else None
+    carried = [_joined(t, o) if t is not None else o for t, o in zip(types[:n], outs[:n])]
+    scans = [_stacked(node, o, length, out_axes[k]) for k, o in enumerate(outs[n:])]
+    return carried + scans
+
+
 OPS: dict[str, OpDef] = {
-    "If": op("If", _if_run, inputs=(1, -1), outputs=(1, -1), check=_check_if, prepare=_if_prepare),
+    "If": op(
+        "If",
+        _if_run,
+        inputs=(1, -1),
+        outputs=(1, -1),
+        check=_check_if,
+        prepare=_if_prepare,
+        infer=_if_infer,
+    ),
     "Loop": op(
         "Loop",
         _loop_run,
@@ -402,6 +497,7 @@ OPS: dict[str, OpDef] = {
         outputs=(1, -1),
         check=_check_loop,
         prepare=_body_prepare,
+        infer=_loop_infer,
         foldable=False,
     ),
     "Scan": op(
@@ -411,6 +507,7 @@ OPS: dict[str, OpDef] = {
         outputs=(1, -1),
         check=_check_scan,
         prepare=_body_prepare,
+        infer=_scan_infer,
         foldable=False,
     ),
 }

@@ -38,9 +38,22 @@ from lstm_infer.ops.base import (
     attr_ints,
     attr_str,
     check_elements,
+    dtype_of,
+    merge_dim,
     op,
+    shape_of,
+    typed,
+    unknown,
 )
-from lstm_infer.ops.window import Resolved, padded, resolve, window_attrs, window_view
+from lstm_infer.ops.window import (
+    Resolved,
+    infer_spatial,
+    padded,
+    resolve,
+    window_attrs,
+    window_view,
+)
+from lstm_infer.tensor_type import TensorType
 
 Ins = list[np.ndarray | None]
 _WINDOW_ATTRS = ("auto_pad", "dilations", "kernel_shape", "pads", "strides")
@@ -436,9 +449,74 @@ def _conv_transpose(ctx: RunContext, node: Any, ins: Ins, state: Any) -> list[np
     return [y.astype(x.dtype, copy=False)]
 
 
+# ---- shape inference -----------------------------------------------------------------------
+
+
+def _kernel_of(node: Any, w_shape: tuple | None, n: int) -> tuple | None:
+    """The kernel's spatial sizes: W's where its type says them, else kernel_shape."""
+    win = window_attrs(node)
+    if w_shape is not None and all(isinstance(d, int) for d in w_shape[2:]):
+        return tuple(w_shape[2:])
+    return win.kernel if win.kernel is not None and len(win.kernel) == n else None
+
+
+def conv_type(node: Any, types: list, dtype: str) -> TensorType:
+    """Conv's (and ConvInteger's) output type: (N, M, *out) with W (M, C/group, *kernel)."""
+    sx, sw = shape_of(types[0]), shape_of(types[1])
+    if sx is None:
+        return unknown(dtype)
+    if len(sx) < 3 or (sw is not None and len(sw) != len(sx)):
+        raise ModelFormatError(f"{node.label}: X {sx} and W {sw} are not (N, C, *spatial) and "
+                               "(M, C/group, *kernel) of one rank")  # fmt: skip
+    group = attr_int(node, "group", 1)
+    m = None if sw is None else sw[0]
+    if sw is not None and isinstance(sw[1], int) and isinstance(sx[1], int):
+        merge_dim(node, [sx[1], sw[1] * group], "input channels (X's, W's times group)")
+    kernel = _kernel_of(node, sw, len(sx) - 2)
+    if kernel is None:
+        return typed(node, dtype, (sx[0], m, *([None] * (len(sx) - 2))))
+    win = window_attrs(node)
+    out = infer_spatial(node, sx[2:], lambda sizes: resolve(node, win, sizes, kernel).out)
+    return typed(node, dtype, (sx[0], m, *out))
+
+
+def _conv_infer(node: Any, types: list, consts: dict) -> list[TensorType]:
+    return [conv_type(node, types, dtype_of(types[0]))]
+
+
+def _conv_transpose_infer(node: Any, types: list, consts: dict) -> list[TensorType]:
+    sx, sw = shape_of(types[0]), shape_of(types[1])
+    dtype = dtype_of(types[0])
+    if sx is None:
+        return [unknown(dtype)]
+    if len(sx) < 3 or (sw is not None and len(sw) != len(sx)):
+        raise ModelFormatError(f"{node.label}: X {sx} and W {sw} are not (N, C, *spatial) and "
+                               "(C, M/group, *kernel) of one rank")  # fmt: skip
+    group = attr_int(node, "group", 1)
+    if sw is not None:
+        merge_dim(node, [sx[1], sw[0]], "input channels (X's, W's)")
+    m = sw[1] * group if sw is not None and isinstance(sw[1], int) else None
+    kernel = _kernel_of(node, sw, len(sx) - 2)
+    if kernel is None:
+        return [typed(node, dtype, (sx[0], m, *([None] * (len(sx) - 2))))]
+    out = infer_spatial(node, sx[2:], lambda sizes: _transpose_geometry(node, sizes, kernel)[1])
+    return [typed(node, dtype, (sx[0], m, *out))]
+
+
 OPS: dict[str, OpDef] = {
-    "Conv": op("Conv", _conv, inputs=(2, 3), check=_check_conv, prepare=_conv_prepare),
+    "Conv": op(
+        "Conv",
+        _conv,
+        inputs=(2, 3),
+        check=_check_conv,
+        prepare=_conv_prepare,
+        infer=_conv_infer,
+    ),
     "ConvTranspose": op(
-        "ConvTranspose", _conv_transpose, inputs=(2, 3), check=_check_conv_transpose
+        "ConvTranspose",
+        _conv_transpose,
+        inputs=(2, 3),
+        check=_check_conv_transpose,
+        infer=_conv_transpose_infer,
     ),
 }

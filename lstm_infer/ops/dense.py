@@ -15,8 +15,22 @@ import numpy as np
 
 from lstm_infer._spec import DenseLayer
 from lstm_infer.dense_head import CompiledDense, apply_head
-from lstm_infer.errors import InputError
-from lstm_infer.ops.base import OpDef, RunContext, allowed_attrs, attr_float, attr_int, op
+from lstm_infer.errors import InputError, ModelFormatError
+from lstm_infer.ops.base import (
+    OpDef,
+    RunContext,
+    allowed_attrs,
+    attr_float,
+    attr_int,
+    broadcast,
+    dtype_of,
+    merge_dim,
+    op,
+    shape_of,
+    typed,
+    unknown,
+)
+from lstm_infer.tensor_type import TensorType
 
 Ins = list[np.ndarray | None]
 
@@ -92,13 +106,55 @@ def _gemm(ctx: RunContext, node: Any, ins: Ins, state: Any) -> list[np.ndarray]:
     return [np.asarray(y, dtype=a.dtype)]
 
 
+def matmul_type(node: Any, a: TensorType | None, b: TensorType | None, dtype: str) -> TensorType:
+    """numpy matmul's result type of symbolic shapes (1-D operands promoted and dropped)."""
+    sa, sb = shape_of(a), shape_of(b)
+    if sa is None or sb is None:
+        return unknown(dtype)
+    if not sa or not sb:
+        raise ModelFormatError(f"{node.label}: MatMul needs operands of rank >= 1")
+    xa = (1, *sa) if len(sa) == 1 else sa
+    xb = (*sb, 1) if len(sb) == 1 else sb
+    merge_dim(node, [xa[-1], xb[-2]], "contracted dims")
+    batch = broadcast(node, [xa[:-2], xb[:-2]])
+    out = (*batch, *((xa[-2],) if len(sa) > 1 else ()), *((xb[-1],) if len(sb) > 1 else ()))
+    return typed(node, dtype, out)
+
+
+def _matmul_infer(node: Any, types: list, consts: dict) -> list[TensorType]:
+    return [matmul_type(node, types[0], types[1], dtype_of(types[0]))]
+
+
+def _gemm_infer(node: Any, types: list, consts: dict) -> list[TensorType]:
+    sa, sb = shape_of(types[0]), shape_of(types[1])
+    dtype = dtype_of(types[0])
+    if sa is None or sb is None:
+        return [typed(node, dtype, (None, None))]
+    if len(sa) != 2 or len(sb) != 2:
+        raise ModelFormatError(f"{node.label}: Gemm takes 2-D A and B, got {sa} and {sb}")
+    if attr_int(node, "transA", 0):
+        sa = sa[::-1]
+    if attr_int(node, "transB", 0):
+        sb = sb[::-1]
+    merge_dim(node, [sa[1], sb[0]], "contracted dims")
+    return [typed(node, dtype, (sa[0], sb[1]))]
+
+
 OPS: dict[str, OpDef] = {
-    "MatMul": op("MatMul", _matmul, inputs=(2, 2), check=allowed_attrs(), prepare=_matmul_prepare),
+    "MatMul": op(
+        "MatMul",
+        _matmul,
+        inputs=(2, 2),
+        check=allowed_attrs(),
+        prepare=_matmul_prepare,
+        infer=_matmul_infer,
+    ),
     "Gemm": op(
         "Gemm",
         _gemm,
         inputs=(2, 3),
         check=allowed_attrs("alpha", "beta", "transA", "transB"),
         prepare=_gemm_prepare,
+        infer=_gemm_infer,
     ),
 }

@@ -19,9 +19,18 @@ from lstm_infer.ops.base import (
     allowed_attrs,
     attr_float,
     attr_int,
+    broadcast,
     broadcast_shape,
+    dim_arith,
+    dtype_of,
     op,
+    same_as_input,
+    shape_of,
+    typed,
+    values_of,
+    with_value,
 )
+from lstm_infer.tensor_type import TensorType
 
 ONNX_DTYPES = {
     1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64", 9: "bool",
@@ -43,7 +52,29 @@ def _unary(
             y = fn(node, x)
         return [np.asarray(y, dtype=x.dtype) if name not in ("Not", "IsNaN", "IsInf") else y]
 
-    return op(name, run, check=allowed_attrs(*attrs))
+    logical = name in ("Not", "IsNaN", "IsInf")
+    return op(
+        name, run, check=allowed_attrs(*attrs), infer=same_as_input("bool" if logical else None)
+    )
+
+
+def _broadcast_infer(keep: bool, dtype_pos: int = 0):  # noqa: ANN202
+    """Infer of a broadcasting op: the broadcast of every given input's shape, the dtype of
+    input ``dtype_pos`` (keep) or bool."""
+
+    def infer(node: Any, types: list, consts: dict) -> list[TensorType]:
+        given = [t for t in types if t is not None]
+        dtype = dtype_of(types[dtype_pos]) if keep else "bool"
+        result = typed(node, dtype, broadcast(node, [shape_of(t) for t in given]))
+        if node.op in ("Add", "Sub", "Mul", "Div") and len(types) == 2:
+            a, b = values_of(node, types, consts, 0), values_of(node, types, consts, 1)
+            if a is not None and b is not None and (len(a) == len(b) or 1 in (len(a), len(b))):
+                n = max(len(a), len(b))
+                a, b = (v * n if len(v) == 1 else v for v in (a, b))
+                result = with_value(result, [dim_arith(node.op, x, y) for x, y in zip(a, b)])
+        return [result]
+
+    return infer
 
 
 def _erf(x: np.ndarray) -> np.ndarray:
@@ -152,7 +183,7 @@ def _binary(name: str, fn: Callable[[np.ndarray, np.ndarray], np.ndarray], keep:
             y = fn(a, b)
         return [np.asarray(y, dtype=a.dtype) if keep else np.asarray(y)]
 
-    return op(name, run, inputs=(2, 2), check=allowed_attrs())
+    return op(name, run, inputs=(2, 2), check=allowed_attrs(), infer=_broadcast_infer(keep))
 
 
 def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -195,7 +226,7 @@ def _variadic(name: str, fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> 
             y = y / np.asarray(len(arrays), dtype=arrays[0].dtype)
         return [np.broadcast_to(np.asarray(y, dtype=arrays[0].dtype), shape).copy()]
 
-    return op(name, run, inputs=(1, -1), check=allowed_attrs())
+    return op(name, run, inputs=(1, -1), check=allowed_attrs(), infer=_broadcast_infer(True))
 
 
 def _where_run(ctx: RunContext, node: Any, ins: list, state: Any) -> list[np.ndarray]:
@@ -234,6 +265,20 @@ def _cast_run(ctx: RunContext, node: Any, ins: list, state: Any) -> list[np.ndar
     return [x.astype(to)]
 
 
+def _cast_infer(node: Any, types: list, consts: dict) -> list[TensorType]:
+    result = typed(node, ONNX_DTYPES[attr_int(node, "to")], shape_of(types[0]))
+    return [with_value(result, values_of(node, types, consts, 0))]
+
+
+def _identity_infer(node: Any, types: list, consts: dict) -> list[TensorType]:
+    return [types[0] if types[0] is not None else typed(node, "undefined", None)]
+
+
+def _dropout_infer(node: Any, types: list, consts: dict) -> list[TensorType]:
+    shape = shape_of(types[0])
+    return [typed(node, dtype_of(types[0]), shape), typed(node, "bool", shape)][: len(node.outputs)]
+
+
 def _identity_run(ctx: RunContext, node: Any, ins: list, state: Any) -> list[np.ndarray]:
     return [ins[0]]
 
@@ -255,8 +300,16 @@ OPS.update(
         "Sub": _binary("Sub", np.subtract, True),
         "Mul": _binary("Mul", np.multiply, True),
         "Div": _binary("Div", _div, True),
-        "Pow": op("Pow", _pow_run, inputs=(2, 2), check=allowed_attrs()),
-        "Mod": op("Mod", _mod_run, inputs=(2, 2), check=allowed_attrs("fmod")),
+        "Pow": op(
+            "Pow", _pow_run, inputs=(2, 2), check=allowed_attrs(), infer=_broadcast_infer(True)
+        ),
+        "Mod": op(
+            "Mod",
+            _mod_run,
+            inputs=(2, 2),
+            check=allowed_attrs("fmod"),
+            infer=_broadcast_infer(True),
+        ),
         "Equal": _binary("Equal", np.equal, False),
         "Less": _binary("Less", np.less, False),
         "LessOrEqual": _binary("LessOrEqual", np.less_equal, False),
@@ -269,12 +322,23 @@ OPS.update(
         "Min": _variadic("Min", np.minimum),
         "Sum": _variadic("Sum", np.add),
         "Mean": _variadic("Mean", np.add),
-        "Where": op("Where", _where_run, inputs=(3, 3), check=allowed_attrs()),
-        "Clip": op("Clip", _clip_run, inputs=(1, 3), check=allowed_attrs()),
-        "Cast": op("Cast", _cast_run, check=_cast_check),
-        "Identity": op("Identity", _identity_run, check=allowed_attrs()),
+        "Where": op(
+            "Where",
+            _where_run,
+            inputs=(3, 3),
+            check=allowed_attrs(),
+            infer=_broadcast_infer(True, 1),
+        ),
+        "Clip": op("Clip", _clip_run, inputs=(1, 3), check=allowed_attrs(), infer=same_as_input()),
+        "Cast": op("Cast", _cast_run, check=_cast_check, infer=_cast_infer),
+        "Identity": op("Identity", _identity_run, check=allowed_attrs(), infer=_identity_infer),
         "Dropout": op(
-            "Dropout", _dropout_run, inputs=(1, 3), outputs=(1, 2), check=allowed_attrs("seed")
+            "Dropout",
+            _dropout_run,
+            inputs=(1, 3),
+            outputs=(1, 2),
+            check=allowed_attrs("seed"),
+            infer=_dropout_infer,
         ),
     }
 )

@@ -8,6 +8,7 @@ allocated, so a hostile graph cannot ask for a terabyte through a shape tensor.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ from lstm_infer.ops.base import (
     normalize_axis,
     op,
 )
+from lstm_infer.ops.layout_infer import INFER
 
 Ins = list[np.ndarray | None]
 
@@ -340,7 +342,7 @@ def _reverse_sequence(ctx: RunContext, node: Any, ins: Ins, state: Any) -> list[
     return [np.take_along_axis(x, np.broadcast_to(index, x.shape), axis=time_axis)]
 
 
-OPS: dict[str, OpDef] = {
+_OPS: dict[str, OpDef] = {
     "Concat": op("Concat", _concat, inputs=(1, -1), check=allowed_attrs(required=("axis",))),
     "Split": op(
         "Split", _split, inputs=(1, 2), outputs=(1, -1), check=allowed_attrs("axis", "num_outputs")
@@ -367,3 +369,6 @@ OPS: dict[str, OpDef] = {
         "ReverseSequence", _reverse_sequence, inputs=(2, 2), check=_check_reverse_sequence
     ),
 }
+# Each op's shape inference lives in lstm_infer.ops.layout_infer (this module would pass 600
+# lines with it).
+OPS: dict[str, OpDef] = {name: replace(o, infer=INFER[name]) for name, o in _OPS.items()}

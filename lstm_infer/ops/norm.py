@@ -26,9 +26,15 @@ from lstm_infer.ops.base import (
     allowed_attrs,
     attr_float,
     attr_int,
+    dtype_of,
+    infer_axis,
     normalize_axis,
     op,
+    same_as_input,
+    shape_of,
+    typed,
 )
+from lstm_infer.tensor_type import TensorType
 
 Ins = list[np.ndarray | None]
 
@@ -165,6 +171,25 @@ def _instancenorm(ctx: RunContext, node: Any, ins: Ins, state: Any) -> list[np.n
     return [y.astype(x.dtype)]
 
 
+def _batchnorm_infer(node: Any, types: Ins, consts: dict) -> list[TensorType]:
+    y = typed(node, dtype_of(types[0]), shape_of(types[0]))
+    stat = typed(node, dtype_of(types[3]), shape_of(types[3]))
+    return [y, stat, stat][: len(node.outputs)]
+
+
+def _layernorm_infer(node: Any, types: Ins, consts: dict) -> list[TensorType]:
+    dtype, shape = dtype_of(types[0]), shape_of(types[0])
+    stat_dtype = "float64" if dtype == "float64" else "float32"
+    if shape is None:
+        stats = [typed(node, stat_dtype, None)] * 2
+    else:
+        if not shape:
+            raise ModelFormatError(f"{node.label}: X must have rank >= 1")
+        axis = infer_axis(node, attr_int(node, "axis", -1), len(shape))
+        stats = [typed(node, stat_dtype, (*shape[:axis], *([1] * (len(shape) - axis))))] * 2
+    return [typed(node, dtype, shape), *stats][: len(node.outputs)]
+
+
 OPS: dict[str, OpDef] = {
     "BatchNormalization": op(
         "BatchNormalization",
@@ -173,14 +198,21 @@ OPS: dict[str, OpDef] = {
         outputs=(1, 3),
         check=_check_batchnorm,
         prepare=_batchnorm_prepare,
+        infer=_batchnorm_infer,
     ),
     "LayerNormalization": op(
-        "LayerNormalization", _layernorm, inputs=(2, 3), outputs=(1, 3), check=_check_layernorm
+        "LayerNormalization",
+        _layernorm,
+        inputs=(2, 3),
+        outputs=(1, 3),
+        check=_check_layernorm,
+        infer=_layernorm_infer,
     ),
     "InstanceNormalization": op(
         "InstanceNormalization",
         _instancenorm,
         inputs=(3, 3),
         check=allowed_attrs("epsilon"),
+        infer=same_as_input(),
     ),
 }

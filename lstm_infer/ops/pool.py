@@ -18,8 +18,20 @@ from typing import Any
 import numpy as np
 
 from lstm_infer.errors import InputError, ModelFormatError, UnsupportedModelError
-from lstm_infer.ops.base import OpDef, RunContext, allowed_attrs, attr_int, check_elements, op
-from lstm_infer.ops.window import Resolved, padded, resolve, window_attrs
+from lstm_infer.ops.base import (
+    OpDef,
+    RunContext,
+    allowed_attrs,
+    attr_int,
+    check_elements,
+    dtype_of,
+    op,
+    shape_of,
+    typed,
+    unknown,
+)
+from lstm_infer.ops.window import Resolved, infer_spatial, padded, resolve, window_attrs
+from lstm_infer.tensor_type import TensorType
 
 Ins = list[np.ndarray | None]
 _WINDOW_ATTRS = ("auto_pad", "ceil_mode", "dilations", "kernel_shape", "pads", "strides")
@@ -118,9 +130,42 @@ def _global(reduce: str):  # noqa: ANN202
     return run
 
 
+def _pool_infer(node: Any, types: list, consts: dict) -> list[TensorType]:
+    shape, dtype = shape_of(types[0]), dtype_of(types[0])
+    if shape is None:
+        return [unknown(dtype)] + [unknown("int64")] * (len(node.outputs) - 1)
+    if len(shape) < 3:
+        raise ModelFormatError(f"{node.label}: X must be (N, C, *spatial), got shape {shape}")
+    w = window_attrs(node, ceil_mode_allowed=True)
+    out = infer_spatial(node, shape[2:], lambda sizes: resolve(node, w, sizes, w.kernel).out)
+    y = (*shape[:2], *out)
+    return [typed(node, dtype, y)] + [typed(node, "int64", y)] * (len(node.outputs) - 1)
+
+
+def _global_infer(node: Any, types: list, consts: dict) -> list[TensorType]:
+    shape, dtype = shape_of(types[0]), dtype_of(types[0])
+    if shape is None:
+        return [unknown(dtype)]
+    if len(shape) < 3:
+        raise ModelFormatError(f"{node.label}: X must be (N, C, *spatial), got shape {shape}")
+    return [typed(node, dtype, (*shape[:2], *([1] * (len(shape) - 2))))]
+
+
 OPS: dict[str, OpDef] = {
-    "MaxPool": op("MaxPool", _max_pool, outputs=(1, 2), check=_check_pool("storage_order")),
-    "AveragePool": op("AveragePool", _average_pool, check=_check_pool("count_include_pad")),
-    "GlobalAveragePool": op("GlobalAveragePool", _global("mean"), check=allowed_attrs()),
-    "GlobalMaxPool": op("GlobalMaxPool", _global("max"), check=allowed_attrs()),
+    "MaxPool": op(
+        "MaxPool",
+        _max_pool,
+        outputs=(1, 2),
+        check=_check_pool("storage_order"),
+        infer=_pool_infer,
+    ),
+    "AveragePool": op(
+        "AveragePool", _average_pool, check=_check_pool("count_include_pad"), infer=_pool_infer
+    ),
+    "GlobalAveragePool": op(
+        "GlobalAveragePool", _global("mean"), check=allowed_attrs(), infer=_global_infer
+    ),
+    "GlobalMaxPool": op(
+        "GlobalMaxPool", _global("max"), check=allowed_attrs(), infer=_global_infer
+    ),
 }

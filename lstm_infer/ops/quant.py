@@ -28,8 +28,19 @@ import numpy as np
 from lstm_infer._spec import DenseLayer
 from lstm_infer.dense_head import CompiledDense
 from lstm_infer.errors import InputError, UnsupportedModelError
-from lstm_infer.ops.base import OpDef, RunContext, allowed_attrs, attr_int, op
-from lstm_infer.ops.conv import check_window_conv, conv_values, conv_weights
+from lstm_infer.ops.base import (
+    OpDef,
+    RunContext,
+    allowed_attrs,
+    attr_int,
+    dtype_of,
+    op,
+    shape_of,
+    typed,
+)
+from lstm_infer.ops.conv import check_window_conv, conv_type, conv_values, conv_weights
+from lstm_infer.ops.dense import matmul_type
+from lstm_infer.tensor_type import TensorType
 
 # Integer types a QuantizeLinear may produce, and their ranges.
 _RANGES = {
@@ -308,15 +319,53 @@ def _conv_integer(ctx: RunContext, node: Any, ins: list, state: Any) -> list[np.
     return [total]
 
 
+def _quantize_infer(node: Any, types: list, consts: dict) -> list[TensorType]:
+    zero = types[2] if len(types) > 2 else None
+    if zero is not None:
+        dtype = dtype_of(zero)
+    else:
+        dtype = str(_OUTPUT_DTYPES.get(attr_int(node, "output_dtype", 0), np.dtype(np.uint8)))
+    return [typed(node, dtype, shape_of(types[0]))]
+
+
+def _dequantize_infer(node: Any, types: list, consts: dict) -> list[TensorType]:
+    return [typed(node, dtype_of(types[1]), shape_of(types[0]))]
+
+
+def _dynamic_quantize_infer(node: Any, types: list, consts: dict) -> list[TensorType]:
+    return [
+        typed(node, "uint8", shape_of(types[0])),
+        typed(node, "float32", ()),
+        typed(node, "uint8", ()),
+    ]
+
+
+def _matmul_integer_infer(node: Any, types: list, consts: dict) -> list[TensorType]:
+    return [matmul_type(node, types[0], types[1], "int32")]
+
+
+def _conv_integer_infer(node: Any, types: list, consts: dict) -> list[TensorType]:
+    return [conv_type(node, types, "int32")]
+
+
 OPS: dict[str, OpDef] = {
-    "QuantizeLinear": op("QuantizeLinear", _quantize, inputs=(2, 3), check=_check_quantize),
-    "DequantizeLinear": op("DequantizeLinear", _dequantize, inputs=(2, 3), check=_check_dequantize),
+    "QuantizeLinear": op(
+        "QuantizeLinear", _quantize, inputs=(2, 3), check=_check_quantize, infer=_quantize_infer
+    ),
+    "DequantizeLinear": op(
+        "DequantizeLinear",
+        _dequantize,
+        inputs=(2, 3),
+        check=_check_dequantize,
+        infer=_dequantize_infer,
+    ),
     "DynamicQuantizeLinear": op(
         "DynamicQuantizeLinear",
         _dynamic_quantize,
         inputs=(1, 1),
         outputs=(3, 3),
         check=allowed_attrs(),
+        infer=_dynamic_quantize_infer,
     ),
     "MatMulInteger": op(
         "MatMulInteger",
@@ -324,6 +373,7 @@ OPS: dict[str, OpDef] = {
         inputs=(2, 4),
         check=allowed_attrs(),
         prepare=_matmul_integer_prepare,
+        infer=_matmul_integer_infer,
     ),
     "ConvInteger": op(
         "ConvInteger",
@@ -331,5 +381,6 @@ OPS: dict[str, OpDef] = {
         inputs=(2, 4),
         check=check_window_conv,
         prepare=_conv_integer_prepare,
+        infer=_conv_integer_infer,
     ),
 }

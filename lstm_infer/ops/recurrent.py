@@ -23,7 +23,19 @@ from lstm_infer._onnx_weights import (
 )
 from lstm_infer._spec import ModelSpec, Signature
 from lstm_infer.errors import ModelFormatError, UnsupportedModelError
-from lstm_infer.ops.base import OpDef, RunContext, allowed_attrs, attr_int, op
+from lstm_infer.ops.base import (
+    OpDef,
+    RunContext,
+    allowed_attrs,
+    attr_int,
+    attr_str,
+    dtype_of,
+    op,
+    shape_of,
+    typed,
+    unknown,
+)
+from lstm_infer.tensor_type import Dim, TensorType
 
 # The operators' inputs by position, and the run-time ones the engine takes as feeds.
 _INPUTS = {
@@ -93,6 +105,30 @@ def _run(ctx: RunContext, node: Any, ins: list, state: Any) -> list[np.ndarray]:
     ]
 
 
+def _infer(node: Any, types: list, consts: dict) -> list[TensorType]:
+    """Y (T, D, B, H) and Y_h / Y_c (D, B, H); layout 1: (B, T, D, H) and (B, D, H)."""
+    cell = RECURRENT_OPS[node.op]
+    dtype, sx = dtype_of(types[0]), shape_of(types[0])
+    layout = attr_int(node, "layout", 0)
+    direction = attr_str(node, "direction", "forward")
+    dirs = 2 if direction == "bidirectional" else 1
+    hidden: Dim = node.attrs.get("hidden_size")
+    sr = shape_of(types[2])
+    if hidden is None and sr is not None and len(sr) == 3:
+        hidden = sr[2]
+    if sx is None:
+        y = unknown(dtype)
+        state = unknown(dtype)
+    else:
+        if len(sx) != 3:
+            raise ModelFormatError(f"{node.label}: X must be rank 3, got shape {sx}")
+        steps, batch = (sx[1], sx[0]) if layout else (sx[0], sx[1])
+        y_shape = (batch, steps, dirs, hidden) if layout else (steps, dirs, batch, hidden)
+        y = TensorType(dtype, typed(node, dtype, y_shape).shape, 1 if layout else 0)
+        state = typed(node, dtype, (batch, dirs, hidden) if layout else (dirs, batch, hidden))
+    return [y, state, state][: len(_OUTPUTS[cell])][: len(node.outputs)]
+
+
 OPS: dict[str, OpDef] = {
     name: op(
         name,
@@ -101,6 +137,7 @@ OPS: dict[str, OpDef] = {
         outputs=(0, len(_OUTPUTS[cell])),
         check=_check,
         prepare=_prepare,
+        infer=_infer,
         foldable=False,
     )
     for name, cell in RECURRENT_OPS.items()

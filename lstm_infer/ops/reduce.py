@@ -17,16 +17,25 @@ from typing import Any
 import numpy as np
 
 from lstm_infer import _engine
-from lstm_infer.errors import InputError
+from lstm_infer.errors import InputError, ModelFormatError
 from lstm_infer.ops.base import (
     OpDef,
     RunContext,
     allowed_attrs,
     attr_int,
+    const_ints,
+    dtype_of,
+    infer_axis,
     int_values,
     normalize_axis,
     op,
+    same_as_input,
+    shape_of,
+    typed,
+    unknown,
+    vector_length,
 )
+from lstm_infer.tensor_type import TensorType
 
 Ins = list[np.ndarray | None]
 
@@ -175,6 +184,44 @@ def _softmax(log: bool):  # noqa: ANN202
     return run
 
 
+def _reduce_infer(node: Any, types: Ins, consts: dict) -> list[TensorType]:
+    dtype, shape = dtype_of(types[0]), shape_of(types[0])
+    keep = bool(attr_int(node, "keepdims", 1))
+    has_axes = len(node.inputs) > 1 and bool(node.inputs[1])
+    axes = const_ints(node, consts, 1, "axes") if has_axes else []
+    if shape is None:
+        return [unknown(dtype)]
+    if axes is None:  # computed axes: the rank alone, where it is known
+        n = vector_length(types[1])
+        if n == 0 and attr_int(node, "noop_with_empty_axes", 0):
+            return [typed(node, dtype, shape)]
+        if keep:
+            return [typed(node, dtype, (None,) * len(shape))]
+        return [typed(node, dtype, None if n in (None, 0) else (None,) * (len(shape) - n))]
+    if not axes:
+        if attr_int(node, "noop_with_empty_axes", 0):
+            return [typed(node, dtype, shape)]
+        cut = set(range(len(shape)))
+    else:
+        cut = {infer_axis(node, a, len(shape)) for a in axes}
+        if len(cut) != len(axes):
+            raise ModelFormatError(f"{node.label}: axes {axes} repeat an axis")
+    out = [1 if i in cut else d for i, d in enumerate(shape) if keep or i not in cut]
+    return [typed(node, dtype, out)]
+
+
+def _arg_infer(node: Any, types: Ins, consts: dict) -> list[TensorType]:
+    shape = shape_of(types[0])
+    if shape is None:
+        return [unknown("int64")]
+    if not shape:
+        return [typed(node, "int64", ())]
+    axis = infer_axis(node, attr_int(node, "axis", 0), len(shape))
+    keep = attr_int(node, "keepdims", 1)
+    out = [1 if i == axis else d for i, d in enumerate(shape) if keep or i != axis]
+    return [typed(node, "int64", out)]
+
+
 OPS: dict[str, OpDef] = {
     **{
         name: op(
@@ -182,16 +229,25 @@ OPS: dict[str, OpDef] = {
             _reduction(kind),
             inputs=(1, 2),
             check=allowed_attrs("keepdims", "noop_with_empty_axes"),
+            infer=_reduce_infer,
         )
         for name, kind in _REDUCE_KINDS.items()
     },
     "ArgMax": op(
-        "ArgMax", _arg("ArgMax"), check=allowed_attrs("axis", "keepdims", "select_last_index")
+        "ArgMax",
+        _arg("ArgMax"),
+        check=allowed_attrs("axis", "keepdims", "select_last_index"),
+        infer=_arg_infer,
     ),
     "ArgMin": op(
-        "ArgMin", _arg("ArgMin"), check=allowed_attrs("axis", "keepdims", "select_last_index")
+        "ArgMin",
+        _arg("ArgMin"),
+        check=allowed_attrs("axis", "keepdims", "select_last_index"),
+        infer=_arg_infer,
     ),
-    "Hardmax": op("Hardmax", _hardmax, check=allowed_attrs("axis")),
-    "Softmax": op("Softmax", _softmax(False), check=allowed_attrs("axis")),
-    "LogSoftmax": op("LogSoftmax", _softmax(True), check=allowed_attrs("axis")),
+    "Hardmax": op("Hardmax", _hardmax, check=allowed_attrs("axis"), infer=same_as_input()),
+    "Softmax": op("Softmax", _softmax(False), check=allowed_attrs("axis"), infer=same_as_input()),
+    "LogSoftmax": op(
+        "LogSoftmax", _softmax(True), check=allowed_attrs("axis"), infer=same_as_input()
+    ),
 }

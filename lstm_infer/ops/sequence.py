@@ -35,10 +35,15 @@ from lstm_infer.ops.base import (
     allowed_attrs,
     attr_int,
     check_elements,
+    dtype_of,
+    infer_axis,
     normalize_axis,
     op,
+    shape_of,
+    typed,
 )
 from lstm_infer.ops.elementwise import ONNX_DTYPES
+from lstm_infer.tensor_type import TensorType
 
 # Bounds on one sequence: far above the steps of any recurrent model's collected outputs,
 # and the bytes a Loop's scan outputs may hold (lstm_infer.ops.control.LOOP_MAX_SCAN_BYTES).
@@ -295,8 +300,90 @@ def _split(ctx: RunContext, node: Any, ins: Ins, state: Any) -> list[Any]:
     return [TensorSequence(x.dtype, parts)]
 
 
+# ---- shape inference: a sequence's type is its tensors' dtype and, when known to be shared,
+# their shape (TensorType(..., sequence=True)); lengths are never known statically.
+
+
+def _seq_type(dtype: str, shape: Any) -> TensorType:
+    return TensorType(dtype, None if shape is None else tuple(shape), sequence=True)
+
+
+def _common(shapes: list[Any]) -> Any:
+    """The one shape every tensor has, None when any is unknown or they differ."""
+    if not shapes or any(s is None for s in shapes) or len(set(shapes)) != 1:
+        return None
+    return shapes[0]
+
+
+def _empty_infer(node: Any, types: list, consts: dict) -> list[TensorType]:
+    return [_seq_type(ONNX_DTYPES[attr_int(node, "dtype", 1)], None)]
+
+
+def _construct_infer(node: Any, types: list, consts: dict) -> list[TensorType]:
+    return [_seq_type(dtype_of(types[0]), _common([shape_of(t) for t in types]))]
+
+
+def _insert_infer(node: Any, types: list, consts: dict) -> list[TensorType]:
+    seq, tensor = types[0], types[1]
+    dtype = dtype_of(seq) if dtype_of(seq) != "undefined" else dtype_of(tensor)
+    return [_seq_type(dtype, _common([shape_of(seq), shape_of(tensor)]))]
+
+
+def _element_infer(node: Any, types: list, consts: dict) -> list[TensorType]:
+    return [typed(node, dtype_of(types[0]), shape_of(types[0]))]
+
+
+def _length_infer(node: Any, types: list, consts: dict) -> list[TensorType]:
+    return [TensorType("int64", ())]
+
+
+def _erase_infer(node: Any, types: list, consts: dict) -> list[TensorType]:
+    return [_seq_type(dtype_of(types[0]), shape_of(types[0]))]
+
+
+def _concat_infer(node: Any, types: list, consts: dict) -> list[TensorType]:
+    shape = shape_of(types[0])
+    if shape is None:
+        return [typed(node, dtype_of(types[0]), None)]
+    new_axis = attr_int(node, "new_axis", 0)
+    out = list(shape)
+    axis = infer_axis(node, attr_int(node, "axis"), len(out) + new_axis)
+    if new_axis:
+        out.insert(axis, None)  # the sequence's length
+    else:
+        out[axis] = None  # the sum over the tensors
+    return [typed(node, dtype_of(types[0]), out)]
+
+
+def _split_infer(node: Any, types: list, consts: dict) -> list[TensorType]:
+    shape = shape_of(types[0])
+    dtype = dtype_of(types[0])
+    if shape is None or not shape:
+        return [_seq_type(dtype, None)]
+    axis = infer_axis(node, attr_int(node, "axis", 0), len(shape))
+    if len(types) > 1 and types[1] is not None:  # parts of the given sizes
+        out = list(shape)
+        out[axis] = None
+        return [_seq_type(dtype, out)]
+    if attr_int(node, "keepdims", 1):
+        return [_seq_type(dtype, [*shape[:axis], 1, *shape[axis + 1 :]])]
+    return [_seq_type(dtype, [*shape[:axis], *shape[axis + 1 :]])]
+
+
+_INFER = {
+    "SequenceEmpty": _empty_infer,
+    "SequenceConstruct": _construct_infer,
+    "SequenceInsert": _insert_infer,
+    "SequenceAt": _element_infer,
+    "SequenceLength": _length_infer,
+    "SequenceErase": _erase_infer,
+    "ConcatFromSequence": _concat_infer,
+    "SplitToSequence": _split_infer,
+}
+
+
 def _seq_op(name: str, run: Any, inputs: tuple[int, int], check: Any, doc: str) -> OpDef:
-    return op(name, run, inputs=inputs, check=check, foldable=False, doc=doc)
+    return op(name, run, inputs=inputs, check=check, foldable=False, doc=doc, infer=_INFER[name])
 
 
 OPS: dict[str, OpDef] = {

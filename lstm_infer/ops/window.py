@@ -18,7 +18,7 @@ Output size per dim, with ``span = (k - 1) * dilation + 1``::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +26,7 @@ import numpy as np
 
 from lstm_infer.errors import InputError, ModelFormatError, UnsupportedModelError
 from lstm_infer.ops.base import attr_int, attr_ints, attr_str
+from lstm_infer.tensor_type import Dim
 
 AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
 # Kernel sizes, strides, dilations and pads past this are no real model's (and would make the
@@ -168,3 +169,37 @@ def window_view(xp: np.ndarray, r: Resolved) -> np.ndarray:
         *(sp_strides[i] * r.dilations[i] for i in range(n_sp)),
     )
     return np.lib.stride_tricks.as_strided(xp, shape, strides, writeable=False)
+
+
+# ---- shape inference -------------------------------------------------------------------------
+
+# Stand-ins for symbolic spatial sizes: far above any window span (MAX_WINDOW dilated), so the
+# geometry's formulas run on them as on real sizes; Python ints, never allocated.
+_PROBE = (1 << 45, (1 << 45) + 7)
+
+
+def infer_spatial(
+    node: Any, sizes: Sequence[Dim], geometry: Callable[[tuple[int, ...]], Sequence[int]]
+) -> tuple[Dim, ...]:
+    """The output sizes of a window op over symbolic spatial ``sizes``: ``geometry`` (the
+    run's own formula over int sizes) on the known ones; a name carried through where the
+    output equals the input size (stride 1, 'same' padding), else unknown.
+
+    Geometry errors (a window larger than its padded input) are ModelFormatErrors naming the
+    node."""
+    try:
+        if all(isinstance(d, int) for d in sizes):
+            return tuple(int(v) for v in geometry(tuple(sizes)))  # type: ignore[arg-type]
+        probes = [tuple(d if isinstance(d, int) else p for d in sizes) for p in _PROBE]
+        a, b = (geometry(p) for p in probes)
+    except InputError as exc:
+        raise ModelFormatError(str(exc)) from None
+    out: list[Dim] = []
+    for i, d in enumerate(sizes):
+        if isinstance(d, int):
+            out.append(int(a[i]))
+        elif d is not None and (a[i], b[i]) == _PROBE:
+            out.append(d)
+        else:
+            out.append(None)
+    return tuple(out)
