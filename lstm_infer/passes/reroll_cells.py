@@ -48,6 +48,7 @@ from lstm_infer.passes.cell_steps import (
     match_gru,
     match_lstm,
     onnx_weights,
+    region_closed,
 )
 from lstm_infer.passes.depth_cells import (
     DG_LSTM,
@@ -215,7 +216,7 @@ def _stacks(alg: CellAlgebra, lists: list[list[CellStep]]) -> list[_Chain]:
             exposed = {s.h_out for s in stack[-1]}
             exposed |= {o for steps in stack for o in (steps[-1].h_out, steps[-1].c_out)}
             keep = {s.x for s in stack[0]} | {h.h_prev for h in heads} | {h.c_prev for h in heads}
-            region = _region_closed(alg, flat, exposed, keep)
+            region = region_closed(alg, flat, exposed, keep)
             if region is not None:
                 found.append(_Chain(stack[-1], bottom.seq, bottom.axis, bottom.times,
                                     bottom.length, region, stack, weights))  # fmt: skip
@@ -281,59 +282,10 @@ def _as_chain(alg: CellAlgebra, steps: list[CellStep], closed: bool = True) -> _
             return None
         if any(not np.array_equal(a, b) for a, b in zip(s.weights, first.weights)):
             return None
-    region = _region_closed(alg, steps) if closed else set()
+    region = region_closed(alg, steps) if closed else set()
     if region is None:
         return None
     return _Chain(steps, seq, axis, times, length, region)
-
-
-def _region_closed(
-    alg: CellAlgebra,
-    steps: list[CellStep],
-    exposed: set[str | None] | None = None,
-    keep: set[str | None] | None = None,
-) -> set[int] | None:
-    """The chain's nodes if every tensor they make is read only inside the chain, except
-    ``exposed`` (default: the hidden states and the last cell state), and no node belongs to
-    two steps; else None. ``keep``: the chain's inputs (default: the first step's states and
-    every step's x)."""
-    region: set[int] = set()
-    for s in steps:
-        if region & s.nodes:
-            return None
-        region |= s.nodes
-    if exposed is None:
-        exposed = {s.h_out for s in steps} | {steps[-1].c_out}
-    if keep is None:
-        keep = {steps[0].h_prev, steps[0].c_prev} | {s.x for s in steps}
-    outputs = set(alg.graph.output_names)
-    _absorb_side_reads(alg, keep, region, outputs)
-    for node in alg.graph.nodes:
-        if id(node) not in region:
-            continue
-        for out in node.outputs:
-            if not out or out in exposed:
-                continue
-            if out in outputs or any(id(r) not in region for r in alg.consumers.get(out, [])):
-                return None
-    return region
-
-
-def _absorb_side_reads(
-    alg: CellAlgebra, keep: set[str | None], region: set[int], outputs: set[str]
-) -> None:
-    """Add to ``region`` the nodes only it reads (the Shape arithmetic of torch's ``chunk``,
-    the steps' input slices), except those making the chain's inputs ``keep``."""
-    changed = True
-    while changed:
-        changed = False
-        for node in reversed(alg.graph.nodes):
-            if id(node) in region or any(o in keep or o in outputs for o in node.outputs):
-                continue
-            readers = [r for o in node.outputs if o for r in alg.consumers.get(o, [])]
-            if readers and all(id(r) in region for r in readers):
-                region.add(id(node))
-                changed = True
 
 
 # ---- rewriting -----------------------------------------------------------------------------
