@@ -22,13 +22,15 @@ order becomes the node's output sequence and the last step's states its final st
 sequence is a graph input that nothing else reads, its time axis is declared symbolic
 (``time``): the graph then runs at any sequence length. Chains on the outputs of a re-rolled
 chain (stacked layers) are re-rolled in the next round. Anything that does not match exactly
-is left as it was (the unrolled nodes run as before).
+is left as it was (the unrolled nodes run as before). Once no chain is left, a step with no
+predecessor nor successor among the steps, over any 2-D input (a per-chunk streaming model's
+one step), becomes a node over a 1-step sequence (:mod:`lstm_infer.passes.one_step_cells`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -66,6 +68,7 @@ from lstm_infer.passes.norm_cells import (
     match_ln_lstm,
     register_norm_widths,
 )
+from lstm_infer.passes.one_step_cells import one_step
 from lstm_infer.passes.step_inputs import (
     norm_axis,
     seq_length,
@@ -105,6 +108,9 @@ class _Chain:
     # (``steps`` is the top one), and the native op's weights.
     stack: list[list[CellStep]] | None = None
     weights: dict[str, np.ndarray] | None = None
+    # A single step over a 2-D input (lstm_infer.passes.one_step_cells): ``seq`` is that
+    # input, read by the node as a 1-step sequence.
+    one_step: bool = False
 
 
 def reroll_cells(graph: Graph) -> Graph:
@@ -151,8 +157,22 @@ def _find_chains(alg: CellAlgebra) -> list[_Chain]:
         if step is not None:
             steps.append(step)
     lists = _link(alg, steps)
+    # (copies: _as_chain decides a step's inputs on the step it is given)
+    singles = [replace(chain[0]) for chain in lists if len(chain) == 1]
     chains = [_as_chain(alg, chain) for chain in lists if chain[0].cell != DG_LSTM]
-    return [c for c in chains if c is not None] + _stacks(alg, lists)
+    found = [c for c in chains if c is not None] + _stacks(alg, lists)
+    # Steps on their own only once no chain is left (the chains are re-rolled first).
+    return found or [c for c in (_one_step(alg, s) for s in singles) if c is not None]
+
+
+def _one_step(alg: CellAlgebra, step: CellStep) -> _Chain | None:
+    """A step on its own (no predecessor nor successor among the steps) as a 1-step node
+    over its 2-D input, or None."""
+    s = one_step(alg, step)
+    region = None if s is None or s.x is None else region_closed(alg, [s])
+    if s is None or s.x is None or region is None:
+        return None
+    return _Chain([s], s.x, 0, [0], 1, region, one_step=True)
 
 
 def _link(alg: CellAlgebra, steps: list[CellStep]) -> list[list[CellStep]]:
@@ -342,7 +362,7 @@ def _rewrite_chain(alg: CellAlgebra, chain: _Chain, b: _Builder, found: _Found) 
         seq, seq_time = _native_cell(alg, chain, b)
     else:
         seq, seq_time = _onnx_cell(alg, chain, b)
-    if chain.length == len(steps) and chain.seq in alg.graph.input_names:
+    if chain.length == len(steps) and chain.seq in alg.graph.input_names and not chain.one_step:
         found.inputs.append((chain.seq, chain.axis))
     reverse = len(steps) > 1 and chain.times[0] > chain.times[1]
     found.last_steps[steps[-1].h_out] = (seq, seq_time, 0 if reverse else -1)
@@ -381,6 +401,8 @@ def _onnx_cell(alg: CellAlgebra, chain: _Chain, b: _Builder) -> tuple[str, int]:
     hidden = r.shape[2]
     layout = 1 if chain.axis == 1 else 0
     x = chain.seq
+    if chain.one_step:  # x_t (B, I): a sequence of one step
+        x = b.add("Unsqueeze", [x, b.axes(0)])
     if chain.axis == 2:
         x = b.add("Transpose", [x], perm=[2, 0, 1])
     if chain.length != len(steps):
