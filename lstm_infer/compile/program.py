@@ -138,10 +138,14 @@ class GraphProgram:
         folded = fold_constants(graph)
         # A condition folded to a constant inlines its branch, whose nodes may fold further
         # (and hold more Ifs): bounded by the nesting depth the importer allows.
+        inlined = False
         for _ in range(MAX_INLINE_ROUNDS):
             if not inline_constant_ifs(folded):
                 break
+            inlined = True
             folded = fold_constants(folded)
+        if inlined:  # a branch's unrolled cell (silero's op18_ifless) is in the graph now
+            folded = fold_constants(reroll_cells(folded))
         keep = set(guards or {})  # a guarded tensor must stay what its guard checks
         folded = fold_pad(folded, weight_ranks(folded), keep)
         folded = fuse_activation(fold_batchnorm(folded, keep), keep)

@@ -44,6 +44,8 @@ PATTERNS = (
      "the engine's int8 LSTM"),
     ("LSTM / GRU / RNN cells unrolled over T steps (per-step Gemm / MatMul, fused or split, "
      "any gate order, both directions, stacked)", "one native recurrent node, any length"),
+    ("one LSTM / GRU step on its own over a 2-D input, states passed in and returned "
+     "(a per-chunk streaming model)", "one native recurrent node over a 1-step sequence"),
     ("layer-normalised and depth-gated LSTM cells unrolled (torch.onnx exports of "
      "`lstm_infer.nn`)", "`LayerNormLSTM` / `DepthGatedLSTM`, any length"),
     ("a Loop / Scan whose body is one LSTM / GRU / RNN step (tf2onnx's Keras GRU and "

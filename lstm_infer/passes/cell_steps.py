@@ -14,6 +14,8 @@ A step is found from its output and read back with :class:`CellAlgebra`:
 The affine maps ``A`` are over two leaves, the step's input ``x_t`` and its previous hidden
 state (an operand of a Concat on the features counts as a leaf too). Which leaf is which is
 decided when the steps are chained (:mod:`lstm_infer.passes.reroll_cells`).
+:func:`region_closed` gives the nodes a chain of steps (or one step) would replace, if nothing
+outside reads an intermediate of them.
 """
 
 from __future__ import annotations
@@ -297,3 +299,52 @@ def onnx_weights(
     r = np.concatenate(r_rows)[None].astype(np.float32)
     b = np.concatenate(wb + rb)[None].astype(np.float32)
     return w, r, b
+
+
+def region_closed(
+    alg: CellAlgebra,
+    steps: list[CellStep],
+    exposed: set[str | None] | None = None,
+    keep: set[str | None] | None = None,
+) -> set[int] | None:
+    """The chain's nodes if every tensor they make is read only inside the chain, except
+    ``exposed`` (default: the hidden states and the last cell state), and no node belongs to
+    two steps; else None. ``keep``: the chain's inputs (default: the first step's states and
+    every step's x)."""
+    region: set[int] = set()
+    for s in steps:
+        if region & s.nodes:
+            return None
+        region |= s.nodes
+    if exposed is None:
+        exposed = {s.h_out for s in steps} | {steps[-1].c_out}
+    if keep is None:
+        keep = {steps[0].h_prev, steps[0].c_prev} | {s.x for s in steps}
+    outputs = set(alg.graph.output_names)
+    absorb_side_reads(alg, keep, region, outputs)
+    for node in alg.graph.nodes:
+        if id(node) not in region:
+            continue
+        for out in node.outputs:
+            if not out or out in exposed:
+                continue
+            if out in outputs or any(id(r) not in region for r in alg.consumers.get(out, [])):
+                return None
+    return region
+
+
+def absorb_side_reads(
+    alg: CellAlgebra, keep: set[str | None], region: set[int], outputs: set[str]
+) -> None:
+    """Add to ``region`` the nodes only it reads (the Shape arithmetic of torch's ``chunk``,
+    the steps' input slices), except those making the chain's inputs ``keep``."""
+    changed = True
+    while changed:
+        changed = False
+        for node in reversed(alg.graph.nodes):
+            if id(node) in region or any(o in keep or o in outputs for o in node.outputs):
+                continue
+            readers = [r for o in node.outputs if o for r in alg.consumers.get(o, [])]
+            if readers and all(id(r) in region for r in readers):
+                region.add(id(node))
+                changed = True

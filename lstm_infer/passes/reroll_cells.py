@@ -22,13 +22,15 @@ order becomes the node's output sequence and the last step's states its final st
 sequence is a graph input that nothing else reads, its time axis is declared symbolic
 (``time``): the graph then runs at any sequence length. Chains on the outputs of a re-rolled
 chain (stacked layers) are re-rolled in the next round. Anything that does not match exactly
-is left as it was (the unrolled nodes run as before).
+is left as it was (the unrolled nodes run as before). Once no chain is left, a step with no
+predecessor nor successor among the steps, over any 2-D input (a per-chunk streaming model's
+one step), becomes a node over a 1-step sequence (:mod:`lstm_infer.passes.one_step_cells`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -48,6 +50,7 @@ from lstm_infer.passes.cell_steps import (
     match_gru,
     match_lstm,
     onnx_weights,
+    region_closed,
 )
 from lstm_infer.passes.depth_cells import (
     DG_LSTM,
@@ -65,6 +68,7 @@ from lstm_infer.passes.norm_cells import (
     match_ln_lstm,
     register_norm_widths,
 )
+from lstm_infer.passes.one_step_cells import one_step
 from lstm_infer.passes.step_inputs import (
     norm_axis,
     seq_length,
@@ -104,6 +108,9 @@ class _Chain:
     # (``steps`` is the top one), and the native op's weights.
     stack: list[list[CellStep]] | None = None
     weights: dict[str, np.ndarray] | None = None
+    # A single step over a 2-D input (lstm_infer.passes.one_step_cells): ``seq`` is that
+    # input, read by the node as a 1-step sequence.
+    one_step: bool = False
 
 
 def reroll_cells(graph: Graph) -> Graph:
@@ -150,8 +157,22 @@ def _find_chains(alg: CellAlgebra) -> list[_Chain]:
         if step is not None:
             steps.append(step)
     lists = _link(alg, steps)
+    # (copies: _as_chain decides a step's inputs on the step it is given)
+    singles = [replace(chain[0]) for chain in lists if len(chain) == 1]
     chains = [_as_chain(alg, chain) for chain in lists if chain[0].cell != DG_LSTM]
-    return [c for c in chains if c is not None] + _stacks(alg, lists)
+    found = [c for c in chains if c is not None] + _stacks(alg, lists)
+    # Steps on their own only once no chain is left (the chains are re-rolled first).
+    return found or [c for c in (_one_step(alg, s) for s in singles) if c is not None]
+
+
+def _one_step(alg: CellAlgebra, step: CellStep) -> _Chain | None:
+    """A step on its own (no predecessor nor successor among the steps) as a 1-step node
+    over its 2-D input, or None."""
+    s = one_step(alg, step)
+    region = None if s is None or s.x is None else region_closed(alg, [s])
+    if s is None or s.x is None or region is None:
+        return None
+    return _Chain([s], s.x, 0, [0], 1, region, one_step=True)
 
 
 def _link(alg: CellAlgebra, steps: list[CellStep]) -> list[list[CellStep]]:
@@ -215,7 +236,7 @@ def _stacks(alg: CellAlgebra, lists: list[list[CellStep]]) -> list[_Chain]:
             exposed = {s.h_out for s in stack[-1]}
             exposed |= {o for steps in stack for o in (steps[-1].h_out, steps[-1].c_out)}
             keep = {s.x for s in stack[0]} | {h.h_prev for h in heads} | {h.c_prev for h in heads}
-            region = _region_closed(alg, flat, exposed, keep)
+            region = region_closed(alg, flat, exposed, keep)
             if region is not None:
                 found.append(_Chain(stack[-1], bottom.seq, bottom.axis, bottom.times,
                                     bottom.length, region, stack, weights))  # fmt: skip
@@ -281,59 +302,10 @@ def _as_chain(alg: CellAlgebra, steps: list[CellStep], closed: bool = True) -> _
             return None
         if any(not np.array_equal(a, b) for a, b in zip(s.weights, first.weights)):
             return None
-    region = _region_closed(alg, steps) if closed else set()
+    region = region_closed(alg, steps) if closed else set()
     if region is None:
         return None
     return _Chain(steps, seq, axis, times, length, region)
-
-
-def _region_closed(
-    alg: CellAlgebra,
-    steps: list[CellStep],
-    exposed: set[str | None] | None = None,
-    keep: set[str | None] | None = None,
-) -> set[int] | None:
-    """The chain's nodes if every tensor they make is read only inside the chain, except
-    ``exposed`` (default: the hidden states and the last cell state), and no node belongs to
-    two steps; else None. ``keep``: the chain's inputs (default: the first step's states and
-    every step's x)."""
-    region: set[int] = set()
-    for s in steps:
-        if region & s.nodes:
-            return None
-        region |= s.nodes
-    if exposed is None:
-        exposed = {s.h_out for s in steps} | {steps[-1].c_out}
-    if keep is None:
-        keep = {steps[0].h_prev, steps[0].c_prev} | {s.x for s in steps}
-    outputs = set(alg.graph.output_names)
-    _absorb_side_reads(alg, keep, region, outputs)
-    for node in alg.graph.nodes:
-        if id(node) not in region:
-            continue
-        for out in node.outputs:
-            if not out or out in exposed:
-                continue
-            if out in outputs or any(id(r) not in region for r in alg.consumers.get(out, [])):
-                return None
-    return region
-
-
-def _absorb_side_reads(
-    alg: CellAlgebra, keep: set[str | None], region: set[int], outputs: set[str]
-) -> None:
-    """Add to ``region`` the nodes only it reads (the Shape arithmetic of torch's ``chunk``,
-    the steps' input slices), except those making the chain's inputs ``keep``."""
-    changed = True
-    while changed:
-        changed = False
-        for node in reversed(alg.graph.nodes):
-            if id(node) in region or any(o in keep or o in outputs for o in node.outputs):
-                continue
-            readers = [r for o in node.outputs if o for r in alg.consumers.get(o, [])]
-            if readers and all(id(r) in region for r in readers):
-                region.add(id(node))
-                changed = True
 
 
 # ---- rewriting -----------------------------------------------------------------------------
@@ -390,7 +362,7 @@ def _rewrite_chain(alg: CellAlgebra, chain: _Chain, b: _Builder, found: _Found) 
         seq, seq_time = _native_cell(alg, chain, b)
     else:
         seq, seq_time = _onnx_cell(alg, chain, b)
-    if chain.length == len(steps) and chain.seq in alg.graph.input_names:
+    if chain.length == len(steps) and chain.seq in alg.graph.input_names and not chain.one_step:
         found.inputs.append((chain.seq, chain.axis))
     reverse = len(steps) > 1 and chain.times[0] > chain.times[1]
     found.last_steps[steps[-1].h_out] = (seq, seq_time, 0 if reverse else -1)
@@ -429,6 +401,8 @@ def _onnx_cell(alg: CellAlgebra, chain: _Chain, b: _Builder) -> tuple[str, int]:
     hidden = r.shape[2]
     layout = 1 if chain.axis == 1 else 0
     x = chain.seq
+    if chain.one_step:  # x_t (B, I): a sequence of one step
+        x = b.add("Unsqueeze", [x, b.axes(0)])
     if chain.axis == 2:
         x = b.add("Transpose", [x], perm=[2, 0, 1])
     if chain.length != len(steps):
