@@ -18,9 +18,7 @@ call and the hand-back to the submitter. The worker keeps a running estimate of 
 (from the batch being due to its results arriving, over recent batches, quick to rise and
 slow to fall) and starts a waiting batch that much earlier, so under a paced load (live
 streams, one frame each every few milliseconds) the first step of a batch gets its result
-about ``max_wait_us`` after it was submitted, not that plus the batch's own time. The
-worker runs with a timer slack of one microsecond (:mod:`lstm_infer.runtime.timer_slack`):
-Linux would otherwise end its timed wait up to 50 us after the deadline.
+about ``max_wait_us`` after it was submitted, not that plus the batch's own time.
 
 Each input is checked when it is submitted (a bad one raises to its submitter, never to
 the batch) and copied straight into its batch's input array; a session closed while its
@@ -43,7 +41,6 @@ from typing import Any
 import numpy as np
 
 from lstm_infer.errors import InputError, LstmInferError, StreamError
-from lstm_infer.runtime.timer_slack import WORKER_TIMER_SLACK_NS, set_thread_timer_slack
 
 __all__ = ["BatchStats", "StepBatcher"]
 
@@ -295,8 +292,6 @@ class StepBatcher:
                     return self._pop(), due
 
     def _run(self) -> None:
-        # The worker's timed waits end on the deadline, not up to 50 us after it.
-        set_thread_timer_slack(WORKER_TIMER_SLACK_NS)
         while True:
             taken = self._take()
             if taken is None:

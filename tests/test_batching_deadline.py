@@ -8,7 +8,6 @@ from hanging the suite)."""
 from __future__ import annotations
 
 import asyncio
-import sys
 import threading
 import time
 
@@ -17,11 +16,6 @@ import pytest
 
 import lstm_infer
 from lstm_infer.batching import LEAD_FALL, LEAD_RISE, StepBatcher
-from lstm_infer.runtime.timer_slack import (
-    WORKER_TIMER_SLACK_NS,
-    set_thread_timer_slack,
-    thread_timer_slack,
-)
 
 I, H = 5, 8
 
@@ -135,24 +129,3 @@ def test_paced_sessions_equal_solo_streams(rng, model) -> None:
         solo = model.stream(1)
         ref = [solo.step(xs[k, t][None])[0] for t in range(T)]
         np.testing.assert_allclose(outs[k], ref, atol=1e-6)
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="timer slack is Linux's")
-def test_the_worker_waits_with_a_one_microsecond_timer_slack(model) -> None:
-    """Linux may end a thread's timed waits up to its timer slack late (50 us by default):
-    the worker, whose timed wait is the batch's deadline, asks for 1 us for itself; the
-    calling thread keeps its own."""
-    own = thread_timer_slack(threading.get_native_id())
-    with lstm_infer.StreamPool(model) as pool:
-        batcher = pool._get_batcher()
-        deadline = time.monotonic() + 10
-        while thread_timer_slack(batcher._worker.native_id) != WORKER_TIMER_SLACK_NS:
-            assert time.monotonic() < deadline, "the worker's timer slack was never set"
-            time.sleep(0.001)
-    assert thread_timer_slack(threading.get_native_id()) == own
-    assert own is not None and own != WORKER_TIMER_SLACK_NS
-
-
-def test_timer_slack_rejects_a_bad_value() -> None:
-    with pytest.raises(ValueError, match="ns must be a positive int"):
-        set_thread_timer_slack(0)
