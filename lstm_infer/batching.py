@@ -49,12 +49,15 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 # Latencies kept for the quantiles (the most recent ones).
 LATENCY_WINDOW = 10_000
 # Weights of the newest batch in the running estimate of a batch's cost from being due to
-# its results being handed back: a batch slower than the estimate moves it by a quarter of
-# the gap, a faster one by 1/256, so the estimate rides near the upper end of the recent
-# costs (what the p99 of a step's latency sees) rather than their mean (1/32 measured a
-# p99 ~80 us higher under a paced load of 16-256 sessions on a 2-core Zen 5 VM).
-LEAD_RISE = 0.25
-LEAD_FALL = 1 / 256
+# its results being handed back: a batch slower than the estimate moves it by half of the
+# gap, a faster one by 1/1024, so the estimate rides at the upper end of the recent costs
+# (what the p99 of a step's latency sees) rather than their mean. Measured under a paced
+# load on a 2-core VM: falling by 1/32 gave a p99 ~80 us above 1/256 (Zen 5); 1/2 and
+# 1/1024 against 1/4 and 1/256 (Zen 4, two interleaved rounds): p99 550/477 vs 596/577 us
+# at 16 sessions, 532/560 vs 650/579 at 64, 748/842 vs 1343/1232 at 256, at mean batches
+# of 3.3 instead of 3.4 (64 sessions).
+LEAD_RISE = 0.5
+LEAD_FALL = 1 / 1024
 
 
 @dataclass
