@@ -228,12 +228,19 @@ def _matmul_weights(node: Any, b: np.ndarray, zero: np.ndarray | None) -> _IntWe
     return _IntWeights(bv, chunks, dense)
 
 
-def _matmul_integer_prepare(node: Any, consts: dict[int, np.ndarray]) -> _IntWeights | None:
-    b = consts.get(1)
-    has_zero = len(node.inputs) > 3 and bool(node.inputs[3])
-    if b is None or b.dtype not in (np.uint8, np.int8) or (has_zero and 3 not in consts):
-        return None
-    return _matmul_weights(node, b, consts.get(3) if has_zero else None)
+def _prepared_weights(make: Any) -> Any:
+    """A prepare function for MatMulInteger / ConvInteger: ``make(node, codes, zero)`` on the
+    constant 8-bit weight (input 1) and its zero point (input 3, when given), once; None
+    (prepared per call instead) when either is computed at run time."""
+
+    def prepare(node: Any, consts: dict[int, np.ndarray]) -> _IntWeights | None:
+        w = consts.get(1)
+        has_zero = len(node.inputs) > 3 and bool(node.inputs[3])
+        if w is None or w.dtype not in (np.uint8, np.int8) or (has_zero and 3 not in consts):
+            return None
+        return make(node, w, consts.get(3) if has_zero else None)
+
+    return prepare
 
 
 def _accumulate(total: np.ndarray | None, part: np.ndarray) -> np.ndarray:
@@ -284,14 +291,6 @@ def _conv_integer_weights(node: Any, w: np.ndarray, zero: np.ndarray | None) -> 
     chunks = _exact_chunks(per_channel.max(axis=0))
     conv = tuple(conv_weights(node, np.ascontiguousarray(wv[:, c0:c1])) for c0, c1 in chunks)
     return _IntWeights(wv, chunks, conv)
-
-
-def _conv_integer_prepare(node: Any, consts: dict[int, np.ndarray]) -> _IntWeights | None:
-    w = consts.get(1)
-    has_zero = len(node.inputs) > 3 and bool(node.inputs[3])
-    if w is None or w.dtype not in (np.uint8, np.int8) or (has_zero and 3 not in consts):
-        return None
-    return _conv_integer_weights(node, w, consts.get(3) if has_zero else None)
 
 
 def _conv_integer(ctx: RunContext, node: Any, ins: list, state: Any) -> list[np.ndarray]:
@@ -372,7 +371,7 @@ OPS: dict[str, OpDef] = {
         _matmul_integer,
         inputs=(2, 4),
         check=allowed_attrs(),
-        prepare=_matmul_integer_prepare,
+        prepare=_prepared_weights(_matmul_weights),
         infer=_matmul_integer_infer,
     ),
     "ConvInteger": op(
@@ -380,7 +379,7 @@ OPS: dict[str, OpDef] = {
         _conv_integer,
         inputs=(2, 4),
         check=check_window_conv,
-        prepare=_conv_integer_prepare,
+        prepare=_prepared_weights(_conv_integer_weights),
         infer=_conv_integer_infer,
     ),
 }
