@@ -139,6 +139,12 @@ def load(source: Any, **options: Any) -> Model | GraphModel:
             raise TypeError(f"fixed_inputs must be a dict of name -> value, got {fixed!r}")
         return {"fixed_inputs": fixed}
 
+    def from_torch() -> Model | GraphModel:
+        """A checkpoint file's, a state_dict's or a module's model (``source`` by then)."""
+        key = options.pop("key", None)
+        inert = options.pop("inert_objects", False)
+        return _from_state(*read_state(source, key=key, inert_objects=inert), options)
+
     if isinstance(source, Model):
         no_options("a Model")
         return source
@@ -163,14 +169,7 @@ def load(source: Any, **options: Any) -> Model | GraphModel:
             no_options("a module exported with example_inputs")
             return load_onnx(export_module(source, example, names))
         if hasattr(source, "state_dict") or isinstance(source, dict):
-            return _from_state(
-                *read_state(
-                    source,
-                    key=options.pop("key", None),
-                    inert_objects=options.pop("inert_objects", False),
-                ),
-                options,
-            )
+            return from_torch()
         raise ModelFormatError(
             f"cannot load a model from {type(source).__name__}; pass a path, bytes, an "
             "onnx.ModelProto, a torch module or a state_dict"
@@ -197,12 +196,5 @@ def load(source: Any, **options: Any) -> Model | GraphModel:
         # safetensors sorts its names: their order says nothing about the modules'
         return _from_state(tensors, {"ordered": False}, options)
     if is_torch_checkpoint(head, path):
-        return _from_state(
-            *read_state(
-                source,
-                key=options.pop("key", None),
-                inert_objects=options.pop("inert_objects", False),
-            ),
-            options,
-        )
+        return from_torch()
     return load_onnx(source, **onnx_options())
