@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -439,7 +439,7 @@ def with_value(t: TensorType, value: Sequence[Dim] | None) -> TensorType:
         n *= d  # type: ignore[operator]
     if n != len(value):
         return t
-    return TensorType(t.dtype, t.shape, t.time_axis, tuple(value))
+    return replace(t, value=tuple(value))  # (every other field as it was)
 
 
 def dim_arith(op_name: str, a: Dim, b: Dim) -> Dim:
