@@ -19,7 +19,7 @@ from lstm_infer.compile.step_lower_conv_pool import (
     lower_conv_pool,
 )
 from lstm_infer.ops.base import attr_int, attr_str
-from lstm_infer.ops.conv import ACTIVATION_ATTR
+from lstm_infer.ops.conv import ACTIVATION_ATTR, DIRECT_ROW_MIN_WIDTH
 from lstm_infer.ops.pool import window_counts
 from lstm_infer.ops.window import resolve, window_attrs
 
@@ -27,12 +27,12 @@ from lstm_infer.ops.window import resolve, window_attrs
 UNARY_NONE, UNARY_RELU = 0, 1
 # enum li_step_reduce and li_step_binary codes the pools use.
 REDUCE_MEAN, REDUCE_MAX, BINARY_DIV = 1, 2, 3
-# Output widths from which a stride-1 convolution runs on the direct kernel row by row (as
-# ops/conv.py); narrower rows leave most of its register tile (64 positions with AVX-512)
-# idle: 3x3 convolutions 40 positions wide ran 2-3x slower there (Zen 4: 48 -> 192 channels
-# over 16 x 40, 3.0 ms against 1.1 ms as below) than their windows copied into
-# (C*KH*KW, positions) rows and run as one row of every position (_conv_strided_direct).
-DIRECT_ROW_MIN_WIDTH = 64
+# A stride-1 convolution runs on the direct kernel row by row from ops/conv.py's
+# DIRECT_ROW_MIN_WIDTH output positions on; narrower rows leave most of its register tile
+# (64 positions with AVX-512) idle: 3x3 convolutions 40 positions wide ran 2-3x slower there
+# (Zen 4: 48 -> 192 channels over 16 x 40, 3.0 ms against 1.1 ms as below) than their windows
+# copied into (C*KH*KW, positions) rows and run as one row of every position
+# (_conv_strided_direct).
 # Positions from which any convolution runs on the direct kernel at all.
 DIRECT_MIN_WIDTH = 16
 

@@ -68,7 +68,7 @@ _BATCH_FLOATS = 1 << 22
 # row; rows narrower than this waste most of it (a (1, 129, 4) silero conv took 195 us
 # direct against ~10 us as one small sgemm; on Zen 4 a 48 -> 192 channel 3x3 over 16 x 40
 # 3.0 ms against 1.2 ms), so they go through im2col + sgemm.
-_DIRECT_MIN_WIDTH = 64
+DIRECT_ROW_MIN_WIDTH = 64  # (step programs lower by the same rule)
 
 
 def _check_conv(node: Any) -> None:
@@ -207,7 +207,7 @@ def _conv(ctx: RunContext, node: Any, ins: Ins, state: Any) -> list[np.ndarray]:
         cw.packed is not None
         and r.strides[-1] == 1
         and len(r.out) in (1, 2)
-        and r.out[-1] >= _DIRECT_MIN_WIDTH
+        and r.out[-1] >= DIRECT_ROW_MIN_WIDTH
     ):
         _conv_direct(padded(x, r), r, cw, group, y, relu)  # adds the bias, clamps itself
         return [y.astype(out_dtype, copy=False)]
