@@ -50,6 +50,7 @@ X86_ISA_SOURCES = {
         "-mavx512bf16",
         "-mamx-tile",
         "-mamx-bf16",
+        "-mamx-int8",
     ],
     "src_c/kernels_avx512bf16.c": [
         "-mavx512f",

@@ -51,11 +51,20 @@ static unsigned detect_x86(void) {
     return isas;
 }
 
+/* AMX-INT8 (TDPBSSD): CPUID leaf 7 EDX bit 25. Every CPU with AMX so far has it; checked
+ * anyway, since the amx table's usability asks only for AMX-TILE and AMX-BF16. */
+static int cpu_has_amx_int8(void) {
+    unsigned eax, ebx, ecx, edx;
+    if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return 0;
+    return (edx >> 25) & 1;
+}
+
 /* The derived tables: their base table with the quantized products swapped in. Built once,
  * on the first call (the extension module's import), before any thread can ask. The amx
  * table keeps avx512vnni's widening bf16 product for streaming (faster than the split
  * VDPBF16PS on Sapphire Rapids, see _engine.pyx), adds the tile projection, and takes the
- * rounded VDPBF16PS product for batched whole sequences. */
+ * tile products for batched whole sequences: rounded bf16, and int8 where AMX-INT8 is
+ * reported (both fall back to the vector products for a few rows). */
 static li_kernels avx2vnni_table, avx512vnni_table, avx512bf16_table, amx_table;
 static int derived_tables_built = 0;
 
@@ -76,8 +85,9 @@ static void build_derived_tables(void) {
     amx_table = avx512vnni_table;
     amx_table.name = "amx";
     amx_table.project_bf16 = li_project_bf16_amx;
-    amx_table.matvec_bf16_rounded = li_matvec_bf16_rounded_avx512bf16;
+    amx_table.matvec_bf16_rounded = li_matvec_bf16_rounded_amx;
     amx_table.prepare_bf16_rounded = li_prepare_bf16_rounded_avx512bf16;
+    if (cpu_has_amx_int8()) amx_table.matvec_i8 = li_matvec_i8_amx;
     derived_tables_built = 1;
 }
 

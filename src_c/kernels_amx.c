@@ -1,13 +1,19 @@
 /*
- * The whole-sequence input projection of bfloat16 weights on AMX tiles (TDPBF16PS): the
- * large-batch product where AMX wins (one instruction multiplies 16 rows x 32 inputs by
- * 32 inputs x 16 units). Streaming steps (one row) stay on the vector kernels.
+ * AMX tile products (Sapphire Rapids and later):
+ *   - the whole-sequence input projection of bfloat16 weights on split activations
+ *     (li_project_bf16_amx: two TDPBF16PS per weight pair, fp32-accurate activations);
+ *   - the rounded bf16 product (TDPBF16PS on activations rounded to one bf16) and the int8
+ *     product (TDPBSSD on the int8 codes, exact int32 sums) of batched whole sequences:
+ *     li_matvec_bf16_rounded_amx, li_matvec_i8_amx.
+ * One tile instruction multiplies 16 rows x 32 bf16 (64 int8) inputs by as many inputs x 16
+ * units: 16x the work of one VDPBF16PS / VPDPBUSD, which is what the compute-bound batched
+ * products want. Streaming steps (one row) stay on the vector kernels, which the tile
+ * products also fall back to for few rows or when the OS refuses tile state.
  *
- * The packed bf16 layout [blk][K/2][G][16][2] is already the B operand AMX wants: for one
- * gate of one block, pair row kp holds 16 units x 2 inputs (64 bytes), and consecutive pair
- * rows are G * 64 bytes apart. Activations are split into two bf16 halves (hi + lo, as the
- * avx512bf16 vector product does): ~2^-16 relative error per activation on top of the
- * weights' own rounding.
+ * The packed layouts are already the B operand AMX wants: bf16 [blk][K/2][G][16][2] and
+ * int8 [blk][K/4][G][16][4]; for one gate of one block, pair (quad) row k holds 16 units x 2
+ * (4) inputs, 64 bytes, and consecutive rows are G * 64 bytes apart. Prepared activation
+ * rows (li_rows.q) are the A operand as they are: 64 bytes of one row per K chunk.
  */
 #define _GNU_SOURCE /* syscall() under -std=c11 */
 #include <stdint.h>
@@ -18,11 +24,15 @@
 #include <unistd.h>
 #endif
 
+/* An x86-only kernel file: the x86 declarations of li_kernels.h apply (setup.py defines the
+ * macro for the portable sources only). */
+#ifndef LI_HAVE_X86_KERNELS
+#define LI_HAVE_X86_KERNELS 1
+#endif
 #include "bf16_split_avx512.h"
 #include "li_kernels.h"
 
-/* Tiles: 0-3 accumulators (one per gate, 16 rows x 16 fp32), 4 / 5 activations hi / lo
- * (16 rows x 16 pairs), 6 weights (16 pair rows x 16 units x 2). */
+/* The 64-byte tile configuration (palette 1). */
 typedef struct __attribute__((packed)) {
     uint8_t palette;
     uint8_t start_row;
@@ -31,6 +41,8 @@ typedef struct __attribute__((packed)) {
     uint8_t rows[16];
 } tile_config;
 
+/* The split projection's tiles: 0-3 accumulators (one per gate, 16 rows x 16 fp32), 4 / 5
+ * activations hi / lo (16 rows x 16 pairs), 6 weights (16 pair rows x 16 units x 2). */
 static void configure_tiles(void) {
     tile_config cfg;
     memset(&cfg, 0, sizeof cfg);
@@ -152,4 +164,180 @@ int li_project_bf16_amx(const void *packed, int K, int G, int nblk, const float 
     free(lo);
     free(tail);
     return 0;
+}
+
+/* ---- tile products: rounded bf16 and int8 ------------------------------------------------ */
+
+/* Rows from which a product runs on tiles: below it the vector product is as fast (a tile
+ * instruction costs the same for 1 row as for 16; see the figures in README.md). */
+#define AMX_MIN_ROWS 4
+
+/* The products' tiles, for row tiles of `rows` rows and K chunks of 16 pair (quad) rows:
+ * 0-3 accumulators (one per gate, rows x 16 fp32 / int32), 4 a full chunk of activations
+ * (rows x 64 bytes), 6 a full chunk of weights (16 pair rows x 64 bytes). Without a tail,
+ * 7 is a second full chunk of weights: gates alternate between 6 and 7, so one gate's
+ * weights load while the previous gate's product still reads its tile (tile registers are
+ * not renamed). With the last `tail` (< 16) pair rows of K left over, 5 holds their
+ * activations (rows x 4 * tail bytes) and 7 their weights (tail rows x 64 bytes). Sized
+ * exactly, so no tile reads past a row's prepared inputs or a block's weights. */
+static void configure_product_tiles(int rows, int tail) {
+    tile_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t <= 4; ++t) {
+        cfg.rows[t] = (uint8_t)rows;
+        cfg.colsb[t] = 64;
+    }
+    cfg.rows[6] = cfg.rows[7] = 16;
+    cfg.colsb[6] = cfg.colsb[7] = 64;
+    if (tail) {
+        cfg.rows[5] = (uint8_t)rows;
+        cfg.colsb[5] = (uint16_t)(4 * tail);
+        cfg.rows[7] = (uint8_t)tail;
+    }
+    _tile_loadconfig(&cfg);
+}
+
+/* Tile numbers are immediates: one case per gate, for each activation / weight tile pair. */
+#define TILE_DOT(i8, g, a, b)                                                                   \
+    do {                                                                                       \
+        if (i8)                                                                                \
+            _tile_dpbssd(g, a, b);                                                             \
+        else                                                                                   \
+            _tile_dpbf16ps(g, a, b);                                                           \
+    } while (0)
+/* Gates g of one chunk of activations (tile a): weights from w, gate g at w + g * 64, into
+ * tile b (one_b) or alternating 6 / 7. */
+#define GATE_DOTS(i8, a, b, one_b, w, ldw)                                                      \
+    for (int g = 0; g < G; ++g) {                                                              \
+        if ((one_b) || !(g & 1)) {                                                             \
+            _tile_loadd(b, (w) + g * 64, (ldw));                                               \
+            switch (g) {                                                                       \
+            case 0: TILE_DOT(i8, 0, a, b); break;                                              \
+            case 1: TILE_DOT(i8, 1, a, b); break;                                              \
+            case 2: TILE_DOT(i8, 2, a, b); break;                                              \
+            default: TILE_DOT(i8, 3, a, b); break;                                             \
+            }                                                                                  \
+        } else {                                                                               \
+            _tile_loadd(7, (w) + g * 64, (ldw));                                               \
+            if (g == 1)                                                                        \
+                TILE_DOT(i8, 1, a, 7);                                                         \
+            else                                                                               \
+                TILE_DOT(i8, 3, a, 7);                                                         \
+        }                                                                                      \
+    }
+
+/*
+ * One row tile (the tiles' configured rows, prepared 64-byte chunks at xq, ldq apart) times
+ * one block of G gates (weights wb): the G accumulator tiles, stored into acc[G][16][16]
+ * (fp32 for bf16, int32 for int8). `full` chunks of 16 pair (quad) rows, then the tail.
+ */
+static inline __attribute__((always_inline)) void tile_block(const int i8, const char *wb,
+                                                             int G, int full, int tail,
+                                                             const char *xq, int ldq,
+                                                             void *acc) {
+    const int ldw = G * 64;
+    for (int g = 0; g < G; ++g) switch (g) {
+        case 0: _tile_zero(0); break;
+        case 1: _tile_zero(1); break;
+        case 2: _tile_zero(2); break;
+        default: _tile_zero(3); break;
+        }
+    if (tail) {
+        for (int ch = 0; ch < full; ++ch) {
+            _tile_loadd(4, xq + (size_t)ch * 64, ldq);
+            GATE_DOTS(i8, 4, 6, 1, wb + (size_t)ch * 16 * ldw, ldw)
+        }
+        _tile_loadd(5, xq + (size_t)full * 64, ldq);
+        GATE_DOTS(i8, 5, 7, 1, wb + (size_t)full * 16 * ldw, ldw)
+    } else {
+        for (int ch = 0; ch < full; ++ch) {
+            _tile_loadd(4, xq + (size_t)ch * 64, ldq);
+            GATE_DOTS(i8, 4, 6, 0, wb + (size_t)ch * 16 * ldw, ldw)
+        }
+    }
+    char *a = acc;
+    for (int g = 0; g < G; ++g) switch (g) {
+        case 0: _tile_stored(0, a, 64); break;
+        case 1: _tile_stored(1, a + 1024, 64); break;
+        case 2: _tile_stored(2, a + 2048, 64); break;
+        default: _tile_stored(3, a + 3072, 64); break;
+        }
+}
+
+/* out rows of one row tile and block from the accumulators: bf16 sums plus bias; int8 as the
+ * vector kernels scale them (simd_matvec_i8_template.h), so both give the same floats. */
+static inline __attribute__((always_inline)) void store_block(
+    const int i8, const void *acc, int G, int nr, const float *xscale, const float *bias,
+    const float *scale, int bgs, float *out, int ogs, int ldo) {
+    for (int g = 0; g < G; ++g) {
+        const __m512 bv = bias ? _mm512_loadu_ps(bias + (size_t)g * bgs) : _mm512_setzero_ps();
+        const __m512 sv = i8 ? _mm512_loadu_ps(scale + (size_t)g * bgs) : bv;
+        for (int r = 0; r < nr; ++r) {
+            const size_t at = (size_t)(g * 16 + r) * 16;
+            __m512 v;
+            if (i8)
+                v = _mm512_fmadd_ps(
+                    _mm512_cvtepi32_ps(_mm512_loadu_si512((const int32_t *)acc + at)),
+                    _mm512_mul_ps(sv, _mm512_set1_ps(xscale[r])), bv);
+            else
+                v = _mm512_add_ps(_mm512_loadu_ps((const float *)acc + at), bv);
+            _mm512_storeu_ps(out + (size_t)r * ldo + (size_t)g * ogs, v);
+        }
+    }
+}
+
+/*
+ * The product over blocks [blk0, blk1) on tiles (li_product_fn's contract). Full row tiles
+ * run block-major, so each block's weights (K * G * 64 bytes) stay in L1 for every row tile;
+ * a last partial row tile runs after them on its own tile configuration. Returns 0, or -1
+ * when the OS refuses tile state (nothing written).
+ */
+static inline __attribute__((always_inline)) int tile_product(
+    const int i8, const void *packed, int K, int G, int blk0, int blk1, const li_rows *x,
+    int rows, const float *bias, const float *scale, int bgs, float *out, int ogs, int ldo) {
+    if (!amx_permitted()) return -1;
+    const int P = i8 ? 4 : 2;                 /* inputs per packed row */
+    const int Kr = (K + P - 1) / P;           /* packed rows of K */
+    const int full = Kr / 16, tail = Kr % 16; /* whole 16-row chunks, then the rest */
+    const size_t block_bytes = (size_t)Kr * G * 64;
+    const char *xq = (const char *)x->q;
+    _Alignas(64) char acc[4 * 16 * 16 * 4];
+    const int whole = rows / 16 * 16;
+    for (int pass = 0; pass < 2; ++pass) {
+        const int r0 = pass ? whole : 0, r1 = pass ? rows : whole;
+        if (r1 <= r0) continue;
+        configure_product_tiles(pass ? rows - whole : 16, tail);
+        for (int blk = blk0; blk < blk1; ++blk) {
+            const char *wb = (const char *)packed + (size_t)blk * block_bytes;
+            const int u0 = blk * LI_BLOCK;
+            for (int r = r0; r < r1; r += 16) {
+                const int nr = r1 - r < 16 ? r1 - r : 16;
+                tile_block(i8, wb, G, full, tail, xq + (size_t)r * x->ldq, x->ldq, acc);
+                store_block(i8, acc, G, nr, i8 ? x->scale + r : 0, bias ? bias + u0 : 0,
+                            i8 ? scale + u0 : 0, bgs, out + (size_t)r * ldo + u0, ogs, ldo);
+            }
+        }
+    }
+    _tile_release();
+    return 0;
+}
+
+void li_matvec_bf16_rounded_amx(const void *packed, int K, int G, int blk0, int blk1,
+                                const li_rows *x, int rows, const float *bias,
+                                const float *scale, const int32_t *rowsum, int bgs, float *out,
+                                int ogs, int ldo) {
+    if (G < 1 || G > 4 || K <= 0 || rows < AMX_MIN_ROWS ||
+        tile_product(0, packed, K, G, blk0, blk1, x, rows, bias, scale, bgs, out, ogs, ldo))
+        li_matvec_bf16_rounded_avx512bf16(packed, K, G, blk0, blk1, x, rows, bias, scale,
+                                          rowsum, bgs, out, ogs, ldo);
+}
+
+void li_matvec_i8_amx(const void *packed, int K, int G, int blk0, int blk1, const li_rows *x,
+                      int rows, const float *bias, const float *scale, const int32_t *rowsum,
+                      int bgs, float *out, int ogs, int ldo) {
+    if (G < 1 || G > 4 || K <= 0 || rows < AMX_MIN_ROWS ||
+        tile_product(1, packed, K, G, blk0, blk1, x, rows, bias, scale, bgs, out, ogs, ldo))
+        li_matvec_i8_avx512vnni(packed, K, G, blk0, blk1, x, rows, bias, scale, rowsum, bgs,
+                                out, ogs, ldo);
 }

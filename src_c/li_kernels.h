@@ -280,9 +280,11 @@ void li_gru_output_mixed(const li_kernels *kern, const li_cell *cell, int u0, in
  *   avx2        AVX2 + FMA                      avx2vnni    + AVX-VNNI (int8 dot products)
  *   avx512      AVX-512 F/DQ/BW/VL              avx512vnni  + AVX512-VNNI
  *   avx512bf16  + AVX512-VNNI + AVX512-BF16 (bfloat16 dot products)
- *   amx         avx512vnni + AMX-BF16 tiles for whole-sequence bf16 input projections
- *               (needs AVX512-BF16 too; the OS permission for tile data is requested on
- *               first use, and without it the projection falls back to sgemm)
+ *   amx         avx512vnni + AMX tiles for batched whole sequences: bf16 input
+ *               projections (split activations), the rounded bf16 products and, with
+ *               AMX-INT8, the int8 products (needs AVX512-BF16 too; the OS permission for
+ *               tile data is requested on first use, and without it the products fall back
+ *               to the vector kernels and the projection to sgemm)
  * The derived tables are their base table with the quantized products replaced. */
 enum {
     LI_ISA_SCALAR = 0,
@@ -324,6 +326,17 @@ void li_prepare_bf16_rounded_avx512bf16(const float *x, int ldx, int rows, int K
                                         int ldq, float *scale);
 int li_project_bf16_amx(const void *packed, int K, int G, int nblk, const float *x, int ldx,
                         int rows, const float *bias, int bgs, float *out, int ogs, int ldo);
+/* Tile products (kernels_amx.c): the rounded bf16 and the int8 product on TDPBF16PS /
+ * TDPBSSD from AMX_MIN_ROWS rows, the vector products (avx512bf16 rounded, avx512vnni)
+ * below that or when the OS refuses tile state. The int8 one needs AMX-INT8
+ * (the amx table takes it only then) and gives the vector product's floats bit for bit. */
+void li_matvec_bf16_rounded_amx(const void *packed, int K, int G, int blk0, int blk1,
+                                const li_rows *x, int rows, const float *bias,
+                                const float *scale, const int32_t *rowsum, int bgs, float *out,
+                                int ogs, int ldo);
+void li_matvec_i8_amx(const void *packed, int K, int G, int blk0, int blk1, const li_rows *x,
+                      int rows, const float *bias, const float *scale, const int32_t *rowsum,
+                      int bgs, float *out, int ogs, int ldo);
 #endif
 
 /* ---- drivers (recurrent_driver.c) -------------------------------------------------------- */

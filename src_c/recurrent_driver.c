@@ -442,15 +442,18 @@ static void project_part(const li_cell *cell, const li_kernels *kern, li_sgemm_f
     x += row0 * (size_t)ldx;
     /* bfloat16 blocks are (I + 1) / 2 pairs x G x LI_BLOCK units x 2 entries apart. */
     const size_t bf16_block = (size_t)(I + 1) / 2 * 2 * G * LI_BLOCK;
+    /* Quantized products first: in the rounded mode a bf16 projection takes the rounded
+     * product (on AMX tiles too, one instruction per weight pair instead of the split
+     * projection's two). */
+    if (projects_prepared(cell, kern)) {
+        project_prepared(cell, kern, x, ldx, rows, blk0, blk1, xprep, out);
+        return;
+    }
     if (cell->weight_format == LI_WEIGHTS_BF16 && kern->project_bf16 && rows >= 16 &&
         kern->project_bf16((const uint16_t *)cell->w_packed + blk0 * bf16_block, I, G,
                            blk1 - blk0, x, ldx, (int)rows, cell->bias_packed + u0, Hp,
                            out + u0, Hp, (int)ld) == 0)
         return;
-    if (projects_prepared(cell, kern)) {
-        project_prepared(cell, kern, x, ldx, rows, blk0, blk1, xprep, out);
-        return;
-    }
     /* With W larger than L2 every call covers the whole sequence (xproj_chunk_steps), so
      * rows is the projection's total. */
     if (xproj_packed(cell, kern, rows)) {

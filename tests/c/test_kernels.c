@@ -649,6 +649,78 @@ static void test_matvec(const li_kernels *kern) {
     g_rounded = 0;
 }
 
+#ifdef LI_HAVE_X86_KERNELS
+/* The int8 tile product (exact int32 sums, then the vector kernel's scaling) must give the
+ * VPDPBUSD product's floats bit for bit: a row's result may not depend on the batch size
+ * that sends it to tiles or not. */
+static void check_i8_tiles_match_vector(const li_kernels *kern, int G, int H, int K, int rows) {
+    li_kernels vector = *kern;
+    vector.matvec_i8 = li_matvec_i8_avx512vnni;
+    const int Hp = round_up(H), ldo = G * Hp;
+    float *row_scale = 0, *scale = 0;
+    int32_t *rowsum = 0;
+    float *m = random_weights(LI_WEIGHTS_I8, G * H, K, -1.0f, 1.0f, &row_scale);
+    void *packed = pack_gate_blocks(m, G, H, K, LI_WEIGHTS_I8, row_scale, &scale, &rowsum);
+    float *x = random_floats((size_t)rows * K, -1.0f, 1.0f);
+    float *bias = random_floats((size_t)G * Hp, -1.0f, 1.0f);
+    float *got = alloc_floats((size_t)rows * ldo), *want = alloc_floats((size_t)rows * ldo);
+    run_product(kern, LI_WEIGHTS_I8, packed, K, G, 0, Hp / LI_BLOCK, x, K, rows, bias, scale,
+                rowsum, Hp, got, Hp, ldo);
+    run_product(&vector, LI_WEIGHTS_I8, packed, K, G, 0, Hp / LI_BLOCK, x, K, rows, bias, scale,
+                rowsum, Hp, want, Hp, ldo);
+    ++g_checks;
+    if (memcmp(got, want, sizeof(float) * (size_t)rows * ldo) != 0)
+        FAIL("i8 G=%d H=%d K=%d rows=%d: tile product differs from VPDPBUSD's", G, H, K, rows);
+    free(m);
+    free(row_scale);
+    free(scale);
+    free(rowsum);
+    free(packed);
+    free(x);
+    free(bias);
+    free(got);
+    free(want);
+}
+#endif
+
+/* The shapes of the tile products (amx table: 16-row tiles, K in chunks of 32 bf16 / 64
+ * int8 inputs): whole row tiles, partial ones after them, a K of whole chunks only (the
+ * path alternating two weight tiles) and one with a tail. Every table runs them (the
+ * vector products at these batch sizes). */
+static void test_tile_product_shapes(const li_kernels *kern) {
+    /* Its own random stream: the tests after it keep the data they always drew (the int8
+     * sequence checks' tolerance covers a code landing one off on a rounding tie once in a
+     * while, not a cascade of them over 5 steps, which other data can produce). */
+    const uint64_t outer_rng = g_rng;
+    g_rng = 0x5DEECE66Dull;
+    static const int rows_list[] = {4, 15, 16, 17, 32, 35};
+    static const int Ks[] = {32, 64, 100, 128, 256};
+    for (int G = 1; G <= 4; ++G)
+        for (size_t ri = 0; ri < sizeof rows_list / sizeof rows_list[0]; ++ri)
+            for (size_t ki = 0; ki < sizeof Ks / sizeof Ks[0]; ++ki) {
+                const int rows = rows_list[ri], K = Ks[ki];
+                const int variant = (int)(ri + ki + G) % 3;
+                /* H = 33: three blocks, the last one partial; blocks [1, 3) as well. */
+                check_matvec_case(kern, LI_WEIGHTS_I8, G, 33, K, rows, 0, 3, variant != 0,
+                                  variant == 1 ? 3 : 0, 0, variant == 2 ? 5 : 0);
+                check_matvec_case(kern, LI_WEIGHTS_I8, G, 33, K, rows, 1, 3, 1, 0, 16, 0);
+                if (!kern->matvec_bf16_rounded) continue;
+                g_rounded = 1;
+                check_matvec_case(kern, LI_WEIGHTS_BF16, G, 33, K, rows, 0, 3, variant != 0,
+                                  variant == 1 ? 3 : 0, 0, variant == 2 ? 5 : 0);
+                check_matvec_case(kern, LI_WEIGHTS_BF16, G, 33, K, rows, 1, 3, 1, 0, 16, 0);
+                g_rounded = 0;
+            }
+#ifdef LI_HAVE_X86_KERNELS
+    if (kern->matvec_i8 == li_matvec_i8_amx)
+        for (int G = 1; G <= 4; ++G)
+            for (size_t ri = 0; ri < sizeof rows_list / sizeof rows_list[0]; ++ri)
+                for (size_t ki = 0; ki < sizeof Ks / sizeof Ks[0]; ++ki)
+                    check_i8_tiles_match_vector(kern, G, 40, Ks[ki], rows_list[ri]);
+#endif
+    g_rng = outer_rng;
+}
+
 /* ---- activation preparation ---------------------------------------------------------------- */
 
 /* Every ISA's int8 codes and scales equal the reference quantizer's bit for bit (ties at .5
@@ -1473,6 +1545,7 @@ int main(void) {
         g_isa = kern->name;
         const int before = g_failures, checks_before = g_checks;
         test_matvec(kern);
+        test_tile_product_shapes(kern);
         test_prepare(kern);
         test_rnn_pointwise(kern);
         test_lstm_pointwise(kern);
@@ -1499,6 +1572,7 @@ int main(void) {
     g_isa = scalar_rounded.name;
     const int before = g_failures, checks_before = g_checks;
     test_matvec(&scalar_rounded);
+    test_tile_product_shapes(&scalar_rounded);
     test_run_direction_parts(&scalar_rounded);
     test_run_direction(&scalar_rounded);
     printf("%-7s %s (%d checks, %d failures)\n", scalar_rounded.name,
