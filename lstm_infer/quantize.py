@@ -6,12 +6,13 @@ of one unit) symmetrically to [-127, 127] with its own fp32 scale.
 bf16 products accumulate in fp32 with fp32 activations: widened weights (error: the weights'
 rounding alone), or bf16 dot products (VDPBF16PS, AMX tiles) on activations split into two
 bf16 halves, which adds up to ~2**-16 relative error per activation, far below the weights'
-2**-9.
+2**-9. Whole sequences at batch >= 8 on tables with a bf16 dot product round activations to
+one bf16 instead (VDPBF16PS, or AMX TDPBF16PS tiles), where the products are compute-bound.
 int8 products also quantize each row of activations per step (code = round(x * 127 /
-max|x|), scale max|x| / 127) and sum code products exactly in int32; every kernel table
-computes the same integers. A whole-sequence run projects its inputs with one fp32 sgemm over
-the dequantized weights, so only the recurrence (and every streaming product) quantizes
-activations there.
+max|x|), scale max|x| / 127) and sum code products exactly in int32 (VPDPBUSD, AMX TDPBSSD
+tiles for batches on the amx table, ...); every kernel table computes the same integers, and
+whole sequences quantize their inputs the same way, so ``run`` and stepping agree to float
+rounding.
 
 The internal model keeps the dequantized weights (exactly representable in fp32), so a
 quantized model saves, loads and recompiles to the same packed weights.

@@ -8,7 +8,7 @@
  * One tile instruction multiplies 16 rows x 32 bf16 (64 int8) inputs by as many inputs x 16
  * units: 16x the work of one VDPBF16PS / VPDPBUSD, which is what the compute-bound batched
  * products want. Streaming steps (one row) stay on the vector kernels, which the tile
- * products also fall back to for few rows or when the OS refuses tile state.
+ * products also fall back to for one row or when the OS refuses tile state.
  *
  * The packed layouts are already the B operand AMX wants: bf16 [blk][K/2][G][16][2] and
  * int8 [blk][K/4][G][16][4]; for one gate of one block, pair (quad) row k holds 16 units x 2
@@ -168,9 +168,11 @@ int li_project_bf16_amx(const void *packed, int K, int G, int nblk, const float 
 
 /* ---- tile products: rounded bf16 and int8 ------------------------------------------------ */
 
-/* Rows from which a product runs on tiles: below it the vector product is as fast (a tile
- * instruction costs the same for 1 row as for 16; see the figures in README.md). */
-#define AMX_MIN_ROWS 4
+/* Rows from which a product runs on tiles: a tile instruction costs about the same for 1 row
+ * as for 16. Measured on Sapphire Rapids (one product, K = H = 256, 4 gates, weights in L2):
+ * int8 1 row 2.2 us on tiles vs 1.8 us VPDPBUSD, 2 rows 2.5 vs 3.1, 4 rows 2.6 vs 4.8; the
+ * rounded bf16 product 4.0 vs 9.4 us at 2 rows. */
+#define AMX_MIN_ROWS 2
 
 /* The products' tiles, for row tiles of `rows` rows and K chunks of 16 pair (quad) rows:
  * 0-3 accumulators (one per gate, rows x 16 fp32 / int32), 4 a full chunk of activations
@@ -229,20 +231,24 @@ static void configure_product_tiles(int rows, int tail) {
 
 /*
  * One row tile (the tiles' configured rows, prepared 64-byte chunks at xq, ldq apart) times
- * one block of G gates (weights wb): the G accumulator tiles, stored into acc[G][16][16]
- * (fp32 for bf16, int32 for int8). `full` chunks of 16 pair (quad) rows, then the tail.
+ * one block of G gates (weights wb), `full` chunks of 16 pair (quad) rows, then the tail.
+ * The accumulators start from init (gate g's 16 values at init + g * init_gs, the same for
+ * every row: a tile load of stride 0) or zero, and are stored to dst (gate g at
+ * dst + g * dst_gs bytes, rows dst_ld bytes apart).
  */
-static inline __attribute__((always_inline)) void tile_block(const int i8, const char *wb,
-                                                             int G, int full, int tail,
-                                                             const char *xq, int ldq,
-                                                             void *acc) {
+static inline __attribute__((always_inline)) void tile_block(
+    const int i8, const char *wb, int G, int full, int tail, const char *xq, int ldq,
+    const float *init, int init_gs, char *dst, size_t dst_gs, int dst_ld) {
     const int ldw = G * 64;
-    for (int g = 0; g < G; ++g) switch (g) {
-        case 0: _tile_zero(0); break;
-        case 1: _tile_zero(1); break;
-        case 2: _tile_zero(2); break;
-        default: _tile_zero(3); break;
+    for (int g = 0; g < G; ++g) {
+        const float *iv = init ? init + (size_t)g * init_gs : 0;
+        switch (g) {
+        case 0: if (iv) _tile_loadd(0, iv, 0); else _tile_zero(0); break;
+        case 1: if (iv) _tile_loadd(1, iv, 0); else _tile_zero(1); break;
+        case 2: if (iv) _tile_loadd(2, iv, 0); else _tile_zero(2); break;
+        default: if (iv) _tile_loadd(3, iv, 0); else _tile_zero(3); break;
         }
+    }
     if (tail) {
         for (int ch = 0; ch < full; ++ch) {
             _tile_loadd(4, xq + (size_t)ch * 64, ldq);
@@ -256,32 +262,26 @@ static inline __attribute__((always_inline)) void tile_block(const int i8, const
             GATE_DOTS(i8, 4, 6, 0, wb + (size_t)ch * 16 * ldw, ldw)
         }
     }
-    char *a = acc;
     for (int g = 0; g < G; ++g) switch (g) {
-        case 0: _tile_stored(0, a, 64); break;
-        case 1: _tile_stored(1, a + 1024, 64); break;
-        case 2: _tile_stored(2, a + 2048, 64); break;
-        default: _tile_stored(3, a + 3072, 64); break;
+        case 0: _tile_stored(0, dst, dst_ld); break;
+        case 1: _tile_stored(1, dst + dst_gs, dst_ld); break;
+        case 2: _tile_stored(2, dst + 2 * dst_gs, dst_ld); break;
+        default: _tile_stored(3, dst + 3 * dst_gs, dst_ld); break;
         }
 }
 
-/* out rows of one row tile and block from the accumulators: bf16 sums plus bias; int8 as the
+/* int8 out rows of one row tile and block from the int32 sums acc[G][16][16], scaled as the
  * vector kernels scale them (simd_matvec_i8_template.h), so both give the same floats. */
-static inline __attribute__((always_inline)) void store_block(
-    const int i8, const void *acc, int G, int nr, const float *xscale, const float *bias,
+static inline __attribute__((always_inline)) void store_i8_block(
+    const int32_t *acc, int G, int nr, const float *xscale, const float *bias,
     const float *scale, int bgs, float *out, int ogs, int ldo) {
     for (int g = 0; g < G; ++g) {
         const __m512 bv = bias ? _mm512_loadu_ps(bias + (size_t)g * bgs) : _mm512_setzero_ps();
-        const __m512 sv = i8 ? _mm512_loadu_ps(scale + (size_t)g * bgs) : bv;
+        const __m512 sv = _mm512_loadu_ps(scale + (size_t)g * bgs);
         for (int r = 0; r < nr; ++r) {
-            const size_t at = (size_t)(g * 16 + r) * 16;
-            __m512 v;
-            if (i8)
-                v = _mm512_fmadd_ps(
-                    _mm512_cvtepi32_ps(_mm512_loadu_si512((const int32_t *)acc + at)),
-                    _mm512_mul_ps(sv, _mm512_set1_ps(xscale[r])), bv);
-            else
-                v = _mm512_add_ps(_mm512_loadu_ps((const float *)acc + at), bv);
+            const __m512 v = _mm512_fmadd_ps(
+                _mm512_cvtepi32_ps(_mm512_loadu_si512(acc + (size_t)(g * 16 + r) * 16)),
+                _mm512_mul_ps(sv, _mm512_set1_ps(xscale[r])), bv);
             _mm512_storeu_ps(out + (size_t)r * ldo + (size_t)g * ogs, v);
         }
     }
@@ -313,9 +313,16 @@ static inline __attribute__((always_inline)) int tile_product(
             const int u0 = blk * LI_BLOCK;
             for (int r = r0; r < r1; r += 16) {
                 const int nr = r1 - r < 16 ? r1 - r : 16;
-                tile_block(i8, wb, G, full, tail, xq + (size_t)r * x->ldq, x->ldq, acc);
-                store_block(i8, acc, G, nr, i8 ? x->scale + r : 0, bias ? bias + u0 : 0,
-                            i8 ? scale + u0 : 0, bgs, out + (size_t)r * ldo + u0, ogs, ldo);
+                const char *xr = xq + (size_t)r * x->ldq;
+                float *o = out + (size_t)r * ldo + u0;
+                if (i8) { /* int32 sums to scale */
+                    tile_block(1, wb, G, full, tail, xr, x->ldq, 0, 0, acc, 1024, 64);
+                    store_i8_block((const int32_t *)acc, G, nr, x->scale + r,
+                                   bias ? bias + u0 : 0, scale + u0, bgs, o, ogs, ldo);
+                } else /* bf16: bias + sums, straight into out */
+                    tile_block(0, wb, G, full, tail, xr, x->ldq, bias ? bias + u0 : 0, bgs,
+                               (char *)o, sizeof(float) * (size_t)ogs,
+                               (int)sizeof(float) * ldo);
             }
         }
     }
