@@ -545,9 +545,10 @@ def cpu_vendor():
 # pair, activations split in two bf16 halves to keep fp32-like accuracy, against widening the
 # weights to fp32 FMAs) and in the rounded VDPBF16PS products of batched whole sequences.
 # Measured with bench/quantized.py --isas (LSTM step, batch 1): on Sapphire Rapids the split
-# product is slower (31 vs 25 us at H=256), so Intel keeps avx512vnni (amx has the rounded
-# products too); on Zen 4 it is faster (19.6 vs 24.2 us at H=256, 411 vs 432 us at H=1024),
-# so AMD takes avx512bf16. Other vendors: as Intel.
+# product is slower (31 vs 25 us at H=256; 24.8 vs 20.6 on 2026-12-06), so Intel keeps
+# avx512vnni's widening for steps (amx adds the tile products of batches); on Zen 4 it is
+# faster (19.6 vs 24.2 us at H=256, 411 vs 432 us at H=1024), so AMD takes avx512bf16.
+# Other vendors: as Intel.
 OPT_IN_ISAS = () if cpu_vendor() == "amd" else ("avx512bf16",)
 
 

@@ -160,16 +160,18 @@ def test_int8_kernels_compute_the_quantized_model(quant_isa, rng, cell, I, H):
             feeds["initial_c"] = out["Y_c"]
 
 
+@pytest.mark.parametrize("batch", [9, 17])
 @pytest.mark.parametrize(("cell", "I", "H"), CASES)
-def test_int8_run_equals_stepping(quant_isa, rng, cell, I, H):
+def test_int8_run_equals_stepping(quant_isa, rng, cell, I, H, batch):
     """A whole int8 sequence (any batch, ragged lengths) computes what its steps compute:
-    both quantize every input row and state row the same way."""
+    both quantize every input row and state row the same way (on the amx table, 17 rows are
+    a whole tile and a partial one)."""
     W, R, B = random_onnx_weights(rng, cell, I, H)
     attrs = {"linear_before_reset": 1} if cell == "gru" else {}
     model = lstm_infer.Model.from_onnx_weights(cell, W, R, B, **attrs).quantize("int8")
-    x = rng.standard_normal((7, 9, I)).astype(np.float32)
+    x = rng.standard_normal((7, batch, I)).astype(np.float32)
     y = model.run({"X": x})["Y"][:, 0]
-    stream = model.stream(batch_size=9)
+    stream = model.stream(batch_size=batch)
     steps = np.stack([stream.step(x[t]) for t in range(7)])
     np.testing.assert_allclose(y, steps, atol=2e-6, rtol=0)
 
@@ -195,19 +197,21 @@ ROUNDED_CASES = [
 ]
 
 
+@pytest.mark.parametrize("extra_rows", [0, 9])
 @pytest.mark.parametrize(("cell", "I", "H", "lbr"), ROUNDED_CASES)
-def test_bf16_batched_sequences_round_activations(quant_isa, rng, cell, I, H, lbr):
+def test_bf16_batched_sequences_round_activations(quant_isa, rng, cell, I, H, lbr, extra_rows):
     """Whole bf16 sequences at batch >= the table's threshold multiply bf16-rounded
-    activations (one VDPBF16PS per weight pair): one-step runs teacher-forced from the
-    engine's own state, against the float64 step on the same rounded activations. Below the
-    threshold, and on tables without a bf16 dot product, activations stay fp32-accurate."""
+    activations (one VDPBF16PS per weight pair, or AMX tiles: at threshold + 9 = 17 rows one
+    whole 16-row tile and a partial one): one-step runs teacher-forced from the engine's own
+    state, against the float64 step on the same rounded activations. Below the threshold,
+    and on tables without a bf16 dot product, activations stay fp32-accurate."""
     from lstm_infer import _engine
 
     W, R, B = random_onnx_weights(rng, cell, I, H)
     attrs = {"linear_before_reset": 1} if lbr else {}
     model = lstm_infer.Model.from_onnx_weights(cell, W, R, B, **attrs).quantize("bf16")
     threshold = _engine.bf16_rounded_min_rows()
-    batch = threshold or 8
+    batch = (threshold or 8) + extra_rows
     x = rng.standard_normal((4, batch, I)).astype(np.float32)
     if threshold is None:
         want = REFS[cell](x, bf16_reference(W), bf16_reference(R), B, **attrs)[0][:, 0]
