@@ -3,12 +3,13 @@
  *   - the whole-sequence input projection of bfloat16 weights on split activations
  *     (li_project_bf16_amx: two TDPBF16PS per weight pair, fp32-accurate activations);
  *   - the rounded bf16 product (TDPBF16PS on activations rounded to one bf16) and the int8
- *     product (TDPBSSD on the int8 codes, exact int32 sums) of batched whole sequences:
- *     li_matvec_bf16_rounded_amx, li_matvec_i8_amx.
+ *     product (TDPBSSD on the int8 codes, exact int32 sums) of batched rows (whole
+ *     sequences; int8 also pooled or batched streams): li_matvec_bf16_rounded_amx,
+ *     li_matvec_i8_amx.
  * One tile instruction multiplies 16 rows x 32 bf16 (64 int8) inputs by as many inputs x 16
- * units: 16x the work of one VDPBF16PS / VPDPBUSD, which is what the compute-bound batched
- * products want. Streaming steps (one row) stay on the vector kernels, which the tile
- * products also fall back to for one row or when the OS refuses tile state.
+ * units: 256x the multiply-adds of one VDPBF16PS / VPDPBUSD, which is what the
+ * compute-bound batched products want. Steps of one row stay on the vector kernels, which
+ * the tile products also fall back to when the OS refuses tile state.
  *
  * The packed layouts are already the B operand AMX wants: bf16 [blk][K/2][G][16][2] and
  * int8 [blk][K/4][G][16][4]; for one gate of one block, pair (quad) row k holds 16 units x 2
