@@ -231,6 +231,49 @@ def test_carried_values_growing_without_bound_are_refused(monkeypatch: pytest.Mo
     np.testing.assert_array_equal(model.run(few)["v"], onnxruntime_run(data, few)[0])
 
 
+def test_a_carried_sequence_counts_its_tensors_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A body appending a (64,) float32 (256 bytes) to a carried sequence is stopped by the
+    carried-bytes bound once the sequence holds 4 of them (1024 bytes > 1000), long before
+    the sequence's own bound (1 GB): the bound counts the bytes of the sequence's tensors,
+    not those of an array wrapping the sequence object. Under the bound it equals
+    onnxruntime."""
+    from lstm_infer.ops import control, sequence
+
+    monkeypatch.setattr(control, "LOOP_MAX_CARRIED_BYTES", 1000)
+    assert sequence.MAX_SEQUENCE_BYTES >= 1 << 20  # not the bound that stops this loop
+    seq = helper.make_tensor_sequence_value_info
+    body = helper.make_graph(
+        [
+            helper.make_node("SequenceInsert", ["s_in", "x"], ["s_out"]),
+            helper.make_node("Identity", ["c_in"], ["c_out"]),
+        ],
+        "append",
+        [vi("i", TP.INT64, []), vi("c_in", TP.BOOL, []), seq("s_in", TP.FLOAT, None)],
+        [vi("c_out", TP.BOOL, []), seq("s_out", TP.FLOAT, None)],
+    )
+    # ConcatFromSequence without a new axis: the list stays a carried sequence (stacked on
+    # a new axis 0, lstm_infer.passes.loop_lists would make it a scan output)
+    data = model_bytes(
+        [
+            helper.make_node("SequenceEmpty", [], ["empty"], dtype=TP.FLOAT),
+            helper.make_node("Loop", ["M", "", "empty"], ["s"], body=body, name="grow"),
+            helper.make_node("ConcatFromSequence", ["s"], ["y"], axis=0),
+        ],
+        [vi("M", TP.INT64, []), vi("x", TP.FLOAT, [64])],
+        [vi("y", TP.FLOAT, [None])],
+    )
+    model = lstm_infer.load(data)
+    loop = next(n for n in model.graph.nodes if n.op == "Loop")
+    assert any(v.type.sequence for v in loop.attrs["body"].inputs)
+    x = np.arange(64, dtype=np.float32)
+    with pytest.raises(
+        InputError, match=r"'grow' \(Loop\).*carried values hold 1024 bytes after iteration 3"
+    ):
+        model.run({"M": np.array(1000), "x": x})
+    few = {"M": np.array(3), "x": x}
+    np.testing.assert_array_equal(model.run(few)["y"], onnxruntime_run(data, few)[0])
+
+
 def test_loop_saves_and_loads_natively(tmp_path: Any, rng: np.random.Generator) -> None:
     data, _ = rnn_loop(3, 4, rng)
     model = lstm_infer.load(data)

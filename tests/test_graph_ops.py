@@ -86,6 +86,27 @@ def test_integer_and_bool_binary(rng) -> None:
         compare(one_node(name, {"p": p, "q": q}), {"p": p, "q": q})
 
 
+@pytest.mark.parametrize("fmod", [0, 1])
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.float32, np.float64])
+def test_mod_signs_and_broadcasting(fmod: int, dtype: type) -> None:
+    """Every sign of dividend and divisor, broadcast (6, 1) x (1, 4), against Python's own
+    arithmetic: fmod=0 is floor modulo (``%``, the sign of the divisor), fmod=1 truncated
+    (``math.fmod``, the sign of the dividend); and against onnxruntime, which refuses a
+    float fmod=0 before opset 28 (the opset that defines it as ``A - floor(A / B) * B``)."""
+    import math
+
+    a = np.array([[-7], [7], [-6], [6], [0], [-1]], dtype)
+    b = np.array([[3, -3, 4, -4]], dtype)
+    fn = math.fmod if fmod else (lambda x, y: x % y)
+    want = np.array([[fn(x, y) for y in b[0].tolist()] for x in a[:, 0].tolist()], dtype)
+    model = one_node("Mod", {"a": a, "b": b}, fmod=fmod)
+    got = lstm_infer.load(model).run({"a": a, "b": b})["y0"]
+    assert got.dtype == want.dtype and got.shape == want.shape == (6, 4)
+    np.testing.assert_array_equal(got, want)
+    if fmod or np.dtype(dtype).kind == "i":
+        compare(model, {"a": a, "b": b})
+
+
 def test_float_mod_where_clip(rng) -> None:
     a = (rng.standard_normal((3, 4)) * 5).astype(np.float32)
     b = (np.abs(rng.standard_normal((3, 4))) + 0.5).astype(np.float32)

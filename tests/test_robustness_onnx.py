@@ -1275,6 +1275,47 @@ def test_a_feed_of_absurd_rank_is_refused_naming_the_node(op: str, arity: int) -
     assert model.run(small)["y"].shape == (1,)  # the model still runs
 
 
+def _binary_model(op: str, **attrs: Any) -> lstm_infer.Model:
+    """One int64 binary node named "broadcast" over two inputs of unknown shape."""
+    graph = helper.make_graph(
+        [helper.make_node(op, ["a", "b"], ["y"], name="broadcast", **attrs)],
+        "g",
+        [helper.make_tensor_value_info(n, TensorProto.INT64, None) for n in "ab"],
+        [helper.make_tensor_value_info("y", TensorProto.INT64, None)],
+    )
+    return lstm_infer.load(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    )
+
+
+BROADCAST_BOMB_OPS = [("Add", {}), ("Mul", {}), ("Pow", {}), ("Mod", {}), ("Mod", {"fmod": 1})]
+
+
+@needs_address_space_cap
+@pytest.mark.parametrize(("op", "attrs"), BROADCAST_BOMB_OPS)
+def test_feeds_broadcasting_to_an_absurd_size_are_refused_naming_the_node(
+    op: str, attrs: dict[str, int]
+) -> None:
+    """Regression (Mod): (100000, 1) and (1, 100000) broadcast to 10**10 elements (80 GB of
+    int64); a binary op refuses them by its element bound before allocating, naming the
+    node, and refuses shapes that do not broadcast in the same words. Mod asked numpy for
+    the 80 GB first (only the executor's net turned the MemoryError, or numpy's ValueError
+    for shapes that do not broadcast, into an InputError, and only where the allocation
+    fails)."""
+    model = _binary_model(op, **attrs)
+    small = {"a": np.array([[7], [-7]], np.int64), "b": np.array([[2, -3]], np.int64)}
+    assert model.run(small)["y"].shape == (2, 2)  # the model runs on sane feeds
+    bomb = {"a": np.ones((100_000, 1), np.int64), "b": np.ones((1, 100_000), np.int64)}
+    with bounded():
+        with pytest.raises(
+            InputError, match=r"'broadcast'.*\(100000, 100000\) would hold more than \d+ elements"
+        ):
+            model.run(bomb)
+    apart = {"a": np.ones(3, np.int64), "b": np.ones(4, np.int64)}
+    with pytest.raises(InputError, match=r"'broadcast'.*shapes \(3,\) and \(4,\) do not broadcast"):
+        model.run(apart)
+
+
 def test_lstm_output_through_identity_keeps_its_shape() -> None:
     """Regression: the lowering dropped the num_directions axis of Y behind an Identity."""
     require("onnxruntime")

@@ -160,7 +160,25 @@ def _spend(node: Any) -> None:
 
 
 def _check_carried(node: Any, carried: list[Any], i: int) -> None:
-    total = sum(np.asarray(v).nbytes for v in carried)
+    """Refuse a Loop's or Scan's carried values past ``LOOP_MAX_CARRIED_BYTES`` in all.
+
+    Parameters
+    ----------
+    node : Node
+        The Loop or Scan node (named in the error).
+    carried : list
+        The carried values after an iteration: arrays or :class:`TensorSequence` values.
+    i : int
+        The iteration just run.
+
+    Raises
+    ------
+    InputError
+        If the values hold more than ``LOOP_MAX_CARRIED_BYTES`` bytes.
+    """
+    # A sequence counts the bytes of its tensors: np.asarray would wrap it in a 0-d object
+    # array of 8 bytes, leaving a loop that grows a carried list unbounded by this check.
+    total = sum(v.nbytes if is_sequence(v) else np.asarray(v).nbytes for v in carried)
     if total > LOOP_MAX_CARRIED_BYTES:
         raise InputError(
             f"{node.label}: the loop-carried values hold {total} bytes after iteration {i} "

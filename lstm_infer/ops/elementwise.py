@@ -196,6 +196,9 @@ def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _mod_run(ctx: RunContext, node: Any, ins: list, state: Any) -> list[np.ndarray]:
     a, b = ins
+    # Before the zero test and np.mod: two inputs broadcasting to an absurd shape are refused
+    # here, naming the node, instead of numpy allocating the result first.
+    broadcast_shape(node, a.shape, b.shape)
     fmod = attr_int(node, "fmod", 0)
     if a.dtype.kind in "iu" and np.any(b == 0):
         raise InputError(f"{node.label}: integer modulo by zero")

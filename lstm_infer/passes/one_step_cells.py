@@ -75,6 +75,18 @@ def _source(alg: CellAlgebra, name: str) -> str:
 def rank(alg: CellAlgebra, name: str, depth: int = 0) -> int | None:
     """``name``'s rank where it is known: declared, a Gemm's operand, a constant, or a
     Gather / Squeeze / Unsqueeze / Slice / Identity of a tensor of known rank."""
+    # Not the graph's shape inference (lstm_infer.graph_types.infer_types), on purpose:
+    # - that inference runs forward only, from input types to output types. This function
+    #   also knows a leaf read by a Gemm is 2-D (Gemm takes only 2-D operands), which
+    #   inference leaves unknown when the leaf's rank is not declared: an nn.LSTMCell export
+    #   whose x and h inputs have no declared shape (c declared) is re-rolled with this
+    #   function and stays unrolled with ranks read from infer_types (checked by hand).
+    # - no types exist yet when this pass runs: reroll_cells runs in GraphProgram.__init__
+    #   before folding, GraphModel infers its tensor_types afterwards on the compiled graph,
+    #   so each round would run infer_types on the whole graph (subgraphs included).
+    # - a declared type wins here (declared_shape); in infer_types an inferred rank wins.
+    # On the test corpus (tests/test_reroll_*.py, test_silero_vad.py) both agree for every
+    # tensor this is asked about.
     value = alg.constant(name)
     if value is not None:
         return value.ndim
