@@ -139,7 +139,10 @@ def test_the_op_cases_are_found() -> None:
 def test_inferred_types_match_onnxruntime(module: Any, name: str, kwargs: dict, monkeypatch,
                                           rng) -> None:  # fmt: skip
     monkeypatch.setattr(module, "compare", check_types)
-    getattr(module, name)(**kwargs, rng=rng)
+    fn = getattr(module, name)
+    if "rng" in inspect.signature(fn).parameters:  # op tests that draw random inputs
+        kwargs = {**kwargs, "rng": rng}
+    fn(**kwargs)
 
 
 def test_every_registered_op_has_shape_inference() -> None:
