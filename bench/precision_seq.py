@@ -8,7 +8,8 @@ AVX512-BF16 / AMX), one thread each, T=100, batch 16.
 Engines are interleaved (bench/compare.py's ``time_interleaved``); medians in milliseconds per
 sequence. Every engine's Y is compared with a float64 numpy run of the same weights (written
 here from the ONNX equations) and with our fp32 Y: max abs errors, and the RMS error against
-float64 (steadier than the max, which moves with the input drawn). onnxruntime's int8 is
+float64 (steadier than the max, which moves with the input drawn); ``--error-seeds`` adds both
+errors on more inputs of the same draw, untimed. onnxruntime's int8 is
 ``quantize_dynamic`` (DynamicQuantizeLSTM for LSTM); where it leaves the cell in float (no
 quantized GRU op) the column is n/a. ``--isas`` adds our bf16 / int8 on forced kernel tables.
 Results go to bench/results/precision_seq-<timestamp>.json.
@@ -22,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -90,8 +91,21 @@ def _with_isa(isa: str, default: str, loop: compare.Loop) -> compare.Loop:
     return run
 
 
+def _input(seed: int, T: int, batch: int, H: int) -> np.ndarray:
+    """The benchmark's X: uniform in [-1, 1), drawn from ``seed`` (3 is the timed one)."""
+    return np.random.default_rng(seed).uniform(-1, 1, (T, batch, H)).astype(np.float32)
+
+
 def bench_one(
-    cell: str, H: int, batch: int, T: int, repeat: int, target_s: float, isas: list[str], tmp: Path
+    cell: str,
+    H: int,
+    batch: int,
+    T: int,
+    repeat: int,
+    target_s: float,
+    isas: list[str],
+    tmp: Path,
+    error_seeds: Sequence[int] = (),
 ) -> dict[str, Any]:
     """Times and errors of every engine on one (cell, H); one result row."""
     import onnx
@@ -108,21 +122,22 @@ def bench_one(
     model = lstm_infer.load(seq_model)
     ours = {"ours fp32": model, "ours bf16": model.quantize("bf16")}
     ours["ours int8"] = model.quantize("int8")
-    x = np.random.default_rng(3).uniform(-1, 1, (T, batch, H)).astype(np.float32)
-    feeds = {"X": x}
-    runs: dict[str, Callable[[], np.ndarray]] = {
-        k: (lambda m=m: m.run(feeds)["Y"]) for k, m in ours.items()
+    x = _input(3, T, batch, H)
+    # engine -> Y for an input X
+    engines: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+        k: (lambda a, m=m: m.run({"X": a})["Y"]) for k, m in ours.items()
     }
     sessions = {"ort fp32": compare.ort_session(seq_model, 1)}
     if ort_int8_ok:
         sessions["ort int8"] = compare.ort_session(onnx.load(str(i8_path)), 1)
     for k, s in sessions.items():
-        runs[k] = lambda s=s: s.run(["Y"], feeds)[0]
+        engines[k] = lambda a, s=s: s.run(["Y"], {"X": a})[0]
     models = compare.peer_models(w, seq_model)
     ov = [p for p in peers.build_peers(models, 1) if p.key.startswith("ov_")]
     for p in ov:
         p.seq(x)  # compile for this shape
-        runs[p.label] = lambda p=p: p.seq(x)["Y"]
+        engines[p.label] = lambda a, p=p: p.seq(a)["Y"]
+    runs: dict[str, Callable[[], np.ndarray]] = {k: (lambda f=f: f(x)) for k, f in engines.items()}
 
     default_isa = lstm_infer.isa()
     loops: dict[str, compare.Loop] = {}
@@ -154,6 +169,16 @@ def bench_one(
     if errors["ours fp32"]["vs_f64"] > compare.AGREEMENT_TOL:
         print(f"WARNING ours fp32 vs float64: {errors['ours fp32']}", file=sys.stderr)
 
+    # The errors on other inputs of the same draw (no timing): the max moves with the input.
+    by_seed: dict[str, dict[str, dict[str, float]]] = {}
+    for seed in error_seeds:
+        xs = _input(seed, T, batch, H)
+        ref_s = reference_f64(w, xs)
+        by_seed[str(seed)] = {
+            k: {"max": _maxerr(y, ref_s), "rms": _rmserr(y, ref_s)}
+            for k, y in ((k, f(xs)) for k, f in engines.items())
+        }
+
     samples = compare.time_interleaved(loops, repeat, target_s)
     med = {k: float(np.median(v)) * 1e3 for k, v in samples.items()}  # ms
     ov_default = next((p for p in ov if p.key == "ov_default"), None)
@@ -172,6 +197,7 @@ def bench_one(
         "samples_ms": {k: [s * 1e3 for s in v] for k, v in samples.items()},
         "max_abs_err": errors,
         "rms_err_vs_f64": rms,
+        "errors_other_inputs": by_seed,
         "ort_int8_ops": i8_ops,
         "ort_int8": "quantized" if ort_int8_ok else "n/a (quantize_dynamic leaves it float)",
         "ov_precision": {p.key: p.precision for p in ov},
@@ -212,6 +238,20 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         vals = " | ".join("n/a" if v is None else f"{v:.2f}" for v in r["ratios"].values())
         lines.append(f"| {r['cell']} | {r['hidden']} | {vals} |")
+    seeds = list(rows[0].get("errors_other_inputs", {}))
+    if seeds:  # the quantized engines' errors on the other inputs: max / RMS against float64
+        names = [k for k in ("ours bf16", "OV default (bf16)", "ours int8", "ort int8")
+                 if any(k in r["median_ms"] for r in rows)]  # fmt: skip
+        lines += ["", "| cell | H | input seed | " + " | ".join(f"{k} max / rms" for k in names)]
+        lines[-1] += " |"
+        lines.append("| --- | --- | --- | " + " | ".join("---" for _ in names) + " |")
+        for r in rows:
+            for seed, errs in r["errors_other_inputs"].items():
+                cells = " | ".join(
+                    f"{errs[k]['max']:.2e} / {errs[k]['rms']:.2e}" if k in errs else "n/a"
+                    for k in names
+                )
+                lines.append(f"| {r['cell']} | {r['hidden']} | {seed} | {cells} |")
     return "\n".join(lines)
 
 
@@ -236,6 +276,13 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=7, help="samples per engine")
     ap.add_argument("--block-ms", type=float, default=200.0, help="target length of one sample")
     ap.add_argument("--isas", nargs="*", default=[], help="extra kernel tables for our bf16/int8")
+    ap.add_argument(
+        "--error-seeds",
+        type=int,
+        nargs="*",
+        default=[4, 5],
+        help="more inputs (seeds of the same draw) whose errors are reported, untimed",
+    )
     args = ap.parse_args()
 
     import onnxruntime as ort
@@ -256,7 +303,7 @@ def main() -> None:
             for H in args.sizes:
                 row = bench_one(
                     cell, H, args.batch, args.seq_len, args.repeat, args.block_ms / 1e3,
-                    args.isas, tmp,
+                    args.isas, tmp, args.error_seeds,
                 )  # fmt: skip
                 rows.append(row)
                 print(markdown([row]), flush=True)
