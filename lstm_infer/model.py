@@ -56,12 +56,23 @@ _BATCH_SPLIT_MIN_WORK = 100_000_000
 _UNIT_SPLIT_MIN_WORK = 10_000_000
 
 
-def _prefer_unit_split(batch: int, hidden: int, gates: int) -> bool:
+# Hidden size from which a layer whose products run on AMX tiles (int8 on the amx table, from
+# 2 rows) splits its units: a tile step's recurrent product takes a few microseconds, so the
+# per-step barrier costs more than half of it saves at smaller H. Sapphire Rapids, T = 100,
+# threads=2 against one thread: int8 LSTM / GRU H = 256, batch 8-16, 1.11-1.65x split by units
+# and 0.81-1.07x split by batch rows; int8 LSTM H = 1024, batch 16, 0.51x split by units.
+_TILE_UNIT_SPLIT_MIN_HIDDEN = 512
+
+
+def _prefer_unit_split(batch: int, hidden: int, gates: int, tiles: bool = False) -> bool:
     """Whether splitting a unidirectional layer's units beats splitting its batch (measured
     with bench/unit_split.py on 2 cores). Each step costs a barrier, so the units need enough
-    work per step (H >= 256, or 128 with 16+ rows); batch slices win from 32 rows unless each
+    work per step (H >= 256, or 128 with 16+ rows; with ``tiles``, the layer's products on
+    AMX tiles, H >= _TILE_UNIT_SPLIT_MIN_HIDDEN); batch slices win from 32 rows unless each
     of them would stream a recurrent matrix of 1 MB or more (which then shares memory
     bandwidth instead of splitting it)."""
+    if tiles and hidden < _TILE_UNIT_SPLIT_MIN_HIDDEN:
+        return False
     big_enough = hidden >= 256 or (hidden >= 128 and batch >= 16)
     return big_enough and (batch < 32 or gates * hidden * hidden * 4 >= (1 << 20))
 
@@ -532,7 +543,12 @@ class Model:
                 and work >= _UNIT_SPLIT_MIN_WORK
                 and layer.hidden_size > _engine.BLOCK
                 and _engine.supports_unit_split(plans[0])
-                and _prefer_unit_split(B, layer.hidden_size, GATES[layer.cell])
+                and _prefer_unit_split(
+                    B,
+                    layer.hidden_size,
+                    GATES[layer.cell],
+                    tiles=layer.weight_format == "int8" and B >= 2 and _engine.isa() == "amx",
+                )
                 and _run_unit_split(
                     plans[0],
                     x,

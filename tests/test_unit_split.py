@@ -37,7 +37,7 @@ def force_unit_split(monkeypatch):
         return done
 
     monkeypatch.setattr(model_module, "_UNIT_SPLIT_MIN_WORK", 0)
-    monkeypatch.setattr(model_module, "_prefer_unit_split", lambda *a: True)
+    monkeypatch.setattr(model_module, "_prefer_unit_split", lambda *a, **k: True)
     monkeypatch.setattr(model_module, "_run_unit_split", spy)
     return ran
 
@@ -230,6 +230,9 @@ def test_default_rule():
     prefer = model_module._prefer_unit_split
     assert prefer(1, 1024, 4) and prefer(16, 256, 3) and prefer(64, 1024, 4)
     assert not prefer(1, 64, 4) and not prefer(64, 128, 1)
+    # Products on AMX tiles: batch slices below H = 512, where a tile step is a few us.
+    assert not prefer(16, 256, 4, tiles=True) and not prefer(8, 256, 3, tiles=True)
+    assert prefer(16, 1024, 4, tiles=True) and prefer(16, 256, 4, tiles=False)
 
 
 def test_stacked_layers(rng, force_unit_split):
