@@ -56,22 +56,34 @@ _BATCH_SPLIT_MIN_WORK = 100_000_000
 _UNIT_SPLIT_MIN_WORK = 10_000_000
 
 
-# Hidden size from which a layer whose products run on AMX tiles (int8 on the amx table, from
-# 2 rows) splits its units: a tile step's recurrent product takes a few microseconds, so the
-# per-step barrier costs more than half of it saves at smaller H. Sapphire Rapids, T = 100,
-# threads=2 against one thread: int8 LSTM / GRU H = 256, batch 8-16, 1.11-1.65x split by units
-# and 0.81-1.07x split by batch rows; int8 LSTM H = 1024, batch 16, 0.51x split by units.
-_TILE_UNIT_SPLIT_MIN_HIDDEN = 512
+# Hidden size from which a layer whose products run on AMX tiles splits its units, per weight
+# format: a tile step's recurrent product takes a few microseconds, so the per-step barrier
+# costs more than half of it saves at smaller H. Sapphire Rapids, T = 100, threads=2 against
+# one thread: int8 LSTM / GRU H = 256, batch 8-16, 1.11-1.65x split by units (0.81-1.07x by
+# batch rows), int8 LSTM H = 1024 batch 16 0.51x by units; bf16 LSTM H = 256 batch 16 0.82x
+# by units (GRU 1.04x), bf16 LSTM H = 128 batch 16 1.25x by units.
+_TILE_UNIT_SPLIT_MIN_HIDDEN = {"int8": 512, "bfloat16": 256}
 
 
-def _prefer_unit_split(batch: int, hidden: int, gates: int, tiles: bool = False) -> bool:
+def _on_tiles(weight_format: str, batch: int) -> bool:
+    """Whether a whole sequence of ``batch`` rows runs its products on AMX tiles: the amx
+    table's int8 product from 2 rows, its rounded bf16 product from the rounded threshold."""
+    if _engine.isa() != "amx":
+        return False
+    if weight_format == "int8":
+        return batch >= 2
+    rounded = _engine.bf16_rounded_min_rows() if weight_format == "bfloat16" else None
+    return bool(rounded) and batch >= rounded
+
+
+def _prefer_unit_split(batch: int, hidden: int, gates: int, tiles: str | None = None) -> bool:
     """Whether splitting a unidirectional layer's units beats splitting its batch (measured
     with bench/unit_split.py on 2 cores). Each step costs a barrier, so the units need enough
-    work per step (H >= 256, or 128 with 16+ rows; with ``tiles``, the layer's products on
-    AMX tiles, H >= _TILE_UNIT_SPLIT_MIN_HIDDEN); batch slices win from 32 rows unless each
-    of them would stream a recurrent matrix of 1 MB or more (which then shares memory
-    bandwidth instead of splitting it)."""
-    if tiles and hidden < _TILE_UNIT_SPLIT_MIN_HIDDEN:
+    work per step (H >= 256, or 128 with 16+ rows; with ``tiles``, the weight format of a
+    layer whose products run on AMX tiles, H >= _TILE_UNIT_SPLIT_MIN_HIDDEN of it); batch
+    slices win from 32 rows unless each of them would stream a recurrent matrix of 1 MB or
+    more (which then shares memory bandwidth instead of splitting it)."""
+    if tiles and hidden < _TILE_UNIT_SPLIT_MIN_HIDDEN.get(tiles, 0):
         return False
     big_enough = hidden >= 256 or (hidden >= 128 and batch >= 16)
     return big_enough and (batch < 32 or gates * hidden * hidden * 4 >= (1 << 20))
@@ -107,6 +119,26 @@ def _run_unit_split(
     finally:
         lock.release()
     return True
+
+
+# Rows of one AMX tile: a tile product costs about the same for 1 row as for 16, so slices of
+# a batch on tiles hold whole tiles (Sapphire Rapids, threads=2, T = 100: bf16 LSTM H = 128
+# batch 16 in two slices of 8 took 1.2-1.4x the one-thread time).
+_TILE_ROWS = 16
+
+
+def _min_slice_rows(weight_format: str, batch: int) -> int:
+    """Rows each batch slice of a layer must keep (0: no minimum). A bf16 batch at or over
+    the rounded-product threshold keeps it in every slice (a smaller slice would switch to
+    the fp32-accurate products: other numbers than one thread gives, and slower); on AMX
+    tiles (the amx table's rounded bf16, and its int8 from 2 rows) slices hold whole tiles."""
+    if _on_tiles(weight_format, batch):
+        return max(_engine.bf16_rounded_min_rows() or 0, _TILE_ROWS)
+    if weight_format == "bfloat16":
+        rounded = _engine.bf16_rounded_min_rows()
+        if rounded and batch >= rounded:
+            return rounded
+    return 0
 
 
 def _batch_slices(batch: int, parts: int) -> list[slice]:
@@ -547,7 +579,7 @@ class Model:
                     B,
                     layer.hidden_size,
                     GATES[layer.cell],
-                    tiles=layer.weight_format == "int8" and B >= 2 and _engine.isa() == "amx",
+                    tiles=layer.weight_format if _on_tiles(layer.weight_format, B) else None,
                 )
                 and _run_unit_split(
                     plans[0],
@@ -563,7 +595,11 @@ class Model:
                 x = y4.reshape(T, B, D * Hr)
                 continue
             split = work >= _BATCH_SPLIT_MIN_WORK
-            slices = _batch_slices(B, max(1, threads // D) if split else 1)
+            parts = max(1, threads // D) if split else 1
+            min_rows = _min_slice_rows(layer.weight_format, B)
+            if min_rows:
+                parts = max(1, min(parts, B // min_rows))
+            slices = _batch_slices(B, parts)
             jobs = []
             for d, plan in enumerate(plans):
                 reverse = layer.direction == "reverse" or d == 1

@@ -231,8 +231,9 @@ def test_default_rule():
     assert prefer(1, 1024, 4) and prefer(16, 256, 3) and prefer(64, 1024, 4)
     assert not prefer(1, 64, 4) and not prefer(64, 128, 1)
     # Products on AMX tiles: batch slices below H = 512, where a tile step is a few us.
-    assert not prefer(16, 256, 4, tiles=True) and not prefer(8, 256, 3, tiles=True)
-    assert prefer(16, 1024, 4, tiles=True) and prefer(16, 256, 4, tiles=False)
+    assert not prefer(16, 256, 4, tiles="int8") and not prefer(8, 256, 3, tiles="int8")
+    assert prefer(16, 1024, 4, tiles="int8") and prefer(16, 256, 4, tiles=None)
+    assert prefer(16, 256, 4, tiles="bfloat16") and not prefer(16, 128, 4, tiles="bfloat16")
 
 
 def test_stacked_layers(rng, force_unit_split):
