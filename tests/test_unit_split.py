@@ -270,3 +270,17 @@ def test_concurrent_runs_never_wait_on_each_other(rng, force_unit_split):
     assert len(results) == 40 and 1 in force_unit_split
     for got in results:
         _assert_same(want, got, atol=0)
+
+
+@pytest.mark.parametrize("fmt", ["bfloat16", "int8"])
+@pytest.mark.parametrize("batch", [8, 12, 40])
+def test_batch_slices_of_quantized_layers_give_one_threads_numbers(rng, fmt, batch):
+    """threads=2 slicing a quantized layer's batch (H = 64: too small for a unit split; T = 400
+    is enough work for slices) gives exactly the one-thread numbers. A bf16 batch at or over the
+    rounded-product threshold must not be cut into slices under it, which would switch those
+    rows to the fp32-accurate products (on tables with a bf16 dot product: 1.7e-3 apart)."""
+    model = _model(rng, "lstm", 64, 64, fmt=fmt)
+    feeds = _feeds(rng, "lstm", 400, batch, 64, 64)  # >= 1e8 multiply-adds: slices run
+    one = model.run(feeds, threads=1)
+    two = _in_time(lambda: model.run(feeds, threads=2))
+    _assert_same(one, two, atol=0)
