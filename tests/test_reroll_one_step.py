@@ -231,3 +231,25 @@ def test_silero_ifless_stream_compiles_and_equals_onnxruntime(rng) -> None:
         want, state = ref.run(None, {"input": chunk[None], "state": state, "sr": sr})
         np.testing.assert_allclose(prob, want, atol=1e-4)
         np.testing.assert_allclose(stream.state["state"], state, rtol=1e-3, atol=1e-4)
+
+
+def test_a_step_whose_inputs_declare_no_shape_is_still_one_node(rng) -> None:
+    """x and h declared with no shape at all (only c has one): the pass reads them as 2-D
+    because the Gemms of the step take them, which forward shape inference cannot know (the
+    reason ``one_step_cells.rank`` keeps its own rule instead of the graph's inference)."""
+    torch.manual_seed(3)
+    module = OneStep("lstm").eval()
+    feeds = _feeds("lstm", False, rng)
+    data = export(module, tuple(torch.from_numpy(v) for v in feeds.values()), list(feeds), False)
+    proto = onnx.load_from_string(data)
+    stripped = 0
+    for value in proto.graph.input:
+        if value.name in ("x", "s0"):
+            value.type.tensor_type.ClearField("shape")
+            stripped += 1
+    assert stripped == 2
+    data = proto.SerializeToString()
+    model = lstm_infer.load(data)
+    assert _ops(model).count("LSTM") == 1, _ops(model)
+    for got, want in zip(model.run(feeds).values(), ort_run(data, feeds)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

@@ -80,7 +80,8 @@ def rank(alg: CellAlgebra, name: str, depth: int = 0) -> int | None:
     #   also knows a leaf read by a Gemm is 2-D (Gemm takes only 2-D operands), which
     #   inference leaves unknown when the leaf's rank is not declared: an nn.LSTMCell export
     #   whose x and h inputs have no declared shape (c declared) is re-rolled with this
-    #   function and stays unrolled with ranks read from infer_types (checked by hand).
+    #   function and stays unrolled with ranks read from infer_types (tests/
+    #   test_reroll_one_step.py::test_a_step_whose_inputs_declare_no_shape_is_still_one_node).
     # - no types exist yet when this pass runs: reroll_cells runs in GraphProgram.__init__
     #   before folding, GraphModel infers its tensor_types afterwards on the compiled graph,
     #   so each round would run infer_types on the whole graph (subgraphs included).
