@@ -132,13 +132,9 @@ def _min_slice_rows(weight_format: str, batch: int) -> int:
     the rounded-product threshold keeps it in every slice (a smaller slice would switch to
     the fp32-accurate products: other numbers than one thread gives, and slower); on AMX
     tiles (the amx table's rounded bf16, and its int8 from 2 rows) slices hold whole tiles."""
-    if _on_tiles(weight_format, batch):
-        return max(_engine.bf16_rounded_min_rows() or 0, _TILE_ROWS)
-    if weight_format == "bfloat16":
-        rounded = _engine.bf16_rounded_min_rows()
-        if rounded and batch >= rounded:
-            return rounded
-    return 0
+    rounded = _engine.bf16_rounded_min_rows() if weight_format == "bfloat16" else None
+    keep = rounded if rounded and batch >= rounded else 0
+    return max(keep, _TILE_ROWS) if _on_tiles(weight_format, batch) else keep
 
 
 def _batch_slices(batch: int, parts: int) -> list[slice]:
