@@ -9,7 +9,7 @@ unrolled-RNN recognition ``unrolled``, the assembly ``assemble`` and the values 
 
 from __future__ import annotations
 
-from lstm_infer.importers.onnx.stack import MIN_OPSET, OPS, GraphLowering, lower_graph
+from lstm_infer.importers.onnx.stack import OPS, GraphLowering, lower_graph
 from lstm_infer.importers.onnx.values import MAX_CONSTANT_ELEMENTS, Dim
 
-__all__ = ["MAX_CONSTANT_ELEMENTS", "MIN_OPSET", "OPS", "Dim", "GraphLowering", "lower_graph"]
+__all__ = ["MAX_CONSTANT_ELEMENTS", "OPS", "Dim", "GraphLowering", "lower_graph"]

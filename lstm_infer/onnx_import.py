@@ -1,11 +1,16 @@
-"""Import ONNX models: one RNN/LSTM/GRU node, or the graphs exporters write around them.
+"""The fused path's pass: a model graph that is a recurrent stack as a ModelSpec.
 
-A graph of one recurrent node: the node's weights (initializers, or Constant nodes) are
-converted once into the internal model description; the node's optional inputs that are graph
-inputs stay inputs of ``run``, and those that are initializers are baked in. Any other graph is
-lowered into the same description by :mod:`lstm_infer.importers.onnx.stack`. Output names are
-the graph's own. Loading the proto (external data read from the model's folder only) and
-decoding its tensors is :mod:`lstm_infer.importers.onnx.proto`; its names are re-exported here.
+Every ONNX model is first lowered node for node into a model graph
+(:func:`~lstm_infer.importers.onnx.lower.graph_from_onnx`, which keeps every check of the
+importer). :func:`stack_spec` then recognises the graphs that are recurrent stacks, which run
+on the fused path (:class:`~lstm_infer.model.Model`: stream steps, pooled sessions, quantized
+weights) instead of node for node. A graph of one recurrent node: the node's weights
+(initializers) are converted once into the internal model description; the node's optional
+inputs that are graph inputs stay inputs of ``run``, and those that are initializers are baked
+in. Any other graph is read into the same description by
+:mod:`lstm_infer.importers.onnx.stack`. Output names are the graph's own. Loading the proto
+(external data read from the model's folder only) and decoding its tensors is
+:mod:`lstm_infer.importers.onnx.proto`; its names are re-exported here.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from lstm_infer._onnx_weights import (
 )
 from lstm_infer._spec import ModelSpec, Signature
 from lstm_infer.errors import ModelFormatError, UnsupportedModelError
+from lstm_infer.graph import Graph, Node
+from lstm_infer.importers.onnx.lower import graph_from_onnx
 from lstm_infer.importers.onnx.proto import (
     GATE_COUNT,
     MAX_EXTERNAL_TENSOR_BYTES,
@@ -47,6 +54,7 @@ __all__ = [
     "is_single_node",
     "load_onnx_proto",
     "lower_graph",
+    "stack_spec",
     "tensor_to_numpy",
     "used_tensor_names",
 ]
@@ -62,37 +70,14 @@ OUTPUT_ROLES = {"rnn": ("y", "y_h"), "lstm": ("y", "y_h", "y_c"), "gru": ("y", "
 MAX_PLACEHOLDER_ELEMENTS = 1 << 28
 
 
-def _attributes(node: Any) -> dict[str, Any]:
-    from onnx import helper
-
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
-
-
-def _constants(graph: Any) -> dict[str, np.ndarray]:
-    """Initializers and Constant-node outputs by name."""
-    used = used_tensor_names(graph)
-    values = {t.name: tensor_to_numpy(t) for t in graph.initializer if t.name in used}
-    for node in graph.node:
-        if node.op_type == "Constant":
-            attrs = _attributes(node)
-            if "value" not in attrs:
-                raise UnsupportedModelError(
-                    f"Constant node {node.name!r}: only the 'value' attribute is supported"
-                )
-            try:
-                values[node.output[0]] = tensor_to_numpy(attrs["value"])
-            except ModelFormatError as exc:
-                raise ModelFormatError(f"Constant node {node.name!r}: 'value': {exc}") from exc
-    return values
-
-
-def import_single_node(model: Any) -> ModelSpec:
-    """Lower a graph made of one RNN/LSTM/GRU node (plus Constants) to a ModelSpec.
+def import_single_node(graph: Graph) -> ModelSpec:
+    """The ModelSpec of a graph made of one RNN/LSTM/GRU node.
 
     Parameters
     ----------
-    model : onnx.ModelProto
-        The model, loaded by :func:`load_onnx_proto` (see :func:`is_single_node`).
+    graph : Graph
+        The model graph (:func:`~lstm_infer.importers.onnx.lower.graph_from_onnx`; see
+        :func:`is_single_node`).
 
     Returns
     -------
@@ -107,34 +92,27 @@ def import_single_node(model: Any) -> ModelSpec:
     ModelFormatError
         For a malformed node (missing W/R/X, wrong shapes, an input that is nothing).
     """
-    graph = model.graph
-    consts = _constants(graph)
-    nodes = [n for n in graph.node if n.op_type != "Constant"]
-    rec = [n for n in nodes if n.op_type in RECURRENT_OPS]
-    if len(nodes) != 1 or len(rec) != 1:
-        kinds = [f"{n.op_type} ({n.name or 'unnamed'})" for n in nodes]
+    consts = graph.initializers
+    nodes = graph.nodes
+    if not is_single_node(graph):
+        kinds = [n.label for n in nodes]
         raise UnsupportedModelError(
             f"expected a graph with one RNN/LSTM/GRU node, found nodes: {kinds}"
         )
-    node = rec[0]
-    if node.domain not in ("", "ai.onnx"):
-        raise UnsupportedModelError(f"node {node.name!r}: domain {node.domain!r} not supported")
-    cell = RECURRENT_OPS[node.op_type]
-    attrs = _attributes(node)
+    node = nodes[0]
+    cell = RECURRENT_OPS[node.op]
+    attrs = node.attrs
     unknown = set(attrs) - RECURRENT_ATTRIBUTES
     if unknown:
-        raise UnsupportedModelError(
-            f"node {node.name!r} ({node.op_type}): unsupported attribute(s) {sorted(unknown)}"
-        )
-    graph_inputs = {i.name for i in graph.input} - set(consts)
+        raise UnsupportedModelError(f"{node.label}: unsupported attribute(s) {sorted(unknown)}")
+    graph_inputs = set(graph.input_names)
     roles = INPUT_ROLES[cell]
     named: dict[str, str] = {}
-    for pos, name in enumerate(node.input):
+    for pos, name in enumerate(node.inputs):
         if name:
             if pos >= len(roles):
                 raise ModelFormatError(
-                    f"node {node.name!r} ({node.op_type}) has {len(node.input)} inputs; "
-                    f"at most {len(roles)}"
+                    f"{node.label} has {len(node.inputs)} inputs; at most {len(roles)}"
                 )
             named[roles[pos]] = name
 
@@ -152,28 +130,20 @@ def import_single_node(model: Any) -> ModelSpec:
             weight_inputs[role] = name
             return np.zeros(_static_shape(graph, name, node), np.float32)
         raise ModelFormatError(
-            f"node {node.name!r} ({node.op_type}): {role} ({name!r}) is neither an "
-            "initializer, a Constant nor a graph input"
+            f"{node.label}: {role} ({name!r}) is neither an initializer, a Constant nor a "
+            "graph input"
         )
 
     for role in ("W", "R"):
         if role not in named:
-            raise ModelFormatError(f"node {node.name!r} ({node.op_type}) has no {role} input")
-
-    def decoded(key: str) -> Any:
-        v = attrs.get(key)
-        if isinstance(v, bytes):
-            return v.decode()
-        if isinstance(v, list):
-            return [s.decode() if isinstance(s, bytes) else s for s in v]
-        return v
+            raise ModelFormatError(f"{node.label} has no {role} input")
 
     try:
         layer = layer_from_node_attributes(
             cell, const("W"), const("R"), const("B"), const("P"), attrs
         )
     except ModelFormatError as exc:
-        raise type(exc)(f"node {node.name!r} ({node.op_type}): {exc}") from exc
+        raise type(exc)(f"{node.label}: {exc}") from exc
     layout = int(attrs.get("layout", 0))
     if layout not in (0, 1):
         raise ModelFormatError(f"node {node.name!r}: layout must be 0 or 1, got {layout}")
@@ -197,9 +167,9 @@ def import_single_node(model: Any) -> ModelSpec:
             )
     if "x" not in inputs:
         raise ModelFormatError(f"node {node.name!r} has no X input")
-    graph_outputs = {o.name for o in graph.output}
+    graph_outputs = set(graph.output_names)
     outputs: dict[str, str] = {}
-    for role, name in zip(OUTPUT_ROLES[cell], node.output):
+    for role, name in zip(OUTPUT_ROLES[cell], node.outputs):
         if name and name in graph_outputs:
             outputs[role] = name
     if not outputs:
@@ -209,8 +179,8 @@ def import_single_node(model: Any) -> ModelSpec:
     node_attributes = {
         "cell": cell,
         "hidden_size": attrs.get("hidden_size"),
-        "direction": decoded("direction") or "forward",
-        "activations": decoded("activations"),
+        "direction": attrs.get("direction") or "forward",
+        "activations": attrs.get("activations"),
         "activation_alpha": attrs.get("activation_alpha"),
         "activation_beta": attrs.get("activation_beta"),
         "clip": attrs.get("clip"),
@@ -229,55 +199,55 @@ def import_single_node(model: Any) -> ModelSpec:
     return ModelSpec([layer], sig, source="onnx")
 
 
-def _static_shape(graph: Any, name: str, node: Any) -> tuple[int, ...]:
+def _static_shape(graph: Graph, name: str, node: Node) -> tuple[int, ...]:
     """The fully static declared shape of graph input ``name``."""
-    for vi in graph.input:
-        if vi.name == name:
-            dims = vi.type.tensor_type.shape.dim
-            if dims and all(d.HasField("dim_value") for d in dims):
-                shape = tuple(int(d.dim_value) for d in dims)
-                count = 1
-                for d in shape:
-                    count *= d
-                if count > MAX_PLACEHOLDER_ELEMENTS:
-                    raise UnsupportedModelError(
-                        f"node {node.name!r} ({node.op_type}): weight input {name!r} declares "
-                        f"shape {shape} ({count} elements; at most {MAX_PLACEHOLDER_ELEMENTS})"
-                    )
-                return shape
-            break
+    declared = {v.name: v.type.shape for v in graph.inputs}.get(name)
+    if declared and all(isinstance(d, int) for d in declared):
+        shape = tuple(int(d) for d in declared)
+        count = 1
+        for d in shape:
+            count *= d
+        if count > MAX_PLACEHOLDER_ELEMENTS:
+            raise UnsupportedModelError(
+                f"{node.label}: weight input {name!r} declares shape {shape} ({count} "
+                f"elements; at most {MAX_PLACEHOLDER_ELEMENTS})"
+            )
+        return shape
     raise UnsupportedModelError(
-        f"node {node.name!r} ({node.op_type}): weight input {name!r} is fed at run time but "
-        "its declared shape is not fully static"
+        f"{node.label}: weight input {name!r} is fed at run time but its declared shape is "
+        "not fully static"
     )
 
 
-def is_single_node(model: Any) -> bool:
-    """Whether the graph is one RNN/LSTM/GRU node (plus Constant nodes) and nothing else.
+def is_single_node(graph: Graph) -> bool:
+    """Whether the graph is one RNN/LSTM/GRU node and nothing else.
 
     Parameters
     ----------
-    model : onnx.ModelProto
+    graph : Graph
 
     Returns
     -------
     bool
     """
-    nodes = [n for n in model.graph.node if n.op_type != "Constant"]
-    return len(nodes) == 1 and nodes[0].op_type in RECURRENT_OPS
+    nodes = graph.nodes
+    return len(nodes) == 1 and nodes[0].op in RECURRENT_OPS
 
 
-def import_onnx(source: Any) -> ModelSpec:
-    """Load and lower an ONNX model (path, bytes or ModelProto).
+def stack_spec(graph: Graph) -> ModelSpec:
+    """The pass that recognises a recurrent stack in a model graph: its ModelSpec, which runs
+    on the fused path (:class:`~lstm_infer.model.Model`).
 
     A graph of one recurrent node maps onto the operator's own tensors ("onnx_node"
-    signature); any other graph (what exporters write: embedding, stacked layers, layout
-    glue, a dense head) is lowered by :func:`lstm_infer.importers.onnx.stack.lower_graph`.
+    signature: its optional inputs that are graph inputs stay inputs of ``run``, weights fed
+    at run time included); any other graph (what exporters write: embedding, stacked layers,
+    layout glue, a dense head) is read by
+    :func:`lstm_infer.importers.onnx.stack.lower_graph`.
 
     Parameters
     ----------
-    source : str, os.PathLike, bytes or onnx.ModelProto
-        The model (see :func:`load_onnx_proto`).
+    graph : Graph
+        As the importer produced it, before the compiler's passes.
 
     Returns
     -------
@@ -286,11 +256,22 @@ def import_onnx(source: Any) -> ModelSpec:
     Raises
     ------
     UnsupportedModelError
-        Naming the node, its op type and why, for what the recurrent stack cannot run.
+        Naming the node, its op type and why, for what is no recurrent stack (the graph then
+        runs node for node, :class:`~lstm_infer.graph_model.GraphModel`).
     ModelFormatError
         For a malformed model.
     """
-    model = load_onnx_proto(source)
-    if is_single_node(model):
-        return import_single_node(model)
-    return lower_graph(model)
+    if is_single_node(graph):
+        return import_single_node(graph)
+    return lower_graph(graph)
+
+
+def import_onnx(source: Any) -> ModelSpec:
+    """The ModelSpec of an ONNX model (path, bytes or ModelProto) that is a recurrent stack:
+    the model graph (:func:`~lstm_infer.importers.onnx.lower.graph_from_onnx`) read by
+    :func:`stack_spec`.
+
+    Raises UnsupportedModelError naming the node, its op type and why for what is no
+    recurrent stack, ModelFormatError for a malformed model.
+    """
+    return stack_spec(graph_from_onnx(load_onnx_proto(source)))

@@ -45,7 +45,7 @@ class Assembly(UnrolledCells):
     def _assemble(self) -> ModelSpec:
         seq_out: tuple[str, Seq] | None = None
         state_outs: list[tuple[str, FinalState]] = []
-        for k, vi in enumerate(self.graph.output):
+        for k, vi in enumerate(self.graph.outputs):
             v = self.values.get(vi.name)
             where = self._where(vi.name)
             try:
@@ -128,7 +128,7 @@ class Assembly(UnrolledCells):
             constants = {
                 k: np.ascontiguousarray(v.transpose(1, 0, 2)) for k, v in constants.items()
             }
-        graph_inputs = [vi.name for vi in self.graph.input if vi.name not in self._initializers()]
+        graph_inputs = [vi.name for vi in self.graph.inputs]
         ordered_inputs: dict[str, str] = {}
         for name in graph_inputs:
             if name == x_name:
@@ -142,7 +142,7 @@ class Assembly(UnrolledCells):
                     f"graph input {name!r} is neither the model's input sequence nor an "
                     "initial state of its recurrent layers"
                 )
-        for vi in self.graph.output:
+        for vi in self.graph.outputs:
             if seq_out is not None and vi.name == seq_out[0]:
                 outputs["y"] = vi.name
             else:
@@ -163,14 +163,11 @@ class Assembly(UnrolledCells):
             raise ModelFormatError(f"the lowered graph is inconsistent: {exc}") from exc
         return spec
 
-    def _initializers(self) -> set[str]:
-        return {t.name for t in self.graph.initializer}
-
     def _where(self, tensor: str) -> str:
         node = self.producer.get(tensor)
         if node is None:
             return f"graph output {tensor!r}"
-        return f"graph output {tensor!r} (node {node.name!r} ({node.op_type}))"
+        return f"graph output {tensor!r} (node {node.name!r} ({node.op}))"
 
     def _last_layer_stage(self, state_outs: list[tuple[str, FinalState]]) -> Stage:
         stages = []
@@ -423,27 +420,13 @@ class Assembly(UnrolledCells):
         return inputs, constants, [b - a for a, b in groups], roles
 
     def _declared(self) -> dict[str, tuple[tuple[int | str, ...], str]]:
-        from onnx import helper
-
         out: dict[str, tuple[tuple[int | str, ...], str]] = {}
-        inits = self._initializers()
-        for vi in [*self.graph.input, *self.graph.output]:
-            if vi.name in inits or not vi.type.HasField("tensor_type"):
+        for vi in [*self.graph.inputs, *self.graph.outputs]:
+            t = vi.type
+            if t.shape is None or t.sequence:
                 continue
-            t = vi.type.tensor_type
-            if not t.HasField("shape"):
-                continue
-            dims: list[int | str] = []
-            for k, d in enumerate(t.shape.dim):
-                if d.HasField("dim_value"):
-                    dims.append(int(d.dim_value))
-                else:
-                    dims.append(d.dim_param or f"{vi.name}_dim{k}")
-            try:
-                dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type)).name
-            except Exception:  # noqa: BLE001
-                dtype = "float32"
-            out[vi.name] = (tuple(dims), dtype)
+            dims = tuple(d if d is not None else f"{vi.name}_dim{k}" for k, d in enumerate(t.shape))
+            out[vi.name] = (dims, t.dtype if t.dtype != "undefined" else "float32")
         return out
 
 

@@ -4,7 +4,7 @@
 holds while it walks a graph (the abstract value of every tensor, the axis roles, the graph
 inputs' stages) and answers the questions every op family asks: the dims of an abstract value,
 the size of an axis role, the same value with its axes moved, and the evaluation of a node of
-constants with onnx's reference implementation. The op families (``ops_*.py``), the unrolled
+constants by its op of the registry. The op families (``ops_*.py``), the unrolled
 RNN recognition and the assembly are mixins over it; ``Handler`` is the type of the entries of
 their ``OPS`` tables.
 """
@@ -16,7 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from lstm_infer.errors import LstmInferError
 from lstm_infer.importers.onnx.values import (
+    MAX_CONSTANT_ELEMENTS,
     Const,
     Data,
     Fill,
@@ -29,24 +31,21 @@ from lstm_infer.importers.onnx.values import (
     Tokens,
     _check_elements,
     _dim_prod,
-    _shape_elements,
     _Unsupported,
 )
+from lstm_infer.ops import RunContext, get_op
+from lstm_infer.ops.base import element_limit
+from lstm_infer.ops.sequence import is_sequence
 
 # An op handler: (lowering, node, abstract input values, decoded attributes) -> the abstract
 # value of the node's output, or a list of them (one per output).
 Handler = Callable[[Any, Any, list[Any], dict[str, Any]], Any]
 
-# Constant operators whose output size depends on input values: sized before evaluation.
-_VALUE_SIZED = {"Range", "Tile", "Pad", "OneHot", "Resize", "Upsample", "ConstantOfShape"}
-
 
 class LoweringBase:
     """The lowering's state (set by ``GraphLowering.__init__``) and the queries on it."""
 
-    model: Any
-    graph: Any
-    opset: int
+    graph: Any  # lstm_infer.graph.Graph
     roles: Roles
     values: dict[str, Any]  # tensor name -> abstract value
     producer: dict[str, Any]  # tensor name -> the node that made it
@@ -59,41 +58,27 @@ class LoweringBase:
 
     # ---- constant folding ----------------------------------------------------------------------
 
-    def _fold_with_reference(self, node: Any, ins: list[Any]) -> list[Const]:
-        """Evaluate a node of constants with onnx's reference implementation."""
-        from onnx import helper
-        from onnx.reference import ReferenceEvaluator
-
-        if node.op_type in _VALUE_SIZED:
-            _check_elements(self._value_sized_elements(node, ins), f"its {node.op_type} output")
-        names = [f"in{k}" if v is not None else "" for k, v in enumerate(ins)]
-        outs = [f"out{k}" for k in range(len(node.output))]
-        one = helper.make_node(node.op_type, names, outs, domain=node.domain)
-        one.attribute.extend(node.attribute)
+    def _fold(self, node: Any, ins: list[Any]) -> list[Const]:
+        """Evaluate a node of constants with its op of the registry (what the compiler's own
+        constant folding runs), every output refused past MAX_CONSTANT_ELEMENTS before it is
+        allocated."""
+        op = get_op(node.op, node)
+        if not op.foldable:
+            raise _Unsupported("this operator is not evaluated on constants")
+        consts = {k: v.value for k, v in enumerate(ins) if v is not None}
         try:
-            ev = ReferenceEvaluator(one, opsets={"": self.opset})
-            res = ev.run(None, {n: v.value for n, v in zip(names, ins) if n})
-        except Exception as exc:  # noqa: BLE001 - reported as the node's error
+            with element_limit(MAX_CONSTANT_ELEMENTS):
+                state = op.prepare(node, consts) if op.prepare else None
+                values = [None if v is None else v.value for v in ins]
+                res = op.run(RunContext(), node, values, state)
+        except LstmInferError as exc:
             raise _Unsupported(f"cannot evaluate it on constants: {exc}") from exc
+        if any(is_sequence(r) for r in res):
+            raise _Unsupported("a sequence of tensors has no place in a recurrent stack")
         outs = [Const(np.asarray(r)) for r in res]
         for out in outs:
             _check_elements(out.value.size, "its output")
         return outs
-
-    def _value_sized_elements(self, node: Any, ins: list[Any]) -> int:
-        """How many elements a Range/Tile/... of constants would make (before making them)."""
-        values = [None if v is None else v.value for v in ins]
-        if node.op_type == "Range" and len(values) >= 3 and None not in values[:3]:
-            start, limit, delta = (float(np.asarray(v).reshape(-1)[0]) for v in values[:3])
-            if delta == 0 or not np.isfinite([start, limit, delta]).all():
-                raise _Unsupported("Range with a zero or non-finite step")
-            return max(0, int(np.ceil((limit - start) / delta)))
-        if node.op_type == "Tile" and len(values) >= 2 and None not in values[:2]:
-            reps = [int(r) for r in np.asarray(values[1]).reshape(-1)]
-            return int(np.asarray(values[0]).size) * int(np.prod([max(r, 0) for r in reps]))
-        if node.op_type == "ConstantOfShape" and values and values[0] is not None:
-            return _shape_elements(np.asarray(values[0]).reshape(-1).tolist())
-        raise _Unsupported(f"{node.op_type} is not supported on constants")
 
     # ---- shapes ----------------------------------------------------------------------------
 

@@ -1,8 +1,9 @@
 """Load an ONNX model as the fastest thing that runs it.
 
-A graph that is a recurrent stack (embedding, layers, layout glue, a dense head) becomes a
-:class:`~lstm_infer.model.Model` on the fused path (``lstm_infer.onnx_import``); any other
-graph a :class:`~lstm_infer.graph_model.GraphModel`, node for node (``lower``).
+The proto is lowered node for node into a model graph (``lower``). A pass then recognises a
+graph that is a recurrent stack (embedding, layers, layout glue, a dense head): it becomes a
+:class:`~lstm_infer.model.Model` on the fused path (``lstm_infer.onnx_import.stack_spec``);
+any other graph a :class:`~lstm_infer.graph_model.GraphModel`, node for node.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from lstm_infer.graph_model import GraphModel
 from lstm_infer.importers.onnx.lower import graph_from_onnx
 from lstm_infer.importers.onnx.proto import load_onnx_proto
 from lstm_infer.model import Model
-from lstm_infer.onnx_import import import_onnx
+from lstm_infer.onnx_import import stack_spec
 
 
 def load_onnx(source: Any, fixed_inputs: Mapping[str, Any] | None = None) -> Model | GraphModel:
@@ -33,16 +34,16 @@ def load_onnx(source: Any, fixed_inputs: Mapping[str, Any] | None = None) -> Mod
     its op type and why; ValueError for a fixed input the graph does not have or a value that
     does not fit its declared type.
     """
-    proto = load_onnx_proto(source)
+    graph = graph_from_onnx(load_onnx_proto(source))
     if fixed_inputs:
-        return GraphModel(fix_inputs(graph_from_onnx(proto), fixed_inputs), source="onnx")
+        return GraphModel(fix_inputs(graph, fixed_inputs), source="onnx")
     try:
-        return Model(import_onnx(proto))
+        return Model(stack_spec(graph))
     except ModelFormatError as as_stack:
-        # The stack lowering reads a graph as one chain; where that reading fails the graph
-        # may still be valid node for node (and the graph path checks every node itself).
+        # The stack pass reads a graph as one chain; where that reading fails the graph
+        # may still run node for node (and the graph path checks every node itself).
         try:
-            return GraphModel(graph_from_onnx(proto), source="onnx")
+            return GraphModel(graph, source="onnx")
         except ModelFormatError as as_graph:
             raise type(as_graph)(
                 f"{as_graph} (read as a recurrent stack instead: {as_stack})"

@@ -178,9 +178,15 @@ MAX_SUBGRAPH_DEPTH = 16
 def graph_from_onnx(model: Any) -> Graph:
     """The model graph of a loaded, checked ONNX ModelProto.
 
+    The model's local functions (which exporters write for submodules) are inlined first.
+
     Raises UnsupportedModelError (naming the node, its op type and why) for anything the op
     registry cannot run, ModelFormatError for malformed graphs (cycles, undefined tensors).
     """
+    if len(model.functions):
+        from onnx import inliner
+
+        model = inliner.inline_local_functions(model)
     g = model.graph
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
     used = used_tensor_names(g)

@@ -177,7 +177,7 @@ class DenseOps(UnrolledCells):
         a, b = ins[0], ins[1]
         c = ins[2] if len(ins) > 2 else None
         if all(isinstance(v, Const) or v is None for v in ins):
-            return self._fold_with_reference(node, ins)[0]
+            return self._fold(node, ins)[0]
         if attrs.get("transA", 0):
             raise _Unsupported("transA=1 on sequence data")
         if not isinstance(b, Const) or (c is not None and not isinstance(c, Const)):
@@ -261,9 +261,9 @@ class DenseOps(UnrolledCells):
     def _softmax(self, node: Any, ins: list[Any], attrs: dict[str, Any], act: str) -> Any:
         v = ins[0]
         if isinstance(v, Const):
-            return self._fold_with_reference(node, ins)[0]
+            return self._fold(node, ins)[0]
         rank = len(self._dims(v))
-        axis = attrs.get("axis", -1 if self.opset >= 13 else 1)
+        axis = attrs.get("axis", -1)
         if _axis(axis, rank) != rank - 1:
             raise _Unsupported(f"axis {axis} is not the last (feature) axis of a rank-{rank} input")
         return self._activation(node, v, act)

@@ -1,6 +1,6 @@
 """Constants and layout ops of the stack lowering: what exporters put between the layers.
 
-Constant, Identity, Dropout, Cast, Shape, Size, ConstantOfShape, Expand, Transpose, Squeeze,
+Identity, Dropout, Cast, Shape, Size, ConstantOfShape, Expand, Transpose, Squeeze,
 Unsqueeze, Reshape, Flatten, Concat, Split, Slice and Gather. On constants (shape vectors whose
 entries may be symbolic :class:`~lstm_infer.importers.onnx.values.Dim`) they compute; on
 sequences they only move axis roles around, window an axis (Slice, Split) or reverse it; a
@@ -17,7 +17,6 @@ import numpy as np
 
 from lstm_infer.errors import ModelFormatError
 from lstm_infer.importers.onnx.base import Handler
-from lstm_infer.importers.onnx.proto import listed_constant, tensor_to_numpy
 from lstm_infer.importers.onnx.unrolled import UnrolledCells
 from lstm_infer.importers.onnx.values import (
     Const,
@@ -44,6 +43,7 @@ from lstm_infer.importers.onnx.values import (
     _static_ints,
     _Unsupported,
 )
+from lstm_infer.ops.elementwise import ONNX_DTYPES
 
 # Slice ends at or beyond this mean "to the end" (exporters write INT64_MAX or INT32_MAX).
 _HUGE = 1 << 30
@@ -51,14 +51,6 @@ _HUGE = 1 << 30
 
 class LayoutOps(UnrolledCells):
     """Handlers of the constant and layout ops (a mixin of ``GraphLowering``)."""
-
-    def _op_Constant(self, node: Any, ins: list[Any], attrs: dict[str, Any]) -> Const:
-        if "value" in attrs:
-            return Const(tensor_to_numpy(attrs["value"]))
-        value = listed_constant(attrs)
-        if value is None:
-            raise _Unsupported(f"attributes {sorted(attrs)} are not supported")
-        return Const(value)
 
     def _op_Identity(self, node: Any, ins: list[Any], attrs: dict[str, Any]) -> Any:
         return ins[0]
@@ -68,15 +60,13 @@ class LayoutOps(UnrolledCells):
             mode = ins[2]
             if not (isinstance(mode, Const) and not bool(np.any(mode.value))):
                 raise _Unsupported("training_mode must be a constant false at inference")
-        if len(node.output) > 1 and node.output[1]:
+        if len(node.outputs) > 1 and node.outputs[1]:
             return [ins[0], Fill(1.0, tuple(self._dims(ins[0])))]
         return ins[0]
 
     def _op_Cast(self, node: Any, ins: list[Any], attrs: dict[str, Any]) -> Any:
-        from onnx import helper
-
         v = ins[0]
-        to = np.dtype(helper.tensor_dtype_to_np_dtype(int(attrs["to"])))
+        to = np.dtype(ONNX_DTYPES[int(attrs["to"])])
         if isinstance(v, Const):
             if _is_symbolic(v.value):
                 if to.kind not in "iu":
@@ -104,7 +94,7 @@ class LayoutOps(UnrolledCells):
 
     def _op_ConstantOfShape(self, node: Any, ins: list[Any], attrs: dict[str, Any]) -> Any:
         dims = _ints(ins[0], "the shape")
-        value = tensor_to_numpy(attrs["value"]) if "value" in attrs else np.zeros(1, np.float32)
+        value = np.asarray(attrs["value"]) if "value" in attrs else np.zeros(1, np.float32)
         if value.size != 1:
             raise ModelFormatError(f"'value' must hold one element, got shape {value.shape}")
         if any(isinstance(d, int) and d < 0 for d in dims):
@@ -155,9 +145,7 @@ class LayoutOps(UnrolledCells):
         return self._with_axes(v, [v.axes[p] for p in perm])
 
     def _squeeze_axes(self, node: Any, ins: list[Any], attrs: dict[str, Any]) -> list[int] | None:
-        if self.opset >= 13:
-            return _static_ints(ins[1], "axes") if len(ins) > 1 and ins[1] is not None else None
-        return list(attrs["axes"]) if "axes" in attrs else None
+        return _static_ints(ins[1], "axes") if len(ins) > 1 and ins[1] is not None else None
 
     def _op_Squeeze(self, node: Any, ins: list[Any], attrs: dict[str, Any]) -> Any:
         v = ins[0]
@@ -356,10 +344,8 @@ class LayoutOps(UnrolledCells):
         axis = _axis(int(attrs.get("axis", 0)), len(dims))
         if len(ins) > 1 and ins[1] is not None:
             sizes = _static_ints(ins[1], "split")
-        elif "split" in attrs:
-            sizes = list(attrs["split"])
         else:
-            n = int(attrs.get("num_outputs", len(node.output)))
+            n = int(attrs.get("num_outputs", len(node.outputs)))
             total = dims[axis]
             if not isinstance(total, int):
                 raise _Unsupported("splits a symbolic axis")
@@ -374,23 +360,18 @@ class LayoutOps(UnrolledCells):
     def _op_Slice(self, node: Any, ins: list[Any], attrs: dict[str, Any]) -> Any:
         v = ins[0]
         rank = len(self._dims(v))
-        if self.opset < 10:
-            starts, ends = list(attrs["starts"]), list(attrs["ends"])
-            axes = list(attrs.get("axes", range(len(starts))))
-            steps = [1] * len(starts)
-        else:
-            starts = _ints(ins[1], "starts")
-            ends = _ints(ins[2], "ends")
-            axes = (
-                _static_ints(ins[3], "axes")
-                if len(ins) > 3 and ins[3] is not None
-                else list(range(len(starts)))
-            )
-            steps = (
-                _static_ints(ins[4], "steps")
-                if len(ins) > 4 and ins[4] is not None
-                else [1] * len(starts)
-            )
+        starts = _ints(ins[1], "starts")
+        ends = _ints(ins[2], "ends")
+        axes = (
+            _static_ints(ins[3], "axes")
+            if len(ins) > 3 and ins[3] is not None
+            else list(range(len(starts)))
+        )
+        steps = (
+            _static_ints(ins[4], "steps")
+            if len(ins) > 4 and ins[4] is not None
+            else [1] * len(starts)
+        )
         spec = {}
         for s, e, a, st in zip(starts, ends, axes, steps):
             spec[_axis(a, rank)] = (s, e, st)
@@ -481,7 +462,6 @@ class LayoutOps(UnrolledCells):
 
 
 OPS: dict[str, Handler] = {
-    "Constant": LayoutOps._op_Constant,
     "Identity": LayoutOps._op_Identity,
     "Dropout": LayoutOps._op_Dropout,
     "Cast": LayoutOps._op_Cast,

@@ -41,7 +41,7 @@ class RecurrentOps(LoweringBase):
         return self._recurrent(node, ins, attrs)
 
     def _recurrent(self, node: Any, ins: list[Any], attrs: dict[str, Any]) -> list[Any]:
-        cell = RECURRENT_OPS[node.op_type]
+        cell = RECURRENT_OPS[node.op]
         unknown = set(attrs) - RECURRENT_ATTRIBUTES
         if unknown:
             raise _Unsupported(f"unsupported attribute(s) {sorted(unknown)}")

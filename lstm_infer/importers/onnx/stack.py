@@ -35,20 +35,19 @@ recognition (:mod:`~lstm_infer.importers.onnx.unrolled`) and the assembly of the
 
 from __future__ import annotations
 
-import heapq
 from typing import Any
 
 import numpy as np
 
 from lstm_infer._spec import ModelSpec
 from lstm_infer.errors import ModelFormatError, UnsupportedModelError
+from lstm_infer.graph import Graph, Node, ValueInfo, live_nodes
 from lstm_infer.importers.onnx import ops_dense, ops_layout, ops_recurrent
 from lstm_infer.importers.onnx.assemble import Assembly
 from lstm_infer.importers.onnx.base import Handler
 from lstm_infer.importers.onnx.ops_dense import DenseOps
 from lstm_infer.importers.onnx.ops_layout import LayoutOps
 from lstm_infer.importers.onnx.ops_recurrent import RecurrentOps
-from lstm_infer.importers.onnx.proto import tensor_to_numpy
 from lstm_infer.importers.onnx.values import (
     Const,
     Dim,
@@ -56,15 +55,18 @@ from lstm_infer.importers.onnx.values import (
     Roles,
     Seq,
     Tokens,
-    _attrs,
     _is_symbolic,
+    _label,
     _Unsupported,
 )
+from lstm_infer.ops.recurrent import WEIGHT_FORMAT_ATTR
 
-__all__ = ["MIN_OPSET", "OPS", "GraphLowering", "lower_graph"]
+__all__ = ["OPS", "GraphLowering", "lower_graph"]
 
-MIN_OPSET = 7
-# Inputs each handled operator needs (opset-dependent ones at their newest arity).
+# Ops with subgraphs: a recurrent stack has none (the graph runs them node for node).
+CONTROL_FLOW = ("If", "Loop", "Scan")
+# Inputs each handled operator needs (the graph's ops have the newest opset's forms: the ONNX
+# lowering rewrote older ones once, so no handler looks at an opset).
 MIN_INPUTS = {
     **dict.fromkeys(
         ("Identity", "Dropout", "Cast", "Shape", "Size", "ConstantOfShape", "Transpose"), 1
@@ -73,7 +75,8 @@ MIN_INPUTS = {
     **dict.fromkeys(("Softmax", "LogSoftmax"), 1),
     **dict.fromkeys(("Expand", "Reshape", "Gather", "Add", "Sub", "Mul", "Div"), 2),
     **dict.fromkeys(("MatMul", "Gemm"), 2),
-    **dict.fromkeys(("RNN", "LSTM", "GRU"), 3),
+    **dict.fromkeys(("RNN", "LSTM", "GRU", "Slice"), 3),
+    "Unsqueeze": 2,
 }
 REQUIRED_ATTRIBUTES = {"Cast": ("to",), "Concat": ("axis",)}
 # Every op the lowering interprets, by op type: the op families' tables merged. Any other op
@@ -82,15 +85,10 @@ OPS: dict[str, Handler] = {**ops_layout.OPS, **ops_dense.OPS, **ops_recurrent.OP
 
 
 class GraphLowering(LayoutOps, DenseOps, RecurrentOps, Assembly):
-    """Interpret one ONNX graph and assemble its ModelSpec (see the module docstring)."""
+    """Interpret one model graph and assemble its ModelSpec (see the module docstring)."""
 
-    def __init__(self, model: Any) -> None:
-        self.model = model
-        self.graph = model.graph
-        self.opset = 0
-        for imp in model.opset_import:
-            if imp.domain in ("", "ai.onnx"):
-                self.opset = int(imp.version)
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
         self.roles = Roles()
         self.values: dict[str, Any] = {}
         self.producer: dict[str, Any] = {}
@@ -100,23 +98,13 @@ class GraphLowering(LayoutOps, DenseOps, RecurrentOps, Assembly):
     # ---- entry -----------------------------------------------------------------------------
 
     def lower(self) -> ModelSpec:
-        if not self.opset:
-            raise ModelFormatError("the model imports no opset of the default ONNX domain")
-        if self.opset < MIN_OPSET:
-            raise UnsupportedModelError(
-                f"opset {self.opset} is older than the oldest supported ({MIN_OPSET})"
-            )
-        needed = self._needed_nodes()
-        wanted = {i for n in needed for i in n.input} | {o.name for o in self.graph.output}
-        for t in self.graph.initializer:
-            if t.name in wanted:  # others are never decoded (nor read from side files)
-                self.values[t.name] = Const(tensor_to_numpy(t))
-        used_inputs = {i for n in needed for i in n.input if i}
-        used_inputs |= {o.name for o in self.graph.output}
-        for vi in self.graph.input:
-            if vi.name in self.values:
-                continue
-            if vi.name not in used_inputs:
+        needed = live_nodes(self.graph.nodes, self.graph.output_names)
+        wanted = {i for n in needed for i in n.inputs} | set(self.graph.output_names)
+        for name, value in self.graph.initializers.items():
+            if name in wanted:
+                self.values[name] = Const(value)
+        for vi in self.graph.inputs:
+            if vi.name not in wanted:
                 self.unused_inputs.append(vi.name)
                 continue
             self.values[vi.name] = self._input_value(vi)
@@ -124,73 +112,19 @@ class GraphLowering(LayoutOps, DenseOps, RecurrentOps, Assembly):
             self._visit(node)
         return self._assemble()
 
-    def _needed_nodes(self) -> list[Any]:
-        """Nodes the graph outputs depend on, in topological order."""
-        by_output = {}
-        for node in self.graph.node:
-            for o in node.output:
-                if o:
-                    by_output[o] = node
-        needed: dict[int, Any] = {}
-        stack = [o.name for o in self.graph.output]
-        seen: set[str] = set()
-        while stack:
-            name = stack.pop()
-            if name in seen:
-                continue
-            seen.add(name)
-            node = by_output.get(name)
-            if node is None or id(node) in needed:
-                continue
-            needed[id(node)] = node
-            stack.extend(i for i in node.input if i)
-        # Kahn's algorithm, keeping the file's order among ready nodes.
-        available = {t.name for t in self.graph.initializer} | {i.name for i in self.graph.input}
-        nodes = [n for n in self.graph.node if id(n) in needed]
-        waiting: dict[int, int] = {}
-        consumers: dict[str, list[int]] = {}
-        for k, n in enumerate(nodes):
-            missing = {i for i in n.input if i and i not in available}
-            waiting[k] = len(missing)
-            for i in missing:
-                consumers.setdefault(i, []).append(k)
-        ready = [k for k, count in waiting.items() if count == 0]
-        heapq.heapify(ready)
-        order: list[Any] = []
-        while ready:
-            k = heapq.heappop(ready)
-            order.append(nodes[k])
-            for o in nodes[k].output:
-                for j in consumers.pop(o, []) if o else []:
-                    waiting[j] -= 1
-                    if waiting[j] == 0:
-                        heapq.heappush(ready, j)
-        if len(order) != len(nodes):
-            done = {id(n) for n in order}
-            n = next(n for n in nodes if id(n) not in done)
-            produced = {o for m in order for o in m.output}
-            missing = [i for i in n.input if i and i not in available and i not in produced]
-            raise ModelFormatError(
-                f"node {n.name!r} ({n.op_type}): input(s) {missing} are produced by no node "
-                "(or the graph has a cycle)"
-            )
-        return order
-
-    def _input_value(self, vi: Any) -> Any:
-        from onnx import helper
-
-        ttype = vi.type.tensor_type
-        dims: list[Any] = []
-        for k, d in enumerate(ttype.shape.dim):
-            if d.HasField("dim_value"):
-                dims.append(int(d.dim_value))
-            else:
-                dims.append(Dim.named(d.dim_param or f"{vi.name}:{k}"))
+    def _input_value(self, vi: ValueInfo) -> Any:
+        shape = vi.type.shape or ()
+        dims: list[Any] = [
+            d if isinstance(d, int) else Dim.named(d if d is not None else f"{vi.name}:{k}")
+            for k, d in enumerate(shape)
+        ]
         try:
-            dtype = np.dtype(helper.tensor_dtype_to_np_dtype(ttype.elem_type))
-        except Exception:  # noqa: BLE001 - unknown element types are reported below
+            dtype = np.dtype(vi.type.dtype)
+        except TypeError:  # "undefined" and other names numpy does not know: reported below
             dtype = np.dtype(object)
         where = f"graph input {vi.name!r}"
+        if vi.type.sequence:
+            raise UnsupportedModelError(f"{where}: is a sequence of tensors")
         if dtype.kind in "iu":
             if len(dims) != 2:
                 raise UnsupportedModelError(
@@ -215,30 +149,29 @@ class GraphLowering(LayoutOps, DenseOps, RecurrentOps, Assembly):
         )
         return Seq(stage, axes)
 
-    def _visit(self, node: Any) -> None:
-        if node.domain not in ("", "ai.onnx"):
-            raise UnsupportedModelError(
-                f"node {node.name!r} ({node.op_type}): operators of domain {node.domain!r} are "
-                "not supported"
-            )
-        handler = OPS.get(node.op_type)
-        ins = [self.values[i] if i else None for i in node.input]
-        label = f"node {node.name!r} ({node.op_type})"
+    def _visit(self, node: Node) -> None:
+        handler = OPS.get(node.op)
+        ins = [self.values[i] if i else None for i in node.inputs]
+        label = _label(node)
         self._check_arity(node, ins, label)
         try:
+            if node.attrs.get(WEIGHT_FORMAT_ATTR):
+                raise _Unsupported(
+                    "quantized recurrent weights run node for node, not on the stack's path"
+                )
             if handler is None:
                 if (
                     ins
                     and all(v is None or isinstance(v, Const) for v in ins)
                     and not any(v is not None and _is_symbolic(v.value) for v in ins)
                 ):
-                    outs = self._fold_with_reference(node, ins)
+                    outs = self._fold(node, ins)
                 else:
                     raise _Unsupported(
                         "this operator is not supported on the data path of a recurrent model"
                     )
             else:
-                outs = handler(self, node, ins, _attrs(node))
+                outs = handler(self, node, ins, node.attrs)
         except _Unsupported as exc:
             raise UnsupportedModelError(f"{label}: {exc}") from None
         except ModelFormatError as exc:
@@ -251,46 +184,38 @@ class GraphLowering(LayoutOps, DenseOps, RecurrentOps, Assembly):
             ) from exc
         if not isinstance(outs, list):
             outs = [outs]
-        for name, value in zip(node.output, outs):
+        for name, value in zip(node.outputs, outs):
             if name:
                 self.values[name] = value
                 self.producer[name] = node
-        for name in node.output[len(outs) :]:
+        for name in node.outputs[len(outs) :]:
             if name:
                 self.values[name] = None
                 self.producer[name] = node
 
-    def _check_arity(self, node: Any, ins: list[Any], label: str) -> None:
+    def _check_arity(self, node: Node, ins: list[Any], label: str) -> None:
         """Refuse a node missing the inputs or attributes its operator requires."""
-        need = MIN_INPUTS.get(node.op_type, 0)
-        if node.op_type == "Slice" and self.opset >= 10:
-            need = 3
-        if node.op_type == "Unsqueeze" and self.opset >= 13:
-            need = 2
-        present = [v for v in ins[:need] if v is not None]
-        if len(present) < need:
-            raise ModelFormatError(f"{label}: takes at least {need} input(s), got {len(present)}")
-        names = {a.name for a in node.attribute}
-        required = REQUIRED_ATTRIBUTES.get(node.op_type, ())
-        if node.op_type == "Slice" and self.opset < 10:
-            required = ("starts", "ends")
-        missing = [a for a in required if a not in names]
-        if missing:
-            raise ModelFormatError(f"{label}: lacks the required attribute(s) {missing}")
-        if any(a.type in (a.GRAPH, a.GRAPHS) for a in node.attribute):
+        if node.op in CONTROL_FLOW:
             raise UnsupportedModelError(
                 f"{label}: control flow (subgraphs) is not supported in a recurrent model"
             )
+        need = MIN_INPUTS.get(node.op, 0)
+        present = [v for v in ins[:need] if v is not None]
+        if len(present) < need:
+            raise ModelFormatError(f"{label}: takes at least {need} input(s), got {len(present)}")
+        missing = [a for a in REQUIRED_ATTRIBUTES.get(node.op, ()) if a not in node.attrs]
+        if missing:
+            raise ModelFormatError(f"{label}: lacks the required attribute(s) {missing}")
 
 
-def lower_graph(model: Any) -> ModelSpec:
-    """Lower an exported ONNX graph (a ModelProto, external data already loaded).
+def lower_graph(graph: Graph) -> ModelSpec:
+    """The ModelSpec of a model graph that is a recurrent stack (the fused path's pass).
 
     Parameters
     ----------
-    model : onnx.ModelProto
-        The model, loaded by :func:`~lstm_infer.importers.onnx.proto.load_onnx_proto`; its
-        local functions are inlined first.
+    graph : Graph
+        A graph as an importer produced it (before the compiler's passes), e.g. by
+        :func:`~lstm_infer.importers.onnx.lower.graph_from_onnx`.
 
     Returns
     -------
@@ -301,12 +226,9 @@ def lower_graph(model: Any) -> ModelSpec:
     Raises
     ------
     UnsupportedModelError
-        Naming the node, its op type and why, when part of the graph has no place in the plan.
+        Naming the node, its op type and why, when part of the graph has no place in the plan
+        (the graph then runs node for node).
     ModelFormatError
         When the graph is malformed (e.g. a wrong-shaped initializer).
     """
-    if len(model.functions):
-        from onnx import inliner
-
-        model = inliner.inline_local_functions(model)
-    return GraphLowering(model).lower()
+    return GraphLowering(graph).lower()

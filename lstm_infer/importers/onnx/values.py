@@ -346,20 +346,6 @@ Data = (Tokens, Seq, RecProd, PreAct, Hidden, FinalState)
 # ---- small helpers -----------------------------------------------------------------------------
 
 
-def _attrs(node: Any) -> dict[str, Any]:
-    from onnx import helper
-
-    out = {}
-    for a in node.attribute:
-        v = helper.get_attribute_value(a)
-        if isinstance(v, bytes):
-            v = v.decode()
-        elif isinstance(v, list):
-            v = [s.decode() if isinstance(s, bytes) else s for s in v]
-        out[a.name] = v
-    return out
-
-
 def _is_symbolic(arr: np.ndarray) -> bool:
     return arr.dtype == object
 
@@ -400,7 +386,7 @@ def _axis(axis: int, rank: int) -> int:
 
 def _label(node: Any) -> str:
     """How errors name a node: ``node 'name' (OpType)``."""
-    return f"node {node.name!r} ({node.op_type})"
+    return f"node {node.name!r} ({node.op})"
 
 
 def _shape_elements(dims: Sequence[Any]) -> int:
