@@ -230,7 +230,14 @@ def test_silero_ifless_stream_compiles_and_equals_onnxruntime(rng) -> None:
         assert stream.compiled, stream.compile_error
         want, state = ref.run(None, {"input": chunk[None], "state": state, "sr": sr})
         np.testing.assert_allclose(prob, want, atol=1e-4)
-        np.testing.assert_allclose(stream.state["state"], state, rtol=1e-3, atol=1e-4)
+        # This input drives the gate pre-activations to |z| ~ 1.4e4, where one float32 ulp of
+        # z is 1e-3: a gate in its transition moves c by ~1e-4 in any float32 engine (chunk 8
+        # of this seed, against onnx's reference evaluator in float64: ours 1.9e-4 off on
+        # the avx2 table, 2.1e-4 on scalar, onnxruntime 3.9e-5). So the state is compared
+        # relative to |c|, which grows by one per chunk; a wiring or gate-order error is off
+        # by O(1).
+        scale = max(1.0, float(np.abs(state).max()))
+        np.testing.assert_allclose(stream.state["state"], state, rtol=1e-3, atol=1e-4 * scale)
 
 
 def test_a_step_whose_inputs_declare_no_shape_is_still_one_node(rng) -> None:
