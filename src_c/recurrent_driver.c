@@ -569,7 +569,15 @@ int li_run_direction(const li_cell *cell, const li_kernels *kern, li_sgemm_fn sg
      * LI_BF16_ROUNDED_MIN_ROWS): this call's table is the given one with those swapped in. */
     li_kernels rounded;
     kern = sequence_kernels(cell, kern, B, &rounded);
-    const int chunk_steps = xproj_chunk_steps(cell, T, B, tokens != 0, lens != 0);
+    int chunk_steps = xproj_chunk_steps(cell, T, B, tokens != 0, lens != 0);
+    /* fp32 W that fits the chunking rule but not this table's packed projection (AVX2's
+     * narrow tiles above LI_XPROJ_NARROW_MAX_BYTES) goes to sgemm, which packs all of W on
+     * every call: one call over the whole sequence instead (the scratch holds T steps).
+     * Zen 3 AVX2, LSTM H = I = 256, batch 16, T = 100: 4-step chunks spent a third of the
+     * sgemm time in its packing. */
+    if (!tokens && cell->weight_format == LI_WEIGHTS_F32 &&
+        !xproj_packed(cell, kern, (size_t)chunk_steps * B))
+        chunk_steps = T;
     float *xproj = scratch;
     float *step_scratch = xproj + (size_t)chunk_steps * B * G * Hp;
     memset(step_scratch, 0, sizeof(float) * step_buffer_floats(cell, B));

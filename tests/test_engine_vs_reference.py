@@ -31,8 +31,11 @@ from reference import (
     ACTIVATIONS,
     DEFAULT_ACTIVATIONS,
     ZeroLengthState,
+    lstm_ref,
     run_reference,
 )
+
+import lstm_infer
 
 T = TypeVar("T")
 TOLERANCE = 1e-5
@@ -406,3 +409,23 @@ def test_layout1_matches_onnxruntime_on_transposed_data(case: RecurrentCase, isa
     for formal, tensor in names.items():
         expected = time_major_to_batch_major(formal, ort_outs[twin.outputs[formal]])
         assert_close(tensor, outs[tensor], expected.astype(np.float64), ORT_TOLERANCE)
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+def test_input_weights_between_the_two_packed_limits(direction: str, isa: str) -> None:
+    """fp32 input weights of 512 KB to 1 MB (I = H = 256): the packed projection in 4-step
+    chunks where the table's tiles take it (AVX-512), one sgemm over the whole sequence where
+    they do not (AVX2, scalar); T = 13 covers several chunks and a partial one."""
+    rng = np.random.default_rng(11)
+    H = I = 256
+    T, B = 13, 16
+    s = 1 / np.sqrt(H)
+    W = rng.uniform(-s, s, (1, 4 * H, I)).astype(np.float32)
+    R = rng.uniform(-s, s, (1, 4 * H, H)).astype(np.float32)
+    bias = rng.uniform(-s, s, (1, 8 * H)).astype(np.float32)
+    X = rng.standard_normal((T, B, I)).astype(np.float32)
+    model = lstm_infer.Model.from_onnx_weights("lstm", W, R, bias, direction=direction)
+    got = model.run({"X": X})
+    want = lstm_ref(*(a.astype(np.float64) for a in (X, W, R, bias)), direction=direction)
+    for name, ref in zip(("Y", "Y_h", "Y_c"), want):
+        np.testing.assert_allclose(got[name], ref, atol=TOLERANCE, rtol=0, err_msg=name)
