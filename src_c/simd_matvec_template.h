@@ -7,6 +7,21 @@
  *   MV_WLOAD(p)  VW weights at p as a float vector
  */
 
+/* Rows of the gate-split one-gate tiles when the call's weights reach MV_PREFETCH_MIN_BYTES
+ * (beyond L2 on most cores): each weight then comes from L3 or memory once per row tile, and
+ * an ISA may take more rows per tile there than in the L2-resident case. MV_F32_WEIGHTS_FIRST
+ * (G, R): the tile loads an input's weights into registers first, then broadcasts one row at
+ * a time (instead of holding R broadcasts); the order of FMAs into each accumulator is the
+ * same either way, so a row's sums do not change. */
+#ifndef MV_SPLIT_ROWS_BEYOND_L2
+#define MV_SPLIT_ROWS_BEYOND_L2 MV_MAX_ROWS(1)
+#endif
+#ifndef MV_F32_WEIGHTS_FIRST
+#define MV_F32_WEIGHTS_FIRST(G, R) 0
+#endif
+#define MV_SPLIT_MAX_ROWS                                                                      \
+    (MV_SPLIT_ROWS_BEYOND_L2 > MV_MAX_ROWS(1) ? MV_SPLIT_ROWS_BEYOND_L2 : MV_MAX_ROWS(1))
+
 /* One register tile: G gates x LI_BLOCK units x R rows, of a block packed with GS >= G gates
  * per input (GS > G: a tile of one gate, wb at that gate). Always inlined with constant G, R
  * and PAR so the accumulators become registers; weights stream once per tile, straight from
@@ -41,6 +56,19 @@ static inline __attribute__((always_inline)) void MV_NAME(mv_tile)(
         for (; k < k_end; k += S)
             for (int s = 0; s < S; ++s) {
                 const MV_WTYPE *wk = wb + (size_t)(k + s) * GS * LI_BLOCK;
+                if (MV_F32_WEIGHTS_FIRST(G, R)) {
+                    vf w[4][V_PER_BLOCK];
+                    for (int g = 0; g < G; ++g)
+                        for (int v = 0; v < V_PER_BLOCK; ++v)
+                            w[g][v] = MV_WLOAD(wk + g * LI_BLOCK + v * VW);
+                    for (int b = 0; b < R; ++b) {
+                        const vf xb = v_set1(x[(size_t)b * ldx + k + s]);
+                        for (int g = 0; g < G; ++g)
+                            for (int v = 0; v < V_PER_BLOCK; ++v)
+                                acc[s][b][g][v] = v_fmadd(w[g][v], xb, acc[s][b][g][v]);
+                    }
+                    continue;
+                }
                 vf xs[8];
                 for (int b = 0; b < R; ++b) xs[b] = v_set1(x[(size_t)b * ldx + k + s]);
                 for (int g = 0; g < G; ++g)
@@ -84,7 +112,7 @@ static inline __attribute__((always_inline)) void MV_NAME(mv_tile)(
 /* A one-gate tile of a block of GS gates (the gate-split tiles below). */
 #define MV_SPLIT_CASE(R)                                                                       \
     case (R):                                                                                  \
-        if ((R) <= MV_MAX_ROWS(1))                                                             \
+        if ((R) <= MV_SPLIT_MAX_ROWS)                                                          \
             MV_NAME(mv_tile)(wb, K, 1, GS, R, 0, x, ldx, bias, bgs, out, ogs, ldo, pf, pf_end, \
                              pf_step);                                                         \
         break;
@@ -155,12 +183,18 @@ static void MV_NAME(matvec_packed)(const void *packed, int K, int G, int blk0, i
                                    int bgs, float *out, int ogs, int ldo) {
     const size_t block_elems = (size_t)K * G * LI_BLOCK;
     const int split = MV_NAME(splits_gates)(G, rows);
-    const int max_rows = split ? MV_MAX_ROWS(1) : MV_MAX_ROWS(G);
-    const int passes = split ? G : 1; /* tiles per row tile */
-    /* Bytes of the next block each tile prefetches, and per input (whole cache lines). */
     const size_t block_bytes = block_elems * sizeof(MV_WTYPE);
+    const int beyond_l2 = (size_t)(blk1 - blk0) * block_bytes >= MV_PREFETCH_MIN_BYTES;
+    const int max_rows = !split         ? MV_MAX_ROWS(G)
+                         : beyond_l2    ? MV_SPLIT_ROWS_BEYOND_L2
+                                        : MV_MAX_ROWS(1);
+    const int passes = split ? G : 1; /* tiles per row tile */
+    /* Bytes of the next block each tile prefetches, and per input (whole cache lines). The
+     * 4-tile rule counts tiles of MV_MAX_ROWS(1) rows for split blocks: larger tiles beyond
+     * L2 would otherwise drop the prefetch at batch 16 (AVX2, LSTM H = 1024: 1.12x slower). */
     const int prefetch =
-        rows > 3 * max_rows && (size_t)(blk1 - blk0) * block_bytes >= MV_PREFETCH_MIN_BYTES &&
+        rows > 3 * (split ? MV_MAX_ROWS(1) : max_rows) &&
+        (size_t)(blk1 - blk0) * block_bytes >= MV_PREFETCH_MIN_BYTES &&
         K > 0;
     const int tiles = prefetch ? (rows + max_rows - 1) / max_rows * passes : 1;
     const size_t share = prefetch ? (block_bytes + tiles - 1) / tiles : 0;
@@ -169,9 +203,16 @@ static void MV_NAME(matvec_packed)(const void *packed, int K, int G, int blk0, i
         const MV_WTYPE *wb = (const MV_WTYPE *)packed + (size_t)blk * block_elems;
         const char *next = blk + 1 < blk1 ? (const char *)(wb + block_elems) : 0;
         const int u0 = blk * LI_BLOCK;
-        for (int b = 0, tile = 0; b < rows; b += max_rows)
+        /* The larger tiles beyond L2 go as even as the rows allow (8 rows at 6 per tile: 4 + 4,
+         * not 6 + 2: a small last tile waits on FMA latency with few accumulators); the
+         * others fill each tile in turn. */
+        const int row_tiles = (rows + max_rows - 1) / max_rows;
+        const int even = split && beyond_l2 && MV_SPLIT_ROWS_BEYOND_L2 != MV_MAX_ROWS(1);
+        for (int rt = 0, b = 0, tile = 0; rt < row_tiles; ++rt) {
+            const int r = even                    ? (rows - b) / (row_tiles - rt)
+                          : rows - b < max_rows ? rows - b
+                                                : max_rows;
             for (int g = 0; g < passes; ++g, ++tile) {
-                const int r = rows - b < max_rows ? rows - b : max_rows;
                 const char *pf = next && prefetch ? next + (size_t)tile * share : 0;
                 const char *pf_end = pf ? next + (tile + 1 < tiles ? (size_t)(tile + 1) * share
                                                                     : block_bytes)
@@ -187,6 +228,8 @@ static void MV_NAME(matvec_packed)(const void *packed, int K, int G, int blk0, i
                     MV_NAME(mv_tile_dispatch)(wb, K, G, r, xb, ldx, bias ? bias + u0 : 0, bgs,
                                               ob, ogs, ldo, pf, pf_end, pf_step);
             }
+            b += r;
+        }
     }
 }
 
