@@ -17,8 +17,7 @@ import numpy as np
 
 from lstm_infer.errors import InputError, LstmInferError, ModelFormatError
 from lstm_infer.graph import Graph, Node
-from lstm_infer.ops import OpDef, RunContext, get_op
-from lstm_infer.ops.base import element_limit
+from lstm_infer.ops import OpDef, RunContext, get_op, run_on_constants
 from lstm_infer.ops.sequence import is_sequence
 from lstm_infer.passes.fold_batchnorm import fold_batchnorm
 from lstm_infer.passes.fold_pad import fold_pad, weight_ranks
@@ -53,7 +52,6 @@ def fold_constants(graph: Graph) -> Graph:
     """A copy of ``graph`` with every foldable node of constant inputs replaced by its value."""
     consts = dict(graph.initializers)
     kept: list[Node] = []
-    ctx = RunContext()
     for node in graph.nodes:
         op = get_op(node.op, node)
         ins = [n for n in node.inputs if n]
@@ -61,10 +59,8 @@ def fold_constants(graph: Graph) -> Graph:
             try:
                 # Shapes computed from constants are refused past the fold limit before they
                 # are allocated: a constant subgraph is never materialised whatever its size.
-                with element_limit(FOLD_MAX_BYTES // 4):
-                    state = op.prepare(node, _consts_of(node, consts)) if op.prepare else None
-                    ins = [consts[n] if n else None for n in node.inputs]
-                    outs = op.run(ctx, node, ins, state)
+                values = [consts[n] if n else None for n in node.inputs]
+                outs = run_on_constants(node, values, FOLD_MAX_BYTES // 4)
             except LstmInferError as exc:
                 raise ModelFormatError(
                     f"constant subgraph refused (at most {FOLD_MAX_BYTES >> 20} MB a tensor): {exc}"

@@ -8,6 +8,11 @@ and inputs alike (importers convert older opsets' forms once).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
 from lstm_infer.errors import UnsupportedModelError
 from lstm_infer.ops import (
     cells,
@@ -23,9 +28,9 @@ from lstm_infer.ops import (
     reduce,
     sequence,
 )
-from lstm_infer.ops.base import OpDef, RunContext
+from lstm_infer.ops.base import OpDef, RunContext, element_limit
 
-__all__ = ["REGISTRY", "OpDef", "RunContext", "get_op"]
+__all__ = ["REGISTRY", "OpDef", "RunContext", "get_op", "run_on_constants"]
 
 _FAMILIES = (
     elementwise, layout, dense, conv, pool, norm, recurrent, cells, reduce, quant, control,
@@ -56,3 +61,17 @@ def get_op(name: str, node: object = None) -> OpDef:
             "lstm_infer.ops.REGISTRY, the README's operator table)"
         )
     return op
+
+
+def run_on_constants(
+    node: Any, values: Sequence[np.ndarray | None], max_elements: int
+) -> list[Any]:
+    """Evaluate ``node`` on constant inputs (one array, or None where absent, per input) as
+    constant folding does: its op's prepare then run, every tensor it would make refused past
+    ``max_elements`` before it is allocated. The caller checks the op is foldable; the op's
+    LstmInferError (a refused size, a bad attribute) propagates."""
+    op = get_op(node.op, node)
+    consts = {i: v for i, v in enumerate(values) if v is not None}
+    with element_limit(max_elements):
+        state = op.prepare(node, consts) if op.prepare else None
+        return op.run(RunContext(), node, list(values), state)

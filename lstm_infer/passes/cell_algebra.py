@@ -26,8 +26,7 @@ import numpy as np
 
 from lstm_infer.errors import LstmInferError
 from lstm_infer.graph import Graph, Node, TensorType
-from lstm_infer.ops import RunContext, get_op
-from lstm_infer.ops.base import element_limit
+from lstm_infer.ops import get_op, run_on_constants
 
 # The largest constant the reader evaluates from a subgraph of constants (elements).
 MAX_CONST_ELEMENTS = 1 << 22
@@ -133,10 +132,7 @@ class CellAlgebra:
         if any(v is None for n, v in zip(node.inputs, ins) if n):
             return None
         try:
-            with element_limit(MAX_CONST_ELEMENTS):
-                consts = {i: v for i, v in enumerate(ins) if v is not None}
-                state = op.prepare(node, consts) if op.prepare else None
-                outs = op.run(RunContext(), node, ins, state)
+            outs = run_on_constants(node, ins, MAX_CONST_ELEMENTS)
         except (LstmInferError, ValueError, TypeError, IndexError, MemoryError):
             return None
         for out, value in zip(node.outputs, outs):

@@ -33,8 +33,7 @@ from lstm_infer.importers.onnx.values import (
     _dim_prod,
     _Unsupported,
 )
-from lstm_infer.ops import RunContext, get_op
-from lstm_infer.ops.base import element_limit
+from lstm_infer.ops import get_op, run_on_constants
 from lstm_infer.ops.sequence import is_sequence
 
 # An op handler: (lowering, node, abstract input values, decoded attributes) -> the abstract
@@ -62,15 +61,11 @@ class LoweringBase:
         """Evaluate a node of constants with its op of the registry (what the compiler's own
         constant folding runs), every output refused past MAX_CONSTANT_ELEMENTS before it is
         allocated."""
-        op = get_op(node.op, node)
-        if not op.foldable:
+        if not get_op(node.op, node).foldable:
             raise _Unsupported("this operator is not evaluated on constants")
-        consts = {k: v.value for k, v in enumerate(ins) if v is not None}
+        values = [None if v is None else v.value for v in ins]
         try:
-            with element_limit(MAX_CONSTANT_ELEMENTS):
-                state = op.prepare(node, consts) if op.prepare else None
-                values = [None if v is None else v.value for v in ins]
-                res = op.run(RunContext(), node, values, state)
+            res = run_on_constants(node, values, MAX_CONSTANT_ELEMENTS)
         except LstmInferError as exc:
             raise _Unsupported(f"cannot evaluate it on constants: {exc}") from exc
         if any(is_sequence(r) for r in res):
