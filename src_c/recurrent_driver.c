@@ -11,7 +11,7 @@
  * Quantized weights project on their own products (project_prepared), and batched bf16
  * sequences swap in the rounded products (sequence_kernels).
  *
- * Why one file of ~750 lines: the three drivers (li_run_direction, its unit split, and
+ * Why one file of ~800 lines: the three drivers (li_run_direction, its unit split, and
  * li_stack_step) share ~20 static helpers (step buffers, the product switch, the pointwise
  * row loops, one recurrent step, the input projections); splitting them apart means an
  * internal header exposing all of those, planned as recurrent_step.c + unit_split.c.
