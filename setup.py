@@ -22,6 +22,7 @@ PORTABLE_SOURCES = [
     "src_c/recurrent_driver.c",
     "src_c/stack_step_rows.c",
     "src_c/step_program.c",
+    "src_c/pool_planes.c",
     "src_c/cells_common.c",
     "src_c/cell_layer_norm_lstm.c",
     "src_c/cell_clockwork_rnn.c",

@@ -21,7 +21,7 @@ from lstm_infer._kernels cimport (
     LI_STEP_KIND_COUNT, LI_STEP_MAX_RANK, LI_STEP_RECURRENT, li_step_op, li_step_program_run,
     li_step_recurrent, LI_STEP_CELL, li_step_cell, LI_RCELL_MAX_STATES, li_rcell, li_rcell_io,
     li_rcell_check, li_rcell_output_size, li_rcell_run, li_rcell_scratch_floats,
-    li_rcell_state_floats,
+    li_rcell_state_floats, li_pool_planes,
 )
 
 cnp.import_array()

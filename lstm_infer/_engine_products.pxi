@@ -1,6 +1,7 @@
 # The engine's products outside the recurrent layers (dense heads, softmax, the graph's direct
-# convolution), textually included into _engine.pyx: they dispatch through its active kernel
-# table (_active), so they belong to that module, and live here to keep each file one concern.
+# convolution and pooling), textually included into _engine.pyx: they dispatch through its
+# active kernel table (_active), so they belong to that module, and live here to keep each
+# file one concern.
 
 
 def dense(cnp.ndarray x, cnp.ndarray weight, object bias, cnp.ndarray out):
@@ -177,4 +178,83 @@ def conv2d(cnp.ndarray x, cnp.ndarray wpack, int M, int KH, int KW, int sh, int 
                         rows)
     finally:
         PyMem_Free(rows)
+    return y
+
+
+def pool2d(cnp.ndarray x, int KH, int KW, int sh, int sw, int dh, int dw, cnp.ndarray y,
+           bint is_sum=False, str isa_name=None):
+    """Max (or, with ``is_sum``, summed) pooling of planes (li_pool_planes): y (P, OH, OW)
+    from the padded input x (P, H, W), y[p, oh, ow] the max / sum over i < KH, j < KW of
+    x[p, oh*sh + i*dh, ow*sw + j*dw] (a NaN in a max window gives NaN).
+
+    x may be a view (any plane / row stride, unit last stride); every window must lie inside
+    x. y is a writable C-contiguous float32 array that does not overlap x. ``isa_name`` picks
+    a kernel table other than the active one (tests).
+    """
+    cdef const li_kernels *kern = _active
+    if isa_name is not None:
+        if isa_name not in available_isas():
+            raise ValueError(f"ISA {isa_name!r} is not usable on this machine")
+        kern = li_kernels_for(ISA_NAMES.index(isa_name))
+    if x.dtype != np.float32 or x.ndim != 3 or (x.shape[2] > 1 and x.strides[2] != 4):
+        raise ValueError("x must be a (P, H, W) float32 array with unit-stride rows")
+    if x.strides[0] % 4 or x.strides[1] % 4 or x.strides[0] < 0 or x.strides[1] < 0:
+        raise ValueError("x's strides must be non-negative multiples of 4 bytes")
+    if min(KH, KW, sh, sw, dh, dw) < 1:
+        raise ValueError("kernel sizes, strides and dilations must be positive")
+    if y.dtype != np.float32 or y.ndim != 3 or not y.flags.c_contiguous or not y.flags.writeable:
+        raise ValueError("y must be a writable C-contiguous (P, OH, OW) float32 array")
+    cdef Py_ssize_t P = y.shape[0], OH = y.shape[1], OW = y.shape[2]
+    if x.shape[0] != P:
+        raise ValueError(f"x has {x.shape[0]} planes, y {P}")
+    if P == 0 or OH == 0 or OW == 0:
+        return y
+    if (OH - 1) * <Py_ssize_t>sh + (KH - 1) * <Py_ssize_t>dh >= x.shape[1] or \
+            (OW - 1) * <Py_ssize_t>sw + (KW - 1) * <Py_ssize_t>dw >= x.shape[2]:
+        raise ValueError("the windows reach past the padded input")
+    if np.may_share_memory(x, y):
+        raise ValueError("y must not overlap x")
+    cdef size_t xps = <size_t>(x.strides[0] // 4), xrs = <size_t>(x.strides[1] // 4)
+    cdef const float *xp = <const float *>cnp.PyArray_DATA(x)
+    cdef float *yp = <float *>cnp.PyArray_DATA(y)
+    with nogil:
+        li_pool_planes(kern, xp, xps, xrs, P, KH, KW, OH, OW, sh, sw, dh, dw, is_sum, yp)
+    return y
+
+
+def layernorm_rows(cnp.ndarray x, cnp.ndarray y, float eps, object scale=None,
+                   object bias=None, str isa_name=None):
+    """Layer normalisation of the rows of x (li_layernorm_rows_fn) into y: each last-dim row
+    becomes (row - mean) / sqrt(var + eps) * scale + bias (population variance; scale / bias
+    None: 1 / 0). x and y are C-contiguous float32 of one shape (y may be x); scale and bias
+    C-contiguous float32 vectors of the row length. ``isa_name`` picks a kernel table other
+    than the active one (tests).
+    """
+    cdef const li_kernels *kern = _active
+    if isa_name is not None:
+        if isa_name not in available_isas():
+            raise ValueError(f"ISA {isa_name!r} is not usable on this machine")
+        kern = li_kernels_for(ISA_NAMES.index(isa_name))
+    if x.dtype != np.float32 or x.ndim < 1 or not x.flags.c_contiguous:
+        raise ValueError("x must be a C-contiguous float32 array of rank >= 1")
+    if (y.dtype != np.float32 or not y.flags.c_contiguous or not y.flags.writeable
+            or np.shape(y) != np.shape(x)):
+        raise ValueError(f"y must be a writable C-contiguous float32 array of shape {np.shape(x)}")
+    cdef size_t n = <size_t>x.shape[x.ndim - 1]
+    for name, v in (("scale", scale), ("bias", bias)):
+        if v is not None and (v.dtype != np.float32 or v.shape != (n,)
+                              or not v.flags.c_contiguous):
+            raise ValueError(f"{name} must be a C-contiguous float32 array of shape ({n},)")
+    if x is not y and np.may_share_memory(x, y):
+        raise ValueError("y must be x or not overlap it")
+    if not eps >= 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    cdef size_t rows = <size_t>(x.size // n) if n else 0
+    cdef const float *xp = <const float *>cnp.PyArray_DATA(x)
+    cdef float *yp = <float *>cnp.PyArray_DATA(y)
+    cdef const float *sp = _ptr(scale)
+    cdef const float *bp = _ptr(bias)
+    if rows and n:
+        with nogil:
+            kern.layernorm_rows(xp, yp, rows, n, sp, bp, eps)
     return y

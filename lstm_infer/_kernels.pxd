@@ -67,6 +67,9 @@ cdef extern from "li_kernels.h" nogil:
                                   const float *wpack, int M, const float *bias, float *y,
                                   size_t ldy, int relu, const float **rows)
 
+    ctypedef void (*li_layernorm_rows_fn)(const float *x, float *y, size_t rows, size_t n,
+                                          const float *scale, const float *bias, float eps)
+
     ctypedef void (*li_matvec_packed_fn)(const void *packed, int K, int G, int blk0, int blk1,
                                          const float *x, int ldx, int rows, const float *bias,
                                          int bgs, float *out, int ogs, int ldo)
@@ -78,6 +81,7 @@ cdef extern from "li_kernels.h" nogil:
         li_softmax_rows_fn softmax_rows
         li_conv2d_fn conv2d
         const void *matvec_bf16_rounded  # a function pointer; only tested for NULL here
+        li_layernorm_rows_fn layernorm_rows
 
     ctypedef void (*li_sgemm_fn)(char *transa, char *transb, int *m, int *n, int *k,
                                  float *alpha, float *a, int *lda, float *b, int *ldb,
@@ -201,3 +205,9 @@ cdef extern from "step_program.h" nogil:
 
     int li_step_program_run(const li_step_op *ops, int n, const li_kernels *kern,
                             li_sgemm_fn sgemm)
+
+
+cdef extern from "pool_planes.h" nogil:
+    void li_pool_planes(const li_kernels *kern, const float *x, size_t xps, size_t xrs,
+                        int64_t planes, int64_t KH, int64_t KW, int64_t OH, int64_t OW,
+                        int64_t sh, int64_t sw, int64_t dh, int64_t dw, int is_sum, float *y)

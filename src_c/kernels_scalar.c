@@ -221,6 +221,27 @@ static void max_pool_2x2_scalar(const float *x, size_t xps, size_t xrs, int plan
         }
 }
 
+/* The reference layer norm: li_layernorm_rows_fn's formula with float64 statistics. */
+static void layernorm_rows_scalar(const float *x, float *y, size_t rows, size_t n,
+                                  const float *scale, const float *bias, float eps) {
+    for (size_t r = 0; r < rows; ++r) {
+        const float *a = x + r * n;
+        float *out = y + r * n;
+        double mean = 0.0, var = 0.0;
+        for (size_t j = 0; j < n; ++j) mean += a[j];
+        mean /= (double)n;
+        for (size_t j = 0; j < n; ++j) var += (a[j] - mean) * (a[j] - mean);
+        var /= (double)n;
+        const float inv = (float)(1.0 / sqrt(var + (double)eps)), m = (float)mean;
+        for (size_t j = 0; j < n; ++j) {
+            float v = (a[j] - m) * inv;
+            if (scale) v *= scale[j];
+            if (bias) v += bias[j];
+            out[j] = v;
+        }
+    }
+}
+
 const li_kernels li_kernels_scalar = {
     "scalar",
     matvec_f32_scalar,
@@ -238,4 +259,5 @@ const li_kernels li_kernels_scalar = {
     conv2d_scalar,
     .matvec_f32_rows = {0, 1, 1, 1, 1}, /* matvec_scalar: one row at a time */
     .max_pool_2x2 = max_pool_2x2_scalar,
+    .layernorm_rows = layernorm_rows_scalar,
 };

@@ -195,6 +195,13 @@ typedef void (*li_conv2d_fn)(const float *x, size_t xcs, size_t xrs, int C, int 
  * formula reaches must be inside x; y is contiguous and does not overlap x. */
 typedef void (*li_max_pool_2x2_fn)(const float *x, size_t xps, size_t xrs, int planes, int OH,
                                    int OW, float *y);
+/* Layer normalisation of contiguous rows (graph LayerNormalization, both paths): for
+ * r < rows, with m and v the mean and population variance of x[r*n .. r*n + n),
+ *   y[r*n + j] = (x[r*n + j] - m) / sqrt(v + eps) * scale[j] + bias[j]
+ * (scale / bias NULL: 1 / 0). Two passes over a row for the statistics (the mean, then the
+ * squares about it), so a large common offset costs no precision. y may be x. */
+typedef void (*li_layernorm_rows_fn)(const float *x, float *y, size_t rows, size_t n,
+                                     const float *scale, const float *bias, float eps);
 
 typedef struct {
     const char *name;
@@ -221,7 +228,8 @@ typedef struct {
      * share each weight load. The whole-sequence input projection goes through the packed
      * matvec only where that reuse is high enough to beat sgemm (recurrent_driver.c). */
     unsigned char matvec_f32_rows[5];
-    li_max_pool_2x2_fn max_pool_2x2; /* graph MaxPool 2 x 2 / stride 2 (step programs) */
+    li_max_pool_2x2_fn max_pool_2x2; /* graph MaxPool 2 x 2 / stride 2 */
+    li_layernorm_rows_fn layernorm_rows; /* graph LayerNormalization */
 } li_kernels;
 
 /* Batch rows from which a whole sequence of bf16 weights runs on the rounded products: the

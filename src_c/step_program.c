@@ -7,6 +7,8 @@
  */
 #include "step_program.h"
 
+#include "pool_planes.h"
+
 #include <math.h>
 #include <string.h>
 
@@ -299,76 +301,6 @@ static void run_reduce(const li_step_op *op) {
     }
 }
 
-static void run_layernorm(const li_step_op *op) {
-    const int64_t rows = op->n[0], n = op->n[1];
-    const float *scale = (const float *)op->aux, *bias = (const float *)op->aux2;
-    for (int64_t r = 0; r < rows; r++) {
-        const float *a = op->a + r * n;
-        float *y = op->y + r * n;
-        /* two passes in float64: the mean, then the variance about it */
-        double mean = 0.0, var = 0.0;
-        for (int64_t j = 0; j < n; j++)
-            mean += a[j];
-        mean /= (double)n;
-        for (int64_t j = 0; j < n; j++) {
-            double d = a[j] - mean;
-            var += d * d;
-        }
-        var /= (double)n;
-        const float inv = (float)(1.0 / sqrt(var + (double)op->f[0]));
-        const float m = (float)mean;
-        for (int64_t j = 0; j < n; j++) {
-            float v = (a[j] - m) * inv;
-            if (scale)
-                v *= scale[j];
-            if (bias)
-                v += bias[j];
-            y[j] = v;
-        }
-    }
-}
-
-/* NaN wins, as in np.maximum (an unordered compare picks the new value). */
-static inline float max_nan(float m, float v) { return (v > m || v != v) ? v : m; }
-
-static void run_pool(const li_step_op *op) {
-    const int64_t planes = op->n[0], KH = op->n[1], KW = op->n[2], OH = op->n[3], OW = op->n[4];
-    const int64_t sh = op->shape[0], sw = op->shape[1], dh = op->shape[2], dw = op->shape[3];
-    const int is_sum = op->op == 1;
-    for (int64_t p = 0; p < planes; p++) {
-        const float *plane = op->a + p * op->sa[0];
-        for (int64_t oh = 0; oh < OH; oh++) {
-            float *y = op->y + (p * OH + oh) * OW;
-            if (!is_sum && KH == 2 && KW == 2 && sh == 2 && sw == 2 && dh == 1 && dw == 1) {
-                /* the common 2x2 / stride 2 max: both rows of a window at once */
-                const float *r0 = plane + (oh * 2) * op->sa[1], *r1 = r0 + op->sa[1];
-                for (int64_t ow = 0; ow < OW; ow++) {
-                    const float a = max_nan(r0[2 * ow], r0[2 * ow + 1]);
-                    const float b = max_nan(r1[2 * ow], r1[2 * ow + 1]);
-                    y[ow] = max_nan(a, b);
-                }
-                continue;
-            }
-            for (int64_t i = 0; i < KH; i++) {
-                const float *row = plane + (oh * sh + i * dh) * op->sa[1];
-                for (int64_t j = 0; j < KW; j++) {
-                    const float *x = row + j * dw;
-                    if (i == 0 && j == 0) {
-                        for (int64_t ow = 0; ow < OW; ow++)
-                            y[ow] = x[ow * sw];
-                    } else if (is_sum) {
-                        for (int64_t ow = 0; ow < OW; ow++)
-                            y[ow] += x[ow * sw];
-                    } else {
-                        for (int64_t ow = 0; ow < OW; ow++)
-                            y[ow] = max_nan(y[ow], x[ow * sw]);
-                    }
-                }
-            }
-        }
-    }
-}
-
 static void run_grouped_conv(const li_step_op *op) {
     const int64_t G = op->n[0], KH = op->n[1], KW = op->n[2], OH = op->n[3], OW = op->n[4];
     const int64_t MG = op->n[5], CG = op->shape[4];
@@ -436,15 +368,14 @@ int li_step_program_run(const li_step_op *ops, int n, const li_kernels *kern,
                 kern->softmax_rows(op->y, (size_t)op->n[0], (size_t)op->n[1], (size_t)op->n[1],
                                    op->op);
             break;
-        case LI_STEP_LAYERNORM: run_layernorm(op); break;
+        case LI_STEP_LAYERNORM:
+            kern->layernorm_rows(op->a, op->y, (size_t)op->n[0], (size_t)op->n[1],
+                                 (const float *)op->aux, (const float *)op->aux2, op->f[0]);
+            break;
         case LI_STEP_POOL:
-            /* MaxPool2d(2) on the table's vector kernel; other windows the loop here */
-            if (op->op == 0 && kern->max_pool_2x2 && op->n[1] == 2 && op->n[2] == 2 &&
-                op->shape[0] == 2 && op->shape[1] == 2 && op->shape[2] == 1 && op->shape[3] == 1)
-                kern->max_pool_2x2(op->a, (size_t)op->sa[0], (size_t)op->sa[1], (int)op->n[0],
-                                   (int)op->n[3], (int)op->n[4], op->y);
-            else
-                run_pool(op);
+            li_pool_planes(kern, op->a, (size_t)op->sa[0], (size_t)op->sa[1], op->n[0], op->n[1],
+                           op->n[2], op->n[3], op->n[4], op->shape[0], op->shape[1],
+                           op->shape[2], op->shape[3], op->op == 1, op->y);
             break;
         case LI_STEP_CELL: {
             const li_step_cell *rc = (const li_step_cell *)op->aux;

@@ -55,7 +55,8 @@ enum li_step_kind {
      * (contiguous); in place allowed. */
     LI_STEP_SOFTMAX = 8,
     /* Layer normalisation of n[0] rows of n[1] floats: y = (a - mean) / sqrt(var + f[0]) *
-     * scale + bias, scale = aux and bias = aux2 (n[1] floats each; NULL: 1 and 0). In place
+     * scale + bias, scale = aux and bias = aux2 (n[1] floats each; NULL: 1 and 0), on the
+     * kernel table's li_layernorm_rows_fn (the whole-sequence op's kernel). In place
      * allowed. */
     LI_STEP_LAYERNORM = 9,
     /* One group of a convolution on the table's direct kernel (li_conv2d_fn): x = a (the

@@ -154,6 +154,9 @@ POOL = [
     dict(kernel_shape=[3], auto_pad="SAME_LOWER"),
     dict(kernel_shape=[2, 3], strides=[2, 2], pads=[0, 1, 1, 1]),
     dict(kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1),
+    dict(kernel_shape=[2, 2], strides=[2, 2]),  # MaxPool2d(2): the vector kernel, odd tails
+    dict(kernel_shape=[2, 2], strides=[2, 2], pads=[1, 1, 1, 1]),
+    dict(kernel_shape=[3, 2], strides=[1, 2], dilations=[2, 1]),
 ]
 
 
@@ -176,6 +179,57 @@ def test_max_pool_dilations_and_integers(rng) -> None:
     )["y0"]
     padded = np.pad(xi, [(0, 0), (0, 0), (1, 1)], constant_values=np.iinfo(np.int64).min)
     np.testing.assert_array_equal(got, np.maximum(padded[:, :, :-1], padded[:, :, 1:]))
+
+
+@pytest.mark.parametrize("isa", lstm_infer.available_isas())
+@pytest.mark.parametrize(
+    ("k", "s", "d"), [((2, 2), (2, 2), (1, 1)), ((3, 2), (2, 3), (1, 2)), ((1, 4), (1, 1), (1, 1))]
+)
+def test_pool2d_kernel_against_numpy(isa: str, k: tuple, s: tuple, d: tuple, rng) -> None:
+    """The engine's pooling kernel on every kernel table, against a float64 numpy window loop:
+    strided views in (plane and row strides), NaN winning a max window, every output width
+    around the vector width (tails)."""
+    from lstm_infer import _engine
+
+    for ow in (1, 7, 8, 9, 16, 23, 40):
+        w = (ow - 1) * s[1] + (k[1] - 1) * d[1] + 1
+        oh = 3
+        h = (oh - 1) * s[0] + (k[0] - 1) * d[0] + 1
+        big = rng.standard_normal((5, 2 * h + 1, w + 3)).astype(np.float32)
+        x = big[::2, 1 : 1 + 2 * h : 2, 2 : 2 + w]  # a view: plane and row strides, not unit
+        x[1, 0, 0] = np.nan
+        win = np.stack(
+            [
+                x[:, i * d[0] : i * d[0] + s[0] * (oh - 1) + 1 : s[0],
+                  j * d[1] : j * d[1] + s[1] * (ow - 1) + 1 : s[1]].astype(np.float64)
+                for i in range(k[0])
+                for j in range(k[1])
+            ]
+        )  # fmt: skip
+        for is_sum, ref in ((False, np.max(win, axis=0)), (True, np.sum(win, axis=0))):
+            y = np.full((x.shape[0], oh, ow), -7.0, np.float32)
+            _engine.pool2d(x, *k, *s, *d, y, is_sum, isa_name=isa)
+            np.testing.assert_allclose(y, ref, rtol=1e-6, atol=1e-5, equal_nan=True)
+            assert np.isnan(y[1, 0, 0]) and not np.isnan(y[0]).any()
+
+
+def test_pool2d_refuses_bad_arguments() -> None:
+    from lstm_infer import _engine
+
+    x = np.zeros((2, 4, 4), np.float32)
+    y = np.zeros((2, 2, 2), np.float32)
+    with pytest.raises(ValueError, match="reach past"):
+        _engine.pool2d(x, 3, 3, 2, 2, 1, 1, y)
+    with pytest.raises(ValueError, match="planes"):
+        _engine.pool2d(x, 2, 2, 2, 2, 1, 1, np.zeros((3, 2, 2), np.float32))
+    with pytest.raises(ValueError, match="positive"):
+        _engine.pool2d(x, 0, 2, 2, 2, 1, 1, y)
+    with pytest.raises(ValueError, match="unit-stride"):
+        _engine.pool2d(x[:, :, ::2], 1, 1, 1, 1, 1, 1, y)
+    with pytest.raises(ValueError, match="writable"):
+        _engine.pool2d(x, 2, 2, 2, 2, 1, 1, y.astype(np.float64))
+    with pytest.raises(ValueError, match="overlap"):
+        _engine.pool2d(x, 1, 1, 1, 1, 1, 1, x)
 
 
 @pytest.mark.parametrize("name", ["GlobalAveragePool", "GlobalMaxPool"])
@@ -212,6 +266,42 @@ def test_layernorm(axis: int, bias: bool, rng) -> None:
     if bias:
         consts["b"] = f32(rng, *norm_shape)
     compare(one_node("LayerNormalization", {"x": x}, consts, n_out=3, axis=axis), {"x": x})
+    # Y alone: the engine's row kernel (float32 statistics)
+    compare(one_node("LayerNormalization", {"x": x}, consts, axis=axis), {"x": x})
+
+
+@pytest.mark.parametrize("width", [1, 7, 8, 17, 256, 1000])
+def test_layernorm_row_kernel(width: int, rng) -> None:
+    """Y alone (the row kernel) against onnxruntime: widths around the vector widths, Scale
+    broadcast from fewer dims, Scale and B fed at run time, a large common offset."""
+    x = (f32(rng, 3, 4, width) + 10.0).astype(np.float32)
+    consts = {"s": f32(rng, width), "b": f32(rng, width)}
+    compare(one_node("LayerNormalization", {"x": x}, consts, epsilon=1e-3), {"x": x})
+    feeds = {"x": x, "s": f32(rng, 1, width)}
+    compare(one_node("LayerNormalization", feeds, axis=1), feeds)
+
+
+@pytest.mark.parametrize("isa", lstm_infer.available_isas())
+def test_layernorm_rows_kernel_against_float64(isa: str, rng) -> None:
+    from lstm_infer import _engine
+
+    for n in (1, 3, 8, 15, 16, 33, 255, 4096):
+        x = (rng.standard_normal((5, n)) * 2 + 50).astype(np.float32)
+        x[1] = 7.0  # a constant row: variance 0, y = bias
+        s, b = f32(rng, n), f32(rng, n)
+        x64 = x.astype(np.float64)
+        mean = x64.mean(-1, keepdims=True)
+        ref = (x64 - mean) / np.sqrt(((x64 - mean) ** 2).mean(-1, keepdims=True) + 1e-5)
+        y = _engine.layernorm_rows(x, np.empty_like(x), 1e-5, s, b, isa_name=isa)
+        np.testing.assert_allclose(y, ref * s + b, rtol=1e-5, atol=2e-5)
+        inplace = x.copy()
+        _engine.layernorm_rows(inplace, inplace, 1e-5, isa_name=isa)
+        np.testing.assert_allclose(inplace, ref, rtol=1e-5, atol=2e-5)
+    with pytest.raises(ValueError, match="scale"):
+        _engine.layernorm_rows(x, np.empty_like(x), 1e-5, s[:-1])
+    flat = np.zeros(41, np.float32)
+    with pytest.raises(ValueError, match="overlap"):
+        _engine.layernorm_rows(flat[:40].reshape(5, 8), flat[1:].reshape(5, 8), 1e-5)
 
 
 def test_instancenorm(rng) -> None:
