@@ -231,6 +231,82 @@ def test_matmul_batched_operands(rng) -> None:
     compare(one_node("MatMul", {"a": a, "b": b}), {"a": a, "b": b}, tol=1e-4)
 
 
+def _matmul_add(rng, x_shape: tuple, bias_shape: tuple, bias_first: bool, also_out: bool):
+    """x @ w + bias (a Linear as torch.onnx writes it), optionally the product an output."""
+    from onnx import numpy_helper
+
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal((x_shape[-1], 6)).astype(np.float32)
+    c = rng.standard_normal(bias_shape).astype(np.float32)
+    add_in = ["c", "p"] if bias_first else ["p", "c"]
+    outs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    if also_out:
+        outs.append(helper.make_tensor_value_info("p", TensorProto.FLOAT, None))
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["p"]), helper.make_node("Add", add_in, ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        outs,
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(c, "c")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return onnx.shape_inference.infer_shapes(model).SerializeToString(), {"x": x}
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "bias_shape", "bias_first", "also_out", "fused"),
+    [
+        ((3, 7, 5), (6,), False, False, True),
+        ((100, 5), (6,), True, False, True),  # many rows: the sgemm path starts from the bias
+        ((5,), (6,), False, False, True),
+        ((3, 7, 5), (6,), False, True, False),  # the product is an output too
+        ((3, 7, 5), (7, 1), False, False, False),  # broadcast along another axis
+        ((3, 7, 5), (1, 6), False, False, False),  # a 2-D bias (could add a leading dim)
+    ],
+)
+def test_matmul_bias_add_fuses(x_shape, bias_shape, bias_first, also_out, fused, rng):
+    """MatMul -> Add(bias) folds into the MatMul (passes.fuse_bias) only where the bias is a
+    vector of the weight's columns and the product has no other reader; the fused graph
+    matches onnxruntime."""
+    model, feeds = _matmul_add(rng, x_shape, bias_shape, bias_first, also_out)
+    compare(model, feeds, tol=1e-4)
+    ops = [n.op for n in lstm_infer.load(model)._program.graph.nodes]
+    assert ("Add" not in ops) == fused, ops
+
+
+def test_fused_matmul_bias_survives_native_save(rng, tmp_path) -> None:
+    """The fused MatMul (three inputs, lstm_infer_bias) saved natively loads and runs as
+    onnxruntime runs the original."""
+    model, feeds = _matmul_add(rng, (3, 7, 5), (6,), False, False)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    want = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"]).run(None, feeds)
+    ours = lstm_infer.load(model)
+    assert any(len(n.inputs) == 3 for n in ours._program.graph.nodes if n.op == "MatMul")
+    ours.save(tmp_path / "m.lstm")
+    got = lstm_infer.load(tmp_path / "m.lstm").run(feeds)
+    np.testing.assert_allclose(got["y"], want[0], rtol=1e-4, atol=1e-4)
+
+
+def test_matmul_third_input_needs_the_fused_form(rng) -> None:
+    x = rng.standard_normal((2, 5)).astype(np.float32)
+    consts = {"w": rng.standard_normal((5, 6)).astype(np.float32)}
+    consts["c"] = rng.standard_normal(6).astype(np.float32)
+    with pytest.raises(ModelFormatError, match="'n' \\(MatMul\\).*third input"):
+        lstm_infer.load(one_node("MatMul", {"x": x}, consts))
+    with pytest.raises(ModelFormatError, match="lstm_infer_bias must be 1"):
+        lstm_infer.load(one_node("MatMul", {"x": x}, consts, lstm_infer_bias=2))
+    consts["c"] = rng.standard_normal(5).astype(np.float32)  # not the weight's columns
+    with pytest.raises(ModelFormatError, match="fused bias has shape"):
+        lstm_infer.load(one_node("MatMul", {"x": x}, consts, lstm_infer_bias=1))
+    feeds = {"x": x, "c": consts.pop("c")}  # a bias fed at run time: checked there
+    model = lstm_infer.load(one_node("MatMul", feeds, consts, inputs=["x", "w", "c"],
+                                     lstm_infer_bias=1))  # fmt: skip
+    with pytest.raises(InputError, match="fused bias has shape"):
+        model.run(feeds)
+
+
 @pytest.mark.parametrize("trans_a", [0, 1])
 @pytest.mark.parametrize("trans_b", [0, 1])
 @pytest.mark.parametrize("c_shape", [None, (6,), (1, 6), (4, 6), ()])

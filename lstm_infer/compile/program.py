@@ -22,6 +22,7 @@ from lstm_infer.ops.sequence import is_sequence
 from lstm_infer.passes.fold_batchnorm import fold_batchnorm
 from lstm_infer.passes.fold_pad import fold_pad, weight_ranks
 from lstm_infer.passes.fuse_activation import fuse_activation
+from lstm_infer.passes.fuse_bias import fuse_bias
 from lstm_infer.passes.inline_if import inline_constant_ifs
 from lstm_infer.passes.loop_cells import loop_cells
 from lstm_infer.passes.loop_lists import loop_lists
@@ -144,7 +145,7 @@ class GraphProgram:
             folded = fold_constants(reroll_cells(folded))
         keep = set(guards or {})  # a guarded tensor must stay what its guard checks
         folded = fold_pad(folded, weight_ranks(folded), keep)
-        folded = fuse_activation(fold_batchnorm(folded, keep), keep)
+        folded = fuse_bias(fuse_activation(fold_batchnorm(folded, keep), keep), keep)
         guards = dict(guards or {})
         folded.nodes = _dead_nodes_removed(folded, set(guards))
         # The program's constants are read-only (int_values may cache what it read from

@@ -5,6 +5,11 @@ MatMul) is compiled once into the engine's dense layer (``lstm_infer.dense_head`
 of the input, whatever its leading dims, in one product (packed matvec for few rows, sgemm
 for many) under the call's thread budget. Anything else (both operands computed, integer
 operands, broadcasting batched weights) goes through numpy's matmul.
+
+A bias Add after such a MatMul is folded into it at load (``lstm_infer.passes.fuse_bias``):
+the fused MatMul takes the bias as a third input and carries the internal attribute
+``lstm_infer_bias = 1`` (kept by the native format); its product starts from the bias
+instead of adding it in a second pass over the output.
 """
 
 from __future__ import annotations
@@ -33,17 +38,52 @@ from lstm_infer.ops.base import (
 from lstm_infer.tensor_type import TensorType
 
 Ins = list[np.ndarray | None]
+# A bias folded into the MatMul before it by lstm_infer.passes.fuse_bias (internal attribute).
+BIAS_ATTR = "lstm_infer_bias"
+
+
+def _check_matmul(node: Any) -> None:
+    allowed_attrs(BIAS_ATTR)(node)
+    fused = BIAS_ATTR in node.attrs
+    if fused and attr_int(node, BIAS_ATTR, 0) != 1:
+        raise ModelFormatError(f"{node.label}: {BIAS_ATTR} must be 1")
+    has_bias = len(node.inputs) > 2 and bool(node.inputs[2])
+    if has_bias != fused:
+        raise ModelFormatError(
+            f"{node.label}: MatMul takes a third input (a bias) only with {BIAS_ATTR} = 1"
+        )
+
+
+def _bias_of(node: Any, b: np.ndarray, c: np.ndarray | None) -> np.ndarray | None:
+    """The fused bias ``c`` checked against the weight ``b`` (a vector of its columns)."""
+    if c is None:
+        return None
+    if c.ndim != 1 or b.ndim < 1 or c.shape[0] != b.shape[-1]:
+        raise InputError(
+            f"{node.label}: the fused bias has shape {c.shape}, expected ({b.shape[-1]},)"
+        )
+    return c
 
 
 def _matmul_prepare(node: Any, consts: dict[int, np.ndarray]) -> CompiledDense | None:
     b = consts.get(1)
     if b is None or b.ndim != 2 or b.dtype != np.float32 or 0 in b.shape:
         return None
-    return CompiledDense.of(DenseLayer(np.ascontiguousarray(b.T), None, None))
+    bias = None
+    if len(node.inputs) > 2 and node.inputs[2]:
+        c = consts.get(2)
+        if c is None or c.dtype != np.float32:
+            return None  # a computed or other-typed bias: the numpy path
+        try:
+            bias = _bias_of(node, b, c)
+        except InputError as exc:  # both constants: the file's fault
+            raise ModelFormatError(str(exc)) from None
+    return CompiledDense.of(DenseLayer(np.ascontiguousarray(b.T), bias, None))
 
 
 def _matmul(ctx: RunContext, node: Any, ins: Ins, state: Any) -> list[np.ndarray]:
-    a, b = ins
+    a, b = ins[0], ins[1]
+    c = ins[2] if len(ins) > 2 else None
     if state is not None and a.dtype == np.float32 and a.ndim >= 1:
         if a.shape[-1] != state.weight.shape[1]:
             raise InputError(
@@ -55,10 +95,12 @@ def _matmul(ctx: RunContext, node: Any, ins: Ins, state: Any) -> list[np.ndarray
         return [apply_head(a, [state], ctx.threads)]
     if a.ndim == 0 or b.ndim == 0:
         raise InputError(f"{node.label}: MatMul needs operands of rank >= 1")
+    c = _bias_of(node, b, c)
     try:
-        return [np.matmul(a, b)]
+        y = np.matmul(a, b)
     except ValueError as exc:
         raise InputError(f"{node.label}: shapes {a.shape} @ {b.shape}: {exc}") from None
+    return [y if c is None else (y + c).astype(y.dtype, copy=False)]
 
 
 def _gemm_prepare(node: Any, consts: dict[int, np.ndarray]) -> CompiledDense | None:
@@ -144,8 +186,8 @@ OPS: dict[str, OpDef] = {
     "MatMul": op(
         "MatMul",
         _matmul,
-        inputs=(2, 2),
-        check=allowed_attrs(),
+        inputs=(2, 3),
+        check=_check_matmul,
         prepare=_matmul_prepare,
         infer=_matmul_infer,
     ),

@@ -54,7 +54,8 @@ PATTERNS = (
      "`ConcatFromSequence`)", "a Loop scan output (then a native node where the body is a cell)"),
     ("an `If` on a constant or on an input fixed with `fixed_inputs=`", "the chosen branch"),
     ("`BatchNormalization` after Conv / ConvTranspose / Gemm, Relu after Conv, a zero Pad "
-     "before Conv", "folded into the op before"),
+     "before Conv, a bias `Add` after a MatMul by a constant weight", "folded into the op "
+     "before"),
 )  # fmt: skip
 
 
