@@ -8,7 +8,11 @@ with onnx.helper). Whole-sequence ``run``, one thread per engine, outputs checke
 PyTorch (the Keras graph: against onnxruntime) to 1e-4 first; engines
 interleaved round-robin (bench/compare.py's ``time_interleaved``), medians, ours / ORT.
 
-    python bench/graph_zoo.py [--repeat 15] [--threads 1] [--models crnn vad ...]
+    python bench/graph_zoo.py [--repeat 15] [--threads 1] [--models crnn vad ...] [--per-node]
+
+``--per-node`` also times every node of both engines (ours: each step of the program the
+call runs, one thread; onnxruntime: its profiler's kernel times), medians over the repeats,
+into the rows' ``per_node`` (where a ratio comes from: an op of ours against onnxruntime's).
 """
 
 from __future__ import annotations
@@ -187,7 +191,61 @@ def _export(make: Callable) -> tuple[bytes, dict[str, np.ndarray], list[np.ndarr
     return buf.getvalue(), {n: a.numpy() for n, a in zip(names, args)}, ref
 
 
-def bench_model(name: str, make: Callable, repeat: int, target_s: float, threads: int) -> dict:
+def _per_node_ours(model: Any, feeds: dict[str, np.ndarray], repeat: int) -> list[dict]:
+    """Median time of every step of the program a GraphModel's call runs (one thread)."""
+    import time
+
+    from lstm_infer.ops import RunContext
+
+    program = model._runner.program_for(feeds)
+    times: dict[int, list[float]] = {}
+    for _ in range(repeat):
+        env = dict(program.constants)
+        env.update(feeds)
+        ctx = RunContext(threads=1)
+        for i, step in enumerate(program.steps):
+            ins = [env[n] if n else None for n in step.node.inputs]
+            t0 = time.perf_counter()
+            outs = step.op.run(ctx, step.node, ins, step.state)
+            times.setdefault(i, []).append(time.perf_counter() - t0)
+            env.update({n: v for n, v in zip(step.node.outputs, outs) if n})
+    return [
+        {"op": s.node.op, "node": s.node.name, "ms": statistics.median(times[i]) * 1e3}
+        for i, s in enumerate(program.steps)
+    ]
+
+
+def _per_node_ort(data: bytes, feeds: dict[str, np.ndarray], repeat: int) -> list[dict]:
+    """Median kernel time of every node onnxruntime runs (its profiler, one thread)."""
+    import json
+    import os
+
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    so.enable_profiling = True
+    sess = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+    for _ in range(repeat):
+        sess.run(None, feeds)
+    path = sess.end_profiling()
+    try:
+        events = json.loads(Path(path).read_text())
+    finally:
+        os.remove(path)
+    times: dict[tuple[str, str], list[float]] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            key = (e["args"]["op_name"], e["name"][: -len("_kernel_time")])
+            times.setdefault(key, []).append(e["dur"] / 1e3)
+    return [{"op": k[0], "node": k[1], "ms": statistics.median(v)} for k, v in times.items()]
+
+
+def bench_model(
+    name: str, make: Callable, repeat: int, target_s: float, threads: int, per_node: bool = False
+) -> dict:
     import onnxruntime as ort
 
     data, feeds, ref = _export(make)
@@ -217,13 +275,28 @@ def bench_model(name: str, make: Callable, repeat: int, target_s: float, threads
 
     samples = time_interleaved({"ours": ours_loop, "onnxruntime": ort_loop}, repeat, target_s)
     med = {k: statistics.median(v) * 1e3 for k, v in samples.items()}
-    return {
+    row = {
         "model": name,
         "kind": type(ours).__name__,
         "median_ms": med,
         "ours_over_onnxruntime": med["ours"] / med["onnxruntime"],
         "max_abs_error_vs_torch": err,
     }
+    if per_node and isinstance(ours, lstm_infer.GraphModel):
+        row["per_node"] = {
+            "ours": _per_node_ours(ours, feeds, repeat),
+            "onnxruntime": _per_node_ort(data, feeds, repeat),
+        }
+    return row
+
+
+def _print_per_node(row: dict) -> None:
+    for engine, nodes in row["per_node"].items():
+        total = sum(n["ms"] for n in nodes)
+        print(f"  {engine}: {total:.3f} ms over {len(nodes)} nodes")
+        for n in nodes:
+            if n["ms"] >= 0.01:
+                print(f"    {n['ms']:8.3f} ms  {n['op']:20s} {n['node'][:48]}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -234,10 +307,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--models", nargs="+", default=list(models), choices=list(models))
     p.add_argument("--output", type=Path, default=None)
+    p.add_argument("--per-node", action="store_true", help="also time every node of both")
     args = p.parse_args(argv)
     rows = []
     for name in args.models:
-        row = bench_model(name, models[name], args.repeat, args.block_ms / 1e3, args.threads)
+        row = bench_model(
+            name, models[name], args.repeat, args.block_ms / 1e3, args.threads, args.per_node
+        )
         rows.append(row)
         m = row["median_ms"]
         print(
@@ -245,6 +321,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"ms  ours/ort {row['ours_over_onnxruntime']:.2f}",
             flush=True,
         )
+        if "per_node" in row:
+            _print_per_node(row)
     write_results("graph_zoo", rows, args.threads, args.output)
     return 0
 

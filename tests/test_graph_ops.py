@@ -74,6 +74,20 @@ def test_binary_broadcasting(name: str, sa: tuple, sb: tuple, rng) -> None:
     compare(one_node(name, {"a": a, "b": b}), {"a": a, "b": b})
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("b_shape", [(), (1,), (1, 1, 1)])
+def test_pow_by_two(dtype: type, b_shape: tuple, rng) -> None:
+    """x ** 2 by a constant exponent (a squared magnitude; the op squares): the values of pow,
+    inf / NaN / signed zeros included, and the broadcast shape of a (1, 1, 1) exponent."""
+    a = rng.standard_normal((2, 3, 4)).astype(dtype)
+    a.flat[:5] = [np.inf, -np.inf, np.nan, -0.0, 3e200 if dtype == np.float64 else 3e30]
+    two = np.full(b_shape, 2, dtype)
+    compare(one_node("Pow", {"a": a}, {"b": two}), {"a": a})
+    if b_shape == (1, 1, 1):  # a rank past the base's: the result takes the exponent's rank
+        a2 = a[0]
+        compare(one_node("Pow", {"a": a2}, {"b": two}), {"a": a2})
+
+
 def test_integer_and_bool_binary(rng) -> None:
     a = rng.integers(-20, 20, (4, 5)).astype(np.int64)
     b = rng.integers(1, 7, (4, 5)).astype(np.int64)
