@@ -117,19 +117,6 @@ static inline __attribute__((always_inline)) void MV_NAME(mv_tile)(
                              pf_step);                                                         \
         break;
 
-/* A two-gate tile of a block of GS >= 2 gates (small batches, see matvec_packed). */
-static void MV_NAME(mv_pair_dispatch)(const MV_WTYPE *wb, int K, int GS, int R, const float *x,
-                                      int ldx, const float *bias, int bgs, float *out, int ogs,
-                                      int ldo, const char *pf, const char *pf_end,
-                                      int pf_step) {
-    if (R == 1)
-        MV_NAME(mv_tile)(wb, K, 2, GS, 1, 0, x, ldx, bias, bgs, out, ogs, ldo, pf, pf_end,
-                         pf_step);
-    else if (R == 2 && MV_MAX_ROWS(2) >= 2)
-        MV_NAME(mv_tile)(wb, K, 2, GS, 2, 0, x, ldx, bias, bgs, out, ogs, ldo, pf, pf_end,
-                         pf_step);
-}
-
 static void MV_NAME(mv_tile_dispatch)(const MV_WTYPE *wb, int K, int G, int R, const float *x,
                                       int ldx, const float *bias, int bgs, float *out, int ogs,
                                       int ldo, const char *pf, const char *pf_end,
@@ -204,10 +191,11 @@ static void MV_NAME(matvec_packed)(const void *packed, int K, int G, int blk0, i
     const int max_rows = !split         ? MV_MAX_ROWS(G)
                          : beyond_l2    ? MV_SPLIT_ROWS_BEYOND_L2
                                         : MV_MAX_ROWS(1);
-    /* Batches of at most MV_MAX_ROWS(2) rows split into two-gate tiles instead: a one-gate
-     * tile of 2 rows holds 4 accumulators, too few to cover the FMA latency. */
-    const int pairs = split && G >= 2 && rows <= MV_MAX_ROWS(2) && MV_MAX_ROWS(2) >= 2;
-    const int passes = pairs ? (G + 1) / 2 : split ? G : 1; /* tiles per row tile */
+    /* A batch of 2 rows (split blocks have more than MV_MAX_ROWS(G) >= 1) splits into
+     * two-gate tiles instead: a one-gate tile of 2 rows holds 4 accumulators, too few to
+     * cover the FMA latency. */
+    const int pairs = split && G % 2 == 0 && rows == 2 && MV_MAX_ROWS(2) >= 2;
+    const int passes = pairs ? G / 2 : split ? G : 1; /* tiles per row tile */
     /* Bytes of the next block each tile prefetches, and per input (whole cache lines). The
      * 4-tile rule counts tiles of MV_MAX_ROWS(1) rows for split blocks: larger tiles beyond
      * L2 would otherwise drop the prefetch at batch 16 (AVX2, LSTM H = 1024: 1.12x slower). */
@@ -238,16 +226,10 @@ static void MV_NAME(matvec_packed)(const void *packed, int K, int G, int blk0, i
                                         : 0;
                 const float *xb = x + (size_t)b * ldx;
                 float *ob = out + (size_t)b * ldo + u0;
-                if (pairs && 2 * g + 1 < G)
-                    MV_NAME(mv_pair_dispatch)(wb + (size_t)(2 * g) * LI_BLOCK, K, G, r, xb, ldx,
-                                              bias ? bias + u0 + (size_t)(2 * g) * bgs : 0, bgs,
-                                              ob + (size_t)(2 * g) * ogs, ogs, ldo, pf, pf_end,
-                                              pf_step);
-                else if (pairs)
-                    MV_NAME(mv_split_dispatch)(wb + (size_t)(2 * g) * LI_BLOCK, K, G, r, xb, ldx,
-                                               bias ? bias + u0 + (size_t)(2 * g) * bgs : 0, bgs,
-                                               ob + (size_t)(2 * g) * ogs, ogs, ldo, pf, pf_end,
-                                               pf_step);
+                if (pairs) /* gates 2g, 2g + 1 of both rows */
+                    MV_NAME(mv_tile)(wb + (size_t)(2 * g) * LI_BLOCK, K, 2, G, 2, 0, xb, ldx,
+                                     bias ? bias + u0 + (size_t)(2 * g) * bgs : 0, bgs,
+                                     ob + (size_t)(2 * g) * ogs, ogs, ldo, pf, pf_end, pf_step);
                 else if (split)
                     MV_NAME(mv_split_dispatch)(wb + (size_t)g * LI_BLOCK, K, G, r, xb, ldx,
                                                bias ? bias + u0 + (size_t)g * bgs : 0, bgs,
