@@ -60,27 +60,28 @@ def isa():
     return ISA_NAMES[_active_isa]
 
 
+cdef const li_kernels *_table_named(str isa_name) except NULL:
+    """The kernel table called ``isa_name`` (a tests' argument), the active one for None."""
+    if isa_name is None:
+        return _active
+    if isa_name not in available_isas():
+        raise ValueError(f"ISA {isa_name!r} is not usable on this machine")
+    return li_kernels_for(ISA_NAMES.index(isa_name))
+
+
 def bf16_rounded_min_rows(str isa_name=None):
     """Batch rows from which whole bf16 sequences round activations to bf16 on a table.
 
     ``None`` when the table (the active one by default) has no bf16 dot product: its bf16
     products keep fp32-accurate activations at every batch size.
     """
-    cdef const li_kernels *k = _active
-    if isa_name is not None:
-        if isa_name not in available_isas():
-            raise ValueError(f"ISA {isa_name!r} is not usable on this machine")
-        k = li_kernels_for(ISA_NAMES.index(isa_name))
+    cdef const li_kernels *k = _table_named(isa_name)
     return None if k.matvec_bf16_rounded == NULL else int(LI_BF16_ROUNDED_MIN_ROWS)
 
 
 def activation_array(str kind, cnp.ndarray x, str isa_name=None):
     """Apply an ISA's vectorised sigmoid or tanh to a float32 array (accuracy tests)."""
-    cdef const li_kernels *k = _active
-    if isa_name is not None:
-        if isa_name not in available_isas():
-            raise ValueError(f"ISA {isa_name!r} is not usable on this machine")
-        k = li_kernels_for(ISA_NAMES.index(isa_name))
+    cdef const li_kernels *k = _table_named(isa_name)
     cdef int code
     if kind == "sigmoid":
         code = 2

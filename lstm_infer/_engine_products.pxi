@@ -102,11 +102,7 @@ def softmax_rows(cnp.ndarray y, bint log_softmax=False, object n=None, str isa_n
     One three-pass kernel per row (src_c: li_softmax_rows_fn). ``isa_name`` picks a kernel
     table other than the active one (tests).
     """
-    cdef const li_kernels *kern = _active
-    if isa_name is not None:
-        if isa_name not in available_isas():
-            raise ValueError(f"ISA {isa_name!r} is not usable on this machine")
-        kern = li_kernels_for(ISA_NAMES.index(isa_name))
+    cdef const li_kernels *kern = _table_named(isa_name)
     if y.dtype != np.float32 or y.ndim < 1 or not y.flags.c_contiguous or not y.flags.writeable:
         raise ValueError("y must be a writable C-contiguous float32 array of rank >= 1")
     cdef size_t ld = <size_t>y.shape[y.ndim - 1]
@@ -134,11 +130,7 @@ def conv2d(cnp.ndarray x, cnp.ndarray wpack, int M, int KH, int KW, int sh, int 
     Relu). ``isa_name`` picks a kernel table other than the active
     one (tests).
     """
-    cdef const li_kernels *kern = _active
-    if isa_name is not None:
-        if isa_name not in available_isas():
-            raise ValueError(f"ISA {isa_name!r} is not usable on this machine")
-        kern = li_kernels_for(ISA_NAMES.index(isa_name))
+    cdef const li_kernels *kern = _table_named(isa_name)
     if x.dtype != np.float32 or x.ndim != 3 or (x.shape[2] > 1 and x.strides[2] != 4):
         raise ValueError("x must be a (C, H, W) float32 array with unit-stride rows")
     if min(M, KH, KW, sh, dh, dw, OH, OW) < 1:
@@ -191,11 +183,7 @@ def pool2d(cnp.ndarray x, int KH, int KW, int sh, int sw, int dh, int dw, cnp.nd
     x. y is a writable C-contiguous float32 array that does not overlap x. ``isa_name`` picks
     a kernel table other than the active one (tests).
     """
-    cdef const li_kernels *kern = _active
-    if isa_name is not None:
-        if isa_name not in available_isas():
-            raise ValueError(f"ISA {isa_name!r} is not usable on this machine")
-        kern = li_kernels_for(ISA_NAMES.index(isa_name))
+    cdef const li_kernels *kern = _table_named(isa_name)
     if x.dtype != np.float32 or x.ndim != 3 or (x.shape[2] > 1 and x.strides[2] != 4):
         raise ValueError("x must be a (P, H, W) float32 array with unit-stride rows")
     if x.strides[0] % 4 or x.strides[1] % 4 or x.strides[0] < 0 or x.strides[1] < 0:
@@ -230,11 +218,7 @@ def layernorm_rows(cnp.ndarray x, cnp.ndarray y, float eps, object scale=None,
     C-contiguous float32 vectors of the row length. ``isa_name`` picks a kernel table other
     than the active one (tests).
     """
-    cdef const li_kernels *kern = _active
-    if isa_name is not None:
-        if isa_name not in available_isas():
-            raise ValueError(f"ISA {isa_name!r} is not usable on this machine")
-        kern = li_kernels_for(ISA_NAMES.index(isa_name))
+    cdef const li_kernels *kern = _table_named(isa_name)
     if x.dtype != np.float32 or x.ndim < 1 or not x.flags.c_contiguous:
         raise ValueError("x must be a C-contiguous float32 array of rank >= 1")
     if (y.dtype != np.float32 or not y.flags.c_contiguous or not y.flags.writeable

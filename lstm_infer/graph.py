@@ -90,6 +90,15 @@ class Graph:
     def producers(self) -> dict[str, Node]:
         return {out: node for node in self.nodes for out in node.outputs if out}
 
+    def reader_counts(self) -> dict[str, int]:
+        """How many node inputs read each tensor (a fusion pass's single-reader test)."""
+        count: dict[str, int] = {}
+        for node in self.nodes:
+            for name in node.inputs:
+                if name:
+                    count[name] = count.get(name, 0) + 1
+        return count
+
     def validate(self) -> None:
         """Names defined once, before use, in order; every output produced; ops registered;
         sequences read only by the ops that take them (and tensors by the others).

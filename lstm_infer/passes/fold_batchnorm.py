@@ -19,11 +19,7 @@ from lstm_infer.ops.norm import batchnorm_affine
 
 
 def _readers(graph: Graph) -> dict[str, int]:
-    count: dict[str, int] = {}
-    for node in graph.nodes:
-        for name in node.inputs:
-            if name:
-                count[name] = count.get(name, 0) + 1
+    count = graph.reader_counts()
     for name in graph.output_names:
         count[name] = count.get(name, 0) + 2  # never folded away
     return count
@@ -56,7 +52,7 @@ def fold_batchnorm(graph: Graph, keep: set[str] = frozenset()) -> Graph:
     """``graph`` with every foldable Conv/ConvTranspose/Gemm -> BatchNormalization pair fused
     (the graph is changed in place and returned); tensors in ``keep`` are never folded away."""
     consts = graph.initializers
-    producer = {out: node for node in graph.nodes for out in node.outputs if out}
+    producer = graph.producers()
     readers = _readers(graph)
     removed: set[int] = set()
     for bn in graph.nodes:

@@ -55,12 +55,8 @@ def fold_pad(graph: Graph, ranks: dict[str, int], keep: set[str] = frozenset()) 
     """``graph`` with each foldable Pad -> Conv pair folded (in place; returned). ``ranks``:
     the rank of each Conv weight by its name (a Conv's input rank); tensors in ``keep`` are
     never folded away."""
-    readers: dict[str, int] = {}
-    for node in graph.nodes:
-        for name in node.inputs:
-            if name:
-                readers[name] = readers.get(name, 0) + 1
-    producer = {out: node for node in graph.nodes for out in node.outputs if out}
+    readers = graph.reader_counts()
+    producer = graph.producers()
     outputs = set(graph.output_names) | set(keep)
     removed: set[int] = set()
     for conv in graph.nodes:

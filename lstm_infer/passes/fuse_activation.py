@@ -18,13 +18,9 @@ FUSABLE = ("Relu",)
 def fuse_activation(graph: Graph, keep: set[str] = frozenset()) -> Graph:
     """``graph`` with each single-reader Conv -> Relu pair fused (in place; returned); tensors
     in ``keep`` are never fused away."""
-    readers: dict[str, int] = {}
-    for node in graph.nodes:
-        for name in node.inputs:
-            if name:
-                readers[name] = readers.get(name, 0) + 1
+    readers = graph.reader_counts()
     outputs = set(graph.output_names)
-    producer = {out: node for node in graph.nodes for out in node.outputs if out}
+    producer = graph.producers()
     removed: set[int] = set()
     for act in graph.nodes:
         if act.op not in FUSABLE or act.attrs or len(act.inputs) != 1:

@@ -19,14 +19,10 @@ from lstm_infer.ops.dense import BIAS_ATTR
 def fuse_bias(graph: Graph, keep: set[str] = frozenset()) -> Graph:
     """``graph`` with each single-reader MatMul -> bias Add pair fused (in place; returned);
     tensors in ``keep`` are never fused away."""
-    readers: dict[str, int] = {}
-    for node in graph.nodes:
-        for name in node.inputs:
-            if name:
-                readers[name] = readers.get(name, 0) + 1
+    readers = graph.reader_counts()
     outputs = set(graph.output_names) | set(keep)
     consts = graph.initializers
-    producer = {out: node for node in graph.nodes for out in node.outputs if out}
+    producer = graph.producers()
     removed: set[int] = set()
     for add in graph.nodes:
         if add.op != "Add" or len(add.inputs) != 2 or add.attrs:
