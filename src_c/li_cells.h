@@ -119,10 +119,6 @@ int li_rcell_projects_packed(int G, int Hp, int K, int rows);
 void li_rcell_recurrent(const li_kernels *kern, li_sgemm_fn sgemm, const li_rcell *cell,
                         const float *r_pad, const void *r_packed, int G, int Hp, int K,
                         const float *h, int ldh, int rows, float *out, void *prep);
-/* y = layer_norm(x) * w + b over n floats (biased variance, eps inside the square root, as
- * torch.nn.LayerNorm); y may be x. Mean and variance accumulate in double. */
-void li_rcell_layer_norm(const float *x, int n, const float *w, const float *b, float eps,
-                         float *y);
 /* The address `elements` elements of the cell's packed format past base (floats for float32,
  * bytes otherwise): where the next of several packed matrices in one array starts. */
 static inline const void *li_rcell_packed_at(const li_rcell *cell, const void *base,
