@@ -299,33 +299,37 @@ static size_t w_bytes_f32(const li_cell *cell) {
 
 /* Rows from which the packed matvec's register tile reuses each weight load often enough to
  * project a whole sequence faster than sgemm. The numbers above are AVX-512's tiles (6 rows
- * at 4 gates). AVX2 holds only 1 row at 4 gates and 2 at 3 (its 16 registers), so each row
- * re-reads every weight: Zen 4 without AVX-512, the zoo's CRNN BiLSTM (I = 512, H = 128,
- * 128 rows, W = 1 MB) took 2.0 ms a direction packed and 1.0 ms on sgemm. Such tables take
- * sgemm only above LI_XPROJ_NARROW_MAX_BYTES of W: up to it each row's pass finds W in L2,
- * and the zoo's LSTM-256 (I = 128, W = 512 KB, 800 rows) ran 3-5% faster packed than on
- * sgemm. The packed path also gives a row the same sums whatever the batch and unit split
- * around it. Few rows in all (LI_XPROJ_FEW_ROWS) keep the packed matvec on every table, as
- * measured above. (Since then the matvec splits AVX2's 4-gate tiles into one-gate tiles of 4
- * rows for batches; a run letting such tables project up to LI_XPROJ_PACKED_MAX_BYTES packed
- * showed no clear gain over sgemm on a shared Zen 4, so the choice still reads the whole-block
- * tile rows.) */
+ * at 4 gates). AVX2 holds only 1 row at 4 gates (its 16 registers), so batches split into
+ * one-gate tiles of 4 rows (6 beyond L2; simd_matvec_template.h), which reuse each weight
+ * load as often. The packed path also gives a row the same sums whatever the batch and unit
+ * split around it. Few rows in all (LI_XPROJ_FEW_ROWS) keep the packed matvec on every
+ * table, as measured above.
+ *
+ * Where the chunks of rows go (xproj_chunk_rows): rows in chunks whose inputs stay in L1
+ * while W stays in L2, else all rows in one call, which reads each block of W from L3 or
+ * memory once. The CPUs whose widest table is AVX2 have at most 512 KB of L2 a core (Zen 2
+ * and 3; Intel client cores 256 KB), so on those narrow tables W above
+ * LI_XPROJ_NARROW_MAX_BYTES already goes in one call. Zen 3 AVX2, the zoo's CRNN BiLSTM
+ * (I = 512, H = 128, W = 1 MB, 128 rows a direction): one packed call 0.79 ms, 24-row
+ * chunks 0.9-1.0 ms (W from L3 for every chunk), OpenBLAS sgemm 0.95 ms (it repacks W on
+ * every call); a run on a shared Zen 4 that had chunked such W showed no gain over sgemm,
+ * which is why these tables had kept sgemm above 512 KB. */
 #define LI_XPROJ_MIN_TILE_ROWS 4
 #define LI_XPROJ_NARROW_MAX_BYTES ((size_t)512 << 10)
 
-static int xproj_packed(const li_cell *cell, const li_kernels *kern, size_t total_rows) {
+static int xproj_packed(const li_cell *cell, size_t total_rows) {
     if (cell->weight_format != LI_WEIGHTS_F32 || cell->input_size <= 0) return 0;
-    if (total_rows <= LI_XPROJ_FEW_ROWS) return 1;
-    const size_t limit = kern->matvec_f32_rows[cell->gates] >= LI_XPROJ_MIN_TILE_ROWS
-                             ? LI_XPROJ_PACKED_MAX_BYTES
-                             : LI_XPROJ_NARROW_MAX_BYTES;
-    return w_bytes_f32(cell) <= limit;
+    return total_rows <= LI_XPROJ_FEW_ROWS || w_bytes_f32(cell) <= LI_XPROJ_PACKED_MAX_BYTES;
 }
 
 /* Rows per packed-matvec call: chunks whose inputs stay in L1 when W fits in L2, else all of
- * them (W is then read from memory by every call). */
-static size_t xproj_chunk_rows(const li_cell *cell, size_t total_rows) {
-    if (w_bytes_f32(cell) > LI_XPROJ_PACKED_MAX_BYTES) return total_rows;
+ * them (see above). */
+static size_t xproj_chunk_rows(const li_cell *cell, const li_kernels *kern,
+                               size_t total_rows) {
+    const size_t l2 = kern->matvec_f32_rows[cell->gates] >= LI_XPROJ_MIN_TILE_ROWS
+                          ? LI_XPROJ_PACKED_MAX_BYTES
+                          : LI_XPROJ_NARROW_MAX_BYTES;
+    if (w_bytes_f32(cell) > l2) return total_rows;
     const int per = LI_XPROJ_CHUNK_FLOATS / cell->input_size;
     return per > 8 ? (size_t)per : 8;
 }
@@ -456,8 +460,8 @@ static void project_part(const li_cell *cell, const li_kernels *kern, li_sgemm_f
         return;
     /* With W larger than L2 every call covers the whole sequence (xproj_chunk_steps), so
      * rows is the projection's total. */
-    if (xproj_packed(cell, kern, rows)) {
-        const size_t chunk = xproj_chunk_rows(cell, rows);
+    if (xproj_packed(cell, rows)) {
+        const size_t chunk = xproj_chunk_rows(cell, kern, rows);
         for (size_t r0 = 0; r0 < rows; r0 += chunk) {
             const int n = rows - r0 < chunk ? (int)(rows - r0) : (int)chunk;
             kern->matvec_f32(cell->w_packed, I, G, blk0, blk1, x + r0 * ldx, ldx, n,
@@ -486,7 +490,7 @@ static int project_inputs(const li_cell *cell, const li_kernels *kern, li_sgemm_
                           size_t rows, const prepared_chunk *xprep, float *out) {
     const int G = cell->gates, I = cell->input_size, Hp = cell->hidden_padded;
     const int amx = cell->weight_format == LI_WEIGHTS_BF16 && kern->project_bf16 && rows >= 16;
-    if (tokens || amx || projects_prepared(cell, kern) || xproj_packed(cell, kern, rows)) {
+    if (tokens || amx || projects_prepared(cell, kern) || xproj_packed(cell, rows)) {
         project_part(cell, kern, sgemm, x, ldx, tokens, row0, rows, 0, Hp / LI_BLOCK, xprep,
                      out);
         return Hp;
@@ -569,15 +573,7 @@ int li_run_direction(const li_cell *cell, const li_kernels *kern, li_sgemm_fn sg
      * LI_BF16_ROUNDED_MIN_ROWS): this call's table is the given one with those swapped in. */
     li_kernels rounded;
     kern = sequence_kernels(cell, kern, B, &rounded);
-    int chunk_steps = xproj_chunk_steps(cell, T, B, tokens != 0, lens != 0);
-    /* fp32 W that fits the chunking rule but not this table's packed projection (AVX2's
-     * narrow tiles above LI_XPROJ_NARROW_MAX_BYTES) goes to sgemm, which packs all of W on
-     * every call: one call over the whole sequence instead (the scratch holds T steps).
-     * Zen 3 AVX2, LSTM H = I = 256, batch 16, T = 100: 4-step chunks spent a third of the
-     * sgemm time in its packing. */
-    if (!tokens && cell->weight_format == LI_WEIGHTS_F32 &&
-        !xproj_packed(cell, kern, (size_t)chunk_steps * B))
-        chunk_steps = T;
+    const int chunk_steps = xproj_chunk_steps(cell, T, B, tokens != 0, lens != 0);
     float *xproj = scratch;
     float *step_scratch = xproj + (size_t)chunk_steps * B * G * Hp;
     memset(step_scratch, 0, sizeof(float) * step_buffer_floats(cell, B));
