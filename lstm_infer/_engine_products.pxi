@@ -242,3 +242,36 @@ def layernorm_rows(cnp.ndarray x, cnp.ndarray y, float eps, object scale=None,
         with nogil:
             kern.layernorm_rows(xp, yp, rows, n, sp, bp, eps)
     return y
+
+
+def tanh_energies(object q, cnp.ndarray k, cnp.ndarray v, str isa_name=None):
+    """The attention decoders' additive scores (li_tanh_energies_fn): a float32 vector e with
+    e[j] = sum_i v[i] * tanh(q[i] + k[j, i]) for every row j of k. k is a float32 (n, A) array
+    whose rows may lie further apart than A (a view of wider rows) but whose elements are
+    contiguous; q (None: zeros) and v are C-contiguous float32 vectors of length A.
+    ``isa_name`` picks a kernel table other than the active one (tests).
+    """
+    cdef const li_kernels *kern = _table_named(isa_name)
+    if k.dtype != np.float32 or k.ndim != 2 or (k.size > 1 and k.shape[1] > 1
+                                                and k.strides[1] != 4) \
+            or (k.shape[0] > 1 and (k.strides[0] < 0 or k.strides[0] % 4)):
+        raise ValueError("k must be a float32 (n, A) array with contiguous rows")
+    cdef size_t n = <size_t>k.shape[0], A = <size_t>k.shape[1]
+    cdef size_t ldk = <size_t>(k.strides[0] // 4) if n > 1 else A
+    if n > 1 and ldk < A:
+        raise ValueError("k's rows must not overlap")
+    for name, a in (("q", q), ("v", v)):
+        if a is not None and (not isinstance(a, np.ndarray) or a.dtype != np.float32
+                              or a.shape != (A,) or not a.flags.c_contiguous):
+            raise ValueError(f"{name} must be a C-contiguous float32 array of shape ({A},)")
+    e = np.empty(n, np.float32)
+    cdef const float *qp = _ptr(q)
+    cdef const float *kp = <const float *>cnp.PyArray_DATA(k)
+    cdef const float *vp = <const float *>cnp.PyArray_DATA(v)
+    cdef float *ep = <float *>cnp.PyArray_DATA(e)
+    if n and A:
+        with nogil:
+            kern.tanh_energies(qp, kp, ldk, n, A, vp, ep)
+    elif n:
+        e[:] = 0.0
+    return e

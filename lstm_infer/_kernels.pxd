@@ -70,6 +70,9 @@ cdef extern from "li_kernels.h" nogil:
     ctypedef void (*li_layernorm_rows_fn)(const float *x, float *y, size_t rows, size_t n,
                                           const float *scale, const float *bias, float eps)
 
+    ctypedef void (*li_tanh_energies_fn)(const float *q, const float *k, size_t ldk, size_t n,
+                                         size_t A, const float *v, float *e)
+
     ctypedef void (*li_matvec_packed_fn)(const void *packed, int K, int G, int blk0, int blk1,
                                          const float *x, int ldx, int rows, const float *bias,
                                          int bgs, float *out, int ogs, int ldo)
@@ -82,6 +85,7 @@ cdef extern from "li_kernels.h" nogil:
         li_conv2d_fn conv2d
         const void *matvec_bf16_rounded  # a function pointer; only tested for NULL here
         li_layernorm_rows_fn layernorm_rows
+        li_tanh_energies_fn tanh_energies
 
     ctypedef void (*li_sgemm_fn)(char *transa, char *transb, int *m, int *n, int *k,
                                  float *alpha, float *a, int *lda, float *b, int *ldb,

@@ -18,8 +18,10 @@
  * The y part of the input projection of a chunk of steps is one product (li_rcell_project,
  * biases b_ih + b_hh folded); per step one packed matvec of [W_ctx | R] over the rows
  * [ctx ; h] of the batch, one of Wq over h (additive, location), then per row the LSTM
- * update and the attention, vectorised over the valid positions (tanh on the table's array
- * function). The memory and its keys come in io->memory (cell_attention_decoder.h).
+ * update and the attention, vectorised over the valid positions: the energies are the
+ * table's tanh_energies, one pass over each key row (the sum with Wq h + b, its tanh and the
+ * dot with v in registers; Zen 3 AVX2, additive, S = 100, A = 256: separate passes for the
+ * sum, the tanh and the dot had written and read back two S x A arrays per row and step). The memory and its keys come in io->memory (cell_attention_decoder.h).
  *
  * Arrays (Hp = H padded to LI_BLOCK; A the attention size; Kw the key width: A for additive
  * and location, H for general, 0 for dot; Kp = Kw padded; V the vocabulary, 0 without head):
@@ -142,11 +144,11 @@ size_t li_attention_keys_floats(const li_rcell *cell, int S, int B) {
     return (size_t)S * B * z.Kp;
 }
 
-/* Work: scores [S], q + b [A], energies before and after tanh [S][A] each, the location
+/* Work: scores [S], q + b [A], the location energies before tanh [S][A], the location
  * windows of a block of positions [LOC_BLOCK][2][kernel]; then the prepared rows of the
  * keys' product (quantized weights). */
 static size_t work_own_floats(const sizes *z, int S) {
-    return (size_t)S + (has_energy(z) ? 2 * (size_t)S * z->A + z->A : 0) +
+    return (size_t)S + (has_energy(z) ? (size_t)S * z->A + z->A : 0) +
            (z->attention == LI_ATTENTION_LOCATION ? 2 * (size_t)LOC_BLOCK * z->kernel : 0) +
            LI_BLOCK;
 }
@@ -248,20 +250,20 @@ static void attend_row(const li_rcell *cell, const li_kernels *kern, li_sgemm_fn
     float *e = mem->work;
     if (has_energy(z)) {
         const float *v = a[8], *eb = a[9];
-        float *qb = e + S, *zz = qb + A, *th = zz + (size_t)S * A; /* q + b, energies */
+        float *qb = e + S, *zz = qb + A, *win = zz + (size_t)S * A; /* q + b, energies */
         for (int i = 0; i < A; i++)
             qb[i] = q[i] + eb[i];
-        for (int j = 0; j < n; j++) {
-            const float *k = mem->keys + ((size_t)j * B + b) * z->Kp;
-            float *row = zz + (size_t)j * A;
-            for (int i = 0; i < A; i++)
-                row[i] = qb[i] + k[i];
+        if (z->attention == LI_ATTENTION_LOCATION) {
+            /* zz = keys + the location term; the table adds qb as it takes the tanh */
+            for (int j = 0; j < n; j++)
+                memcpy(zz + (size_t)j * A, mem->keys + ((size_t)j * B + b) * z->Kp,
+                       sizeof(float) * A);
+            add_location(sgemm, z, S, n, alpha, alpha_cum, a[10], win, zz);
+            kern->tanh_energies(qb, zz, (size_t)A, (size_t)n, (size_t)A, v, e);
+        } else { /* straight from the keys, B * Kp floats apart */
+            kern->tanh_energies(qb, mem->keys + (size_t)b * z->Kp, (size_t)B * z->Kp,
+                                (size_t)n, (size_t)A, v, e);
         }
-        if (z->attention == LI_ATTENTION_LOCATION)
-            add_location(sgemm, z, S, n, alpha, alpha_cum, a[10], th + (size_t)S * A, zz);
-        kern->activation_array(LI_ACT_TANH, zz, th, (size_t)n * A);
-        for (int j = 0; j < n; j++)
-            e[j] = dot(v, th + (size_t)j * A, A);
     } else {
         for (int j = 0; j < n; j++) {
             const float *k = z->attention == LI_ATTENTION_GENERAL

@@ -242,6 +242,18 @@ static void layernorm_rows_scalar(const float *x, float *y, size_t rows, size_t 
     }
 }
 
+/* The reference energies: libm's tanh and a double sum per key row. */
+static void tanh_energies_scalar(const float *q, const float *k, size_t ldk, size_t n,
+                                 size_t A, const float *v, float *e) {
+    for (size_t j = 0; j < n; ++j) {
+        const float *kj = k + j * ldk;
+        double sum = 0.0;
+        for (size_t i = 0; i < A; ++i)
+            sum += (double)v[i] * tanh((double)((q ? q[i] : 0.0f) + kj[i]));
+        e[j] = (float)sum;
+    }
+}
+
 const li_kernels li_kernels_scalar = {
     "scalar",
     matvec_f32_scalar,
@@ -260,4 +272,5 @@ const li_kernels li_kernels_scalar = {
     .matvec_f32_rows = {0, 1, 1, 1, 1}, /* matvec_scalar: one row at a time */
     .max_pool_2x2 = max_pool_2x2_scalar,
     .layernorm_rows = layernorm_rows_scalar,
+    .tanh_energies = tanh_energies_scalar,
 };

@@ -202,6 +202,12 @@ typedef void (*li_max_pool_2x2_fn)(const float *x, size_t xps, size_t xrs, int p
  * squares about it), so a large common offset costs no precision. y may be x. */
 typedef void (*li_layernorm_rows_fn)(const float *x, float *y, size_t rows, size_t n,
                                      const float *scale, const float *bias, float eps);
+/* Additive attention energies (the decoders' scores, one row of the batch): for j < n,
+ *   e[j] = sum_{i < A} v[i] * tanh(q[i] + k[j*ldk + i])
+ * (q NULL: 0). One pass over each key row: the sum q + k and its tanh stay in registers
+ * instead of two S x A arrays written and read back. */
+typedef void (*li_tanh_energies_fn)(const float *q, const float *k, size_t ldk, size_t n,
+                                    size_t A, const float *v, float *e);
 
 typedef struct {
     const char *name;
@@ -230,6 +236,7 @@ typedef struct {
     unsigned char matvec_f32_rows[5];
     li_max_pool_2x2_fn max_pool_2x2; /* graph MaxPool 2 x 2 / stride 2 */
     li_layernorm_rows_fn layernorm_rows; /* graph LayerNormalization */
+    li_tanh_energies_fn tanh_energies;   /* attention decoders' additive scores */
 } li_kernels;
 
 /* Batch rows from which a whole sequence of bf16 weights runs on the rounded products: the

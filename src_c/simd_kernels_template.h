@@ -323,6 +323,33 @@ static void gru_output_simd(const li_cell *cell, int u0, int u1, const float *xp
     }
 }
 
+/* li_tanh_energies_fn on v_tanh (max abs error 1.8e-7 a term): two vector sums per key row,
+ * the last A % (2 VW) lanes on masked loads (a masked lane reads 0 for v, so adds nothing). */
+static void tanh_energies_simd(const float *q, const float *k, size_t ldk, size_t n, size_t A,
+                               const float *v, float *e) {
+    for (size_t j = 0; j < n; ++j) {
+        const float *kj = k + j * ldk;
+        vf s0 = v_zero(), s1 = v_zero();
+        size_t i = 0;
+        for (; i + 2 * VW <= A; i += 2 * VW) {
+            vf z0 = v_load(kj + i), z1 = v_load(kj + i + VW);
+            if (q) {
+                z0 = v_add(z0, v_load(q + i));
+                z1 = v_add(z1, v_load(q + i + VW));
+            }
+            s0 = v_fmadd(v_load(v + i), v_tanh(z0), s0);
+            s1 = v_fmadd(v_load(v + i + VW), v_tanh(z1), s1);
+        }
+        for (; i < A; i += VW) {
+            const int m = A - i >= (size_t)VW ? VW : (int)(A - i);
+            vf z = ld(kj + i, m);
+            if (q) z = v_add(z, ld(q + i, m));
+            s0 = v_fmadd(ld(v + i, m), v_tanh(z), s0);
+        }
+        e[j] = hsum(v_add(s0, s1));
+    }
+}
+
 #include "simd_conv_template.h"
 #include "simd_pool_template.h"
 
@@ -333,5 +360,6 @@ static void gru_output_simd(const li_cell *cell, int u0, int u1, const float *xp
             activation_array_simd, softmax_rows_simd, conv2d_simd,                             \
             .matvec_f32_rows = {0, MV_MAX_ROWS(1), MV_MAX_ROWS(2), MV_MAX_ROWS(3),              \
                                 MV_MAX_ROWS(4)},                                               \
-            .max_pool_2x2 = max_pool_2x2_simd, .layernorm_rows = layernorm_rows_simd           \
+            .max_pool_2x2 = max_pool_2x2_simd, .layernorm_rows = layernorm_rows_simd,          \
+            .tanh_energies = tanh_energies_simd                                                \
     }
