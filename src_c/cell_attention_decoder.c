@@ -21,7 +21,9 @@
  * update and the attention, vectorised over the valid positions: the energies are the
  * table's tanh_energies, one pass over each key row (the sum with Wq h + b, its tanh and the
  * dot with v in registers; Zen 3 AVX2, additive, S = 100, A = 256: separate passes for the
- * sum, the tanh and the dot had written and read back two S x A arrays per row and step). The memory and its keys come in io->memory (cell_attention_decoder.h).
+ * sum, the tanh and the dot had written and read back two S x A arrays per row and step,
+ * and the whole run took 1.3-1.4x as long). The memory and its keys come in io->memory
+ * (cell_attention_decoder.h).
  *
  * Arrays (Hp = H padded to LI_BLOCK; A the attention size; Kw the key width: A for additive
  * and location, H for general, 0 for dot; Kp = Kw padded; V the vocabulary, 0 without head):
