@@ -244,7 +244,7 @@ def layernorm_rows(cnp.ndarray x, cnp.ndarray y, float eps, object scale=None,
     return y
 
 
-def tanh_energies(object q, cnp.ndarray k, cnp.ndarray v, str isa_name=None):
+def tanh_energies(object q, cnp.ndarray k not None, cnp.ndarray v not None, str isa_name=None):
     """The attention decoders' additive scores (li_tanh_energies_fn): a float32 vector e with
     e[j] = sum_i v[i] * tanh(q[i] + k[j, i]) for every row j of k. k is a float32 (n, A) array
     whose rows may lie further apart than A (a view of wider rows) but whose elements are
@@ -260,7 +260,7 @@ def tanh_energies(object q, cnp.ndarray k, cnp.ndarray v, str isa_name=None):
     cdef size_t ldk = <size_t>(k.strides[0] // 4) if n > 1 else A
     if n > 1 and ldk < A:
         raise ValueError("k's rows must not overlap")
-    for name, a in (("q", q), ("v", v)):
+    for name, a in (("q", q), ("v", v)):  # v is not None (the signature)
         if a is not None and (not isinstance(a, np.ndarray) or a.dtype != np.float32
                               or a.shape != (A,) or not a.flags.c_contiguous):
             raise ValueError(f"{name} must be a C-contiguous float32 array of shape ({A},)")

@@ -95,3 +95,7 @@ def test_tanh_energies_saturates_propagates_nan_and_checks_arguments(isa: str) -
         _engine.tanh_energies(None, np.zeros((3, A, 1), np.float32), v, isa)
     with pytest.raises(ValueError, match="k must be"):
         _engine.tanh_energies(None, np.zeros((A, 3), np.float32).T, v[:3], isa)
+    with pytest.raises(TypeError):  # not a crash: v and k are required arrays
+        _engine.tanh_energies(None, k, None, isa)
+    with pytest.raises(TypeError):
+        _engine.tanh_energies(None, None, v, isa)
